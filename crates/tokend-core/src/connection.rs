@@ -1,0 +1,195 @@
+//! The connection record: everything tokend keeps about one OAuth grant.
+
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::{ConnectionId, ProviderName, Timestamp, TokenSet};
+
+/// Whether tokend can still obtain tokens for a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Tokens are served and refreshed.
+    Active,
+    /// The provider revoked the grant; only a new install revives it. The
+    /// provider's words are in `Connection::last_error`.
+    ReconnectRequired,
+}
+
+/// How a provider failure is classified. Each class has exactly one
+/// behaviour in the refresh engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// `invalid_grant`, HubSpot `BAD_REFRESH_TOKEN`: the grant is dead.
+    Revoked,
+    /// `invalid_client`, `unauthorized_client`: tokend's client credentials
+    /// are wrong; not the connection's fault.
+    ClientMisconfigured,
+    /// HTTP 429: wait for `Retry-After`.
+    RateLimited,
+    /// 5xx, timeouts, connection errors, malformed bodies: back off and retry.
+    Transient,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::Revoked => "revoked",
+            ErrorClass::ClientMisconfigured => "client_misconfigured",
+            ErrorClass::RateLimited => "rate_limited",
+            ErrorClass::Transient => "transient",
+        }
+    }
+}
+
+/// The last provider failure, kept for operators. Never holds a secret: the
+/// provider layer truncates messages and strips what tokend sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastError {
+    pub class: ErrorClass,
+    /// The provider's code: `invalid_grant`, `BAD_REFRESH_TOKEN`, `http_503`.
+    pub code: String,
+    pub message: String,
+    pub correlation_id: Option<String>,
+    pub http_status: Option<u16>,
+    pub at: Timestamp,
+}
+
+/// Everything tokend keeps about one connection.
+///
+/// Two counters: `version` grows with every change of the token set and is
+/// what callers see and hand back to `ForceRefresh`; `revision` grows with
+/// every write of the record and is what the store compares and swaps on.
+/// `revision >= version` always, so a write that cannot replace a newer
+/// revision cannot replace a newer version either.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub id: ConnectionId,
+    pub provider: ProviderName,
+    /// Provider-side account: HubSpot portal id, Salesforce org id, ...
+    pub account_id: String,
+    pub tokens: TokenSet,
+    /// The refresh token this set replaced, kept until the new one has been
+    /// used successfully once, so a crash between the provider rotating it
+    /// and tokend persisting the answer can be recovered from.
+    pub previous_refresh_token: Option<SecretString>,
+    pub version: u64,
+    pub revision: u64,
+    pub status: Status,
+    pub last_error: Option<LastError>,
+    pub last_refresh_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    /// Digest of the install request that produced this token set, so a
+    /// retried identical install is recognised and not applied twice.
+    pub install_fingerprint: Option<String>,
+}
+
+impl Connection {
+    /// A copy with the record counters advanced for the next write.
+    pub fn next_revision(&self, now: Timestamp) -> Connection {
+        let mut next = self.clone();
+        next.revision += 1;
+        next.updated_at = now;
+        next
+    }
+
+    /// The record after a successful refresh that returned `fresh`.
+    ///
+    /// Keeps the current refresh token when the provider sent none (many
+    /// providers do not rotate), and remembers the replaced one.
+    pub fn with_refreshed_tokens(&self, mut fresh: TokenSet, now: Timestamp) -> Connection {
+        let mut next = self.next_revision(now);
+        if fresh.refresh_token.is_none() {
+            fresh.refresh_token = self.tokens.refresh_token.clone();
+        }
+        if fresh.scopes.is_empty() {
+            fresh.scopes = self.tokens.scopes.clone();
+        }
+        next.previous_refresh_token = if fresh.same_refresh_token(&self.tokens) {
+            self.previous_refresh_token.clone()
+        } else {
+            self.tokens.refresh_token.clone()
+        };
+        next.tokens = fresh;
+        next.version += 1;
+        next.status = Status::Active;
+        next.last_error = None;
+        next.last_refresh_at = Some(now);
+        next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn conn() -> Connection {
+        Connection {
+            id: ConnectionId::new("c1").unwrap(),
+            provider: ProviderName::new("sandbox").unwrap(),
+            account_id: "acct".into(),
+            tokens: TokenSet {
+                access_token: "a1".into(),
+                refresh_token: Some("r1".into()),
+                token_type: "Bearer".into(),
+                scopes: vec!["crm".into()],
+                expires_at: Timestamp::from_unix_millis(10),
+                obtained_at: Timestamp::from_unix_millis(0),
+            },
+            previous_refresh_token: None,
+            version: 3,
+            revision: 7,
+            status: Status::Active,
+            last_error: None,
+            last_refresh_at: None,
+            created_at: Timestamp::from_unix_millis(0),
+            updated_at: Timestamp::from_unix_millis(0),
+            install_fingerprint: None,
+        }
+    }
+
+    fn fresh(refresh: Option<&str>) -> TokenSet {
+        TokenSet {
+            access_token: "a2".into(),
+            refresh_token: refresh.map(SecretString::from),
+            token_type: "Bearer".into(),
+            scopes: vec![],
+            expires_at: Timestamp::from_unix_millis(2000),
+            obtained_at: Timestamp::from_unix_millis(100),
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_the_previous_refresh_token() {
+        let now = Timestamp::from_unix_millis(100);
+        let next = conn().with_refreshed_tokens(fresh(Some("r2")), now);
+        assert_eq!((next.version, next.revision), (4, 8));
+        assert_eq!(
+            next.tokens.refresh_token.as_ref().unwrap().expose_secret(),
+            "r2"
+        );
+        assert_eq!(
+            next.previous_refresh_token
+                .as_ref()
+                .unwrap()
+                .expose_secret(),
+            "r1"
+        );
+        assert_eq!(next.tokens.scopes, vec!["crm".to_string()]);
+        assert_eq!(next.last_refresh_at, Some(now));
+    }
+
+    #[test]
+    fn a_missing_refresh_token_keeps_the_old_one() {
+        let next = conn().with_refreshed_tokens(fresh(None), Timestamp::from_unix_millis(100));
+        assert_eq!(
+            next.tokens.refresh_token.as_ref().unwrap().expose_secret(),
+            "r1"
+        );
+        assert!(next.previous_refresh_token.is_none());
+    }
+}

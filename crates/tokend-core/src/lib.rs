@@ -1,0 +1,17 @@
+//! tokend's domain: connection records, token sets, statuses, error classes,
+//! the refresh policy and the clock. Depends on neither tonic, sled nor reqwest.
+
+mod clock;
+mod connection;
+mod id;
+mod policy;
+mod token;
+
+pub use clock::{Clock, Timestamp};
+pub use connection::{Connection, ErrorClass, LastError, Status};
+pub use id::{ConnectionId, IdError, ProviderName, derive_connection_id};
+pub use policy::RefreshPolicy;
+pub use token::{TokenSet, fingerprint};
+
+/// Re-exported so every crate names the same secret type.
+pub use secrecy::{ExposeSecret, SecretString};

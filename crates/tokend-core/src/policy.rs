@@ -1,0 +1,81 @@
+//! When to refresh: the per-provider buffer, capped for short-lived tokens.
+
+use std::time::Duration;
+
+use crate::{Timestamp, TokenSet};
+
+/// Decides when a token set is due for renewal.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RefreshPolicy {
+    /// Renew this long before expiry (per provider; default 5 minutes).
+    pub buffer: Duration,
+    /// ... but never more than this fraction of the token's lifetime, so a
+    /// 60-second token is not refreshed on every read.
+    pub max_buffer_fraction: f64,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        Self {
+            buffer: Duration::from_secs(300),
+            max_buffer_fraction: 0.5,
+        }
+    }
+}
+
+impl RefreshPolicy {
+    /// The effective buffer for this token set.
+    pub fn buffer_for(&self, tokens: &TokenSet) -> Duration {
+        let fraction = self.max_buffer_fraction.clamp(0.0, 1.0);
+        let cap = tokens.lifetime().mul_f64(fraction);
+        self.buffer.min(cap)
+    }
+
+    /// When the background refresher should renew this token set.
+    pub fn refresh_due_at(&self, tokens: &TokenSet) -> Timestamp {
+        tokens.expires_at.saturating_sub(self.buffer_for(tokens))
+    }
+
+    /// Whether a reader needing `min_ttl` must wait for a refresh first.
+    pub fn needs_refresh(&self, tokens: &TokenSet, now: Timestamp, min_ttl: Duration) -> bool {
+        tokens.ttl(now) < self.buffer_for(tokens).max(min_ttl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(lifetime_secs: i64) -> TokenSet {
+        TokenSet {
+            access_token: "a".into(),
+            refresh_token: None,
+            token_type: "Bearer".into(),
+            scopes: vec![],
+            expires_at: Timestamp::from_unix_millis(lifetime_secs * 1000),
+            obtained_at: Timestamp::from_unix_millis(0),
+        }
+    }
+
+    #[test]
+    fn buffer_is_capped_for_short_lived_tokens() {
+        let p = RefreshPolicy::default();
+        assert_eq!(p.buffer_for(&tokens(1800)), Duration::from_secs(300));
+        assert_eq!(p.buffer_for(&tokens(60)), Duration::from_secs(30));
+        assert_eq!(
+            p.refresh_due_at(&tokens(1800)),
+            Timestamp::from_unix_millis(1500 * 1000)
+        );
+    }
+
+    #[test]
+    fn needs_refresh_uses_the_larger_of_buffer_and_min_ttl() {
+        let p = RefreshPolicy::default();
+        let t = tokens(1800);
+        let at = |s: i64| Timestamp::from_unix_millis(s * 1000);
+        assert!(!p.needs_refresh(&t, at(1000), Duration::ZERO));
+        assert!(p.needs_refresh(&t, at(1501), Duration::ZERO));
+        assert!(p.needs_refresh(&t, at(1000), Duration::from_secs(900)));
+        assert!(p.needs_refresh(&t, at(2000), Duration::ZERO));
+    }
+}

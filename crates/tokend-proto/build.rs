@@ -1,0 +1,26 @@
+//! Compiles `proto/` with protox (pure Rust, so no system `protoc`) into prost
+//! types, tonic stubs and the encoded descriptor set served by reflection.
+
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
+    let proto_root = manifest_dir.join("../../proto");
+    let proto_file = proto_root.join("tokend/v1/tokend.proto");
+    println!("cargo:rerun-if-changed={}", proto_root.display());
+
+    let mut compiler = protox::Compiler::new([&proto_root])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_file(&proto_file)?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("tokend_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(compiler.file_descriptor_set())?;
+    Ok(())
+}
