@@ -1,0 +1,280 @@
+//! The embedded default `Store`: sled 0.34, one tree of records and one of
+//! refresh leases, every write flushed before it returns.
+
+use std::{path::Path, time::Duration};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokend_core::{Connection, ConnectionId, Timestamp};
+
+use crate::{Lease, ListQuery, Store, StoreError, check_advances, codec, matches};
+
+/// A sled database holding tokend's records. sled types stay inside this
+/// module.
+pub struct SledStore {
+    /// Kept so the database (and its file lock) lives as long as the store.
+    db: sled::Db,
+    /// `connection id -> codec-encoded Connection`.
+    records: sled::Tree,
+    /// `connection id -> JSON StoredLease`.
+    leases: sled::Tree,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredLease {
+    holder: String,
+    fence: u64,
+    expires_at: Timestamp,
+}
+
+fn backend(e: sled::Error) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            // Durability comes from the explicit flush after every write;
+            // the periodic flush only batches sled's own bookkeeping.
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(backend)?;
+        let records = db.open_tree("connections").map_err(backend)?;
+        let leases = db.open_tree("refresh_leases").map_err(backend)?;
+        Ok(Self {
+            db,
+            records,
+            leases,
+        })
+    }
+
+    /// Makes every write so far durable.
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await.map_err(backend)?;
+        Ok(())
+    }
+
+    /// Compare-and-swaps `key` from `old` to `new` at the byte level.
+    fn swap(
+        tree: &sled::Tree,
+        key: &[u8],
+        old: Option<sled::IVec>,
+        new: Option<Vec<u8>>,
+    ) -> Result<bool, StoreError> {
+        Ok(tree
+            .compare_and_swap(key, old, new)
+            .map_err(backend)?
+            .is_ok())
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        let key = id.as_str().as_bytes();
+        match self.records.get(key).map_err(backend)? {
+            Some(bytes) => codec::decode(key, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn put(&self, record: &Connection, expected: Option<u64>) -> Result<(), StoreError> {
+        check_advances(record, expected)?;
+        let key = record.id.as_str().as_bytes();
+        let new = codec::encode(record);
+        // Read, check the revision, then swap on the exact bytes read: if the
+        // record changed in between, the byte-level swap fails and we look
+        // again, so the revision check can never act on a stale read.
+        loop {
+            let current = self.records.get(key).map_err(backend)?;
+            let found = match &current {
+                Some(bytes) => Some(codec::decode(key, bytes)?.revision),
+                None => None,
+            };
+            if found != expected {
+                return Err(StoreError::Conflict {
+                    id: record.id.clone(),
+                    expected,
+                    found,
+                });
+            }
+            if Self::swap(&self.records, key, current, Some(new.clone()))? {
+                break;
+            }
+        }
+        self.flush().await
+    }
+
+    async fn delete(&self, id: &ConnectionId, expected: Option<u64>) -> Result<bool, StoreError> {
+        let key = id.as_str().as_bytes();
+        loop {
+            let Some(current) = self.records.get(key).map_err(backend)? else {
+                return Ok(false);
+            };
+            if let Some(e) = expected {
+                let found = codec::decode(key, &current)?.revision;
+                if found != e {
+                    return Err(StoreError::Conflict {
+                        id: id.clone(),
+                        expected,
+                        found: Some(found),
+                    });
+                }
+            }
+            if Self::swap(&self.records, key, Some(current), None)? {
+                break;
+            }
+        }
+        self.leases.remove(key).map_err(backend)?;
+        self.flush().await?;
+        Ok(true)
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {
+        let iter = match &query.after {
+            Some(after) => {
+                let mut start = after.as_str().as_bytes().to_vec();
+                // The smallest key strictly greater than `after`.
+                start.push(0);
+                self.records.range(start..)
+            }
+            None => self.records.iter(),
+        };
+        let mut out = Vec::new();
+        for item in iter {
+            if out.len() >= query.limit {
+                break;
+            }
+            let (key, bytes) = item.map_err(backend)?;
+            match codec::decode(&key, &bytes) {
+                Ok(c) if matches(query, &c) => out.push(c),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "skipping unreadable connection record"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn try_acquire_refresh_lease(
+        &self,
+        id: &ConnectionId,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Option<Lease>, StoreError> {
+        let key = id.as_str().as_bytes();
+        loop {
+            let current = self.leases.get(key).map_err(backend)?;
+            let last: Option<StoredLease> = match &current {
+                Some(bytes) => serde_json::from_slice(bytes).ok(),
+                None => None,
+            };
+            if last
+                .as_ref()
+                .is_some_and(|l| l.holder != holder && l.expires_at > now)
+            {
+                return Ok(None);
+            }
+            let lease = StoredLease {
+                holder: holder.to_owned(),
+                fence: last.as_ref().map_or(1, |l| l.fence + 1),
+                expires_at: now.saturating_add(ttl),
+            };
+            let bytes =
+                serde_json::to_vec(&lease).map_err(|e| StoreError::Backend(e.to_string()))?;
+            if Self::swap(&self.leases, key, current, Some(bytes))? {
+                // Not flushed: a lease lost in a crash only costs a possible
+                // duplicate provider call, which the revision CAS makes safe.
+                return Ok(Some(Lease {
+                    id: id.clone(),
+                    holder: lease.holder,
+                    fence: lease.fence,
+                    expires_at: lease.expires_at,
+                }));
+            }
+        }
+    }
+
+    async fn release_refresh_lease(&self, lease: &Lease) -> Result<(), StoreError> {
+        let key = lease.id.as_str().as_bytes();
+        loop {
+            let Some(current) = self.leases.get(key).map_err(backend)? else {
+                return Ok(());
+            };
+            let Ok(mut stored) = serde_json::from_slice::<StoredLease>(&current) else {
+                return Ok(());
+            };
+            if stored.fence != lease.fence {
+                return Ok(());
+            }
+            stored.expires_at = Timestamp::from_unix_millis(i64::MIN);
+            let bytes =
+                serde_json::to_vec(&stored).map_err(|e| StoreError::Backend(e.to_string()))?;
+            if Self::swap(&self.leases, key, Some(current), Some(bytes))? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = std::sync::atomic::AtomicUsize::new(0);
+        crate::conformance::run_all(|| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.path().join(format!("db{n}"));
+            async move { SledStore::open(&path).unwrap() }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = crate::conformance::record("persisted", 1);
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.put(&record, None).await.unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        let back = store.get(&record.id).await.unwrap().unwrap();
+        assert_eq!(back.revision, 1);
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            back.tokens.refresh_token.unwrap().expose_secret(),
+            record.tokens.refresh_token.unwrap().expose_secret()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_record_is_an_error_for_that_record_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store
+            .put(&crate::conformance::record("good", 1), None)
+            .await
+            .unwrap();
+        store.records.insert(b"bad", &b"{not json"[..]).unwrap();
+        let bad = ConnectionId::new("bad").unwrap();
+        assert!(matches!(
+            store.get(&bad).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        let all = store
+            .list(&ListQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].id.as_str(), "good");
+    }
+}
