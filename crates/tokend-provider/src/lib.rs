@@ -1,1 +1,44 @@
-//! placeholder
+//! The OAuth2 token-endpoint client: provider configuration, the refresh and
+//! code-exchange calls over reqwest, token-response validation, and the
+//! classification of every failure into one `ErrorClass`.
+
+mod classify;
+mod client;
+mod config;
+mod response;
+
+pub use client::{HttpSettings, ProviderClient, TokenGrant};
+pub use config::{ClientAuth, Dialect, ProviderConfig};
+
+use std::time::Duration;
+
+use tokend_core::{ErrorClass, LastError, Timestamp};
+
+/// A failed provider call, classified. `message` is truncated and stripped of
+/// every secret tokend sent, so it is safe to log, store and return.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("provider {class} error {code}: {message}", class = class.as_str())]
+pub struct ProviderError {
+    pub class: ErrorClass,
+    /// `invalid_grant`, `BAD_REFRESH_TOKEN`, `http_503`, `timeout`, ...
+    pub code: String,
+    pub message: String,
+    pub http_status: Option<u16>,
+    pub correlation_id: Option<String>,
+    /// From `Retry-After`, when the provider sent one.
+    pub retry_after: Option<Duration>,
+}
+
+impl ProviderError {
+    /// The record an operator sees in `GetConnection`.
+    pub fn to_last_error(&self, at: Timestamp) -> LastError {
+        LastError {
+            class: self.class,
+            code: self.code.clone(),
+            message: self.message.clone(),
+            correlation_id: self.correlation_id.clone(),
+            http_status: self.http_status,
+            at,
+        }
+    }
+}

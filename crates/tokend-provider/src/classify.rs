@@ -1,0 +1,242 @@
+//! Turns a provider's error answer into an `ErrorClass`, whichever dialect
+//! it speaks, and makes its message safe to keep.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use tokend_core::ErrorClass;
+
+use crate::{Dialect, ProviderError};
+
+/// Longest provider message kept.
+const MAX_MESSAGE_LEN: usize = 200;
+
+/// Error codes that mean the grant itself is dead.
+const REVOKED: &[&str] = &[
+    "invalid_grant",
+    "BAD_REFRESH_TOKEN",
+    "BAD_AUTH_CODE",
+    "BAD_GRANT",
+];
+/// Error codes that blame tokend's client registration, not the connection.
+const MISCONFIGURED: &[&str] = &[
+    "invalid_client",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_request",
+    "invalid_scope",
+    "BAD_CLIENT_ID",
+    "BAD_CLIENT_SECRET",
+    "BAD_REDIRECT_URI",
+    "BAD_REQUEST",
+];
+
+/// The code, message and correlation id in an error body.
+struct ErrorBody {
+    code: Option<String>,
+    message: Option<String>,
+    correlation_id: Option<String>,
+}
+
+fn string_field(map: &serde_json::Map<String, Value>, key: &str) -> Option<String> {
+    map.get(key).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn parse_body(dialect: Dialect, body: &[u8]) -> ErrorBody {
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
+        return ErrorBody {
+            code: None,
+            message: None,
+            correlation_id: None,
+        };
+    };
+    let rfc_code = string_field(&map, "error");
+    let rfc_message = string_field(&map, "error_description");
+    let hs_code = string_field(&map, "status").filter(|s| s != "error");
+    let hs_message = string_field(&map, "message");
+    let correlation_id =
+        string_field(&map, "correlationId").or_else(|| string_field(&map, "request_id"));
+    // Each dialect prefers its own fields but understands the other's: many
+    // providers mix them.
+    let (code, message) = match dialect {
+        Dialect::Rfc6749 => (rfc_code.or(hs_code), rfc_message.or(hs_message)),
+        Dialect::Hubspot => (hs_code.or(rfc_code), hs_message.or(rfc_message)),
+    };
+    ErrorBody {
+        code,
+        message,
+        correlation_id,
+    }
+}
+
+/// Parses `Retry-After`: delta-seconds or an HTTP date.
+pub(crate) fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Keeps a provider message short, printable and free of the secrets sent.
+pub(crate) fn sanitize(message: &str, secrets: &[&str]) -> String {
+    let mut out = message.to_owned();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        out = out.replace(secret, "[redacted]");
+    }
+    let mut out: String = out
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if out.len() > MAX_MESSAGE_LEN {
+        let mut cut = MAX_MESSAGE_LEN;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
+/// Classifies a non-2xx answer.
+pub(crate) fn classify(
+    dialect: Dialect,
+    http_status: u16,
+    body: &[u8],
+    header_correlation_id: Option<String>,
+    retry_after: Option<Duration>,
+    secrets: &[&str],
+) -> ProviderError {
+    let parsed = parse_body(dialect, body);
+    let code = parsed
+        .code
+        .filter(|c| !c.is_empty() && c.len() <= 64)
+        .map(|c| sanitize(&c, secrets));
+    let class = match (http_status, code.as_deref()) {
+        (429, _) => ErrorClass::RateLimited,
+        (500..=599, _) => ErrorClass::Transient,
+        (_, Some(c)) if REVOKED.contains(&c) => ErrorClass::Revoked,
+        (_, Some(c)) if MISCONFIGURED.contains(&c) => ErrorClass::ClientMisconfigured,
+        // A bare 401/403 from a token endpoint rejects the client itself.
+        (401 | 403, _) => ErrorClass::ClientMisconfigured,
+        // Anything else unknown: retry with backoff rather than declare the
+        // grant dead on a guess.
+        _ => ErrorClass::Transient,
+    };
+    ProviderError {
+        class,
+        code: code.unwrap_or_else(|| format!("http_{http_status}")),
+        message: sanitize(
+            parsed.message.as_deref().unwrap_or("no error description"),
+            secrets,
+        ),
+        http_status: Some(http_status),
+        correlation_id: parsed
+            .correlation_id
+            .or(header_correlation_id)
+            .map(|c| sanitize(&c, secrets)),
+        retry_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(dialect: Dialect, status: u16, body: &str) -> ProviderError {
+        classify(
+            dialect,
+            status,
+            body.as_bytes(),
+            None,
+            None,
+            &["rt-secret-123"],
+        )
+    }
+
+    #[test]
+    fn rfc6749_codes() {
+        let e = c(
+            Dialect::Rfc6749,
+            400,
+            r#"{"error":"invalid_grant","error_description":"expired"}"#,
+        );
+        assert_eq!(
+            (e.class, e.code.as_str(), e.message.as_str()),
+            (ErrorClass::Revoked, "invalid_grant", "expired")
+        );
+        assert_eq!(
+            c(Dialect::Rfc6749, 401, r#"{"error":"invalid_client"}"#).class,
+            ErrorClass::ClientMisconfigured
+        );
+        assert_eq!(
+            c(Dialect::Rfc6749, 400, r#"{"error":"unauthorized_client"}"#).class,
+            ErrorClass::ClientMisconfigured
+        );
+        assert_eq!(
+            c(Dialect::Rfc6749, 401, "").class,
+            ErrorClass::ClientMisconfigured
+        );
+        assert_eq!(
+            c(Dialect::Rfc6749, 400, r#"{"error":"something_new"}"#).class,
+            ErrorClass::Transient
+        );
+        assert_eq!(c(Dialect::Rfc6749, 418, "teapot").code, "http_418");
+    }
+
+    #[test]
+    fn hubspot_codes_and_correlation_id() {
+        let e = c(
+            Dialect::Hubspot,
+            400,
+            r#"{"status":"BAD_REFRESH_TOKEN","message":"missing or invalid refresh token","correlationId":"abc-123"}"#,
+        );
+        assert_eq!(e.class, ErrorClass::Revoked);
+        assert_eq!(e.code, "BAD_REFRESH_TOKEN");
+        assert_eq!(e.correlation_id.as_deref(), Some("abc-123"));
+        assert_eq!(
+            c(Dialect::Hubspot, 400, r#"{"status":"BAD_CLIENT_ID"}"#).class,
+            ErrorClass::ClientMisconfigured
+        );
+    }
+
+    #[test]
+    fn status_wins_over_body_for_429_and_5xx() {
+        assert_eq!(
+            c(Dialect::Rfc6749, 429, r#"{"error":"invalid_grant"}"#).class,
+            ErrorClass::RateLimited
+        );
+        let e = c(Dialect::Rfc6749, 503, "<html>down</html>");
+        assert_eq!(
+            (e.class, e.code.as_str()),
+            (ErrorClass::Transient, "http_503")
+        );
+    }
+
+    #[test]
+    fn echoed_secrets_are_stripped_and_messages_bounded() {
+        let e = c(
+            Dialect::Rfc6749,
+            400,
+            r#"{"error":"invalid_grant","error_description":"token rt-secret-123 is unknown\n"}"#,
+        );
+        assert!(!e.message.contains("rt-secret-123"), "{}", e.message);
+        assert!(e.message.contains("[redacted]"));
+        let long = format!(
+            r#"{{"error":"invalid_grant","error_description":"{}"}}"#,
+            "é".repeat(500)
+        );
+        assert!(c(Dialect::Rfc6749, 400, &long).message.len() <= MAX_MESSAGE_LEN + 3);
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        assert_eq!(retry_after("7", now), Some(Duration::from_secs(7)));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(retry_after(&date, now), Some(Duration::from_secs(30)));
+        assert_eq!(retry_after("soon", now), None);
+    }
+}

@@ -1,0 +1,249 @@
+//! The HTTP side: token requests with timeouts, client authentication, a cap
+//! on response size, and no redirects.
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretString};
+use tokend_core::{Clock, ErrorClass, TokenSet};
+
+use crate::{ClientAuth, ProviderConfig, ProviderError, classify, response};
+
+/// Limits for upstream calls.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub connect_timeout: Duration,
+    /// Whole request, connect to last body byte.
+    pub request_timeout: Duration,
+    /// Bodies larger than this are refused; real token responses are < 4 KiB.
+    pub max_response_bytes: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(15),
+            max_response_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A successful token-endpoint answer.
+#[derive(Debug)]
+pub struct TokenGrant {
+    pub tokens: TokenSet,
+    /// The account the provider named, if its config says where to look.
+    pub account_id: Option<String>,
+    /// The provider's request id, for logs.
+    pub correlation_id: Option<String>,
+}
+
+/// Talks to token endpoints. Cheap to clone: one connection pool shared.
+#[derive(Clone)]
+pub struct ProviderClient {
+    http: reqwest::Client,
+    max_response_bytes: usize,
+    clock: Clock,
+}
+
+/// Headers providers put their request id in.
+const CORRELATION_HEADERS: &[&str] = &[
+    "x-hubspot-correlation-id",
+    "x-correlation-id",
+    "x-request-id",
+];
+
+fn transport_error(code: &str, message: &str) -> ProviderError {
+    ProviderError {
+        class: ErrorClass::Transient,
+        code: code.into(),
+        message: message.into(),
+        http_status: None,
+        correlation_id: None,
+        retry_after: None,
+    }
+}
+
+/// Percent-encodes per `application/x-www-form-urlencoded`, as RFC 6749
+/// §2.3.1 asks for Basic credentials.
+fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._*".contains(&b) {
+            out.push(b as char);
+        } else if b == b' ' {
+            out.push('+');
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl ProviderClient {
+    pub fn new(settings: &HttpSettings, clock: Clock) -> Result<Self, ProviderError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            // A token endpoint that redirects would make us re-send secrets
+            // somewhere else; treat it as an error instead.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("tokend/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|_| transport_error("client_setup", "cannot build the HTTP client"))?;
+        Ok(Self {
+            http,
+            max_response_bytes: settings.max_response_bytes,
+            clock,
+        })
+    }
+
+    /// Exchanges a refresh token for a new token set.
+    pub async fn refresh(
+        &self,
+        config: &ProviderConfig,
+        refresh_token: &SecretString,
+    ) -> Result<TokenGrant, ProviderError> {
+        let rt = refresh_token.expose_secret();
+        self.token_request(
+            config,
+            vec![("grant_type", "refresh_token"), ("refresh_token", rt)],
+            &[rt],
+        )
+        .await
+    }
+
+    /// Exchanges an authorization code (RFC 6749 §4.1.3, with PKCE when a
+    /// verifier is given).
+    pub async fn exchange_code(
+        &self,
+        config: &ProviderConfig,
+        code: &SecretString,
+        redirect_uri: &str,
+        code_verifier: Option<&SecretString>,
+    ) -> Result<TokenGrant, ProviderError> {
+        let code = code.expose_secret();
+        let mut form = vec![("grant_type", "authorization_code"), ("code", code)];
+        if !redirect_uri.is_empty() {
+            form.push(("redirect_uri", redirect_uri));
+        }
+        let mut secrets = vec![code];
+        if let Some(v) = code_verifier {
+            form.push(("code_verifier", v.expose_secret()));
+            secrets.push(v.expose_secret());
+        }
+        self.token_request(config, form, &secrets).await
+    }
+
+    async fn token_request(
+        &self,
+        config: &ProviderConfig,
+        mut form: Vec<(&str, &str)>,
+        sent_secrets: &[&str],
+    ) -> Result<TokenGrant, ProviderError> {
+        let secret = config.client_secret.expose_secret();
+        let mut secrets = sent_secrets.to_vec();
+        secrets.push(secret);
+        for (k, v) in &config.extra_params {
+            if !form.iter().any(|(existing, _)| existing == k) {
+                form.push((k, v));
+            }
+        }
+        let mut request = self
+            .http
+            .post(config.token_url.clone())
+            .header("accept", "application/json");
+        match config.client_auth {
+            ClientAuth::ClientSecretPost => {
+                form.push(("client_id", &config.client_id));
+                form.push(("client_secret", secret));
+            }
+            ClientAuth::ClientSecretBasic => {
+                let credentials =
+                    format!("{}:{}", form_encode(&config.client_id), form_encode(secret));
+                let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+                request = request.header("authorization", format!("Basic {encoded}"));
+            }
+        }
+        let sent_at = self.clock.now();
+        let mut response = request.form(&form).send().await.map_err(|e| {
+            if e.is_timeout() {
+                transport_error("timeout", "token endpoint timed out")
+            } else if e.is_connect() {
+                transport_error("connect_error", "cannot connect to the token endpoint")
+            } else {
+                transport_error("http_error", "token request failed")
+            }
+        })?;
+        let status = response.status().as_u16();
+        let correlation_id = CORRELATION_HEADERS.iter().find_map(|h| {
+            response
+                .headers()
+                .get(*h)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| classify::sanitize(v, &secrets))
+        });
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| classify::retry_after(v, SystemTime::now()));
+
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > self.max_response_bytes {
+                        let mut e = transport_error(
+                            "response_too_large",
+                            "token response exceeds the size limit",
+                        );
+                        e.http_status = Some(status);
+                        return Err(e);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let mut err = if e.is_timeout() {
+                        transport_error("timeout", "token endpoint timed out")
+                    } else {
+                        transport_error("http_error", "reading the token response failed")
+                    };
+                    err.http_status = Some(status);
+                    return Err(err);
+                }
+            }
+        }
+
+        if (200..300).contains(&status) {
+            let parsed = response::parse(config, &body, status, correlation_id.clone(), sent_at)?;
+            Ok(TokenGrant {
+                tokens: parsed.tokens,
+                account_id: parsed.account_id,
+                correlation_id,
+            })
+        } else {
+            Err(classify::classify(
+                config.dialect,
+                status,
+                &body,
+                correlation_id,
+                retry_after,
+                &secrets,
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_encoding_for_basic_auth() {
+        assert_eq!(form_encode("a b:c/d"), "a+b%3Ac%2Fd");
+        assert_eq!(form_encode("plain-id_1.x"), "plain-id_1.x");
+    }
+}

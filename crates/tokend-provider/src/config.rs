@@ -1,0 +1,63 @@
+//! What tokend needs to know about one OAuth provider.
+
+use std::{fmt, time::Duration};
+
+use secrecy::SecretString;
+use tokend_core::{ProviderName, RefreshPolicy};
+
+/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_id` and `client_secret` in the form body (HubSpot).
+    ClientSecretPost,
+    /// HTTP Basic with the url-encoded id and secret.
+    ClientSecretBasic,
+}
+
+/// How the provider words its errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// `{"error":"invalid_grant","error_description":"..."}`
+    Rfc6749,
+    /// `{"status":"BAD_REFRESH_TOKEN","message":"...","correlationId":"..."}`
+    Hubspot,
+}
+
+/// One provider's settings. The client secret is a `SecretString`, so this
+/// type's `Debug` never shows it.
+#[derive(Clone)]
+pub struct ProviderConfig {
+    pub name: ProviderName,
+    pub token_url: reqwest::Url,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub client_auth: ClientAuth,
+    /// Extra form fields sent with every token request (HubSpot wants
+    /// `redirect_uri` on refresh too).
+    pub extra_params: Vec<(String, String)>,
+    /// Lifetime assumed when a response's `expires_in` is missing or absurd.
+    pub default_lifetime: Duration,
+    pub refresh_policy: RefreshPolicy,
+    pub dialect: Dialect,
+    /// Field of the token response naming the provider-side account, if the
+    /// provider sends one (`account_id` for the sandbox, `hub_id` where a
+    /// HubSpot-style endpoint adds it).
+    pub account_id_field: Option<String>,
+}
+
+impl fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderConfig")
+            .field("name", &self.name)
+            .field("token_url", &self.token_url.as_str())
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[REDACTED]")
+            .field("client_auth", &self.client_auth)
+            .field("extra_params", &self.extra_params)
+            .field("default_lifetime", &self.default_lifetime)
+            .field("refresh_policy", &self.refresh_policy)
+            .field("dialect", &self.dialect)
+            .field("account_id_field", &self.account_id_field)
+            .finish()
+    }
+}
