@@ -48,11 +48,12 @@ fn expires_in(value: Option<&Value>) -> Option<Duration> {
         Value::String(s) => s.trim().parse::<f64>().ok()?,
         _ => return None,
     };
-    if !secs.is_finite() || secs < 1.0 {
+    // Checked before converting: `Duration::from_secs_f64` panics on values
+    // it cannot represent, and a provider may send anything.
+    if !secs.is_finite() || secs < 1.0 || secs > MAX_PLAUSIBLE_LIFETIME.as_secs_f64() {
         return None;
     }
-    let d = Duration::from_secs_f64(secs);
-    (d <= MAX_PLAUSIBLE_LIFETIME).then_some(d)
+    Some(Duration::from_secs_f64(secs))
 }
 
 fn scopes(value: Option<&Value>) -> Vec<String> {
