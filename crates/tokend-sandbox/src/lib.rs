@@ -181,12 +181,21 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Starts a provider on `127.0.0.1` with an ephemeral port.
+    ///
+    /// # Errors
+    /// When the listening socket cannot be bound.
     pub async fn start(config: SandboxConfig) -> std::io::Result<Sandbox> {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         Self::start_on(listener, config).await
     }
 
     /// Starts a provider on a listener the caller bound (e.g. a fixed port for `tokend serve --sandbox`).
+    ///
+    /// Async although it does not wait for anything: it spawns the server on the current Tokio
+    /// runtime, and an `async fn` can only be called from within one.
+    ///
+    /// # Errors
+    /// When the listener's local address cannot be read.
     pub async fn start_on(
         listener: TcpListener,
         config: SandboxConfig,

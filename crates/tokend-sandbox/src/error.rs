@@ -1,0 +1,179 @@
+//! OAuth error responses of the token endpoint, rendered in the RFC 6749 or HubSpot dialect.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::Dialect;
+use crate::secrets;
+use crate::state::{GrantError, GrantKind};
+
+/// The kinds of failure the token endpoint reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ErrorCode {
+    InvalidRequest,
+    InvalidClient,
+    InvalidGrant(GrantKind),
+    UnsupportedGrantType,
+    /// A server-side failure served with this HTTP status (from a `Status` fault).
+    ServerError(StatusCode),
+    RateLimited {
+        retry_after_secs: u64,
+    },
+}
+
+/// A token-endpoint error. `description` is static text so no token or secret can leak into it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OAuthError {
+    pub code: ErrorCode,
+    pub status: StatusCode,
+    pub description: &'static str,
+}
+
+impl OAuthError {
+    pub(crate) fn invalid_request(description: &'static str) -> Self {
+        Self {
+            code: ErrorCode::InvalidRequest,
+            status: StatusCode::BAD_REQUEST,
+            description,
+        }
+    }
+
+    /// `invalid_request` with a status other than 400 (413 for an oversized body, 415 for JSON...).
+    pub(crate) fn invalid_request_with(status: StatusCode, description: &'static str) -> Self {
+        Self {
+            status,
+            ..Self::invalid_request(description)
+        }
+    }
+
+    /// RFC 6749 §5.2: client authentication failures answer 401.
+    pub(crate) fn invalid_client(description: &'static str) -> Self {
+        Self {
+            code: ErrorCode::InvalidClient,
+            status: StatusCode::UNAUTHORIZED,
+            description,
+        }
+    }
+
+    pub(crate) fn unsupported_grant_type() -> Self {
+        Self {
+            code: ErrorCode::UnsupportedGrantType,
+            status: StatusCode::BAD_REQUEST,
+            description: "grant_type must be authorization_code or refresh_token",
+        }
+    }
+
+    pub(crate) fn server_error(status: StatusCode) -> Self {
+        Self {
+            code: ErrorCode::ServerError(status),
+            status,
+            description: "the authorization server failed to handle the request",
+        }
+    }
+
+    pub(crate) fn rate_limited(retry_after_secs: u64) -> Self {
+        Self {
+            code: ErrorCode::RateLimited { retry_after_secs },
+            status: StatusCode::TOO_MANY_REQUESTS,
+            description: "too many token requests; retry later",
+        }
+    }
+
+    /// The RFC 6749 `error` value.
+    fn rfc6749_code(&self) -> &'static str {
+        match self.code {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidClient => "invalid_client",
+            ErrorCode::InvalidGrant(_) => "invalid_grant",
+            ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::ServerError(_) => "server_error",
+            // RFC 6749 has no rate-limit code; `temporarily_unavailable` is its registered
+            // transient-failure code, so generic clients classify it as retryable.
+            ErrorCode::RateLimited { .. } => "temporarily_unavailable",
+        }
+    }
+
+    /// HubSpot's `status` and `category` values.
+    fn hubspot_status_and_category(&self) -> (&'static str, &'static str) {
+        match self.code {
+            ErrorCode::InvalidRequest => ("BAD_REQUEST", "VALIDATION_ERROR"),
+            ErrorCode::InvalidClient => ("BAD_CLIENT_ID", "INVALID_AUTHENTICATION"),
+            ErrorCode::InvalidGrant(GrantKind::Refresh) => {
+                ("BAD_REFRESH_TOKEN", "INVALID_AUTHENTICATION")
+            }
+            ErrorCode::InvalidGrant(GrantKind::Code) => ("BAD_AUTH_CODE", "INVALID_AUTHENTICATION"),
+            ErrorCode::UnsupportedGrantType => ("BAD_GRANT_TYPE", "VALIDATION_ERROR"),
+            ErrorCode::ServerError(_) => ("INTERNAL_ERROR", "INTERNAL_ERROR"),
+            ErrorCode::RateLimited { .. } => ("RATE_LIMITS", "RATE_LIMITS"),
+        }
+    }
+
+    pub(crate) fn into_response(self, dialect: Dialect) -> Response {
+        let mut response = match dialect {
+            Dialect::Rfc6749 => (
+                self.status,
+                Json(Rfc6749Body {
+                    error: self.rfc6749_code(),
+                    error_description: self.description,
+                }),
+            )
+                .into_response(),
+            Dialect::Hubspot => {
+                let (status, category) = self.hubspot_status_and_category();
+                (
+                    self.status,
+                    Json(HubspotBody {
+                        status,
+                        message: self.description,
+                        correlation_id: secrets::uuid_like(),
+                        category,
+                    }),
+                )
+                    .into_response()
+            }
+        };
+        let headers = response.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match self.code {
+            // RFC 6749 §5.2 asks for a challenge naming the scheme the client may use.
+            ErrorCode::InvalidClient => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"tokend-sandbox\""),
+                );
+            }
+            ErrorCode::RateLimited { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<GrantError> for OAuthError {
+    fn from(err: GrantError) -> Self {
+        Self {
+            code: ErrorCode::InvalidGrant(err.kind),
+            status: StatusCode::BAD_REQUEST,
+            description: err.description,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Rfc6749Body {
+    error: &'static str,
+    error_description: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HubspotBody {
+    status: &'static str,
+    message: &'static str,
+    correlation_id: String,
+    category: &'static str,
+}

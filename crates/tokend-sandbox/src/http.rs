@@ -1,0 +1,229 @@
+//! The axum router: the token endpoint, the protected `/api/me` resource and shared middleware.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+
+use crate::Dialect;
+use crate::control;
+use crate::error::OAuthError;
+use crate::form::{self, TokenForm};
+use crate::secrets;
+use crate::state::{FaultAction, Granted, Provider};
+
+/// Token requests are a handful of short fields; 16 KiB leaves ample room and caps abuse.
+const TOKEN_BODY_LIMIT: usize = 16 * 1024;
+/// Control requests carry an account id and a scope list.
+const CONTROL_BODY_LIMIT: usize = 64 * 1024;
+
+/// What a `MalformedBody` fault serves: a token response cut off mid-stream (no secret in it).
+const TRUNCATED_TOKEN_RESPONSE: &str = r#"{"token_type":"bearer","expires_in":1800,"access_tok"#;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub(crate) type Shared = Arc<Provider>;
+
+pub(crate) fn router(provider: Shared) -> Router {
+    Router::new()
+        .route(
+            "/oauth/token",
+            // The route-level limit overrides the router-wide one below.
+            post(token).layer(DefaultBodyLimit::max(TOKEN_BODY_LIMIT)),
+        )
+        .route("/api/me", get(api_me))
+        .merge(control::routes())
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(CONTROL_BODY_LIMIT))
+        // Outermost, so every response (404s, 405s and rejections included) gets an id.
+        .layer(middleware::map_response(add_request_id))
+        .with_state(provider)
+}
+
+async fn add_request_id(mut response: Response) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&secrets::uuid_like()) {
+        response.headers_mut().insert(X_REQUEST_ID, value);
+    }
+    response
+}
+
+async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({ "error": "not_found" })),
+    )
+        .into_response()
+}
+
+/// `POST /oauth/token`.
+///
+/// The body is taken as a `Result` so that an oversized or unreadable body is answered with an
+/// OAuth error in the configured dialect instead of axum's plain-text rejection.
+async fn token(
+    State(provider): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let dialect = provider.dialect();
+    if let Some(fault) = provider.begin_token_request() {
+        tracing::debug!(?fault, "sandbox: serving injected fault");
+        if let Some(response) = apply_fault(dialect, fault).await {
+            return response;
+        }
+    }
+    match handle_token(&provider, &headers, body) {
+        Ok(granted) => token_response(&granted),
+        Err(err) => {
+            tracing::debug!(
+                error = ?err.code,
+                description = err.description,
+                "sandbox: token request rejected"
+            );
+            err.into_response(dialect)
+        }
+    }
+}
+
+fn handle_token(
+    provider: &Provider,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Granted, OAuthError> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => OAuthError::invalid_request_with(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body is too large",
+        ),
+        _ => OAuthError::invalid_request("request body could not be read"),
+    })?;
+    let form = TokenForm::parse(headers, &body)?;
+
+    let client = form::client_credentials(headers, &form)?;
+    if !provider.authenticate(client.id.as_bytes(), client.secret.as_bytes()) {
+        return Err(OAuthError::invalid_client("client authentication failed"));
+    }
+
+    match form.get("grant_type") {
+        Some("authorization_code") => {
+            let code = form.require("code", "code is required")?;
+            Ok(provider.redeem_code(code, form.get("redirect_uri"), form.get("code_verifier"))?)
+        }
+        Some("refresh_token") => {
+            // Anything else HubSpot-style clients send along (redirect_uri, scope) is ignored.
+            let refresh_token = form.require("refresh_token", "refresh_token is required")?;
+            Ok(provider.refresh(refresh_token)?)
+        }
+        _ => Err(OAuthError::unsupported_grant_type()),
+    }
+}
+
+#[derive(Serialize)]
+struct TokenBody<'a> {
+    access_token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<&'a str>,
+    token_type: &'static str,
+    expires_in: u64,
+    scope: String,
+    account_id: &'a str,
+}
+
+fn token_response(granted: &Granted) -> Response {
+    let body = TokenBody {
+        access_token: &granted.access_token,
+        refresh_token: granted.refresh_token.as_deref(),
+        token_type: "bearer",
+        expires_in: granted.expires_in,
+        scope: granted.scopes.join(" "),
+        account_id: &granted.account_id,
+    };
+    let mut response = Json(body).into_response();
+    no_store(response.headers_mut());
+    response
+}
+
+/// RFC 6749 §5.1: responses carrying tokens must not be cached.
+fn no_store(headers: &mut HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// Serves a fault's canned response, or for a latency fault waits and returns `None` so the
+/// request is then handled normally.
+async fn apply_fault(dialect: Dialect, fault: FaultAction) -> Option<Response> {
+    let response = match fault {
+        FaultAction::Latency(delay) => {
+            tokio::time::sleep(delay).await;
+            return None;
+        }
+        FaultAction::Status(status) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            OAuthError::server_error(status).into_response(dialect)
+        }
+        FaultAction::RateLimited { retry_after_secs } => {
+            OAuthError::rate_limited(retry_after_secs).into_response(dialect)
+        }
+        FaultAction::InvalidClient => {
+            OAuthError::invalid_client("client authentication failed").into_response(dialect)
+        }
+        FaultAction::MalformedBody => {
+            let mut response = Response::new(Body::from(TRUNCATED_TOKEN_RESPONSE));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            no_store(response.headers_mut());
+            response
+        }
+    };
+    Some(response)
+}
+
+#[derive(Serialize)]
+struct MeBody<'a> {
+    account_id: &'a str,
+    scopes: &'a [String],
+}
+
+/// `GET /api/me` with `Authorization: Bearer <access token>` (RFC 6750 §2.1).
+async fn api_me(State(provider): State<Shared>, headers: HeaderMap) -> Response {
+    let Some(token) = bearer_token(&headers) else {
+        provider.record_api_rejection();
+        return invalid_token();
+    };
+    match provider.authorize_api_call(token) {
+        Some((account_id, scopes)) => Json(MeBody {
+            account_id: &account_id,
+            scopes: &scopes,
+        })
+        .into_response(),
+        None => invalid_token(),
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn invalid_token() -> Response {
+    let mut response = (
+        StatusCode::UNAUTHORIZED,
+        Json(serde_json::json!({ "error": "invalid_token" })),
+    )
+        .into_response();
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer error=\"invalid_token\""),
+    );
+    response
+}

@@ -1,0 +1,611 @@
+//! The provider's in-memory state: accounts, codes, tokens, queued faults and counters.
+//!
+//! Everything here is plain synchronous logic so the HTTP layer and the Rust handle share one
+//! source of truth and tests can reason about it without sockets.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::secrets::{self, ACCESS_PREFIX, CODE_PREFIX, REFRESH_PREFIX};
+use crate::{AccountStats, Dialect, Fault, IssuedTokens, Rotation, SandboxConfig, Stats};
+
+/// Authorization codes are short-lived, as RFC 6749 §4.1.2 recommends (at most 10 minutes).
+const CODE_LIFETIME: Duration = Duration::from_secs(600);
+
+/// Expired access tokens and codes are purged when their map reaches this size, then whenever it
+/// doubles from the size left after the last purge: amortised O(1) per insert, bounded memory in
+/// long benchmarks with short lifetimes.
+const SWEEP_MIN: usize = 4096;
+
+/// A queued fault as the HTTP layer acts on it, stripped of its remaining count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FaultAction {
+    Status(u16),
+    RateLimited { retry_after_secs: u64 },
+    Latency(Duration),
+    MalformedBody,
+    InvalidClient,
+}
+
+/// Which grant an `invalid_grant` rejection concerns (HubSpot words the two differently).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GrantKind {
+    Refresh,
+    Code,
+}
+
+/// A rejected grant. The description is static text: it never echoes what the client sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GrantError {
+    pub kind: GrantKind,
+    pub description: &'static str,
+}
+
+const UNKNOWN_REFRESH: GrantError = GrantError {
+    kind: GrantKind::Refresh,
+    description: "refresh token is invalid, revoked or already used",
+};
+const UNKNOWN_CODE: GrantError = GrantError {
+    kind: GrantKind::Code,
+    description: "authorization code is invalid, expired or already used",
+};
+const REDIRECT_MISMATCH: GrantError = GrantError {
+    kind: GrantKind::Code,
+    description: "redirect_uri does not match the authorization request",
+};
+const VERIFIER_MISSING: GrantError = GrantError {
+    kind: GrantKind::Code,
+    description: "code_verifier is required for this authorization code",
+};
+const VERIFIER_MISMATCH: GrantError = GrantError {
+    kind: GrantKind::Code,
+    description: "code_verifier does not match the code challenge",
+};
+
+/// A successful grant, ready to be rendered as a token response.
+#[derive(Debug)]
+pub(crate) struct Granted {
+    pub access_token: String,
+    /// `None` on a refresh under [`Rotation::Reuse`]: the response omits the field.
+    pub refresh_token: Option<String>,
+    pub expires_in: u64,
+    pub scopes: Arc<[String]>,
+    pub account_id: Arc<str>,
+}
+
+/// One provider instance. Client credentials and dialect never change after start, so they live
+/// outside the mutex; everything mutable lives in [`Inner`].
+pub(crate) struct Provider {
+    client_id: String,
+    client_secret: String,
+    dialect: Dialect,
+    // A std Mutex rather than tokio's: every critical section is a few hash-map operations and
+    // the guard is never held across an `.await`, so an async lock would only add overhead.
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Account {
+    /// Bumped by a revocation. Codes and tokens remember the epoch they were minted in and are
+    /// dead once it differs, which makes revocation O(1) however many tokens the account has.
+    epoch: u64,
+    stats: AccountStats,
+}
+
+struct CodeRecord {
+    account: Arc<str>,
+    scopes: Arc<[String]>,
+    epoch: u64,
+    redirect_uri: Option<String>,
+    pkce_s256_challenge: Option<String>,
+    expires_at: Instant,
+}
+
+/// Refresh tokens are kept after they die (used or revoked) so a later presentation can still be
+/// attributed to its account in [`AccountStats`]. They are small, so this is fine for a sandbox.
+struct RefreshRecord {
+    account: Arc<str>,
+    scopes: Arc<[String]>,
+    epoch: u64,
+    used: bool,
+}
+
+struct AccessRecord {
+    account: Arc<str>,
+    scopes: Arc<[String]>,
+    epoch: u64,
+    /// `None` when the configured lifetime is too large to represent as an `Instant`.
+    expires_at: Option<Instant>,
+}
+
+impl AccessRecord {
+    fn is_live(&self, now: Instant, accounts: &HashMap<Arc<str>, Account>) -> bool {
+        self.expires_at.is_none_or(|at| now < at)
+            && epoch_matches(accounts, &self.account, self.epoch)
+    }
+}
+
+fn epoch_matches(accounts: &HashMap<Arc<str>, Account>, account: &str, epoch: u64) -> bool {
+    accounts.get(account).is_some_and(|a| a.epoch == epoch)
+}
+
+struct Inner {
+    rotation: Rotation,
+    access_token_lifetime: Duration,
+    accounts: HashMap<Arc<str>, Account>,
+    codes: HashMap<String, CodeRecord>,
+    refresh_tokens: HashMap<String, RefreshRecord>,
+    access_tokens: HashMap<String, AccessRecord>,
+    faults: VecDeque<Fault>,
+    stats: Stats,
+    access_sweep_at: usize,
+    code_sweep_at: usize,
+}
+
+/// Credentials generated before taking the lock, so the critical section stays short.
+struct Fresh {
+    access: String,
+    refresh: String,
+}
+
+impl Fresh {
+    fn generate() -> Self {
+        Self {
+            access: secrets::credential(ACCESS_PREFIX),
+            refresh: secrets::credential(REFRESH_PREFIX),
+        }
+    }
+}
+
+fn scope_list(scopes: &[&str]) -> Arc<[String]> {
+    scopes.iter().map(|s| (*s).to_owned()).collect()
+}
+
+impl Provider {
+    pub(crate) fn new(config: &SandboxConfig) -> Self {
+        Self {
+            client_id: config.client_id.clone(),
+            client_secret: config.client_secret.clone(),
+            dialect: config.dialect,
+            inner: Mutex::new(Inner {
+                rotation: config.rotation,
+                access_token_lifetime: config.access_token_lifetime,
+                accounts: HashMap::new(),
+                codes: HashMap::new(),
+                refresh_tokens: HashMap::new(),
+                access_tokens: HashMap::new(),
+                faults: VecDeque::new(),
+                stats: Stats::default(),
+                access_sweep_at: SWEEP_MIN,
+                code_sweep_at: SWEEP_MIN,
+            }),
+        }
+    }
+
+    /// Nothing panics while the lock is held, but should that ever change, a poisoned lock still
+    /// guards consistent-enough counters and maps for a test provider: keep serving.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    pub(crate) fn config(&self) -> SandboxConfig {
+        let inner = self.lock();
+        SandboxConfig {
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+            access_token_lifetime: inner.access_token_lifetime,
+            rotation: inner.rotation,
+            dialect: self.dialect,
+        }
+    }
+
+    pub(crate) fn set_rotation(&self, rotation: Rotation) {
+        self.lock().rotation = rotation;
+    }
+
+    pub(crate) fn set_access_token_lifetime(&self, lifetime: Duration) {
+        self.lock().access_token_lifetime = lifetime;
+    }
+
+    /// Checks client credentials. Both comparisons always run so timing reveals nothing.
+    pub(crate) fn authenticate(&self, client_id: &[u8], client_secret: &[u8]) -> bool {
+        let id_ok = secrets::constant_time_eq(client_id, self.client_id.as_bytes());
+        let secret_ok = secrets::constant_time_eq(client_secret, self.client_secret.as_bytes());
+        id_ok & secret_ok
+    }
+
+    /// Counts a token request and takes the fault it must suffer, if any.
+    pub(crate) fn begin_token_request(&self) -> Option<FaultAction> {
+        let mut inner = self.lock();
+        inner.stats.token_requests += 1;
+        let action = inner.next_fault();
+        if action.is_some() {
+            inner.stats.faults_served += 1;
+        }
+        action
+    }
+
+    pub(crate) fn inject(&self, fault: Fault) {
+        if fault.count() > 0 {
+            self.lock().faults.push_back(fault);
+        }
+    }
+
+    pub(crate) fn clear_faults(&self) {
+        self.lock().faults.clear();
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        self.lock().stats.clone()
+    }
+
+    pub(crate) fn account_stats(&self, account_id: &str) -> AccountStats {
+        self.lock()
+            .accounts
+            .get(account_id)
+            .map(|a| a.stats.clone())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn issue_code(
+        &self,
+        account_id: &str,
+        scopes: &[&str],
+        redirect_uri: Option<&str>,
+        pkce_s256_challenge: Option<&str>,
+    ) -> String {
+        let code = secrets::credential(CODE_PREFIX);
+        let scopes = scope_list(scopes);
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let (account, epoch) = inner.account(account_id);
+        inner.codes.insert(
+            code.clone(),
+            CodeRecord {
+                account,
+                scopes,
+                epoch,
+                redirect_uri: redirect_uri.map(str::to_owned),
+                pkce_s256_challenge: pkce_s256_challenge.map(str::to_owned),
+                expires_at: now + CODE_LIFETIME,
+            },
+        );
+        inner.sweep_codes(now);
+        code
+    }
+
+    pub(crate) fn issue_tokens(&self, account_id: &str, scopes: &[&str]) -> IssuedTokens {
+        let fresh = Fresh::generate();
+        let scopes = scope_list(scopes);
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let (account, epoch) = inner.account(account_id);
+        let granted = inner.mint(account, scopes, epoch, fresh, true, now);
+        drop(inner);
+        IssuedTokens {
+            access_token: granted.access_token,
+            // `mint` with `with_refresh = true` always yields one; the fallback is unreachable.
+            refresh_token: granted.refresh_token.unwrap_or_default(),
+            expires_in: granted.expires_in,
+            scopes: granted.scopes.to_vec(),
+            account_id: granted.account_id.to_string(),
+        }
+    }
+
+    pub(crate) fn revoke_account(&self, account_id: &str) {
+        // An account never seen has nothing to revoke; later tokens for it are a fresh install.
+        if let Some(account) = self.lock().accounts.get_mut(account_id) {
+            account.epoch += 1;
+        }
+        tracing::debug!(account = account_id, "sandbox: account revoked");
+    }
+
+    /// `grant_type=refresh_token`.
+    pub(crate) fn refresh(&self, token: &str) -> Result<Granted, GrantError> {
+        let fresh = Fresh::generate();
+        let now = Instant::now();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+
+        let Some(record) = inner.refresh_tokens.get_mut(token) else {
+            inner.stats.invalid_grant += 1;
+            return Err(UNKNOWN_REFRESH);
+        };
+        let Some(account) = inner.accounts.get_mut(&*record.account) else {
+            // Every record's account is inserted before the record; treat a miss as unknown.
+            inner.stats.invalid_grant += 1;
+            return Err(UNKNOWN_REFRESH);
+        };
+        account.stats.refresh_requests += 1;
+        if record.used || record.epoch != account.epoch {
+            account.stats.invalid_grant += 1;
+            inner.stats.invalid_grant += 1;
+            return Err(UNKNOWN_REFRESH);
+        }
+        let rotate = inner.rotation == Rotation::Strict;
+        if rotate {
+            record.used = true;
+        }
+        account.stats.refresh_grants_ok += 1;
+        inner.stats.refresh_grants_ok += 1;
+        let (account_id, scopes, epoch) = (
+            Arc::clone(&record.account),
+            Arc::clone(&record.scopes),
+            record.epoch,
+        );
+        Ok(inner.mint(account_id, scopes, epoch, fresh, rotate, now))
+    }
+
+    /// `grant_type=authorization_code`.
+    pub(crate) fn redeem_code(
+        &self,
+        code: &str,
+        redirect_uri: Option<&str>,
+        code_verifier: Option<&str>,
+    ) -> Result<Granted, GrantError> {
+        let fresh = Fresh::generate();
+        let now = Instant::now();
+        let mut inner = self.lock();
+
+        // Presenting a code consumes it whatever the outcome, so a leaked code cannot be retried
+        // with guessed verifiers or redirect URIs.
+        let Some(record) = inner.codes.remove(code) else {
+            inner.stats.invalid_grant += 1;
+            return Err(UNKNOWN_CODE);
+        };
+        let rejection = if now >= record.expires_at
+            || !epoch_matches(&inner.accounts, &record.account, record.epoch)
+        {
+            Some(UNKNOWN_CODE)
+        } else if record
+            .redirect_uri
+            .as_deref()
+            .is_some_and(|expected| redirect_uri != Some(expected))
+        {
+            // Only enforced when the authorization request named one (RFC 6749 §4.1.3).
+            Some(REDIRECT_MISMATCH)
+        } else if let Some(challenge) = &record.pkce_s256_challenge {
+            // Only S256 is supported; a verifier sent for a code without a challenge is ignored.
+            match code_verifier {
+                None => Some(VERIFIER_MISSING),
+                Some(verifier)
+                    if !secrets::constant_time_eq(
+                        secrets::pkce_s256(verifier).as_bytes(),
+                        challenge.as_bytes(),
+                    ) =>
+                {
+                    Some(VERIFIER_MISMATCH)
+                }
+                Some(_) => None,
+            }
+        } else {
+            None
+        };
+        if let Some(err) = rejection {
+            inner.stats.invalid_grant += 1;
+            return Err(err);
+        }
+        inner.stats.code_grants_ok += 1;
+        Ok(inner.mint(
+            record.account,
+            record.scopes,
+            record.epoch,
+            fresh,
+            true,
+            now,
+        ))
+    }
+
+    /// Looks up a bearer token for `/api/me`, counting the call.
+    pub(crate) fn authorize_api_call(&self, token: &str) -> Option<(Arc<str>, Arc<[String]>)> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let found = inner
+            .access_tokens
+            .get(token)
+            .filter(|r| r.is_live(now, &inner.accounts))
+            .map(|r| (Arc::clone(&r.account), Arc::clone(&r.scopes)));
+        if found.is_some() {
+            inner.stats.api_calls_ok += 1;
+        } else {
+            inner.stats.api_calls_rejected += 1;
+        }
+        found
+    }
+
+    pub(crate) fn record_api_rejection(&self) {
+        self.lock().stats.api_calls_rejected += 1;
+    }
+
+    pub(crate) fn access_token_is_live(&self, token: &str) -> bool {
+        let now = Instant::now();
+        let inner = self.lock();
+        inner
+            .access_tokens
+            .get(token)
+            .is_some_and(|r| r.is_live(now, &inner.accounts))
+    }
+}
+
+impl Inner {
+    /// The shared key and current epoch of an account, creating it on first sight.
+    fn account(&mut self, account_id: &str) -> (Arc<str>, u64) {
+        if let Some((key, account)) = self.accounts.get_key_value(account_id) {
+            return (Arc::clone(key), account.epoch);
+        }
+        let key: Arc<str> = Arc::from(account_id);
+        self.accounts.insert(Arc::clone(&key), Account::default());
+        (key, 0)
+    }
+
+    fn next_fault(&mut self) -> Option<FaultAction> {
+        let front = self.faults.front_mut()?;
+        let action = match front {
+            Fault::Status { status, .. } => FaultAction::Status(*status),
+            Fault::RateLimited {
+                retry_after_secs, ..
+            } => FaultAction::RateLimited {
+                retry_after_secs: *retry_after_secs,
+            },
+            Fault::Latency { delay, .. } => FaultAction::Latency(*delay),
+            Fault::MalformedBody { .. } => FaultAction::MalformedBody,
+            Fault::InvalidClient { .. } => FaultAction::InvalidClient,
+        };
+        // `inject` refuses zero counts, so the front fault always has at least one use left.
+        let remaining = front.count_mut();
+        *remaining = remaining.saturating_sub(1);
+        if *remaining == 0 {
+            self.faults.pop_front();
+        }
+        Some(action)
+    }
+
+    /// Records a new access token (and refresh token when `with_refresh`) for the account.
+    fn mint(
+        &mut self,
+        account: Arc<str>,
+        scopes: Arc<[String]>,
+        epoch: u64,
+        fresh: Fresh,
+        with_refresh: bool,
+        now: Instant,
+    ) -> Granted {
+        let lifetime = self.access_token_lifetime;
+        self.access_tokens.insert(
+            fresh.access.clone(),
+            AccessRecord {
+                account: Arc::clone(&account),
+                scopes: Arc::clone(&scopes),
+                epoch,
+                expires_at: now.checked_add(lifetime),
+            },
+        );
+        let refresh_token = with_refresh.then(|| {
+            self.refresh_tokens.insert(
+                fresh.refresh.clone(),
+                RefreshRecord {
+                    account: Arc::clone(&account),
+                    scopes: Arc::clone(&scopes),
+                    epoch,
+                    used: false,
+                },
+            );
+            fresh.refresh
+        });
+        self.sweep_access_tokens(now);
+        Granted {
+            access_token: fresh.access,
+            refresh_token,
+            expires_in: lifetime.as_secs(),
+            scopes,
+            account_id: account,
+        }
+    }
+
+    fn sweep_access_tokens(&mut self, now: Instant) {
+        if self.access_tokens.len() < self.access_sweep_at {
+            return;
+        }
+        let accounts = &self.accounts;
+        self.access_tokens.retain(|_, r| r.is_live(now, accounts));
+        self.access_sweep_at = (self.access_tokens.len() * 2).max(SWEEP_MIN);
+    }
+
+    fn sweep_codes(&mut self, now: Instant) {
+        if self.codes.len() < self.code_sweep_at {
+            return;
+        }
+        self.codes.retain(|_, c| now < c.expires_at);
+        self.code_sweep_at = (self.codes.len() * 2).max(SWEEP_MIN);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider() -> Provider {
+        Provider::new(&SandboxConfig::default())
+    }
+
+    #[test]
+    fn faults_are_consumed_in_order_and_counted_down() {
+        let p = provider();
+        p.inject(Fault::Status {
+            status: 503,
+            count: 2,
+        });
+        p.inject(Fault::MalformedBody { count: 0 });
+        p.inject(Fault::InvalidClient { count: 1 });
+        assert_eq!(p.begin_token_request(), Some(FaultAction::Status(503)));
+        assert_eq!(p.begin_token_request(), Some(FaultAction::Status(503)));
+        assert_eq!(p.begin_token_request(), Some(FaultAction::InvalidClient));
+        assert_eq!(p.begin_token_request(), None);
+        let stats = p.stats();
+        assert_eq!((stats.token_requests, stats.faults_served), (4, 3));
+    }
+
+    #[test]
+    fn strict_rotation_kills_the_presented_token() {
+        let p = provider();
+        let issued = p.issue_tokens("acct", &["a"]);
+        let granted = p.refresh(&issued.refresh_token).expect("first refresh");
+        let next = granted
+            .refresh_token
+            .expect("strict rotation returns a new token");
+        assert_eq!(
+            p.refresh(&issued.refresh_token).err(),
+            Some(UNKNOWN_REFRESH)
+        );
+        assert!(p.refresh(&next).is_ok());
+        let stats = p.account_stats("acct");
+        assert_eq!(
+            (
+                stats.refresh_requests,
+                stats.refresh_grants_ok,
+                stats.invalid_grant
+            ),
+            (3, 2, 1)
+        );
+    }
+
+    #[test]
+    fn revocation_is_per_epoch_and_reinstall_works() {
+        let p = provider();
+        let old = p.issue_tokens("acct", &[]);
+        p.revoke_account("acct");
+        assert!(!p.access_token_is_live(&old.access_token));
+        assert!(p.refresh(&old.refresh_token).is_err());
+        let new = p.issue_tokens("acct", &[]);
+        assert!(p.access_token_is_live(&new.access_token));
+        assert!(p.refresh(&new.refresh_token).is_ok());
+    }
+
+    #[test]
+    fn huge_lifetime_does_not_overflow() {
+        let p = provider();
+        p.set_access_token_lifetime(Duration::MAX);
+        let issued = p.issue_tokens("acct", &[]);
+        assert!(p.access_token_is_live(&issued.access_token));
+        assert_eq!(issued.expires_in, u64::MAX);
+    }
+
+    #[test]
+    fn sweeping_drops_only_dead_access_tokens() {
+        let p = provider();
+        p.set_access_token_lifetime(Duration::ZERO);
+        for _ in 0..SWEEP_MIN {
+            p.issue_tokens("short", &[]);
+        }
+        p.set_access_token_lifetime(Duration::from_secs(60));
+        let live = p.issue_tokens("long", &[]);
+        let inner = p.lock();
+        assert!(inner.access_tokens.len() < SWEEP_MIN);
+        assert!(inner.access_tokens.contains_key(&live.access_token));
+    }
+}
