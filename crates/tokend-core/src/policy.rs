@@ -38,7 +38,8 @@ impl RefreshPolicy {
 
     /// Whether a reader needing `min_ttl` must wait for a refresh first.
     pub fn needs_refresh(&self, tokens: &TokenSet, now: Timestamp, min_ttl: Duration) -> bool {
-        tokens.ttl(now) < self.buffer_for(tokens).max(min_ttl)
+        let ttl = tokens.ttl(now);
+        ttl.is_zero() || ttl < self.buffer_for(tokens).max(min_ttl)
     }
 }
 
@@ -77,5 +78,7 @@ mod tests {
         assert!(p.needs_refresh(&t, at(1501), Duration::ZERO));
         assert!(p.needs_refresh(&t, at(1000), Duration::from_secs(900)));
         assert!(p.needs_refresh(&t, at(2000), Duration::ZERO));
+        // An expired token whose lifetime is unknown (zero) still needs one.
+        assert!(p.needs_refresh(&tokens(0), at(0), Duration::ZERO));
     }
 }

@@ -9,6 +9,7 @@ mod response;
 
 pub use client::{HttpSettings, ProviderClient, TokenGrant};
 pub use config::{ClientAuth, Dialect, ProviderConfig};
+pub use reqwest::Url;
 
 use std::time::Duration;
 

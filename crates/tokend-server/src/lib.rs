@@ -1,1 +1,138 @@
-//! placeholder
+//! tokend's server: the gRPC service over the refresh engine, with health,
+//! reflection and graceful shutdown, started by [`run`].
+
+pub mod config;
+mod convert;
+pub mod engine;
+mod error;
+mod hub;
+pub mod install;
+mod scheduler;
+mod service;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokend_core::Clock;
+use tokend_proto::v1::token_service_server::TokenServiceServer;
+use tokend_provider::{HttpSettings, ProviderClient, ProviderConfig, ProviderError};
+use tokend_store::{Store, StoreError};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+pub use engine::{Engine, EngineSettings};
+pub use error::{ERROR_DOMAIN, ServiceError};
+
+/// Everything `run` needs besides the listener and the store.
+#[derive(Clone, Debug, Default)]
+pub struct ServerConfig {
+    pub providers: Vec<ProviderConfig>,
+    pub http: HttpSettings,
+    pub engine: EngineSettings,
+}
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot set up the provider HTTP client: {0}")]
+    Provider(#[from] ProviderError),
+    #[error("cannot load connections: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(String),
+    #[error("grpc transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves tokend on `listener` until `shutdown` resolves.
+///
+/// On shutdown, health turns NOT_SERVING first, watch streams end cleanly,
+/// in-flight calls finish, and refreshes already started are completed and
+/// persisted before this returns (so the store can be reopened at once).
+pub async fn run(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let clock = Clock::system();
+    let client = ProviderClient::new(&config.http, clock.clone())?;
+    let background = config.engine.background_refresh;
+    let engine = Engine::new(store, config.providers, client, clock, config.engine);
+    let loaded = engine.load_all().await?;
+    let addr = listener.local_addr().ok();
+    tracing::info!(
+        addr = ?addr,
+        connections = loaded,
+        providers = ?engine.provider_names().map(|p| p.as_str()).collect::<Vec<_>>(),
+        "tokend serving"
+    );
+
+    let cancel = CancellationToken::new();
+    let refresher =
+        background.then(|| tokio::spawn(Arc::clone(&engine).run_refresher(cancel.clone())));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<TokenServiceServer<service::TokenServiceImpl>>()
+        .await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tokend_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    // grpcurl 1.8 and other older tools only speak v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tokend_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+
+    let token_service = TokenServiceServer::new(service::TokenServiceImpl::new(
+        Arc::clone(&engine),
+        cancel.clone(),
+    ));
+
+    let signal = {
+        let cancel = cancel.clone();
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            tracing::info!(
+                "shutting down: health NOT_SERVING, ending watch streams, finishing in-flight calls"
+            );
+            health
+                .set_not_serving::<TokenServiceServer<service::TokenServiceImpl>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            cancel.cancel();
+        }
+    };
+
+    let result = tonic::transport::Server::builder()
+        // Token replies are small and latency-sensitive.
+        .tcp_nodelay(true)
+        // Detects dead watchers behind NATs and load balancers.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(token_service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await;
+
+    cancel.cancel();
+    if let Some(refresher) = refresher {
+        let _ = refresher.await;
+    }
+    // Let refreshes already talking to a provider finish and persist.
+    engine.tasks.close();
+    engine.tasks.wait().await;
+    tracing::info!("tokend stopped");
+    result.map_err(ServerError::from)
+}

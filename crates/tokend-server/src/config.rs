@@ -1,0 +1,320 @@
+//! The TOML configuration file: listen address, data dir, HTTP limits and
+//! providers (with a HubSpot preset). Client secrets come from an env var or
+//! a file, never from the file itself.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use tokend_core::{ProviderName, RefreshPolicy};
+use tokend_provider::{ClientAuth, Dialect, HttpSettings, ProviderConfig};
+
+/// Why a configuration could not be loaded. Never contains a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("provider {name}: {reason}")]
+    Provider { name: String, reason: String },
+}
+
+/// The file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub http: HttpSection,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub connect_timeout_secs: Option<u64>,
+    pub request_timeout_secs: Option<u64>,
+    pub max_response_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Preset {
+    Hubspot,
+    /// tokend's own sandbox provider (`tokend sandbox`).
+    Sandbox,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthName {
+    ClientSecretPost,
+    ClientSecretBasic,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DialectName {
+    Rfc6749,
+    Hubspot,
+}
+
+/// One `[providers.NAME]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    pub preset: Option<Preset>,
+    pub token_url: Option<String>,
+    pub client_id: String,
+    /// Name of the environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// Path of a file holding the client secret (trailing newline ignored).
+    pub client_secret_file: Option<PathBuf>,
+    pub client_auth: Option<ClientAuthName>,
+    pub dialect: Option<DialectName>,
+    /// Sent with every token request (HubSpot requires it on refresh too).
+    pub redirect_uri: Option<String>,
+    #[serde(default)]
+    pub extra_params: BTreeMap<String, String>,
+    pub default_lifetime_secs: Option<u64>,
+    pub refresh_buffer_secs: Option<u64>,
+    pub account_id_field: Option<String>,
+}
+
+/// HubSpot's token endpoint.
+pub const HUBSPOT_TOKEN_URL: &str = "https://api.hubapi.com/oauth/v1/token";
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })
+    }
+
+    pub fn http_settings(&self) -> HttpSettings {
+        let d = HttpSettings::default();
+        HttpSettings {
+            connect_timeout: self
+                .http
+                .connect_timeout_secs
+                .map_or(d.connect_timeout, Duration::from_secs),
+            request_timeout: self
+                .http
+                .request_timeout_secs
+                .map_or(d.request_timeout, Duration::from_secs),
+            max_response_bytes: self.http.max_response_bytes.unwrap_or(d.max_response_bytes),
+        }
+    }
+
+    /// Resolves every provider, reading secrets through `env`.
+    pub fn providers(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<ProviderConfig>, ConfigError> {
+        self.providers
+            .iter()
+            .map(|(name, section)| section.resolve(name, &env))
+            .collect()
+    }
+}
+
+impl ProviderSection {
+    fn resolve(
+        &self,
+        name: &str,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<ProviderConfig, ConfigError> {
+        let fail = |reason: String| ConfigError::Provider {
+            name: name.to_owned(),
+            reason,
+        };
+        let provider_name =
+            ProviderName::new(name).map_err(|e| fail(format!("invalid name: {e}")))?;
+        let hubspot = matches!(self.preset, Some(Preset::Hubspot));
+        let sandbox = matches!(self.preset, Some(Preset::Sandbox));
+        let token_url = match (&self.token_url, hubspot) {
+            (Some(url), _) => url.as_str(),
+            (None, true) => HUBSPOT_TOKEN_URL,
+            (None, false) => return Err(fail("token_url is required".into())),
+        };
+        let token_url: tokend_provider::Url = token_url
+            .parse()
+            .map_err(|e| fail(format!("invalid token_url: {e}")))?;
+        if !matches!(token_url.scheme(), "https" | "http") {
+            return Err(fail("token_url must be http or https".into()));
+        }
+        if self.client_id.is_empty() {
+            return Err(fail("client_id is required".into()));
+        }
+        let client_secret = match (&self.client_secret_env, &self.client_secret_file) {
+            (Some(var), None) => env(var)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| fail(format!("environment variable {var} is not set")))?,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    fail(format!(
+                        "cannot read client_secret_file {}: {e}",
+                        path.display()
+                    ))
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+            (Some(_), Some(_)) => {
+                return Err(fail(
+                    "set only one of client_secret_env and client_secret_file".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(fail("set client_secret_env or client_secret_file (secrets are never written in the config file)".into()));
+            }
+        };
+        if client_secret.is_empty() {
+            return Err(fail("the client secret is empty".into()));
+        }
+        let mut extra_params: Vec<(String, String)> =
+            self.extra_params.clone().into_iter().collect();
+        if let Some(uri) = &self.redirect_uri {
+            extra_params.push(("redirect_uri".into(), uri.clone()));
+        }
+        let client_auth = match self.client_auth {
+            Some(ClientAuthName::ClientSecretBasic) => ClientAuth::ClientSecretBasic,
+            Some(ClientAuthName::ClientSecretPost) => ClientAuth::ClientSecretPost,
+            None if hubspot => ClientAuth::ClientSecretPost,
+            None => ClientAuth::ClientSecretBasic,
+        };
+        let dialect = match self.dialect {
+            Some(DialectName::Hubspot) => Dialect::Hubspot,
+            Some(DialectName::Rfc6749) => Dialect::Rfc6749,
+            None if hubspot => Dialect::Hubspot,
+            None => Dialect::Rfc6749,
+        };
+        let default_lifetime =
+            Duration::from_secs(self.default_lifetime_secs.unwrap_or(if hubspot {
+                1800
+            } else {
+                3600
+            }));
+        if default_lifetime.is_zero() {
+            return Err(fail("default_lifetime_secs must be positive".into()));
+        }
+        let mut refresh_policy = RefreshPolicy::default();
+        if let Some(b) = self.refresh_buffer_secs {
+            refresh_policy.buffer = Duration::from_secs(b);
+        }
+        Ok(ProviderConfig {
+            name: provider_name,
+            token_url,
+            client_id: self.client_id.clone(),
+            client_secret: SecretString::from(client_secret),
+            client_auth,
+            extra_params,
+            default_lifetime,
+            refresh_policy,
+            dialect,
+            account_id_field: self
+                .account_id_field
+                .clone()
+                .or_else(|| sandbox.then(|| "account_id".to_owned())),
+        })
+    }
+}
+
+/// The provider entry for a sandbox reachable at `token_url`, as `tokend
+/// serve --sandbox` and the tests configure it.
+pub fn sandbox_provider(
+    name: &str,
+    token_url: &str,
+    client_id: &str,
+    client_secret: &str,
+) -> Result<ProviderConfig, ConfigError> {
+    let section = ProviderSection {
+        preset: Some(Preset::Sandbox),
+        token_url: Some(token_url.to_owned()),
+        client_id: client_id.to_owned(),
+        client_secret_env: Some("SANDBOX_CLIENT_SECRET".to_owned()),
+        ..Default::default()
+    };
+    section.resolve(name, &|_| Some(client_secret.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn parse(text: &str) -> FileConfig {
+        FileConfig::parse(text, Path::new("test.toml")).unwrap()
+    }
+
+    #[test]
+    fn hubspot_preset_fills_in_the_endpoint_and_dialect() {
+        let cfg = parse(
+            r#"
+            listen = "127.0.0.1:6000"
+            [providers.hubspot]
+            preset = "hubspot"
+            client_id = "abc"
+            client_secret_env = "HS_SECRET"
+            redirect_uri = "https://app.example.com/cb"
+            "#,
+        );
+        let providers = cfg
+            .providers(|k| (k == "HS_SECRET").then(|| "s3cret".to_owned()))
+            .unwrap();
+        let p = &providers[0];
+        assert_eq!(p.token_url.as_str(), HUBSPOT_TOKEN_URL);
+        assert_eq!(p.dialect, Dialect::Hubspot);
+        assert_eq!(p.client_auth, ClientAuth::ClientSecretPost);
+        assert_eq!(p.default_lifetime, Duration::from_secs(1800));
+        assert_eq!(p.client_secret.expose_secret(), "s3cret");
+        assert!(
+            p.extra_params
+                .contains(&("redirect_uri".into(), "https://app.example.com/cb".into()))
+        );
+        assert!(!format!("{p:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn secrets_in_the_file_itself_are_refused() {
+        let err = FileConfig::parse(
+            "[providers.x]\nclient_id = \"a\"\nclient_secret = \"inline\"\ntoken_url = \"https://x\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("client_secret"), "{err}");
+        assert!(!err.to_string().contains("inline"), "{err}");
+    }
+
+    #[test]
+    fn missing_secret_env_is_a_clear_error() {
+        let cfg = parse(
+            "[providers.x]\nclient_id = \"a\"\ntoken_url = \"https://x\"\nclient_secret_env = \"NOPE\"\n",
+        );
+        let err = cfg.providers(|_| None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "provider x: environment variable NOPE is not set"
+        );
+    }
+}

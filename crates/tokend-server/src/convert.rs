@@ -1,0 +1,89 @@
+//! Domain records to protobuf messages. The only functions that copy an
+//! access token into a reply live here, and no function copies a refresh
+//! token anywhere.
+
+use secrecy::ExposeSecret;
+use tokend_core::{Connection, ErrorClass, LastError, Status, Timestamp};
+use tokend_proto::v1 as pb;
+
+pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
+    let ms = t.unix_millis();
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn status(s: Status) -> pb::ConnectionStatus {
+    match s {
+        Status::Active => pb::ConnectionStatus::Active,
+        Status::ReconnectRequired => pb::ConnectionStatus::ReconnectRequired,
+    }
+}
+
+pub fn error_class(c: ErrorClass) -> pb::ErrorClass {
+    match c {
+        ErrorClass::Revoked => pb::ErrorClass::Revoked,
+        ErrorClass::ClientMisconfigured => pb::ErrorClass::ClientMisconfigured,
+        ErrorClass::RateLimited => pb::ErrorClass::RateLimited,
+        ErrorClass::Transient => pb::ErrorClass::Transient,
+    }
+}
+
+pub fn provider_error(e: &LastError) -> pb::ProviderError {
+    pb::ProviderError {
+        error_class: error_class(e.class) as i32,
+        code: e.code.clone(),
+        message: e.message.clone(),
+        correlation_id: e.correlation_id.clone().unwrap_or_default(),
+        http_status: e.http_status.map(u32::from).unwrap_or_default(),
+        occurred_at: Some(timestamp(e.at)),
+    }
+}
+
+/// A connection's metadata, without secrets.
+pub fn connection(c: &Connection, next_refresh_at: Option<Timestamp>) -> pb::Connection {
+    pb::Connection {
+        connection_id: c.id.to_string(),
+        provider: c.provider.to_string(),
+        account_id: c.account_id.clone(),
+        status: status(c.status) as i32,
+        version: c.version,
+        scopes: c.tokens.scopes.clone(),
+        token_type: c.tokens.token_type.clone(),
+        access_token_expires_at: Some(timestamp(c.tokens.expires_at)),
+        last_refresh_at: c.last_refresh_at.map(timestamp),
+        last_error: c.last_error.as_ref().map(provider_error),
+        created_at: Some(timestamp(c.created_at)),
+        updated_at: Some(timestamp(c.updated_at)),
+        next_refresh_at: next_refresh_at.map(timestamp),
+    }
+}
+
+/// The access token reply. `now` should be read just before sending, so
+/// `expires_in_seconds` is relative to when the caller receives it.
+pub fn access_token(c: &Connection, now: Timestamp) -> pb::AccessToken {
+    pb::AccessToken {
+        connection_id: c.id.to_string(),
+        access_token: c.tokens.access_token.expose_secret().to_owned(),
+        token_type: c.tokens.token_type.clone(),
+        expires_at: Some(timestamp(c.tokens.expires_at)),
+        expires_in_seconds: c.tokens.ttl(now).as_secs() as i64,
+        scopes: c.tokens.scopes.clone(),
+        account_id: c.account_id.clone(),
+        version: c.version,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_split_into_seconds_and_nanos() {
+        let t = timestamp(Timestamp::from_unix_millis(1_500));
+        assert_eq!((t.seconds, t.nanos), (1, 500_000_000));
+        let t = timestamp(Timestamp::from_unix_millis(-1));
+        assert_eq!((t.seconds, t.nanos), (-1, 999_000_000));
+    }
+}

@@ -1,0 +1,192 @@
+//! The server's error type and the one place errors become gRPC statuses.
+
+use std::{collections::HashMap, time::Duration};
+
+use tokend_core::{ConnectionId, LastError};
+use tokend_store::StoreError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `ErrorInfo.domain` of every error tokend returns.
+pub const ERROR_DOMAIN: &str = "tokend.dev";
+
+/// Everything a tokend RPC can fail with. Each variant has exactly one gRPC
+/// mapping, in [`ServiceError::to_status`].
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid {field}: {description}")]
+    InvalidArgument {
+        field: &'static str,
+        description: String,
+    },
+    #[error("connection {0} not found")]
+    NotFound(ConnectionId),
+    /// The grant is revoked; only a new install revives the connection.
+    #[error("connection {id} requires reconnecting")]
+    ReconnectRequired {
+        id: ConnectionId,
+        last_error: Option<LastError>,
+    },
+    /// The provider rejected tokend's own client credentials.
+    #[error("provider {provider} rejected tokend's client credentials")]
+    ProviderMisconfigured {
+        provider: String,
+        last_error: Option<LastError>,
+    },
+    /// The provider failed transiently and no valid token is left.
+    #[error("provider {provider} is unavailable and no valid token is left")]
+    ProviderUnavailable {
+        provider: String,
+        last_error: Option<LastError>,
+        retry_after: Option<Duration>,
+    },
+    /// An authorization code the provider refused during install.
+    #[error("the provider rejected the authorization code: {}", .0.message)]
+    CodeRejected(LastError),
+    /// Re-installing a connection under a different provider.
+    #[error("connection {id} belongs to provider {existing}, not {requested}")]
+    ProviderMismatch {
+        id: ConnectionId,
+        existing: String,
+        requested: String,
+    },
+    /// Concurrent writers kept winning; the caller may retry.
+    #[error("connection {0} is being modified concurrently, retry")]
+    Contended(ConnectionId),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ServiceError {
+    pub fn invalid(field: &'static str, description: impl Into<String>) -> Self {
+        ServiceError::InvalidArgument {
+            field,
+            description: description.into(),
+        }
+    }
+
+    /// The gRPC status for this error: code, lowercase message, and
+    /// `google.rpc.ErrorInfo` / `RetryInfo` / `BadRequest` details.
+    pub fn to_status(&self) -> Status {
+        let message = self.to_string();
+        let info = |reason: &str, metadata: HashMap<String, String>| {
+            ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata)
+        };
+        let (code, details) = match self {
+            ServiceError::InvalidArgument { field, description } => {
+                let mut d = info(
+                    "INVALID_ARGUMENT",
+                    HashMap::from([("field".into(), (*field).into())]),
+                );
+                d.add_bad_request_violation(*field, description.clone());
+                (Code::InvalidArgument, d)
+            }
+            ServiceError::NotFound(id) => (
+                Code::NotFound,
+                info(
+                    "CONNECTION_NOT_FOUND",
+                    HashMap::from([("connection_id".into(), id.to_string())]),
+                ),
+            ),
+            ServiceError::ReconnectRequired { id, last_error } => {
+                let mut m = provider_metadata(last_error.as_ref());
+                m.insert("connection_id".into(), id.to_string());
+                (Code::FailedPrecondition, info("RECONNECT_REQUIRED", m))
+            }
+            ServiceError::ProviderMisconfigured {
+                provider,
+                last_error,
+            } => {
+                let mut m = provider_metadata(last_error.as_ref());
+                m.insert("provider".into(), provider.clone());
+                (Code::FailedPrecondition, info("PROVIDER_MISCONFIGURED", m))
+            }
+            ServiceError::ProviderUnavailable {
+                provider,
+                last_error,
+                retry_after,
+            } => {
+                let mut m = provider_metadata(last_error.as_ref());
+                m.insert("provider".into(), provider.clone());
+                let mut d = info("PROVIDER_UNAVAILABLE", m);
+                if let Some(delay) = retry_after {
+                    d.set_retry_info(Some(*delay));
+                }
+                (Code::Unavailable, d)
+            }
+            ServiceError::CodeRejected(last_error) => {
+                let mut d = info(
+                    "AUTHORIZATION_CODE_REJECTED",
+                    provider_metadata(Some(last_error)),
+                );
+                d.add_bad_request_violation("authorization_code.code", last_error.message.clone());
+                (Code::InvalidArgument, d)
+            }
+            ServiceError::ProviderMismatch { id, existing, .. } => (
+                Code::FailedPrecondition,
+                info(
+                    "PROVIDER_MISMATCH",
+                    HashMap::from([
+                        ("connection_id".into(), id.to_string()),
+                        ("provider".into(), existing.clone()),
+                    ]),
+                ),
+            ),
+            ServiceError::Contended(id) => (
+                Code::Aborted,
+                info(
+                    "CONCURRENT_MODIFICATION",
+                    HashMap::from([("connection_id".into(), id.to_string())]),
+                ),
+            ),
+            ServiceError::ShuttingDown => {
+                let mut d = info("SHUTTING_DOWN", HashMap::new());
+                d.set_retry_info(Some(Duration::from_secs(1)));
+                (Code::Unavailable, d)
+            }
+            ServiceError::Store(StoreError::Corrupt { id, .. }) => (
+                Code::DataLoss,
+                info(
+                    "RECORD_UNREADABLE",
+                    HashMap::from([("connection_id".into(), id.clone())]),
+                ),
+            ),
+            ServiceError::Store(StoreError::Conflict { id, .. }) => (
+                Code::Aborted,
+                info(
+                    "CONCURRENT_MODIFICATION",
+                    HashMap::from([("connection_id".into(), id.to_string())]),
+                ),
+            ),
+            ServiceError::Store(
+                StoreError::RevisionNotAdvanced { .. } | StoreError::Backend(_),
+            ) => (Code::Internal, info("STORAGE_FAILURE", HashMap::new())),
+        };
+        Status::with_error_details(code, message, details)
+    }
+}
+
+/// The provider's side of a failure, as `ErrorInfo` metadata.
+fn provider_metadata(last_error: Option<&LastError>) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    if let Some(e) = last_error {
+        m.insert("error_class".into(), e.class.as_str().into());
+        m.insert("provider_error".into(), e.code.clone());
+        m.insert("provider_message".into(), e.message.clone());
+        if let Some(c) = &e.correlation_id {
+            m.insert("provider_correlation_id".into(), c.clone());
+        }
+        if let Some(s) = e.http_status {
+            m.insert("provider_http_status".into(), s.to_string());
+        }
+    }
+    m
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        e.to_status()
+    }
+}

@@ -1,0 +1,281 @@
+//! Install: creating or atomically replacing a connection from an
+//! authorization code or an imported token set, idempotently.
+
+use std::{sync::Arc, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use tokend_core::{
+    Connection, ConnectionId, ErrorClass, ProviderName, Status, TokenSet, derive_connection_id,
+};
+use tokend_store::StoreError;
+
+use crate::{ServiceError, engine::Engine};
+
+/// A validated install request.
+pub struct InstallInput {
+    pub provider: ProviderName,
+    pub connection_id: Option<ConnectionId>,
+    pub account_id: Option<String>,
+    pub grant: InstallGrant,
+}
+
+pub enum InstallGrant {
+    Code {
+        code: SecretString,
+        redirect_uri: String,
+        code_verifier: Option<SecretString>,
+    },
+    Import {
+        access_token: SecretString,
+        refresh_token: Option<SecretString>,
+        expires_in: Duration,
+        scopes: Vec<String>,
+        token_type: String,
+    },
+}
+
+/// What Install did.
+pub struct InstallOutcome {
+    pub connection: Arc<Connection>,
+    pub created: bool,
+    pub replayed: bool,
+}
+
+impl InstallInput {
+    /// A digest of the whole request, secrets included, identifying a retry
+    /// of the same install without storing what it contained.
+    fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        let mut field = |s: &str| {
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        };
+        field(self.provider.as_str());
+        field(self.connection_id.as_ref().map_or("", |c| c.as_str()));
+        field(self.account_id.as_deref().unwrap_or(""));
+        match &self.grant {
+            InstallGrant::Code {
+                code,
+                redirect_uri,
+                code_verifier,
+            } => {
+                field("code");
+                field(code.expose_secret());
+                field(redirect_uri);
+                field(code_verifier.as_ref().map_or("", |v| v.expose_secret()));
+            }
+            InstallGrant::Import {
+                access_token,
+                refresh_token,
+                expires_in,
+                scopes,
+                token_type,
+            } => {
+                field("import");
+                field(access_token.expose_secret());
+                field(refresh_token.as_ref().map_or("", |v| v.expose_secret()));
+                field(&expires_in.as_secs().to_string());
+                field(&scopes.join(" "));
+                field(token_type);
+            }
+        }
+        let digest = h.finalize();
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl Engine {
+    pub async fn install(
+        self: &Arc<Self>,
+        input: InstallInput,
+    ) -> Result<InstallOutcome, ServiceError> {
+        let provider = self.provider(&input.provider).cloned().ok_or_else(|| {
+            ServiceError::invalid(
+                "provider",
+                format!("unknown provider {:?}", input.provider.as_str()),
+            )
+        })?;
+        let fingerprint = input.fingerprint();
+
+        // Where the id is known up front, a retry is recognised before the
+        // provider sees the (single-use) code a second time.
+        let known_id = match (&input.connection_id, &input.account_id) {
+            (Some(id), _) => Some(id.clone()),
+            (None, Some(account)) => Some(
+                derive_connection_id(&input.provider, account)
+                    .map_err(|e| ServiceError::invalid("account_id", e.to_string()))?,
+            ),
+            (None, None) => None,
+        };
+        if let Some(id) = &known_id {
+            if let Some(existing) = self.store.get(id).await? {
+                if is_replay(&existing, &fingerprint) {
+                    return Ok(InstallOutcome {
+                        connection: self.installed_replay(existing),
+                        created: false,
+                        replayed: true,
+                    });
+                }
+            }
+        }
+
+        let now = self.clock.now();
+        let (tokens, provider_account) = match input.grant {
+            InstallGrant::Code {
+                code,
+                redirect_uri,
+                code_verifier,
+            } => {
+                let grant = self
+                    .client
+                    .exchange_code(&provider, &code, &redirect_uri, code_verifier.as_ref())
+                    .await
+                    .map_err(|e| {
+                        let last = e.to_last_error(self.clock.now());
+                        tracing::warn!(provider = %provider.name, error_class = e.class.as_str(), code = %e.code, "authorization code exchange failed");
+                        match e.class {
+                            ErrorClass::Revoked => ServiceError::CodeRejected(last),
+                            ErrorClass::ClientMisconfigured => ServiceError::ProviderMisconfigured {
+                                provider: provider.name.to_string(),
+                                last_error: Some(last),
+                            },
+                            ErrorClass::RateLimited | ErrorClass::Transient => {
+                                ServiceError::ProviderUnavailable {
+                                    provider: provider.name.to_string(),
+                                    last_error: Some(last),
+                                    retry_after: e.retry_after,
+                                }
+                            }
+                        }
+                    })?;
+                (grant.tokens, grant.account_id)
+            }
+            InstallGrant::Import {
+                access_token,
+                refresh_token,
+                expires_in,
+                scopes,
+                token_type,
+            } => {
+                let expires_at = now.saturating_add(expires_in);
+                // The import does not say when the token was issued; assume
+                // the provider's usual lifetime so the refresh buffer is
+                // measured against it, not against what is left.
+                let obtained_at = now.min(expires_at.saturating_sub(provider.default_lifetime));
+                (
+                    TokenSet {
+                        access_token,
+                        refresh_token,
+                        token_type,
+                        scopes,
+                        expires_at,
+                        obtained_at,
+                    },
+                    None,
+                )
+            }
+        };
+        let account_id = input.account_id.or(provider_account).unwrap_or_default();
+        let id = match known_id {
+            Some(id) => id,
+            None => derive_connection_id(&input.provider, &account_id).map_err(|_| {
+                ServiceError::invalid(
+                    "account_id",
+                    "required: name the connection_id or the account_id (the provider did not return one)",
+                )
+            })?,
+        };
+
+        for _ in 0..5 {
+            let existing = self.store.get(&id).await?;
+            let record = match &existing {
+                Some(e) if e.provider != input.provider => {
+                    return Err(ServiceError::ProviderMismatch {
+                        id,
+                        existing: e.provider.to_string(),
+                        requested: input.provider.to_string(),
+                    });
+                }
+                Some(e) if is_replay(e, &fingerprint) => {
+                    return Ok(InstallOutcome {
+                        connection: self.installed_replay(e.clone()),
+                        created: false,
+                        replayed: true,
+                    });
+                }
+                Some(e) => Connection {
+                    id: id.clone(),
+                    provider: input.provider.clone(),
+                    account_id: if account_id.is_empty() {
+                        e.account_id.clone()
+                    } else {
+                        account_id.clone()
+                    },
+                    tokens: tokens.clone(),
+                    previous_refresh_token: None,
+                    version: e.version + 1,
+                    revision: e.revision + 1,
+                    status: Status::Active,
+                    last_error: None,
+                    last_refresh_at: None,
+                    created_at: e.created_at,
+                    updated_at: now,
+                    install_fingerprint: Some(fingerprint.clone()),
+                },
+                None => Connection {
+                    id: id.clone(),
+                    provider: input.provider.clone(),
+                    account_id: account_id.clone(),
+                    tokens: tokens.clone(),
+                    previous_refresh_token: None,
+                    version: 1,
+                    revision: 1,
+                    status: Status::Active,
+                    last_error: None,
+                    last_refresh_at: None,
+                    created_at: now,
+                    updated_at: now,
+                    install_fingerprint: Some(fingerprint.clone()),
+                },
+            };
+            match self
+                .store
+                .put(&record, existing.as_ref().map(|e| e.revision))
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(
+                        connection_id = %id,
+                        provider = %input.provider,
+                        version = record.version,
+                        ttl_secs = record.tokens.ttl(now).as_secs(),
+                        replaced = existing.is_some(),
+                        "connection installed"
+                    );
+                    let connection = self.installed(record, existing.as_ref());
+                    return Ok(InstallOutcome {
+                        connection,
+                        created: existing.is_none(),
+                        replayed: false,
+                    });
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Contended(id))
+    }
+
+    fn installed_replay(&self, existing: Connection) -> Arc<Connection> {
+        tracing::info!(connection_id = %existing.id, "install retried; answered without a second effect");
+        Arc::new(existing)
+    }
+}
+
+/// Whether `existing` is what this very install produced. A connection that
+/// was revoked since is not: installing the same grant again revives it.
+fn is_replay(existing: &Connection, fingerprint: &str) -> bool {
+    existing.status == Status::Active
+        && existing.install_fingerprint.as_deref() == Some(fingerprint)
+}
