@@ -1,0 +1,226 @@
+//! Test harness: a real tokend on 127.0.0.1:0 over a temporary sled
+//! database, with the sandbox provider over real HTTP, and gRPC clients.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use tempfile::TempDir;
+use tokend_proto::v1::{self as pb, token_service_client::TokenServiceClient};
+use tokend_sandbox::{Sandbox, SandboxConfig};
+use tokend_server::{EngineSettings, ServerConfig, config::sandbox_provider};
+use tokend_store::SledStore;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+pub type Client = TokenServiceClient<Channel>;
+
+/// Knobs a test may turn; defaults are tokend's own.
+#[derive(Clone)]
+pub struct Options {
+    pub sandbox: SandboxConfig,
+    pub engine: EngineSettings,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            sandbox: SandboxConfig::default(),
+            engine: EngineSettings::default(),
+        }
+    }
+}
+
+/// A running tokend plus the sandbox it talks to.
+pub struct TestServer {
+    pub sandbox: Sandbox,
+    pub addr: std::net::SocketAddr,
+    options: Options,
+    data_dir: TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), tokend_server::ServerError>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Self {
+        let sandbox = Sandbox::start(options.sandbox.clone())
+            .await
+            .expect("sandbox starts");
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut server = TestServer {
+            sandbox,
+            addr: ([127, 0, 0, 1], 0).into(),
+            options,
+            data_dir,
+            shutdown: None,
+            task: None,
+        };
+        server.boot().await;
+        server
+    }
+
+    pub fn data_path(&self) -> PathBuf {
+        self.data_dir.path().to_owned()
+    }
+
+    async fn boot(&mut self) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        self.addr = listener.local_addr().expect("addr");
+        let store = SledStore::open(self.data_dir.path()).expect("open store");
+        let cfg = self.sandbox.config();
+        let provider = sandbox_provider(
+            "sandbox",
+            &self.sandbox.token_url(),
+            &cfg.client_id,
+            &cfg.client_secret,
+        )
+        .expect("sandbox provider");
+        let config = ServerConfig {
+            providers: vec![provider],
+            engine: self.options.engine.clone(),
+            ..Default::default()
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        self.shutdown = Some(tx);
+        self.task = Some(tokio::spawn(tokend_server::run(
+            listener,
+            Arc::new(store),
+            config,
+            async move {
+                let _ = rx.await;
+            },
+        )));
+    }
+
+    /// Stops the server gracefully and waits until it has released the store.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("server stops within 10 s")
+                .expect("server task joins")
+                .expect("server exits cleanly");
+        }
+    }
+
+    /// Stops and starts again on the same data dir (new port).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.boot().await;
+    }
+
+    pub async fn channel(&self) -> Channel {
+        let endpoint = Channel::from_shared(format!("http://{}", self.addr)).expect("endpoint");
+        for _ in 0..50 {
+            if let Ok(ch) = endpoint.connect().await {
+                return ch;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("tokend did not accept connections on {}", self.addr);
+    }
+
+    pub async fn client(&self) -> Client {
+        TokenServiceClient::new(self.channel().await)
+    }
+
+    /// Installs a sandbox-issued token set for `account` under `id`, with
+    /// `expires_in` seconds left on the access token as far as tokend knows.
+    pub async fn import(
+        &self,
+        id: &str,
+        account: &str,
+        expires_in: i64,
+    ) -> (pb::Connection, tokend_sandbox::IssuedTokens) {
+        let issued = self
+            .sandbox
+            .issue_tokens(account, &["crm.objects.contacts.read"]);
+        let mut client = self.client().await;
+        let resp = client
+            .install(import_request(id, account, &issued, expires_in))
+            .await
+            .expect("install succeeds")
+            .into_inner();
+        (resp.connection.expect("connection"), issued)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn import_request(
+    id: &str,
+    account: &str,
+    issued: &tokend_sandbox::IssuedTokens,
+    expires_in: i64,
+) -> pb::InstallRequest {
+    pb::InstallRequest {
+        provider: "sandbox".into(),
+        connection_id: id.into(),
+        account_id: account.into(),
+        grant: Some(pb::install_request::Grant::TokenImport(pb::TokenImport {
+            access_token: issued.access_token.clone(),
+            refresh_token: issued.refresh_token.clone(),
+            expires_in_seconds: expires_in,
+            scopes: issued.scopes.clone(),
+            token_type: String::new(),
+        })),
+    }
+}
+
+pub fn get(id: &str) -> pb::GetTokenRequest {
+    pb::GetTokenRequest {
+        connection_id: id.into(),
+        min_ttl_seconds: 0,
+    }
+}
+
+/// `ErrorInfo.reason` of a status.
+pub fn reason(status: &tonic::Status) -> String {
+    status
+        .get_details_error_info()
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+/// `ErrorInfo.metadata[key]` of a status.
+pub fn metadata(status: &tonic::Status, key: &str) -> Option<String> {
+    status
+        .get_details_error_info()
+        .and_then(|i| i.metadata.get(key).cloned())
+}
+
+/// The `BadRequest` field names of a status.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

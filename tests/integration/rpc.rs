@@ -1,0 +1,1 @@
+//! Each RPC's happy path and error codes.

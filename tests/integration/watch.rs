@@ -1,0 +1,1 @@
+//! WatchConnection, health, reflection and shutdown.
