@@ -1,1 +1,283 @@
-fn main() {}
+//! End-to-end broker benchmark: real server, real sandbox, gRPC over
+//! loopback. Prints each figure next to a baseline measured in the same run
+//! (a gRPC health check on the same server and channel), because absolute
+//! numbers on shared machines are noise.
+//!
+//! Run: `cargo bench --bench broker`
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokend_proto::v1::{self as pb, token_service_client::TokenServiceClient};
+use tokend_sandbox::{Sandbox, SandboxConfig};
+use tokend_server::{EngineSettings, ServerConfig, config::sandbox_provider};
+use tokend_store::SledStore;
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+const SEQUENTIAL_CALLS: usize = 5_000;
+const CONCURRENT_TASKS: usize = 32;
+const CONCURRENT_CALLS_PER_TASK: usize = 500;
+
+struct Latencies(Vec<Duration>);
+
+impl Latencies {
+    fn pct(&mut self, p: f64) -> Duration {
+        self.0.sort();
+        let i = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        self.0[i]
+    }
+}
+
+async fn sequential<F, Fut>(mut call: F) -> Latencies
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..200 {
+        call().await; // warm-up
+    }
+    let mut out = Vec::with_capacity(SEQUENTIAL_CALLS);
+    for _ in 0..SEQUENTIAL_CALLS {
+        let t = Instant::now();
+        call().await;
+        out.push(t.elapsed());
+    }
+    Latencies(out)
+}
+
+async fn throughput<F, Fut>(call: F) -> f64
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..CONCURRENT_TASKS)
+        .map(|_| {
+            let call = call.clone();
+            tokio::spawn(async move {
+                for _ in 0..CONCURRENT_CALLS_PER_TASK {
+                    call().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("bench task");
+    }
+    (CONCURRENT_TASKS * CONCURRENT_CALLS_PER_TASK) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let sandbox = Sandbox::start(SandboxConfig::default())
+        .await
+        .expect("sandbox");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SledStore::open(dir.path()).expect("store");
+    let cfg = sandbox.config();
+    let provider = sandbox_provider(
+        "sandbox",
+        &sandbox.token_url(),
+        &cfg.client_id,
+        &cfg.client_secret,
+    )
+    .expect("provider");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tokend_server::run(
+        listener,
+        Arc::new(store),
+        ServerConfig {
+            providers: vec![provider],
+            engine: EngineSettings {
+                background_refresh: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = loop {
+        if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+        {
+            break ch;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let tokens = TokenServiceClient::new(channel.clone());
+    let health = HealthClient::new(channel.clone());
+
+    let install = |id: &str, expires_in: i64| {
+        let issued = sandbox.issue_tokens(id, &["crm"]);
+        pb::InstallRequest {
+            provider: "sandbox".into(),
+            connection_id: id.into(),
+            account_id: id.into(),
+            grant: Some(pb::install_request::Grant::TokenImport(pb::TokenImport {
+                access_token: issued.access_token,
+                refresh_token: issued.refresh_token,
+                expires_in_seconds: expires_in,
+                scopes: issued.scopes,
+                token_type: String::new(),
+            })),
+        }
+    };
+    tokens
+        .clone()
+        .install(install("cached", 1800))
+        .await
+        .expect("install");
+
+    let health_call = {
+        let health = health.clone();
+        move || {
+            let mut h = health.clone();
+            async move {
+                h.check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .expect("check");
+            }
+        }
+    };
+    let token_call = {
+        let tokens = tokens.clone();
+        move || {
+            let mut c = tokens.clone();
+            async move {
+                c.get_token(pb::GetTokenRequest {
+                    connection_id: "cached".into(),
+                    min_ttl_seconds: 0,
+                })
+                .await
+                .expect("get_token");
+            }
+        }
+    };
+
+    let mut base = sequential(health_call.clone()).await;
+    let mut cached = sequential(token_call.clone()).await;
+    let base_tp = throughput(health_call).await;
+    let cached_tp = throughput(token_call).await;
+
+    // One refresh through the provider, sequentially (baseline for the burst).
+    let mut refresh_lat = Vec::new();
+    for i in 0..50 {
+        let mut c = tokens.clone();
+        let id = format!("refresh-{i}");
+        c.install(install(&id, 1800)).await.expect("install");
+        let t = Instant::now();
+        c.force_refresh(pb::ForceRefreshRequest {
+            connection_id: id,
+            rejected: None,
+        })
+        .await
+        .expect("refresh");
+        refresh_lat.push(t.elapsed());
+    }
+    let mut refresh_lat = Latencies(refresh_lat);
+
+    // 1,000 concurrent readers of one expired token.
+    let mut burst_times = Vec::new();
+    let mut burst_calls = Vec::new();
+    for round in 0..5 {
+        let id = format!("burst-{round}");
+        tokens
+            .clone()
+            .install(install(&id, 0))
+            .await
+            .expect("install");
+        let before = sandbox.account_stats(&id).refresh_requests;
+        let t = Instant::now();
+        let calls: Vec<_> = (0..1000)
+            .map(|_| {
+                let mut c = tokens.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    c.get_token(pb::GetTokenRequest {
+                        connection_id: id,
+                        min_ttl_seconds: 0,
+                    })
+                    .await
+                    .expect("burst get_token");
+                })
+            })
+            .collect();
+        for c in calls {
+            c.await.expect("join");
+        }
+        burst_times.push(t.elapsed());
+        burst_calls.push(sandbox.account_stats(&id).refresh_requests - before);
+    }
+    let mut burst_times = Latencies(burst_times);
+
+    let (b50, b99, c50, c99) = (
+        base.pct(0.5),
+        base.pct(0.99),
+        cached.pct(0.5),
+        cached.pct(0.99),
+    );
+    println!(
+        "## tokend broker benchmark ({SEQUENTIAL_CALLS} sequential calls; {CONCURRENT_TASKS}x{CONCURRENT_CALLS_PER_TASK} concurrent)"
+    );
+    println!();
+    println!("| figure | measured | baseline (same run) | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| GetToken, cached token, p50 | {:.0} µs | health Check p50 {:.0} µs | {:.2}x |",
+        us(c50),
+        us(b50),
+        us(c50) / us(b50)
+    );
+    println!(
+        "| GetToken, cached token, p99 | {:.0} µs | health Check p99 {:.0} µs | {:.2}x |",
+        us(c99),
+        us(b99),
+        us(c99) / us(b99)
+    );
+    println!(
+        "| GetToken throughput, 32 callers | {cached_tp:.0} /s | health Check {base_tp:.0} /s | {:.2}x |",
+        cached_tp / base_tp
+    );
+    let r50 = refresh_lat.pct(0.5);
+    println!(
+        "| ForceRefresh via sandbox provider, p50 | {:.0} µs | health Check p50 {:.0} µs | {:.1}x |",
+        us(r50),
+        us(b50),
+        us(r50) / us(b50)
+    );
+    let bt = burst_times.pct(0.5);
+    println!(
+        "| 1,000 concurrent GetToken on an expired token, wall time (median of 5) | {:.1} ms | one ForceRefresh p50 {:.1} ms | {:.1}x |",
+        bt.as_secs_f64() * 1e3,
+        r50.as_secs_f64() * 1e3,
+        bt.as_secs_f64() / r50.as_secs_f64()
+    );
+    println!("| provider calls per 1,000-caller burst (5 rounds) | {burst_calls:?} | ideal: 1 | |");
+
+    let _ = stop.send(());
+    let _ = server.await;
+}

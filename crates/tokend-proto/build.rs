@@ -9,13 +9,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_file = proto_root.join("tokend/v1/tokend.proto");
     println!("cargo:rerun-if-changed={}", proto_root.display());
 
+    let vendor_root = manifest_dir.join("vendor");
+    println!("cargo:rerun-if-changed={}", vendor_root.display());
+
     let mut compiler = protox::Compiler::new([&proto_root])?;
     compiler.include_imports(true).include_source_info(true);
     compiler.open_file(&proto_file)?;
+
+    // Reflection also serves the google.rpc detail messages, so grpcurl can
+    // print ErrorInfo, RetryInfo and BadRequest instead of raw bytes.
+    let mut reflection = protox::Compiler::new([&proto_root, &vendor_root])?;
+    reflection.include_imports(true).include_source_info(true);
+    reflection.open_file(&proto_file)?;
+    reflection.open_file(vendor_root.join("google/rpc/error_details.proto"))?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     std::fs::write(
         out_dir.join("tokend_descriptor.bin"),
-        compiler.encode_file_descriptor_set(),
+        reflection.encode_file_descriptor_set(),
     )?;
 
     tonic_prost_build::configure()

@@ -184,6 +184,9 @@ impl ProviderClient {
                 .and_then(|v| v.to_str().ok())
                 .map(|v| classify::sanitize(v, &secrets))
         });
+        // An HTTP-date Retry-After is absolute wall time by definition, so it
+        // is compared with the system clock, not tokend's.
+        #[allow(clippy::disallowed_methods)]
         let retry_after = response
             .headers()
             .get("retry-after")
