@@ -200,14 +200,17 @@ async fn run() {
     }
     let mut refresh_lat = Latencies(refresh_lat);
 
-    // 1,000 concurrent readers of one expired token.
+    // 1,000 concurrent readers of one expired token, against the same burst
+    // on a token that needs no refresh.
     let mut burst_times = Vec::new();
+    let mut cached_burst_times = Vec::new();
     let mut burst_calls = Vec::new();
-    for round in 0..5 {
+    for round in 0..10 {
+        let expired = round % 2 == 0;
         let id = format!("burst-{round}");
         tokens
             .clone()
-            .install(install(&id, 0))
+            .install(install(&id, if expired { 0 } else { 1800 }))
             .await
             .expect("install");
         let before = sandbox.account_stats(&id).refresh_requests;
@@ -229,10 +232,15 @@ async fn run() {
         for c in calls {
             c.await.expect("join");
         }
-        burst_times.push(t.elapsed());
-        burst_calls.push(sandbox.account_stats(&id).refresh_requests - before);
+        if expired {
+            burst_times.push(t.elapsed());
+            burst_calls.push(sandbox.account_stats(&id).refresh_requests - before);
+        } else {
+            cached_burst_times.push(t.elapsed());
+        }
     }
     let mut burst_times = Latencies(burst_times);
+    let mut cached_burst_times = Latencies(cached_burst_times);
 
     let (b50, b99, c50, c99) = (
         base.pct(0.5),
@@ -270,11 +278,12 @@ async fn run() {
         us(r50) / us(b50)
     );
     let bt = burst_times.pct(0.5);
+    let cbt = cached_burst_times.pct(0.5);
     println!(
-        "| 1,000 concurrent GetToken on an expired token, wall time (median of 5) | {:.1} ms | one ForceRefresh p50 {:.1} ms | {:.1}x |",
+        "| 1,000 concurrent GetToken on an expired token, wall time (median of 5) | {:.1} ms | same burst on a valid token {:.1} ms | {:.2}x |",
         bt.as_secs_f64() * 1e3,
-        r50.as_secs_f64() * 1e3,
-        bt.as_secs_f64() / r50.as_secs_f64()
+        cbt.as_secs_f64() * 1e3,
+        bt.as_secs_f64() / cbt.as_secs_f64()
     );
     println!("| provider calls per 1,000-caller burst (5 rounds) | {burst_calls:?} | ideal: 1 | |");
 

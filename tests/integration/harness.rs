@@ -15,19 +15,10 @@ use tonic_types::StatusExt;
 pub type Client = TokenServiceClient<Channel>;
 
 /// Knobs a test may turn; defaults are tokend's own.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Options {
     pub sandbox: SandboxConfig,
     pub engine: EngineSettings,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            sandbox: SandboxConfig::default(),
-            engine: EngineSettings::default(),
-        }
-    }
 }
 
 /// A running tokend plus the sandbox it talks to.

@@ -1,6 +1,7 @@
 //! tokend's integration tests: one binary, real server, real HTTP provider.
 
 mod harness;
+mod reflection;
 mod refresh;
 mod rpc;
 mod watch;

@@ -548,7 +548,7 @@ async fn restart_keeps_every_connection_and_its_latest_refresh_token() {
         .unwrap()
         .into_inner();
     assert_eq!(list.connections.len(), 5);
-    for i in 0..5 {
+    for (i, version) in versions.iter().copied().enumerate() {
         let id = format!("keep-{i}");
         let t = client
             .get_token(get(&id))
@@ -557,7 +557,7 @@ async fn restart_keeps_every_connection_and_its_latest_refresh_token() {
             .into_inner()
             .token
             .unwrap();
-        assert_eq!(t.version, versions[i]);
+        assert_eq!(t.version, version);
         // Refreshing uses the persisted (latest) refresh token: strict
         // rotation would answer invalid_grant to any older one.
         let r = client
@@ -567,7 +567,7 @@ async fn restart_keeps_every_connection_and_its_latest_refresh_token() {
             })
             .await
             .unwrap_or_else(|e| panic!("{id}: {e:?}"));
-        assert_eq!(r.into_inner().token.unwrap().version, versions[i] + 1);
+        assert_eq!(r.into_inner().token.unwrap().version, version + 1);
         assert_eq!(
             server
                 .sandbox

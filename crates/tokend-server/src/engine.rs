@@ -213,6 +213,8 @@ pub struct Engine {
     holder: String,
     /// Refresh tasks, awaited at shutdown so no write is cut off.
     pub(crate) tasks: TaskTracker,
+    /// Recent install requests, to answer retried code installs.
+    pub(crate) recent_installs: crate::install::RecentInstalls,
     pub(crate) settings: EngineSettings,
 }
 
@@ -244,6 +246,7 @@ impl Engine {
             scheduler: Scheduler::default(),
             holder,
             tasks: TaskTracker::new(),
+            recent_installs: Default::default(),
             settings,
         })
     }
@@ -417,14 +420,14 @@ impl Engine {
         {
             let retry = lock(&slot.retry);
             let now = self.clock.now();
-            if let (Some(not_before), Some(failure)) = (retry.not_before, &retry.last_failure) {
-                if not_before > now {
-                    let mut failure = failure.clone();
-                    if let Failure::Provider { retry_after, .. } = &mut failure {
-                        *retry_after = Some(not_before.duration_since(now));
-                    }
-                    return Err(failure);
+            if let (Some(not_before), Some(failure)) = (retry.not_before, &retry.last_failure)
+                && not_before > now
+            {
+                let mut failure = failure.clone();
+                if let Failure::Provider { retry_after, .. } = &mut failure {
+                    *retry_after = Some(not_before.duration_since(now));
                 }
+                return Err(failure);
             }
         }
         self.flight(slot, base.version).await
@@ -495,7 +498,7 @@ impl Engine {
         };
         let lease = match self.acquire_lease(id, base_version).await? {
             LeaseOutcome::Granted(lease) => lease,
-            LeaseOutcome::Superseded(newer) => return Ok(slot.advance(Arc::new(newer))),
+            LeaseOutcome::Superseded(newer) => return Ok(slot.advance(Arc::new(*newer))),
         };
         let attempt = lock(&slot.retry).attempts + 1;
         tracing::debug!(connection_id = %id, provider = %provider.name, attempt, "refreshing");
@@ -540,7 +543,7 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let latest = self.load_latest(id).await?;
             if latest.version > base_version {
-                return Ok(LeaseOutcome::Superseded(latest));
+                return Ok(LeaseOutcome::Superseded(Box::new(latest)));
             }
         }
     }
@@ -871,15 +874,13 @@ impl Engine {
             self.schedule(&current);
             return;
         }
-        if let Err(failure) = self.refresh_once(&slot, &current).await {
-            if let Failure::Provider {
-                retry_after: Some(delay),
-                ..
-            } = failure
-            {
-                // Backing off: make sure a retry is scheduled.
-                self.scheduler.schedule(id, now.saturating_add(delay));
-            }
+        if let Err(Failure::Provider {
+            retry_after: Some(delay),
+            ..
+        }) = self.refresh_once(&slot, &current).await
+        {
+            // Backing off: make sure a retry is scheduled.
+            self.scheduler.schedule(id, now.saturating_add(delay));
         }
     }
 }
@@ -887,7 +888,7 @@ impl Engine {
 enum LeaseOutcome {
     Granted(Lease),
     /// Another holder wrote a newer version while we waited.
-    Superseded(Connection),
+    Superseded(Box<Connection>),
 }
 
 impl RetryState {

@@ -59,4 +59,34 @@ impl WatchHub {
                 .remove_if(&id, |_, tx| tx.receiver_count() == 0);
         }
     }
+
+    /// Drops `id`'s channel if nobody listens any more (a watcher ended, or
+    /// subscribed to a connection that turned out not to exist).
+    pub fn release(&self, id: &ConnectionId) {
+        self.channels
+            .remove_if(id, |_, tx| tx.receiver_count() == 0);
+    }
+
+    #[cfg(test)]
+    fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_exist_only_while_someone_listens() {
+        let hub = WatchHub::default();
+        let id = ConnectionId::new("c").unwrap();
+        let rx = hub.subscribe(&id);
+        assert_eq!(hub.channel_count(), 1);
+        hub.release(&id);
+        assert_eq!(hub.channel_count(), 1, "still listened to");
+        drop(rx);
+        hub.release(&id);
+        assert_eq!(hub.channel_count(), 0);
+    }
 }

@@ -108,16 +108,20 @@ impl Engine {
             ),
             (None, None) => None,
         };
-        if let Some(id) = &known_id {
-            if let Some(existing) = self.store.get(id).await? {
-                if is_replay(&existing, &fingerprint) {
-                    return Ok(InstallOutcome {
-                        connection: self.installed_replay(existing),
-                        created: false,
-                        replayed: true,
-                    });
-                }
-            }
+        // Otherwise the id comes from the provider's answer, after the code is
+        // spent: recent installs remember which connection a request made.
+        let remembered = known_id
+            .clone()
+            .or_else(|| self.recent_installs.get(&fingerprint));
+        if let Some(id) = &remembered
+            && let Some(existing) = self.store.get(id).await?
+            && is_replay(&existing, &fingerprint)
+        {
+            return Ok(InstallOutcome {
+                connection: self.installed_replay(existing),
+                created: false,
+                replayed: true,
+            });
         }
 
         let now = self.clock.now();
@@ -253,6 +257,8 @@ impl Engine {
                         replaced = existing.is_some(),
                         "connection installed"
                     );
+                    self.recent_installs
+                        .remember(fingerprint.clone(), id.clone());
                     let connection = self.installed(record, existing.as_ref());
                     return Ok(InstallOutcome {
                         connection,
@@ -270,6 +276,51 @@ impl Engine {
     fn installed_replay(&self, existing: Connection) -> Arc<Connection> {
         tracing::info!(connection_id = %existing.id, "install retried; answered without a second effect");
         Arc::new(existing)
+    }
+}
+
+/// Which connection each recent install request produced, by fingerprint,
+/// so a retried code install whose id came from the provider is recognised
+/// even though the single-use code cannot be exchanged again. In memory and
+/// bounded: it covers retries after a lost reply, not days later.
+#[derive(Default)]
+pub(crate) struct RecentInstalls {
+    /// A std `Mutex`: two map operations, never held across an `.await`.
+    inner: std::sync::Mutex<RecentInner>,
+}
+
+#[derive(Default)]
+struct RecentInner {
+    by_fingerprint: std::collections::HashMap<String, ConnectionId>,
+    /// Insertion order, for evicting the oldest.
+    order: std::collections::VecDeque<String>,
+}
+
+impl RecentInstalls {
+    const CAPACITY: usize = 10_000;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecentInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, fingerprint: &str) -> Option<ConnectionId> {
+        self.lock().by_fingerprint.get(fingerprint).cloned()
+    }
+
+    fn remember(&self, fingerprint: String, id: ConnectionId) {
+        let mut inner = self.lock();
+        if inner
+            .by_fingerprint
+            .insert(fingerprint.clone(), id)
+            .is_none()
+        {
+            inner.order.push_back(fingerprint);
+        }
+        while inner.order.len() > Self::CAPACITY {
+            if let Some(old) = inner.order.pop_front() {
+                inner.by_fingerprint.remove(&old);
+            }
+        }
     }
 }
 

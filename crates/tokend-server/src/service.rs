@@ -360,7 +360,14 @@ impl TokenService for TokenServiceImpl {
         // Subscribe before reading: a change landing in between is then
         // delivered, never lost.
         let mut events = self.engine.hub.subscribe(&id);
-        let current = self.engine.cached(&id).await?;
+        let current = match self.engine.cached(&id).await {
+            Ok(current) => current,
+            Err(e) => {
+                drop(events);
+                self.engine.hub.release(&id);
+                return Err(e.into());
+            }
+        };
         let (tx, rx) = mpsc::channel(16);
         let engine = Arc::clone(&self.engine);
         let shutdown = self.shutdown.clone();
@@ -374,55 +381,58 @@ impl TokenService for TokenServiceImpl {
                 &pb_of(&current),
                 engine.clock.now(),
             );
-            if tx.send(Ok(snapshot)).await.is_err() {
-                return;
-            }
-            loop {
-                let message = tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tx.closed() => break,
-                    event = events.recv() => event,
-                };
-                let (out, last) = match message {
-                    Ok(event) => {
-                        let deleted = event.kind == EventKind::Deleted;
-                        if !deleted && event.connection.revision <= last_revision {
-                            continue; // already covered by the snapshot
-                        }
-                        last_revision = event.connection.revision;
-                        (
-                            Ok(watch_event(
-                                event_type(event.kind),
-                                &pb_of(&event.connection),
-                                event.at,
-                            )),
-                            deleted,
-                        )
-                    }
-                    Err(RecvError::Lagged(skipped)) => {
-                        tracing::debug!(connection_id = %id, skipped, "watcher lagged; resending a snapshot");
-                        match engine.store.get(&id).await {
-                            Ok(Some(record)) => {
-                                last_revision = record.revision;
-                                (
-                                    Ok(watch_event(
-                                        pb::WatchEventType::Snapshot,
-                                        &pb_of(&record),
-                                        engine.clock.now(),
-                                    )),
-                                    false,
-                                )
+            if tx.send(Ok(snapshot)).await.is_ok() {
+                loop {
+                    let message = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tx.closed() => break,
+                        event = events.recv() => event,
+                    };
+                    let (out, last) = match message {
+                        Ok(event) => {
+                            let deleted = event.kind == EventKind::Deleted;
+                            if !deleted && event.connection.revision <= last_revision {
+                                continue; // already covered by the snapshot
                             }
-                            Ok(None) => (Err(ServiceError::NotFound(id.clone()).to_status()), true),
-                            Err(e) => (Err(ServiceError::from(e).to_status()), true),
+                            last_revision = event.connection.revision;
+                            (
+                                Ok(watch_event(
+                                    event_type(event.kind),
+                                    &pb_of(&event.connection),
+                                    event.at,
+                                )),
+                                deleted,
+                            )
                         }
+                        Err(RecvError::Lagged(skipped)) => {
+                            tracing::debug!(connection_id = %id, skipped, "watcher lagged; resending a snapshot");
+                            match engine.store.get(&id).await {
+                                Ok(Some(record)) => {
+                                    last_revision = record.revision;
+                                    (
+                                        Ok(watch_event(
+                                            pb::WatchEventType::Snapshot,
+                                            &pb_of(&record),
+                                            engine.clock.now(),
+                                        )),
+                                        false,
+                                    )
+                                }
+                                Ok(None) => {
+                                    (Err(ServiceError::NotFound(id.clone()).to_status()), true)
+                                }
+                                Err(e) => (Err(ServiceError::from(e).to_status()), true),
+                            }
+                        }
+                        Err(RecvError::Closed) => break,
+                    };
+                    if tx.send(out).await.is_err() || last {
+                        break;
                     }
-                    Err(RecvError::Closed) => break,
-                };
-                if tx.send(out).await.is_err() || last {
-                    break;
                 }
             }
+            drop(events);
+            engine.hub.release(&id);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -109,10 +109,10 @@ impl Store for MemoryStore {
 
     async fn release_refresh_lease(&self, lease: &Lease) -> Result<(), StoreError> {
         let mut leases = lock(&self.leases);
-        if let Some(current) = leases.get_mut(&lease.id) {
-            if current.fence == lease.fence {
-                current.expires_at = Timestamp::from_unix_millis(i64::MIN);
-            }
+        if let Some(current) = leases.get_mut(&lease.id)
+            && current.fence == lease.fence
+        {
+            current.expires_at = Timestamp::from_unix_millis(i64::MIN);
         }
         Ok(())
     }
