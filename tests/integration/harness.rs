@@ -172,6 +172,39 @@ pub fn import_request(
     }
 }
 
+/// tokend's defaults with the background refresher off, for tests that
+/// count provider calls made on demand.
+pub fn background_off() -> Options {
+    Options {
+        engine: EngineSettings {
+            background_refresh: false,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// An unconditional ForceRefresh.
+pub fn force(id: &str) -> pb::ForceRefreshRequest {
+    pb::ForceRefreshRequest {
+        connection_id: id.into(),
+        rejected: None,
+    }
+}
+
+/// GetConnection, unwrapped.
+pub async fn connection(client: &mut Client, id: &str) -> pb::Connection {
+    client
+        .get_connection(pb::GetConnectionRequest {
+            connection_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("GetConnection {id}: {e:?}"))
+        .into_inner()
+        .connection
+        .expect("connection")
+}
+
 pub fn get(id: &str) -> pb::GetTokenRequest {
     pb::GetTokenRequest {
         connection_id: id.into(),

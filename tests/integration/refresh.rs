@@ -11,20 +11,15 @@ use tokend_server::EngineSettings;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::harness::{Options, TestServer, get, import_request, metadata, reason};
+use crate::harness::{
+    Options, TestServer, background_off, connection, force, get, import_request, metadata, reason,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_concurrent_readers_of_an_expired_token_cause_one_provider_call() {
     // The background refresher is off so that the 1000 readers, not it,
     // find the token expired and race for the refresh.
-    let server = TestServer::start_with(Options {
-        engine: EngineSettings {
-            background_refresh: false,
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
+    let server = TestServer::start_with(background_off()).await;
     let (_, issued) = server.import("burst", "acct-burst", 0).await;
 
     // Four HTTP/2 connections, 250 concurrent calls each.
@@ -167,10 +162,7 @@ async fn five_hundred_strict_rotations_with_concurrent_readers_lose_no_grant() {
     let mut last_version = 0;
     for _ in 0..500 {
         let r = client
-            .force_refresh(pb::ForceRefreshRequest {
-                connection_id: "rotating".into(),
-                rejected: None,
-            })
+            .force_refresh(force("rotating"))
             .await
             .expect("refresh succeeds")
             .into_inner();
@@ -190,15 +182,7 @@ async fn five_hundred_strict_rotations_with_concurrent_readers_lose_no_grant() {
     );
     assert_eq!(stats.refresh_grants_ok, 500);
     assert!(reads > 0);
-    let c = client
-        .get_connection(pb::GetConnectionRequest {
-            connection_id: "rotating".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .connection
-        .unwrap();
+    let c = connection(&mut client, "rotating").await;
     assert_eq!(c.status, pb::ConnectionStatus::Active as i32);
 }
 
@@ -225,13 +209,7 @@ async fn revocation_marks_reconnect_required_tells_watchers_once_and_stops_calli
 
     server.sandbox.revoke_account("acct-rev");
     let revoked_at = Instant::now();
-    let err = client
-        .force_refresh(pb::ForceRefreshRequest {
-            connection_id: "revoked".into(),
-            rejected: None,
-        })
-        .await
-        .unwrap_err();
+    let err = client.force_refresh(force("revoked")).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(reason(&err), "RECONNECT_REQUIRED");
     assert_eq!(
@@ -258,13 +236,7 @@ async fn revocation_marks_reconnect_required_tells_watchers_once_and_stops_calli
     for _ in 0..20 {
         let e = client.get_token(get("revoked")).await.unwrap_err();
         assert_eq!(e.code(), Code::FailedPrecondition);
-        let e = client
-            .force_refresh(pb::ForceRefreshRequest {
-                connection_id: "revoked".into(),
-                rejected: None,
-            })
-            .await
-            .unwrap_err();
+        let e = client.force_refresh(force("revoked")).await.unwrap_err();
         assert_eq!(reason(&e), "RECONNECT_REQUIRED");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -284,13 +256,7 @@ async fn reinstall_revives_a_reconnect_required_connection() {
     server.import("revive", "acct-revive", 1800).await;
     let mut client = server.client().await;
     server.sandbox.revoke_account("acct-revive");
-    let err = client
-        .force_refresh(pb::ForceRefreshRequest {
-            connection_id: "revive".into(),
-            rejected: None,
-        })
-        .await
-        .unwrap_err();
+    let err = client.force_refresh(force("revive")).await.unwrap_err();
     assert_eq!(reason(&err), "RECONNECT_REQUIRED");
 
     let mut watch = client
@@ -335,24 +301,14 @@ async fn reinstall_revives_a_reconnect_required_connection() {
     assert_eq!(token.access_token, issued.access_token);
     // And it refreshes again.
     client
-        .force_refresh(pb::ForceRefreshRequest {
-            connection_id: "revive".into(),
-            rejected: None,
-        })
+        .force_refresh(force("revive"))
         .await
         .expect("refresh after re-install");
 }
 
 #[tokio::test]
 async fn rate_limit_retry_after_is_honoured() {
-    let server = TestServer::start_with(Options {
-        engine: EngineSettings {
-            background_refresh: false,
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
+    let server = TestServer::start_with(background_off()).await;
     server.import("limited", "acct-429", 0).await;
     server.sandbox.inject(Fault::RateLimited {
         retry_after_secs: 2,
@@ -400,14 +356,7 @@ async fn rate_limit_retry_after_is_honoured() {
 
 #[tokio::test]
 async fn transient_failures_are_hidden_while_the_token_is_valid() {
-    let server = TestServer::start_with(Options {
-        engine: EngineSettings {
-            background_refresh: false,
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
+    let server = TestServer::start_with(background_off()).await;
     // 100 s left: inside the 5-minute buffer, so reads try to refresh.
     let (_, issued) = server.import("flaky", "acct-flaky", 100).await;
     server.sandbox.inject(Fault::Status {
@@ -423,15 +372,7 @@ async fn transient_failures_are_hidden_while_the_token_is_valid() {
         .token
         .unwrap();
     assert_eq!(token.access_token, issued.access_token);
-    let conn = client
-        .get_connection(pb::GetConnectionRequest {
-            connection_id: "flaky".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .connection
-        .unwrap();
+    let conn = connection(&mut client, "flaky").await;
     assert_eq!(
         conn.status,
         pb::ConnectionStatus::Active as i32,
@@ -448,14 +389,7 @@ async fn transient_failures_are_hidden_while_the_token_is_valid() {
 
 #[tokio::test]
 async fn transient_failure_without_a_valid_token_is_unavailable_and_backs_off() {
-    let server = TestServer::start_with(Options {
-        engine: EngineSettings {
-            background_refresh: false,
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
+    let server = TestServer::start_with(background_off()).await;
     server.import("down", "acct-down", 0).await;
     server.sandbox.inject(Fault::Status {
         status: 502,
@@ -482,29 +416,14 @@ async fn transient_failure_without_a_valid_token_is_unavailable_and_backs_off() 
 
 #[tokio::test]
 async fn invalid_client_is_not_a_revocation() {
-    let server = TestServer::start_with(Options {
-        engine: EngineSettings {
-            background_refresh: false,
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await;
+    let server = TestServer::start_with(background_off()).await;
     server.import("misconf", "acct-misconf", 0).await;
     server.sandbox.inject(Fault::InvalidClient { count: 1 });
     let mut client = server.client().await;
     let err = client.get_token(get("misconf")).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(reason(&err), "PROVIDER_MISCONFIGURED");
-    let conn = client
-        .get_connection(pb::GetConnectionRequest {
-            connection_id: "misconf".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .connection
-        .unwrap();
+    let conn = connection(&mut client, "misconf").await;
     assert_eq!(conn.status, pb::ConnectionStatus::Active as i32);
     assert_eq!(
         conn.last_error.unwrap().error_class,

@@ -5,7 +5,8 @@ use tokend_server::EngineSettings;
 use tonic::Code;
 
 use crate::harness::{
-    Client, Options, TestServer, bad_fields, get, import_request, metadata, reason,
+    Client, Options, TestServer, background_off, bad_fields, connection, force, get,
+    import_request, metadata, reason,
 };
 
 // ---- helpers ------------------------------------------------------------
@@ -37,18 +38,6 @@ fn now_unix() -> i64 {
     tokend_core::Clock::system().now().unix_millis() / 1000
 }
 
-async fn connection(client: &mut Client, id: &str) -> pb::Connection {
-    client
-        .get_connection(pb::GetConnectionRequest {
-            connection_id: id.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("GetConnection {id}: {e:?}"))
-        .into_inner()
-        .connection
-        .expect("connection")
-}
-
 async fn token(client: &mut Client, id: &str) -> pb::AccessToken {
     client
         .get_token(get(id))
@@ -57,13 +46,6 @@ async fn token(client: &mut Client, id: &str) -> pb::AccessToken {
         .into_inner()
         .token
         .expect("token")
-}
-
-fn force(id: &str) -> pb::ForceRefreshRequest {
-    pb::ForceRefreshRequest {
-        connection_id: id.into(),
-        rejected: None,
-    }
 }
 
 fn list(page_size: i32, page_token: &str) -> pb::ListConnectionsRequest {
@@ -107,16 +89,6 @@ fn import_grant(req: &mut pb::InstallRequest) -> &mut pb::TokenImport {
     match req.grant.as_mut() {
         Some(pb::install_request::Grant::TokenImport(t)) => t,
         _ => unreachable!("an import request"),
-    }
-}
-
-fn background_off() -> Options {
-    Options {
-        engine: EngineSettings {
-            background_refresh: false,
-            ..Default::default()
-        },
-        ..Default::default()
     }
 }
 

@@ -8,7 +8,9 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::harness::{Client, TestServer, bad_fields, get, import_request, metadata, reason};
+use crate::harness::{
+    Client, TestServer, bad_fields, force, get, import_request, metadata, reason,
+};
 
 type Watch = Streaming<pb::WatchConnectionResponse>;
 
@@ -42,13 +44,6 @@ fn assert_kind(event: &pb::WatchConnectionResponse, kind: pb::WatchEventType) {
         Ok(kind),
         "{event:?}"
     );
-}
-
-fn force(id: &str) -> pb::ForceRefreshRequest {
-    pb::ForceRefreshRequest {
-        connection_id: id.into(),
-        rejected: None,
-    }
 }
 
 fn delete(id: &str) -> pb::DeleteConnectionRequest {

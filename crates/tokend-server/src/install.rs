@@ -208,37 +208,23 @@ impl Engine {
                         replayed: true,
                     });
                 }
-                Some(e) => Connection {
+                // A replacement keeps the creation time and (if this
+                // request names none) the account, and continues the counters.
+                _ => Connection {
                     id: id.clone(),
                     provider: input.provider.clone(),
-                    account_id: if account_id.is_empty() {
-                        e.account_id.clone()
-                    } else {
-                        account_id.clone()
+                    account_id: match &existing {
+                        Some(e) if account_id.is_empty() => e.account_id.clone(),
+                        _ => account_id.clone(),
                     },
                     tokens: tokens.clone(),
                     previous_refresh_token: None,
-                    version: e.version + 1,
-                    revision: e.revision + 1,
+                    version: existing.as_ref().map_or(1, |e| e.version + 1),
+                    revision: existing.as_ref().map_or(1, |e| e.revision + 1),
                     status: Status::Active,
                     last_error: None,
                     last_refresh_at: None,
-                    created_at: e.created_at,
-                    updated_at: now,
-                    install_fingerprint: Some(fingerprint.clone()),
-                },
-                None => Connection {
-                    id: id.clone(),
-                    provider: input.provider.clone(),
-                    account_id: account_id.clone(),
-                    tokens: tokens.clone(),
-                    previous_refresh_token: None,
-                    version: 1,
-                    revision: 1,
-                    status: Status::Active,
-                    last_error: None,
-                    last_refresh_at: None,
-                    created_at: now,
+                    created_at: existing.as_ref().map_or(now, |e| e.created_at),
                     updated_at: now,
                     install_fingerprint: Some(fingerprint.clone()),
                 },
