@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use tokend_proto::v1 as pb;
 use tokend_sandbox::{Fault, Rotation, SandboxConfig};
-use tokend_server::EngineSettings;
 use tonic::Code;
 use tonic_types::StatusExt;
 

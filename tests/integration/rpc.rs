@@ -1,12 +1,11 @@
 //! Each RPC's happy path and error codes.
 
 use tokend_proto::v1 as pb;
-use tokend_server::EngineSettings;
 use tonic::Code;
 
 use crate::harness::{
-    Client, Options, TestServer, background_off, bad_fields, connection, force, get,
-    import_request, metadata, reason,
+    Client, TestServer, background_off, bad_fields, connection, force, get, import_request,
+    metadata, reason,
 };
 
 // ---- helpers ------------------------------------------------------------
