@@ -76,6 +76,11 @@ pub struct Connection {
     pub previous_refresh_token: Option<SecretString>,
     pub version: u64,
     pub revision: u64,
+    /// Fixed when the connection is created, kept by replacements, new after
+    /// a delete and re-create. Compare-and-swap checks it with `revision`, so
+    /// a write based on a deleted incarnation can never land on a new one
+    /// whose revision counter started again.
+    pub incarnation: u64,
     pub status: Status,
     pub last_error: Option<LastError>,
     pub last_refresh_at: Option<Timestamp>,
@@ -143,6 +148,7 @@ mod tests {
             previous_refresh_token: None,
             version: 3,
             revision: 7,
+            incarnation: 42,
             status: Status::Active,
             last_error: None,
             last_refresh_at: None,

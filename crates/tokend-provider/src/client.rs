@@ -143,8 +143,13 @@ impl ProviderClient {
         sent_secrets: &[&str],
     ) -> Result<TokenGrant, ProviderError> {
         let secret = config.client_secret.expose_secret();
-        let mut secrets = sent_secrets.to_vec();
-        secrets.push(secret);
+        // Everything a provider might echo back in an error: each secret as
+        // sent and as form-encoded on the wire (and the Basic credentials).
+        let mut redact: Vec<String> = Vec::new();
+        for s in sent_secrets.iter().copied().chain([secret]) {
+            redact.push(s.to_owned());
+            redact.push(form_encode(s));
+        }
         for (k, v) in &config.extra_params {
             if !form.iter().any(|(existing, _)| existing == k) {
                 form.push((k, v));
@@ -163,9 +168,11 @@ impl ProviderClient {
                 let credentials =
                     format!("{}:{}", form_encode(&config.client_id), form_encode(secret));
                 let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+                redact.push(encoded.clone());
                 request = request.header("authorization", format!("Basic {encoded}"));
             }
         }
+        let secrets: Vec<&str> = redact.iter().map(String::as_str).collect();
         let sent_at = self.clock.now();
         let mut response = request.form(&form).send().await.map_err(|e| {
             if e.is_timeout() {

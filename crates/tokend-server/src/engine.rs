@@ -17,10 +17,12 @@ use futures::{
     FutureExt,
     future::{BoxFuture, Shared},
 };
+use secrecy::ExposeSecret;
 use tokend_core::{
     Clock, Connection, ConnectionId, ErrorClass, LastError, ProviderName, Status, Timestamp,
+    TokenSet,
 };
-use tokend_provider::{ProviderClient, ProviderConfig, ProviderError, TokenGrant};
+use tokend_provider::{ProviderClient, ProviderConfig, ProviderError};
 use tokend_store::{Lease, Store, StoreError};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -148,6 +150,16 @@ struct Slot {
     /// clears it.
     flight: Mutex<Option<(u64, Flight)>>,
     retry: Mutex<RetryState>,
+    /// A token set the provider issued but the store refused to persist.
+    /// With a rotating provider it holds the only live refresh token, so the
+    /// next attempt persists it instead of calling the provider.
+    pending: Mutex<Option<PendingGrant>>,
+}
+
+/// An unpersisted refresh result and the refresh token it replaced.
+struct PendingGrant {
+    replaced: Option<secrecy::SecretString>,
+    tokens: tokend_core::TokenSet,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,6 +174,7 @@ impl Slot {
             record: RwLock::new(record),
             flight: Mutex::new(None),
             retry: Mutex::new(RetryState::default()),
+            pending: Mutex::new(None),
         }
     }
 
@@ -170,9 +183,11 @@ impl Slot {
     }
 
     /// Replaces the cached record unless it is older than what is cached.
+    /// A record of another incarnation always replaces: it was read from the
+    /// store after the cached one was deleted there.
     fn advance(&self, record: Arc<Connection>) -> Arc<Connection> {
         let mut guard = self.record.write().unwrap_or_else(|p| p.into_inner());
-        if record.revision >= guard.revision {
+        if record.incarnation != guard.incarnation || record.revision >= guard.revision {
             *guard = record;
         }
         Arc::clone(&guard)
@@ -180,11 +195,20 @@ impl Slot {
 }
 
 /// What a `ForceRefresh` caller says was rejected upstream.
-#[derive(Debug)]
 pub enum Rejected {
     AccessToken(String),
     Version(u64),
     Unspecified,
+}
+
+impl std::fmt::Debug for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejected::AccessToken(_) => f.write_str("AccessToken([REDACTED])"),
+            Rejected::Version(v) => write!(f, "Version({v})"),
+            Rejected::Unspecified => f.write_str("Unspecified"),
+        }
+    }
 }
 
 /// The broker's state: the store, the providers, and per-connection memory.
@@ -215,6 +239,8 @@ pub struct Engine {
     pub(crate) tasks: TaskTracker,
     /// Recent install requests, to answer retried code installs.
     pub(crate) recent_installs: crate::install::RecentInstalls,
+    /// One async mutex per in-progress install fingerprint.
+    pub(crate) install_gates: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
     pub(crate) settings: EngineSettings,
 }
 
@@ -247,6 +273,7 @@ impl Engine {
             holder,
             tasks: TaskTracker::new(),
             recent_installs: Default::default(),
+            install_gates: DashMap::new(),
             settings,
         })
     }
@@ -273,17 +300,18 @@ impl Engine {
                 .get(id)
                 .await?
                 .ok_or_else(|| ServiceError::NotFound(id.clone()))?;
-            let slot = Arc::clone(
-                &self
-                    .slots
-                    .entry(id.clone())
-                    .or_insert_with(|| Arc::new(Slot::new(Arc::new(record)))),
-            );
-            if self.delete_epoch.load(Ordering::SeqCst) == epoch {
+            let mut inserted = false;
+            let slot = Arc::clone(&self.slots.entry(id.clone()).or_insert_with(|| {
+                inserted = true;
+                Arc::new(Slot::new(Arc::new(record)))
+            }));
+            // A slot someone else inserted is theirs to check.
+            if !inserted || self.delete_epoch.load(Ordering::SeqCst) == epoch {
                 return Ok(slot);
             }
-            // A delete ran meanwhile: what we cached may be gone.
-            self.slots.remove(id);
+            // A delete ran meanwhile: what we cached may be gone. Remove only
+            // the slot this call inserted.
+            self.slots.remove_if(id, |_, s| Arc::ptr_eq(s, &slot));
         }
     }
 
@@ -314,6 +342,30 @@ impl Engine {
             .ok_or_else(|| Failure::UnknownProvider(record.provider.clone()))
     }
 
+    /// The slot's record, unless the connection is RECONNECT_REQUIRED. A
+    /// cached RECONNECT_REQUIRED is checked against the store first: another
+    /// replica may have re-installed the connection.
+    async fn active(
+        &self,
+        slot: &Slot,
+        id: &ConnectionId,
+    ) -> Result<Arc<Connection>, ServiceError> {
+        let current = slot.current();
+        if current.status == Status::Active {
+            return Ok(current);
+        }
+        let latest = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(id.clone()))?;
+        let latest = slot.advance(Arc::new(latest));
+        match latest.status {
+            Status::Active => Ok(latest),
+            Status::ReconnectRequired => Err(reconnect_required(&latest)),
+        }
+    }
+
     /// A valid access token with at least `min_ttl` left, refreshing first
     /// (once, shared with every concurrent caller) when needed. Writes
     /// nothing itself: only a refresh writes.
@@ -323,42 +375,70 @@ impl Engine {
         min_ttl: Duration,
     ) -> Result<Arc<Connection>, ServiceError> {
         let slot = self.slot(id).await?;
-        let current = slot.current();
-        if current.status == Status::ReconnectRequired {
-            return Err(reconnect_required(&current));
-        }
+        let mut current = self.active(&slot, id).await?;
         let provider = self
             .provider_of(&current)
             .map_err(Failure::into_service_error)?;
-        let now = self.clock.now();
-        if !provider
-            .refresh_policy
-            .needs_refresh(&current.tokens, now, min_ttl)
-        {
+        let policy = provider.refresh_policy;
+        if !policy.needs_refresh(&current.tokens, self.clock.now(), min_ttl) {
             return Ok(current);
         }
-        // A refresh cannot give more than the provider grants: refuse rather
-        // than refresh on every call.
-        if current.last_refresh_at.is_some() && current.tokens.lifetime() < min_ttl {
-            return Err(min_ttl_too_long(min_ttl, current.tokens.lifetime()));
-        }
-        match self.refresh_once(&slot, &current).await {
-            Ok(fresh) => {
-                if fresh.tokens.ttl(self.clock.now()) < min_ttl {
-                    return Err(min_ttl_too_long(min_ttl, fresh.tokens.lifetime()));
-                }
-                Ok(fresh)
-            }
-            Err(failure) => {
-                // While the current token is still valid, provider trouble
-                // is not the caller's problem.
-                let hideable = matches!(failure, Failure::Provider { .. } | Failure::Store(_));
-                if hideable && !current.tokens.ttl(self.clock.now()).is_zero() {
-                    return Ok(current);
-                }
-                Err(failure.into_service_error())
+        // A refresh cannot give more than the provider grants, less the
+        // refresh buffer: refuse rather than refresh on every call.
+        if current.last_refresh_at.is_some() {
+            let grantable = current
+                .tokens
+                .lifetime()
+                .saturating_sub(policy.buffer_for(&current.tokens));
+            if min_ttl > grantable {
+                return Err(min_ttl_too_long(min_ttl, grantable, current.tokens.lifetime()));
             }
         }
+        // Two rounds at most: a refresh may hand back a newer record written
+        // by someone else (a re-install, another replica) that itself needs
+        // refreshing.
+        for _ in 0..2 {
+            match self.refresh_once(&slot, &current).await {
+                Ok(fresh) => {
+                    if fresh.status != Status::Active {
+                        return Err(reconnect_required(&fresh));
+                    }
+                    if !policy.needs_refresh(&fresh.tokens, self.clock.now(), min_ttl) {
+                        return Ok(fresh);
+                    }
+                    let progressed = fresh.version > current.version;
+                    current = fresh;
+                    if !progressed {
+                        break;
+                    }
+                }
+                Err(failure) => {
+                    // While the current token is still valid, provider
+                    // trouble is not the caller's problem.
+                    let hideable = matches!(
+                        failure,
+                        Failure::Provider { .. } | Failure::Store(_) | Failure::Contended(_)
+                    );
+                    if hideable && !current.tokens.ttl(self.clock.now()).is_zero() {
+                        return Ok(current);
+                    }
+                    return Err(failure.into_service_error());
+                }
+            }
+        }
+        let ttl = current.tokens.ttl(self.clock.now());
+        if ttl.is_zero() {
+            return Err(ServiceError::ProviderUnavailable {
+                provider: provider.name.to_string(),
+                last_error: current.last_error.clone(),
+                retry_after: Some(self.settings.backoff_min),
+            });
+        }
+        if ttl < min_ttl {
+            let lifetime = current.tokens.lifetime();
+            return Err(min_ttl_too_long(min_ttl, lifetime, lifetime));
+        }
+        Ok(current)
     }
 
     /// Replaces a token the caller saw rejected upstream. Returns the token
@@ -369,10 +449,7 @@ impl Engine {
         rejected: Rejected,
     ) -> Result<(Arc<Connection>, bool), ServiceError> {
         let slot = self.slot(id).await?;
-        let mut current = slot.current();
-        if current.status == Status::ReconnectRequired {
-            return Err(reconnect_required(&current));
-        }
+        let mut current = self.active(&slot, id).await?;
         let stale = match &rejected {
             Rejected::AccessToken(token) => current.tokens.access_token_is(token),
             Rejected::Version(v) => {
@@ -399,6 +476,7 @@ impl Engine {
             return Ok((current, false));
         }
         match self.refresh_once(&slot, &current).await {
+            Ok(fresh) if fresh.status != Status::Active => Err(reconnect_required(&fresh)),
             Ok(fresh) => {
                 let refreshed = fresh.version > current.version;
                 Ok((fresh, refreshed))
@@ -452,12 +530,13 @@ impl Engine {
         // A task, not a future polled by the first caller: if that caller
         // goes away, the refresh still completes and is persisted.
         let handle = self.tasks.spawn(async move {
-            let result = engine.refresh(&task_slot, &current.id, base_version).await;
-            let mut flight = lock(&task_slot.flight);
-            if flight.as_ref().is_some_and(|(g, _)| *g == generation) {
-                *flight = None;
-            }
-            result
+            // Dropped when the task ends, even by panicking, so a failed
+            // flight can never stay attached to the slot.
+            let _clear = ClearFlight {
+                slot: Arc::clone(&task_slot),
+                generation,
+            };
+            engine.refresh(&task_slot, &current.id, base_version).await
         });
         let shared = async move { handle.await.unwrap_or(Err(Failure::Aborted)) }
             .boxed()
@@ -468,8 +547,31 @@ impl Engine {
 
     // ---- refreshing ----------------------------------------------------
 
-    /// One refresh attempt: re-read, lease, call the provider, persist.
+    /// One refresh attempt; failures that are not the provider's (the store
+    /// refusing a write) also back off, so a broken disk cannot turn into a
+    /// provider call per request.
     async fn refresh(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        id: &ConnectionId,
+        base_version: u64,
+    ) -> Result<Arc<Connection>, Failure> {
+        let result = self.refresh_attempt(slot, id, base_version).await;
+        if let Err(failure @ (Failure::Store(_) | Failure::Contended(_))) = &result {
+            let mut retry = lock(&slot.retry);
+            let delay = retry.next_delay(ErrorClass::Transient, None, &self.settings);
+            let not_before = self.clock.now().saturating_add(delay);
+            retry.not_before = Some(not_before);
+            retry.last_failure = Some(failure.clone());
+            drop(retry);
+            self.scheduler.schedule(id, not_before);
+        }
+        result
+    }
+
+    /// Re-read, lease, call the provider (or persist a pending grant), and
+    /// persist the outcome.
+    async fn refresh_attempt(
         self: &Arc<Self>,
         slot: &Arc<Slot>,
         id: &ConnectionId,
@@ -485,6 +587,44 @@ impl Engine {
             return Err(Failure::Revoked(id.clone(), last));
         }
         let provider = self.provider_of(&record)?;
+        let lease = match self.acquire_lease(id, base_version).await? {
+            LeaseOutcome::Granted(lease) => lease,
+            LeaseOutcome::Superseded(newer) => return Ok(slot.advance(Arc::new(*newer))),
+        };
+        let result = self.refresh_leased(slot, &provider, base_version).await;
+        if let Err(e) = self.store.release_refresh_lease(&lease).await {
+            tracing::warn!(connection_id = %id, error = %e, "releasing refresh lease failed");
+        }
+        result
+    }
+
+    /// The part of a refresh done while holding the lease.
+    async fn refresh_leased(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        provider: &ProviderConfig,
+        base_version: u64,
+    ) -> Result<Arc<Connection>, Failure> {
+        // Read again now that we hold the lease: the previous holder may have
+        // rotated the refresh token while we waited for it.
+        let record = self.load_latest(&slot.current().id).await?;
+        if record.version > base_version {
+            return Ok(slot.advance(Arc::new(record)));
+        }
+        // A token set the store refused earlier is still the newest grant:
+        // persist it rather than spend its replaced refresh token again.
+        let pending = lock(&slot.pending).take();
+        if let Some(pending) = pending {
+            let still_current = match (&pending.replaced, &record.tokens.refresh_token) {
+                (Some(a), Some(b)) => a.expose_secret() == b.expose_secret(),
+                (None, None) => true,
+                _ => false,
+            };
+            if still_current {
+                tracing::info!(connection_id = %record.id, "persisting a refresh result the store refused earlier");
+                return self.commit(slot, record, pending.tokens, None).await;
+            }
+        }
         let Some(refresh_token) = record.tokens.refresh_token.clone() else {
             let error = LastError {
                 class: ErrorClass::Revoked,
@@ -496,20 +636,15 @@ impl Engine {
             };
             return self.mark_reconnect_required(slot, record, error).await;
         };
-        let lease = match self.acquire_lease(id, base_version).await? {
-            LeaseOutcome::Granted(lease) => lease,
-            LeaseOutcome::Superseded(newer) => return Ok(slot.advance(Arc::new(*newer))),
-        };
         let attempt = lock(&slot.retry).attempts + 1;
-        tracing::debug!(connection_id = %id, provider = %provider.name, attempt, "refreshing");
-        let result = match self.client.refresh(&provider, &refresh_token).await {
-            Ok(grant) => self.commit(slot, record, grant).await,
-            Err(error) => self.fail(slot, record, &provider, error, attempt).await,
-        };
-        if let Err(e) = self.store.release_refresh_lease(&lease).await {
-            tracing::warn!(connection_id = %id, error = %e, "releasing refresh lease failed");
+        tracing::debug!(connection_id = %record.id, provider = %provider.name, attempt, "refreshing");
+        match self.client.refresh(provider, &refresh_token).await {
+            Ok(grant) => {
+                self.commit(slot, record, grant.tokens, grant.correlation_id)
+                    .await
+            }
+            Err(error) => self.fail(slot, record, provider, error, attempt).await,
         }
-        result
     }
 
     async fn load_latest(&self, id: &ConnectionId) -> Result<Connection, Failure> {
@@ -549,15 +684,19 @@ impl Engine {
     }
 
     /// Persists a successful refresh (durably), then caches and announces it.
+    /// If the store keeps refusing, the token set is kept as the slot's
+    /// pending grant and not handed out.
     async fn commit(
         &self,
         slot: &Arc<Slot>,
         mut base: Connection,
-        grant: TokenGrant,
+        tokens: TokenSet,
+        correlation_id: Option<String>,
     ) -> Result<Arc<Connection>, Failure> {
         let now = self.clock.now();
-        for _ in 0..5 {
-            let next = base.with_refreshed_tokens(grant.tokens.clone(), now);
+        let mut store_failures = 0;
+        for _ in 0..8 {
+            let next = base.with_refreshed_tokens(tokens.clone(), now);
             match self.store.put(&next, Some(base.revision)).await {
                 Ok(()) => {
                     let next = slot.advance(Arc::new(next));
@@ -569,7 +708,7 @@ impl Engine {
                         ttl_secs = next.tokens.ttl(now).as_secs(),
                         rotated = next.previous_refresh_token.is_some()
                             && !next.tokens.same_refresh_token(&base.tokens),
-                        correlation_id = grant.correlation_id.as_deref().unwrap_or(""),
+                        correlation_id = correlation_id.as_deref().unwrap_or(""),
                         "token refreshed"
                     );
                     self.publish(EventKind::TokenRotated, &next);
@@ -589,8 +728,16 @@ impl Engine {
                     base = latest;
                 }
                 Err(e) => {
-                    tracing::error!(connection_id = %base.id, error = %e, "persisting refreshed tokens failed; not handing them out");
-                    return Err(Failure::Store(e.to_string().into()));
+                    store_failures += 1;
+                    tracing::error!(connection_id = %base.id, error = %e, attempt = store_failures, "persisting refreshed tokens failed; not handing them out");
+                    if store_failures >= 3 {
+                        *lock(&slot.pending) = Some(PendingGrant {
+                            replaced: base.tokens.refresh_token.clone(),
+                            tokens,
+                        });
+                        return Err(Failure::Store(e.to_string().into()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100 << store_failures)).await;
                 }
             }
         }
@@ -698,7 +845,13 @@ impl Engine {
             next.last_error = Some(error.clone());
             match self.store.put(&next, Some(record.revision)).await {
                 Ok(()) => {
+                    let written = next.revision;
                     let next = slot.advance(Arc::new(next));
+                    if next.revision != written || next.status != Status::ReconnectRequired {
+                        // A re-install landed right after our write: it
+                        // stands, and there is nothing to announce.
+                        return Ok(next);
+                    }
                     self.scheduler.unschedule(&next.id);
                     *lock(&slot.retry) = RetryState::default();
                     tracing::warn!(
@@ -784,7 +937,12 @@ impl Engine {
             return;
         }
         if let Some(provider) = self.providers.get(&record.provider) {
-            let due = provider.refresh_policy.refresh_due_at(&record.tokens);
+            // Never sooner than MIN_REFRESH_INTERVAL from now: a provider
+            // granting absurdly short tokens must not cause a refresh loop.
+            let due = provider
+                .refresh_policy
+                .refresh_due_at(&record.tokens)
+                .max(self.clock.now().saturating_add(MIN_REFRESH_INTERVAL));
             self.scheduler.schedule(&record.id, due);
         }
     }
@@ -852,6 +1010,8 @@ impl Engine {
                 _ = cancel.cancelled() => break,
             }
         }
+        // Refreshes popped but still waiting for a permit give up.
+        permits.close();
     }
 
     async fn background_refresh(self: &Arc<Self>, id: &ConnectionId) {
@@ -874,13 +1034,34 @@ impl Engine {
             self.schedule(&current);
             return;
         }
-        if let Err(Failure::Provider {
-            retry_after: Some(delay),
-            ..
-        }) = self.refresh_once(&slot, &current).await
-        {
-            // Backing off: make sure a retry is scheduled.
-            self.scheduler.schedule(id, now.saturating_add(delay));
+        // `pop_due` removed the entry: every outcome must put one back
+        // unless the connection is gone or revoked.
+        match self.refresh_once(&slot, &current).await {
+            Ok(fresh) => self.schedule(&fresh),
+            Err(Failure::Revoked(..) | Failure::NotFound(_) | Failure::Aborted) => {}
+            Err(Failure::Provider {
+                retry_after: Some(delay),
+                ..
+            }) => self.scheduler.schedule(id, now.saturating_add(delay)),
+            Err(_) => self.scheduler.schedule(
+                id,
+                now.saturating_add(self.settings.backoff_max.min(Duration::from_secs(30))),
+            ),
+        }
+    }
+}
+
+/// Clears a slot's flight when its task ends, however it ends.
+struct ClearFlight {
+    slot: Arc<Slot>,
+    generation: u64,
+}
+
+impl Drop for ClearFlight {
+    fn drop(&mut self) {
+        let mut flight = lock(&self.slot.flight);
+        if flight.as_ref().is_some_and(|(g, _)| *g == self.generation) {
+            *flight = None;
         }
     }
 }
@@ -909,9 +1090,13 @@ impl RetryState {
                 .without_max_times()
                 .build()
         });
-        let exponential = backoff.next().unwrap_or(settings.backoff_max);
+        // Jitter may push a delay past the cap; the cap wins.
+        let exponential = backoff
+            .next()
+            .unwrap_or(settings.backoff_max)
+            .min(settings.backoff_max);
         let retry_after = retry_after.map(|d| d.min(settings.max_retry_after));
-        match class {
+        let delay = match class {
             // The provider said when: believe it (within reason).
             ErrorClass::RateLimited => retry_after.unwrap_or(exponential),
             ErrorClass::ClientMisconfigured => exponential.max(settings.misconfigured_retry),
@@ -919,9 +1104,15 @@ impl RetryState {
             // Revoked connections are not retried at all; this is unreachable
             // in practice but must still be a finite delay.
             ErrorClass::Revoked => settings.backoff_max,
-        }
+        };
+        // `Retry-After: 0` or a date in the past must not become a tight loop.
+        delay.max(settings.backoff_min)
     }
 }
+
+/// The shortest time between two scheduled background refreshes of one
+/// connection.
+const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A stable 0..2000 ms offset per connection, so connections overdue at
 /// start-up are not all refreshed in the same instant.
@@ -939,13 +1130,15 @@ fn reconnect_required(record: &Connection) -> ServiceError {
     }
 }
 
-fn min_ttl_too_long(min_ttl: Duration, lifetime: Duration) -> ServiceError {
+fn min_ttl_too_long(min_ttl: Duration, grantable: Duration, lifetime: Duration) -> ServiceError {
     ServiceError::invalid(
         "min_ttl_seconds",
         format!(
-            "{} s exceeds the {} s token lifetime the provider grants",
+            "{} s is more than tokend can promise: the provider grants {} s tokens, \
+             renewed {} s before expiry",
             min_ttl.as_secs(),
-            lifetime.as_secs()
+            lifetime.as_secs(),
+            lifetime.saturating_sub(grantable).as_secs()
         ),
     )
 }

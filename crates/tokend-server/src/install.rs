@@ -86,9 +86,33 @@ impl InstallInput {
 }
 
 impl Engine {
+    /// Installs, one request at a time per fingerprint: a client retrying
+    /// while its first attempt still runs waits for it and is then answered
+    /// as a replay, instead of spending the single-use code a second time.
     pub async fn install(
         self: &Arc<Self>,
         input: InstallInput,
+    ) -> Result<InstallOutcome, ServiceError> {
+        let fingerprint = input.fingerprint();
+        let gate = Arc::clone(
+            self.install_gates
+                .entry(fingerprint.clone())
+                .or_default()
+                .value(),
+        );
+        let guard = gate.lock().await;
+        let outcome = self.install_exclusive(input, fingerprint.clone()).await;
+        drop(guard);
+        // The map and this call hold the only references: nobody waits.
+        self.install_gates
+            .remove_if(&fingerprint, |_, g| Arc::strong_count(g) == 2);
+        outcome
+    }
+
+    async fn install_exclusive(
+        self: &Arc<Self>,
+        input: InstallInput,
+        fingerprint: String,
     ) -> Result<InstallOutcome, ServiceError> {
         let provider = self.provider(&input.provider).cloned().ok_or_else(|| {
             ServiceError::invalid(
@@ -96,7 +120,6 @@ impl Engine {
                 format!("unknown provider {:?}", input.provider.as_str()),
             )
         })?;
-        let fingerprint = input.fingerprint();
 
         // Where the id is known up front, a retry is recognised before the
         // provider sees the (single-use) code a second time.
@@ -219,6 +242,9 @@ impl Engine {
                     },
                     tokens: tokens.clone(),
                     previous_refresh_token: None,
+                    incarnation: existing
+                        .as_ref()
+                        .map_or_else(new_incarnation, |e| e.incarnation),
                     version: existing.as_ref().map_or(1, |e| e.version + 1),
                     revision: existing.as_ref().map_or(1, |e| e.revision + 1),
                     status: Status::Active,
@@ -308,6 +334,15 @@ impl RecentInstalls {
             }
         }
     }
+}
+
+/// A random incarnation for a newly created connection, from std's
+/// randomly keyed hasher (no extra dependency for 64 random bits).
+fn new_incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    h.finish()
 }
 
 /// Whether `existing` is what this very install produced. A connection that

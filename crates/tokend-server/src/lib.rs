@@ -72,10 +72,6 @@ pub async fn run(
         "tokend serving"
     );
 
-    let cancel = CancellationToken::new();
-    let refresher =
-        background.then(|| tokio::spawn(Arc::clone(&engine).run_refresher(cancel.clone())));
-
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<TokenServiceServer<service::TokenServiceImpl>>()
@@ -92,6 +88,10 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
+
+    let cancel = CancellationToken::new();
+    let refresher =
+        background.then(|| tokio::spawn(Arc::clone(&engine).run_refresher(cancel.clone())));
 
     let token_service = TokenServiceServer::new(service::TokenServiceImpl::new(
         Arc::clone(&engine),

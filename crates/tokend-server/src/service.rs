@@ -376,12 +376,18 @@ impl TokenService for TokenServiceImpl {
                 convert::connection(c, engine.scheduler.next_due(&c.id))
             };
             let mut last_revision = current.revision;
+            // The last state sent, for a DELETED event after a lag.
+            let mut last_seen = Arc::clone(&current);
             let snapshot = watch_event(
                 pb::WatchEventType::Snapshot,
                 &pb_of(&current),
                 engine.clock.now(),
             );
-            if tx.send(Ok(snapshot)).await.is_ok() {
+            let sent = tokio::select! {
+                sent = tx.send(Ok(snapshot)) => sent.is_ok(),
+                _ = shutdown.cancelled() => false,
+            };
+            if sent {
                 loop {
                     let message = tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -395,6 +401,7 @@ impl TokenService for TokenServiceImpl {
                                 continue; // already covered by the snapshot
                             }
                             last_revision = event.connection.revision;
+                            last_seen = Arc::clone(&event.connection);
                             (
                                 Ok(watch_event(
                                     event_type(event.kind),
@@ -407,7 +414,7 @@ impl TokenService for TokenServiceImpl {
                         Err(RecvError::Lagged(skipped)) => {
                             tracing::debug!(connection_id = %id, skipped, "watcher lagged; resending a snapshot");
                             match engine.store.get(&id).await {
-                                Ok(Some(record)) => {
+                                Ok(Some(record)) if record.incarnation == last_seen.incarnation => {
                                     last_revision = record.revision;
                                     (
                                         Ok(watch_event(
@@ -418,15 +425,27 @@ impl TokenService for TokenServiceImpl {
                                         false,
                                     )
                                 }
-                                Ok(None) => {
-                                    (Err(ServiceError::NotFound(id.clone()).to_status()), true)
-                                }
+                                // Deleted (and maybe re-created) while we
+                                // lagged: this stream's connection is gone.
+                                Ok(_) => (
+                                    Ok(watch_event(
+                                        pb::WatchEventType::Deleted,
+                                        &pb_of(&last_seen),
+                                        engine.clock.now(),
+                                    )),
+                                    true,
+                                ),
                                 Err(e) => (Err(ServiceError::from(e).to_status()), true),
                             }
                         }
                         Err(RecvError::Closed) => break,
                     };
-                    if tx.send(out).await.is_err() || last {
+                    // A client that stops reading must not hold shutdown up.
+                    let sent = tokio::select! {
+                        sent = tx.send(out) => sent.is_ok(),
+                        _ = shutdown.cancelled() => false,
+                    };
+                    if !sent || last {
                         break;
                     }
                 }

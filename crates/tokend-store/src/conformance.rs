@@ -29,6 +29,7 @@ pub fn record(id: &str, revision: u64) -> Connection {
         previous_refresh_token: Some(SecretString::from(format!("rt-{id}-prev"))),
         version: revision,
         revision,
+        incarnation: 7,
         status: Status::Active,
         last_error: Some(LastError {
             class: ErrorClass::Transient,
@@ -62,6 +63,7 @@ where
     create_only_when_absent(&make().await).await;
     compare_and_swap_on_revision(&make().await).await;
     deletes(&make().await).await;
+    a_recreated_connection_refuses_writes_based_on_the_deleted_one(&make().await).await;
     lists_in_id_order_with_paging_and_filters(&make().await).await;
     concurrent_writers_exactly_one_wins(Arc::new(make().await)).await;
     refresh_leases(&make().await).await;
@@ -93,6 +95,7 @@ async fn round_trip_keeps_every_field(store: &impl Store) {
     assert_eq!(back.tokens.expires_at, r.tokens.expires_at);
     assert_eq!(back.tokens.obtained_at, r.tokens.obtained_at);
     assert_eq!((back.version, back.revision), (r.version, r.revision));
+    assert_eq!(back.incarnation, r.incarnation);
     assert_eq!(back.status, r.status);
     assert_eq!(back.last_error, r.last_error);
     assert_eq!(back.last_refresh_at, r.last_refresh_at);
@@ -166,6 +169,35 @@ async fn deletes(store: &impl Store) {
     assert!(store.get(&r.id).await.expect("get").is_none());
     // The id can be created afresh after a delete.
     store.put(&record("d", 1), None).await.expect("recreate");
+}
+
+async fn a_recreated_connection_refuses_writes_based_on_the_deleted_one(store: &impl Store) {
+    let old = record("again", 1);
+    store.put(&old, None).await.expect("create");
+    assert!(store.delete(&old.id, None).await.expect("delete"));
+    let mut new = record("again", 1);
+    new.incarnation = old.incarnation + 1;
+    new.tokens.access_token = SecretString::from("at-new-incarnation");
+    store.put(&new, None).await.expect("re-create");
+    // A refresh of the deleted incarnation finishing late: same id, same
+    // revision numbers, other incarnation. It must not land.
+    let late = bump(&old);
+    let lost = store.put(&late, Some(1)).await;
+    assert!(
+        matches!(lost, Err(StoreError::Conflict { found: None, .. })),
+        "{lost:?}"
+    );
+    let back = store.get(&new.id).await.expect("get").expect("present");
+    assert_eq!(back.incarnation, new.incarnation);
+    assert_eq!(
+        back.tokens.access_token.expose_secret(),
+        "at-new-incarnation"
+    );
+    // The new incarnation's own writes go through.
+    store
+        .put(&bump(&new), Some(1))
+        .await
+        .expect("advance new incarnation");
 }
 
 async fn lists_in_id_order_with_paging_and_filters(store: &impl Store) {

@@ -19,7 +19,8 @@ pub use sled_store::SledStore;
 /// appear here, so the layers above stay backend-agnostic.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The compare-and-swap lost: someone else wrote the record first.
+    /// The compare-and-swap lost: someone else wrote the record first (or
+    /// deleted and re-created it: `found` is then `None`).
     #[error(
         "connection {id} changed concurrently: expected revision {expected:?}, found {found:?}"
     )]
@@ -81,8 +82,9 @@ pub trait Store: Send + Sync + 'static {
     /// The record, if any.
     async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError>;
 
-    /// Writes `record` if the stored revision is `expected_revision` (`None`:
-    /// no record may exist). `record.revision` must exceed it.
+    /// Writes `record` if the stored record has `record.incarnation` and
+    /// revision `expected_revision` (`None`: no record may exist).
+    /// `record.revision` must exceed it.
     async fn put(
         &self,
         record: &Connection,
@@ -125,6 +127,14 @@ fn check_advances(record: &Connection, expected: Option<u64>) -> Result<(), Stor
         });
     }
     Ok(())
+}
+
+/// The `found` revision of a compare-and-swap, or `None` when the stored
+/// record is absent or of another incarnation than `record`.
+fn comparable(record: &Connection, stored: Option<&Connection>) -> Option<u64> {
+    stored
+        .filter(|s| s.incarnation == record.incarnation)
+        .map(|s| s.revision)
 }
 
 /// Whether a record passes a list query's filters.

@@ -44,8 +44,9 @@ impl Store for MemoryStore {
     async fn put(&self, record: &Connection, expected: Option<u64>) -> Result<(), StoreError> {
         check_advances(record, expected)?;
         let mut records = lock(&self.records);
-        let found = records.get(&record.id).map(|c| c.revision);
-        if found != expected {
+        let stored = records.get(&record.id);
+        let found = crate::comparable(record, stored);
+        if found != expected || (expected.is_none() && stored.is_some()) {
             return Err(StoreError::Conflict {
                 id: record.id.clone(),
                 expected,

@@ -51,8 +51,16 @@ impl SledStore {
     }
 
     /// Makes every write so far durable.
+    ///
+    /// The blocking `flush` on a blocking thread, not `flush_async`:
+    /// concurrent `flush_async` calls can hang in sled 0.34 (sled issues
+    /// #1241, #1308), and the refresh engine flushes from several tasks.
     async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await.map_err(backend)?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Backend(format!("flush task failed: {e}")))?
+            .map_err(backend)?;
         Ok(())
     }
 
@@ -89,11 +97,12 @@ impl Store for SledStore {
         // again, so the revision check can never act on a stale read.
         loop {
             let current = self.records.get(key).map_err(backend)?;
-            let found = match &current {
-                Some(bytes) => Some(codec::decode(key, bytes)?.revision),
+            let stored = match &current {
+                Some(bytes) => Some(codec::decode(key, bytes)?),
                 None => None,
             };
-            if found != expected {
+            let found = crate::comparable(record, stored.as_ref());
+            if found != expected || (expected.is_none() && stored.is_some()) {
                 return Err(StoreError::Conflict {
                     id: record.id.clone(),
                     expected,
