@@ -530,3 +530,78 @@ async fn background_refresher_renews_ahead_of_expiry() {
         .unwrap();
     assert!(server.sandbox.access_token_is_live(&t.access_token));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_of_a_deleted_connection_never_lands_on_its_reinstall() {
+    let server = TestServer::start_with(background_off()).await;
+    server.import("reborn", "acct-old", 1800).await;
+    let mut client = server.client().await;
+    // The old incarnation's refresh is slow at the provider...
+    server.sandbox.inject(Fault::Latency {
+        delay: Duration::from_millis(500),
+        count: 1,
+    });
+    let slow = {
+        let mut c = client.clone();
+        tokio::spawn(async move { c.force_refresh(force("reborn")).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...while the connection is deleted and installed again, for another
+    // account, under the same id (its revision counter starts over).
+    client
+        .delete_connection(pb::DeleteConnectionRequest {
+            connection_id: "reborn".into(),
+        })
+        .await
+        .unwrap();
+    let issued = server.sandbox.issue_tokens("acct-new", &["crm"]);
+    let created = client
+        .install(import_request("reborn", "acct-new", &issued, 1800))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(created.created);
+    let _ = slow.await.unwrap();
+
+    // The new grant survived: its token is served and its refresh token works.
+    let t = client
+        .get_token(get("reborn"))
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+        .unwrap();
+    assert_eq!(t.access_token, issued.access_token);
+    assert_eq!(t.account_id, "acct-new");
+    client
+        .force_refresh(force("reborn"))
+        .await
+        .expect("the new grant refreshes");
+    assert_eq!(server.sandbox.account_stats("acct-new").invalid_grant, 0);
+}
+
+#[tokio::test]
+async fn retry_after_zero_does_not_become_a_tight_loop() {
+    let server = TestServer::start().await;
+    server.sandbox.inject(Fault::RateLimited {
+        retry_after_secs: 0,
+        count: 1000,
+    });
+    server.import("zero", "acct-zero", 0).await;
+    let mut client = server.client().await;
+    let err = client.get_token(get("zero")).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    let delay = err
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo");
+    assert!(delay >= Duration::from_millis(500), "{delay:?}");
+    // The background refresher and the reader together made one attempt,
+    // not one per event-loop turn.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        server.sandbox.stats().faults_served <= 2,
+        "{:?}",
+        server.sandbox.stats()
+    );
+}

@@ -391,7 +391,11 @@ impl Engine {
                 .lifetime()
                 .saturating_sub(policy.buffer_for(&current.tokens));
             if min_ttl > grantable {
-                return Err(min_ttl_too_long(min_ttl, grantable, current.tokens.lifetime()));
+                return Err(min_ttl_too_long(
+                    min_ttl,
+                    grantable,
+                    current.tokens.lifetime(),
+                ));
             }
         }
         // Two rounds at most: a refresh may hand back a newer record written
