@@ -61,6 +61,16 @@ out=$(grpcurl -plaintext -d '{"connection_id":"nope"}' "$grpc" tokend.v1.TokenSe
 expect "$out" NotFound
 expect "$out" CONNECTION_NOT_FOUND
 
+# Graceful shutdown on SIGTERM: exits 0 and says so.
+kill -TERM "$pid"
+for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$pid" 2>/dev/null && fail "tokend did not stop within 10 s of SIGTERM"
+rc=0; wait "$pid" || rc=$?
+[ "$rc" -eq 0 ] || fail "tokend exited with $rc after SIGTERM"
+grep -q "tokend stopped" "$work/serve.log" || fail "no clean-stop line in the log"
+wait "$watcher" 2>/dev/null || true
+watcher=
+
 # No secret in the server's log.
 if grep -q 'sbx_at_\|sbx_rt_\|sbx_code_\|sandbox-secret' "$work/serve.log"; then fail "a secret reached the log"; fi
 echo "walkthrough OK: every README step answered as documented"

@@ -229,3 +229,35 @@ async fn code_exchange_with_pkce() {
         .unwrap_err();
     assert_eq!(again.class, ErrorClass::Revoked);
 }
+
+/// A token endpoint answering with more than the response cap: refused as
+/// transient, without reading the rest.
+#[tokio::test]
+async fn oversized_responses_are_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut sock, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let _ = sock.read(&mut buf).await;
+        let body = format!("{{\"access_token\":\"{}\"}}", "a".repeat(200 * 1024));
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let _ = sock.write_all(head.as_bytes()).await;
+        let _ = sock.write_all(body.as_bytes()).await;
+    });
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let mut cfg = config(&sandbox, ClientAuth::ClientSecretBasic, Dialect::Rfc6749);
+    cfg.token_url = format!("http://{addr}/token").parse().unwrap();
+    let e = client(Duration::from_secs(5))
+        .refresh(&cfg, &SecretString::from("rt"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.class, e.code.as_str()),
+        (ErrorClass::Transient, "response_too_large")
+    );
+}
