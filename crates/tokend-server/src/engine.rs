@@ -573,7 +573,7 @@ impl Engine {
         result
     }
 
-    /// Re-read, lease, call the provider (or persist a pending grant), and
+    /// Lease, re-read, call the provider (or persist a pending grant), and
     /// persist the outcome.
     async fn refresh_attempt(
         self: &Arc<Self>,
@@ -581,21 +581,11 @@ impl Engine {
         id: &ConnectionId,
         base_version: u64,
     ) -> Result<Arc<Connection>, Failure> {
-        let record = self.load_latest(id).await?;
-        if record.version > base_version {
-            return Ok(slot.advance(Arc::new(record)));
-        }
-        if record.status == Status::ReconnectRequired {
-            let last = record.last_error.clone();
-            slot.advance(Arc::new(record));
-            return Err(Failure::Revoked(id.clone(), last));
-        }
-        let provider = self.provider_of(&record)?;
         let lease = match self.acquire_lease(id, base_version).await? {
             LeaseOutcome::Granted(lease) => lease,
             LeaseOutcome::Superseded(newer) => return Ok(slot.advance(Arc::new(*newer))),
         };
-        let result = self.refresh_leased(slot, &provider, base_version).await;
+        let result = self.refresh_leased(slot, id, base_version).await;
         if let Err(e) = self.store.release_refresh_lease(&lease).await {
             tracing::warn!(connection_id = %id, error = %e, "releasing refresh lease failed");
         }
@@ -606,15 +596,22 @@ impl Engine {
     async fn refresh_leased(
         self: &Arc<Self>,
         slot: &Arc<Slot>,
-        provider: &ProviderConfig,
+        id: &ConnectionId,
         base_version: u64,
     ) -> Result<Arc<Connection>, Failure> {
-        // Read again now that we hold the lease: the previous holder may have
-        // rotated the refresh token while we waited for it.
-        let record = self.load_latest(&slot.current().id).await?;
+        // Read under the lease: another writer (or the previous lease
+        // holder) may have refreshed, rotated or revoked it since the caller
+        // looked.
+        let record = self.load_latest(id).await?;
         if record.version > base_version {
             return Ok(slot.advance(Arc::new(record)));
         }
+        if record.status == Status::ReconnectRequired {
+            let last = record.last_error.clone();
+            slot.advance(Arc::new(record));
+            return Err(Failure::Revoked(id.clone(), last));
+        }
+        let provider = self.provider_of(&record)?;
         // A token set the store refused earlier is still the newest grant:
         // persist it rather than spend its replaced refresh token again.
         let pending = lock(&slot.pending).take();
@@ -642,12 +639,12 @@ impl Engine {
         };
         let attempt = lock(&slot.retry).attempts + 1;
         tracing::debug!(connection_id = %record.id, provider = %provider.name, attempt, "refreshing");
-        match self.client.refresh(provider, &refresh_token).await {
+        match self.client.refresh(&provider, &refresh_token).await {
             Ok(grant) => {
                 self.commit(slot, record, grant.tokens, grant.correlation_id)
                     .await
             }
-            Err(error) => self.fail(slot, record, provider, error, attempt).await,
+            Err(error) => self.fail(slot, record, &provider, error, attempt).await,
         }
     }
 
