@@ -87,7 +87,8 @@ async fn run() {
         .await
         .expect("sandbox");
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SledStore::open(dir.path()).expect("store");
+    let store =
+        SledStore::open(dir.path(), tokend_store::crypto::Keyring::ephemeral()).expect("store");
     let cfg = sandbox.config();
     let provider = sandbox_provider(
         "sandbox",

@@ -61,6 +61,14 @@ out=$(grpcurl -plaintext -d '{"connection_id":"nope"}' "$grpc" tokend.v1.TokenSe
 expect "$out" NotFound
 expect "$out" CONNECTION_NOT_FOUND
 
+# Encryption keys: created on first start (0600); rotation is applied online.
+[ "$(stat -c %a "$work/data/tokend.keys")" = 600 ] || fail "key file is not 0600"
+out=$("$bin" keys rotate --data-dir "$work/data");                         expect "$out" "key 2 is now active"
+for _ in $(seq 1 100); do grep -q "re-encryption finished" "$work/serve.log" && break; sleep 0.1; done
+grep -q "re-encryption finished" "$work/serve.log" || fail "the running server did not re-encrypt after rotation"
+out=$(grpcurl -plaintext -d '{"connection_id":"sandbox-portal-123"}' "$grpc" tokend.v1.TokenService/GetConnection)
+expect "$out" '"connectionId": "sandbox-portal-123"'
+
 # Graceful shutdown on SIGTERM: exits 0 and says so.
 kill -TERM "$pid"
 for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done

@@ -10,7 +10,10 @@ use tokend_server::{
     ServerConfig,
     config::{FileConfig, sandbox_provider},
 };
-use tokend_store::SledStore;
+use tokend_store::{
+    SledStore,
+    crypto::{KeyFile, Keyring, load_or_create_key_file},
+};
 use tracing_subscriber::EnvFilter;
 
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("TOKEND_COMMIT"), ")");
@@ -31,7 +34,41 @@ enum Command {
     Serve(ServeArgs),
     /// Run only the sandbox OAuth2 provider (for tests and demos).
     Sandbox(SandboxArgs),
+    /// Manage the keys that encrypt tokens at rest.
+    #[command(subcommand)]
+    Keys(KeysCommand),
 }
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Add a new key and make it the one new writes use. A running tokend
+    /// notices within seconds and re-encrypts every record online; old keys
+    /// keep decrypting until it has.
+    Rotate(KeyFileArgs),
+}
+
+#[derive(clap::Args)]
+struct KeyFileArgs {
+    /// The key file [default: DATA_DIR/tokend.keys]
+    #[arg(long, env = "TOKEND_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// Data directory whose key file to use.
+    #[arg(long, env = "TOKEND_DATA_DIR", default_value = "./tokend-data")]
+    data_dir: PathBuf,
+}
+
+impl KeyFileArgs {
+    fn path(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(KEY_FILE_NAME))
+    }
+}
+
+/// The key file's name inside the data dir.
+const KEY_FILE_NAME: &str = "tokend.keys";
+/// How often a running server looks for a rotated key file.
+const KEY_FILE_POLL: Duration = Duration::from_secs(5);
 
 #[derive(clap::Args)]
 struct ServeArgs {
@@ -44,6 +81,11 @@ struct ServeArgs {
     /// TOML file with providers and settings (see README).
     #[arg(long, env = "TOKEND_CONFIG")]
     config: Option<PathBuf>,
+    /// File of the keys that encrypt tokens at rest; created (0600) on
+    /// first start [default: DATA_DIR/tokend.keys]. The env var TOKEND_KEYS
+    /// may hold the same JSON instead.
+    #[arg(long, env = "TOKEND_KEY_FILE")]
+    key_file: Option<PathBuf>,
     /// Also run the sandbox provider in-process and configure it as
     /// provider `sandbox` (development mode).
     #[arg(long)]
@@ -125,6 +167,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Sandbox(args) => sandbox(args).await,
+            Command::Keys(KeysCommand::Rotate(args)) => rotate_keys(&args),
         }
     })
 }
@@ -204,15 +247,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-    let store = SledStore::open(&data_dir)
-        .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
+    let (keyring, key_path) = load_keys(args.key_file.clone(), &data_dir)?;
+    let store = Arc::new(
+        SledStore::open(&data_dir, keyring)
+            .with_context(|| format!("cannot open the database in {}", data_dir.display()))?,
+    );
+    // Finish a rotation that happened while the server was down.
+    reencrypt(&store).await;
+    let key_watcher = key_path.map(|path| tokio::spawn(watch_key_file(path, Arc::clone(&store))));
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(version = VERSION, data_dir = %data_dir.display(), "starting tokend");
     tokend_server::run(
         listener,
-        Arc::new(store),
+        store,
         ServerConfig {
             providers,
             http: file.http_settings(),
@@ -221,6 +270,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await?;
+    if let Some(watcher) = key_watcher {
+        watcher.abort();
+    }
     if let Some(sandbox) = sandbox {
         sandbox.shutdown().await;
     }
@@ -235,5 +287,102 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
     tracing::info!(url = %sandbox.base_url(), token_url = %sandbox.token_url(), "sandbox provider running");
     shutdown_signal().await;
     sandbox.shutdown().await;
+    Ok(())
+}
+
+/// The keyring from `TOKEND_KEYS`, or from the key file (created on first
+/// start). Returns the file's path when keys come from a file, so rotations
+/// can be picked up.
+fn load_keys(
+    key_file: Option<PathBuf>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<(Keyring, Option<PathBuf>)> {
+    if let Ok(json) = std::env::var("TOKEND_KEYS") {
+        let keys = KeyFile::parse(json.as_bytes())?.keyring()?;
+        tracing::info!(
+            active_key = keys.active_key_id(),
+            "encryption keys from TOKEND_KEYS"
+        );
+        return Ok((keys, None));
+    }
+    let path = key_file.unwrap_or_else(|| data_dir.join(KEY_FILE_NAME));
+    let (file, created) = load_or_create_key_file(&path)?;
+    if created {
+        tracing::warn!(
+            path = %path.display(),
+            "created a new encryption key file (mode 0600); back it up: without it the stored tokens cannot be read"
+        );
+    }
+    let keys = file.keyring()?;
+    tracing::info!(path = %path.display(), active_key = keys.active_key_id(), "encryption keys loaded");
+    Ok((keys, Some(path)))
+}
+
+/// Re-seals records still on an old key, logging the outcome.
+async fn reencrypt(store: &SledStore) {
+    match store.records_on_old_keys() {
+        Ok(0) => {}
+        Ok(pending) => {
+            tracing::info!(
+                records = pending,
+                "re-encrypting records with the active key"
+            );
+            match store.reencrypt().await {
+                Ok(n) => tracing::info!(
+                    records = n,
+                    "re-encryption finished; older keys can be removed from the key file"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "re-encryption failed; old keys are still needed")
+                }
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "cannot scan records for re-encryption"),
+    }
+}
+
+/// Polls the key file and applies a rotation online.
+async fn watch_key_file(path: PathBuf, store: Arc<SledStore>) {
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    loop {
+        tokio::time::sleep(KEY_FILE_POLL).await;
+        let now = modified(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match KeyFile::load(&path).and_then(|f| f.keyring()) {
+            Ok(keys) => {
+                tracing::info!(
+                    active_key = keys.active_key_id(),
+                    "key file changed; switching keys"
+                );
+                store.set_keyring(keys);
+                reencrypt(&store).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "key file changed but cannot be used; keeping the current keys")
+            }
+        }
+    }
+}
+
+fn rotate_keys(args: &KeyFileArgs) -> anyhow::Result<()> {
+    let path = args.path();
+    let mut file = KeyFile::load(&path).with_context(|| {
+        format!(
+            "no usable key file at {} (it is created by the first `tokend serve`)",
+            path.display()
+        )
+    })?;
+    let id = file.rotate();
+    file.keyring()?;
+    file.save(&path)?;
+    println!(
+        "key {id} is now active in {}; a running tokend re-encrypts every record within {} s, otherwise it does so at its next start",
+        path.display(),
+        KEY_FILE_POLL.as_secs()
+    );
     Ok(())
 }

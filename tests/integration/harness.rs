@@ -27,6 +27,8 @@ pub struct TestServer {
     pub addr: std::net::SocketAddr,
     options: Options,
     data_dir: TempDir,
+    /// The encryption keys, kept so a restart can read what was written.
+    keys: tokend_store::crypto::KeyFile,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), tokend_server::ServerError>>>,
 }
@@ -46,6 +48,7 @@ impl TestServer {
             addr: ([127, 0, 0, 1], 0).into(),
             options,
             data_dir,
+            keys: tokend_store::crypto::KeyFile::generate(),
             shutdown: None,
             task: None,
         };
@@ -57,12 +60,20 @@ impl TestServer {
         self.data_dir.path().to_owned()
     }
 
+    /// Opens the server's store directly (only while the server is stopped:
+    /// sled locks its directory).
+    pub fn open_store(&self) -> SledStore {
+        SledStore::open(self.data_dir.path(), self.keys.keyring().expect("keys"))
+            .expect("store reopens")
+    }
+
     async fn boot(&mut self) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         self.addr = listener.local_addr().expect("addr");
-        let store = SledStore::open(self.data_dir.path()).expect("open store");
+        let store = SledStore::open(self.data_dir.path(), self.keys.keyring().expect("keys"))
+            .expect("open store");
         let cfg = self.sandbox.config();
         let provider = sandbox_provider(
             "sandbox",

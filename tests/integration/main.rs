@@ -1,5 +1,6 @@
 //! tokend's integration tests: one binary, real server, real HTTP provider.
 
+mod at_rest;
 mod harness;
 mod reflection;
 mod refresh;

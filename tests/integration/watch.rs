@@ -291,7 +291,7 @@ async fn graceful_shutdown_ends_watch_streams_cleanly() {
 
     // The store was released and holds the connection.
     use tokend_store::Store as _;
-    let store = tokend_store::SledStore::open(&server.data_path()).expect("store reopens");
+    let store = server.open_store();
     let id = tokend_core::ConnectionId::new("lingering").unwrap();
     let record = store.get(&id).await.unwrap().expect("still stored");
     assert_eq!(record.version, snapshot.connection.unwrap().version);

@@ -1,13 +1,17 @@
-//! The on-disk encoding of a connection record: a versioned JSON document.
+//! The on-disk encoding of a connection record: a versioned JSON document
+//! whose secret fields are sealed by the keyring.
 //!
-//! Kept apart from the domain type so the format can evolve (and, next,
-//! encrypt the secret fields) without touching the engine.
+//! Kept apart from the domain type so the format can evolve without
+//! touching the engine.
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokend_core::{Connection, ConnectionId, LastError, ProviderName, Status, Timestamp, TokenSet};
 
-use crate::StoreError;
+use crate::{
+    StoreError,
+    crypto::{Keyring, Sealed},
+};
 
 /// Version of the document layout below.
 const SCHEMA: u32 = 1;
@@ -18,9 +22,9 @@ struct StoredRecord {
     id: ConnectionId,
     provider: ProviderName,
     account_id: String,
-    access_token: String,
-    refresh_token: Option<String>,
-    previous_refresh_token: Option<String>,
+    access_token: Sealed,
+    refresh_token: Option<Sealed>,
+    previous_refresh_token: Option<Sealed>,
     token_type: String,
     scopes: Vec<String>,
     expires_at: Timestamp,
@@ -36,16 +40,22 @@ struct StoredRecord {
     install_fingerprint: Option<String>,
 }
 
-pub(crate) fn encode(c: &Connection) -> Vec<u8> {
-    let expose = |s: &SecretString| s.expose_secret().to_owned();
+pub(crate) fn encode(c: &Connection, keys: &Keyring) -> Vec<u8> {
+    let id = c.id.as_str();
+    let seal = |field: &'static str| {
+        move |s: &SecretString| keys.seal(id, field, s.expose_secret().as_bytes())
+    };
     let doc = StoredRecord {
         schema: SCHEMA,
         id: c.id.clone(),
         provider: c.provider.clone(),
         account_id: c.account_id.clone(),
-        access_token: expose(&c.tokens.access_token),
-        refresh_token: c.tokens.refresh_token.as_ref().map(expose),
-        previous_refresh_token: c.previous_refresh_token.as_ref().map(expose),
+        access_token: seal("access_token")(&c.tokens.access_token),
+        refresh_token: c.tokens.refresh_token.as_ref().map(seal("refresh_token")),
+        previous_refresh_token: c
+            .previous_refresh_token
+            .as_ref()
+            .map(seal("previous_refresh_token")),
         token_type: c.tokens.token_type.clone(),
         scopes: c.tokens.scopes.clone(),
         expires_at: c.tokens.expires_at,
@@ -64,7 +74,24 @@ pub(crate) fn encode(c: &Connection) -> Vec<u8> {
     serde_json::to_vec(&doc).unwrap_or_default()
 }
 
-pub(crate) fn decode(key: &[u8], bytes: &[u8]) -> Result<Connection, StoreError> {
+/// The ids of the keys that sealed a stored record's fields.
+pub(crate) fn key_ids(bytes: &[u8]) -> Vec<u32> {
+    serde_json::from_slice::<StoredRecord>(bytes)
+        .map(|doc| {
+            [
+                Some(doc.access_token),
+                doc.refresh_token,
+                doc.previous_refresh_token,
+            ]
+            .into_iter()
+            .flatten()
+            .map(|s| s.k)
+            .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub(crate) fn decode(key: &[u8], bytes: &[u8], keys: &Keyring) -> Result<Connection, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         id: String::from_utf8_lossy(key).into_owned(),
         reason,
@@ -79,19 +106,39 @@ pub(crate) fn decode(key: &[u8], bytes: &[u8]) -> Result<Connection, StoreError>
     if doc.id.as_str().as_bytes() != key {
         return Err(corrupt("record id does not match its key".into()));
     }
+    let id = doc.id.as_str().to_owned();
+    let open = |field: &str, sealed: &Sealed| -> Result<SecretString, StoreError> {
+        let plain = keys
+            .open(&id, field, sealed)
+            .map_err(|e| corrupt(e.to_string()))?;
+        String::from_utf8(plain)
+            .map(SecretString::from)
+            .map_err(|_| corrupt(format!("field {field} is not UTF-8")))
+    };
+    let access_token = open("access_token", &doc.access_token)?;
+    let refresh_token = doc
+        .refresh_token
+        .as_ref()
+        .map(|s| open("refresh_token", s))
+        .transpose()?;
+    let previous_refresh_token = doc
+        .previous_refresh_token
+        .as_ref()
+        .map(|s| open("previous_refresh_token", s))
+        .transpose()?;
     Ok(Connection {
         id: doc.id,
         provider: doc.provider,
         account_id: doc.account_id,
         tokens: TokenSet {
-            access_token: doc.access_token.into(),
-            refresh_token: doc.refresh_token.map(SecretString::from),
+            access_token,
+            refresh_token,
             token_type: doc.token_type,
             scopes: doc.scopes,
             expires_at: doc.expires_at,
             obtained_at: doc.obtained_at,
         },
-        previous_refresh_token: doc.previous_refresh_token.map(SecretString::from),
+        previous_refresh_token,
         version: doc.version,
         revision: doc.revision,
         incarnation: doc.incarnation,

@@ -4,6 +4,7 @@
 
 mod codec;
 pub mod conformance;
+pub mod crypto;
 mod memory;
 mod sled_store;
 

@@ -1,13 +1,17 @@
 //! The embedded default `Store`: sled 0.34, one tree of records and one of
 //! refresh leases, every write flushed before it returns.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokend_core::{Connection, ConnectionId, Timestamp};
 
-use crate::{Lease, ListQuery, Store, StoreError, check_advances, codec, matches};
+use crate::{Lease, ListQuery, Store, StoreError, check_advances, codec, crypto::Keyring, matches};
 
 /// A sled database holding tokend's records. sled types stay inside this
 /// module.
@@ -18,6 +22,9 @@ pub struct SledStore {
     records: sled::Tree,
     /// `connection id -> JSON StoredLease`.
     leases: sled::Tree,
+    /// Seals and opens secret fields. Swapped whole when keys rotate; a
+    /// std `RwLock` held only to clone the `Arc`.
+    keys: RwLock<Arc<Keyring>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -32,8 +39,8 @@ fn backend(e: sled::Error) -> StoreError {
 }
 
 impl SledStore {
-    /// Opens (or creates) the database in `dir`.
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    /// Opens (or creates) the database in `dir`, sealing secrets with `keys`.
+    pub fn open(dir: &Path, keys: Keyring) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             // Durability comes from the explicit flush after every write;
@@ -47,7 +54,65 @@ impl SledStore {
             db,
             records,
             leases,
+            keys: RwLock::new(Arc::new(keys)),
         })
+    }
+
+    fn keys(&self) -> Arc<Keyring> {
+        Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Switches to a new keyring (after `tokend keys rotate`). It must still
+    /// hold every key that sealed a stored field until [`Self::reencrypt`]
+    /// has run.
+    pub fn set_keyring(&self, keys: Keyring) {
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+    }
+
+    /// Re-seals every record whose fields use a key other than the active
+    /// one, online: each record is swapped byte-for-byte, so a concurrent
+    /// write simply wins and is already sealed with the active key. Returns
+    /// how many records were re-sealed.
+    pub async fn reencrypt(&self) -> Result<usize, StoreError> {
+        let keys = self.keys();
+        let active = keys.active_key_id();
+        let mut count = 0;
+        for item in self.records.iter() {
+            let (key, bytes) = item.map_err(backend)?;
+            if codec::key_ids(&bytes).iter().all(|k| *k == active) {
+                continue;
+            }
+            let record = match codec::decode(&key, &bytes, &keys) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot re-encrypt an unreadable record");
+                    continue;
+                }
+            };
+            if Self::swap(
+                &self.records,
+                &key,
+                Some(bytes),
+                Some(codec::encode(&record, &keys)),
+            )? {
+                count += 1;
+            }
+        }
+        self.flush().await?;
+        Ok(count)
+    }
+
+    /// How many records still use a key other than the active one.
+    pub fn records_on_old_keys(&self) -> Result<usize, StoreError> {
+        let active = self.keys().active_key_id();
+        let mut n = 0;
+        for item in self.records.iter() {
+            let (_, bytes) = item.map_err(backend)?;
+            if codec::key_ids(&bytes).iter().any(|k| *k != active) {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Makes every write so far durable.
@@ -83,7 +148,7 @@ impl Store for SledStore {
     async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
         let key = id.as_str().as_bytes();
         match self.records.get(key).map_err(backend)? {
-            Some(bytes) => codec::decode(key, &bytes).map(Some),
+            Some(bytes) => codec::decode(key, &bytes, &self.keys()).map(Some),
             None => Ok(None),
         }
     }
@@ -91,14 +156,15 @@ impl Store for SledStore {
     async fn put(&self, record: &Connection, expected: Option<u64>) -> Result<(), StoreError> {
         check_advances(record, expected)?;
         let key = record.id.as_str().as_bytes();
-        let new = codec::encode(record);
+        let keys = self.keys();
+        let new = codec::encode(record, &keys);
         // Read, check the revision, then swap on the exact bytes read: if the
         // record changed in between, the byte-level swap fails and we look
         // again, so the revision check can never act on a stale read.
         loop {
             let current = self.records.get(key).map_err(backend)?;
             let stored = match &current {
-                Some(bytes) => Some(codec::decode(key, bytes)?),
+                Some(bytes) => Some(codec::decode(key, bytes, &keys)?),
                 None => None,
             };
             let found = crate::comparable(record, stored.as_ref());
@@ -123,7 +189,7 @@ impl Store for SledStore {
                 return Ok(false);
             };
             if let Some(e) = expected {
-                let found = codec::decode(key, &current)?.revision;
+                let found = codec::decode(key, &current, &self.keys())?.revision;
                 if found != e {
                     return Err(StoreError::Conflict {
                         id: id.clone(),
@@ -151,13 +217,14 @@ impl Store for SledStore {
             }
             None => self.records.iter(),
         };
+        let keys = self.keys();
         let mut out = Vec::new();
         for item in iter {
             if out.len() >= query.limit {
                 break;
             }
             let (key, bytes) = item.map_err(backend)?;
-            match codec::decode(&key, &bytes) {
+            match codec::decode(&key, &bytes, &keys) {
                 Ok(c) if matches(query, &c) => out.push(c),
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "skipping unreadable connection record"),
@@ -231,6 +298,140 @@ impl Store for SledStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::KeyFile;
+
+    /// Every byte of every file under `dir`.
+    fn all_bytes(dir: &Path) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    out.extend(std::fs::read(&path).unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    fn contains(haystack: &[u8], needle: &str) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn no_secret_reaches_the_disk_in_plaintext() {
+        use secrecy::ExposeSecret;
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), Keyring::ephemeral()).unwrap();
+        let mut secrets = Vec::new();
+        for i in 0..20 {
+            let r = crate::conformance::record(&format!("conn-{i}"), 1);
+            secrets.push(r.tokens.access_token.expose_secret().to_owned());
+            secrets.push(
+                r.tokens
+                    .refresh_token
+                    .as_ref()
+                    .unwrap()
+                    .expose_secret()
+                    .to_owned(),
+            );
+            store.put(&r, None).await.unwrap();
+        }
+        drop(store);
+        let bytes = all_bytes(dir.path());
+        assert!(contains(&bytes, "conn-7"), "the scan does see the data");
+        for s in &secrets {
+            assert!(!contains(&bytes, s), "{s} found in plaintext");
+        }
+    }
+
+    #[tokio::test]
+    async fn rotation_reencrypts_online_and_old_keys_decrypt_meanwhile() {
+        use secrecy::ExposeSecret;
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = KeyFile::generate();
+        let store = SledStore::open(dir.path(), file.keyring().unwrap()).unwrap();
+        for i in 0..5 {
+            store
+                .put(&crate::conformance::record(&format!("r{i}"), 1), None)
+                .await
+                .unwrap();
+        }
+        file.rotate();
+        store.set_keyring(file.keyring().unwrap());
+        assert_eq!(store.records_on_old_keys().unwrap(), 5);
+        let id = ConnectionId::new("r3").unwrap();
+        assert_eq!(
+            store
+                .get(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .tokens
+                .access_token
+                .expose_secret(),
+            "at-r3-1"
+        );
+        assert_eq!(store.reencrypt().await.unwrap(), 5);
+        assert_eq!(store.records_on_old_keys().unwrap(), 0);
+        // Now the old key can go.
+        let active = file.active;
+        file.keys.retain(|k| k.id == active);
+        store.set_keyring(file.keyring().unwrap());
+        assert_eq!(
+            store
+                .get(&id)
+                .await
+                .unwrap()
+                .unwrap()
+                .tokens
+                .access_token
+                .expose_secret(),
+            "at-r3-1"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tampered_field_is_an_error_for_that_record_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), Keyring::ephemeral()).unwrap();
+        store
+            .put(&crate::conformance::record("a", 1), None)
+            .await
+            .unwrap();
+        store
+            .put(&crate::conformance::record("b", 1), None)
+            .await
+            .unwrap();
+        // Copy b's sealed access token onto a: the associated data no longer
+        // matches, so a fails to decrypt and b is untouched.
+        let mut a: serde_json::Value =
+            serde_json::from_slice(&store.records.get(b"a").unwrap().unwrap()).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_slice(&store.records.get(b"b").unwrap().unwrap()).unwrap();
+        a["access_token"] = b["access_token"].clone();
+        store
+            .records
+            .insert(b"a", serde_json::to_vec(&a).unwrap())
+            .unwrap();
+        let err = store
+            .get(&ConnectionId::new("a").unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(
+            store
+                .get(&ConnectionId::new("b").unwrap())
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
 
     #[tokio::test]
     async fn conformance() {
@@ -239,7 +440,7 @@ mod tests {
         crate::conformance::run_all(|| {
             let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let path = dir.path().join(format!("db{n}"));
-            async move { SledStore::open(&path).unwrap() }
+            async move { SledStore::open(&path, Keyring::ephemeral()).unwrap() }
         })
         .await;
     }
@@ -248,11 +449,12 @@ mod tests {
     async fn records_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let record = crate::conformance::record("persisted", 1);
+        let keys = KeyFile::generate();
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = SledStore::open(dir.path(), keys.keyring().unwrap()).unwrap();
             store.put(&record, None).await.unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path(), keys.keyring().unwrap()).unwrap();
         let back = store.get(&record.id).await.unwrap().unwrap();
         assert_eq!(back.revision, 1);
         use secrecy::ExposeSecret;
@@ -265,7 +467,7 @@ mod tests {
     #[tokio::test]
     async fn a_corrupt_record_is_an_error_for_that_record_only() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path(), Keyring::ephemeral()).unwrap();
         store
             .put(&crate::conformance::record("good", 1), None)
             .await
