@@ -265,6 +265,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ServerConfig {
             providers,
             http: file.http_settings(),
+            identities: file.identities.clone(),
+            audit_log: Some(
+                file.audit_log
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("audit.log")),
+            ),
+            tls: file.tls.clone(),
             ..Default::default()
         },
         shutdown_signal(),

@@ -38,6 +38,23 @@ pub struct FileConfig {
     pub http: HttpSection,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSection>,
+    /// Who may call, with what grants. None: loopback only, anyone local.
+    #[serde(default)]
+    pub identities: Vec<crate::auth::IdentityConfig>,
+    /// Audit log path [default: DATA_DIR/audit.log].
+    pub audit_log: Option<PathBuf>,
+    /// Server-side TLS (and client certificates for mutual TLS).
+    pub tls: Option<TlsSection>,
+}
+
+/// `[tls]`: PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA that signs client certificates; enables mutual TLS.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -293,6 +310,26 @@ mod tests {
                 .contains(&("redirect_uri".into(), "https://app.example.com/cb".into()))
         );
         assert!(!format!("{p:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn identities_and_tls_parse() {
+        let cfg = parse(
+            r#"
+            audit_log = "/var/log/tokend/audit.log"
+            [tls]
+            cert_file = "server.pem"
+            key_file = "server.key"
+            client_ca_file = "clients-ca.pem"
+            [[identities]]
+            name = "billing"
+            api_key_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+            grants = [{ permissions = ["tokens"], connections = ["tenant-a-"] }]
+            "#,
+        );
+        assert_eq!(cfg.identities.len(), 1);
+        assert_eq!(cfg.identities[0].requests_per_second, 200);
+        assert!(cfg.tls.unwrap().client_ca_file.is_some());
     }
 
     #[test]

@@ -55,6 +55,18 @@ pub enum ServiceError {
     Contended(ConnectionId),
     #[error("the server is shutting down")]
     ShuttingDown,
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+    #[error("caller {caller} lacks {permission:?} permission{}", connection.as_ref().map(|c| format!(" on connection {c}")).unwrap_or_default())]
+    PermissionDenied {
+        caller: String,
+        permission: crate::auth::Permission,
+        connection: Option<ConnectionId>,
+    },
+    #[error("caller {caller} exceeded its request rate")]
+    RateLimited { caller: String },
+    #[error("caller {caller} already has {max} watch streams open")]
+    TooManyWatchStreams { caller: String, max: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -146,6 +158,45 @@ impl ServiceError {
                 d.set_retry_info(Some(Duration::from_secs(1)));
                 (Code::Unavailable, d)
             }
+            ServiceError::Unauthenticated(_) => (
+                Code::Unauthenticated,
+                info("UNAUTHENTICATED", HashMap::new()),
+            ),
+            ServiceError::PermissionDenied {
+                caller,
+                permission,
+                connection,
+            } => {
+                let mut m = HashMap::from([
+                    ("caller".into(), caller.clone()),
+                    (
+                        "permission".into(),
+                        format!("{permission:?}").to_lowercase(),
+                    ),
+                ]);
+                if let Some(c) = connection {
+                    m.insert("connection_id".into(), c.to_string());
+                }
+                (Code::PermissionDenied, info("PERMISSION_DENIED", m))
+            }
+            ServiceError::RateLimited { caller } => {
+                let mut d = info(
+                    "CALLER_RATE_LIMITED",
+                    HashMap::from([("caller".into(), caller.clone())]),
+                );
+                d.set_retry_info(Some(Duration::from_secs(1)));
+                (Code::ResourceExhausted, d)
+            }
+            ServiceError::TooManyWatchStreams { caller, max } => (
+                Code::ResourceExhausted,
+                info(
+                    "TOO_MANY_WATCH_STREAMS",
+                    HashMap::from([
+                        ("caller".into(), caller.clone()),
+                        ("max_watch_streams".into(), max.to_string()),
+                    ]),
+                ),
+            ),
             ServiceError::Store(StoreError::Corrupt { id, .. }) => (
                 Code::DataLoss,
                 info(

@@ -43,6 +43,16 @@ pub struct InstallOutcome {
 }
 
 impl InstallInput {
+    /// The connection id, when the request determines it without asking the
+    /// provider.
+    pub fn known_connection_id(&self) -> Option<ConnectionId> {
+        match (&self.connection_id, &self.account_id) {
+            (Some(id), _) => Some(id.clone()),
+            (None, Some(account)) => derive_connection_id(&self.provider, account).ok(),
+            (None, None) => None,
+        }
+    }
+
     /// A digest of the whole request, secrets included, identifying a retry
     /// of the same install without storing what it contained.
     fn fingerprint(&self) -> String {

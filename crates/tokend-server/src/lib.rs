@@ -5,6 +5,8 @@
 // bytes; boxing them would only add allocations.
 #![allow(clippy::result_large_err)]
 
+pub mod audit;
+pub mod auth;
 pub mod config;
 mod convert;
 pub mod engine;
@@ -33,7 +35,17 @@ pub struct ServerConfig {
     pub providers: Vec<ProviderConfig>,
     pub http: HttpSettings,
     pub engine: EngineSettings,
+    /// Who may call. Empty: any local process, and the server refuses to
+    /// listen anywhere but loopback.
+    pub identities: Vec<auth::IdentityConfig>,
+    /// Append-only JSON-lines audit log, if any.
+    pub audit_log: Option<std::path::PathBuf>,
+    /// Server-side TLS; with a client CA, mutual TLS.
+    pub tls: Option<config::TlsSection>,
 }
+
+/// Largest request message accepted; tokend's requests are a few KiB.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +58,16 @@ pub enum ServerError {
     Reflection(String),
     #[error("grpc transport failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthConfigError),
+    #[error(
+        "refusing to listen on {0} with no caller identities configured: configure [[identities]] or listen on loopback"
+    )]
+    OpenOnNetwork(std::net::SocketAddr),
+    #[error("cannot open the audit log: {0}")]
+    Audit(std::io::Error),
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// Serves tokend on `listener` until `shutdown` resolves.
@@ -59,12 +81,25 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    let authenticator = auth::Authenticator::new(&config.identities)?;
+    let addr = listener.local_addr().ok();
+    if authenticator.is_open() {
+        match addr {
+            Some(a) if !a.ip().is_loopback() => return Err(ServerError::OpenOnNetwork(a)),
+            _ => tracing::warn!(
+                "no caller identities configured: any local process may call; listening on loopback only"
+            ),
+        }
+    }
+    let audit_log = match &config.audit_log {
+        Some(path) => audit::AuditLog::open(path).map_err(ServerError::Audit)?,
+        None => audit::AuditLog::disabled(),
+    };
     let clock = Clock::system();
     let client = ProviderClient::new(&config.http, clock.clone())?;
     let background = config.engine.background_refresh;
     let engine = Engine::new(store, config.providers, client, clock, config.engine);
     let loaded = engine.load_all().await?;
-    let addr = listener.local_addr().ok();
     tracing::info!(
         addr = ?addr,
         connections = loaded,
@@ -93,10 +128,17 @@ pub async fn run(
     let refresher =
         background.then(|| tokio::spawn(Arc::clone(&engine).run_refresher(cancel.clone())));
 
-    let token_service = TokenServiceServer::new(service::TokenServiceImpl::new(
-        Arc::clone(&engine),
-        cancel.clone(),
-    ));
+    // Authentication and the per-caller rate limit run first, as an
+    // interceptor: nothing unauthenticated reaches the service or engine.
+    let token_service = tonic::service::interceptor::InterceptedService::new(
+        TokenServiceServer::new(service::TokenServiceImpl::new(
+            Arc::clone(&engine),
+            audit_log,
+            cancel.clone(),
+        ))
+        .max_decoding_message_size(MAX_REQUEST_BYTES),
+        move |request| authenticator.intercept(request),
+    );
 
     let signal = {
         let cancel = cancel.clone();
@@ -116,7 +158,14 @@ pub async fn run(
         }
     };
 
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(server_tls(tls)?)
+            .map_err(|e| ServerError::Tls(e.to_string()))?;
+        tracing::info!(mutual = tls.client_ca_file.is_some(), "serving over TLS");
+    }
+    let result = builder
         // Token replies are small and latency-sensitive.
         .tcp_nodelay(true)
         // Detects dead watchers behind NATs and load balancers.
@@ -139,4 +188,23 @@ pub async fn run(
     engine.tasks.wait().await;
     tracing::info!("tokend stopped");
     result.map_err(ServerError::from)
+}
+
+/// The TLS settings from PEM files. Client certificates are optional even
+/// with a client CA, so API-key callers can connect too; a presented
+/// certificate must chain to the CA.
+fn server_tls(tls: &config::TlsSection) -> Result<tonic::transport::ServerTlsConfig, ServerError> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| ServerError::Tls(format!("cannot read {}: {e}", path.display())))
+    };
+    let identity =
+        tonic::transport::Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if let Some(ca) = &tls.client_ca_file {
+        config = config
+            .client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(config)
 }

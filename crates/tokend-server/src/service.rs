@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    ServiceError, convert,
+    ServiceError,
+    auth::{self, Caller, Permission},
+    convert,
     engine::{Engine, Rejected},
     hub::EventKind,
     install::{InstallGrant, InstallInput},
@@ -36,18 +38,32 @@ const MAX_PAGE_SIZE: i32 = 1000;
 pub struct TokenServiceImpl {
     /// Does the work; shared with the background refresher.
     engine: Arc<Engine>,
+    /// Where every call is recorded.
+    audit_log: crate::audit::AuditLog,
     /// Fires at shutdown so watch streams end cleanly instead of holding the
     /// server open.
     shutdown: CancellationToken,
 }
 
 impl TokenServiceImpl {
-    pub fn new(engine: Arc<Engine>, shutdown: CancellationToken) -> Self {
-        Self { engine, shutdown }
+    pub fn new(
+        engine: Arc<Engine>,
+        audit_log: crate::audit::AuditLog,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            engine,
+            audit_log,
+            shutdown,
+        }
     }
 }
 
 type Result<T> = std::result::Result<T, ServiceError>;
+
+/// The stream `WatchConnection` returns.
+pub type WatchStream =
+    Pin<Box<dyn Stream<Item = std::result::Result<pb::WatchConnectionResponse, Status>> + Send>>;
 
 fn connection_id(raw: &str) -> Result<ConnectionId> {
     ConnectionId::new(raw).map_err(|e| ServiceError::invalid("connection_id", e.to_string()))
@@ -219,11 +235,43 @@ fn page_token_decode(token: &str) -> Result<Option<ConnectionId>> {
 }
 
 impl TokenServiceImpl {
+    /// Writes the audit record of one call.
+    fn audit<T>(
+        &self,
+        caller: &Caller,
+        rpc: &'static str,
+        connection_id: Option<&str>,
+        result: &Result<T>,
+    ) {
+        let outcome = match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let status = e.to_status();
+                let reason = tonic_types::StatusExt::get_details_error_info(&status)
+                    .map(|i| i.reason)
+                    .unwrap_or_default();
+                Err((code_name(status.code()), reason))
+            }
+        };
+        self.audit_log.record(
+            self.engine.clock.now(),
+            &caller.name,
+            rpc,
+            connection_id,
+            outcome,
+        );
+    }
+
     fn connection_pb(&self, c: &tokend_core::Connection) -> pb::Connection {
         convert::connection(c, self.engine.scheduler.next_due(&c.id))
     }
 
-    async fn list(&self, req: pb::ListConnectionsRequest) -> Result<pb::ListConnectionsResponse> {
+    /// One page of the connections `caller` may see.
+    async fn list(
+        &self,
+        caller: &Caller,
+        req: pb::ListConnectionsRequest,
+    ) -> Result<pb::ListConnectionsResponse> {
         let page_size = match req.page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if (1..=MAX_PAGE_SIZE).contains(&n) => n,
@@ -252,17 +300,39 @@ impl TokenServiceImpl {
                 ));
             }
         };
-        let mut records = self
-            .engine
-            .store
-            .list(&ListQuery {
-                after: page_token_decode(&req.page_token)?,
-                limit: page_size + 1,
-                provider,
-                status,
-            })
-            .await?;
-        let next_page_token = if records.len() > page_size {
+        // Read store pages until this caller's page is full: connections it
+        // may not see are skipped, never shown and never counted.
+        let mut after = page_token_decode(&req.page_token)?;
+        let mut records = Vec::new();
+        let mut exhausted = false;
+        while records.len() <= page_size {
+            let batch = self
+                .engine
+                .store
+                .list(&ListQuery {
+                    after: after.clone(),
+                    limit: page_size + 1,
+                    provider: provider.clone(),
+                    status,
+                })
+                .await?;
+            let Some(last) = batch.last() else {
+                exhausted = true;
+                break;
+            };
+            after = Some(last.id.clone());
+            let short = batch.len() <= page_size;
+            records.extend(
+                batch
+                    .into_iter()
+                    .filter(|c| caller.may(Permission::Tokens, Some(&c.id))),
+            );
+            if short {
+                exhausted = true;
+                break;
+            }
+        }
+        let next_page_token = if records.len() > page_size || (!exhausted && !records.is_empty()) {
             records.truncate(page_size);
             records
                 .last()
@@ -275,6 +345,29 @@ impl TokenServiceImpl {
             connections: records.iter().map(|c| self.connection_pb(c)).collect(),
             next_page_token,
         })
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid_argument",
+        DeadlineExceeded => "deadline_exceeded",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        PermissionDenied => "permission_denied",
+        ResourceExhausted => "resource_exhausted",
+        FailedPrecondition => "failed_precondition",
+        Aborted => "aborted",
+        OutOfRange => "out_of_range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data_loss",
+        Unauthenticated => "unauthenticated",
     }
 }
 
@@ -299,20 +392,20 @@ fn event_type(kind: EventKind) -> pb::WatchEventType {
     }
 }
 
-#[tonic::async_trait]
-impl TokenService for TokenServiceImpl {
-    async fn get_token(
+impl TokenServiceImpl {
+    async fn get_token_inner(
         &self,
+        caller: &Arc<Caller>,
         request: Request<pb::GetTokenRequest>,
-    ) -> std::result::Result<Response<pb::GetTokenResponse>, Status> {
+    ) -> Result<Response<pb::GetTokenResponse>> {
         let req = request.into_inner();
         let id = connection_id(&req.connection_id)?;
+        caller.authorize(Permission::Tokens, Some(&id))?;
         if !(0..=MAX_MIN_TTL).contains(&req.min_ttl_seconds) {
             return Err(ServiceError::invalid(
                 "min_ttl_seconds",
                 format!("must be between 0 and {MAX_MIN_TTL}"),
-            )
-            .into());
+            ));
         }
         let min_ttl = Duration::from_secs(req.min_ttl_seconds as u64);
         let record = self.engine.get_token(&id, min_ttl).await?;
@@ -320,12 +413,14 @@ impl TokenService for TokenServiceImpl {
         Ok(Response::new(pb::GetTokenResponse { token: Some(token) }))
     }
 
-    async fn force_refresh(
+    async fn force_refresh_inner(
         &self,
+        caller: &Arc<Caller>,
         request: Request<pb::ForceRefreshRequest>,
-    ) -> std::result::Result<Response<pb::ForceRefreshResponse>, Status> {
+    ) -> Result<Response<pb::ForceRefreshResponse>> {
         let req = request.into_inner();
         let id = connection_id(&req.connection_id)?;
+        caller.authorize(Permission::Tokens, Some(&id))?;
         let rejected = match req.rejected {
             None => Rejected::Unspecified,
             Some(pb::force_refresh_request::Rejected::RejectedAccessToken(t)) => {
@@ -333,8 +428,7 @@ impl TokenService for TokenServiceImpl {
                     return Err(ServiceError::invalid(
                         "rejected_access_token",
                         format!("must be 1 to {MAX_TOKEN_LEN} bytes"),
-                    )
-                    .into());
+                    ));
                 }
                 Rejected::AccessToken(t)
             }
@@ -348,15 +442,14 @@ impl TokenService for TokenServiceImpl {
         }))
     }
 
-    type WatchConnectionStream = Pin<
-        Box<dyn Stream<Item = std::result::Result<pb::WatchConnectionResponse, Status>> + Send>,
-    >;
-
-    async fn watch_connection(
+    async fn watch_connection_inner(
         &self,
+        caller: &Arc<Caller>,
         request: Request<pb::WatchConnectionRequest>,
-    ) -> std::result::Result<Response<Self::WatchConnectionStream>, Status> {
+    ) -> Result<Response<WatchStream>> {
         let id = connection_id(&request.into_inner().connection_id)?;
+        caller.authorize(Permission::Tokens, Some(&id))?;
+        let slot = caller.open_watch_stream()?;
         // Subscribe before reading: a change landing in between is then
         // delivered, never lost.
         let mut events = self.engine.hub.subscribe(&id);
@@ -365,13 +458,15 @@ impl TokenService for TokenServiceImpl {
             Err(e) => {
                 drop(events);
                 self.engine.hub.release(&id);
-                return Err(e.into());
+                return Err(e);
             }
         };
         let (tx, rx) = mpsc::channel(16);
         let engine = Arc::clone(&self.engine);
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
+            // Held for the stream's life: frees the caller's slot at the end.
+            let _slot = slot;
             let pb_of = |c: &tokend_core::Connection| {
                 convert::connection(c, engine.scheduler.next_due(&c.id))
             };
@@ -456,11 +551,26 @@ impl TokenService for TokenServiceImpl {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn install(
+    async fn install_inner(
         &self,
+        caller: &Arc<Caller>,
         request: Request<pb::InstallRequest>,
-    ) -> std::result::Result<Response<pb::InstallResponse>, Status> {
+    ) -> Result<Response<pb::InstallResponse>> {
         let input = install_input(&self.engine, request.into_inner())?;
+        // The id is known up front when named or derivable from the
+        // account; otherwise only a caller allowed to install anywhere may
+        // let the provider's answer decide it.
+        match input.known_connection_id() {
+            Some(id) => caller.authorize(Permission::Install, Some(&id))?,
+            None if caller.may_everywhere(Permission::Install) => {}
+            None => {
+                return Err(ServiceError::PermissionDenied {
+                    caller: caller.name.clone(),
+                    permission: Permission::Install,
+                    connection: None,
+                });
+            }
+        }
         let outcome = self.engine.install(input).await?;
         Ok(Response::new(pb::InstallResponse {
             connection: Some(self.connection_pb(&outcome.connection)),
@@ -469,11 +579,13 @@ impl TokenService for TokenServiceImpl {
         }))
     }
 
-    async fn get_connection(
+    async fn get_connection_inner(
         &self,
+        caller: &Arc<Caller>,
         request: Request<pb::GetConnectionRequest>,
-    ) -> std::result::Result<Response<pb::GetConnectionResponse>, Status> {
+    ) -> Result<Response<pb::GetConnectionResponse>> {
         let id = connection_id(&request.into_inner().connection_id)?;
+        caller.authorize(Permission::Tokens, Some(&id))?;
         // Operators read the store itself, not this process's cache.
         let record = self
             .engine
@@ -487,20 +599,123 @@ impl TokenService for TokenServiceImpl {
         }))
     }
 
+    async fn list_connections_inner(
+        &self,
+        caller: &Arc<Caller>,
+        request: Request<pb::ListConnectionsRequest>,
+    ) -> Result<Response<pb::ListConnectionsResponse>> {
+        caller.authorize(Permission::Tokens, None)?;
+        Ok(Response::new(
+            self.list(caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_connection_inner(
+        &self,
+        caller: &Arc<Caller>,
+        request: Request<pb::DeleteConnectionRequest>,
+    ) -> Result<Response<pb::DeleteConnectionResponse>> {
+        let id = connection_id(&request.into_inner().connection_id)?;
+        caller.authorize(Permission::Admin, Some(&id))?;
+        self.engine.delete(&id).await?;
+        Ok(Response::new(pb::DeleteConnectionResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl TokenService for TokenServiceImpl {
+    type WatchConnectionStream = WatchStream;
+
+    async fn get_token(
+        &self,
+        request: Request<pb::GetTokenRequest>,
+    ) -> std::result::Result<Response<pb::GetTokenResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let connection_id = Some(request.get_ref().connection_id.clone());
+        let result = self.get_token_inner(&caller, request).await;
+        self.audit(&caller, "GetToken", connection_id.as_deref(), &result);
+        result.map_err(Status::from)
+    }
+
+    async fn force_refresh(
+        &self,
+        request: Request<pb::ForceRefreshRequest>,
+    ) -> std::result::Result<Response<pb::ForceRefreshResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let connection_id = Some(request.get_ref().connection_id.clone());
+        let result = self.force_refresh_inner(&caller, request).await;
+        self.audit(&caller, "ForceRefresh", connection_id.as_deref(), &result);
+        result.map_err(Status::from)
+    }
+
+    async fn watch_connection(
+        &self,
+        request: Request<pb::WatchConnectionRequest>,
+    ) -> std::result::Result<Response<WatchStream>, Status> {
+        let caller = auth::caller(&request)?;
+        let connection_id = Some(request.get_ref().connection_id.clone());
+        let result = self.watch_connection_inner(&caller, request).await;
+        self.audit(
+            &caller,
+            "WatchConnection",
+            connection_id.as_deref(),
+            &result,
+        );
+        result.map_err(Status::from)
+    }
+
+    async fn install(
+        &self,
+        request: Request<pb::InstallRequest>,
+    ) -> std::result::Result<Response<pb::InstallResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let connection_id = Some(request.get_ref().connection_id.clone());
+        let result = self.install_inner(&caller, request).await;
+        self.audit(&caller, "Install", connection_id.as_deref(), &result);
+        result.map_err(Status::from)
+    }
+
+    async fn get_connection(
+        &self,
+        request: Request<pb::GetConnectionRequest>,
+    ) -> std::result::Result<Response<pb::GetConnectionResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let connection_id = Some(request.get_ref().connection_id.clone());
+        let result = self.get_connection_inner(&caller, request).await;
+        self.audit(&caller, "GetConnection", connection_id.as_deref(), &result);
+        result.map_err(Status::from)
+    }
+
     async fn list_connections(
         &self,
         request: Request<pb::ListConnectionsRequest>,
     ) -> std::result::Result<Response<pb::ListConnectionsResponse>, Status> {
-        Ok(Response::new(self.list(request.into_inner()).await?))
+        let caller = auth::caller(&request)?;
+        let connection_id = None::<String>;
+        let result = self.list_connections_inner(&caller, request).await;
+        self.audit(
+            &caller,
+            "ListConnections",
+            connection_id.as_deref(),
+            &result,
+        );
+        result.map_err(Status::from)
     }
 
     async fn delete_connection(
         &self,
         request: Request<pb::DeleteConnectionRequest>,
     ) -> std::result::Result<Response<pb::DeleteConnectionResponse>, Status> {
-        let id = connection_id(&request.into_inner().connection_id)?;
-        self.engine.delete(&id).await?;
-        Ok(Response::new(pb::DeleteConnectionResponse {}))
+        let caller = auth::caller(&request)?;
+        let connection_id = Some(request.get_ref().connection_id.clone());
+        let result = self.delete_connection_inner(&caller, request).await;
+        self.audit(
+            &caller,
+            "DeleteConnection",
+            connection_id.as_deref(),
+            &result,
+        );
+        result.map_err(Status::from)
     }
 }
 

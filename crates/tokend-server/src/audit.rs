@@ -1,0 +1,99 @@
+//! The audit log: one JSON line per RPC (who, what, which connection,
+//! outcome, when), appended by a dedicated thread. Never holds a token.
+
+use std::{
+    fs::OpenOptions,
+    io::{BufWriter, Write},
+    path::Path,
+    sync::mpsc,
+};
+
+use serde::Serialize;
+use tokend_core::Timestamp;
+
+/// One audited call.
+#[derive(Debug, Serialize)]
+pub struct AuditRecord {
+    /// Unix milliseconds by tokend's clock.
+    pub ts: i64,
+    /// The caller's identity name.
+    pub caller: String,
+    pub rpc: &'static str,
+    pub connection_id: Option<String>,
+    /// `ok` or the gRPC code name.
+    pub outcome: String,
+    /// The ErrorInfo reason, when the call failed.
+    pub reason: Option<String>,
+}
+
+/// Appends audit records without blocking the async runtime: a bounded
+/// channel to a writer thread that flushes after every batch.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: Option<mpsc::SyncSender<AuditRecord>>,
+}
+
+impl AuditLog {
+    /// No audit log.
+    pub fn disabled() -> Self {
+        Self { tx: None }
+    }
+
+    /// Appends to `path` (created 0600 if absent; opened in append mode, so
+    /// existing lines are never rewritten).
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(path)?;
+        let (tx, rx) = mpsc::sync_channel::<AuditRecord>(4096);
+        std::thread::Builder::new()
+            .name("tokend-audit".into())
+            .spawn(move || {
+                let mut out = BufWriter::new(file);
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    for record in batch {
+                        if let Ok(line) = serde_json::to_string(&record) {
+                            let _ = writeln!(out, "{line}");
+                        }
+                    }
+                    if let Err(e) = out.flush() {
+                        tracing::error!(error = %e, "writing the audit log failed");
+                    }
+                }
+            })?;
+        Ok(Self { tx: Some(tx) })
+    }
+
+    pub fn record(
+        &self,
+        at: Timestamp,
+        caller: &str,
+        rpc: &'static str,
+        connection_id: Option<&str>,
+        result: Result<(), (&str, String)>,
+    ) {
+        let Some(tx) = &self.tx else { return };
+        let (outcome, reason) = match result {
+            Ok(()) => ("ok".to_owned(), None),
+            Err((code, reason)) => (code.to_owned(), Some(reason)),
+        };
+        let record = AuditRecord {
+            ts: at.unix_millis(),
+            caller: caller.to_owned(),
+            rpc,
+            connection_id: connection_id.map(str::to_owned),
+            outcome,
+            reason,
+        };
+        if tx.try_send(record).is_err() {
+            tracing::error!(rpc, "audit log queue full or closed; a record was dropped");
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Callers: who is calling (API key or client certificate), what they may
+//! do (permission classes over connection-id prefixes), and how fast.
+
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokend_core::ConnectionId;
+use tonic::{Request, Status};
+
+use crate::ServiceError;
+
+/// What a grant allows. Each RPC needs exactly one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    /// GetToken, ForceRefresh, WatchConnection, GetConnection, ListConnections.
+    Tokens,
+    /// Install.
+    Install,
+    /// DeleteConnection, and everything else.
+    Admin,
+}
+
+impl Permission {
+    fn allows(self, wanted: Permission) -> bool {
+        self == Permission::Admin || self == wanted
+    }
+}
+
+/// One grant: permissions over the connections whose id starts with one of
+/// `connections` (`"*"` for all).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub permissions: Vec<Permission>,
+    pub connections: Vec<String>,
+}
+
+/// One `[[identities]]` entry of the config file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub name: String,
+    /// Hex SHA-256 of the API key; the key itself is never configured.
+    pub api_key_sha256: Option<String>,
+    /// Hex SHA-256 of the client certificate (DER), for mutual TLS.
+    pub cert_sha256: Option<String>,
+    pub grants: Vec<Grant>,
+    /// Requests per second allowed, with bursts of the same size.
+    #[serde(default = "default_rate")]
+    pub requests_per_second: u32,
+    /// Watch streams open at once.
+    #[serde(default = "default_watch_streams")]
+    pub max_watch_streams: usize,
+}
+
+fn default_rate() -> u32 {
+    200
+}
+
+fn default_watch_streams() -> usize {
+    32
+}
+
+/// An authenticated caller, attached to each request by [`Authenticator`].
+#[derive(Debug)]
+pub struct Caller {
+    pub name: String,
+    grants: Vec<Grant>,
+    limiter: DefaultDirectRateLimiter,
+    max_watch_streams: usize,
+    open_watch_streams: AtomicUsize,
+}
+
+impl Caller {
+    fn new(config: &IdentityConfig) -> Self {
+        let rate = NonZeroU32::new(config.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        Caller {
+            name: config.name.clone(),
+            grants: config.grants.clone(),
+            limiter: RateLimiter::direct(Quota::per_second(rate)),
+            max_watch_streams: config.max_watch_streams,
+            open_watch_streams: AtomicUsize::new(0),
+        }
+    }
+
+    /// The caller of a server without configured identities: any process on
+    /// this machine, allowed everything (the server then listens on loopback
+    /// only).
+    fn local() -> Self {
+        Self::new(&IdentityConfig {
+            name: "local".into(),
+            api_key_sha256: None,
+            cert_sha256: None,
+            grants: vec![Grant {
+                permissions: vec![Permission::Admin],
+                connections: vec!["*".into()],
+            }],
+            requests_per_second: 10_000,
+            max_watch_streams: 1024,
+        })
+    }
+
+    /// Whether this caller may use `permission` on connection `id` (`None`:
+    /// on some connection, as for listing).
+    pub fn may(&self, permission: Permission, id: Option<&ConnectionId>) -> bool {
+        self.grants.iter().any(|g| {
+            g.permissions.iter().any(|p| p.allows(permission))
+                && match id {
+                    None => true,
+                    Some(id) => g
+                        .connections
+                        .iter()
+                        .any(|prefix| prefix == "*" || id.as_str().starts_with(prefix.as_str())),
+                }
+        })
+    }
+
+    /// Whether this caller holds `permission` over every connection.
+    pub fn may_everywhere(&self, permission: Permission) -> bool {
+        self.grants.iter().any(|g| {
+            g.permissions.iter().any(|p| p.allows(permission))
+                && g.connections.iter().any(|c| c == "*")
+        })
+    }
+
+    pub fn authorize(
+        &self,
+        permission: Permission,
+        id: Option<&ConnectionId>,
+    ) -> Result<(), ServiceError> {
+        if self.may(permission, id) {
+            Ok(())
+        } else {
+            Err(ServiceError::PermissionDenied {
+                caller: self.name.clone(),
+                permission,
+                connection: id.cloned(),
+            })
+        }
+    }
+
+    /// Reserves one watch stream slot; the guard frees it.
+    pub fn open_watch_stream(self: &Arc<Self>) -> Result<WatchSlot, ServiceError> {
+        let open = self.open_watch_streams.fetch_add(1, Ordering::SeqCst);
+        if open >= self.max_watch_streams {
+            self.open_watch_streams.fetch_sub(1, Ordering::SeqCst);
+            return Err(ServiceError::TooManyWatchStreams {
+                caller: self.name.clone(),
+                max: self.max_watch_streams,
+            });
+        }
+        Ok(WatchSlot(Arc::clone(self)))
+    }
+}
+
+/// A caller's open watch stream; dropping it frees the slot.
+pub struct WatchSlot(Arc<Caller>);
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.0.open_watch_streams.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Why an identity configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("identity {name}: {reason}")]
+    Invalid { name: String, reason: String },
+}
+
+/// Resolves each request's caller from its credentials and applies the
+/// caller's rate limit. Runs as a tonic interceptor, before any service
+/// code, so an unauthenticated request never reaches the engine.
+#[derive(Clone)]
+pub struct Authenticator {
+    /// By hex SHA-256 of the API key.
+    by_api_key: Arc<HashMap<String, Arc<Caller>>>,
+    /// By hex SHA-256 of the client certificate.
+    by_cert: Arc<HashMap<String, Arc<Caller>>>,
+    /// Set when no identities are configured.
+    local: Option<Arc<Caller>>,
+}
+
+/// Hex SHA-256, as identities are configured.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Authenticator {
+    pub fn new(identities: &[IdentityConfig]) -> Result<Self, AuthConfigError> {
+        let mut by_api_key = HashMap::new();
+        let mut by_cert = HashMap::new();
+        for config in identities {
+            let fail = |reason: &str| AuthConfigError::Invalid {
+                name: config.name.clone(),
+                reason: reason.to_owned(),
+            };
+            let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+            if config.api_key_sha256.is_none() && config.cert_sha256.is_none() {
+                return Err(fail("set api_key_sha256 or cert_sha256"));
+            }
+            if config.grants.is_empty() {
+                return Err(fail("has no grants"));
+            }
+            let caller = Arc::new(Caller::new(config));
+            if let Some(h) = &config.api_key_sha256 {
+                if !hex(h) {
+                    return Err(fail("api_key_sha256 must be 64 hex digits"));
+                }
+                if by_api_key
+                    .insert(h.to_ascii_lowercase(), Arc::clone(&caller))
+                    .is_some()
+                {
+                    return Err(fail("api key shared with another identity"));
+                }
+            }
+            if let Some(h) = &config.cert_sha256 {
+                if !hex(h) {
+                    return Err(fail("cert_sha256 must be 64 hex digits"));
+                }
+                if by_cert
+                    .insert(h.to_ascii_lowercase(), Arc::clone(&caller))
+                    .is_some()
+                {
+                    return Err(fail("certificate shared with another identity"));
+                }
+            }
+        }
+        let open = identities.is_empty();
+        Ok(Self {
+            by_api_key: Arc::new(by_api_key),
+            by_cert: Arc::new(by_cert),
+            local: open.then(|| Arc::new(Caller::local())),
+        })
+    }
+
+    /// Whether callers are anonymous (no identities configured).
+    pub fn is_open(&self) -> bool {
+        self.local.is_some()
+    }
+
+    fn identify<T>(&self, request: &Request<T>) -> Result<Arc<Caller>, Status> {
+        if let Some(local) = &self.local {
+            return Ok(Arc::clone(local));
+        }
+        let key = request
+            .metadata()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| {
+                request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .map(str::to_owned)
+            });
+        if let Some(key) = key {
+            return self
+                .by_api_key
+                .get(&sha256_hex(key.trim().as_bytes()))
+                .cloned()
+                .ok_or_else(|| ServiceError::Unauthenticated("unknown api key").to_status());
+        }
+        if let Some(certs) = request.peer_certs()
+            && let Some(leaf) = certs.first()
+        {
+            return self
+                .by_cert
+                .get(&sha256_hex(leaf.as_ref()))
+                .cloned()
+                .ok_or_else(|| {
+                    ServiceError::Unauthenticated("unknown client certificate").to_status()
+                });
+        }
+        Err(ServiceError::Unauthenticated(
+            "send an api key (x-api-key or authorization: Bearer) or a client certificate",
+        )
+        .to_status())
+    }
+
+    /// The interceptor: identify, rate-limit, attach the caller.
+    #[allow(clippy::result_large_err)]
+    pub fn intercept(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let caller = self.identify(&request)?;
+        if caller.limiter.check().is_err() {
+            return Err(ServiceError::RateLimited {
+                caller: caller.name.clone(),
+            }
+            .to_status());
+        }
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+}
+
+/// The caller the interceptor attached.
+pub fn caller<T>(request: &Request<T>) -> Result<Arc<Caller>, ServiceError> {
+    request
+        .extensions()
+        .get::<Arc<Caller>>()
+        .cloned()
+        .ok_or(ServiceError::Unauthenticated("no caller identity"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(grants: Vec<Grant>) -> IdentityConfig {
+        IdentityConfig {
+            name: "svc".into(),
+            api_key_sha256: Some(sha256_hex(b"key")),
+            cert_sha256: None,
+            grants,
+            requests_per_second: 2,
+            max_watch_streams: 1,
+        }
+    }
+
+    fn id(s: &str) -> ConnectionId {
+        ConnectionId::new(s).unwrap()
+    }
+
+    #[test]
+    fn grants_are_permission_and_prefix_scoped() {
+        let caller = Caller::new(&identity(vec![
+            Grant {
+                permissions: vec![Permission::Tokens],
+                connections: vec!["tenant-a-".into()],
+            },
+            Grant {
+                permissions: vec![Permission::Install],
+                connections: vec!["tenant-a-new".into()],
+            },
+        ]));
+        assert!(caller.may(Permission::Tokens, Some(&id("tenant-a-1"))));
+        assert!(!caller.may(Permission::Tokens, Some(&id("tenant-b-1"))));
+        assert!(!caller.may(Permission::Install, Some(&id("tenant-a-1"))));
+        assert!(caller.may(Permission::Install, Some(&id("tenant-a-new-9"))));
+        assert!(!caller.may(Permission::Admin, Some(&id("tenant-a-1"))));
+        let admin = Caller::new(&identity(vec![Grant {
+            permissions: vec![Permission::Admin],
+            connections: vec!["*".into()],
+        }]));
+        assert!(admin.may(Permission::Tokens, Some(&id("anything"))));
+        assert!(admin.may(Permission::Install, None));
+    }
+
+    #[test]
+    fn watch_slots_are_bounded_and_freed() {
+        let caller = Arc::new(Caller::new(&identity(vec![Grant {
+            permissions: vec![Permission::Tokens],
+            connections: vec!["*".into()],
+        }])));
+        let slot = caller.open_watch_stream().unwrap();
+        assert!(caller.open_watch_stream().is_err());
+        drop(slot);
+        assert!(caller.open_watch_stream().is_ok());
+    }
+
+    #[test]
+    fn identities_are_validated() {
+        let mut bad = identity(vec![]);
+        assert!(Authenticator::new(&[bad.clone()]).is_err(), "no grants");
+        bad.grants = vec![Grant {
+            permissions: vec![Permission::Tokens],
+            connections: vec!["*".into()],
+        }];
+        bad.api_key_sha256 = Some("not-hex".into());
+        assert!(Authenticator::new(&[bad]).is_err());
+        assert!(Authenticator::new(&[]).unwrap().is_open());
+    }
+}
