@@ -9,16 +9,43 @@ use tokend_sandbox::{Sandbox, SandboxConfig};
 use tokend_server::{EngineSettings, ServerConfig, config::sandbox_provider};
 use tokend_store::SledStore;
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::transport::Channel;
+use tonic::{
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
 use tonic_types::StatusExt;
 
-pub type Client = TokenServiceClient<Channel>;
+pub type Client = TokenServiceClient<InterceptedService<Channel, ApiKey>>;
+
+/// Attaches an API key (if any) to every request.
+#[derive(Clone, Default)]
+pub struct ApiKey(pub Option<String>);
+
+impl Interceptor for ApiKey {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(key) = &self.0 {
+            let value = key
+                .parse()
+                .map_err(|_| tonic::Status::internal("bad test key"))?;
+            request.metadata_mut().insert("x-api-key", value);
+        }
+        Ok(request)
+    }
+}
 
 /// Knobs a test may turn; defaults are tokend's own.
 #[derive(Clone, Default)]
 pub struct Options {
     pub sandbox: SandboxConfig,
     pub engine: EngineSettings,
+    /// Caller identities; empty means the open, loopback-only mode.
+    pub identities: Vec<tokend_server::auth::IdentityConfig>,
+    /// The key `client()` sends (an admin's, when identities are set).
+    pub client_key: Option<String>,
+    pub tls: Option<tokend_server::config::TlsSection>,
 }
 
 /// A running tokend plus the sandbox it talks to.
@@ -60,6 +87,10 @@ impl TestServer {
         self.data_dir.path().to_owned()
     }
 
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.data_dir.path().join("audit.log")
+    }
+
     /// Opens the server's store directly (only while the server is stopped:
     /// sled locks its directory).
     pub fn open_store(&self) -> SledStore {
@@ -85,6 +116,9 @@ impl TestServer {
         let config = ServerConfig {
             providers: vec![provider],
             engine: self.options.engine.clone(),
+            identities: self.options.identities.clone(),
+            audit_log: Some(self.audit_log_path()),
+            tls: self.options.tls.clone(),
             ..Default::default()
         };
         let (tx, rx) = oneshot::channel::<()>();
@@ -131,7 +165,13 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> Client {
-        TokenServiceClient::new(self.channel().await)
+        self.client_with_key(self.options.client_key.as_deref())
+            .await
+    }
+
+    /// A client sending `key` (or no key).
+    pub async fn client_with_key(&self, key: Option<&str>) -> Client {
+        TokenServiceClient::with_interceptor(self.channel().await, ApiKey(key.map(str::to_owned)))
     }
 
     /// Installs a sandbox-issued token set for `account` under `id`, with

@@ -5,4 +5,5 @@ mod harness;
 mod reflection;
 mod refresh;
 mod rpc;
+mod security;
 mod watch;
