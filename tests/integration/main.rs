@@ -2,6 +2,7 @@
 
 mod at_rest;
 mod harness;
+mod hygiene;
 mod reflection;
 mod refresh;
 mod rpc;
