@@ -443,3 +443,28 @@ async fn mutual_tls_maps_client_certificates_to_identities() {
         assert_ne!(err.code(), Code::Ok);
     }
 }
+
+#[tokio::test]
+async fn oversized_requests_get_a_precise_error() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let issued = server.sandbox.issue_tokens("acct-big", &[]);
+    let mut big = import_request("big", "acct-big", &issued, 1800);
+    if let Some(pb::install_request::Grant::TokenImport(t)) = big.grant.as_mut() {
+        t.scopes = vec!["s".repeat(250); 300]; // ~76 KB
+    }
+    let err = client.install(big.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(crate::harness::bad_fields(&err), ["request"]);
+    assert!(err.message().contains("65536"), "{}", err.message());
+    if let Some(pb::install_request::Grant::TokenImport(t)) = big.grant.as_mut() {
+        t.scopes = vec!["s".repeat(1000); 400]; // ~400 KB
+    }
+    let err = client.install(big).await.unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    // The server is fine afterwards.
+    client
+        .install(import_request("big", "acct-big", &issued, 1800))
+        .await
+        .expect("a normal request still works");
+}

@@ -136,7 +136,7 @@ pub async fn run(
             audit_log,
             cancel.clone(),
         ))
-        .max_decoding_message_size(MAX_REQUEST_BYTES),
+        .max_decoding_message_size(4 * MAX_REQUEST_BYTES),
         move |request| authenticator.intercept(request),
     );
 

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    ServiceError,
+    MAX_REQUEST_BYTES, ServiceError,
     auth::{self, Caller, Permission},
     convert,
     engine::{Engine, Rejected},
@@ -348,6 +348,21 @@ impl TokenServiceImpl {
     }
 }
 
+/// Refuses requests larger than [`MAX_REQUEST_BYTES`] with a precise
+/// INVALID_ARGUMENT. (Beyond 4x that, tonic's own decoding limit answers
+/// OUT_OF_RANGE before the request is even decoded.)
+fn check_size(message: &impl prost::Message) -> std::result::Result<(), Status> {
+    let size = message.encoded_len();
+    if size > MAX_REQUEST_BYTES {
+        return Err(ServiceError::invalid(
+            "request",
+            format!("is {size} bytes; the limit is {MAX_REQUEST_BYTES} bytes"),
+        )
+        .to_status());
+    }
+    Ok(())
+}
+
 fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
@@ -631,6 +646,7 @@ impl TokenService for TokenServiceImpl {
         request: Request<pb::GetTokenRequest>,
     ) -> std::result::Result<Response<pb::GetTokenResponse>, Status> {
         let caller = auth::caller(&request)?;
+        check_size(request.get_ref())?;
         let connection_id = Some(request.get_ref().connection_id.clone());
         let result = self.get_token_inner(&caller, request).await;
         self.audit(&caller, "GetToken", connection_id.as_deref(), &result);
@@ -642,6 +658,7 @@ impl TokenService for TokenServiceImpl {
         request: Request<pb::ForceRefreshRequest>,
     ) -> std::result::Result<Response<pb::ForceRefreshResponse>, Status> {
         let caller = auth::caller(&request)?;
+        check_size(request.get_ref())?;
         let connection_id = Some(request.get_ref().connection_id.clone());
         let result = self.force_refresh_inner(&caller, request).await;
         self.audit(&caller, "ForceRefresh", connection_id.as_deref(), &result);
@@ -653,6 +670,7 @@ impl TokenService for TokenServiceImpl {
         request: Request<pb::WatchConnectionRequest>,
     ) -> std::result::Result<Response<WatchStream>, Status> {
         let caller = auth::caller(&request)?;
+        check_size(request.get_ref())?;
         let connection_id = Some(request.get_ref().connection_id.clone());
         let result = self.watch_connection_inner(&caller, request).await;
         self.audit(
@@ -669,6 +687,7 @@ impl TokenService for TokenServiceImpl {
         request: Request<pb::InstallRequest>,
     ) -> std::result::Result<Response<pb::InstallResponse>, Status> {
         let caller = auth::caller(&request)?;
+        check_size(request.get_ref())?;
         let connection_id = Some(request.get_ref().connection_id.clone());
         let result = self.install_inner(&caller, request).await;
         self.audit(&caller, "Install", connection_id.as_deref(), &result);
@@ -680,6 +699,7 @@ impl TokenService for TokenServiceImpl {
         request: Request<pb::GetConnectionRequest>,
     ) -> std::result::Result<Response<pb::GetConnectionResponse>, Status> {
         let caller = auth::caller(&request)?;
+        check_size(request.get_ref())?;
         let connection_id = Some(request.get_ref().connection_id.clone());
         let result = self.get_connection_inner(&caller, request).await;
         self.audit(&caller, "GetConnection", connection_id.as_deref(), &result);
@@ -691,6 +711,7 @@ impl TokenService for TokenServiceImpl {
         request: Request<pb::ListConnectionsRequest>,
     ) -> std::result::Result<Response<pb::ListConnectionsResponse>, Status> {
         let caller = auth::caller(&request)?;
+        check_size(request.get_ref())?;
         let connection_id = None::<String>;
         let result = self.list_connections_inner(&caller, request).await;
         self.audit(
@@ -707,6 +728,7 @@ impl TokenService for TokenServiceImpl {
         request: Request<pb::DeleteConnectionRequest>,
     ) -> std::result::Result<Response<pb::DeleteConnectionResponse>, Status> {
         let caller = auth::caller(&request)?;
+        check_size(request.get_ref())?;
         let connection_id = Some(request.get_ref().connection_id.clone());
         let result = self.delete_connection_inner(&caller, request).await;
         self.audit(
