@@ -2,7 +2,6 @@
 
 mod at_rest;
 mod harness;
-mod hygiene;
 mod reflection;
 mod refresh;
 mod rpc;

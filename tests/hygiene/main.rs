@@ -1,6 +1,14 @@
 //! Secret hygiene: the whole flow, logged at TRACE by every crate, never
 //! prints an access token, refresh token, authorization code, PKCE verifier
 //! or client secret.
+//!
+//! A test binary of its own (the one exception to tests/integration): it
+//! installs a process-wide TRACE subscriber, which must see every thread
+//! and must not slow down or interleave with the other tests.
+
+#[allow(dead_code)]
+#[path = "../integration/harness.rs"]
+mod harness;
 
 use std::{
     io::Write,
@@ -30,10 +38,7 @@ impl Write for Capture {
     }
 }
 
-// The current-thread runtime runs the server, the sandbox and this test on
-// one thread, so a thread-local subscriber sees every log line of the flow
-// without affecting the other tests in this binary.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_of_the_whole_flow_hold_no_secret() {
     let capture = Capture::default();
     let subscriber = tracing_subscriber::fmt()
@@ -44,7 +49,8 @@ async fn trace_logs_of_the_whole_flow_hold_no_secret() {
             move || capture.clone()
         })
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::subscriber::set_global_default(subscriber)
+        .expect("the only subscriber in this binary");
 
     let mut options = background_off();
     options.engine.backoff_min = Duration::from_millis(50);
