@@ -107,6 +107,8 @@ async fn run() {
         Arc::new(store),
         ServerConfig {
             providers: vec![provider],
+            // As `tokend serve` runs by default: every call audited.
+            audit_log: Some(dir.path().join("audit.log")),
             engine: EngineSettings {
                 background_refresh: false,
                 ..Default::default()

@@ -241,3 +241,94 @@ impl From<ServiceError> for Status {
         e.to_status()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::StatusExt as _;
+
+    use super::*;
+
+    #[test]
+    fn each_error_maps_to_its_code_and_reason() {
+        let id = ConnectionId::new("c1").unwrap();
+        let cases: Vec<(ServiceError, Code, &str)> = vec![
+            (
+                ServiceError::invalid("connection_id", "bad"),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                ServiceError::NotFound(id.clone()),
+                Code::NotFound,
+                "CONNECTION_NOT_FOUND",
+            ),
+            (
+                ServiceError::ReconnectRequired {
+                    id: id.clone(),
+                    last_error: None,
+                },
+                Code::FailedPrecondition,
+                "RECONNECT_REQUIRED",
+            ),
+            (
+                ServiceError::Store(StoreError::Corrupt {
+                    id: "c1".into(),
+                    reason: "field access_token does not decrypt".into(),
+                }),
+                Code::DataLoss,
+                "RECORD_UNREADABLE",
+            ),
+            (
+                ServiceError::Unauthenticated("no key"),
+                Code::Unauthenticated,
+                "UNAUTHENTICATED",
+            ),
+            (
+                ServiceError::PermissionDenied {
+                    caller: "svc".into(),
+                    permission: crate::auth::Permission::Tokens,
+                    connection: Some(id.clone()),
+                },
+                Code::PermissionDenied,
+                "PERMISSION_DENIED",
+            ),
+            (
+                ServiceError::RateLimited {
+                    caller: "svc".into(),
+                },
+                Code::ResourceExhausted,
+                "CALLER_RATE_LIMITED",
+            ),
+            (
+                ServiceError::TooManyWatchStreams {
+                    caller: "svc".into(),
+                    max: 2,
+                },
+                Code::ResourceExhausted,
+                "TOO_MANY_WATCH_STREAMS",
+            ),
+        ];
+        for (error, code, reason) in cases {
+            let status = error.to_status();
+            assert_eq!(status.code(), code, "{error}");
+            let info = status.get_details_error_info().expect("ErrorInfo");
+            assert_eq!(info.reason, reason);
+            assert_eq!(info.domain, ERROR_DOMAIN);
+        }
+    }
+
+    #[test]
+    fn unavailable_carries_retry_info() {
+        let status = ServiceError::ProviderUnavailable {
+            provider: "p".into(),
+            last_error: None,
+            retry_after: Some(Duration::from_secs(7)),
+        }
+        .to_status();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.get_details_retry_info().and_then(|r| r.retry_delay),
+            Some(Duration::from_secs(7))
+        );
+    }
+}
