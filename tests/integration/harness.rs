@@ -79,7 +79,7 @@ impl TestServer {
             shutdown: None,
             task: None,
         };
-        server.boot().await;
+        server.boot(None).await;
         server
     }
 
@@ -98,10 +98,26 @@ impl TestServer {
             .expect("store reopens")
     }
 
-    async fn boot(&mut self) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+    async fn boot(&mut self, addr: Option<std::net::SocketAddr>) {
+        let listener = match addr {
+            Some(addr) => {
+                // The old socket may linger briefly after shutdown.
+                let mut attempt = 0;
+                loop {
+                    match tokio::net::TcpListener::bind(addr).await {
+                        Ok(l) => break l,
+                        Err(_) if attempt < 50 => {
+                            attempt += 1;
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("cannot rebind {addr}: {e}"),
+                    }
+                }
+            }
+            None => tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind"),
+        };
         self.addr = listener.local_addr().expect("addr");
         let store = SledStore::open(self.data_dir.path(), self.keys.keyring().expect("keys"))
             .expect("open store");
@@ -150,7 +166,18 @@ impl TestServer {
     /// Stops and starts again on the same data dir (new port).
     pub async fn restart(&mut self) {
         self.stop().await;
-        self.boot().await;
+        self.boot(None).await;
+    }
+
+    /// Stops and starts again on the same address, as a redeploy does.
+    pub async fn restart_same_port(&mut self) {
+        self.stop().await;
+        self.boot(Some(self.addr)).await;
+    }
+
+    /// The gRPC endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     pub async fn channel(&self) -> Channel {

@@ -1,0 +1,127 @@
+//! Typed errors, mapped back from gRPC status codes and `ErrorInfo`, so
+//! callers match on variants instead of parsing messages.
+
+use std::time::Duration;
+
+use tonic::Code;
+use tonic_types::StatusExt;
+
+/// What a tokend call can fail with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The grant is revoked; the customer must reconnect. `provider_error`
+    /// is the provider's code, e.g. `invalid_grant`.
+    #[error("connection {connection_id} requires reconnecting ({provider_error})")]
+    ReconnectRequired {
+        connection_id: String,
+        reason: String,
+        provider_error: String,
+    },
+    #[error("connection {connection_id} not found")]
+    NotFound { connection_id: String },
+    /// The provider is failing and no valid token is left; retry after
+    /// `retry_after` when given.
+    #[error("unavailable: {message}")]
+    Unavailable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("invalid {field}: {description}")]
+    InvalidArgument { field: String, description: String },
+    #[error("permission denied: {message}")]
+    PermissionDenied { message: String },
+    #[error("unauthenticated: {message}")]
+    Unauthenticated { message: String },
+    /// The provider rejected tokend's client credentials (operator problem).
+    #[error("provider misconfigured: {message}")]
+    ProviderMisconfigured { message: String },
+    /// A rate limit or stream cap; retry after `retry_after` when given.
+    #[error("resource exhausted: {message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The broker could not be reached (down, restarting, network).
+    #[error("cannot reach tokend: {message}")]
+    Transport { message: String },
+    /// Any other status.
+    #[error("tokend answered {code:?}: {message}")]
+    Other { code: Code, message: String },
+    /// The upstream API still answered 401 after one refresh.
+    #[error("upstream rejected the refreshed token for connection {connection_id}")]
+    StillUnauthorized { connection_id: String },
+}
+
+impl Error {
+    /// Maps a status from tokend.
+    pub fn from_status(status: &tonic::Status) -> Self {
+        let info = status.get_details_error_info();
+        let reason = info.as_ref().map(|i| i.reason.as_str()).unwrap_or("");
+        let meta = |key: &str| {
+            info.as_ref()
+                .and_then(|i| i.metadata.get(key).cloned())
+                .unwrap_or_default()
+        };
+        let retry_after = status.get_details_retry_info().and_then(|r| r.retry_delay);
+        let message = status.message().to_owned();
+        match (status.code(), reason) {
+            (Code::FailedPrecondition, "RECONNECT_REQUIRED") => Error::ReconnectRequired {
+                connection_id: meta("connection_id"),
+                reason: meta("provider_message"),
+                provider_error: meta("provider_error"),
+            },
+            (Code::FailedPrecondition, "PROVIDER_MISCONFIGURED") => {
+                Error::ProviderMisconfigured { message }
+            }
+            (Code::NotFound, _) => Error::NotFound {
+                connection_id: meta("connection_id"),
+            },
+            (Code::InvalidArgument, _) => {
+                let violation = status
+                    .get_details_bad_request()
+                    .and_then(|b| b.field_violations.into_iter().next());
+                Error::InvalidArgument {
+                    field: violation
+                        .as_ref()
+                        .map(|v| v.field.clone())
+                        .unwrap_or_else(|| meta("field")),
+                    description: violation.map(|v| v.description).unwrap_or(message),
+                }
+            }
+            (Code::PermissionDenied, _) => Error::PermissionDenied { message },
+            (Code::Unauthenticated, _) => Error::Unauthenticated { message },
+            (Code::ResourceExhausted, _) => Error::ResourceExhausted {
+                message,
+                retry_after,
+            },
+            // UNAVAILABLE without tokend's ErrorInfo comes from the transport:
+            // the broker is down or restarting.
+            (Code::Unavailable, "") => Error::Transport { message },
+            (Code::Unavailable, _) => Error::Unavailable {
+                message,
+                retry_after,
+            },
+            (code, _) => Error::Other { code, message },
+        }
+    }
+
+    /// Whether retrying the same call later may succeed: transport trouble
+    /// while the broker restarts.
+    pub fn is_transient_transport(&self) -> bool {
+        matches!(self, Error::Transport { .. })
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        Error::from_status(&status)
+    }
+}
+
+impl From<tonic::transport::Error> for Error {
+    fn from(e: tonic::transport::Error) -> Self {
+        Error::Transport {
+            message: e.to_string(),
+        }
+    }
+}

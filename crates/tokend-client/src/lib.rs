@@ -1,0 +1,381 @@
+//! The Rust client for tokend: typed calls and errors, deadlines, retries
+//! across broker restarts, a local token cache with singleflight, watch
+//! streams that resume, and refresh-and-retry middleware for reqwest.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), tokend_client::Error> {
+//! let tokend = tokend_client::Client::builder("http://127.0.0.1:50051").api_key("KEY").connect().await?;
+//! let token = tokend.token("hubspot-portal-123").await?;
+//! # Ok(()) }
+//! ```
+
+mod error;
+pub mod middleware;
+mod watch;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+pub use error::Error;
+use secrecy::SecretString;
+use tokend_proto::v1::{self as pb, token_service_client::TokenServiceClient};
+use tokio::time::Instant;
+use tonic::{
+    Request,
+    metadata::AsciiMetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+pub use watch::{WatchEvent, WatchEventKind};
+
+pub use tokend_proto::v1::{Connection, ConnectionStatus};
+
+/// An access token as tokend handed it out.
+#[derive(Clone, Debug)]
+pub struct Token {
+    pub connection_id: String,
+    /// The secret; `expose_secret()` it into an Authorization header only.
+    pub access_token: SecretString,
+    pub token_type: String,
+    /// When it expires by this process's monotonic clock, computed from the
+    /// `expires_in_seconds` tokend sent, so clock skew does not matter.
+    pub expires_at: Instant,
+    pub version: u64,
+    pub scopes: Vec<String>,
+    pub account_id: String,
+    /// Validity left when it was received, for sizing the cache margin.
+    received_ttl: Duration,
+}
+
+impl Token {
+    fn from_pb(t: pb::AccessToken, received: Instant) -> Self {
+        Token {
+            connection_id: t.connection_id,
+            access_token: SecretString::from(t.access_token),
+            token_type: t.token_type,
+            expires_at: received + Duration::from_secs(t.expires_in_seconds.max(0) as u64),
+            version: t.version,
+            scopes: t.scopes,
+            account_id: t.account_id,
+            received_ttl: Duration::from_secs(t.expires_in_seconds.max(0) as u64),
+        }
+    }
+
+    /// Time left before expiry.
+    pub fn ttl(&self) -> Duration {
+        self.expires_at.saturating_duration_since(Instant::now())
+    }
+}
+
+/// What a `ForceRefresh` names as rejected upstream.
+#[derive(Clone, Debug)]
+pub enum Rejected {
+    /// The version the token came with (preferred: no secret on the wire).
+    Version(u64),
+    AccessToken(SecretString),
+    /// Refresh whatever is current.
+    Unconditional,
+}
+
+/// Sends the API key with every call.
+#[derive(Clone)]
+struct ApiKey(Option<AsciiMetadataValue>);
+
+impl Interceptor for ApiKey {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
+        if let Some(key) = &self.0 {
+            request.metadata_mut().insert("x-api-key", key.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Configures a [`Client`].
+pub struct ClientBuilder {
+    endpoint: String,
+    api_key: Option<String>,
+    tls: Option<ClientTlsConfig>,
+    timeout: Duration,
+    transport_retries: u32,
+    cache_margin: Duration,
+}
+
+impl ClientBuilder {
+    /// Sends `key` as `x-api-key` on every call.
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(key.into());
+        self
+    }
+
+    /// TLS with the CA that signed tokend's certificate, and optionally a
+    /// client certificate (mutual TLS).
+    pub fn tls(mut self, ca_pem: &[u8], domain: &str, client: Option<(&[u8], &[u8])>) -> Self {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name(domain);
+        if let Some((cert, key)) = client {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Deadline of every call (default 10 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Retries of a call that could not reach the broker (default 5, with
+    /// exponential backoff from 100 ms), to ride out a restart.
+    pub fn transport_retries(mut self, retries: u32) -> Self {
+        self.transport_retries = retries;
+        self
+    }
+
+    /// The cache hands out a token only while more than this is left
+    /// (default 30 s, capped at a quarter of the token's lifetime).
+    pub fn cache_margin(mut self, margin: Duration) -> Self {
+        self.cache_margin = margin;
+        self
+    }
+
+    /// Builds the client. The channel connects lazily and reconnects by
+    /// itself, so a broker that is not up yet is not an error here.
+    pub async fn connect(self) -> Result<Client, Error> {
+        let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
+            .map_err(|e| Error::InvalidArgument {
+                field: "endpoint".into(),
+                description: e.to_string(),
+            })?
+            .timeout(self.timeout)
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        if let Some(tls) = self.tls {
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let channel = endpoint.connect_lazy();
+        let api_key = match self.api_key {
+            Some(k) => Some(k.parse().map_err(|_| Error::InvalidArgument {
+                field: "api_key".into(),
+                description: "not valid in a gRPC header".into(),
+            })?),
+            None => None,
+        };
+        Ok(Client {
+            inner: TokenServiceClient::with_interceptor(channel, ApiKey(api_key)),
+            retries: self.transport_retries,
+            cache_margin: self.cache_margin,
+            cache: Arc::default(),
+        })
+    }
+}
+
+type Inner = TokenServiceClient<InterceptedService<Channel, ApiKey>>;
+
+/// One cached token per connection, each behind its own async mutex: the
+/// mutex is the singleflight (one broker call per connection at a time).
+type Cache = Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Token>>>>>;
+
+/// A tokend client. Cheap to clone; clones share the channel and the cache.
+#[derive(Clone)]
+pub struct Client {
+    inner: Inner,
+    retries: u32,
+    cache_margin: Duration,
+    cache: Arc<Cache>,
+}
+
+impl Client {
+    pub fn builder(endpoint: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            endpoint: endpoint.into(),
+            api_key: None,
+            tls: None,
+            timeout: Duration::from_secs(10),
+            transport_retries: 5,
+            cache_margin: Duration::from_secs(30),
+        }
+    }
+
+    /// A client with default settings and no credentials.
+    pub async fn connect(endpoint: impl Into<String>) -> Result<Self, Error> {
+        Self::builder(endpoint).connect().await
+    }
+
+    /// Runs `call`, retrying with backoff while the broker is unreachable.
+    async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
+    where
+        F: FnMut(Inner) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0;
+        loop {
+            match call(self.inner.clone()).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(status) => {
+                    let e = Error::from_status(&status);
+                    if !e.is_transient_transport() || attempt >= self.retries {
+                        return Err(e);
+                    }
+                    attempt += 1;
+                    tracing::debug!(attempt, "tokend unreachable; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    /// A token with at least `min_ttl` left, straight from the broker.
+    pub async fn get_token(&self, connection_id: &str, min_ttl: Duration) -> Result<Token, Error> {
+        let request = pb::GetTokenRequest {
+            connection_id: connection_id.into(),
+            min_ttl_seconds: min_ttl.as_secs() as i64,
+        };
+        let received_by = Instant::now();
+        let r = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.get_token(request).await }
+            })
+            .await?;
+        let token = r.token.ok_or_else(|| Error::Other {
+            code: tonic::Code::Internal,
+            message: "reply without a token".into(),
+        })?;
+        Ok(Token::from_pb(token, received_by))
+    }
+
+    fn cache_slot(&self, connection_id: &str) -> Arc<tokio::sync::Mutex<Option<Token>>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(cache.entry(connection_id.to_owned()).or_default())
+    }
+
+    /// Whether a cached token may still be handed out: more than the margin
+    /// left, the margin being at most a quarter of what it had on arrival.
+    fn fresh_enough(&self, token: &Token) -> bool {
+        token.ttl() > self.cache_margin.min(token.received_ttl / 4)
+    }
+
+    /// A valid token from the local cache, asking the broker only when the
+    /// cached one is near expiry. Concurrent callers of one connection share
+    /// a single broker call.
+    pub async fn token(&self, connection_id: &str) -> Result<Token, Error> {
+        let slot = self.cache_slot(connection_id);
+        let mut cached = slot.lock().await;
+        if let Some(t) = cached.as_ref()
+            && self.fresh_enough(t)
+        {
+            return Ok(t.clone());
+        }
+        let token = self.get_token(connection_id, Duration::ZERO).await?;
+        *cached = Some(token.clone());
+        Ok(token)
+    }
+
+    /// Replaces a token the upstream API rejected. Returns the new token and
+    /// whether the provider was called.
+    pub async fn force_refresh(
+        &self,
+        connection_id: &str,
+        rejected: Rejected,
+    ) -> Result<(Token, bool), Error> {
+        let rejected = match rejected {
+            Rejected::Version(v) => Some(pb::force_refresh_request::Rejected::RejectedVersion(v)),
+            Rejected::AccessToken(t) => {
+                use secrecy::ExposeSecret;
+                Some(pb::force_refresh_request::Rejected::RejectedAccessToken(
+                    t.expose_secret().to_owned(),
+                ))
+            }
+            Rejected::Unconditional => None,
+        };
+        let request = pb::ForceRefreshRequest {
+            connection_id: connection_id.into(),
+            rejected,
+        };
+        let received_by = Instant::now();
+        let r = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.force_refresh(request).await }
+            })
+            .await?;
+        let token = Token::from_pb(
+            r.token.ok_or_else(|| Error::Other {
+                code: tonic::Code::Internal,
+                message: "reply without a token".into(),
+            })?,
+            received_by,
+        );
+        // The cache must not hand out the rejected token again.
+        *self.cache_slot(connection_id).lock().await = Some(token.clone());
+        Ok((token, r.refreshed))
+    }
+
+    /// Installs (or replaces) a connection.
+    pub async fn install(&self, request: pb::InstallRequest) -> Result<pb::InstallResponse, Error> {
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.install(request).await }
+        })
+        .await
+    }
+
+    pub async fn get_connection(&self, connection_id: &str) -> Result<Connection, Error> {
+        let request = pb::GetConnectionRequest {
+            connection_id: connection_id.into(),
+        };
+        let r = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.get_connection(request).await }
+            })
+            .await?;
+        r.connection.ok_or_else(|| Error::Other {
+            code: tonic::Code::Internal,
+            message: "reply without a connection".into(),
+        })
+    }
+
+    /// One page of connections.
+    pub async fn list_connections(
+        &self,
+        request: pb::ListConnectionsRequest,
+    ) -> Result<pb::ListConnectionsResponse, Error> {
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.list_connections(request).await }
+        })
+        .await
+    }
+
+    pub async fn delete_connection(&self, connection_id: &str) -> Result<(), Error> {
+        let request = pb::DeleteConnectionRequest {
+            connection_id: connection_id.into(),
+        };
+        self.call(|mut c| {
+            let request = request.clone();
+            async move { c.delete_connection(request).await }
+        })
+        .await?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(connection_id);
+        Ok(())
+    }
+
+    /// Watches a connection: the current state first, then every change. If
+    /// the broker restarts, the stream re-subscribes by itself and yields the
+    /// current state again. It ends after `Deleted`, or with the error that
+    /// made resubscribing pointless (not found, permission denied, ...).
+    pub fn watch(&self, connection_id: &str) -> watch::WatchStream {
+        watch::WatchStream::start(self.inner.clone(), connection_id.to_owned())
+    }
+}

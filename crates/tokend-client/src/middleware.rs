@@ -1,0 +1,115 @@
+//! Refresh-and-retry for outgoing HTTP, as reqwest-middleware: inject
+//! `Authorization: Bearer`, and on a 401 ask tokend for a newer token and
+//! retry once. Only idempotent methods are replayed unless the caller opts
+//! in, because a replayed write can duplicate data.
+
+use http::{Extensions, Method, StatusCode, header::AUTHORIZATION};
+use reqwest::{Request, Response};
+use reqwest_middleware::{Middleware, Next};
+use secrecy::ExposeSecret;
+
+use crate::{Client, Error, Rejected, Token};
+
+/// The connection whose token a request should carry, when it differs from
+/// the middleware's default: put it in the request's extensions.
+#[derive(Clone, Debug)]
+pub struct ConnectionId(pub String);
+
+/// Authorizes requests with tokens from tokend.
+#[derive(Clone)]
+pub struct TokendAuth {
+    client: Client,
+    connection_id: String,
+    replay_non_idempotent: bool,
+}
+
+impl TokendAuth {
+    /// Tokens of `connection_id` for every request through this middleware.
+    pub fn new(client: Client, connection_id: impl Into<String>) -> Self {
+        Self {
+            client,
+            connection_id: connection_id.into(),
+            replay_non_idempotent: false,
+        }
+    }
+
+    /// Also retry POST and PATCH after a 401. Only for APIs where replaying
+    /// the write is safe (idempotency keys, upserts).
+    pub fn replay_non_idempotent(mut self, yes: bool) -> Self {
+        self.replay_non_idempotent = yes;
+        self
+    }
+
+    fn may_replay(&self, method: &Method) -> bool {
+        matches!(
+            *method,
+            Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+        ) || self.replay_non_idempotent
+    }
+}
+
+fn authorize(request: &mut Request, token: &Token) -> reqwest_middleware::Result<()> {
+    let value = format!("Bearer {}", token.access_token.expose_secret())
+        .parse()
+        .map_err(|_| {
+            reqwest_middleware::Error::middleware(Error::InvalidArgument {
+                field: "access_token".into(),
+                description: "not valid in an HTTP header".into(),
+            })
+        })?;
+    request.headers_mut().insert(AUTHORIZATION, value);
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Middleware for TokendAuth {
+    async fn handle(
+        &self,
+        mut request: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let connection_id = extensions
+            .get::<ConnectionId>()
+            .map(|c| c.0.clone())
+            .unwrap_or_else(|| self.connection_id.clone());
+        let token = self
+            .client
+            .token(&connection_id)
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?;
+        authorize(&mut request, &token)?;
+        // A streaming body cannot be cloned, so cannot be replayed either.
+        let replay = if self.may_replay(request.method()) {
+            request.try_clone()
+        } else {
+            None
+        };
+        let response = next.clone().run(request, extensions).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        // Refresh (or pick up a refresh someone else already made): the next
+        // request carries a good token either way.
+        let (fresh, _) = self
+            .client
+            .force_refresh(&connection_id, Rejected::Version(token.version))
+            .await
+            .map_err(reqwest_middleware::Error::middleware)?;
+        let Some(mut retry) = replay else {
+            tracing::debug!(
+                connection_id,
+                "401 on a non-idempotent request: not replayed"
+            );
+            return Ok(response);
+        };
+        authorize(&mut retry, &fresh)?;
+        let response = next.run(retry, extensions).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            return Err(reqwest_middleware::Error::middleware(
+                Error::StillUnauthorized { connection_id },
+            ));
+        }
+        Ok(response)
+    }
+}
