@@ -1,5 +1,9 @@
 //! The `tokend` binary: `serve` runs the broker (optionally with an
-//! in-process sandbox provider), `sandbox` runs the sandbox provider alone.
+//! in-process sandbox provider), `sandbox` runs the sandbox provider alone,
+//! `keys` manages encryption keys, and the client subcommands talk to a
+//! running broker.
+
+mod cli;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -37,6 +41,33 @@ enum Command {
     /// Manage the keys that encrypt tokens at rest.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Get or refresh a connection's access token.
+    Token {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(subcommand)]
+        command: cli::TokenCommand,
+    },
+    /// List, show or delete connections.
+    Connections {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(subcommand)]
+        command: cli::ConnectionsCommand,
+    },
+    /// Install a connection (code exchange or token import).
+    Install {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(flatten)]
+        install: cli::InstallArgs,
+    },
+    /// Stream a connection's state changes.
+    Watch {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        connection_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -168,6 +199,13 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => serve(args).await,
             Command::Sandbox(args) => sandbox(args).await,
             Command::Keys(KeysCommand::Rotate(args)) => rotate_keys(&args),
+            Command::Token { client, command } => cli::token(&client, command).await,
+            Command::Connections { client, command } => cli::connections(&client, command).await,
+            Command::Install { client, install } => cli::install(&client, install).await,
+            Command::Watch {
+                client,
+                connection_id,
+            } => cli::watch(&client, connection_id).await,
         }
     })
 }

@@ -1,6 +1,7 @@
 //! tokend's integration tests: one binary, real server, real HTTP provider.
 
 mod at_rest;
+mod cli;
 mod client;
 mod harness;
 mod reflection;

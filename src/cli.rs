@@ -1,0 +1,375 @@
+//! The client subcommands of the `tokend` binary (`token`, `connections`,
+//! `install`, `watch`), built on `tokend-client`. Human-readable by
+//! default, `--json` for scripts; only `token get` ever prints a secret.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand, ValueEnum};
+use futures::StreamExt as _;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use tokend_client::{Client, Rejected, WatchEventKind};
+use tokend_proto::v1 as pb;
+
+/// Where the broker is and who we are.
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// tokend's gRPC endpoint.
+    #[arg(
+        long,
+        env = "TOKEND_ENDPOINT",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub endpoint: String,
+    /// API key sent as x-api-key.
+    #[arg(long, env = "TOKEND_API_KEY", hide_env_values = true, global = true)]
+    pub api_key: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Print a valid access token (the only command that prints a secret).
+    Get {
+        connection_id: String,
+        /// Least validity needed, in seconds.
+        #[arg(long, default_value_t = 0)]
+        min_ttl: u64,
+    },
+    /// Replace a token the upstream API rejected; prints metadata only.
+    Refresh {
+        connection_id: String,
+        /// The version that was rejected (refresh only if still current).
+        #[arg(long)]
+        rejected_version: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConnectionsCommand {
+    /// List connections.
+    List {
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long, value_enum)]
+        status: Option<StatusArg>,
+    },
+    /// Show one connection's metadata.
+    Show { connection_id: String },
+    /// Delete a connection and its tokens.
+    Delete { connection_id: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum StatusArg {
+    Active,
+    ReconnectRequired,
+}
+
+/// Install a connection from an authorization code or an existing token set.
+#[derive(Args)]
+pub struct InstallArgs {
+    #[arg(long)]
+    provider: String,
+    #[arg(long)]
+    connection_id: Option<String>,
+    #[arg(long)]
+    account_id: Option<String>,
+    /// Authorization code to exchange.
+    #[arg(long, conflicts_with = "access_token")]
+    code: Option<String>,
+    #[arg(long, requires = "code")]
+    redirect_uri: Option<String>,
+    #[arg(
+        long,
+        requires = "code",
+        env = "TOKEND_CODE_VERIFIER",
+        hide_env_values = true
+    )]
+    code_verifier: Option<String>,
+    /// Access token to import (prefer the env var: command lines are visible to other users).
+    #[arg(long, env = "TOKEND_IMPORT_ACCESS_TOKEN", hide_env_values = true)]
+    access_token: Option<String>,
+    #[arg(long, env = "TOKEND_IMPORT_REFRESH_TOKEN", hide_env_values = true)]
+    refresh_token: Option<String>,
+    /// Seconds of validity left on the imported access token.
+    #[arg(long, default_value_t = 0)]
+    expires_in: i64,
+    #[arg(long = "scope")]
+    scopes: Vec<String>,
+}
+
+fn status_name(status: i32) -> &'static str {
+    match pb::ConnectionStatus::try_from(status) {
+        Ok(pb::ConnectionStatus::Active) => "active",
+        Ok(pb::ConnectionStatus::ReconnectRequired) => "reconnect_required",
+        _ => "unspecified",
+    }
+}
+
+fn ts(t: &Option<prost_types::Timestamp>) -> Value {
+    t.as_ref()
+        .map_or(Value::Null, |t| Value::String(t.to_string()))
+}
+
+/// A connection as JSON: metadata only.
+fn connection_json(c: &pb::Connection) -> Value {
+    json!({
+        "connection_id": c.connection_id,
+        "provider": c.provider,
+        "account_id": c.account_id,
+        "status": status_name(c.status),
+        "version": c.version,
+        "scopes": c.scopes,
+        "access_token_expires_at": ts(&c.access_token_expires_at),
+        "last_refresh_at": ts(&c.last_refresh_at),
+        "next_refresh_at": ts(&c.next_refresh_at),
+        "created_at": ts(&c.created_at),
+        "updated_at": ts(&c.updated_at),
+        "last_error": c.last_error.as_ref().map(|e| json!({
+            "code": e.code,
+            "message": e.message,
+            "correlation_id": e.correlation_id,
+            "http_status": e.http_status,
+            "occurred_at": ts(&e.occurred_at),
+        })),
+    })
+}
+
+fn connection_text(c: &pb::Connection) -> String {
+    let mut out = format!(
+        "{}\n  provider:    {}\n  account:     {}\n  status:      {}\n  version:     {}\n  expires at:  {}\n  next refresh {}\n",
+        c.connection_id,
+        c.provider,
+        c.account_id,
+        status_name(c.status),
+        c.version,
+        ts(&c.access_token_expires_at).as_str().unwrap_or("-"),
+        ts(&c.next_refresh_at).as_str().unwrap_or("-"),
+    );
+    if let Some(e) = &c.last_error {
+        out.push_str(&format!(
+            "  last error:  {} ({}) {}{}\n",
+            e.code,
+            e.http_status,
+            e.message,
+            if e.correlation_id.is_empty() {
+                String::new()
+            } else {
+                format!(" [correlation {}]", e.correlation_id)
+            }
+        ));
+    }
+    out
+}
+
+async fn client(args: &ClientArgs) -> anyhow::Result<Client> {
+    let mut builder = Client::builder(args.endpoint.clone());
+    if let Some(key) = &args.api_key {
+        builder = builder.api_key(key.clone());
+    }
+    Ok(builder.connect().await?)
+}
+
+fn print(args: &ClientArgs, json: Value, text: String) {
+    if args.json {
+        println!("{json}");
+    } else {
+        print!("{text}");
+    }
+}
+
+pub async fn token(args: &ClientArgs, command: TokenCommand) -> anyhow::Result<()> {
+    let tokend = client(args).await?;
+    match command {
+        TokenCommand::Get {
+            connection_id,
+            min_ttl,
+        } => {
+            let t = tokend
+                .get_token(&connection_id, Duration::from_secs(min_ttl))
+                .await?;
+            print(
+                args,
+                json!({
+                    "connection_id": t.connection_id,
+                    "access_token": t.access_token.expose_secret(),
+                    "token_type": t.token_type,
+                    "expires_in_seconds": t.ttl().as_secs(),
+                    "version": t.version,
+                    "scopes": t.scopes,
+                    "account_id": t.account_id,
+                }),
+                format!("{}\n", t.access_token.expose_secret()),
+            );
+        }
+        TokenCommand::Refresh {
+            connection_id,
+            rejected_version,
+        } => {
+            let rejected = rejected_version.map_or(Rejected::Unconditional, Rejected::Version);
+            let (t, refreshed) = tokend.force_refresh(&connection_id, rejected).await?;
+            print(
+                args,
+                json!({
+                    "connection_id": t.connection_id,
+                    "refreshed": refreshed,
+                    "version": t.version,
+                    "expires_in_seconds": t.ttl().as_secs(),
+                }),
+                format!(
+                    "{}: {} version {}, expires in {} s\n",
+                    t.connection_id,
+                    if refreshed {
+                        "refreshed to"
+                    } else {
+                        "already newer:"
+                    },
+                    t.version,
+                    t.ttl().as_secs()
+                ),
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn connections(args: &ClientArgs, command: ConnectionsCommand) -> anyhow::Result<()> {
+    let tokend = client(args).await?;
+    match command {
+        ConnectionsCommand::List { provider, status } => {
+            let status = match status {
+                None => pb::ConnectionStatus::Unspecified,
+                Some(StatusArg::Active) => pb::ConnectionStatus::Active,
+                Some(StatusArg::ReconnectRequired) => pb::ConnectionStatus::ReconnectRequired,
+            };
+            let mut all = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = tokend
+                    .list_connections(pb::ListConnectionsRequest {
+                        page_size: 500,
+                        page_token: page_token.clone(),
+                        provider: provider.clone().unwrap_or_default(),
+                        status: status as i32,
+                    })
+                    .await?;
+                all.extend(page.connections);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            let mut text = format!(
+                "{:<40} {:<12} {:<20} {:<20} {:>7}\n",
+                "CONNECTION", "PROVIDER", "ACCOUNT", "STATUS", "VERSION"
+            );
+            for c in &all {
+                text.push_str(&format!(
+                    "{:<40} {:<12} {:<20} {:<20} {:>7}\n",
+                    c.connection_id,
+                    c.provider,
+                    c.account_id,
+                    status_name(c.status),
+                    c.version
+                ));
+            }
+            print(
+                args,
+                Value::Array(all.iter().map(connection_json).collect()),
+                text,
+            );
+        }
+        ConnectionsCommand::Show { connection_id } => {
+            let c = tokend.get_connection(&connection_id).await?;
+            print(args, connection_json(&c), connection_text(&c));
+        }
+        ConnectionsCommand::Delete { connection_id } => {
+            tokend.delete_connection(&connection_id).await?;
+            print(
+                args,
+                json!({"deleted": connection_id}),
+                format!("deleted {connection_id}\n"),
+            );
+        }
+    }
+    Ok(())
+}
+
+pub async fn install(args: &ClientArgs, install: InstallArgs) -> anyhow::Result<()> {
+    let tokend = client(args).await?;
+    let grant = match (install.code, install.access_token) {
+        (Some(code), None) => {
+            pb::install_request::Grant::AuthorizationCode(pb::AuthorizationCode {
+                code,
+                redirect_uri: install.redirect_uri.unwrap_or_default(),
+                code_verifier: install.code_verifier.unwrap_or_default(),
+            })
+        }
+        (None, Some(access_token)) => pb::install_request::Grant::TokenImport(pb::TokenImport {
+            access_token,
+            refresh_token: install.refresh_token.unwrap_or_default(),
+            expires_in_seconds: install.expires_in,
+            scopes: install.scopes,
+            token_type: String::new(),
+        }),
+        _ => anyhow::bail!("give either --code or --access-token"),
+    };
+    let r = tokend
+        .install(pb::InstallRequest {
+            provider: install.provider,
+            connection_id: install.connection_id.unwrap_or_default(),
+            account_id: install.account_id.unwrap_or_default(),
+            grant: Some(grant),
+        })
+        .await?;
+    let c = r.connection.context("reply without a connection")?;
+    let verb = if r.replayed {
+        "already installed"
+    } else if r.created {
+        "created"
+    } else {
+        "replaced"
+    };
+    print(
+        args,
+        json!({"created": r.created, "replayed": r.replayed, "connection": connection_json(&c)}),
+        format!("{verb}: {}", connection_text(&c)),
+    );
+    Ok(())
+}
+
+pub async fn watch(args: &ClientArgs, connection_id: String) -> anyhow::Result<()> {
+    let tokend = client(args).await?;
+    let mut events = tokend.watch(&connection_id);
+    while let Some(event) = events.next().await {
+        let event = event?;
+        let kind = match event.kind {
+            WatchEventKind::Snapshot => "snapshot",
+            WatchEventKind::TokenRotated => "token_rotated",
+            WatchEventKind::StatusChanged => "status_changed",
+            WatchEventKind::RefreshFailed => "refresh_failed",
+            WatchEventKind::Deleted => "deleted",
+        };
+        let c = &event.connection;
+        print(
+            args,
+            json!({"event": kind, "connection": connection_json(c)}),
+            format!(
+                "{kind}: {} status={} version={}{}\n",
+                c.connection_id,
+                status_name(c.status),
+                c.version,
+                c.last_error
+                    .as_ref()
+                    .map(|e| format!(" last_error={}", e.code))
+                    .unwrap_or_default()
+            ),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! The `tokend` client subcommands against a real broker: text and JSON
+//! output, and secrets printed by `token get` only.
+
+use std::process::Output;
+
+use crate::harness::TestServer;
+
+async fn tokend(server: &TestServer, args: &[&str]) -> Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"));
+    command
+        .args(args)
+        .env("TOKEND_ENDPOINT", server.endpoint())
+        .env_remove("TOKEND_API_KEY");
+    tokio::task::spawn_blocking(move || command.output().expect("tokend runs"))
+        .await
+        .expect("join")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_commands_work_and_print_secrets_only_for_token_get() {
+    let server = TestServer::start().await;
+    let issued = server.sandbox.issue_tokens("acct-cli", &["crm"]);
+
+    // Install by import, token through the environment.
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"));
+    command
+        .args([
+            "install",
+            "--provider",
+            "sandbox",
+            "--connection-id",
+            "cli-1",
+            "--account-id",
+            "acct-cli",
+            "--expires-in",
+            "1800",
+            "--json",
+        ])
+        .env("TOKEND_ENDPOINT", server.endpoint())
+        .env("TOKEND_IMPORT_ACCESS_TOKEN", &issued.access_token)
+        .env("TOKEND_IMPORT_REFRESH_TOKEN", &issued.refresh_token);
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let installed: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(installed["created"], true);
+    assert!(!stdout(&out).contains(&issued.access_token));
+
+    // token get: the access token alone on stdout.
+    let out = tokend(&server, &["token", "get", "cli-1"]).await;
+    assert!(out.status.success());
+    assert_eq!(stdout(&out).trim(), issued.access_token);
+
+    // token refresh: metadata only.
+    let out = tokend(&server, &["token", "refresh", "cli-1", "--json"]).await;
+    let refreshed: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(refreshed["refreshed"], true);
+    assert_eq!(refreshed["version"], 2);
+    assert!(!stdout(&out).contains("sbx_"));
+
+    // connections list/show: no secret, human and JSON.
+    let out = tokend(&server, &["connections", "list"]).await;
+    assert!(stdout(&out).contains("cli-1"));
+    let out = tokend(&server, &["connections", "show", "cli-1", "--json"]).await;
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(shown["status"], "active");
+    assert_eq!(shown["version"], 2);
+    assert!(!stdout(&out).contains("sbx_"));
+
+    // Errors: a clear message and a failing exit code.
+    let out = tokend(&server, &["token", "get", "nope"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+
+    let out = tokend(&server, &["connections", "delete", "cli-1"]).await;
+    assert!(out.status.success());
+    let out = tokend(&server, &["connections", "show", "cli-1"]).await;
+    assert!(!out.status.success());
+}
