@@ -4,14 +4,16 @@
 # Usage: scripts/walkthrough.sh [path/to/tokend]
 set -euo pipefail
 bin=${1:-target/debug/tokend}
-grpc=127.0.0.1:${WALKTHROUGH_GRPC_PORT:-56051}
-http=127.0.0.1:${WALKTHROUGH_HTTP_PORT:-56052}
+grpc=127.0.0.1:${WALKTHROUGH_GRPC_PORT:-27051}
+http=127.0.0.1:${WALKTHROUGH_HTTP_PORT:-27052}
 work=$(mktemp -d)
 "$bin" serve --sandbox --listen "$grpc" --sandbox-listen "$http" --data-dir "$work/data" >"$work/serve.log" 2>&1 &
 pid=$!
 watcher=
+example_pid=
 cleanup() {
   [ -n "$watcher" ] && kill "$watcher" 2>/dev/null || true
+  [ -n "$example_pid" ] && kill "$example_pid" 2>/dev/null || true
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
   rm -rf "$work"
@@ -39,6 +41,10 @@ expect "$out" '"version": "1"'
 
 grpcurl -plaintext -d '{"connection_id":"sandbox-portal-123"}' "$grpc" tokend.v1.TokenService/WatchConnection >"$work/watch.out" 2>&1 &
 watcher=$!
+# The Rust watcher example reacts to the same revocation.
+example="$(dirname "$bin")/examples/watcher"
+TOKEND_ENDPOINT="http://$grpc" "$example" sandbox-portal-123 >"$work/example.out" 2>&1 &
+example_pid=$!
 for _ in $(seq 1 50); do grep -q SNAPSHOT "$work/watch.out" && break; sleep 0.1; done
 grep -q SNAPSHOT "$work/watch.out" || fail "watcher saw no snapshot: $(cat "$work/watch.out")"
 
@@ -54,6 +60,15 @@ expect "$out" invalid_grant
 for _ in $(seq 1 50); do grep -q RECONNECT_REQUIRED "$work/watch.out" && break; sleep 0.1; done
 grep -q WATCH_EVENT_TYPE_TOKEN_ROTATED "$work/watch.out" || fail "watcher missed TOKEN_ROTATED: $(cat "$work/watch.out")"
 grep -q CONNECTION_STATUS_RECONNECT_REQUIRED "$work/watch.out" || fail "watcher missed RECONNECT_REQUIRED: $(cat "$work/watch.out")"
+for _ in $(seq 1 50); do kill -0 "$example_pid" 2>/dev/null || break; sleep 0.1; done
+wait "$example_pid" || fail "the watcher example failed: $(cat "$work/example.out")"
+grep -q "RECONNECT_REQUIRED sandbox-portal-123: invalid_grant" "$work/example.out" || fail "the watcher example missed it: $(cat "$work/example.out")"
+
+# The CLI, against the same server.
+out=$("$bin" connections list --endpoint "http://$grpc" --status reconnect-required --json)
+expect "$out" '"connection_id":"sandbox-portal-123"'
+out=$("$bin" token get sandbox-portal-123 --endpoint "http://$grpc" 2>&1 || true)
+expect "$out" "requires reconnecting"
 
 out=$(grpcurl -plaintext -d '{"status":"CONNECTION_STATUS_RECONNECT_REQUIRED"}' "$grpc" tokend.v1.TokenService/ListConnections)
 expect "$out" sandbox-portal-123
@@ -78,6 +93,7 @@ rc=0; wait "$pid" || rc=$?
 grep -q "tokend stopped" "$work/serve.log" || fail "no clean-stop line in the log"
 wait "$watcher" 2>/dev/null || true
 watcher=
+example_pid=
 
 # No secret in the server's log.
 if grep -q 'sbx_at_\|sbx_rt_\|sbx_code_\|sandbox-secret' "$work/serve.log"; then fail "a secret reached the log"; fi
