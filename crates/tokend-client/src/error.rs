@@ -125,3 +125,60 @@ impl From<tonic::transport::Error> for Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use tonic_types::ErrorDetails;
+
+    use super::*;
+
+    fn status(code: Code, reason: &str, metadata: &[(&str, &str)]) -> tonic::Status {
+        let metadata: HashMap<String, String> = metadata
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
+        let mut details = ErrorDetails::with_error_info(reason, "tokend.dev", metadata);
+        if code == Code::Unavailable {
+            details.set_retry_info(Some(Duration::from_secs(3)));
+        }
+        tonic::Status::with_error_details(code, "message", details)
+    }
+
+    #[test]
+    fn statuses_map_to_typed_errors() {
+        assert!(matches!(
+            Error::from_status(&status(Code::FailedPrecondition, "RECONNECT_REQUIRED", &[("connection_id", "c"), ("provider_error", "invalid_grant")])),
+            Error::ReconnectRequired { connection_id, provider_error, .. } if connection_id == "c" && provider_error == "invalid_grant"
+        ));
+        assert!(matches!(
+            Error::from_status(&status(Code::Unavailable, "PROVIDER_UNAVAILABLE", &[])),
+            Error::Unavailable { retry_after: Some(d), .. } if d == Duration::from_secs(3)
+        ));
+        assert!(matches!(
+            Error::from_status(&tonic::Status::unavailable("connection refused")),
+            Error::Transport { .. }
+        ));
+        assert!(matches!(
+            Error::from_status(&status(Code::InvalidArgument, "INVALID_ARGUMENT", &[("field", "min_ttl_seconds")])),
+            Error::InvalidArgument { field, .. } if field == "min_ttl_seconds"
+        ));
+        assert!(matches!(
+            Error::from_status(&status(
+                Code::FailedPrecondition,
+                "PROVIDER_MISCONFIGURED",
+                &[]
+            )),
+            Error::ProviderMisconfigured { .. }
+        ));
+        assert!(matches!(
+            Error::from_status(&status(Code::NotFound, "CONNECTION_NOT_FOUND", &[("connection_id", "x")])),
+            Error::NotFound { connection_id } if connection_id == "x"
+        ));
+        assert!(matches!(
+            Error::from_status(&tonic::Status::permission_denied("no")),
+            Error::PermissionDenied { .. }
+        ));
+    }
+}
