@@ -363,26 +363,16 @@ fn load_keys(
     Ok((keys, Some(path)))
 }
 
-/// Re-seals records still on an old key, logging the outcome.
+/// Re-seals records still on an old key (one pass: records already on the
+/// active key are skipped inside), logging the outcome.
 async fn reencrypt(store: &SledStore) {
-    match store.records_on_old_keys() {
+    match store.reencrypt().await {
         Ok(0) => {}
-        Ok(pending) => {
-            tracing::info!(
-                records = pending,
-                "re-encrypting records with the active key"
-            );
-            match store.reencrypt().await {
-                Ok(n) => tracing::info!(
-                    records = n,
-                    "re-encryption finished; older keys can be removed from the key file"
-                ),
-                Err(e) => {
-                    tracing::error!(error = %e, "re-encryption failed; old keys are still needed")
-                }
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "cannot scan records for re-encryption"),
+        Ok(n) => tracing::info!(
+            records = n,
+            "re-encryption finished; older keys can be removed from the key file"
+        ),
+        Err(e) => tracing::error!(error = %e, "re-encryption failed; old keys are still needed"),
     }
 }
 

@@ -100,6 +100,14 @@ impl Connection {
         next
     }
 
+    /// Whether this (newer) record replaced `base`'s grant: a newer token
+    /// version, or another refresh token (a re-install, another replica).
+    /// A writer that finds this after losing a compare-and-swap must use
+    /// this record instead of its own result.
+    pub fn supersedes(&self, base: &Connection) -> bool {
+        self.version > base.version || !self.tokens.same_refresh_token(&base.tokens)
+    }
+
     /// The record after a successful refresh that returned `fresh`.
     ///
     /// Keeps the current refresh token when the provider sent none (many

@@ -562,15 +562,33 @@ impl Engine {
     ) -> Result<Arc<Connection>, Failure> {
         let result = self.refresh_attempt(slot, id, base_version).await;
         if let Err(failure @ (Failure::Store(_) | Failure::Contended(_))) = &result {
-            let mut retry = lock(&slot.retry);
-            let delay = retry.next_delay(ErrorClass::Transient, None, &self.settings);
-            let not_before = self.clock.now().saturating_add(delay);
-            retry.not_before = Some(not_before);
-            retry.last_failure = Some(failure.clone());
-            drop(retry);
-            self.scheduler.schedule(id, not_before);
+            self.back_off(slot, id, ErrorClass::Transient, None, |_| failure.clone());
         }
         result
+    }
+
+    /// Puts a connection into backoff after a failed attempt: no provider
+    /// call before the delay passes (callers get `failure(delay)` meanwhile)
+    /// and a background retry scheduled then. Returns the delay.
+    fn back_off(
+        &self,
+        slot: &Slot,
+        id: &ConnectionId,
+        class: ErrorClass,
+        retry_after: Option<Duration>,
+        failure: impl FnOnce(Duration) -> Failure,
+    ) -> Duration {
+        let not_before;
+        let delay;
+        {
+            let mut retry = lock(&slot.retry);
+            delay = retry.next_delay(class, retry_after, &self.settings);
+            not_before = self.clock.now().saturating_add(delay);
+            retry.not_before = Some(not_before);
+            retry.last_failure = Some(failure(delay));
+        }
+        self.scheduler.schedule(id, not_before);
+        delay
     }
 
     /// Lease, re-read, call the provider (or persist a pending grant), and
@@ -717,9 +735,7 @@ impl Engine {
                 }
                 Err(StoreError::Conflict { .. }) => {
                     let latest = self.load_latest(&base.id).await?;
-                    if latest.version > base.version
-                        || !latest.tokens.same_refresh_token(&base.tokens)
-                    {
+                    if latest.supersedes(&base) {
                         // A re-install (or another replica) replaced the
                         // grant while we refreshed the old one: theirs wins.
                         tracing::warn!(connection_id = %base.id, "refresh result superseded by a concurrent write");
@@ -771,8 +787,7 @@ impl Engine {
             // Another writer may have rotated the token since we read it:
             // only a refusal of the token still stored means revocation.
             let latest = self.load_latest(&record.id).await?;
-            if latest.version > record.version || !latest.tokens.same_refresh_token(&record.tokens)
-            {
+            if latest.supersedes(&record) {
                 let latest = slot.advance(Arc::new(latest));
                 return match latest.status {
                     Status::Active => Ok(latest),
@@ -785,19 +800,13 @@ impl Engine {
             return self.mark_reconnect_required(slot, latest, last).await;
         }
 
-        let delay = {
-            let mut retry = lock(&slot.retry);
-            let delay = retry.next_delay(error.class, error.retry_after, &self.settings);
-            retry.not_before = Some(now.saturating_add(delay));
-            retry.last_failure = Some(Failure::Provider {
+        let delay = self.back_off(slot, &record.id, error.class, error.retry_after, |delay| {
+            Failure::Provider {
                 provider: provider.name.clone(),
                 error: last.clone(),
                 retry_after: Some(delay),
-            });
-            delay
-        };
-        self.scheduler
-            .schedule(&record.id, now.saturating_add(delay));
+            }
+        });
         if error.class == ErrorClass::ClientMisconfigured {
             tracing::error!(
                 provider = %provider.name,
@@ -867,9 +876,7 @@ impl Engine {
                 }
                 Err(StoreError::Conflict { .. }) => {
                     let latest = self.load_latest(&record.id).await?;
-                    if latest.version > record.version
-                        || !latest.tokens.same_refresh_token(&record.tokens)
-                    {
+                    if latest.supersedes(&record) {
                         // Re-installed meanwhile: the new grant stands.
                         return Ok(slot.advance(Arc::new(latest)));
                     }
@@ -931,21 +938,30 @@ impl Engine {
 
     // ---- background refresher ------------------------------------------
 
-    /// Schedules the next background refresh of an ACTIVE connection.
+    /// Schedules the next background refresh of an ACTIVE connection, never
+    /// sooner than MIN_REFRESH_INTERVAL from now: a provider granting
+    /// absurdly short tokens must not cause a refresh loop.
     fn schedule(&self, record: &Connection) {
+        self.schedule_no_sooner_than(record, MIN_REFRESH_INTERVAL);
+    }
+
+    /// Schedules `record`'s refresh when its policy says, but at least
+    /// `gap` from now. Unschedules connections that are not ACTIVE; returns
+    /// false when the connection's provider is not configured.
+    fn schedule_no_sooner_than(&self, record: &Connection, gap: Duration) -> bool {
         if record.status != Status::Active {
             self.scheduler.unschedule(&record.id);
-            return;
+            return true;
         }
-        if let Some(provider) = self.providers.get(&record.provider) {
-            // Never sooner than MIN_REFRESH_INTERVAL from now: a provider
-            // granting absurdly short tokens must not cause a refresh loop.
-            let due = provider
-                .refresh_policy
-                .refresh_due_at(&record.tokens)
-                .max(self.clock.now().saturating_add(MIN_REFRESH_INTERVAL));
-            self.scheduler.schedule(&record.id, due);
-        }
+        let Some(provider) = self.providers.get(&record.provider) else {
+            return false;
+        };
+        let due = provider
+            .refresh_policy
+            .refresh_due_at(&record.tokens)
+            .max(self.clock.now().saturating_add(gap));
+        self.scheduler.schedule(&record.id, due);
+        true
     }
 
     /// Loads every record at start-up: caches it and schedules its refresh.
@@ -964,18 +980,11 @@ impl Engine {
                 .await?;
             let Some(last) = page.last() else { break };
             after = Some(last.id.clone());
-            let now = self.clock.now();
             for record in page {
                 count += 1;
-                if record.status == Status::Active {
-                    if let Some(provider) = self.providers.get(&record.provider) {
-                        let due = provider.refresh_policy.refresh_due_at(&record.tokens);
-                        let spread = Duration::from_millis(spread_millis(&record.id));
-                        self.scheduler
-                            .schedule(&record.id, due.max(now.saturating_add(spread)));
-                    } else {
-                        tracing::warn!(connection_id = %record.id, provider = %record.provider, "connection's provider is not configured; not refreshing it");
-                    }
+                let spread = Duration::from_millis(spread_millis(&record.id));
+                if !self.schedule_no_sooner_than(&record, spread) {
+                    tracing::warn!(connection_id = %record.id, provider = %record.provider, "connection's provider is not configured; not refreshing it");
                 }
                 self.cache(record);
             }
