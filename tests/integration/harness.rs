@@ -46,6 +46,9 @@ pub struct Options {
     /// The key `client()` sends (an admin's, when identities are set).
     pub client_key: Option<String>,
     pub tls: Option<tokend_server::config::TlsSection>,
+    /// The provider's floor between unconditional ForceRefresh calls; most
+    /// tests force refreshes back to back, so none unless set.
+    pub min_refresh_interval: Option<Duration>,
 }
 
 /// A running tokend plus the sandbox it talks to.
@@ -122,13 +125,14 @@ impl TestServer {
         let store = SledStore::open(self.data_dir.path(), self.keys.keyring().expect("keys"))
             .expect("open store");
         let cfg = self.sandbox.config();
-        let provider = sandbox_provider(
+        let mut provider = sandbox_provider(
             "sandbox",
             &self.sandbox.token_url(),
             &cfg.client_id,
             &cfg.client_secret,
         )
         .expect("sandbox provider");
+        provider.min_refresh_interval = self.options.min_refresh_interval.unwrap_or_default();
         let config = ServerConfig {
             providers: vec![provider],
             engine: self.options.engine.clone(),

@@ -16,6 +16,10 @@ pub enum Error {
         connection_id: String,
         reason: String,
         provider_error: String,
+        /// Why: `REVOKED` (the user or portal revoked the grant),
+        /// `ROTATION_LOST` (lost in a refresh cut off by a crash), or
+        /// `NO_REFRESH_TOKEN`; empty from brokers that do not say.
+        cause: String,
     },
     #[error("connection {connection_id} not found")]
     NotFound { connection_id: String },
@@ -69,6 +73,7 @@ impl Error {
                 connection_id: meta("connection_id"),
                 reason: meta("provider_message"),
                 provider_error: meta("provider_error"),
+                cause: meta("cause"),
             },
             (Code::FailedPrecondition, "PROVIDER_MISCONFIGURED") => {
                 Error::ProviderMisconfigured { message }

@@ -16,6 +16,30 @@ pub enum Status {
     ReconnectRequired,
 }
 
+/// Why a connection became `ReconnectRequired`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReconnectCause {
+    /// The provider refused the grant: revoked by the user or portal.
+    Revoked,
+    /// The provider refused a refresh token that a refresh whose outcome
+    /// was lost (a crash mid-refresh) may have spent: lost in flight.
+    RotationLost,
+    /// No refresh token to renew with.
+    NoRefreshToken,
+}
+
+impl ReconnectCause {
+    /// The `ErrorInfo` metadata value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReconnectCause::Revoked => "REVOKED",
+            ReconnectCause::RotationLost => "ROTATION_LOST",
+            ReconnectCause::NoRefreshToken => "NO_REFRESH_TOKEN",
+        }
+    }
+}
+
 /// How a provider failure is classified. Each class has exactly one
 /// behaviour in the refresh engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -82,6 +106,8 @@ pub struct Connection {
     /// whose revision counter started again.
     pub incarnation: u64,
     pub status: Status,
+    /// Why the status is `ReconnectRequired`; `None` while `Active`.
+    pub reconnect_cause: Option<ReconnectCause>,
     pub last_error: Option<LastError>,
     pub last_refresh_at: Option<Timestamp>,
     pub created_at: Timestamp,
@@ -100,12 +126,14 @@ impl Connection {
         next
     }
 
-    /// Whether this (newer) record replaced `base`'s grant: a newer token
-    /// version, or another refresh token (a re-install, another replica).
-    /// A writer that finds this after losing a compare-and-swap must use
-    /// this record instead of its own result.
+    /// Whether this record holds another grant than `base`: another
+    /// refresh token (a rotation, a re-install, another replica), or another
+    /// incarnation. A version bump alone is not a new grant: an import that
+    /// keeps the refresh token changes the version but not the grant. A
+    /// writer that finds this after losing a compare-and-swap must use this
+    /// record instead of its own result.
     pub fn supersedes(&self, base: &Connection) -> bool {
-        self.version > base.version || !self.tokens.same_refresh_token(&base.tokens)
+        self.incarnation != base.incarnation || !self.tokens.same_refresh_token(&base.tokens)
     }
 
     /// The record after a successful refresh that returned `fresh`.
@@ -128,6 +156,7 @@ impl Connection {
         next.tokens = fresh;
         next.version += 1;
         next.status = Status::Active;
+        next.reconnect_cause = None;
         next.last_error = None;
         next.last_refresh_at = Some(now);
         next
@@ -158,6 +187,7 @@ mod tests {
             revision: 7,
             incarnation: 42,
             status: Status::Active,
+            reconnect_cause: None,
             last_error: None,
             last_refresh_at: None,
             created_at: Timestamp::from_unix_millis(0),

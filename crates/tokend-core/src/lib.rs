@@ -8,7 +8,7 @@ mod policy;
 mod token;
 
 pub use clock::{Clock, Timestamp};
-pub use connection::{Connection, ErrorClass, LastError, Status};
+pub use connection::{Connection, ErrorClass, LastError, ReconnectCause, Status};
 pub use id::{ConnectionId, IdError, ProviderName, derive_connection_id};
 pub use policy::RefreshPolicy;
 pub use token::{TokenSet, fingerprint};

@@ -138,6 +138,7 @@ pub(crate) fn classify(
             .or(header_correlation_id)
             .map(|c| sanitize(&c, secrets)),
         retry_after,
+        salvage: None,
     }
 }
 

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use tokend_core::{Clock, ErrorClass, TokenSet};
 
-use crate::{ClientAuth, ProviderConfig, ProviderError, classify, response};
+use crate::{ClientAuth, ProviderConfig, ProviderError, Salvage, classify, response};
 
 /// Limits for upstream calls.
 #[derive(Clone, Debug)]
@@ -62,6 +62,7 @@ fn transport_error(code: &str, message: &str) -> ProviderError {
         http_status: None,
         correlation_id: None,
         retry_after: None,
+        salvage: None,
     }
 }
 
@@ -200,35 +201,50 @@ impl ProviderClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| classify::retry_after(v, SystemTime::now()));
 
+        let success = (200..300).contains(&status);
+        // A 2xx whose body is lost may still have rotated the grant: say so,
+        // so the engine does not report the next refusal as a revocation.
+        let lost = |mut e: ProviderError| {
+            e.http_status = Some(status);
+            e.correlation_id = correlation_id.clone();
+            if success {
+                e.salvage = Some(Salvage {
+                    refresh_token: None,
+                });
+            }
+            e
+        };
         let mut body = Vec::new();
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     if body.len() + chunk.len() > self.max_response_bytes {
-                        let mut e = transport_error(
+                        return Err(lost(transport_error(
                             "response_too_large",
                             "token response exceeds the size limit",
-                        );
-                        e.http_status = Some(status);
-                        return Err(e);
+                        )));
                     }
                     body.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let mut err = if e.is_timeout() {
+                    return Err(lost(if e.is_timeout() {
                         transport_error("timeout", "token endpoint timed out")
                     } else {
                         transport_error("http_error", "reading the token response failed")
-                    };
-                    err.http_status = Some(status);
-                    return Err(err);
+                    }));
                 }
             }
         }
 
-        if (200..300).contains(&status) {
-            let parsed = response::parse(config, &body, status, correlation_id.clone(), sent_at)?;
+        if success {
+            let parsed = response::parse(config, &body, status, correlation_id.clone(), sent_at)
+                .map_err(|mut e| {
+                    e.salvage = Some(Salvage {
+                        refresh_token: response::salvage_refresh_token(&body),
+                    });
+                    e
+                })?;
             Ok(TokenGrant {
                 tokens: parsed.tokens,
                 account_id: parsed.account_id,

@@ -43,6 +43,18 @@ pub struct ProviderConfig {
     /// provider sends one (`account_id` for the sandbox, `hub_id` where a
     /// HubSpot-style endpoint adds it).
     pub account_id_field: Option<String>,
+    /// How long the provider keeps accepting a refresh token after rotating
+    /// it (0: strict rotation). Within it, a refresh refused after a crash is
+    /// retried once with the previous refresh token before giving up.
+    pub rotation_grace: Duration,
+    /// Least time between two on-demand refreshes that name no rejected
+    /// token or version: `ForceRefresh` inside it returns the current token.
+    pub min_refresh_interval: Duration,
+}
+
+impl ProviderConfig {
+    /// Default of `min_refresh_interval`.
+    pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 }
 
 impl fmt::Debug for ProviderConfig {
@@ -58,6 +70,8 @@ impl fmt::Debug for ProviderConfig {
             .field("refresh_policy", &self.refresh_policy)
             .field("dialect", &self.dialect)
             .field("account_id_field", &self.account_id_field)
+            .field("rotation_grace", &self.rotation_grace)
+            .field("min_refresh_interval", &self.min_refresh_interval)
             .finish()
     }
 }

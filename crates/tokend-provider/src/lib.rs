@@ -5,19 +5,22 @@
 mod classify;
 mod client;
 mod config;
+mod endpoint;
 mod response;
 
 pub use client::{HttpSettings, ProviderClient, TokenGrant};
 pub use config::{ClientAuth, Dialect, ProviderConfig};
+pub use endpoint::TokenEndpoint;
 pub use reqwest::Url;
 
 use std::time::Duration;
 
+use secrecy::SecretString;
 use tokend_core::{ErrorClass, LastError, Timestamp};
 
 /// A failed provider call, classified. `message` is truncated and stripped of
 /// every secret tokend sent, so it is safe to log, store and return.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("provider {class} error {code}: {message}", class = class.as_str())]
 pub struct ProviderError {
     pub class: ErrorClass,
@@ -28,6 +31,19 @@ pub struct ProviderError {
     pub correlation_id: Option<String>,
     /// From `Retry-After`, when the provider sent one.
     pub retry_after: Option<Duration>,
+    /// Set when the provider answered 2xx but the answer could not be used
+    /// (failed validation, too large, cut off): the provider may have
+    /// rotated the grant all the same.
+    pub salvage: Option<Salvage>,
+}
+
+/// What is left of a 2xx token answer that failed validation.
+#[derive(Clone, Debug)]
+pub struct Salvage {
+    /// The refresh token the answer carried, when it could still be read:
+    /// with a rotating provider it is the only live one, so the engine
+    /// persists it before anything else.
+    pub refresh_token: Option<SecretString>,
 }
 
 impl ProviderError {

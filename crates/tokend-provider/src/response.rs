@@ -22,6 +22,7 @@ fn malformed(message: &str, http_status: u16, correlation_id: Option<String>) ->
         http_status: Some(http_status),
         correlation_id,
         retry_after: None,
+        salvage: None,
     }
 }
 
@@ -76,6 +77,24 @@ fn account_id(value: Option<&Value>) -> Option<String> {
     match value? {
         Value::String(s) if !s.is_empty() && s.len() <= 256 => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The refresh token of a 2xx body that failed validation, if one can still
+/// be read: a non-empty JSON string of storable size with no whitespace or
+/// control characters. With a rotating provider it is the only live one.
+pub(crate) fn salvage_refresh_token(body: &[u8]) -> Option<SecretString> {
+    const MAX_SALVAGED_LEN: usize = 16 * 1024;
+    let json: Value = serde_json::from_slice(body).ok()?;
+    match json.get("refresh_token")? {
+        Value::String(s)
+            if !s.is_empty()
+                && s.len() <= MAX_SALVAGED_LEN
+                && !s.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            Some(SecretString::from(s.as_str()))
+        }
         _ => None,
     }
 }
@@ -150,6 +169,8 @@ mod tests {
             refresh_policy: Default::default(),
             dialect: Dialect::Rfc6749,
             account_id_field: Some("hub_id".into()),
+            rotation_grace: Duration::ZERO,
+            min_refresh_interval: ProviderConfig::DEFAULT_MIN_REFRESH_INTERVAL,
         }
     }
 

@@ -21,6 +21,8 @@ fn config(sandbox: &Sandbox, auth: ClientAuth, dialect: Dialect) -> ProviderConf
         refresh_policy: RefreshPolicy::default(),
         dialect,
         account_id_field: Some("account_id".into()),
+        rotation_grace: Duration::ZERO,
+        min_refresh_interval: ProviderConfig::DEFAULT_MIN_REFRESH_INTERVAL,
     }
 }
 

@@ -40,8 +40,9 @@ impl AuditLog {
     }
 
     /// Appends to `path` (created 0600 if absent; opened in append mode, so
-    /// existing lines are never rewritten).
-    pub fn open(path: &Path) -> std::io::Result<Self> {
+    /// existing lines are never rewritten). The writer thread ends once every
+    /// clone of the log is dropped; join it with [`AuditWriter::join`].
+    pub fn open(path: &Path) -> std::io::Result<(Self, AuditWriter)> {
         let mut options = OpenOptions::new();
         options.create(true).append(true);
         #[cfg(unix)]
@@ -51,7 +52,7 @@ impl AuditLog {
         }
         let file = options.open(path)?;
         let (tx, rx) = mpsc::sync_channel::<AuditRecord>(4096);
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("tokend-audit".into())
             .spawn(move || {
                 let mut out = BufWriter::new(file);
@@ -68,9 +69,10 @@ impl AuditLog {
                     }
                 }
             })?;
-        Ok(Self { tx: Some(tx) })
+        Ok((Self { tx: Some(tx) }, AuditWriter { thread }))
     }
 
+    /// Records one call.
     pub fn record(
         &self,
         at: Timestamp,
@@ -94,6 +96,21 @@ impl AuditLog {
         };
         if tx.try_send(record).is_err() {
             tracing::error!(rpc, "audit log queue full or closed; a record was dropped");
+        }
+    }
+}
+
+/// The audit log's writer thread, owned by whoever shuts the server down.
+pub struct AuditWriter {
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl AuditWriter {
+    /// Waits until every queued record is written. Call after the last
+    /// `AuditLog` clone is dropped, or it waits for that.
+    pub fn join(self) {
+        if self.thread.join().is_err() {
+            tracing::error!("the audit log writer panicked");
         }
     }
 }

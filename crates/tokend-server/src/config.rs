@@ -107,6 +107,12 @@ pub struct ProviderSection {
     pub default_lifetime_secs: Option<u64>,
     pub refresh_buffer_secs: Option<u64>,
     pub account_id_field: Option<String>,
+    /// Seconds the provider keeps accepting a rotated-out refresh token
+    /// (0, the default: strict rotation).
+    pub rotation_grace_secs: Option<u64>,
+    /// Least seconds between two `ForceRefresh` calls that name no rejected
+    /// token or version [default: 5].
+    pub min_refresh_interval_secs: Option<u64>,
 }
 
 /// HubSpot's token endpoint.
@@ -252,6 +258,11 @@ impl ProviderSection {
                 .account_id_field
                 .clone()
                 .or_else(|| sandbox.then(|| "account_id".to_owned())),
+            rotation_grace: Duration::from_secs(self.rotation_grace_secs.unwrap_or(0)),
+            min_refresh_interval: self.min_refresh_interval_secs.map_or(
+                ProviderConfig::DEFAULT_MIN_REFRESH_INTERVAL,
+                Duration::from_secs,
+            ),
         })
     }
 }

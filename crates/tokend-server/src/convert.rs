@@ -3,7 +3,7 @@
 //! token anywhere.
 
 use secrecy::ExposeSecret;
-use tokend_core::{Connection, ErrorClass, LastError, Status, Timestamp};
+use tokend_core::{Connection, ErrorClass, LastError, ReconnectCause, Status, Timestamp};
 use tokend_proto::v1 as pb;
 
 pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
@@ -41,8 +41,27 @@ pub fn provider_error(e: &LastError) -> pb::ProviderError {
     }
 }
 
-/// A connection's metadata, without secrets.
-pub fn connection(c: &Connection, next_refresh_at: Option<Timestamp>) -> pb::Connection {
+pub fn reconnect_cause(c: ReconnectCause) -> pb::ReconnectCause {
+    match c {
+        ReconnectCause::Revoked => pb::ReconnectCause::Revoked,
+        ReconnectCause::RotationLost => pb::ReconnectCause::RotationLost,
+        ReconnectCause::NoRefreshToken => pb::ReconnectCause::NoRefreshToken,
+    }
+}
+
+/// What the engine knows about a connection beyond its record.
+#[derive(Default)]
+pub struct Live {
+    /// When the background refresher will next renew it.
+    pub next_refresh_at: Option<Timestamp>,
+    /// Why its provider fails for every connection (breaker open).
+    pub provider_trouble: Option<LastError>,
+}
+
+/// A connection's metadata, without secrets. `last_error` is the
+/// connection's own, or else the provider's trouble while its breaker is
+/// open.
+pub fn connection(c: &Connection, live: Live) -> pb::Connection {
     pb::Connection {
         connection_id: c.id.to_string(),
         provider: c.provider.to_string(),
@@ -53,10 +72,18 @@ pub fn connection(c: &Connection, next_refresh_at: Option<Timestamp>) -> pb::Con
         token_type: c.tokens.token_type.clone(),
         access_token_expires_at: Some(timestamp(c.tokens.expires_at)),
         last_refresh_at: c.last_refresh_at.map(timestamp),
-        last_error: c.last_error.as_ref().map(provider_error),
+        last_error: c
+            .last_error
+            .as_ref()
+            .or(live.provider_trouble.as_ref())
+            .map(provider_error),
         created_at: Some(timestamp(c.created_at)),
         updated_at: Some(timestamp(c.updated_at)),
-        next_refresh_at: next_refresh_at.map(timestamp),
+        next_refresh_at: live.next_refresh_at.map(timestamp),
+        reconnect_cause: c
+            .reconnect_cause
+            .map_or(pb::ReconnectCause::Unspecified, reconnect_cause)
+            as i32,
     }
 }
 

@@ -2,8 +2,11 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use tokend_core::{ConnectionId, LastError};
+use tokend_core::{Connection, ConnectionId, ErrorClass, LastError, ProviderName, ReconnectCause};
+use tokend_provider::ProviderError;
 use tokend_store::StoreError;
+
+use crate::engine::Failure;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -26,6 +29,7 @@ pub enum ServiceError {
     ReconnectRequired {
         id: ConnectionId,
         last_error: Option<LastError>,
+        cause: Option<ReconnectCause>,
     },
     /// The provider rejected tokend's own client credentials.
     #[error("provider {provider} rejected tokend's client credentials")]
@@ -55,6 +59,9 @@ pub enum ServiceError {
     Contended(ConnectionId),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A bug (a task panicked); the caller may retry.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     #[error("unauthenticated: {0}")]
     Unauthenticated(&'static str),
     #[error("caller {caller} lacks {permission:?} permission{}", connection.as_ref().map(|c| format!(" on connection {c}")).unwrap_or_default())]
@@ -69,6 +76,60 @@ pub enum ServiceError {
     TooManyWatchStreams { caller: String, max: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The store failed while persisting a refresh; the grant is kept and
+    /// retried, and nothing was handed out.
+    #[error("storage unavailable: {error}")]
+    StorageUnavailable {
+        error: StoreError,
+        retry_after: Duration,
+    },
+}
+
+/// The one mapping of a refresh failure to what the caller is told.
+impl From<Failure> for ServiceError {
+    fn from(failure: Failure) -> Self {
+        match failure {
+            Failure::Provider {
+                provider,
+                error,
+                retry_after,
+            } => {
+                if error.class == ErrorClass::ClientMisconfigured {
+                    ServiceError::ProviderMisconfigured {
+                        provider: provider.to_string(),
+                        last_error: Some(error),
+                    }
+                } else {
+                    ServiceError::ProviderUnavailable {
+                        provider: provider.to_string(),
+                        last_error: Some(error),
+                        retry_after,
+                    }
+                }
+            }
+            Failure::Revoked(record) => ServiceError::reconnect_required(&record),
+            Failure::UnknownProvider(p) => ServiceError::ProviderMisconfigured {
+                provider: p.to_string(),
+                last_error: None,
+            },
+            Failure::NotFound(id) => ServiceError::NotFound(id),
+            // A record that cannot be decoded is DATA_LOSS on every path.
+            Failure::Store {
+                error: error @ StoreError::Corrupt { .. },
+                ..
+            } => ServiceError::Store(error),
+            Failure::Store {
+                error: error @ (StoreError::Conflict { .. } | StoreError::Fenced { .. }),
+                ..
+            } => ServiceError::Store(error),
+            Failure::Store { error, retry_after } => {
+                ServiceError::StorageUnavailable { error, retry_after }
+            }
+            Failure::Contended(id) => ServiceError::Contended(id),
+            Failure::Panicked => ServiceError::Internal("refresh task panicked"),
+            Failure::ShuttingDown => ServiceError::ShuttingDown,
+        }
+    }
 }
 
 impl ServiceError {
@@ -76,6 +137,50 @@ impl ServiceError {
         ServiceError::InvalidArgument {
             field,
             description: description.into(),
+        }
+    }
+
+    /// A RECONNECT_REQUIRED answer for `record`.
+    pub fn reconnect_required(record: &Connection) -> Self {
+        ServiceError::ReconnectRequired {
+            id: record.id.clone(),
+            last_error: record.last_error.clone(),
+            cause: record.reconnect_cause,
+        }
+    }
+
+    /// A `min_ttl_seconds` no refresh can satisfy.
+    pub fn min_ttl_too_long(min_ttl: Duration, grantable: Duration, lifetime: Duration) -> Self {
+        ServiceError::invalid(
+            "min_ttl_seconds",
+            format!(
+                "{} s is more than tokend can promise: the provider grants {} s tokens, \
+                 renewed {} s before expiry",
+                min_ttl.as_secs(),
+                lifetime.as_secs(),
+                lifetime.saturating_sub(grantable).as_secs()
+            ),
+        )
+    }
+
+    /// An authorization-code exchange the provider refused or failed.
+    pub fn code_exchange_failed(
+        provider: &ProviderName,
+        e: &ProviderError,
+        now: tokend_core::Timestamp,
+    ) -> Self {
+        let last = e.to_last_error(now);
+        match e.class {
+            ErrorClass::Revoked => ServiceError::CodeRejected(last),
+            ErrorClass::ClientMisconfigured => ServiceError::ProviderMisconfigured {
+                provider: provider.to_string(),
+                last_error: Some(last),
+            },
+            ErrorClass::RateLimited | ErrorClass::Transient => ServiceError::ProviderUnavailable {
+                provider: provider.to_string(),
+                last_error: Some(last),
+                retry_after: e.retry_after,
+            },
         }
     }
 
@@ -102,9 +207,16 @@ impl ServiceError {
                     HashMap::from([("connection_id".into(), id.to_string())]),
                 ),
             ),
-            ServiceError::ReconnectRequired { id, last_error } => {
+            ServiceError::ReconnectRequired {
+                id,
+                last_error,
+                cause,
+            } => {
                 let mut m = provider_metadata(last_error.as_ref());
                 m.insert("connection_id".into(), id.to_string());
+                if let Some(cause) = cause {
+                    m.insert("cause".into(), cause.as_str().into());
+                }
                 (Code::FailedPrecondition, info("RECONNECT_REQUIRED", m))
             }
             ServiceError::ProviderMisconfigured {
@@ -158,6 +270,7 @@ impl ServiceError {
                 d.set_retry_info(Some(Duration::from_secs(1)));
                 (Code::Unavailable, d)
             }
+            ServiceError::Internal(_) => (Code::Internal, info("INTERNAL", HashMap::new())),
             ServiceError::Unauthenticated(_) => (
                 Code::Unauthenticated,
                 info("UNAUTHENTICATED", HashMap::new()),
@@ -204,16 +317,28 @@ impl ServiceError {
                     HashMap::from([("connection_id".into(), id.clone())]),
                 ),
             ),
-            ServiceError::Store(StoreError::Conflict { id, .. }) => (
+            ServiceError::Store(
+                StoreError::Conflict { id, .. } | StoreError::Fenced { id, .. },
+            ) => (
                 Code::Aborted,
                 info(
                     "CONCURRENT_MODIFICATION",
                     HashMap::from([("connection_id".into(), id.to_string())]),
                 ),
             ),
-            ServiceError::Store(
-                StoreError::RevisionNotAdvanced { .. } | StoreError::Backend(_),
-            ) => (Code::Internal, info("STORAGE_FAILURE", HashMap::new())),
+            ServiceError::Store(StoreError::RevisionNotAdvanced { .. }) => {
+                (Code::Internal, info("STORAGE_FAILURE", HashMap::new()))
+            }
+            ServiceError::Store(StoreError::Backend(_)) => {
+                let mut d = info("STORAGE_UNAVAILABLE", HashMap::new());
+                d.set_retry_info(Some(Duration::from_secs(1)));
+                (Code::Unavailable, d)
+            }
+            ServiceError::StorageUnavailable { retry_after, .. } => {
+                let mut d = info("STORAGE_UNAVAILABLE", HashMap::new());
+                d.set_retry_info(Some(*retry_after));
+                (Code::Unavailable, d)
+            }
         };
         Status::with_error_details(code, message, details)
     }
@@ -266,6 +391,7 @@ mod tests {
                 ServiceError::ReconnectRequired {
                     id: id.clone(),
                     last_error: None,
+                    cause: Some(ReconnectCause::RotationLost),
                 },
                 Code::FailedPrecondition,
                 "RECONNECT_REQUIRED",

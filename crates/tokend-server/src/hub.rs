@@ -38,12 +38,19 @@ pub struct WatchHub {
 
 impl WatchHub {
     /// Subscribes to future events of `id`. Subscribe *before* reading the
-    /// current state, so no change can fall between the two.
-    pub fn subscribe(&self, id: &ConnectionId) -> broadcast::Receiver<Event> {
-        self.channels
+    /// current state, so no change can fall between the two. Dropping the
+    /// subscription releases the channel if nobody else listens.
+    pub fn subscribe(self: &Arc<Self>, id: &ConnectionId) -> Subscription {
+        let receiver = self
+            .channels
             .entry(id.clone())
             .or_insert_with(|| broadcast::channel(CHANNEL_CAPACITY).0)
-            .subscribe()
+            .subscribe();
+        Subscription {
+            hub: Arc::clone(self),
+            id: id.clone(),
+            receiver: Some(receiver),
+        }
     }
 
     pub fn publish(&self, event: Event) {
@@ -60,9 +67,8 @@ impl WatchHub {
         }
     }
 
-    /// Drops `id`'s channel if nobody listens any more (a watcher ended, or
-    /// subscribed to a connection that turned out not to exist).
-    pub fn release(&self, id: &ConnectionId) {
+    /// Drops `id`'s channel if nobody listens any more.
+    fn release(&self, id: &ConnectionId) {
         self.channels
             .remove_if(id, |_, tx| tx.receiver_count() == 0);
     }
@@ -73,20 +79,45 @@ impl WatchHub {
     }
 }
 
+/// One watcher's receiver of one connection's events. Its drop releases
+/// the channel when it was the last listener, however the watcher ends.
+pub struct Subscription {
+    hub: Arc<WatchHub>,
+    id: ConnectionId,
+    /// Always `Some` until drop.
+    receiver: Option<broadcast::Receiver<Event>>,
+}
+
+impl Subscription {
+    pub async fn recv(&mut self) -> Result<Event, broadcast::error::RecvError> {
+        match &mut self.receiver {
+            Some(r) => r.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        drop(self.receiver.take());
+        self.hub.release(&self.id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn channels_exist_only_while_someone_listens() {
-        let hub = WatchHub::default();
+        let hub = Arc::new(WatchHub::default());
         let id = ConnectionId::new("c").unwrap();
-        let rx = hub.subscribe(&id);
+        let a = hub.subscribe(&id);
+        let b = hub.subscribe(&id);
         assert_eq!(hub.channel_count(), 1);
-        hub.release(&id);
+        drop(a);
         assert_eq!(hub.channel_count(), 1, "still listened to");
-        drop(rx);
-        hub.release(&id);
-        assert_eq!(hub.channel_count(), 0);
+        drop(b);
+        assert_eq!(hub.channel_count(), 0, "released by the last drop");
     }
 }

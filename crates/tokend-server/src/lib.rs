@@ -12,7 +12,6 @@ mod convert;
 pub mod engine;
 mod error;
 mod hub;
-pub mod install;
 mod scheduler;
 mod service;
 
@@ -25,6 +24,7 @@ use tokend_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use engine::{Engine, EngineSettings};
 pub use error::{ERROR_DOMAIN, ServiceError};
@@ -81,6 +81,19 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    run_with_tasks(listener, store, config, shutdown, |_, _| {}).await
+}
+
+/// [`run`], with more tasks owned by the server: `spawn` starts them on the
+/// server's tracker with its shutdown token, and shutdown waits for them
+/// (within the grace period) like for every other task.
+pub async fn run_with_tasks(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send,
+    spawn: impl FnOnce(&TaskTracker, &CancellationToken),
+) -> Result<(), ServerError> {
     let authenticator = auth::Authenticator::new(&config.identities)?;
     let addr = listener.local_addr().ok();
     if authenticator.is_open() {
@@ -91,15 +104,24 @@ pub async fn run(
             ),
         }
     }
-    let audit_log = match &config.audit_log {
-        Some(path) => audit::AuditLog::open(path).map_err(ServerError::Audit)?,
-        None => audit::AuditLog::disabled(),
+    let (audit_log, audit_writer) = match &config.audit_log {
+        Some(path) => {
+            let (log, writer) = audit::AuditLog::open(path).map_err(ServerError::Audit)?;
+            (log, Some(writer))
+        }
+        None => (audit::AuditLog::disabled(), None),
     };
     let clock = Clock::system();
     let client = ProviderClient::new(&config.http, clock.clone())?;
-    let background = config.engine.background_refresh;
-    let engine = Engine::new(store, config.providers, client, clock, config.engine);
-    let loaded = engine.load_all().await?;
+    let engine = Engine::new(
+        store,
+        config.providers,
+        Arc::new(client),
+        clock,
+        config.engine,
+    );
+    let loaded = engine.start().await?;
+    spawn(engine.tasks(), engine.shutdown_token());
     tracing::info!(
         addr = ?addr,
         connections = loaded,
@@ -124,9 +146,7 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
 
-    let cancel = CancellationToken::new();
-    let refresher =
-        background.then(|| tokio::spawn(Arc::clone(&engine).run_refresher(cancel.clone())));
+    let cancel = engine.shutdown_token().clone();
 
     // Authentication and the per-caller rate limit run first, as an
     // interceptor: nothing unauthenticated reaches the service or engine.
@@ -134,7 +154,6 @@ pub async fn run(
         TokenServiceServer::new(service::TokenServiceImpl::new(
             Arc::clone(&engine),
             audit_log,
-            cancel.clone(),
         ))
         .max_decoding_message_size(4 * MAX_REQUEST_BYTES),
         move |request| authenticator.intercept(request),
@@ -179,13 +198,14 @@ pub async fn run(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
         .await;
 
-    cancel.cancel();
-    if let Some(refresher) = refresher {
-        let _ = refresher.await;
+    // Let refreshes already talking to a provider finish and persist, and
+    // every other task end, within the grace period.
+    engine.shutdown().await;
+    // The service (and its audit log handle) is gone with the server: the
+    // writer drains its queue and ends.
+    if let Some(writer) = audit_writer {
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     }
-    // Let refreshes already talking to a provider finish and persist.
-    engine.tasks.close();
-    engine.tasks.wait().await;
     tracing::info!("tokend stopped");
     result.map_err(ServerError::from)
 }

@@ -6,7 +6,9 @@
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use tokend_core::{Connection, ConnectionId, LastError, ProviderName, Status, Timestamp, TokenSet};
+use tokend_core::{
+    Connection, ConnectionId, LastError, ProviderName, ReconnectCause, Status, Timestamp, TokenSet,
+};
 
 use crate::{
     StoreError,
@@ -33,6 +35,9 @@ struct StoredRecord {
     revision: u64,
     incarnation: u64,
     status: Status,
+    /// Added within schema 1: absent in older records (read as `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reconnect_cause: Option<ReconnectCause>,
     last_error: Option<LastError>,
     last_refresh_at: Option<Timestamp>,
     created_at: Timestamp,
@@ -64,6 +69,7 @@ pub(crate) fn encode(c: &Connection, keys: &Keyring) -> Vec<u8> {
         revision: c.revision,
         incarnation: c.incarnation,
         status: c.status,
+        reconnect_cause: c.reconnect_cause,
         last_error: c.last_error.clone(),
         last_refresh_at: c.last_refresh_at,
         created_at: c.created_at,
@@ -143,6 +149,7 @@ pub(crate) fn decode(key: &[u8], bytes: &[u8], keys: &Keyring) -> Result<Connect
         revision: doc.revision,
         incarnation: doc.incarnation,
         status: doc.status,
+        reconnect_cause: doc.reconnect_cause,
         last_error: doc.last_error,
         last_refresh_at: doc.last_refresh_at,
         created_at: doc.created_at,

@@ -7,10 +7,11 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
 use tokend_core::{
-    Connection, ConnectionId, ErrorClass, LastError, ProviderName, Status, Timestamp, TokenSet,
+    Connection, ConnectionId, ErrorClass, LastError, ProviderName, ReconnectCause, Status,
+    Timestamp, TokenSet,
 };
 
-use crate::{ListQuery, Store, StoreError};
+use crate::{Expected, ListQuery, Store, StoreError};
 
 /// A record with every field set, for tests.
 pub fn record(id: &str, revision: u64) -> Connection {
@@ -31,6 +32,7 @@ pub fn record(id: &str, revision: u64) -> Connection {
         revision,
         incarnation: 7,
         status: Status::Active,
+        reconnect_cause: Some(ReconnectCause::RotationLost),
         last_error: Some(LastError {
             class: ErrorClass::Transient,
             code: "http_503".into(),
@@ -43,6 +45,13 @@ pub fn record(id: &str, revision: u64) -> Connection {
         created_at: Timestamp::from_unix_millis(1),
         updated_at: Timestamp::from_unix_millis(2),
         install_fingerprint: Some("fp".into()),
+    }
+}
+
+fn at(incarnation: u64, revision: u64) -> Expected {
+    Expected::Record {
+        incarnation,
+        revision,
     }
 }
 
@@ -67,11 +76,16 @@ where
     lists_in_id_order_with_paging_and_filters(&make().await).await;
     concurrent_writers_exactly_one_wins(Arc::new(make().await)).await;
     refresh_leases(&make().await).await;
+    fenced_writes(&make().await).await;
+    doubt_is_carried_until_settled(&make().await).await;
+    abandoned_leases_are_released_at_start(&make().await).await;
+    fences_outlive_deletes(&make().await).await;
+    replacing_a_readable_record_as_unreadable_is_refused(&make().await).await;
 }
 
 async fn round_trip_keeps_every_field(store: &impl Store) {
     let r = record("rt", 1);
-    store.put(&r, None).await.expect("create");
+    store.put(&r, None, None).await.expect("create");
     let back = store.get(&r.id).await.expect("get").expect("present");
     assert_eq!(back.id, r.id);
     assert_eq!(back.provider, r.provider);
@@ -97,6 +111,7 @@ async fn round_trip_keeps_every_field(store: &impl Store) {
     assert_eq!((back.version, back.revision), (r.version, r.revision));
     assert_eq!(back.incarnation, r.incarnation);
     assert_eq!(back.status, r.status);
+    assert_eq!(back.reconnect_cause, r.reconnect_cause);
     assert_eq!(back.last_error, r.last_error);
     assert_eq!(back.last_refresh_at, r.last_refresh_at);
     assert_eq!(
@@ -110,13 +125,13 @@ async fn round_trip_keeps_every_field(store: &impl Store) {
 
 async fn create_only_when_absent(store: &impl Store) {
     let r = record("c", 1);
-    store.put(&r, None).await.expect("create");
-    let again = store.put(&record("c", 2), None).await;
+    store.put(&r, None, None).await.expect("create");
+    let again = store.put(&record("c", 2), None, None).await;
     assert!(
         matches!(again, Err(StoreError::Conflict { found: Some(1), .. })),
         "{again:?}"
     );
-    let zero = store.put(&record("z", 0), None).await;
+    let zero = store.put(&record("z", 0), None, None).await;
     assert!(
         matches!(zero, Err(StoreError::RevisionNotAdvanced { .. })),
         "{zero:?}"
@@ -125,13 +140,13 @@ async fn create_only_when_absent(store: &impl Store) {
 
 async fn compare_and_swap_on_revision(store: &impl Store) {
     let r1 = record("cas", 1);
-    store.put(&r1, None).await.expect("create");
+    store.put(&r1, None, None).await.expect("create");
     let r2 = bump(&r1);
-    store.put(&r2, Some(1)).await.expect("advance 1 -> 2");
+    store.put(&r2, Some(1), None).await.expect("advance 1 -> 2");
 
     // A writer that read revision 1 loses, and the newer record survives.
     let stale = bump(&r1);
-    let lost = store.put(&stale, Some(1)).await;
+    let lost = store.put(&stale, Some(1), None).await;
     assert!(
         matches!(
             lost,
@@ -144,7 +159,7 @@ async fn compare_and_swap_on_revision(store: &impl Store) {
         "{lost:?}"
     );
     // A write that does not advance the revision is refused.
-    let same = store.put(&r2, Some(2)).await;
+    let same = store.put(&r2, Some(2), None).await;
     assert!(
         matches!(same, Err(StoreError::RevisionNotAdvanced { .. })),
         "{same:?}"
@@ -157,32 +172,45 @@ async fn compare_and_swap_on_revision(store: &impl Store) {
 
 async fn deletes(store: &impl Store) {
     let r = record("d", 3);
-    store.put(&r, None).await.expect("create");
-    let wrong = store.delete(&r.id, Some(2)).await;
+    store.put(&r, None, None).await.expect("create");
+    let wrong = store.delete(&r.id, at(7, 2)).await;
     assert!(
         matches!(wrong, Err(StoreError::Conflict { .. })),
         "{wrong:?}"
     );
     assert!(store.get(&r.id).await.expect("get").is_some());
-    assert!(store.delete(&r.id, Some(3)).await.expect("delete"));
-    assert!(!store.delete(&r.id, None).await.expect("delete again"));
+    let other_incarnation = store.delete(&r.id, at(8, 3)).await;
+    assert!(
+        matches!(other_incarnation, Err(StoreError::Conflict { .. })),
+        "{other_incarnation:?}"
+    );
+    let readable = store.delete(&r.id, Expected::Unreadable).await;
+    assert!(
+        matches!(readable, Err(StoreError::Conflict { .. })),
+        "a readable record is not deleted as unreadable: {readable:?}"
+    );
+    assert!(store.delete(&r.id, at(7, 3)).await.expect("delete"));
+    assert!(!store.delete(&r.id, at(7, 3)).await.expect("delete again"));
     assert!(store.get(&r.id).await.expect("get").is_none());
     // The id can be created afresh after a delete.
-    store.put(&record("d", 1), None).await.expect("recreate");
+    store
+        .put(&record("d", 1), None, None)
+        .await
+        .expect("recreate");
 }
 
 async fn a_recreated_connection_refuses_writes_based_on_the_deleted_one(store: &impl Store) {
     let old = record("again", 1);
-    store.put(&old, None).await.expect("create");
-    assert!(store.delete(&old.id, None).await.expect("delete"));
+    store.put(&old, None, None).await.expect("create");
+    assert!(store.delete(&old.id, at(7, 1)).await.expect("delete"));
     let mut new = record("again", 1);
     new.incarnation = old.incarnation + 1;
     new.tokens.access_token = SecretString::from("at-new-incarnation");
-    store.put(&new, None).await.expect("re-create");
+    store.put(&new, None, None).await.expect("re-create");
     // A refresh of the deleted incarnation finishing late: same id, same
     // revision numbers, other incarnation. It must not land.
     let late = bump(&old);
-    let lost = store.put(&late, Some(1)).await;
+    let lost = store.put(&late, Some(1), None).await;
     assert!(
         matches!(lost, Err(StoreError::Conflict { found: None, .. })),
         "{lost:?}"
@@ -195,7 +223,7 @@ async fn a_recreated_connection_refuses_writes_based_on_the_deleted_one(store: &
     );
     // The new incarnation's own writes go through.
     store
-        .put(&bump(&new), Some(1))
+        .put(&bump(&new), Some(1), None)
         .await
         .expect("advance new incarnation");
 }
@@ -209,7 +237,7 @@ async fn lists_in_id_order_with_paging_and_filters(store: &impl Store) {
         if id == "e" {
             r.provider = ProviderName::new("hubspot").expect("provider");
         }
-        store.put(&r, None).await.expect("create");
+        store.put(&r, None, None).await.expect("create");
     }
     let ids = |v: Vec<Connection>| v.into_iter().map(|c| c.id.to_string()).collect::<Vec<_>>();
     let page1 = store
@@ -248,7 +276,10 @@ async fn lists_in_id_order_with_paging_and_filters(store: &impl Store) {
         .expect("list");
     assert_eq!(ids(by_provider), ["e"]);
     // A prefix of another id does not make `after` skip it.
-    store.put(&record("a1", 1), None).await.expect("create");
+    store
+        .put(&record("a1", 1), None, None)
+        .await
+        .expect("create");
     let after_a = store
         .list(&ListQuery {
             limit: 1,
@@ -262,13 +293,15 @@ async fn lists_in_id_order_with_paging_and_filters(store: &impl Store) {
 
 async fn concurrent_writers_exactly_one_wins<S: Store>(store: Arc<S>) {
     let r1 = record("race", 1);
-    store.put(&r1, None).await.expect("create");
+    store.put(&r1, None, None).await.expect("create");
     let mut tasks = Vec::new();
     for i in 0..16 {
         let store = Arc::clone(&store);
         let mut next = bump(&r1);
         next.tokens.access_token = SecretString::from(format!("writer-{i}"));
-        tasks.push(tokio::spawn(async move { store.put(&next, Some(1)).await }));
+        tasks.push(tokio::spawn(async move {
+            store.put(&next, Some(1), None).await
+        }));
     }
     let mut wins = 0;
     for t in tasks {
@@ -288,41 +321,201 @@ async fn refresh_leases(store: &impl Store) {
     let id = ConnectionId::new("leased").expect("id");
     let t0 = Timestamp::from_unix_millis(1_000);
     let ttl = Duration::from_secs(10);
-    let a = store
-        .try_acquire_refresh_lease(&id, "replica-a", ttl, t0)
-        .await
-        .expect("lease")
-        .expect("granted");
+    let a = acquire(store, &id, "replica-a", t0).await.expect("granted");
+    assert!(!a.in_doubt, "a first lease has nothing to doubt");
     assert!(
-        store
-            .try_acquire_refresh_lease(&id, "replica-b", ttl, t0)
-            .await
-            .expect("lease")
-            .is_none(),
+        acquire(store, &id, "replica-b", t0).await.is_none(),
         "a live lease excludes other holders"
     );
-    // After expiry another holder gets it, with a larger fence.
+    assert!(
+        acquire(store, &id, "replica-a", t0).await.is_none(),
+        "a live lease excludes its own holder too"
+    );
+    // After expiry another holder gets it, with a larger fence; the
+    // expired one was never released, so the new one is in doubt.
     let later = t0.saturating_add(Duration::from_secs(11));
-    let b = store
-        .try_acquire_refresh_lease(&id, "replica-b", ttl, later)
+    let b = acquire(store, &id, "replica-b", later)
         .await
-        .expect("lease")
         .expect("granted after expiry");
     assert!(b.fence > a.fence);
+    assert!(b.in_doubt, "the previous holder vanished mid-refresh");
     // A stale release is a no-op; the live holder's release frees it.
-    store.release_refresh_lease(&a).await.expect("release");
-    assert!(
-        store
-            .try_acquire_refresh_lease(&id, "replica-c", ttl, later)
-            .await
-            .expect("lease")
-            .is_none()
-    );
-    store.release_refresh_lease(&b).await.expect("release");
-    let c = store
-        .try_acquire_refresh_lease(&id, "replica-c", ttl, later)
+    store
+        .release_refresh_lease(&a, false)
         .await
-        .expect("lease")
+        .expect("release");
+    assert!(acquire(store, &id, "replica-c", later).await.is_none());
+    store
+        .release_refresh_lease(&b, false)
+        .await
+        .expect("release");
+    let c = acquire(store, &id, "replica-c", later)
+        .await
         .expect("granted after release");
     assert!(c.fence > b.fence);
+    assert!(!c.in_doubt, "a settled release clears doubt");
+    let _ = ttl;
+}
+
+async fn acquire(
+    store: &impl Store,
+    id: &ConnectionId,
+    holder: &str,
+    now: Timestamp,
+) -> Option<crate::Lease> {
+    store
+        .try_acquire_refresh_lease(id, holder, Duration::from_secs(10), now)
+        .await
+        .expect("lease")
+}
+
+/// A holder paused past its lease cannot overwrite its successor's work.
+async fn fenced_writes(store: &impl Store) {
+    let r1 = record("fenced", 1);
+    store.put(&r1, None, None).await.expect("create");
+    let t0 = Timestamp::from_unix_millis(0);
+    let a = acquire(store, &r1.id, "a", t0).await.expect("a");
+    let r2 = bump(&r1);
+    store
+        .put(&r2, Some(1), Some(a.fence))
+        .await
+        .expect("the current fence writes");
+    // a's lease runs out; b takes over.
+    let b = acquire(
+        store,
+        &r1.id,
+        "b",
+        t0.saturating_add(Duration::from_secs(60)),
+    )
+    .await
+    .expect("b");
+    let stale = bump(&r2);
+    let refused = store.put(&stale, Some(2), Some(a.fence)).await;
+    assert!(
+        matches!(refused, Err(StoreError::Fenced { fence, current, .. }) if fence == a.fence && current == b.fence),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store
+            .get(&r1.id)
+            .await
+            .expect("get")
+            .expect("present")
+            .revision,
+        2,
+        "nothing landed"
+    );
+    store
+        .put(&stale, Some(2), Some(b.fence))
+        .await
+        .expect("the newest fence writes");
+    // Writes outside any lease (installs) are not fence-checked.
+    store
+        .put(&bump(&stale), Some(3), None)
+        .await
+        .expect("unfenced write");
+}
+
+async fn doubt_is_carried_until_settled(store: &impl Store) {
+    let id = ConnectionId::new("doubt").expect("id");
+    let t0 = Timestamp::from_unix_millis(0);
+    let a = acquire(store, &id, "a", t0).await.expect("a");
+    store
+        .release_refresh_lease(&a, true)
+        .await
+        .expect("release");
+    let b = acquire(store, &id, "b", t0).await.expect("b");
+    assert!(b.in_doubt, "released in doubt");
+    // A release that learned nothing new keeps the doubt.
+    store
+        .release_refresh_lease(&b, true)
+        .await
+        .expect("release");
+    let c = acquire(store, &id, "c", t0).await.expect("c");
+    assert!(c.in_doubt);
+    store
+        .release_refresh_lease(&c, false)
+        .await
+        .expect("release");
+    let d = acquire(store, &id, "d", t0).await.expect("d");
+    assert!(!d.in_doubt, "settled");
+}
+
+async fn abandoned_leases_are_released_at_start(store: &impl Store) {
+    let t0 = Timestamp::from_unix_millis(0);
+    let x = ConnectionId::new("x").expect("id");
+    let y = ConnectionId::new("y").expect("id");
+    let z = ConnectionId::new("z").expect("id");
+    acquire(store, &y, "node-1/run-1", t0).await.expect("y");
+    acquire(store, &x, "node-1/run-1", t0).await.expect("x");
+    acquire(store, &z, "node-2/run-1", t0).await.expect("z");
+    let done = ConnectionId::new("w").expect("id");
+    let w = acquire(store, &done, "node-1/run-1", t0).await.expect("w");
+    store
+        .release_refresh_lease(&w, false)
+        .await
+        .expect("release");
+    let abandoned = store
+        .release_abandoned_leases("node-1/")
+        .await
+        .expect("release abandoned");
+    assert_eq!(
+        abandoned,
+        vec![x.clone(), y.clone()],
+        "in id order, this node's, unreleased"
+    );
+    // Free at once, not after expiry, and in doubt.
+    let again = acquire(store, &x, "node-1/run-2", t0).await.expect("free");
+    assert!(again.in_doubt);
+    assert!(
+        acquire(store, &z, "node-1/run-2", t0).await.is_none(),
+        "another node's live lease stays"
+    );
+    assert!(
+        !acquire(store, &done, "node-1/run-2", t0)
+            .await
+            .expect("w")
+            .in_doubt
+    );
+}
+
+async fn fences_outlive_deletes(store: &impl Store) {
+    let r = record("gone", 1);
+    store.put(&r, None, None).await.expect("create");
+    let t0 = Timestamp::from_unix_millis(0);
+    let a = acquire(store, &r.id, "a", t0).await.expect("a");
+    assert!(store.delete(&r.id, at(7, 1)).await.expect("delete"));
+    store
+        .put(&record("gone", 1), None, None)
+        .await
+        .expect("recreate");
+    let b = acquire(store, &r.id, "b", t0)
+        .await
+        .expect("a delete frees the lease");
+    assert!(b.fence > a.fence, "fences never go back");
+    assert!(!b.in_doubt, "a deleted connection's doubt is gone with it");
+}
+
+async fn replacing_a_readable_record_as_unreadable_is_refused(store: &impl Store) {
+    let r = record("fine", 1);
+    let absent = store.replace_unreadable(&r).await;
+    assert!(
+        matches!(absent, Err(StoreError::Conflict { .. })),
+        "{absent:?}"
+    );
+    store.put(&r, None, None).await.expect("create");
+    let readable = store.replace_unreadable(&bump(&r)).await;
+    assert!(
+        matches!(readable, Err(StoreError::Conflict { .. })),
+        "{readable:?}"
+    );
+    assert_eq!(
+        store
+            .get(&r.id)
+            .await
+            .expect("get")
+            .expect("present")
+            .revision,
+        1
+    );
 }

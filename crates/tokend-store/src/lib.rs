@@ -5,6 +5,7 @@
 mod codec;
 pub mod conformance;
 pub mod crypto;
+mod leases;
 mod memory;
 mod sled_store;
 
@@ -17,8 +18,9 @@ pub use memory::MemoryStore;
 pub use sled_store::SledStore;
 
 /// Errors of the storage layer. Backend types (sled, SQL drivers) never
-/// appear here, so the layers above stay backend-agnostic.
-#[derive(Debug, thiserror::Error)]
+/// appear here, so the layers above stay backend-agnostic. `Clone`, so one
+/// failure can be handed to every waiter of a shared refresh, still typed.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The compare-and-swap lost: someone else wrote the record first (or
     /// deleted and re-created it: `found` is then `None`).
@@ -37,16 +39,29 @@ pub enum StoreError {
         expected: Option<u64>,
         new: u64,
     },
+    /// A write made under a refresh lease whose fence is older than the
+    /// newest lease granted for the connection: its holder was paused past
+    /// its lease and someone else took over.
+    #[error(
+        "connection {id}: refresh lease fence {fence} is stale; fence {current} was granted since"
+    )]
+    Fenced {
+        id: ConnectionId,
+        fence: u64,
+        current: u64,
+    },
     /// The stored bytes of one record cannot be decoded; other records are
     /// unaffected.
     #[error("connection {id}: stored record is unreadable: {reason}")]
     Corrupt { id: String, reason: String },
-    /// The backend itself failed (I/O, disk full, lost database).
+    /// The backend itself failed (I/O, disk full, lost database). The write
+    /// may or may not have landed: the caller must re-read before assuming
+    /// either.
     #[error("storage backend failed: {0}")]
     Backend(String),
 }
 
-/// What `Store::list` returns: one page of records in id order.
+/// What one page of `Store::list` selects: records in id order.
 #[derive(Clone, Debug, Default)]
 pub struct ListQuery {
     /// Only ids strictly greater than this (the previous page's last id).
@@ -56,56 +71,80 @@ pub struct ListQuery {
     pub status: Option<Status>,
 }
 
-/// A holder's exclusive right to refresh one connection for a while.
+/// What a conditional delete or replacement expects to find stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// This exact record: same incarnation, same revision.
+    Record { incarnation: u64, revision: u64 },
+    /// A record whose bytes cannot be decoded (so an operator can always
+    /// remove or re-install a broken connection), and still unreadable at
+    /// the moment of the swap.
+    Unreadable,
+}
+
+/// A holder's exclusive right to refresh one connection for a while, and
+/// the durable *intent* of that refresh.
 ///
-/// Within one process the refresh engine's singleflight already guarantees
-/// one provider call per connection; the lease extends that across replicas
-/// sharing one store. It only avoids duplicate provider calls: safety comes
-/// from the revision compare-and-swap, which refuses any write based on a
-/// stale read, whoever holds the lease.
+/// Acquiring is durable before it returns, so a process killed between the
+/// provider call and persisting its answer leaves the lease unreleased: the
+/// next holder gets `in_doubt = true` and knows the provider may have
+/// rotated the refresh token it is about to present.
+///
+/// `fence` grows strictly with every grant for a connection (never reset,
+/// not even by a delete). A write under a lease carries its fence, and the
+/// store refuses it once a newer fence has been granted (`StoreError::Fenced`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     pub id: ConnectionId,
     pub holder: String,
-    /// Grows with every grant for this connection: a fencing token.
     pub fence: u64,
     pub expires_at: Timestamp,
+    /// A previous refresh of this connection ended without its outcome
+    /// being settled (a crash after the intent was written, or an answer
+    /// that was lost); kept across grants until a holder settles it.
+    pub in_doubt: bool,
 }
 
 /// Durable storage of connection records.
 ///
-/// Every write is a compare-and-swap on `Connection::revision` and is durable
-/// (flushed) before it returns, so a token set is never handed out before it
-/// would survive a crash. A SQL backend maps this onto
-/// `UPDATE .. WHERE id = ? AND revision = ?` and a leases table.
+/// Every write is a compare-and-swap on `(incarnation, revision)` and is
+/// durable (flushed) before it returns, so a token set is never handed out
+/// before it would survive a crash. A SQL backend maps this onto
+/// `UPDATE .. WHERE id = $1 AND revision = $2 AND fence >= (newest fence)` and
+/// a leases table.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The record, if any.
     async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError>;
 
     /// Writes `record` if the stored record has `record.incarnation` and
-    /// revision `expected_revision` (`None`: no record may exist).
-    /// `record.revision` must exceed it.
+    /// revision `expected_revision` (`None`: no record may exist), and, when
+    /// `fence` is given, no refresh lease newer than that fence has been
+    /// granted for the connection. `record.revision` must exceed the
+    /// expected one.
     async fn put(
         &self,
         record: &Connection,
         expected_revision: Option<u64>,
+        fence: Option<u64>,
     ) -> Result<(), StoreError>;
 
-    /// Removes the record if its revision is `expected_revision` (`None`:
-    /// whatever it is). Returns whether a record was removed.
-    async fn delete(
-        &self,
-        id: &ConnectionId,
-        expected_revision: Option<u64>,
-    ) -> Result<bool, StoreError>;
+    /// Replaces a stored record that cannot be decoded with `record`
+    /// (created afresh: revision 1 and a new incarnation are the caller's).
+    /// `Conflict` when the stored record is absent or readable by now.
+    async fn replace_unreadable(&self, record: &Connection) -> Result<(), StoreError>;
+
+    /// Removes the record if it is what `expected` says. Returns false when
+    /// no record exists; `Conflict` when another one does.
+    async fn delete(&self, id: &ConnectionId, expected: Expected) -> Result<bool, StoreError>;
 
     /// One page of records in id order. Unreadable records are skipped and
     /// logged, so one bad record cannot hide the others.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError>;
 
-    /// Grants `holder` the refresh lease for `id` until `now + ttl` unless
-    /// another holder's lease is still live at `now`.
+    /// Grants `holder` the refresh lease for `id` until `now + ttl` unless a
+    /// lease (anyone's, `holder`'s own included) is still live at `now`.
+    /// Durable before it returns: it is the refresh's intent.
     async fn try_acquire_refresh_lease(
         &self,
         id: &ConnectionId,
@@ -114,8 +153,20 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Option<Lease>, StoreError>;
 
-    /// Gives the lease back early; a no-op if it already passed to someone else.
-    async fn release_refresh_lease(&self, lease: &Lease) -> Result<(), StoreError>;
+    /// Gives the lease back. `in_doubt` says whether the refresh's outcome
+    /// is still unsettled (the provider may have rotated the token and its
+    /// answer was lost); false settles any earlier doubt. A no-op when a
+    /// newer fence was granted meanwhile.
+    async fn release_refresh_lease(&self, lease: &Lease, in_doubt: bool) -> Result<(), StoreError>;
+
+    /// At start-up: releases every unreleased lease whose holder name starts
+    /// with `node_prefix` (this node's earlier runs, killed mid-refresh),
+    /// marking each in doubt, so refreshes need not wait for them to
+    /// expire. Returns the connections concerned, in id order.
+    async fn release_abandoned_leases(
+        &self,
+        node_prefix: &str,
+    ) -> Result<Vec<ConnectionId>, StoreError>;
 }
 
 /// Checks a put's preconditions that do not depend on the backend.

@@ -11,16 +11,20 @@ use std::{
 use async_trait::async_trait;
 use tokend_core::{Connection, ConnectionId, Timestamp};
 
-use crate::{Lease, ListQuery, Store, StoreError, check_advances, matches};
+use crate::{
+    Expected, Lease, ListQuery, Store, StoreError, check_advances, leases::LeaseState, matches,
+};
 
 /// Records in a `BTreeMap` (id order for paging). A std `Mutex`, not tokio's:
 /// it is never held across an `.await` and critical sections are tiny.
+/// It cannot hold an undecodable record, so `Expected::Unreadable` and
+/// `replace_unreadable` always find a conflict here.
 #[derive(Default)]
 pub struct MemoryStore {
     records: Mutex<BTreeMap<ConnectionId, Connection>>,
-    /// Per connection: the last lease granted (kept after release so fences
-    /// keep growing).
-    leases: Mutex<HashMap<ConnectionId, Lease>>,
+    /// Per connection: the last lease granted (kept after release and
+    /// delete, so fences keep growing).
+    leases: Mutex<HashMap<ConnectionId, LeaseState>>,
 }
 
 impl MemoryStore {
@@ -41,8 +45,16 @@ impl Store for MemoryStore {
         Ok(lock(&self.records).get(id).cloned())
     }
 
-    async fn put(&self, record: &Connection, expected: Option<u64>) -> Result<(), StoreError> {
+    async fn put(
+        &self,
+        record: &Connection,
+        expected: Option<u64>,
+        fence: Option<u64>,
+    ) -> Result<(), StoreError> {
         check_advances(record, expected)?;
+        // Lock order: leases, then records (as in every method here).
+        let leases = lock(&self.leases);
+        crate::leases::check_fence(&record.id, leases.get(&record.id), fence)?;
         let mut records = lock(&self.records);
         let stored = records.get(&record.id);
         let found = crate::comparable(record, stored);
@@ -57,18 +69,43 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn delete(&self, id: &ConnectionId, expected: Option<u64>) -> Result<bool, StoreError> {
+    async fn replace_unreadable(&self, record: &Connection) -> Result<(), StoreError> {
+        let found = lock(&self.records).get(&record.id).map(|c| c.revision);
+        Err(StoreError::Conflict {
+            id: record.id.clone(),
+            expected: None,
+            found,
+        })
+    }
+
+    async fn delete(&self, id: &ConnectionId, expected: Expected) -> Result<bool, StoreError> {
+        let mut leases = lock(&self.leases);
         let mut records = lock(&self.records);
-        let found = records.get(id).map(|c| c.revision);
-        match (found, expected) {
-            (None, _) => Ok(false),
-            (Some(f), Some(e)) if f != e => Err(StoreError::Conflict {
+        let Some(stored) = records.get(id) else {
+            return Ok(false);
+        };
+        let matches = match expected {
+            Expected::Record {
+                incarnation,
+                revision,
+            } => stored.incarnation == incarnation && stored.revision == revision,
+            Expected::Unreadable => false,
+        };
+        if !matches {
+            return Err(StoreError::Conflict {
                 id: id.clone(),
-                expected,
-                found,
-            }),
-            _ => Ok(records.remove(id).is_some()),
+                expected: match expected {
+                    Expected::Record { revision, .. } => Some(revision),
+                    Expected::Unreadable => None,
+                },
+                found: Some(stored.revision),
+            });
         }
+        records.remove(id);
+        if let Some(lease) = leases.get_mut(id) {
+            lease.forget();
+        }
+        Ok(true)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {
@@ -94,28 +131,32 @@ impl Store for MemoryStore {
         now: Timestamp,
     ) -> Result<Option<Lease>, StoreError> {
         let mut leases = lock(&self.leases);
-        let last = leases.get(id);
-        if last.is_some_and(|l| l.holder != holder && l.expires_at > now) {
+        let Some(next) = LeaseState::grant(leases.get(id), holder, ttl, now) else {
             return Ok(None);
-        }
-        let lease = Lease {
-            id: id.clone(),
-            holder: holder.to_owned(),
-            fence: last.map_or(1, |l| l.fence + 1),
-            expires_at: now.saturating_add(ttl),
         };
-        leases.insert(id.clone(), lease.clone());
+        let lease = next.lease(id);
+        leases.insert(id.clone(), next);
         Ok(Some(lease))
     }
 
-    async fn release_refresh_lease(&self, lease: &Lease) -> Result<(), StoreError> {
-        let mut leases = lock(&self.leases);
-        if let Some(current) = leases.get_mut(&lease.id)
-            && current.fence == lease.fence
-        {
-            current.expires_at = Timestamp::from_unix_millis(i64::MIN);
+    async fn release_refresh_lease(&self, lease: &Lease, in_doubt: bool) -> Result<(), StoreError> {
+        if let Some(current) = lock(&self.leases).get_mut(&lease.id) {
+            current.release(lease.fence, in_doubt);
         }
         Ok(())
+    }
+
+    async fn release_abandoned_leases(
+        &self,
+        node_prefix: &str,
+    ) -> Result<Vec<ConnectionId>, StoreError> {
+        let mut leases = lock(&self.leases);
+        let mut ids: Vec<ConnectionId> = leases
+            .iter_mut()
+            .filter_map(|(id, l)| l.abandon(node_prefix).then(|| id.clone()))
+            .collect();
+        ids.sort();
+        Ok(ids)
     }
 }
 

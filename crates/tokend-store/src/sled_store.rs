@@ -1,41 +1,56 @@
 //! The embedded default `Store`: sled 0.34, one tree of records and one of
-//! refresh leases, every write flushed before it returns.
+//! refresh leases, every write flushed before it returns, and every sled call
+//! on a blocking thread, never on the async runtime.
 
 use std::{
     path::Path,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use tokend_core::{Connection, ConnectionId, Timestamp};
 
-use crate::{Lease, ListQuery, Store, StoreError, check_advances, codec, crypto::Keyring, matches};
+use crate::{
+    Expected, Lease, ListQuery, Store, StoreError, check_advances, codec,
+    crypto::Keyring,
+    leases::{LeaseState, check_fence},
+    matches,
+};
 
 /// A sled database holding tokend's records. sled types stay inside this
-/// module.
+/// module. Cheap to clone: the state is shared.
+#[derive(Clone)]
 pub struct SledStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     /// Kept so the database (and its file lock) lives as long as the store.
     db: sled::Db,
     /// `connection id -> codec-encoded Connection`.
     records: sled::Tree,
-    /// `connection id -> JSON StoredLease`.
+    /// `connection id -> JSON LeaseState`.
     leases: sled::Tree,
-    /// Seals and opens secret fields. Swapped whole when keys rotate; a
-    /// std `RwLock` held only to clone the `Arc`.
+    /// Seals and opens secret fields. A `put` holds the read guard from
+    /// encoding to its compare-and-swap, and `set_keyring` takes the write
+    /// guard: once `set_keyring` returns, every write that lands after it
+    /// was sealed with the new keys, so a re-encryption pass started then
+    /// misses nothing and old keys can never gain records again.
     keys: RwLock<Arc<Keyring>>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct StoredLease {
-    holder: String,
-    fence: u64,
-    expires_at: Timestamp,
+    /// Serialises the fence check with the record swap, and lease grants
+    /// with both, so no write under a stale fence can slip between a grant
+    /// and its swap. sled's exclusive file lock makes this process the only
+    /// writer.
+    fencing: Mutex<()>,
 }
 
 fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SledStore {
@@ -51,22 +66,32 @@ impl SledStore {
         let records = db.open_tree("connections").map_err(backend)?;
         let leases = db.open_tree("refresh_leases").map_err(backend)?;
         Ok(Self {
-            db,
-            records,
-            leases,
-            keys: RwLock::new(Arc::new(keys)),
+            inner: Arc::new(Inner {
+                db,
+                records,
+                leases,
+                keys: RwLock::new(Arc::new(keys)),
+                fencing: Mutex::new(()),
+            }),
         })
     }
 
-    fn keys(&self) -> Arc<Keyring> {
-        Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()))
+    /// Runs `f` on a blocking thread: sled calls block on I/O and locks.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
     }
 
     /// Switches to a new keyring (after `tokend keys rotate`). It must still
     /// hold every key that sealed a stored field until [`Self::reencrypt`]
-    /// has run.
+    /// has run. Waits for writes sealing with the old keyring to land.
     pub fn set_keyring(&self, keys: Keyring) {
-        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        *self.inner.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
     }
 
     /// Re-seals every record whose fields use a key other than the active
@@ -74,45 +99,52 @@ impl SledStore {
     /// write simply wins and is already sealed with the active key. Returns
     /// how many records were re-sealed.
     pub async fn reencrypt(&self) -> Result<usize, StoreError> {
-        let keys = self.keys();
-        let active = keys.active_key_id();
-        let mut count = 0;
-        for item in self.records.iter() {
-            let (key, bytes) = item.map_err(backend)?;
-            if codec::key_ids(&bytes).iter().all(|k| *k == active) {
-                continue;
-            }
-            let record = match codec::decode(&key, &bytes, &keys) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot re-encrypt an unreadable record");
-                    continue;
+        let count = self
+            .blocking(|inner| {
+                let keys = inner.keys();
+                let active = keys.active_key_id();
+                let mut count = 0;
+                for item in inner.records.iter() {
+                    let (key, bytes) = item.map_err(backend)?;
+                    if codec::key_ids(&bytes).iter().all(|k| *k == active) {
+                        continue;
+                    }
+                    let record = match codec::decode(&key, &bytes, &keys) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot re-encrypt an unreadable record");
+                            continue;
+                        }
+                    };
+                    if swap(
+                        &inner.records,
+                        &key,
+                        Some(bytes),
+                        Some(codec::encode(&record, &keys)),
+                    )? {
+                        count += 1;
+                    }
                 }
-            };
-            if Self::swap(
-                &self.records,
-                &key,
-                Some(bytes),
-                Some(codec::encode(&record, &keys)),
-            )? {
-                count += 1;
-            }
-        }
+                Ok(count)
+            })
+            .await?;
         self.flush().await?;
         Ok(count)
     }
 
     /// How many records still use a key other than the active one.
-    pub fn records_on_old_keys(&self) -> Result<usize, StoreError> {
-        let active = self.keys().active_key_id();
-        let mut n = 0;
-        for item in self.records.iter() {
-            let (_, bytes) = item.map_err(backend)?;
-            if codec::key_ids(&bytes).iter().any(|k| *k != active) {
-                n += 1;
-            }
-        }
-        Ok(n)
+    pub async fn records_on_old_keys(&self) -> Result<usize, StoreError> {
+        self.blocking(|inner| {
+            let active = inner.keys().active_key_id();
+            inner.count_records(|k| k != active)
+        })
+        .await
+    }
+
+    /// How many records have a field sealed with `key_id`.
+    pub async fn records_on_key(&self, key_id: u32) -> Result<usize, StoreError> {
+        self.blocking(move |inner| inner.count_records(|k| k == key_id))
+            .await
     }
 
     /// Makes every write so far durable.
@@ -121,43 +153,52 @@ impl SledStore {
     /// concurrent `flush_async` calls can hang in sled 0.34 (sled issues
     /// #1241, #1308), and the refresh engine flushes from several tasks.
     async fn flush(&self) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        self.blocking(|inner| inner.db.flush().map(|_| ()).map_err(backend))
             .await
-            .map_err(|e| StoreError::Backend(format!("flush task failed: {e}")))?
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    /// Compare-and-swaps `key` from `old` to `new` at the byte level.
-    fn swap(
-        tree: &sled::Tree,
-        key: &[u8],
-        old: Option<sled::IVec>,
-        new: Option<Vec<u8>>,
-    ) -> Result<bool, StoreError> {
-        Ok(tree
-            .compare_and_swap(key, old, new)
-            .map_err(backend)?
-            .is_ok())
     }
 }
 
-#[async_trait]
-impl Store for SledStore {
-    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
-        let key = id.as_str().as_bytes();
-        match self.records.get(key).map_err(backend)? {
-            Some(bytes) => codec::decode(key, &bytes, &self.keys()).map(Some),
-            None => Ok(None),
-        }
+impl Inner {
+    fn keys(&self) -> Arc<Keyring> {
+        Arc::clone(&self.keys.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    async fn put(&self, record: &Connection, expected: Option<u64>) -> Result<(), StoreError> {
-        check_advances(record, expected)?;
+    fn count_records(&self, key_matches: impl Fn(u32) -> bool) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self.records.iter() {
+            let (_, bytes) = item.map_err(backend)?;
+            if codec::key_ids(&bytes).into_iter().any(&key_matches) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn lease_state(&self, key: &[u8]) -> Result<Option<LeaseState>, StoreError> {
+        Ok(self
+            .leases
+            .get(key)
+            .map_err(backend)?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok()))
+    }
+
+    fn set_lease(&self, key: &[u8], state: &LeaseState) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(state).map_err(|e| StoreError::Backend(e.to_string()))?;
+        self.leases.insert(key, bytes).map_err(backend)?;
+        Ok(())
+    }
+
+    fn put(
+        &self,
+        record: &Connection,
+        expected: Option<u64>,
+        fence: Option<u64>,
+    ) -> Result<(), StoreError> {
         let key = record.id.as_str().as_bytes();
-        let keys = self.keys();
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         let new = codec::encode(record, &keys);
+        let _fencing = lock(&self.fencing);
+        check_fence(&record.id, self.lease_state(key)?.as_ref(), fence)?;
         // Read, check the revision, then swap on the exact bytes read: if the
         // record changed in between, the byte-level swap fails and we look
         // again, so the revision check can never act on a stale read.
@@ -175,62 +216,174 @@ impl Store for SledStore {
                     found,
                 });
             }
-            if Self::swap(&self.records, key, current, Some(new.clone()))? {
-                break;
+            if swap(&self.records, key, current, Some(new.clone()))? {
+                return Ok(());
             }
         }
+    }
+
+    /// The stored bytes of `id` if they cannot be decoded.
+    fn unreadable(&self, id: &ConnectionId) -> Result<Option<sled::IVec>, StoreError> {
+        let key = id.as_str().as_bytes();
+        let Some(bytes) = self.records.get(key).map_err(backend)? else {
+            return Ok(None);
+        };
+        Ok(codec::decode(key, &bytes, &self.keys())
+            .is_err()
+            .then_some(bytes))
+    }
+}
+
+/// Compare-and-swaps `key` from `old` to `new` at the byte level.
+fn swap(
+    tree: &sled::Tree,
+    key: &[u8],
+    old: Option<sled::IVec>,
+    new: Option<Vec<u8>>,
+) -> Result<bool, StoreError> {
+    Ok(tree
+        .compare_and_swap(key, old, new)
+        .map_err(backend)?
+        .is_ok())
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        let id = id.clone();
+        self.blocking(move |inner| {
+            let key = id.as_str().as_bytes();
+            match inner.records.get(key).map_err(backend)? {
+                Some(bytes) => codec::decode(key, &bytes, &inner.keys()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn put(
+        &self,
+        record: &Connection,
+        expected: Option<u64>,
+        fence: Option<u64>,
+    ) -> Result<(), StoreError> {
+        check_advances(record, expected)?;
+        let record = record.clone();
+        self.blocking(move |inner| inner.put(&record, expected, fence))
+            .await?;
         self.flush().await
     }
 
-    async fn delete(&self, id: &ConnectionId, expected: Option<u64>) -> Result<bool, StoreError> {
-        let key = id.as_str().as_bytes();
-        loop {
-            let Some(current) = self.records.get(key).map_err(backend)? else {
-                return Ok(false);
+    async fn replace_unreadable(&self, record: &Connection) -> Result<(), StoreError> {
+        let record = record.clone();
+        self.blocking(move |inner| {
+            let conflict = |found| StoreError::Conflict {
+                id: record.id.clone(),
+                expected: None,
+                found,
             };
-            if let Some(e) = expected {
-                let found = codec::decode(key, &current, &self.keys())?.revision;
-                if found != e {
-                    return Err(StoreError::Conflict {
-                        id: id.clone(),
-                        expected,
-                        found: Some(found),
-                    });
+            let key = record.id.as_str().as_bytes();
+            let keys = inner.keys.read().unwrap_or_else(|p| p.into_inner());
+            let Some(bad) = inner.unreadable(&record.id)? else {
+                return Err(conflict(None));
+            };
+            if swap(
+                &inner.records,
+                key,
+                Some(bad),
+                Some(codec::encode(&record, &keys)),
+            )? {
+                Ok(())
+            } else {
+                Err(conflict(None))
+            }
+        })
+        .await?;
+        self.flush().await
+    }
+
+    async fn delete(&self, id: &ConnectionId, expected: Expected) -> Result<bool, StoreError> {
+        let id = id.clone();
+        let deleted = self
+            .blocking(move |inner| {
+                let key = id.as_str().as_bytes();
+                loop {
+                    let Some(current) = inner.records.get(key).map_err(backend)? else {
+                        return Ok(false);
+                    };
+                    let decoded = codec::decode(key, &current, &inner.keys());
+                    let (ok, found) = match (&decoded, expected) {
+                        (
+                            Ok(r),
+                            Expected::Record {
+                                incarnation,
+                                revision,
+                            },
+                        ) => (
+                            r.incarnation == incarnation && r.revision == revision,
+                            Some(r.revision),
+                        ),
+                        (Ok(r), Expected::Unreadable) => (false, Some(r.revision)),
+                        (Err(_), Expected::Unreadable) => (true, None),
+                        (Err(_), Expected::Record { .. }) => (false, None),
+                    };
+                    if !ok {
+                        return Err(StoreError::Conflict {
+                            id: id.clone(),
+                            expected: match expected {
+                                Expected::Record { revision, .. } => Some(revision),
+                                Expected::Unreadable => None,
+                            },
+                            found,
+                        });
+                    }
+                    if swap(&inner.records, key, Some(current), None)? {
+                        break;
+                    }
                 }
-            }
-            if Self::swap(&self.records, key, Some(current), None)? {
-                break;
-            }
+                // The fence counter outlives the record.
+                let _fencing = lock(&inner.fencing);
+                if let Some(mut lease) = inner.lease_state(key)? {
+                    lease.forget();
+                    inner.set_lease(key, &lease)?;
+                }
+                Ok(true)
+            })
+            .await?;
+        if deleted {
+            self.flush().await?;
         }
-        self.leases.remove(key).map_err(backend)?;
-        self.flush().await?;
-        Ok(true)
+        Ok(deleted)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {
-        let iter = match &query.after {
-            Some(after) => {
-                let mut start = after.as_str().as_bytes().to_vec();
-                // The smallest key strictly greater than `after`.
-                start.push(0);
-                self.records.range(start..)
+        let query = query.clone();
+        self.blocking(move |inner| {
+            let iter = match &query.after {
+                Some(after) => {
+                    let mut start = after.as_str().as_bytes().to_vec();
+                    // The smallest key strictly greater than `after`.
+                    start.push(0);
+                    inner.records.range(start..)
+                }
+                None => inner.records.iter(),
+            };
+            let keys = inner.keys();
+            let mut out = Vec::new();
+            for item in iter {
+                if out.len() >= query.limit {
+                    break;
+                }
+                let (key, bytes) = item.map_err(backend)?;
+                match codec::decode(&key, &bytes, &keys) {
+                    Ok(c) if matches(&query, &c) => out.push(c),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "skipping unreadable connection record"),
+                }
             }
-            None => self.records.iter(),
-        };
-        let keys = self.keys();
-        let mut out = Vec::new();
-        for item in iter {
-            if out.len() >= query.limit {
-                break;
-            }
-            let (key, bytes) = item.map_err(backend)?;
-            match codec::decode(&key, &bytes, &keys) {
-                Ok(c) if matches(query, &c) => out.push(c),
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "skipping unreadable connection record"),
-            }
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 
     async fn try_acquire_refresh_lease(
@@ -240,58 +393,72 @@ impl Store for SledStore {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<Option<Lease>, StoreError> {
-        let key = id.as_str().as_bytes();
-        loop {
-            let current = self.leases.get(key).map_err(backend)?;
-            let last: Option<StoredLease> = match &current {
-                Some(bytes) => serde_json::from_slice(bytes).ok(),
-                None => None,
-            };
-            if last
-                .as_ref()
-                .is_some_and(|l| l.holder != holder && l.expires_at > now)
-            {
-                return Ok(None);
-            }
-            let lease = StoredLease {
-                holder: holder.to_owned(),
-                fence: last.as_ref().map_or(1, |l| l.fence + 1),
-                expires_at: now.saturating_add(ttl),
-            };
-            let bytes =
-                serde_json::to_vec(&lease).map_err(|e| StoreError::Backend(e.to_string()))?;
-            if Self::swap(&self.leases, key, current, Some(bytes))? {
-                // Not flushed: a lease lost in a crash only costs a possible
-                // duplicate provider call, which the revision CAS makes safe.
-                return Ok(Some(Lease {
-                    id: id.clone(),
-                    holder: lease.holder,
-                    fence: lease.fence,
-                    expires_at: lease.expires_at,
-                }));
-            }
+        let id = id.clone();
+        let holder = holder.to_owned();
+        let granted = self
+            .blocking(move |inner| {
+                let key = id.as_str().as_bytes();
+                let _fencing = lock(&inner.fencing);
+                let last = inner.lease_state(key)?;
+                let Some(next) = LeaseState::grant(last.as_ref(), &holder, ttl, now) else {
+                    return Ok(None);
+                };
+                inner.set_lease(key, &next)?;
+                Ok(Some(next.lease(&id)))
+            })
+            .await?;
+        if granted.is_some() {
+            // Flushed: the lease is the refresh's durable intent, found
+            // again after a crash between the provider call and the commit.
+            self.flush().await?;
         }
+        Ok(granted)
     }
 
-    async fn release_refresh_lease(&self, lease: &Lease) -> Result<(), StoreError> {
-        let key = lease.id.as_str().as_bytes();
-        loop {
-            let Some(current) = self.leases.get(key).map_err(backend)? else {
-                return Ok(());
-            };
-            let Ok(mut stored) = serde_json::from_slice::<StoredLease>(&current) else {
-                return Ok(());
-            };
-            if stored.fence != lease.fence {
-                return Ok(());
+    async fn release_refresh_lease(&self, lease: &Lease, in_doubt: bool) -> Result<(), StoreError> {
+        // Not flushed: the next flush (any write's) carries it. Lost in a
+        // crash, it only makes the next refresh look in doubt, which costs
+        // nothing unless that refresh is refused.
+        let lease = lease.clone();
+        self.blocking(move |inner| {
+            let key = lease.id.as_str().as_bytes();
+            let _fencing = lock(&inner.fencing);
+            if let Some(mut state) = inner.lease_state(key)?
+                && state.release(lease.fence, in_doubt)
+            {
+                inner.set_lease(key, &state)?;
             }
-            stored.expires_at = Timestamp::from_unix_millis(i64::MIN);
-            let bytes =
-                serde_json::to_vec(&stored).map_err(|e| StoreError::Backend(e.to_string()))?;
-            if Self::swap(&self.leases, key, Some(current), Some(bytes))? {
-                return Ok(());
-            }
-        }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release_abandoned_leases(
+        &self,
+        node_prefix: &str,
+    ) -> Result<Vec<ConnectionId>, StoreError> {
+        let prefix = node_prefix.to_owned();
+        let ids = self
+            .blocking(move |inner| {
+                let _fencing = lock(&inner.fencing);
+                let mut ids = Vec::new();
+                for item in inner.leases.iter() {
+                    let (key, bytes) = item.map_err(backend)?;
+                    let Ok(mut state) = serde_json::from_slice::<LeaseState>(&bytes) else {
+                        continue;
+                    };
+                    if state.abandon(&prefix) {
+                        inner.set_lease(&key, &state)?;
+                        if let Ok(id) = ConnectionId::new(String::from_utf8_lossy(&key)) {
+                            ids.push(id);
+                        }
+                    }
+                }
+                Ok(ids)
+            })
+            .await?;
+        self.flush().await?;
+        Ok(ids)
     }
 }
 
@@ -340,7 +507,7 @@ mod tests {
                     .expose_secret()
                     .to_owned(),
             );
-            store.put(&r, None).await.unwrap();
+            store.put(&r, None, None).await.unwrap();
         }
         drop(store);
         let bytes = all_bytes(dir.path());
@@ -358,13 +525,13 @@ mod tests {
         let store = SledStore::open(dir.path(), file.keyring().unwrap()).unwrap();
         for i in 0..5 {
             store
-                .put(&crate::conformance::record(&format!("r{i}"), 1), None)
+                .put(&crate::conformance::record(&format!("r{i}"), 1), None, None)
                 .await
                 .unwrap();
         }
         file.rotate();
         store.set_keyring(file.keyring().unwrap());
-        assert_eq!(store.records_on_old_keys().unwrap(), 5);
+        assert_eq!(store.records_on_old_keys().await.unwrap(), 5);
         let id = ConnectionId::new("r3").unwrap();
         assert_eq!(
             store
@@ -378,7 +545,7 @@ mod tests {
             "at-r3-1"
         );
         assert_eq!(store.reencrypt().await.unwrap(), 5);
-        assert_eq!(store.records_on_old_keys().unwrap(), 0);
+        assert_eq!(store.records_on_old_keys().await.unwrap(), 0);
         // Now the old key can go.
         let active = file.active;
         file.keys.retain(|k| k.id == active);
@@ -401,21 +568,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), Keyring::ephemeral()).unwrap();
         store
-            .put(&crate::conformance::record("a", 1), None)
+            .put(&crate::conformance::record("a", 1), None, None)
             .await
             .unwrap();
         store
-            .put(&crate::conformance::record("b", 1), None)
+            .put(&crate::conformance::record("b", 1), None, None)
             .await
             .unwrap();
         // Copy b's sealed access token onto a: the associated data no longer
         // matches, so a fails to decrypt and b is untouched.
         let mut a: serde_json::Value =
-            serde_json::from_slice(&store.records.get(b"a").unwrap().unwrap()).unwrap();
+            serde_json::from_slice(&store.inner.records.get(b"a").unwrap().unwrap()).unwrap();
         let b: serde_json::Value =
-            serde_json::from_slice(&store.records.get(b"b").unwrap().unwrap()).unwrap();
+            serde_json::from_slice(&store.inner.records.get(b"b").unwrap().unwrap()).unwrap();
         a["access_token"] = b["access_token"].clone();
         store
+            .inner
             .records
             .insert(b"a", serde_json::to_vec(&a).unwrap())
             .unwrap();
@@ -452,7 +620,7 @@ mod tests {
         let keys = KeyFile::generate();
         {
             let store = SledStore::open(dir.path(), keys.keyring().unwrap()).unwrap();
-            store.put(&record, None).await.unwrap();
+            store.put(&record, None, None).await.unwrap();
         }
         let store = SledStore::open(dir.path(), keys.keyring().unwrap()).unwrap();
         let back = store.get(&record.id).await.unwrap().unwrap();
@@ -469,10 +637,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(dir.path(), Keyring::ephemeral()).unwrap();
         store
-            .put(&crate::conformance::record("good", 1), None)
+            .put(&crate::conformance::record("good", 1), None, None)
             .await
             .unwrap();
-        store.records.insert(b"bad", &b"{not json"[..]).unwrap();
+        store
+            .inner
+            .records
+            .insert(b"bad", &b"{not json"[..])
+            .unwrap();
         let bad = ConnectionId::new("bad").unwrap();
         assert!(matches!(
             store.get(&bad).await,
@@ -487,5 +659,127 @@ mod tests {
             .unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].id.as_str(), "good");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_record_can_be_deleted_or_replaced_by_compare_and_swap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path(), Keyring::ephemeral()).unwrap();
+        let bad = ConnectionId::new("bad").unwrap();
+        store
+            .inner
+            .records
+            .insert(b"bad", &b"{not json"[..])
+            .unwrap();
+        // A delete expecting a readable record refuses; one expecting the
+        // broken bytes removes them.
+        assert!(matches!(
+            store
+                .delete(
+                    &bad,
+                    Expected::Record {
+                        incarnation: 7,
+                        revision: 1
+                    }
+                )
+                .await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(store.delete(&bad, Expected::Unreadable).await.unwrap());
+        assert!(store.get(&bad).await.unwrap().is_none());
+        // Replacing: only while the record is still unreadable.
+        store
+            .inner
+            .records
+            .insert(b"bad", &b"{not json"[..])
+            .unwrap();
+        let fresh = crate::conformance::record("bad", 1);
+        store.replace_unreadable(&fresh).await.unwrap();
+        assert_eq!(store.get(&bad).await.unwrap().unwrap().revision, 1);
+        assert!(matches!(
+            store.replace_unreadable(&fresh).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert!(matches!(
+            store.delete(&bad, Expected::Unreadable).await,
+            Err(StoreError::Conflict { .. })
+        ));
+    }
+
+    /// Invariant: once `set_keyring` returns, no write sealed with the old
+    /// keys can land, so after one re-encryption pass no record is left on
+    /// an old key. Before the fix a put that took its keyring snapshot
+    /// before the swap could land after the pass had passed its record.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn no_write_lands_on_an_old_key_after_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = KeyFile::generate();
+        let store = SledStore::open(dir.path(), file.keyring().unwrap()).unwrap();
+        let n = 40;
+        for i in 0..n {
+            store
+                .put(&crate::conformance::record(&format!("k{i}"), 1), None, None)
+                .await
+                .unwrap();
+        }
+        let writers: Vec<_> = (0..n)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let mut r = crate::conformance::record(&format!("k{i}"), 1);
+                    for rev in 2..30u64 {
+                        let expected = r.revision;
+                        r.revision = rev;
+                        if store.put(&r, Some(expected), None).await.is_err() {
+                            r = store.get(&r.id).await.unwrap().unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        file.rotate();
+        store.set_keyring(file.keyring().unwrap());
+        store.reencrypt().await.unwrap();
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert_eq!(store.records_on_old_keys().await.unwrap(), 0);
+        let old = file
+            .keys
+            .iter()
+            .map(|k| k.id)
+            .find(|k| *k != file.active)
+            .unwrap();
+        assert_eq!(store.records_on_key(old).await.unwrap(), 0);
+    }
+
+    /// The lease is the refresh's durable intent: granted, it survives a
+    /// reopen, and start-up finds it as abandoned and in doubt.
+    #[tokio::test]
+    async fn an_unreleased_lease_survives_reopening_as_in_doubt() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyFile::generate();
+        let id = ConnectionId::new("c").unwrap();
+        let t0 = Timestamp::from_unix_millis(0);
+        {
+            let store = SledStore::open(dir.path(), keys.keyring().unwrap()).unwrap();
+            store
+                .try_acquire_refresh_lease(&id, "local/run-1", Duration::from_secs(30), t0)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        let store = SledStore::open(dir.path(), keys.keyring().unwrap()).unwrap();
+        assert_eq!(
+            store.release_abandoned_leases("local/").await.unwrap(),
+            vec![id.clone()]
+        );
+        let lease = store
+            .try_acquire_refresh_lease(&id, "local/run-2", Duration::from_secs(30), t0)
+            .await
+            .unwrap()
+            .expect("released at start, not waiting for expiry");
+        assert!(lease.in_doubt);
     }
 }

@@ -24,6 +24,13 @@ class ErrorClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_CLASS_RATE_LIMITED: _ClassVar[ErrorClass]
     ERROR_CLASS_TRANSIENT: _ClassVar[ErrorClass]
 
+class ReconnectCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RECONNECT_CAUSE_UNSPECIFIED: _ClassVar[ReconnectCause]
+    RECONNECT_CAUSE_REVOKED: _ClassVar[ReconnectCause]
+    RECONNECT_CAUSE_ROTATION_LOST: _ClassVar[ReconnectCause]
+    RECONNECT_CAUSE_NO_REFRESH_TOKEN: _ClassVar[ReconnectCause]
+
 class WatchEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     WATCH_EVENT_TYPE_UNSPECIFIED: _ClassVar[WatchEventType]
@@ -40,6 +47,10 @@ ERROR_CLASS_REVOKED: ErrorClass
 ERROR_CLASS_CLIENT_MISCONFIGURED: ErrorClass
 ERROR_CLASS_RATE_LIMITED: ErrorClass
 ERROR_CLASS_TRANSIENT: ErrorClass
+RECONNECT_CAUSE_UNSPECIFIED: ReconnectCause
+RECONNECT_CAUSE_REVOKED: ReconnectCause
+RECONNECT_CAUSE_ROTATION_LOST: ReconnectCause
+RECONNECT_CAUSE_NO_REFRESH_TOKEN: ReconnectCause
 WATCH_EVENT_TYPE_UNSPECIFIED: WatchEventType
 WATCH_EVENT_TYPE_SNAPSHOT: WatchEventType
 WATCH_EVENT_TYPE_TOKEN_ROTATED: WatchEventType
@@ -64,7 +75,7 @@ class ProviderError(_message.Message):
     def __init__(self, error_class: _Optional[_Union[ErrorClass, str]] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., correlation_id: _Optional[str] = ..., http_status: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Connection(_message.Message):
-    __slots__ = ("connection_id", "provider", "account_id", "status", "version", "scopes", "token_type", "access_token_expires_at", "last_refresh_at", "last_error", "created_at", "updated_at", "next_refresh_at")
+    __slots__ = ("connection_id", "provider", "account_id", "status", "version", "scopes", "token_type", "access_token_expires_at", "last_refresh_at", "last_error", "created_at", "updated_at", "next_refresh_at", "reconnect_cause")
     CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -78,6 +89,7 @@ class Connection(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     NEXT_REFRESH_AT_FIELD_NUMBER: _ClassVar[int]
+    RECONNECT_CAUSE_FIELD_NUMBER: _ClassVar[int]
     connection_id: str
     provider: str
     account_id: str
@@ -91,7 +103,8 @@ class Connection(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     updated_at: _timestamp_pb2.Timestamp
     next_refresh_at: _timestamp_pb2.Timestamp
-    def __init__(self, connection_id: _Optional[str] = ..., provider: _Optional[str] = ..., account_id: _Optional[str] = ..., status: _Optional[_Union[ConnectionStatus, str]] = ..., version: _Optional[int] = ..., scopes: _Optional[_Iterable[str]] = ..., token_type: _Optional[str] = ..., access_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_refresh_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[_Union[ProviderError, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_refresh_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    reconnect_cause: ReconnectCause
+    def __init__(self, connection_id: _Optional[str] = ..., provider: _Optional[str] = ..., account_id: _Optional[str] = ..., status: _Optional[_Union[ConnectionStatus, str]] = ..., version: _Optional[int] = ..., scopes: _Optional[_Iterable[str]] = ..., token_type: _Optional[str] = ..., access_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_refresh_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[_Union[ProviderError, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_refresh_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reconnect_cause: _Optional[_Union[ReconnectCause, str]] = ...) -> None: ...
 
 class AccessToken(_message.Message):
     __slots__ = ("connection_id", "access_token", "token_type", "expires_at", "expires_in_seconds", "scopes", "account_id", "version")

@@ -156,6 +156,62 @@ export function errorClassToJSON(object: ErrorClass): string {
   }
 }
 
+/**
+ * Why a connection became RECONNECT_REQUIRED. Also in the ErrorInfo
+ * metadata `cause` of RECONNECT_REQUIRED errors.
+ */
+export enum ReconnectCause {
+  RECONNECT_CAUSE_UNSPECIFIED = 0,
+  /** RECONNECT_CAUSE_REVOKED - The provider refused the grant: the user or portal revoked it. */
+  RECONNECT_CAUSE_REVOKED = 1,
+  /**
+   * RECONNECT_CAUSE_ROTATION_LOST - The provider refused a refresh token that tokend may have spent in a
+   * refresh whose answer was lost (a crash mid-refresh): the grant was lost
+   * in flight, not revoked by the user.
+   */
+  RECONNECT_CAUSE_ROTATION_LOST = 2,
+  /** RECONNECT_CAUSE_NO_REFRESH_TOKEN - The connection has no refresh token to renew with. */
+  RECONNECT_CAUSE_NO_REFRESH_TOKEN = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function reconnectCauseFromJSON(object: any): ReconnectCause {
+  switch (object) {
+    case 0:
+    case "RECONNECT_CAUSE_UNSPECIFIED":
+      return ReconnectCause.RECONNECT_CAUSE_UNSPECIFIED;
+    case 1:
+    case "RECONNECT_CAUSE_REVOKED":
+      return ReconnectCause.RECONNECT_CAUSE_REVOKED;
+    case 2:
+    case "RECONNECT_CAUSE_ROTATION_LOST":
+      return ReconnectCause.RECONNECT_CAUSE_ROTATION_LOST;
+    case 3:
+    case "RECONNECT_CAUSE_NO_REFRESH_TOKEN":
+      return ReconnectCause.RECONNECT_CAUSE_NO_REFRESH_TOKEN;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return ReconnectCause.UNRECOGNIZED;
+  }
+}
+
+export function reconnectCauseToJSON(object: ReconnectCause): string {
+  switch (object) {
+    case ReconnectCause.RECONNECT_CAUSE_UNSPECIFIED:
+      return "RECONNECT_CAUSE_UNSPECIFIED";
+    case ReconnectCause.RECONNECT_CAUSE_REVOKED:
+      return "RECONNECT_CAUSE_REVOKED";
+    case ReconnectCause.RECONNECT_CAUSE_ROTATION_LOST:
+      return "RECONNECT_CAUSE_ROTATION_LOST";
+    case ReconnectCause.RECONNECT_CAUSE_NO_REFRESH_TOKEN:
+      return "RECONNECT_CAUSE_NO_REFRESH_TOKEN";
+    case ReconnectCause.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** WatchEventType says why a WatchConnectionResponse was sent. */
 export enum WatchEventType {
   WATCH_EVENT_TYPE_UNSPECIFIED = 0,
@@ -260,7 +316,11 @@ export interface Connection {
     | Date
     | undefined;
   /** When the background refresher will next renew the token, if it will. */
-  nextRefreshAt: Date | undefined;
+  nextRefreshAt:
+    | Date
+    | undefined;
+  /** Why the connection needs reconnecting, when it does. */
+  reconnectCause: ReconnectCause;
 }
 
 /** AccessToken is what callers put in Authorization headers. */
@@ -586,6 +646,7 @@ function createBaseConnection(): Connection {
     createdAt: undefined,
     updatedAt: undefined,
     nextRefreshAt: undefined,
+    reconnectCause: 0,
   };
 }
 
@@ -629,6 +690,9 @@ export const Connection: MessageFns<Connection> = {
     }
     if (message.nextRefreshAt !== undefined) {
       Timestamp.encode(toTimestamp(message.nextRefreshAt), writer.uint32(106).fork()).join();
+    }
+    if (message.reconnectCause !== 0) {
+      writer.uint32(112).int32(message.reconnectCause);
     }
     return writer;
   },
@@ -750,6 +814,14 @@ export const Connection: MessageFns<Connection> = {
             message.nextRefreshAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 14: {
+            if (tag !== 112) {
+              break;
+            }
+
+            message.reconnectCause = reader.int32() as any;
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -813,6 +885,11 @@ export const Connection: MessageFns<Connection> = {
         : isSet(object.next_refresh_at)
         ? fromJsonTimestamp(object.next_refresh_at)
         : undefined,
+      reconnectCause: isSet(object.reconnectCause)
+        ? reconnectCauseFromJSON(object.reconnectCause)
+        : isSet(object.reconnect_cause)
+        ? reconnectCauseFromJSON(object.reconnect_cause)
+        : 0,
     };
   },
 
@@ -857,6 +934,9 @@ export const Connection: MessageFns<Connection> = {
     if (message.nextRefreshAt !== undefined) {
       obj.nextRefreshAt = message.nextRefreshAt.toISOString();
     }
+    if (message.reconnectCause !== 0) {
+      obj.reconnectCause = reconnectCauseToJSON(message.reconnectCause);
+    }
     return obj;
   },
 
@@ -880,6 +960,7 @@ export const Connection: MessageFns<Connection> = {
     message.createdAt = object.createdAt ?? undefined;
     message.updatedAt = object.updatedAt ?? undefined;
     message.nextRefreshAt = object.nextRefreshAt ?? undefined;
+    message.reconnectCause = object.reconnectCause ?? 0;
     return message;
   },
 };

@@ -1,16 +1,17 @@
 //! Install: creating or atomically replacing a connection from an
-//! authorization code or an imported token set, idempotently.
+//! authorization code or an imported token set, idempotently, in a task the
+//! engine owns so no caller can cancel it halfway.
 
 use std::{sync::Arc, time::Duration};
 
+use dashmap::DashMap;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-use tokend_core::{
-    Connection, ConnectionId, ErrorClass, ProviderName, Status, TokenSet, derive_connection_id,
-};
+use tokend_core::{Connection, ConnectionId, ProviderName, Status, TokenSet, derive_connection_id};
 use tokend_store::StoreError;
 
-use crate::{ServiceError, engine::Engine};
+use super::Engine;
+use crate::{ServiceError, hub::EventKind};
 
 /// A validated install request.
 pub struct InstallInput {
@@ -95,36 +96,76 @@ impl InstallInput {
     }
 }
 
-impl Engine {
-    /// Installs, one request at a time per fingerprint: a client retrying
-    /// while its first attempt still runs waits for it and is then answered
-    /// as a replay, instead of spending the single-use code a second time.
-    pub async fn install(
-        self: &Arc<Self>,
+/// Runs installs: one at a time per request fingerprint, each in a task the
+/// engine owns. A client deadline or a reset stream drops the caller, never
+/// the exchange: the single-use code may already be spent, so the grant it
+/// bought is persisted whatever happens to the caller, and a retry is
+/// answered from it (`replayed = true`).
+#[derive(Default)]
+pub(crate) struct Installer {
+    /// Recent install requests, to answer retried code installs whose id
+    /// came from the provider's answer.
+    recent: RecentInstalls,
+    /// One async mutex per in-progress install fingerprint.
+    gates: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// Removes a fingerprint's gate when the last install using it ends, however
+/// it ends.
+struct GateGuard {
+    engine: Arc<Engine>,
+    fingerprint: String,
+}
+
+impl Drop for GateGuard {
+    fn drop(&mut self) {
+        // Checked under the shard lock: the map holds the only reference
+        // once every install of this fingerprint has dropped its own.
+        self.engine
+            .installer
+            .gates
+            .remove_if(&self.fingerprint, |_, g| Arc::strong_count(g) == 1);
+    }
+}
+
+impl Installer {
+    pub(crate) async fn install(
+        engine: &Arc<Engine>,
         input: InstallInput,
     ) -> Result<InstallOutcome, ServiceError> {
         let fingerprint = input.fingerprint();
-        let gate = Arc::clone(
-            self.install_gates
-                .entry(fingerprint.clone())
-                .or_default()
-                .value(),
-        );
-        let guard = gate.lock().await;
-        let outcome = self.install_exclusive(input, fingerprint.clone()).await;
-        drop(guard);
-        // The map and this call hold the only references: nobody waits.
-        self.install_gates
-            .remove_if(&fingerprint, |_, g| Arc::strong_count(g) == 2);
-        outcome
+        let task_engine = Arc::clone(engine);
+        let handle = engine.tasks.spawn(async move {
+            let gate = Arc::clone(
+                task_engine
+                    .installer
+                    .gates
+                    .entry(fingerprint.clone())
+                    .or_default()
+                    .value(),
+            );
+            let _remove = GateGuard {
+                engine: Arc::clone(&task_engine),
+                fingerprint: fingerprint.clone(),
+            };
+            let _turn = gate.lock_owned().await;
+            Installer::exclusive(&task_engine, input, fingerprint).await
+        });
+        handle.await.map_err(|e| {
+            if e.is_panic() {
+                ServiceError::Internal("install task panicked")
+            } else {
+                ServiceError::ShuttingDown
+            }
+        })?
     }
 
-    async fn install_exclusive(
-        self: &Arc<Self>,
+    async fn exclusive(
+        engine: &Arc<Engine>,
         input: InstallInput,
         fingerprint: String,
     ) -> Result<InstallOutcome, ServiceError> {
-        let provider = self.provider(&input.provider).cloned().ok_or_else(|| {
+        let provider = engine.provider(&input.provider).cloned().ok_or_else(|| {
             ServiceError::invalid(
                 "provider",
                 format!("unknown provider {:?}", input.provider.as_str()),
@@ -145,46 +186,28 @@ impl Engine {
         // spent: recent installs remember which connection a request made.
         let remembered = known_id
             .clone()
-            .or_else(|| self.recent_installs.get(&fingerprint));
+            .or_else(|| engine.installer.recent.get(&fingerprint));
         if let Some(id) = &remembered
-            && let Some(existing) = self.store.get(id).await?
+            && let Ok(Some(existing)) = engine.store.get(id).await
             && is_replay(&existing, &fingerprint)
         {
-            return Ok(InstallOutcome {
-                connection: self.installed_replay(existing),
-                created: false,
-                replayed: true,
-            });
+            return Ok(replay(existing));
         }
 
-        let now = self.clock.now();
+        let now = engine.clock.now();
         let (tokens, provider_account) = match input.grant {
             InstallGrant::Code {
                 code,
                 redirect_uri,
                 code_verifier,
             } => {
-                let grant = self
-                    .client
+                let grant = engine
+                    .endpoint
                     .exchange_code(&provider, &code, &redirect_uri, code_verifier.as_ref())
                     .await
                     .map_err(|e| {
-                        let last = e.to_last_error(self.clock.now());
                         tracing::warn!(provider = %provider.name, error_class = e.class.as_str(), code = %e.code, "authorization code exchange failed");
-                        match e.class {
-                            ErrorClass::Revoked => ServiceError::CodeRejected(last),
-                            ErrorClass::ClientMisconfigured => ServiceError::ProviderMisconfigured {
-                                provider: provider.name.to_string(),
-                                last_error: Some(last),
-                            },
-                            ErrorClass::RateLimited | ErrorClass::Transient => {
-                                ServiceError::ProviderUnavailable {
-                                    provider: provider.name.to_string(),
-                                    last_error: Some(last),
-                                    retry_after: e.retry_after,
-                                }
-                            }
-                        }
+                        ServiceError::code_exchange_failed(&provider.name, &e, engine.clock.now())
                     })?;
                 (grant.tokens, grant.account_id)
             }
@@ -225,7 +248,14 @@ impl Engine {
         };
 
         for _ in 0..5 {
-            let existing = self.store.get(&id).await?;
+            let epoch = engine.slots.epoch();
+            let (existing, unreadable) = match engine.store.get(&id).await {
+                Ok(existing) => (existing, false),
+                // A record that cannot be decoded is replaced, so a broken
+                // connection can always be installed again.
+                Err(StoreError::Corrupt { .. }) => (None, true),
+                Err(e) => return Err(e.into()),
+            };
             let record = match &existing {
                 Some(e) if e.provider != input.provider => {
                     return Err(ServiceError::ProviderMismatch {
@@ -234,13 +264,7 @@ impl Engine {
                         requested: input.provider.to_string(),
                     });
                 }
-                Some(e) if is_replay(e, &fingerprint) => {
-                    return Ok(InstallOutcome {
-                        connection: self.installed_replay(e.clone()),
-                        created: false,
-                        replayed: true,
-                    });
-                }
+                Some(e) if is_replay(e, &fingerprint) => return Ok(replay(e.clone())),
                 // A replacement keeps the creation time and (if this
                 // request names none) the account, and continues the counters.
                 _ => Connection {
@@ -258,6 +282,7 @@ impl Engine {
                     version: existing.as_ref().map_or(1, |e| e.version + 1),
                     revision: existing.as_ref().map_or(1, |e| e.revision + 1),
                     status: Status::Active,
+                    reconnect_cause: None,
                     last_error: None,
                     last_refresh_at: None,
                     created_at: existing.as_ref().map_or(now, |e| e.created_at),
@@ -265,26 +290,32 @@ impl Engine {
                     install_fingerprint: Some(fingerprint.clone()),
                 },
             };
-            match self
-                .store
-                .put(&record, existing.as_ref().map(|e| e.revision))
-                .await
-            {
+            let written = if unreadable {
+                engine.store.replace_unreadable(&record).await
+            } else {
+                engine
+                    .store
+                    .put(&record, existing.as_ref().map(|e| e.revision), None)
+                    .await
+            };
+            match written {
                 Ok(()) => {
                     tracing::info!(
                         connection_id = %id,
                         provider = %input.provider,
                         version = record.version,
                         ttl_secs = record.tokens.ttl(now).as_secs(),
-                        replaced = existing.is_some(),
+                        replaced = existing.is_some() || unreadable,
                         "connection installed"
                     );
-                    self.recent_installs
+                    engine
+                        .installer
+                        .recent
                         .remember(fingerprint.clone(), id.clone());
-                    let connection = self.installed(record, existing.as_ref());
+                    let connection = engine.installed(record, existing.as_ref(), epoch);
                     return Ok(InstallOutcome {
                         connection,
-                        created: existing.is_none(),
+                        created: existing.is_none() && !unreadable,
                         replayed: false,
                     });
                 }
@@ -294,10 +325,38 @@ impl Engine {
         }
         Err(ServiceError::Contended(id))
     }
+}
 
-    fn installed_replay(&self, existing: Connection) -> Arc<Connection> {
-        tracing::info!(connection_id = %existing.id, "install retried; answered without a second effect");
-        Arc::new(existing)
+fn replay(existing: Connection) -> InstallOutcome {
+    tracing::info!(connection_id = %existing.id, "install retried; answered without a second effect");
+    InstallOutcome {
+        connection: Arc::new(existing),
+        created: false,
+        replayed: true,
+    }
+}
+
+impl Engine {
+    /// Caches, schedules and announces a record written by an install, read
+    /// at delete epoch `epoch`.
+    fn installed(
+        &self,
+        record: Connection,
+        previous: Option<&Connection>,
+        epoch: u64,
+    ) -> Arc<Connection> {
+        let id = record.id.clone();
+        let record = self.slots.cache(record, epoch);
+        if let Some(slot) = self.slots.get(&id) {
+            *super::slot::lock(&slot.retry) = Default::default();
+        }
+        self.schedule(&record);
+        match previous {
+            Some(p) if p.status != record.status => self.publish(EventKind::StatusChanged, &record),
+            Some(_) => self.publish(EventKind::TokenRotated, &record),
+            None => {}
+        }
+        record
     }
 }
 
@@ -306,7 +365,7 @@ impl Engine {
 /// even though the single-use code cannot be exchanged again. In memory and
 /// bounded: it covers retries after a lost reply, not days later.
 #[derive(Default)]
-pub(crate) struct RecentInstalls {
+struct RecentInstalls {
     /// A std `Mutex`: two map operations, never held across an `.await`.
     inner: std::sync::Mutex<RecentInner>,
 }

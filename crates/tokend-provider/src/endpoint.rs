@@ -1,0 +1,49 @@
+//! The seam between the refresh engine and token endpoints: a trait the
+//! HTTP client implements, so the engine's state machine can be tested
+//! against a scripted provider with no I/O.
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use crate::{ProviderClient, ProviderConfig, ProviderError, TokenGrant};
+
+/// Calls to one provider's token endpoint.
+#[async_trait]
+pub trait TokenEndpoint: Send + Sync + 'static {
+    /// Exchanges a refresh token for a new token set.
+    async fn refresh(
+        &self,
+        config: &ProviderConfig,
+        refresh_token: &SecretString,
+    ) -> Result<TokenGrant, ProviderError>;
+
+    /// Exchanges an authorization code (with PKCE when a verifier is given).
+    async fn exchange_code(
+        &self,
+        config: &ProviderConfig,
+        code: &SecretString,
+        redirect_uri: &str,
+        code_verifier: Option<&SecretString>,
+    ) -> Result<TokenGrant, ProviderError>;
+}
+
+#[async_trait]
+impl TokenEndpoint for ProviderClient {
+    async fn refresh(
+        &self,
+        config: &ProviderConfig,
+        refresh_token: &SecretString,
+    ) -> Result<TokenGrant, ProviderError> {
+        ProviderClient::refresh(self, config, refresh_token).await
+    }
+
+    async fn exchange_code(
+        &self,
+        config: &ProviderConfig,
+        code: &SecretString,
+        redirect_uri: &str,
+        code_verifier: Option<&SecretString>,
+    ) -> Result<TokenGrant, ProviderError> {
+        ProviderClient::exchange_code(self, config, code, redirect_uri, code_verifier).await
+    }
+}

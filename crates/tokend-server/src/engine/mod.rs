@@ -1,0 +1,547 @@
+//! The refresh engine: serves tokens from memory, refreshes each connection
+//! at most once at a time, persists every grant before anyone sees it, and
+//! never drops one the store has not accepted.
+//!
+//! One concern per file: `slot` (per-connection memory), `flight` (the
+//! singleflight), `refresh` (intent → provider → write-ahead → commit),
+//! `persist` (durable before visible, pending grants), `backoff` (retry
+//! delays and the per-provider breaker), `refresher` (the background
+//! refresher and start-up), `install` (code exchange and import).
+
+mod backoff;
+mod flight;
+mod install;
+mod persist;
+mod refresh;
+mod refresher;
+mod slot;
+#[cfg(test)]
+mod tests;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use tokend_core::{
+    Clock, Connection, ConnectionId, LastError, ProviderName, ReconnectCause, Status, Timestamp,
+};
+use tokend_provider::{ProviderConfig, TokenEndpoint};
+use tokend_store::{Expected, ListQuery, Store, StoreError};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use install::{InstallGrant, InstallInput, InstallOutcome};
+
+use crate::{
+    ServiceError,
+    hub::{Event, EventKind, Subscription, WatchHub},
+    scheduler::Scheduler,
+};
+use backoff::Breaker;
+use flight::Ended;
+use slot::{Slot, Slots};
+
+/// Tunables of the engine; defaults suit production.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// How long a refresh lease is held at most (covers one provider call).
+    pub lease_ttl: Duration,
+    /// First retry delay after a transient failure.
+    pub backoff_min: Duration,
+    /// Longest retry delay after repeated transient failures.
+    pub backoff_max: Duration,
+    /// Least delay before retrying after the provider rejected tokend's
+    /// client credentials: retrying fast cannot fix a configuration.
+    pub misconfigured_retry: Duration,
+    /// Cap on a provider's `Retry-After`, so a bogus value cannot park a
+    /// connection for days.
+    pub max_retry_after: Duration,
+    /// Background refreshes running at once, to spare providers a burst
+    /// after a restart.
+    pub background_concurrency: usize,
+    /// Whether the background refresher runs at all (tests of the on-demand
+    /// path turn it off).
+    pub background_refresh: bool,
+    /// This node's name in refresh-lease holders. Leases held by an earlier
+    /// run of the same node are released at start. Replicas sharing a store
+    /// need distinct names.
+    pub node: String,
+    /// First delay before retrying to persist a grant the store refused;
+    /// doubles up to `pending_retry_max`.
+    pub pending_retry_min: Duration,
+    pub pending_retry_max: Duration,
+    /// How long shutdown waits for refreshes and unpersisted grants.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(30),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            misconfigured_retry: Duration::from_secs(60),
+            max_retry_after: Duration::from_secs(900),
+            background_concurrency: 8,
+            background_refresh: true,
+            node: "local".into(),
+            pending_retry_min: Duration::from_millis(100),
+            pending_retry_max: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a refresh did not produce a token. Cloneable: every waiter of a
+/// shared flight receives the same failure, still typed.
+#[derive(Clone, Debug)]
+pub(crate) enum Failure {
+    /// The provider failed (transient, rate limited or misconfigured); the
+    /// connection stays ACTIVE and is retried after `retry_after`.
+    Provider {
+        provider: ProviderName,
+        error: LastError,
+        retry_after: Option<Duration>,
+    },
+    /// The grant is dead: the connection is RECONNECT_REQUIRED.
+    Revoked(Arc<Connection>),
+    /// The connection's provider is not in the configuration any more.
+    UnknownProvider(ProviderName),
+    NotFound(ConnectionId),
+    /// The store refused or failed; nothing was handed out. A grant the
+    /// provider issued is kept pending and persisted later.
+    Store {
+        error: StoreError,
+        retry_after: Duration,
+    },
+    /// Concurrent writers kept winning.
+    Contended(ConnectionId),
+    /// The refresh task panicked: a bug.
+    Panicked,
+    /// The refresh task was dropped at shutdown.
+    ShuttingDown,
+}
+
+impl From<Ended> for Failure {
+    fn from(e: Ended) -> Self {
+        match e {
+            Ended::Panicked => Failure::Panicked,
+            Ended::Cancelled => Failure::ShuttingDown,
+        }
+    }
+}
+
+/// What a `ForceRefresh` caller says was rejected upstream.
+pub enum Rejected {
+    AccessToken(String),
+    Version(u64),
+    Unspecified,
+}
+
+impl std::fmt::Debug for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejected::AccessToken(_) => f.write_str("AccessToken([REDACTED])"),
+            Rejected::Version(v) => write!(f, "Version({v})"),
+            Rejected::Unspecified => f.write_str("Unspecified"),
+        }
+    }
+}
+
+/// Counters of what the engine did that operators and the chaos suite ask
+/// about. Monotonic for the life of the process.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Connections marked RECONNECT_REQUIRED because an in-doubt refresh's
+    /// token was refused (`ROTATION_LOST`).
+    pub rotation_lost: std::sync::atomic::AtomicU64,
+    /// Connections whose previous refresh token saved them.
+    pub recovered_with_previous: std::sync::atomic::AtomicU64,
+    /// Refresh intents of an earlier run found at start.
+    pub in_doubt_at_start: std::sync::atomic::AtomicU64,
+}
+
+/// The broker's state: the store, the providers, and per-connection memory.
+/// Private fields: the gRPC layer goes through the methods below.
+pub struct Engine {
+    /// The source of truth; every token change is durable here first.
+    store: Arc<dyn Store>,
+    /// Provider settings by configured name.
+    providers: HashMap<ProviderName, Arc<ProviderConfig>>,
+    /// One breaker per configured provider.
+    breakers: HashMap<ProviderName, Breaker>,
+    /// Token endpoints (the HTTP client in production).
+    endpoint: Arc<dyn TokenEndpoint>,
+    /// The one source of "now" for expiry decisions.
+    clock: Clock,
+    slots: Slots,
+    /// Change feed for `WatchConnection`.
+    hub: Arc<WatchHub>,
+    /// When each connection is next due for a background refresh.
+    scheduler: Scheduler,
+    /// This process's name when taking refresh leases: `node/run`.
+    holder: String,
+    /// Every task the engine starts (refreshes, installs, the refresher,
+    /// watch streams), awaited at shutdown within the grace period.
+    tasks: TaskTracker,
+    /// Fires at shutdown.
+    cancel: CancellationToken,
+    installer: install::Installer,
+    stats: EngineStats,
+    settings: EngineSettings,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<dyn Store>,
+        providers: Vec<ProviderConfig>,
+        endpoint: Arc<dyn TokenEndpoint>,
+        clock: Clock,
+        settings: EngineSettings,
+    ) -> Arc<Self> {
+        let holder = format!(
+            "{}/{}-{}",
+            settings.node,
+            std::process::id(),
+            clock.now().unix_millis()
+        );
+        Arc::new(Self {
+            store,
+            breakers: providers
+                .iter()
+                .map(|p| (p.name.clone(), Breaker::default()))
+                .collect(),
+            providers: providers
+                .into_iter()
+                .map(|p| (p.name.clone(), Arc::new(p)))
+                .collect(),
+            endpoint,
+            clock,
+            slots: Slots::default(),
+            hub: Arc::default(),
+            scheduler: Scheduler::default(),
+            holder,
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+            installer: install::Installer::default(),
+            stats: EngineStats::default(),
+            settings,
+        })
+    }
+
+    pub fn provider(&self, name: &ProviderName) -> Option<&Arc<ProviderConfig>> {
+        self.providers.get(name)
+    }
+
+    pub fn provider_names(&self) -> impl Iterator<Item = &ProviderName> {
+        self.providers.keys()
+    }
+
+    /// Now, by the server's clock.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// When the background refresher will next renew `id`, if it will.
+    pub fn next_due(&self, id: &ConnectionId) -> Option<Timestamp> {
+        self.scheduler.next_due(id)
+    }
+
+    /// Why the provider is failing for every connection, while its breaker
+    /// is open.
+    pub fn provider_trouble(&self, provider: &ProviderName) -> Option<LastError> {
+        self.breakers.get(provider)?.open_error()
+    }
+
+    /// The token set's task tracker, for tasks that must end before
+    /// shutdown completes (watch streams).
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
+    /// Fires when the engine shuts down.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Subscribes to `id`'s changes; dropping the subscription releases the
+    /// channel. Subscribe *before* reading the current state, so no change
+    /// can fall between the two.
+    pub fn subscribe(&self, id: &ConnectionId) -> Subscription {
+        self.hub.subscribe(id)
+    }
+
+    /// The record as stored (operators read the store, not this process's
+    /// cache).
+    pub async fn stored(&self, id: &ConnectionId) -> Result<Connection, ServiceError> {
+        self.store
+            .get(id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(id.clone()))
+    }
+
+    /// One page of stored records.
+    pub async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, ServiceError> {
+        Ok(self.store.list(query).await?)
+    }
+
+    // ---- reading -------------------------------------------------------
+
+    async fn slot(&self, id: &ConnectionId) -> Result<Arc<Slot>, ServiceError> {
+        self.slots
+            .load(self.store.as_ref(), id)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(id.clone()))
+    }
+
+    /// The cached record (loading it if needed).
+    pub async fn cached(&self, id: &ConnectionId) -> Result<Arc<Connection>, ServiceError> {
+        Ok(self.slot(id).await?.current())
+    }
+
+    fn provider_of(&self, record: &Connection) -> Result<Arc<ProviderConfig>, Failure> {
+        self.providers
+            .get(&record.provider)
+            .cloned()
+            .ok_or_else(|| Failure::UnknownProvider(record.provider.clone()))
+    }
+
+    /// The slot's record, unless the connection is RECONNECT_REQUIRED. A
+    /// cached RECONNECT_REQUIRED is checked against the store first: another
+    /// replica may have re-installed the connection.
+    async fn active(
+        &self,
+        slot: &Slot,
+        id: &ConnectionId,
+    ) -> Result<Arc<Connection>, ServiceError> {
+        let current = slot.current();
+        if current.status == Status::Active {
+            return Ok(current);
+        }
+        let latest = self.stored(id).await?;
+        let latest = slot.advance(Arc::new(latest));
+        match latest.status {
+            Status::Active => Ok(latest),
+            Status::ReconnectRequired => Err(ServiceError::reconnect_required(&latest)),
+        }
+    }
+
+    /// A valid access token with at least `min_ttl` left, refreshing first
+    /// (once, shared with every concurrent caller) when needed. The read
+    /// path writes nothing and takes no global lock.
+    pub async fn get_token(
+        self: &Arc<Self>,
+        id: &ConnectionId,
+        min_ttl: Duration,
+    ) -> Result<Arc<Connection>, ServiceError> {
+        let slot = self.slot(id).await?;
+        let mut current = self.active(&slot, id).await?;
+        let provider = self.provider_of(&current).map_err(ServiceError::from)?;
+        let policy = provider.refresh_policy;
+        if !policy.needs_refresh(&current.tokens, self.clock.now(), min_ttl) {
+            return Ok(current);
+        }
+        // A refresh cannot give more than the provider grants, less the
+        // refresh buffer: refuse rather than refresh on every call.
+        if current.last_refresh_at.is_some() {
+            let grantable = current
+                .tokens
+                .lifetime()
+                .saturating_sub(policy.buffer_for(&current.tokens));
+            if min_ttl > grantable {
+                return Err(ServiceError::min_ttl_too_long(
+                    min_ttl,
+                    grantable,
+                    current.tokens.lifetime(),
+                ));
+            }
+        }
+        // Two rounds at most: a refresh may hand back a newer record written
+        // by someone else (a re-install, another replica) that itself needs
+        // refreshing.
+        for _ in 0..2 {
+            match self.refresh_once(&slot, &current).await {
+                Ok(fresh) => {
+                    if !policy.needs_refresh(&fresh.tokens, self.clock.now(), min_ttl) {
+                        return Ok(fresh);
+                    }
+                    let progressed = fresh.version > current.version;
+                    current = fresh;
+                    if !progressed {
+                        break;
+                    }
+                }
+                Err(failure) => {
+                    // While the current token is still valid, provider or
+                    // storage trouble is not the caller's problem.
+                    let hideable = matches!(
+                        failure,
+                        Failure::Provider { .. } | Failure::Store { .. } | Failure::Contended(_)
+                    );
+                    if hideable && !current.tokens.ttl(self.clock.now()).is_zero() {
+                        return Ok(current);
+                    }
+                    return Err(failure.into());
+                }
+            }
+        }
+        let ttl = current.tokens.ttl(self.clock.now());
+        if ttl.is_zero() {
+            return Err(ServiceError::ProviderUnavailable {
+                provider: provider.name.to_string(),
+                last_error: current.last_error.clone(),
+                retry_after: Some(self.settings.backoff_min),
+            });
+        }
+        if ttl < min_ttl {
+            let lifetime = current.tokens.lifetime();
+            return Err(ServiceError::min_ttl_too_long(min_ttl, lifetime, lifetime));
+        }
+        Ok(current)
+    }
+
+    /// Replaces a token the caller saw rejected upstream. Returns the token
+    /// and whether the provider was called.
+    pub async fn force_refresh(
+        self: &Arc<Self>,
+        id: &ConnectionId,
+        rejected: Rejected,
+    ) -> Result<(Arc<Connection>, bool), ServiceError> {
+        let slot = self.slot(id).await?;
+        let mut current = self.active(&slot, id).await?;
+        let stale = match &rejected {
+            Rejected::AccessToken(token) => current.tokens.access_token_is(token),
+            Rejected::Version(v) => {
+                if *v > current.version {
+                    // Another replica may have written a newer version.
+                    current = slot.advance(Arc::new(self.stored(id).await?));
+                    if *v > current.version {
+                        return Err(ServiceError::invalid(
+                            "rejected_version",
+                            format!(
+                                "version {v} was never issued; the connection is at version {}",
+                                current.version
+                            ),
+                        ));
+                    }
+                }
+                *v == current.version
+            }
+            // Naming nothing rejected is a request to refresh now, which
+            // costs a provider call and a flushed write: at most one per
+            // `min_refresh_interval`.
+            Rejected::Unspecified => {
+                let interval = self
+                    .provider_of(&current)
+                    .map_err(ServiceError::from)?
+                    .min_refresh_interval;
+                current
+                    .last_refresh_at
+                    .is_none_or(|at| at.saturating_add(interval) <= self.clock.now())
+            }
+        };
+        if !stale {
+            return Ok((current, false));
+        }
+        let fresh = self.refresh_once(&slot, &current).await?;
+        let refreshed = fresh.version > current.version;
+        Ok((fresh, refreshed))
+    }
+
+    /// Deletes a connection by compare-and-swap on what was read, including
+    /// a record that cannot be decoded; watchers get a DELETED event.
+    pub async fn delete(&self, id: &ConnectionId) -> Result<(), ServiceError> {
+        for _ in 0..5 {
+            let (expected, existing) = match self.store.get(id).await {
+                Ok(Some(record)) => (
+                    Expected::Record {
+                        incarnation: record.incarnation,
+                        revision: record.revision,
+                    },
+                    Some(record),
+                ),
+                Ok(None) => return Err(ServiceError::NotFound(id.clone())),
+                Err(StoreError::Corrupt { .. }) => (Expected::Unreadable, None),
+                Err(e) => return Err(e.into()),
+            };
+            match self.store.delete(id, expected).await {
+                Ok(true) => {
+                    self.slots.remove(id);
+                    self.scheduler.unschedule(id);
+                    tracing::info!(connection_id = %id, unreadable = existing.is_none(), "connection deleted");
+                    if let Some(record) = existing {
+                        self.publish(EventKind::Deleted, &Arc::new(record));
+                    }
+                    return Ok(());
+                }
+                Ok(false) => return Err(ServiceError::NotFound(id.clone())),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ServiceError::Contended(id.clone()))
+    }
+
+    /// Installs a connection: see [`install::Installer`].
+    pub async fn install(
+        self: &Arc<Self>,
+        input: InstallInput,
+    ) -> Result<InstallOutcome, ServiceError> {
+        install::Installer::install(self, input).await
+    }
+
+    fn publish(&self, kind: EventKind, record: &Arc<Connection>) {
+        self.hub.publish(Event {
+            kind,
+            connection: Arc::clone(record),
+            at: self.clock.now(),
+        });
+    }
+
+    /// Logs and announces that a connection needs reconnecting.
+    fn announce_reconnect_required(&self, record: &Arc<Connection>) {
+        let error = record.last_error.as_ref();
+        tracing::warn!(
+            connection_id = %record.id,
+            provider = %record.provider,
+            cause = record.reconnect_cause.map_or("", ReconnectCause::as_str),
+            code = error.map_or("", |e| e.code.as_str()),
+            correlation_id = error.and_then(|e| e.correlation_id.as_deref()).unwrap_or(""),
+            "connection needs reconnecting"
+        );
+        if record.reconnect_cause == Some(ReconnectCause::RotationLost) {
+            self.stats
+                .rotation_lost
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.publish(EventKind::StatusChanged, record);
+    }
+
+    /// Stops everything the engine runs: the refresher, refreshes, installs
+    /// and watch streams, waiting at most the shutdown grace; then persists
+    /// any grant the store has not accepted yet, logging at ERROR each one
+    /// that could not be written.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
+        if tokio::time::timeout_at(deadline, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                grace_secs = self.settings.shutdown_grace.as_secs(),
+                "tasks still running at the end of the shutdown grace period"
+            );
+        }
+        self.persist_pending_before_exit(deadline).await;
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        // Tasks hold an `Arc<Engine>`: by now none runs.
+        self.cancel.cancel();
+    }
+}

@@ -1,0 +1,1 @@
+//! The engine state machine, tested without I/O.

@@ -1,0 +1,363 @@
+//! The `tokend.v1.TokenService` gRPC implementation: authorises, validates
+//! (`validate.rs`), calls the engine, converts results, and audits. Errors
+//! leave through `ServiceError::to_status` only.
+
+mod validate;
+mod watch;
+
+use std::{pin::Pin, sync::Arc};
+
+use tokend_proto::v1::{self as pb, token_service_server::TokenService};
+use tokend_store::ListQuery;
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    ServiceError,
+    auth::{self, Caller, Permission},
+    convert,
+    engine::Engine,
+};
+use validate::{check_size, connection_id};
+
+/// The gRPC service: a thin layer over the engine.
+pub struct TokenServiceImpl {
+    /// Does the work; shared with the background refresher.
+    engine: Arc<Engine>,
+    /// Where every call is recorded.
+    audit_log: crate::audit::AuditLog,
+}
+
+impl TokenServiceImpl {
+    pub fn new(engine: Arc<Engine>, audit_log: crate::audit::AuditLog) -> Self {
+        Self { engine, audit_log }
+    }
+}
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+/// The stream `WatchConnection` returns.
+pub type WatchStream =
+    Pin<Box<dyn Stream<Item = std::result::Result<pb::WatchConnectionResponse, Status>> + Send>>;
+
+impl TokenServiceImpl {
+    /// Writes the audit record of one call.
+    fn audit<T>(
+        &self,
+        caller: &Caller,
+        rpc: &'static str,
+        connection_id: Option<&str>,
+        result: &Result<T>,
+    ) {
+        let outcome = match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let status = e.to_status();
+                let reason = tonic_types::StatusExt::get_details_error_info(&status)
+                    .map(|i| i.reason)
+                    .unwrap_or_default();
+                Err((code_name(status.code()), reason))
+            }
+        };
+        self.audit_log
+            .record(self.engine.now(), &caller.name, rpc, connection_id, outcome);
+    }
+
+    fn connection_pb(&self, c: &tokend_core::Connection) -> pb::Connection {
+        let live = convert::Live {
+            next_refresh_at: self.engine.next_due(&c.id),
+            provider_trouble: self.engine.provider_trouble(&c.provider),
+        };
+        convert::connection(c, live)
+    }
+
+    /// One page of the connections `caller` may see.
+    async fn list(
+        &self,
+        caller: &Caller,
+        req: pb::ListConnectionsRequest,
+    ) -> Result<pb::ListConnectionsResponse> {
+        let params = validate::list_params(&req)?;
+        let page_size = params.page_size;
+        // Read store pages until this caller's page is full: connections it
+        // may not see are skipped, never shown and never counted.
+        let mut after = params.after;
+        let mut records = Vec::new();
+        let mut exhausted = false;
+        while records.len() <= page_size {
+            let batch = self
+                .engine
+                .list(&ListQuery {
+                    after: after.clone(),
+                    limit: page_size + 1,
+                    provider: params.provider.clone(),
+                    status: params.status,
+                })
+                .await?;
+            let Some(last) = batch.last() else {
+                exhausted = true;
+                break;
+            };
+            after = Some(last.id.clone());
+            let short = batch.len() <= page_size;
+            records.extend(
+                batch
+                    .into_iter()
+                    .filter(|c| caller.may(Permission::Tokens, Some(&c.id))),
+            );
+            if short {
+                exhausted = true;
+                break;
+            }
+        }
+        let next_page_token = if records.len() > page_size || (!exhausted && !records.is_empty()) {
+            records.truncate(page_size);
+            records
+                .last()
+                .map(|c| validate::page_token_encode(&c.id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(pb::ListConnectionsResponse {
+            connections: records.iter().map(|c| self.connection_pb(c)).collect(),
+            next_page_token,
+        })
+    }
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid_argument",
+        DeadlineExceeded => "deadline_exceeded",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        PermissionDenied => "permission_denied",
+        ResourceExhausted => "resource_exhausted",
+        FailedPrecondition => "failed_precondition",
+        Aborted => "aborted",
+        OutOfRange => "out_of_range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data_loss",
+        Unauthenticated => "unauthenticated",
+    }
+}
+
+impl TokenServiceImpl {
+    async fn get_token_inner(
+        &self,
+        caller: &Arc<Caller>,
+        request: Request<pb::GetTokenRequest>,
+    ) -> Result<Response<pb::GetTokenResponse>> {
+        let req = request.into_inner();
+        let id = connection_id(&req.connection_id)?;
+        caller.authorize(Permission::Tokens, Some(&id))?;
+        let min_ttl = validate::min_ttl(req.min_ttl_seconds)?;
+        let record = self.engine.get_token(&id, min_ttl).await?;
+        let token = convert::access_token(&record, self.engine.now());
+        Ok(Response::new(pb::GetTokenResponse { token: Some(token) }))
+    }
+
+    async fn force_refresh_inner(
+        &self,
+        caller: &Arc<Caller>,
+        request: Request<pb::ForceRefreshRequest>,
+    ) -> Result<Response<pb::ForceRefreshResponse>> {
+        let req = request.into_inner();
+        let id = connection_id(&req.connection_id)?;
+        caller.authorize(Permission::Tokens, Some(&id))?;
+        let rejected = validate::rejected(req.rejected)?;
+        let (record, refreshed) = self.engine.force_refresh(&id, rejected).await?;
+        let token = convert::access_token(&record, self.engine.now());
+        Ok(Response::new(pb::ForceRefreshResponse {
+            token: Some(token),
+            refreshed,
+        }))
+    }
+
+    async fn watch_connection_inner(
+        &self,
+        caller: &Arc<Caller>,
+        request: Request<pb::WatchConnectionRequest>,
+    ) -> Result<Response<WatchStream>> {
+        let id = connection_id(&request.into_inner().connection_id)?;
+        caller.authorize(Permission::Tokens, Some(&id))?;
+        let permit = caller.open_watch_stream()?;
+        let rx = watch::WatchTask::start(&self.engine, id, permit).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn install_inner(
+        &self,
+        caller: &Arc<Caller>,
+        request: Request<pb::InstallRequest>,
+    ) -> Result<Response<pb::InstallResponse>> {
+        let input = validate::install_input(&self.engine, request.into_inner())?;
+        // The id is known up front when named or derivable from the
+        // account; otherwise only a caller allowed to install anywhere may
+        // let the provider's answer decide it.
+        match input.known_connection_id() {
+            Some(id) => caller.authorize(Permission::Install, Some(&id))?,
+            None if caller.may_everywhere(Permission::Install) => {}
+            None => {
+                return Err(ServiceError::PermissionDenied {
+                    caller: caller.name.clone(),
+                    permission: Permission::Install,
+                    connection: None,
+                });
+            }
+        }
+        let outcome = self.engine.install(input).await?;
+        Ok(Response::new(pb::InstallResponse {
+            connection: Some(self.connection_pb(&outcome.connection)),
+            created: outcome.created,
+            replayed: outcome.replayed,
+        }))
+    }
+
+    async fn get_connection_inner(
+        &self,
+        caller: &Arc<Caller>,
+        request: Request<pb::GetConnectionRequest>,
+    ) -> Result<Response<pb::GetConnectionResponse>> {
+        let id = connection_id(&request.into_inner().connection_id)?;
+        caller.authorize(Permission::Tokens, Some(&id))?;
+        // Operators read the store itself, not this process's cache.
+        let record = self.engine.stored(&id).await?;
+        Ok(Response::new(pb::GetConnectionResponse {
+            connection: Some(self.connection_pb(&record)),
+        }))
+    }
+
+    async fn list_connections_inner(
+        &self,
+        caller: &Arc<Caller>,
+        request: Request<pb::ListConnectionsRequest>,
+    ) -> Result<Response<pb::ListConnectionsResponse>> {
+        caller.authorize(Permission::Tokens, None)?;
+        Ok(Response::new(
+            self.list(caller, request.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_connection_inner(
+        &self,
+        caller: &Arc<Caller>,
+        request: Request<pb::DeleteConnectionRequest>,
+    ) -> Result<Response<pb::DeleteConnectionResponse>> {
+        let id = connection_id(&request.into_inner().connection_id)?;
+        caller.authorize(Permission::Admin, Some(&id))?;
+        self.engine.delete(&id).await?;
+        Ok(Response::new(pb::DeleteConnectionResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl TokenService for TokenServiceImpl {
+    type WatchConnectionStream = WatchStream;
+
+    async fn get_token(
+        &self,
+        request: Request<pb::GetTokenRequest>,
+    ) -> std::result::Result<Response<pb::GetTokenResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        check_size(request.get_ref())?;
+        let connection_id = Some(request.get_ref().connection_id.clone());
+        let result = self.get_token_inner(&caller, request).await;
+        self.audit(&caller, "GetToken", connection_id.as_deref(), &result);
+        result.map_err(Status::from)
+    }
+
+    async fn force_refresh(
+        &self,
+        request: Request<pb::ForceRefreshRequest>,
+    ) -> std::result::Result<Response<pb::ForceRefreshResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        check_size(request.get_ref())?;
+        let connection_id = Some(request.get_ref().connection_id.clone());
+        let result = self.force_refresh_inner(&caller, request).await;
+        self.audit(&caller, "ForceRefresh", connection_id.as_deref(), &result);
+        result.map_err(Status::from)
+    }
+
+    async fn watch_connection(
+        &self,
+        request: Request<pb::WatchConnectionRequest>,
+    ) -> std::result::Result<Response<WatchStream>, Status> {
+        let caller = auth::caller(&request)?;
+        check_size(request.get_ref())?;
+        let connection_id = Some(request.get_ref().connection_id.clone());
+        let result = self.watch_connection_inner(&caller, request).await;
+        self.audit(
+            &caller,
+            "WatchConnection",
+            connection_id.as_deref(),
+            &result,
+        );
+        result.map_err(Status::from)
+    }
+
+    async fn install(
+        &self,
+        request: Request<pb::InstallRequest>,
+    ) -> std::result::Result<Response<pb::InstallResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        check_size(request.get_ref())?;
+        let connection_id = Some(request.get_ref().connection_id.clone());
+        let result = self.install_inner(&caller, request).await;
+        self.audit(&caller, "Install", connection_id.as_deref(), &result);
+        result.map_err(Status::from)
+    }
+
+    async fn get_connection(
+        &self,
+        request: Request<pb::GetConnectionRequest>,
+    ) -> std::result::Result<Response<pb::GetConnectionResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        check_size(request.get_ref())?;
+        let connection_id = Some(request.get_ref().connection_id.clone());
+        let result = self.get_connection_inner(&caller, request).await;
+        self.audit(&caller, "GetConnection", connection_id.as_deref(), &result);
+        result.map_err(Status::from)
+    }
+
+    async fn list_connections(
+        &self,
+        request: Request<pb::ListConnectionsRequest>,
+    ) -> std::result::Result<Response<pb::ListConnectionsResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        check_size(request.get_ref())?;
+        let connection_id = None::<String>;
+        let result = self.list_connections_inner(&caller, request).await;
+        self.audit(
+            &caller,
+            "ListConnections",
+            connection_id.as_deref(),
+            &result,
+        );
+        result.map_err(Status::from)
+    }
+
+    async fn delete_connection(
+        &self,
+        request: Request<pb::DeleteConnectionRequest>,
+    ) -> std::result::Result<Response<pb::DeleteConnectionResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        check_size(request.get_ref())?;
+        let connection_id = Some(request.get_ref().connection_id.clone());
+        let result = self.delete_connection_inner(&caller, request).await;
+        self.audit(
+            &caller,
+            "DeleteConnection",
+            connection_id.as_deref(),
+            &result,
+        );
+        result.map_err(Status::from)
+    }
+}
