@@ -53,9 +53,10 @@ expect "$out" '"refreshed": true'
 expect "$out" '"version": "2"'
 
 curl -sf -XPOST "$http/sandbox/revoke" -H 'content-type: application/json' -d '{"account_id":"portal-123"}'
-out=$(grpcurl -plaintext -d '{"connection_id":"sandbox-portal-123"}' "$grpc" tokend.v1.TokenService/ForceRefresh 2>&1 || true)
+out=$(grpcurl -plaintext -d '{"connection_id":"sandbox-portal-123","rejected_version":"2"}' "$grpc" tokend.v1.TokenService/ForceRefresh 2>&1 || true)
 expect "$out" FailedPrecondition
 expect "$out" RECONNECT_REQUIRED
+expect "$out" REVOKED
 expect "$out" invalid_grant
 for _ in $(seq 1 50); do grep -q RECONNECT_REQUIRED "$work/watch.out" && break; sleep 0.1; done
 grep -q WATCH_EVENT_TYPE_TOKEN_ROTATED "$work/watch.out" || fail "watcher missed TOKEN_ROTATED: $(cat "$work/watch.out")"
@@ -79,8 +80,11 @@ expect "$out" CONNECTION_NOT_FOUND
 # Encryption keys: created on first start (0600); rotation is applied online.
 [ "$(stat -c %a "$work/data/tokend.keys")" = 600 ] || fail "key file is not 0600"
 out=$("$bin" keys rotate --data-dir "$work/data");                         expect "$out" "key 2 is now active"
-for _ in $(seq 1 100); do grep -q "re-encryption finished" "$work/serve.log" && break; sleep 0.1; done
-grep -q "re-encryption finished" "$work/serve.log" || fail "the running server did not re-encrypt after rotation"
+for _ in $(seq 1 100); do grep -q "old keys can be retired" "$work/serve.log" && break; sleep 0.1; done
+grep -q "old keys can be retired" "$work/serve.log" || fail "the running server did not re-encrypt after rotation"
+for _ in $(seq 1 50); do grep -q '"active": 2' "$work/data/tokend.keys.usage" 2>/dev/null && break; sleep 0.1; done
+out=$("$bin" keys retire 2 --data-dir "$work/data" 2>&1 || true);          expect "$out" "active key"
+out=$("$bin" keys retire 1 --data-dir "$work/data");                       expect "$out" "key 1 retired"
 out=$(grpcurl -plaintext -d '{"connection_id":"sandbox-portal-123"}' "$grpc" tokend.v1.TokenService/GetConnection)
 expect "$out" '"connectionId": "sandbox-portal-123"'
 

@@ -76,6 +76,15 @@ enum KeysCommand {
     /// notices within seconds and re-encrypts every record online; old keys
     /// keep decrypting until it has.
     Rotate(KeyFileArgs),
+    /// Remove an old key from the key file. Refused while any record is
+    /// still sealed with it (a running tokend reports that after each
+    /// re-encryption pass in DATA_DIR/tokend.keys.usage).
+    Retire {
+        /// The key id to remove.
+        key_id: u32,
+        #[command(flatten)]
+        file: KeyFileArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -98,6 +107,19 @@ impl KeyFileArgs {
 
 /// The key file's name inside the data dir.
 const KEY_FILE_NAME: &str = "tokend.keys";
+/// Where a running server records how many records each key seals.
+const KEY_USAGE_FILE_NAME: &str = "tokend.keys.usage";
+
+/// What `DATA_DIR/tokend.keys.usage` holds, written after each
+/// re-encryption pass. Counts on old keys can only fall after a keyring
+/// swap: the store seals every write landing after it with the new key.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeyUsage {
+    active: u32,
+    /// Records per key id.
+    records: std::collections::BTreeMap<u32, usize>,
+    at_unix_ms: i64,
+}
 /// How often a running server looks for a rotated key file.
 const KEY_FILE_POLL: Duration = Duration::from_secs(5);
 
@@ -199,6 +221,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => serve(args).await,
             Command::Sandbox(args) => sandbox(args).await,
             Command::Keys(KeysCommand::Rotate(args)) => rotate_keys(&args),
+            Command::Keys(KeysCommand::Retire { key_id, file }) => retire_key(key_id, &file).await,
             Command::Token { client, command } => cli::token(&client, command).await,
             Command::Connections { client, command } => cli::connections(&client, command).await,
             Command::Install { client, install } => cli::install(&client, install).await,
@@ -286,20 +309,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let (keyring, key_path) = load_keys(args.key_file.clone(), &data_dir)?;
-    let store = Arc::new(
-        SledStore::open(&data_dir, keyring)
-            .with_context(|| format!("cannot open the database in {}", data_dir.display()))?,
-    );
+    let store = SledStore::open(&data_dir, keyring)
+        .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
     // Finish a rotation that happened while the server was down.
-    reencrypt(&store).await;
-    let key_watcher = key_path.map(|path| tokio::spawn(watch_key_file(path, Arc::clone(&store))));
+    reencrypt(&store, key_path.as_deref(), &data_dir).await;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(version = VERSION, data_dir = %data_dir.display(), "starting tokend");
-    tokend_server::run(
+    let watched = store.clone();
+    tokend_server::run_with_tasks(
         listener,
-        store,
+        Arc::new(store),
         ServerConfig {
             providers,
             http: file.http_settings(),
@@ -313,11 +334,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         shutdown_signal(),
+        |tasks, cancel| {
+            if let Some(path) = key_path {
+                tasks.spawn(watch_key_file(
+                    path,
+                    data_dir.clone(),
+                    watched,
+                    cancel.clone(),
+                ));
+            }
+        },
     )
     .await?;
-    if let Some(watcher) = key_watcher {
-        watcher.abort();
-    }
     if let Some(sandbox) = sandbox {
         sandbox.shutdown().await;
     }
@@ -364,24 +392,77 @@ fn load_keys(
 }
 
 /// Re-seals records still on an old key (one pass: records already on the
-/// active key are skipped inside), logging the outcome.
-async fn reencrypt(store: &SledStore) {
+/// active key are skipped inside), logs whether old keys can go, and writes
+/// the usage file `keys retire` reads while the server runs.
+async fn reencrypt(
+    store: &SledStore,
+    key_file: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+) {
     match store.reencrypt().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(
-            records = n,
-            "re-encryption finished; older keys can be removed from the key file"
+        Ok(n) if n > 0 => tracing::info!(records = n, "re-encryption pass finished"),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "re-encryption failed; old keys are still needed");
+            return;
+        }
+    }
+    match store.records_on_old_keys().await {
+        Ok(0) => tracing::info!(
+            "no record uses an old key; old keys can be retired (tokend keys retire KEY_ID)"
         ),
-        Err(e) => tracing::error!(error = %e, "re-encryption failed; old keys are still needed"),
+        Ok(n) => tracing::warn!(
+            records = n,
+            "records still use an old key; do not retire old keys yet"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot count records on old keys"),
+    }
+    let Some(path) = key_file else { return };
+    let Ok(file) = KeyFile::load(path) else {
+        return;
+    };
+    let mut records = std::collections::BTreeMap::new();
+    for key in &file.keys {
+        match store.records_on_key(key.id).await {
+            Ok(n) => {
+                records.insert(key.id, n);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot count records per key");
+                return;
+            }
+        }
+    }
+    let usage = KeyUsage {
+        active: file.active,
+        records,
+        at_unix_ms: tokend_core::Clock::system().now().unix_millis(),
+    };
+    let target = data_dir.join(KEY_USAGE_FILE_NAME);
+    let tmp = data_dir.join(format!("{KEY_USAGE_FILE_NAME}.tmp"));
+    let written = serde_json::to_vec_pretty(&usage)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, &target));
+    if let Err(e) = written {
+        tracing::error!(error = %e, path = %target.display(), "cannot write the key usage file");
     }
 }
 
-/// Polls the key file and applies a rotation online.
-async fn watch_key_file(path: PathBuf, store: Arc<SledStore>) {
+/// Polls the key file and applies a rotation online, until `cancel` fires.
+async fn watch_key_file(
+    path: PathBuf,
+    data_dir: PathBuf,
+    store: SledStore,
+    cancel: tokio_util::sync::CancellationToken,
+) {
     let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     let mut seen = modified(&path);
     loop {
-        tokio::time::sleep(KEY_FILE_POLL).await;
+        tokio::select! {
+            _ = tokio::time::sleep(KEY_FILE_POLL) => {}
+            _ = cancel.cancelled() => return,
+        }
         let now = modified(&path);
         if now == seen {
             continue;
@@ -394,13 +475,66 @@ async fn watch_key_file(path: PathBuf, store: Arc<SledStore>) {
                     "key file changed; switching keys"
                 );
                 store.set_keyring(keys);
-                reencrypt(&store).await;
+                reencrypt(&store, Some(&path), &data_dir).await;
             }
             Err(e) => {
                 tracing::error!(error = %e, "key file changed but cannot be used; keeping the current keys")
             }
         }
     }
+}
+
+/// `tokend keys retire KEY_ID`: removes a key no record uses any more.
+async fn retire_key(key_id: u32, args: &KeyFileArgs) -> anyhow::Result<()> {
+    let path = args.path();
+    let mut file = KeyFile::load(&path)
+        .with_context(|| format!("no usable key file at {}", path.display()))?;
+    if file.active == key_id {
+        anyhow::bail!("key {key_id} is the active key; rotate first (tokend keys rotate)");
+    }
+    if !file.keys.iter().any(|k| k.id == key_id) {
+        anyhow::bail!("key {key_id} is not in {}", path.display());
+    }
+    let in_use = match SledStore::open(&args.data_dir, file.keyring()?) {
+        // The server is stopped: count directly.
+        Ok(store) => store.records_on_key(key_id).await?,
+        // Locked by a running server: trust its last report, which only
+        // ever overstates old keys' use.
+        Err(_) => {
+            let usage_path = args.data_dir.join(KEY_USAGE_FILE_NAME);
+            let usage: KeyUsage = std::fs::read(&usage_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .with_context(|| {
+                    format!(
+                        "the database is in use and {} is missing or unreadable; wait for the server's re-encryption pass",
+                        usage_path.display()
+                    )
+                })?;
+            if usage.active != file.active {
+                anyhow::bail!(
+                    "the running server has not switched to key {} yet; try again in a few seconds",
+                    file.active
+                );
+            }
+            usage.records.get(&key_id).copied().unwrap_or(usize::MAX)
+        }
+    };
+    if in_use > 0 {
+        anyhow::bail!(
+            "refusing to retire key {key_id}: records still use it{}",
+            if in_use == usize::MAX {
+                String::new()
+            } else {
+                format!(" ({in_use})")
+            }
+        );
+    }
+    file.keys.retain(|k| k.id != key_id);
+    file.keyring()?;
+    file.save(&path)?;
+    println!("key {key_id} retired from {}", path.display());
+    Ok(())
 }
 
 fn rotate_keys(args: &KeyFileArgs) -> anyhow::Result<()> {
