@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod endpoint;
 mod response;
+pub mod scripted;
 
 pub use client::{HttpSettings, ProviderClient, TokenGrant};
 pub use config::{ClientAuth, Dialect, ProviderConfig};

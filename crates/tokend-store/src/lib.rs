@@ -5,6 +5,7 @@
 mod codec;
 pub mod conformance;
 pub mod crypto;
+pub mod fault;
 mod leases;
 mod memory;
 mod sled_store;

@@ -107,7 +107,7 @@ pub(crate) struct Installer {
     /// came from the provider's answer.
     recent: RecentInstalls,
     /// One async mutex per in-progress install fingerprint.
-    gates: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    pub(super) gates: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// Removes a fingerprint's gate when the last install using it ends, however

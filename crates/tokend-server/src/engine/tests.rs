@@ -1,1 +1,588 @@
-//! The engine state machine, tested without I/O.
+//! The engine's state machine, tested without sockets or disks: a
+//! `MemoryStore` behind a fault-injecting `FaultStore`, a `ScriptedProvider`,
+//! and tokio's paused clock (no sleeps). Each test names the invariant it
+//! guards; each fails on the engine as it was before the rebuild.
+
+use std::{sync::Arc, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use tokend_core::{Clock, ConnectionId, ProviderName, ReconnectCause, Status};
+use tokend_provider::{
+    ClientAuth, Dialect, ProviderConfig, TokenEndpoint,
+    scripted::{ScriptRotation, ScriptedProvider, Step},
+};
+use tokend_store::{
+    MemoryStore, Store,
+    fault::{Fault, FaultStore, Op},
+};
+
+use super::{Engine, EngineSettings, InstallGrant, InstallInput, Rejected};
+use crate::{ServiceError, hub::EventKind};
+
+type Faulty = FaultStore<MemoryStore>;
+
+struct Fx {
+    engine: Arc<Engine>,
+    store: Arc<Faulty>,
+    provider: Arc<ScriptedProvider>,
+    id: ConnectionId,
+}
+
+fn provider_config(grace: Duration, floor: Duration) -> ProviderConfig {
+    ProviderConfig {
+        name: ProviderName::new("p").unwrap(),
+        token_url: "http://127.0.0.1:1/token".parse().unwrap(),
+        client_id: "id".into(),
+        client_secret: "secret".into(),
+        client_auth: ClientAuth::ClientSecretPost,
+        extra_params: vec![],
+        default_lifetime: Duration::from_secs(1800),
+        refresh_policy: Default::default(),
+        dialect: Dialect::Rfc6749,
+        account_id_field: None,
+        rotation_grace: grace,
+        min_refresh_interval: floor,
+    }
+}
+
+fn settings() -> EngineSettings {
+    EngineSettings {
+        background_refresh: false,
+        ..Default::default()
+    }
+}
+
+struct Setup {
+    rotation: ScriptRotation,
+    grace: Duration,
+    floor: Duration,
+    settings: EngineSettings,
+    store: Option<Arc<dyn Store>>,
+    endpoint: Option<Arc<dyn TokenEndpoint>>,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            rotation: ScriptRotation::Strict,
+            grace: Duration::ZERO,
+            floor: Duration::ZERO,
+            settings: settings(),
+            store: None,
+            endpoint: None,
+        }
+    }
+}
+
+async fn fixture(setup: Setup) -> Fx {
+    let clock = Clock::system();
+    let store = Arc::new(FaultStore::new(MemoryStore::new()));
+    let provider = Arc::new(ScriptedProvider::new(clock.clone(), setup.rotation));
+    let engine = Engine::new(
+        setup.store.unwrap_or_else(|| store.clone()),
+        vec![provider_config(setup.grace, setup.floor)],
+        setup.endpoint.unwrap_or_else(|| provider.clone()),
+        clock,
+        setup.settings,
+    );
+    engine.start().await.unwrap();
+    let id = ConnectionId::new("c1").unwrap();
+    let fx = Fx {
+        engine,
+        store,
+        provider,
+        id,
+    };
+    fx.import("c1").await;
+    fx
+}
+
+impl Fx {
+    async fn import(&self, id: &str) {
+        let (access, refresh) = self.provider.issue();
+        self.engine
+            .install(import_input(id, &access, Some(&refresh)))
+            .await
+            .unwrap();
+    }
+
+    async fn stored_refresh_token(&self) -> String {
+        let record = self.store.inner().get(&self.id).await.unwrap().unwrap();
+        record
+            .tokens
+            .refresh_token
+            .unwrap()
+            .expose_secret()
+            .to_owned()
+    }
+
+    fn live(&self, refresh_token: &str) -> bool {
+        self.provider
+            .live_refresh_tokens()
+            .iter()
+            .any(|t| t == refresh_token)
+    }
+}
+
+fn import_input(id: &str, access: &str, refresh: Option<&str>) -> InstallInput {
+    InstallInput {
+        provider: ProviderName::new("p").unwrap(),
+        connection_id: Some(ConnectionId::new(id).unwrap()),
+        account_id: Some(format!("acct-{id}")),
+        grant: InstallGrant::Import {
+            access_token: SecretString::from(access.to_owned()),
+            refresh_token: refresh.map(|r| SecretString::from(r.to_owned())),
+            expires_in: Duration::from_secs(1800),
+            scopes: vec![],
+            token_type: "Bearer".into(),
+        },
+    }
+}
+
+fn reason(e: &ServiceError) -> String {
+    tonic_types::StatusExt::get_details_error_info(&e.to_status())
+        .map(|i| i.reason)
+        .unwrap_or_default()
+}
+
+/// Item 1. Invariant: a token set is handed out only after a write holding
+/// it succeeded. A write that lands and then reports failure (sled: swap
+/// done, flush failed) is rewritten, not mistaken for someone else's; the
+/// refresh is then announced and rescheduled like any other.
+#[tokio::test(start_paused = true)]
+async fn a_write_that_lands_but_reports_failure_is_rewritten_then_announced() {
+    let fx = fixture(Setup::default()).await;
+    let mut events = fx.engine.subscribe(&fx.id);
+    fx.store.arm(Op::Put, Fault::AfterWrite, 1);
+    let (fresh, refreshed) = fx
+        .engine
+        .force_refresh(&fx.id, Rejected::Unspecified)
+        .await
+        .unwrap();
+    assert!(refreshed);
+    let stored = fx.store.inner().get(&fx.id).await.unwrap().unwrap();
+    assert!(
+        stored.revision > fresh.revision - 1 && stored.tokens.same_refresh_token(&fresh.tokens),
+        "what was handed out is what is stored"
+    );
+    assert!(
+        fx.store.calls(Op::Put) >= 2,
+        "the landed write was rewritten"
+    );
+    let event = events.recv().await.unwrap();
+    assert_eq!(event.kind, EventKind::TokenRotated);
+    assert!(fx.engine.next_due(&fx.id).is_some(), "rescheduled");
+}
+
+/// Item 1/2. Invariant: when the store keeps failing, callers get
+/// UNAVAILABLE (STORAGE_UNAVAILABLE) with a retry delay, never the
+/// unpersisted token.
+#[tokio::test(start_paused = true)]
+async fn a_store_that_keeps_failing_gets_unavailable_not_a_token() {
+    let fx = fixture(Setup::default()).await;
+    fx.store.arm_always(Op::Put, Fault::AfterWrite);
+    let err = fx
+        .engine
+        .force_refresh(&fx.id, Rejected::Unspecified)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "STORAGE_UNAVAILABLE", "{err}");
+    assert_eq!(err.to_status().code(), tonic::Code::Unavailable);
+    assert!(
+        tonic_types::StatusExt::get_details_retry_info(&err.to_status()).is_some(),
+        "with RetryInfo"
+    );
+}
+
+/// Item 2. Invariant: a grant the store refused is kept, retried soon (not
+/// at the next due time), persisted without a second provider call, and
+/// never dropped.
+#[tokio::test(start_paused = true)]
+async fn a_refused_grant_is_persisted_soon_after_the_store_heals() {
+    let fx = fixture(Setup {
+        settings: EngineSettings {
+            background_refresh: true,
+            ..settings()
+        },
+        ..Default::default()
+    })
+    .await;
+    let before = fx.stored_refresh_token().await;
+    fx.store.arm_always(Op::Put, Fault::BeforeWrite);
+    let err = fx
+        .engine
+        .force_refresh(&fx.id, Rejected::Unspecified)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "STORAGE_UNAVAILABLE", "{err}");
+    assert_eq!(fx.provider.calls(), 1);
+    assert!(!fx.live(&before), "strict rotation killed the stored token");
+    // The store stays broken for a while: retries keep the grant.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fx.store.heal();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = fx.stored_refresh_token().await;
+    assert_ne!(after, before);
+    assert!(fx.live(&after), "the persisted grant is the live one");
+    assert_eq!(fx.provider.calls(), 1, "persisted without calling again");
+}
+
+/// Item 3. Invariant: the refresh token of a 2xx answer that fails
+/// validation is persisted before the failure is handled, so the retry
+/// presents the live token instead of the one the provider just killed.
+#[tokio::test(start_paused = true)]
+async fn the_refresh_token_of_an_invalid_2xx_is_written_ahead() {
+    let fx = fixture(Setup::default()).await;
+    fx.provider.push(Step::RotateThenSalvage);
+    let err = fx
+        .engine
+        .force_refresh(&fx.id, Rejected::Unspecified)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "PROVIDER_UNAVAILABLE", "{err}");
+    let stored = fx.stored_refresh_token().await;
+    assert!(fx.live(&stored), "the salvaged token was persisted");
+    tokio::time::sleep(Duration::from_secs(400)).await;
+    let (_, refreshed) = fx
+        .engine
+        .force_refresh(&fx.id, Rejected::Unspecified)
+        .await
+        .unwrap();
+    assert!(refreshed, "the next refresh uses the live token");
+}
+
+/// Item 3, the unreadable case. Invariant: a 2xx whose body is lost leaves
+/// the refresh in doubt, so the refusal that follows is ROTATION_LOST,
+/// never REVOKED.
+#[tokio::test(start_paused = true)]
+async fn a_lost_2xx_makes_the_next_refusal_rotation_lost() {
+    let fx = fixture(Setup::default()).await;
+    let mut lost = ScriptedProvider::transient();
+    lost.salvage = Some(tokend_provider::Salvage {
+        refresh_token: None,
+    });
+    fx.provider.push(Step::RotateThenFail(lost));
+    fx.engine
+        .force_refresh(&fx.id, Rejected::Unspecified)
+        .await
+        .unwrap_err();
+    tokio::time::sleep(Duration::from_secs(400)).await;
+    let err = fx
+        .engine
+        .force_refresh(&fx.id, Rejected::Unspecified)
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "RECONNECT_REQUIRED");
+    let record = fx.store.inner().get(&fx.id).await.unwrap().unwrap();
+    assert_eq!(record.status, Status::ReconnectRequired);
+    assert_eq!(record.reconnect_cause, Some(ReconnectCause::RotationLost));
+    let metadata = tonic_types::StatusExt::get_details_error_info(&err.to_status())
+        .unwrap()
+        .metadata;
+    assert_eq!(
+        metadata.get("cause").map(String::as_str),
+        Some("ROTATION_LOST")
+    );
+}
+
+/// Item 4. Invariant: before a refused grant is given up, the previous
+/// refresh token is tried once when the provider's rotation grace allows.
+#[tokio::test(start_paused = true)]
+async fn the_previous_refresh_token_recovers_within_the_grace() {
+    let fx = fixture(Setup {
+        rotation: ScriptRotation::Grace(Duration::from_secs(30)),
+        grace: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .await;
+    fx.engine
+        .force_refresh(&fx.id, Rejected::Unspecified)
+        .await
+        .unwrap();
+    fx.provider
+        .push(Step::Fail(ScriptedProvider::invalid_grant()));
+    let (fresh, refreshed) = fx
+        .engine
+        .force_refresh(&fx.id, Rejected::Unspecified)
+        .await
+        .unwrap();
+    assert!(refreshed);
+    assert_eq!(fresh.status, Status::Active);
+    assert_eq!(
+        fx.engine
+            .stats()
+            .recovered_with_previous
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // Outside the grace, a refusal is final and reported as REVOKED.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    fx.provider.revoke_all();
+    let err = fx
+        .engine
+        .force_refresh(&fx.id, Rejected::Unspecified)
+        .await
+        .unwrap_err();
+    let metadata = tonic_types::StatusExt::get_details_error_info(&err.to_status())
+        .unwrap()
+        .metadata;
+    assert_eq!(metadata.get("cause").map(String::as_str), Some("REVOKED"));
+}
+
+/// Item 5. Invariant: a new grant means another refresh token, not a higher
+/// version. An import keeping the refresh token, landing while a rotating
+/// refresh is out, must not make the engine drop the rotated grant.
+#[tokio::test(start_paused = true)]
+async fn an_import_keeping_the_refresh_token_does_not_discard_a_rotation() {
+    let fx = fixture(Setup::default()).await;
+    let current = fx.stored_refresh_token().await;
+    fx.provider.push(Step::Delay(Duration::from_secs(2)));
+    let engine = Arc::clone(&fx.engine);
+    let id = fx.id.clone();
+    let refresh =
+        tokio::spawn(async move { engine.force_refresh(&id, Rejected::Unspecified).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fx.engine
+        .install(import_input("c1", "at-imported", Some(&current)))
+        .await
+        .unwrap();
+    let (_, refreshed) = refresh.await.unwrap().unwrap();
+    assert!(refreshed);
+    let stored = fx.stored_refresh_token().await;
+    assert!(
+        fx.live(&stored),
+        "the rotated grant was kept, not the dead one"
+    );
+}
+
+/// Item 6. Invariant: a caller that goes away cannot cancel an install
+/// halfway; the retry is answered from what the first attempt persisted,
+/// and the per-fingerprint gate is gone afterwards.
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_install_completes_and_its_retry_is_a_replay() {
+    let fx = fixture(Setup::default()).await;
+    let (access, refresh) = fx.provider.issue();
+    fx.store
+        .arm(Op::Put, Fault::Slow(Duration::from_secs(5)), 1);
+    let first = tokio::time::timeout(
+        Duration::from_secs(1),
+        fx.engine
+            .install(import_input("c2", &access, Some(&refresh))),
+    )
+    .await;
+    assert!(first.is_err(), "the caller gave up");
+    let again = fx
+        .engine
+        .install(import_input("c2", &access, Some(&refresh)))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(fx.engine.installer.gates.is_empty(), "no gate leaked");
+}
+
+/// Item 8. Invariant: delete is a compare-and-swap, and a deleted
+/// connection never comes back into the cache.
+#[tokio::test(start_paused = true)]
+async fn a_deleted_connection_is_not_cached_again() {
+    let fx = fixture(Setup::default()).await;
+    let record = fx.store.inner().get(&fx.id).await.unwrap().unwrap();
+    let epoch = fx.engine.slots.epoch();
+    fx.engine.delete(&fx.id).await.unwrap();
+    // An install that read before the delete tries to cache its record.
+    fx.engine.slots.cache(record, epoch);
+    assert!(fx.engine.slots.get(&fx.id).is_none());
+    assert!(matches!(
+        fx.engine.get_token(&fx.id, Duration::ZERO).await,
+        Err(ServiceError::NotFound(_))
+    ));
+}
+
+/// Item 9. Invariant: a lease left by a killed run does not block refreshes
+/// after a restart, and that connection is refreshed at once (in doubt).
+#[tokio::test(start_paused = true)]
+async fn a_lease_left_by_a_killed_run_is_released_at_start() {
+    let clock = Clock::system();
+    let store = Arc::new(FaultStore::new(MemoryStore::new()));
+    let provider = Arc::new(ScriptedProvider::new(clock.clone(), ScriptRotation::Strict));
+    let make = |store: Arc<Faulty>, provider: Arc<ScriptedProvider>| {
+        Engine::new(
+            store,
+            vec![provider_config(Duration::ZERO, Duration::ZERO)],
+            provider,
+            clock.clone(),
+            settings(),
+        )
+    };
+    let first = make(store.clone(), provider.clone());
+    first.start().await.unwrap();
+    let (access, refresh) = provider.issue();
+    first
+        .install(import_input("c1", &access, Some(&refresh)))
+        .await
+        .unwrap();
+    let id = ConnectionId::new("c1").unwrap();
+    // The first run dies holding the lease.
+    let dead = store
+        .try_acquire_refresh_lease(&id, &first.holder, Duration::from_secs(30), clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    drop(first);
+    let second = make(store.clone(), provider.clone());
+    second.start().await.unwrap();
+    let started = tokio::time::Instant::now();
+    let (_, refreshed) = second
+        .force_refresh(&id, Rejected::Unspecified)
+        .await
+        .unwrap();
+    assert!(refreshed);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "did not wait for the dead lease"
+    );
+    // The dead run's fence can no longer write.
+    let record = store.inner().get(&id).await.unwrap().unwrap();
+    let stale = store
+        .put(
+            &record.next_revision(clock.now()),
+            Some(record.revision),
+            Some(dead.fence),
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(tokend_store::StoreError::Fenced { .. })),
+        "{stale:?}"
+    );
+}
+
+/// Item 10. Invariant: unconditional ForceRefresh costs at most one
+/// provider call per `min_refresh_interval`.
+#[tokio::test(start_paused = true)]
+async fn unconditional_force_refreshes_have_a_floor() {
+    let fx = fixture(Setup {
+        floor: Duration::from_secs(5),
+        ..Default::default()
+    })
+    .await;
+    let mut refreshed_count = 0;
+    for _ in 0..50 {
+        let (_, refreshed) = fx
+            .engine
+            .force_refresh(&fx.id, Rejected::Unspecified)
+            .await
+            .unwrap();
+        refreshed_count += usize::from(refreshed);
+    }
+    assert_eq!(refreshed_count, 1);
+    assert_eq!(fx.provider.calls(), 1);
+    // A named rejected version is never floored.
+    let current = fx.engine.cached(&fx.id).await.unwrap();
+    let (_, refreshed) = fx
+        .engine
+        .force_refresh(&fx.id, Rejected::Version(current.version))
+        .await
+        .unwrap();
+    assert!(refreshed);
+}
+
+/// Item 11. Invariant: a provider-wide failure (rate limit, invalid_client)
+/// is probed by one connection; the others wait with no provider call and
+/// no write, and the breaker's error is visible.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limited_provider_is_probed_once_not_per_connection() {
+    let fx = fixture(Setup::default()).await;
+    for i in 2..=20 {
+        fx.import(&format!("c{i}")).await;
+    }
+    fx.provider.push(Step::Fail(ScriptedProvider::rate_limited(
+        Duration::from_secs(10),
+    )));
+    let puts_before = fx.store.calls(Op::Put);
+    let mut failures = 0;
+    for i in 1..=20 {
+        let id = ConnectionId::new(format!("c{i}")).unwrap();
+        if let Err(e) = fx.engine.force_refresh(&id, Rejected::Unspecified).await {
+            assert_eq!(reason(&e), "PROVIDER_UNAVAILABLE", "{e}");
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 20);
+    assert_eq!(
+        fx.provider.calls(),
+        1,
+        "one probe, not one call per connection"
+    );
+    assert_eq!(
+        fx.store.calls(Op::Put),
+        puts_before,
+        "no write per connection"
+    );
+    assert!(
+        fx.engine
+            .provider_trouble(&ProviderName::new("p").unwrap())
+            .is_some()
+    );
+    // After Retry-After, one probe succeeds and closes the breaker.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let id = ConnectionId::new("c7").unwrap();
+    let (_, refreshed) = fx
+        .engine
+        .force_refresh(&id, Rejected::Unspecified)
+        .await
+        .unwrap();
+    assert!(refreshed);
+    assert!(
+        fx.engine
+            .provider_trouble(&ProviderName::new("p").unwrap())
+            .is_none()
+    );
+}
+
+/// A provider whose refresh panics: a bug in tokend's own code path.
+struct Panicking;
+
+#[async_trait::async_trait]
+impl TokenEndpoint for Panicking {
+    async fn refresh(
+        &self,
+        _: &ProviderConfig,
+        _: &SecretString,
+    ) -> Result<tokend_provider::TokenGrant, tokend_provider::ProviderError> {
+        panic!("bug while refreshing");
+    }
+    async fn exchange_code(
+        &self,
+        _: &ProviderConfig,
+        _: &SecretString,
+        _: &str,
+        _: Option<&SecretString>,
+    ) -> Result<tokend_provider::TokenGrant, tokend_provider::ProviderError> {
+        panic!("bug while exchanging");
+    }
+}
+
+/// Item 12. Invariant: errors keep their meaning on the way out: a panic
+/// is INTERNAL (not SHUTTING_DOWN), an unreadable record is DATA_LOSS on
+/// the refresh path as on reads.
+#[tokio::test(start_paused = true)]
+async fn errors_keep_their_meaning() {
+    let fx = fixture(Setup {
+        endpoint: Some(Arc::new(Panicking)),
+        ..Default::default()
+    })
+    .await;
+    let err = fx
+        .engine
+        .force_refresh(&fx.id, Rejected::Unspecified)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_status().code(), tonic::Code::Internal, "{err}");
+
+    let corrupt: ServiceError = super::Failure::store(tokend_store::StoreError::Corrupt {
+        id: "c1".into(),
+        reason: "does not decrypt".into(),
+    })
+    .into();
+    assert_eq!(corrupt.to_status().code(), tonic::Code::DataLoss);
+}

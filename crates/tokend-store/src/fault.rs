@@ -1,0 +1,255 @@
+//! A `Store` wrapper that injects faults (fail before or after a write,
+//! hang, slow flush) into chosen operations, for tests of what the engine
+//! does when the disk misbehaves.
+
+use std::{collections::HashMap, sync::Mutex, time::Duration};
+
+use async_trait::async_trait;
+use tokend_core::{Connection, ConnectionId, Timestamp};
+use tokio::sync::watch;
+
+use crate::{Expected, Lease, ListQuery, Store, StoreError};
+
+/// The store operations a fault can be armed for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Get,
+    Put,
+    Delete,
+    List,
+    AcquireLease,
+    ReleaseLease,
+    ReplaceUnreadable,
+}
+
+/// What an armed operation does instead of succeeding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Fails without touching the inner store.
+    BeforeWrite,
+    /// Lets the inner store apply the write, then fails anyway (sled: the
+    /// swap landed, the flush failed).
+    AfterWrite,
+    /// Never completes until [`FaultStore::heal`]; then goes through.
+    Hang,
+    /// Waits this long, then goes through (a slow flush).
+    Slow(Duration),
+}
+
+#[derive(Default)]
+struct Book {
+    /// Faults armed per operation, with how many calls they still hit
+    /// (`None`: until healed).
+    armed: HashMap<Op, (Fault, Option<usize>)>,
+    calls: HashMap<Op, usize>,
+    faulted: HashMap<Op, usize>,
+}
+
+/// Wraps `S`, forwarding every call unless a fault is armed for it.
+pub struct FaultStore<S> {
+    inner: S,
+    book: Mutex<Book>,
+    /// Bumped by `heal`, releasing hung calls.
+    healed: watch::Sender<u64>,
+}
+
+impl<S: Store> FaultStore<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            book: Mutex::new(Book::default()),
+            healed: watch::Sender::new(0),
+        }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next `times` calls of `op` get `fault`.
+    pub fn arm(&self, op: Op, fault: Fault, times: usize) {
+        self.book().armed.insert(op, (fault, Some(times)));
+    }
+
+    /// Every call of `op` gets `fault` until [`FaultStore::heal`].
+    pub fn arm_always(&self, op: Op, fault: Fault) {
+        self.book().armed.insert(op, (fault, None));
+    }
+
+    /// Clears every fault and releases hung calls.
+    pub fn heal(&self) {
+        self.book().armed.clear();
+        self.healed.send_modify(|n| *n += 1);
+    }
+
+    /// Calls of `op` so far, faulted or not.
+    pub fn calls(&self, op: Op) -> usize {
+        self.book().calls.get(&op).copied().unwrap_or(0)
+    }
+
+    /// Calls of `op` that got a fault.
+    pub fn faulted(&self, op: Op) -> usize {
+        self.book().faulted.get(&op).copied().unwrap_or(0)
+    }
+
+    /// Counts the call and takes the fault armed for it, if any.
+    fn take(&self, op: Op) -> Option<Fault> {
+        let mut book = self.book();
+        *book.calls.entry(op).or_default() += 1;
+        let (fault, left) = book.armed.get(&op).copied()?;
+        match left {
+            Some(0) => {
+                book.armed.remove(&op);
+                return None;
+            }
+            Some(n) => {
+                if n == 1 {
+                    book.armed.remove(&op);
+                } else {
+                    book.armed.insert(op, (fault, Some(n - 1)));
+                }
+            }
+            None => {}
+        }
+        *book.faulted.entry(op).or_default() += 1;
+        Some(fault)
+    }
+
+    /// Runs `call` through the fault armed for `op`.
+    async fn through<T>(
+        &self,
+        op: Op,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match self.take(op) {
+            None => call.await,
+            Some(Fault::BeforeWrite) => Err(injected(op, "before the write")),
+            Some(Fault::AfterWrite) => {
+                call.await?;
+                Err(injected(op, "after the write"))
+            }
+            Some(Fault::Hang) => {
+                let mut healed = self.healed.subscribe();
+                let seen = *healed.borrow_and_update();
+                while *healed.borrow_and_update() == seen {
+                    if healed.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                call.await
+            }
+            Some(Fault::Slow(d)) => {
+                tokio::time::sleep(d).await;
+                call.await
+            }
+        }
+    }
+}
+
+fn injected(op: Op, when: &str) -> StoreError {
+    StoreError::Backend(format!("injected fault in {op:?} {when}"))
+}
+
+#[async_trait]
+impl<S: Store> Store for FaultStore<S> {
+    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        self.through(Op::Get, self.inner.get(id)).await
+    }
+
+    async fn put(
+        &self,
+        record: &Connection,
+        expected: Option<u64>,
+        fence: Option<u64>,
+    ) -> Result<(), StoreError> {
+        self.through(Op::Put, self.inner.put(record, expected, fence))
+            .await
+    }
+
+    async fn replace_unreadable(&self, record: &Connection) -> Result<(), StoreError> {
+        self.through(Op::ReplaceUnreadable, self.inner.replace_unreadable(record))
+            .await
+    }
+
+    async fn delete(&self, id: &ConnectionId, expected: Expected) -> Result<bool, StoreError> {
+        self.through(Op::Delete, self.inner.delete(id, expected))
+            .await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {
+        self.through(Op::List, self.inner.list(query)).await
+    }
+
+    async fn try_acquire_refresh_lease(
+        &self,
+        id: &ConnectionId,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Option<Lease>, StoreError> {
+        self.through(
+            Op::AcquireLease,
+            self.inner.try_acquire_refresh_lease(id, holder, ttl, now),
+        )
+        .await
+    }
+
+    async fn release_refresh_lease(&self, lease: &Lease, in_doubt: bool) -> Result<(), StoreError> {
+        self.through(
+            Op::ReleaseLease,
+            self.inner.release_refresh_lease(lease, in_doubt),
+        )
+        .await
+    }
+
+    async fn release_abandoned_leases(
+        &self,
+        node_prefix: &str,
+    ) -> Result<Vec<ConnectionId>, StoreError> {
+        self.inner.release_abandoned_leases(node_prefix).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use crate::{MemoryStore, conformance::record};
+
+    #[tokio::test]
+    async fn faults_hit_as_armed() {
+        let store = FaultStore::new(MemoryStore::new());
+        let r = record("f", 1);
+        store.arm(Op::Put, Fault::BeforeWrite, 1);
+        assert!(store.put(&r, None, None).await.is_err());
+        assert!(store.inner().get(&r.id).await.unwrap().is_none());
+        store.arm(Op::Put, Fault::AfterWrite, 1);
+        assert!(store.put(&r, None, None).await.is_err());
+        assert!(store.inner().get(&r.id).await.unwrap().is_some(), "landed");
+        assert_eq!((store.calls(Op::Put), store.faulted(Op::Put)), (2, 2));
+        let mut next = r.next_revision(r.updated_at);
+        next.revision = 2;
+        store.put(&next, Some(1), None).await.expect("disarmed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hung_calls_go_through_once_healed() {
+        let store = Arc::new(FaultStore::new(MemoryStore::new()));
+        store.arm_always(Op::Get, Fault::Hang);
+        let id = ConnectionId::new("h").unwrap();
+        let hung = {
+            let store = Arc::clone(&store);
+            let id = id.clone();
+            tokio::spawn(async move { store.get(&id).await })
+        };
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!hung.is_finished());
+        store.heal();
+        assert!(hung.await.unwrap().unwrap().is_none());
+    }
+}
