@@ -167,6 +167,10 @@ struct SandboxOpts {
     /// Refresh token rotation of the sandbox.
     #[arg(long, value_enum, default_value_t = RotationArg::Strict)]
     sandbox_rotation: RotationArg,
+    /// With `--sandbox-rotation grace`: seconds a rotated-out refresh token
+    /// keeps working.
+    #[arg(long, default_value_t = 30)]
+    sandbox_rotation_grace_secs: u64,
     /// Error dialect of the sandbox.
     #[arg(long, value_enum, default_value_t = DialectArg::Rfc6749)]
     sandbox_dialect: DialectArg,
@@ -176,6 +180,7 @@ struct SandboxOpts {
 enum RotationArg {
     Strict,
     Reuse,
+    Grace,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -191,6 +196,7 @@ impl SandboxOpts {
             rotation: match self.sandbox_rotation {
                 RotationArg::Strict => Rotation::Strict,
                 RotationArg::Reuse => Rotation::Reuse,
+                RotationArg::Grace => Rotation::Grace(self.sandbox_rotation_grace_secs),
             },
             dialect: match self.sandbox_dialect {
                 DialectArg::Rfc6749 => Dialect::Rfc6749,

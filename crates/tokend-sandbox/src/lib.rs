@@ -51,6 +51,9 @@ pub enum Rotation {
     Strict,
     /// Refresh responses omit `refresh_token`; the presented one keeps working (HubSpot's behaviour).
     Reuse,
+    /// Every refresh returns a new refresh token, but the presented one keeps working for this
+    /// many seconds after it was first rotated out (a reuse interval, as Okta and Auth0 offer).
+    Grace(u64),
 }
 
 /// The shape of error bodies on the token endpoint.

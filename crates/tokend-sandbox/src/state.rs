@@ -108,7 +108,8 @@ struct RefreshRecord {
     account: Arc<str>,
     scopes: Arc<[String]>,
     epoch: u64,
-    used: bool,
+    /// When it was first rotated out, if it was.
+    used: Option<Instant>,
 }
 
 struct AccessRecord {
@@ -322,14 +323,19 @@ impl Provider {
             return Err(UNKNOWN_REFRESH);
         };
         account.stats.refresh_requests += 1;
-        if record.used || record.epoch != account.epoch {
+        let within_grace = |used: Instant| match inner.rotation {
+            Rotation::Grace(secs) => now.duration_since(used) < Duration::from_secs(secs),
+            _ => false,
+        };
+        let spent = record.used.is_some_and(|used| !within_grace(used));
+        if spent || record.epoch != account.epoch {
             account.stats.invalid_grant += 1;
             inner.stats.invalid_grant += 1;
             return Err(UNKNOWN_REFRESH);
         }
-        let rotate = inner.rotation == Rotation::Strict;
-        if rotate {
-            record.used = true;
+        let rotate = matches!(inner.rotation, Rotation::Strict | Rotation::Grace(_));
+        if rotate && record.used.is_none() {
+            record.used = Some(now);
         }
         account.stats.refresh_grants_ok += 1;
         inner.stats.refresh_grants_ok += 1;
@@ -492,7 +498,7 @@ impl Inner {
                     account: Arc::clone(&account),
                     scopes: Arc::clone(&scopes),
                     epoch,
-                    used: false,
+                    used: None,
                 },
             );
             fresh.refresh
@@ -571,6 +577,29 @@ mod tests {
                 stats.invalid_grant
             ),
             (3, 2, 1)
+        );
+    }
+
+    #[test]
+    fn grace_rotation_keeps_a_rotated_out_token_for_a_while() {
+        let p = provider();
+        p.set_rotation(Rotation::Grace(1));
+        let issued = p.issue_tokens("acct", &["a"]);
+        let granted = p.refresh(&issued.refresh_token).expect("first refresh");
+        assert!(granted.refresh_token.is_some(), "grace rotation rotates");
+        // Reused inside the grace: a fresh pair, and the grace does not restart.
+        assert!(p.refresh(&issued.refresh_token).is_ok());
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(
+            p.refresh(&issued.refresh_token).err(),
+            Some(UNKNOWN_REFRESH),
+            "dead once the grace has passed"
+        );
+        p.revoke_account("acct");
+        assert_eq!(
+            p.refresh(&granted.refresh_token.unwrap()).err(),
+            Some(UNKNOWN_REFRESH),
+            "revocation ignores the grace"
         );
     }
 
