@@ -323,12 +323,7 @@ impl Provider {
             return Err(UNKNOWN_REFRESH);
         };
         account.stats.refresh_requests += 1;
-        let within_grace = |used: Instant| match inner.rotation {
-            Rotation::Grace(secs) => now.duration_since(used) < Duration::from_secs(secs),
-            _ => false,
-        };
-        let spent = record.used.is_some_and(|used| !within_grace(used));
-        if spent || record.epoch != account.epoch {
+        if spent(record.used, now, inner.rotation) || record.epoch != account.epoch {
             account.stats.invalid_grant += 1;
             inner.stats.invalid_grant += 1;
             return Err(UNKNOWN_REFRESH);
@@ -531,6 +526,18 @@ impl Inner {
     }
 }
 
+/// Whether a refresh token first rotated out at `used` is dead at `now`:
+/// at once under strict rotation, after the grace under grace rotation.
+fn spent(used: Option<Instant>, now: Instant, rotation: Rotation) -> bool {
+    match (used, rotation) {
+        (None, _) => false,
+        (Some(used), Rotation::Grace(secs)) => {
+            now.saturating_duration_since(used) >= Duration::from_secs(secs)
+        }
+        (Some(_), _) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -589,12 +596,15 @@ mod tests {
         assert!(granted.refresh_token.is_some(), "grace rotation rotates");
         // Reused inside the grace: a fresh pair, and the grace does not restart.
         assert!(p.refresh(&issued.refresh_token).is_ok());
-        std::thread::sleep(Duration::from_millis(1100));
-        assert_eq!(
-            p.refresh(&issued.refresh_token).err(),
-            Some(UNKNOWN_REFRESH),
+        let t0 = Instant::now();
+        let grace = Rotation::Grace(30);
+        assert!(!spent(None, t0, grace));
+        assert!(!spent(Some(t0), t0 + Duration::from_secs(29), grace));
+        assert!(
+            spent(Some(t0), t0 + Duration::from_secs(30), grace),
             "dead once the grace has passed"
         );
+        assert!(spent(Some(t0), t0, Rotation::Strict));
         p.revoke_account("acct");
         assert_eq!(
             p.refresh(&granted.refresh_token.unwrap()).err(),
