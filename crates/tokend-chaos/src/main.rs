@@ -88,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
             (r.lost_rotation_lost + r.lost_other.len() as u64) as f64 * 1000.0 / r.kills as f64
         };
         println!(
-            "{}: {} kills, {} refreshes ({} invalid_grant), {} calls ok, {} failed while down, {} stalled > 10 s",
+            "{}: {} kills, {} refreshes ({} invalid_grant), {} calls ok, {} failed (broker down, or connection lost), {} stalled > 10 s",
             r.mode, r.kills, r.refreshes, r.invalid_grants, r.calls_ok, r.calls_failed, r.stalled
         );
         println!(

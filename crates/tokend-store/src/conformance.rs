@@ -320,7 +320,6 @@ async fn concurrent_writers_exactly_one_wins<S: Store>(store: Arc<S>) {
 async fn refresh_leases(store: &impl Store) {
     let id = ConnectionId::new("leased").expect("id");
     let t0 = Timestamp::from_unix_millis(1_000);
-    let ttl = Duration::from_secs(10);
     let a = acquire(store, &id, "replica-a", t0).await.expect("granted");
     assert!(!a.in_doubt, "a first lease has nothing to doubt");
     assert!(
@@ -354,7 +353,6 @@ async fn refresh_leases(store: &impl Store) {
         .expect("granted after release");
     assert!(c.fence > b.fence);
     assert!(!c.in_doubt, "a settled release clears doubt");
-    let _ = ttl;
 }
 
 async fn acquire(
