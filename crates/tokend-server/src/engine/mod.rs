@@ -254,8 +254,8 @@ impl Engine {
         self.breakers.get(provider)?.open_error()
     }
 
-    /// The token set's task tracker, for tasks that must end before
-    /// shutdown completes (watch streams).
+    /// The engine's task tracker: tasks spawned on it (watch streams, the
+    /// key watcher) are waited for at shutdown, within the grace period.
     pub fn tasks(&self) -> &TaskTracker {
         &self.tasks
     }

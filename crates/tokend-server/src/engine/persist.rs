@@ -248,14 +248,13 @@ impl Engine {
     /// `deadline`; logs at ERROR, with the connection id, each one that
     /// could not be written.
     pub(super) async fn persist_pending_before_exit(&self, deadline: tokio::time::Instant) {
-        let engine = self;
         loop {
-            let pending = engine.slots.with_pending();
+            let pending = self.slots.with_pending();
             if pending.is_empty() {
                 return;
             }
             for (id, slot) in &pending {
-                let Ok(record) = engine.load_latest(id).await else {
+                let Ok(record) = self.load_latest(id).await else {
                     continue;
                 };
                 let grant = lock(&slot.pending).clone();
@@ -264,7 +263,7 @@ impl Engine {
                 if let Some(grant) = grant
                     && grant.applies_to(&record)
                 {
-                    let _ = engine.commit(slot, record, grant.grant, None, None).await;
+                    let _ = self.commit(slot, record, grant.grant, None, None).await;
                 } else {
                     lock(&slot.pending).take();
                 }
@@ -277,7 +276,7 @@ impl Engine {
                 break;
             }
         }
-        for (id, _) in engine.slots.with_pending() {
+        for (id, _) in self.slots.with_pending() {
             tracing::error!(
                 connection_id = %id,
                 "shutting down with a grant the store would not accept: it is lost with this process"

@@ -586,3 +586,24 @@ async fn errors_keep_their_meaning() {
     .into();
     assert_eq!(corrupt.to_status().code(), tonic::Code::DataLoss);
 }
+
+/// Item 2, at shutdown. Invariant: shutdown waits (within its grace) for a
+/// grant the store refused, and persists it once the store answers again.
+#[tokio::test(start_paused = true)]
+async fn shutdown_persists_a_pending_grant_within_its_grace() {
+    let fx = fixture(Setup::default()).await;
+    fx.store.arm_always(Op::Put, Fault::BeforeWrite);
+    fx.engine
+        .force_refresh(&fx.id, Rejected::Unspecified)
+        .await
+        .unwrap_err();
+    let engine = Arc::clone(&fx.engine);
+    let shutdown = tokio::spawn(async move { engine.shutdown().await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!shutdown.is_finished(), "waiting for the store");
+    fx.store.heal();
+    shutdown.await.unwrap();
+    let stored = fx.stored_refresh_token().await;
+    assert!(fx.live(&stored), "the pending grant reached the store");
+    assert_eq!(fx.provider.calls(), 1);
+}
