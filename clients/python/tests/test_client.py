@@ -96,6 +96,7 @@ def test_watch_hears_reconnect_required(server):
     with pytest.raises(tokend.ReconnectRequired) as e:
         client.force_refresh(cid)
     assert e.value.provider_error == "invalid_grant"
+    assert e.value.cause == "REVOKED"
     event = next(e for e in events if e.kind == "status_changed")
     assert event.reconnect_required
     assert event.connection.last_error.code == "invalid_grant"

@@ -54,6 +54,11 @@ class ReconnectRequired(TokendError):
     def provider_error(self) -> str:
         return self.metadata.get("provider_error", "")
 
+    @property
+    def cause(self) -> str:
+        """REVOKED, ROTATION_LOST (lost in a refresh cut off by a crash) or NO_REFRESH_TOKEN."""
+        return self.metadata.get("cause", "")
+
 
 class ProviderMisconfigured(TokendError):
     pass

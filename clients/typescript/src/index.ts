@@ -33,6 +33,10 @@ export class ReconnectRequired extends TokendError {
   get providerError(): string {
     return this.metadata["provider_error"] ?? "";
   }
+  /** REVOKED, ROTATION_LOST (lost in a refresh cut off by a crash) or NO_REFRESH_TOKEN. */
+  get cause(): string {
+    return this.metadata["cause"] ?? "";
+  }
 }
 export class ProviderMisconfigured extends TokendError {}
 export class Unavailable extends TokendError {}

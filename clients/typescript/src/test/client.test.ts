@@ -97,7 +97,7 @@ test("the watch stream reports RECONNECT_REQUIRED", async () => {
   const first = await events.next();
   assert.equal(first.value?.kind, "snapshot");
   await post("/sandbox/revoke", { account_id: "ts-2" });
-  await assert.rejects(client.forceRefresh(id), (e: unknown) => e instanceof ReconnectRequired && e.providerError === "invalid_grant");
+  await assert.rejects(client.forceRefresh(id), (e: unknown) => e instanceof ReconnectRequired && e.providerError === "invalid_grant" && e.cause === "REVOKED");
   for await (const e of events) {
     if (e.kind === "status_changed") {
       assert.ok(e.reconnectRequired);
