@@ -197,7 +197,11 @@ impl Engine {
             lock(&slot.pending).take();
         }
         if record.version > base_version {
-            return Outcome::settled(Ok(slot.advance(Arc::new(record))));
+            // Nothing was asked of the provider: any doubt stays.
+            return Outcome {
+                result: Ok(slot.advance(Arc::new(record))),
+                in_doubt: lease.in_doubt,
+            };
         }
         if record.status == Status::ReconnectRequired {
             return Outcome::settled(Err(Failure::Revoked(slot.advance(Arc::new(record)))));
