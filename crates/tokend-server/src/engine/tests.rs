@@ -607,3 +607,62 @@ async fn shutdown_persists_a_pending_grant_within_its_grace() {
     assert!(fx.live(&stored), "the pending grant reached the store");
     assert_eq!(fx.provider.calls(), 1);
 }
+
+/// Item 8. Invariant: an operator can always remove or re-install a broken
+/// connection: delete and install replace a record that cannot be decoded,
+/// by compare-and-swap on its bytes, and the error on reads is DATA_LOSS.
+#[tokio::test]
+async fn an_unreadable_record_can_be_deleted_and_reinstalled() {
+    use tokend_store::{SledStore, crypto::Keyring};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Clock::system();
+    let provider = Arc::new(ScriptedProvider::new(clock.clone(), ScriptRotation::Strict));
+    {
+        // Written under one key...
+        let store = Arc::new(SledStore::open(dir.path(), Keyring::ephemeral()).unwrap());
+        let engine = Engine::new(
+            store,
+            vec![provider_config(Duration::ZERO, Duration::ZERO)],
+            provider.clone(),
+            clock.clone(),
+            settings(),
+        );
+        engine.start().await.unwrap();
+        for id in ["broken-1", "broken-2"] {
+            let (access, refresh) = provider.issue();
+            engine
+                .install(import_input(id, &access, Some(&refresh)))
+                .await
+                .unwrap();
+        }
+        engine.shutdown().await;
+    }
+    // ...and read under another: both records are undecodable now.
+    let store = Arc::new(SledStore::open(dir.path(), Keyring::ephemeral()).unwrap());
+    let engine = Engine::new(
+        store.clone(),
+        vec![provider_config(Duration::ZERO, Duration::ZERO)],
+        provider.clone(),
+        clock,
+        settings(),
+    );
+    engine.start().await.unwrap();
+    let one = ConnectionId::new("broken-1").unwrap();
+    let err = engine.get_token(&one, Duration::ZERO).await.unwrap_err();
+    assert_eq!(err.to_status().code(), tonic::Code::DataLoss, "{err}");
+    engine
+        .delete(&one)
+        .await
+        .expect("an unreadable record can be deleted");
+    assert!(store.get(&one).await.unwrap().is_none());
+
+    let (access, refresh) = provider.issue();
+    let outcome = engine
+        .install(import_input("broken-2", &access, Some(&refresh)))
+        .await
+        .expect("an unreadable record can be replaced");
+    assert!(!outcome.replayed);
+    let two = ConnectionId::new("broken-2").unwrap();
+    let token = engine.get_token(&two, Duration::ZERO).await.unwrap();
+    assert!(token.tokens.access_token_is(&access));
+}
