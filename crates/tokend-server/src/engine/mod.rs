@@ -343,19 +343,19 @@ impl Engine {
             return Ok(current);
         }
         // A refresh cannot give more than the provider grants, less the
-        // refresh buffer: refuse rather than refresh on every call.
-        if current.last_refresh_at.is_some() {
-            let grantable = current
-                .tokens
+        // refresh buffer: refuse, before any provider call, rather than
+        // refresh on every call. The lifetime is the last one seen (for an
+        // import, the provider's configured one), so the answer is stable.
+        let grantable = |c: &Connection| {
+            c.tokens
                 .lifetime()
-                .saturating_sub(policy.buffer_for(&current.tokens));
-            if min_ttl > grantable {
-                return Err(ServiceError::min_ttl_too_long(
-                    min_ttl,
-                    grantable,
-                    current.tokens.lifetime(),
-                ));
-            }
+                .saturating_sub(policy.buffer_for(&c.tokens))
+        };
+        let too_long = |c: &Connection| {
+            ServiceError::min_ttl_too_long(min_ttl, grantable(c), c.tokens.lifetime())
+        };
+        if min_ttl > grantable(&current) {
+            return Err(too_long(&current));
         }
         // Two rounds at most: a refresh may hand back a newer record written
         // by someone else (a re-install, another replica) that itself needs
@@ -365,6 +365,10 @@ impl Engine {
                 Ok(fresh) => {
                     if !policy.needs_refresh(&fresh.tokens, self.clock.now(), min_ttl) {
                         return Ok(fresh);
+                    }
+                    // The provider's real lifetime is known now.
+                    if min_ttl > grantable(&fresh) {
+                        return Err(too_long(&fresh));
                     }
                     let progressed = fresh.version > current.version;
                     current = fresh;
@@ -395,8 +399,7 @@ impl Engine {
             });
         }
         if ttl < min_ttl {
-            let lifetime = current.tokens.lifetime();
-            return Err(ServiceError::min_ttl_too_long(min_ttl, lifetime, lifetime));
+            return Err(too_long(&current));
         }
         Ok(current)
     }

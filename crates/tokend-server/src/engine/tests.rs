@@ -125,6 +125,15 @@ impl Fx {
 }
 
 fn import_input(id: &str, access: &str, refresh: Option<&str>) -> InstallInput {
+    import_expiring(id, access, refresh, Duration::from_secs(1800))
+}
+
+fn import_expiring(
+    id: &str,
+    access: &str,
+    refresh: Option<&str>,
+    expires_in: Duration,
+) -> InstallInput {
     InstallInput {
         provider: ProviderName::new("p").unwrap(),
         connection_id: Some(ConnectionId::new(id).unwrap()),
@@ -132,7 +141,7 @@ fn import_input(id: &str, access: &str, refresh: Option<&str>) -> InstallInput {
         grant: InstallGrant::Import {
             access_token: SecretString::from(access.to_owned()),
             refresh_token: refresh.map(|r| SecretString::from(r.to_owned())),
-            expires_in: Duration::from_secs(1800),
+            expires_in,
             scopes: vec![],
             token_type: "Bearer".into(),
         },
@@ -665,4 +674,46 @@ async fn an_unreadable_record_can_be_deleted_and_reinstalled() {
     let two = ConnectionId::new("broken-2").unwrap();
     let token = engine.get_token(&two, Duration::ZERO).await.unwrap();
     assert!(token.tokens.access_token_is(&access));
+}
+
+/// Issue 10, item 6. Invariant: a `min_ttl` no refresh can satisfy costs at
+/// most the one refresh that reveals the provider's real lifetime, and the
+/// refusal reads the same on every call.
+#[tokio::test(start_paused = true)]
+async fn an_impossible_min_ttl_costs_at_most_one_refresh_and_a_stable_answer() {
+    let fx = fixture(Setup::default()).await;
+    fx.provider.set_lifetime(Duration::from_secs(600));
+    let (access, refresh) = fx.provider.issue();
+    let id = ConnectionId::new("short").unwrap();
+    fx.engine
+        .install(import_expiring(
+            "short",
+            &access,
+            Some(&refresh),
+            Duration::from_secs(500),
+        ))
+        .await
+        .unwrap();
+    let mut messages = Vec::new();
+    for _ in 0..3 {
+        let err = fx
+            .engine
+            .get_token(&id, Duration::from_secs(1000))
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&err), "INVALID_ARGUMENT", "{err}");
+        messages.push(err.to_string());
+    }
+    assert_eq!(fx.provider.calls(), 1, "one refresh learnt the lifetime");
+    assert!(messages.iter().all(|m| *m == messages[0]), "{messages:?}");
+    assert!(messages[0].contains("600 s"), "{}", messages[0]);
+    // Beyond even the configured lifetime: refused before any call.
+    let calls = fx.provider.calls();
+    let err = fx
+        .engine
+        .get_token(&fx.id, Duration::from_secs(3600))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "INVALID_ARGUMENT", "{err}");
+    assert_eq!(fx.provider.calls(), calls);
 }
