@@ -262,19 +262,8 @@ impl Authenticator {
         if let Some(local) = &self.local {
             return Ok(Arc::clone(local));
         }
-        let key = request
-            .metadata()
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| {
-                request
-                    .metadata()
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(str::to_owned)
-            });
+        let key = presented_key(request.metadata())
+            .map_err(|why| ServiceError::Unauthenticated(why).to_status())?;
         if let Some(key) = key {
             return self
                 .by_api_key
@@ -311,6 +300,40 @@ impl Authenticator {
         }
         request.extensions_mut().insert(caller);
         Ok(request)
+    }
+}
+
+/// The one API key a call presents, if any: an `x-api-key` or an
+/// `authorization: Bearer` (scheme matched case-insensitively, RFC 7235).
+/// Two credentials in one call, even equal ones, are refused: which one
+/// speaks for the caller must never depend on header order.
+fn presented_key(metadata: &tonic::metadata::MetadataMap) -> Result<Option<String>, &'static str> {
+    let mut keys = Vec::new();
+    for value in metadata.get_all("x-api-key") {
+        keys.push(
+            value
+                .to_str()
+                .map_err(|_| "x-api-key is not printable ASCII")?
+                .trim()
+                .to_owned(),
+        );
+    }
+    for value in metadata.get_all("authorization") {
+        let value = value
+            .to_str()
+            .map_err(|_| "authorization is not printable ASCII")?
+            .trim();
+        let (scheme, credential) = value.split_once(' ').unwrap_or((value, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err("authorization must use the Bearer scheme");
+        }
+        keys.push(credential.trim().to_owned());
+    }
+    match keys.len() {
+        0 => Ok(None),
+        1 if keys[0].is_empty() => Err("the api key is empty"),
+        1 => Ok(keys.pop()),
+        _ => Err("send exactly one credential: one x-api-key or one authorization: Bearer header"),
     }
 }
 
@@ -390,5 +413,48 @@ mod tests {
         bad.api_key_sha256 = Some("not-hex".into());
         assert!(Authenticator::new(&[bad]).is_err());
         assert!(Authenticator::new(&[]).unwrap().is_open());
+    }
+
+    fn metadata(headers: &[(&'static str, &str)]) -> tonic::metadata::MetadataMap {
+        let mut m = tonic::metadata::MetadataMap::new();
+        for (k, v) in headers {
+            m.append(*k, v.parse().unwrap());
+        }
+        m
+    }
+
+    /// Issue 10, item 9. Invariant: one credential per call, the Bearer
+    /// scheme case-insensitive, and no header order deciding who calls.
+    #[test]
+    fn exactly_one_credential_is_accepted() {
+        let key = |h: &[(&'static str, &str)]| presented_key(&metadata(h));
+        assert_eq!(key(&[]), Ok(None));
+        assert_eq!(key(&[("x-api-key", "k1")]), Ok(Some("k1".into())));
+        assert_eq!(
+            key(&[("authorization", "Bearer k1")]),
+            Ok(Some("k1".into()))
+        );
+        assert_eq!(
+            key(&[("authorization", "bearer  k1 ")]),
+            Ok(Some("k1".into())),
+            "RFC 7235: the scheme is case-insensitive"
+        );
+        for two in [
+            vec![("x-api-key", "k1"), ("authorization", "Bearer k2")],
+            vec![("x-api-key", "k1"), ("authorization", "Bearer k1")],
+            vec![("x-api-key", "k1"), ("x-api-key", "k2")],
+            vec![
+                ("authorization", "Bearer k1"),
+                ("authorization", "Bearer k2"),
+            ],
+        ] {
+            let refused = key(&two).unwrap_err();
+            assert!(
+                refused.contains("exactly one credential"),
+                "{two:?}: {refused}"
+            );
+        }
+        assert!(key(&[("authorization", "Basic a2V5")]).is_err());
+        assert!(key(&[("authorization", "Bearer")]).is_err(), "empty");
     }
 }
