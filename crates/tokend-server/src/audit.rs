@@ -90,7 +90,7 @@ impl AuditLog {
             ts: at.unix_millis(),
             caller: caller.to_owned(),
             rpc,
-            connection_id: connection_id.map(str::to_owned),
+            connection_id: connection_id.map(bounded),
             outcome,
             reason,
         };
@@ -98,6 +98,23 @@ impl AuditLog {
             tracing::error!(rpc, "audit log queue full or closed; a record was dropped");
         }
     }
+}
+
+/// Longest unvalidated field written as is; longer ones are cut here.
+const MAX_LOGGED_FIELD: usize = 128;
+
+/// `raw` cut to [`MAX_LOGGED_FIELD`] bytes (on a character boundary) and
+/// marked, so a caller cannot turn the audit log against the disk with
+/// 64 KiB ids.
+fn bounded(raw: &str) -> String {
+    if raw.len() <= MAX_LOGGED_FIELD {
+        return raw.to_owned();
+    }
+    let mut end = MAX_LOGGED_FIELD;
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…[{} bytes cut]", &raw[..end], raw.len() - end)
 }
 
 /// The audit log's writer thread, owned by whoever shuts the server down.
@@ -112,5 +129,23 @@ impl AuditWriter {
         if self.thread.join().is_err() {
             tracing::error!("the audit log writer panicked");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10, item 2. Invariant: an audit line's size does not grow
+    /// with what a caller sends.
+    #[test]
+    fn unvalidated_fields_are_cut_and_marked() {
+        assert_eq!(bounded("sandbox-1"), "sandbox-1");
+        let long = "x".repeat(64 * 1024);
+        let cut = bounded(&long);
+        assert!(cut.len() < 200, "{}", cut.len());
+        assert!(cut.ends_with(&format!("[{} bytes cut]", 64 * 1024 - 128)));
+        let multibyte = "é".repeat(100);
+        assert!(bounded(&multibyte).starts_with(&"é".repeat(64)));
     }
 }
