@@ -24,6 +24,9 @@ pub enum ServiceError {
     },
     #[error("connection {0} not found")]
     NotFound(ConnectionId),
+    /// A request whose bytes are not a valid message of its type.
+    #[error("malformed request: {0}")]
+    MalformedRequest(String),
     /// The grant is revoked; only a new install revives the connection.
     #[error("connection {id} requires reconnecting")]
     ReconnectRequired {
@@ -198,6 +201,11 @@ impl ServiceError {
                     HashMap::from([("field".into(), (*field).into())]),
                 );
                 d.add_bad_request_violation(*field, description.clone());
+                (Code::InvalidArgument, d)
+            }
+            ServiceError::MalformedRequest(detail) => {
+                let mut d = info("MALFORMED_REQUEST", HashMap::new());
+                d.add_bad_request_violation("request", detail.clone());
                 (Code::InvalidArgument, d)
             }
             ServiceError::NotFound(id) => (
@@ -386,6 +394,11 @@ mod tests {
                 ServiceError::NotFound(id.clone()),
                 Code::NotFound,
                 "CONNECTION_NOT_FOUND",
+            ),
+            (
+                ServiceError::MalformedRequest("invalid wire type".into()),
+                Code::InvalidArgument,
+                "MALFORMED_REQUEST",
             ),
             (
                 ServiceError::ReconnectRequired {

@@ -12,6 +12,7 @@ mod convert;
 pub mod engine;
 mod error;
 mod hub;
+mod malformed;
 mod scheduler;
 mod service;
 
@@ -191,6 +192,9 @@ pub async fn run_with_tasks(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
+        // tonic answers undecodable requests INTERNAL; the contract says
+        // INVALID_ARGUMENT (MALFORMED_REQUEST).
+        .layer(malformed::MalformedRequestsLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
