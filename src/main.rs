@@ -312,8 +312,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
 
+    // SAFETY: umask only swaps the process's file-creation mask. Set before
+    // the data dir or any file in it is created: everything tokend writes
+    // there is private (0700 dirs, 0600 files).
+    unsafe { libc::umask(0o077) };
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    private_data_dir(&data_dir)?;
     let (keyring, key_path) = load_keys(args.key_file.clone(), &data_dir)?;
     let store = SledStore::open(&data_dir, keyring)
         .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
@@ -366,6 +371,34 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
     tracing::info!(url = %sandbox.base_url(), token_url = %sandbox.token_url(), "sandbox provider running");
     shutdown_signal().await;
     sandbox.shutdown().await;
+    Ok(())
+}
+
+/// Checks that the data dir is private: the database holds account ids
+/// and scopes in the clear (tokens are sealed). A dir or file that an older
+/// version, or an operator, left open to others is made private (0700 or
+/// 0600) with a warning.
+fn private_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let private = if meta.is_dir() { 0o700 } else { 0o600 };
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{:o}", meta.permissions().mode() & 0o777), "readable by others; making it private");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(private))
+                .with_context(|| format!("cannot make {} private", path.display()))?;
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        }
+    }
     Ok(())
 }
 

@@ -86,3 +86,49 @@ async fn cli_commands_work_and_print_secrets_only_for_token_get() {
     let out = tokend(&server, &["connections", "show", "cli-1"]).await;
     assert!(!out.status.success());
 }
+
+/// Issue 10, item 10. Invariant: everything under the data dir is private
+/// (dirs 0700, files 0600), including files an older version left open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_keeps_the_data_dir_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let stale = data.join("left-open.log");
+    std::fs::write(&stale, "old").unwrap();
+    std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tokend serve starts");
+    let audit = data.join("audit.log");
+    let up =
+        crate::harness::eventually(std::time::Duration::from_secs(20), || audit.exists()).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "the server started and opened its audit log");
+    let mut stack = vec![data.clone()];
+    let mut seen = 0;
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{}", path.display());
+            for e in std::fs::read_dir(&path).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        } else {
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 3,
+        "the database, the key file and the audit log were checked"
+    );
+}
