@@ -468,3 +468,50 @@ async fn oversized_requests_get_a_precise_error() {
         .await
         .expect("a normal request still works");
 }
+
+/// Issue 10, item 11. Invariant: blind ForceRefresh calls (naming nothing
+/// rejected) cannot turn into a provider refresh each: at most one per
+/// provider's `min_refresh_interval`, in open mode as with identities.
+#[tokio::test]
+async fn blind_force_refreshes_cannot_hammer_the_provider() {
+    let server = TestServer::start_with(Options {
+        min_refresh_interval: Some(Duration::from_secs(5)),
+        ..Default::default()
+    })
+    .await;
+    server.import("blind", "acct-blind", 1800).await;
+    let client = server.client().await;
+    let calls = join_all((0..200).map(|_| {
+        let mut client = client.clone();
+        async move {
+            client
+                .force_refresh(pb::ForceRefreshRequest {
+                    connection_id: "blind".into(),
+                    rejected: None,
+                })
+                .await
+                .map(|r| r.into_inner().refreshed)
+        }
+    }))
+    .await;
+    assert!(calls.iter().all(Result::is_ok));
+    // Then one after the other: each answered from the fresh token.
+    let mut client = client;
+    for _ in 0..50 {
+        let refreshed = client
+            .force_refresh(pb::ForceRefreshRequest {
+                connection_id: "blind".into(),
+                rejected: None,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .refreshed;
+        assert!(!refreshed, "inside the floor");
+    }
+    assert_eq!(
+        server.sandbox.account_stats("acct-blind").refresh_requests,
+        1,
+        "250 blind calls, one provider refresh"
+    );
+}
