@@ -145,6 +145,7 @@ async fn run() {
                 scopes: issued.scopes,
                 token_type: String::new(),
             })),
+            replace: false,
         }
     };
     tokens

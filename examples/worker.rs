@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
                 scopes: vec!["crm".into()],
                 token_type: String::new(),
             })),
+            replace: false,
         })
         .await?;
 

@@ -325,6 +325,7 @@ pub async fn install(args: &ClientArgs, install: InstallArgs) -> anyhow::Result<
             connection_id: install.connection_id.unwrap_or_default(),
             account_id: install.account_id.unwrap_or_default(),
             grant: Some(grant),
+            replace: false,
         })
         .await?;
     let c = r.connection.context("reply without a connection")?;

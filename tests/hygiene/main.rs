@@ -86,6 +86,7 @@ async fn trace_logs_of_the_whole_flow_hold_no_secret() {
                     code_verifier: verifier.clone(),
                 },
             )),
+            replace: false,
         })
         .await
         .expect("code install");
@@ -156,6 +157,7 @@ async fn trace_logs_of_the_whole_flow_hold_no_secret() {
                     code_verifier: String::new(),
                 },
             )),
+            replace: false,
         })
         .await
         .unwrap_err();

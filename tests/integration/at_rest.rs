@@ -56,6 +56,7 @@ async fn no_token_appears_in_any_file_under_the_data_dir() {
                     code_verifier: String::new(),
                 },
             )),
+            replace: false,
         })
         .await
         .expect("code install");

@@ -251,6 +251,7 @@ pub fn import_request(
             scopes: issued.scopes.clone(),
             token_type: String::new(),
         })),
+        replace: false,
     }
 }
 

@@ -80,6 +80,7 @@ fn code_request(
                 code_verifier: code_verifier.into(),
             },
         )),
+        replace: false,
     }
 }
 
@@ -1038,4 +1039,52 @@ async fn hostile_inputs_are_rejected_without_hurting_the_server() {
         token(&mut client, "later").await.access_token,
         later.access_token
     );
+}
+
+/// Issue 10, item 7. Invariant: an install never silently replaces another
+/// account's grant. Derived ids are not injective ("u@x.com" and "u_x.com"
+/// both derive `sandbox-u_x.com`), so the second is refused; an explicit id
+/// replaces another account only with `replace`.
+#[tokio::test]
+async fn an_install_never_silently_replaces_another_accounts_grant() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let first = server.sandbox.issue_tokens("u@x.com", &["crm"]);
+    let installed = client
+        .install(import_request("", "u@x.com", &first, 1800))
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    assert_eq!(installed.connection_id, "sandbox-u_x.com");
+
+    let second = server.sandbox.issue_tokens("u_x.com", &["crm"]);
+    let err = client
+        .install(import_request("", "u_x.com", &second, 1800))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    assert_eq!(reason(&err), "CONNECTION_ID_TAKEN");
+    assert_eq!(metadata(&err, "account_id").as_deref(), Some("u@x.com"));
+    let t = token(&mut client, "sandbox-u_x.com").await;
+    assert_eq!(t.access_token, first.access_token, "the first grant stands");
+
+    // An explicit id alone is not enough...
+    let err = client
+        .install(import_request("sandbox-u_x.com", "u_x.com", &second, 1800))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "CONNECTION_ID_TAKEN");
+    // ...`replace` without one is refused...
+    let mut derived = import_request("", "u_x.com", &second, 1800);
+    derived.replace = true;
+    let err = client.install(derived).await.unwrap_err();
+    assert_invalid(&err, "replace");
+    // ...and both together replace, as asked.
+    let mut explicit = import_request("sandbox-u_x.com", "u_x.com", &second, 1800);
+    explicit.replace = true;
+    client.install(explicit).await.unwrap();
+    let t = token(&mut client, "sandbox-u_x.com").await;
+    assert_eq!(t.access_token, second.access_token);
 }

@@ -145,6 +145,7 @@ async fn callers_only_reach_their_own_tenants_connections() {
                     code_verifier: String::new(),
                 },
             )),
+            replace: false,
         })
         .await
         .unwrap_err();

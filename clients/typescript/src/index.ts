@@ -249,11 +249,14 @@ export class Client {
     expiresInSeconds: number;
     connectionId?: string;
     scopes?: string[];
+    /** Replace a connection holding another account (needs connectionId). */
+    replace?: boolean;
   }): Promise<Connection | undefined> {
     const r = await this.unary(this.stub.install, {
       provider: i.provider,
       connectionId: i.connectionId ?? "",
       accountId: i.accountId,
+      replace: i.replace ?? false,
       tokenImport: {
         accessToken: i.accessToken,
         refreshToken: i.refreshToken,

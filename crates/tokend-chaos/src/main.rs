@@ -194,6 +194,7 @@ async fn run_mode(
                     scopes: vec![],
                     token_type: String::new(),
                 })),
+                replace: false,
             })
             .await
             .with_context(|| format!("install {i}"))?;

@@ -57,6 +57,14 @@ pub enum ServiceError {
         existing: String,
         requested: String,
     },
+    /// The connection id holds another account's grant.
+    #[error(
+        "connection {id} holds account {account_id:?}; name the connection_id and set replace to replace it"
+    )]
+    ConnectionIdTaken {
+        id: ConnectionId,
+        account_id: String,
+    },
     /// Concurrent writers kept winning; the caller may retry.
     #[error("connection {0} is being modified concurrently, retry")]
     Contended(ConnectionId),
@@ -263,6 +271,16 @@ impl ServiceError {
                     HashMap::from([
                         ("connection_id".into(), id.to_string()),
                         ("provider".into(), existing.clone()),
+                    ]),
+                ),
+            ),
+            ServiceError::ConnectionIdTaken { id, account_id } => (
+                Code::AlreadyExists,
+                info(
+                    "CONNECTION_ID_TAKEN",
+                    HashMap::from([
+                        ("connection_id".into(), id.to_string()),
+                        ("account_id".into(), account_id.clone()),
                     ]),
                 ),
             ),

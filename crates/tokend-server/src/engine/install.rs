@@ -19,6 +19,9 @@ pub struct InstallInput {
     pub connection_id: Option<ConnectionId>,
     pub account_id: Option<String>,
     pub grant: InstallGrant,
+    /// Replace a connection holding another account's grant (only with an
+    /// explicit `connection_id`).
+    pub replace: bool,
 }
 
 pub enum InstallGrant {
@@ -165,6 +168,8 @@ impl Installer {
         input: InstallInput,
         fingerprint: String,
     ) -> Result<InstallOutcome, ServiceError> {
+        let explicit_id = input.connection_id.is_some();
+        let replace = input.replace;
         let provider = engine.provider(&input.provider).cloned().ok_or_else(|| {
             ServiceError::invalid(
                 "provider",
@@ -189,9 +194,14 @@ impl Installer {
             .or_else(|| engine.installer.recent.get(&fingerprint));
         if let Some(id) = &remembered
             && let Ok(Some(existing)) = engine.store.get(id).await
-            && is_replay(&existing, &fingerprint)
         {
-            return Ok(replay(existing));
+            if is_replay(&existing, &fingerprint) {
+                return Ok(replay(existing));
+            }
+            // Refused before the provider sees a single-use code.
+            if let Some(account) = &input.account_id {
+                check_account(&existing, account, explicit_id, replace)?;
+            }
         }
 
         let now = engine.clock.now();
@@ -256,7 +266,7 @@ impl Installer {
                 Err(StoreError::Corrupt { .. }) => (None, true),
                 Err(e) => return Err(e.into()),
             };
-            let record = match &existing {
+            match &existing {
                 Some(e) if e.provider != input.provider => {
                     return Err(ServiceError::ProviderMismatch {
                         id,
@@ -265,30 +275,32 @@ impl Installer {
                     });
                 }
                 Some(e) if is_replay(e, &fingerprint) => return Ok(replay(e.clone())),
-                // A replacement keeps the creation time and (if this
-                // request names none) the account, and continues the counters.
-                _ => Connection {
-                    id: id.clone(),
-                    provider: input.provider.clone(),
-                    account_id: match &existing {
-                        Some(e) if account_id.is_empty() => e.account_id.clone(),
-                        _ => account_id.clone(),
-                    },
-                    tokens: tokens.clone(),
-                    previous_refresh_token: None,
-                    incarnation: existing
-                        .as_ref()
-                        .map_or_else(new_incarnation, |e| e.incarnation),
-                    version: existing.as_ref().map_or(1, |e| e.version + 1),
-                    revision: existing.as_ref().map_or(1, |e| e.revision + 1),
-                    status: Status::Active,
-                    reconnect_cause: None,
-                    last_error: None,
-                    last_refresh_at: None,
-                    created_at: existing.as_ref().map_or(now, |e| e.created_at),
-                    updated_at: now,
-                    install_fingerprint: Some(fingerprint.clone()),
+                Some(e) => check_account(e, &account_id, explicit_id, replace)?,
+                None => {}
+            }
+            // A replacement keeps the creation time and (if this request
+            // names none) the account, and continues the counters.
+            let record = Connection {
+                id: id.clone(),
+                provider: input.provider.clone(),
+                account_id: match &existing {
+                    Some(e) if account_id.is_empty() => e.account_id.clone(),
+                    _ => account_id.clone(),
                 },
+                tokens: tokens.clone(),
+                previous_refresh_token: None,
+                incarnation: existing
+                    .as_ref()
+                    .map_or_else(new_incarnation, |e| e.incarnation),
+                version: existing.as_ref().map_or(1, |e| e.version + 1),
+                revision: existing.as_ref().map_or(1, |e| e.revision + 1),
+                status: Status::Active,
+                reconnect_cause: None,
+                last_error: None,
+                last_refresh_at: None,
+                created_at: existing.as_ref().map_or(now, |e| e.created_at),
+                updated_at: now,
+                install_fingerprint: Some(fingerprint.clone()),
             };
             let written = if unreadable {
                 engine.store.replace_unreadable(&record).await
@@ -412,6 +424,28 @@ fn new_incarnation() -> u64 {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(std::process::id().into());
     h.finish()
+}
+
+/// Refuses to replace another account's grant silently: a derived id that
+/// already holds another account (ids are not injective: "u@x.com" and
+/// "u_x.com" derive the same one), or an explicit id without `replace`.
+fn check_account(
+    existing: &Connection,
+    account: &str,
+    explicit_id: bool,
+    replace: bool,
+) -> Result<(), ServiceError> {
+    if account.is_empty() || existing.account_id.is_empty() || existing.account_id == account {
+        return Ok(());
+    }
+    if explicit_id && replace {
+        tracing::warn!(connection_id = %existing.id, "replacing another account's grant, as asked");
+        return Ok(());
+    }
+    Err(ServiceError::ConnectionIdTaken {
+        id: existing.id.clone(),
+        account_id: existing.account_id.clone(),
+    })
 }
 
 /// Whether `existing` is what this very install produced. A connection that

@@ -145,6 +145,7 @@ fn import_expiring(
             scopes: vec![],
             token_type: "Bearer".into(),
         },
+        replace: false,
     }
 }
 

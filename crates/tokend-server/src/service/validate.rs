@@ -172,11 +172,18 @@ pub(super) fn install_input(engine: &Engine, req: pb::InstallRequest) -> Result<
             }
         }
     };
+    if req.replace && connection_id.is_none() {
+        return Err(ServiceError::invalid(
+            "replace",
+            "only with an explicit connection_id: a derived id never replaces another account",
+        ));
+    }
     Ok(InstallInput {
         provider,
         connection_id,
         account_id,
         grant,
+        replace: req.replace,
     })
 }
 

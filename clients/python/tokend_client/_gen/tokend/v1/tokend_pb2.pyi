@@ -199,18 +199,20 @@ class TokenImport(_message.Message):
     def __init__(self, access_token: _Optional[str] = ..., refresh_token: _Optional[str] = ..., expires_in_seconds: _Optional[int] = ..., scopes: _Optional[_Iterable[str]] = ..., token_type: _Optional[str] = ...) -> None: ...
 
 class InstallRequest(_message.Message):
-    __slots__ = ("provider", "connection_id", "account_id", "authorization_code", "token_import")
+    __slots__ = ("provider", "connection_id", "account_id", "authorization_code", "token_import", "replace")
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     AUTHORIZATION_CODE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IMPORT_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_FIELD_NUMBER: _ClassVar[int]
     provider: str
     connection_id: str
     account_id: str
     authorization_code: AuthorizationCode
     token_import: TokenImport
-    def __init__(self, provider: _Optional[str] = ..., connection_id: _Optional[str] = ..., account_id: _Optional[str] = ..., authorization_code: _Optional[_Union[AuthorizationCode, _Mapping]] = ..., token_import: _Optional[_Union[TokenImport, _Mapping]] = ...) -> None: ...
+    replace: bool
+    def __init__(self, provider: _Optional[str] = ..., connection_id: _Optional[str] = ..., account_id: _Optional[str] = ..., authorization_code: _Optional[_Union[AuthorizationCode, _Mapping]] = ..., token_import: _Optional[_Union[TokenImport, _Mapping]] = ..., replace: _Optional[bool] = ...) -> None: ...
 
 class InstallResponse(_message.Message):
     __slots__ = ("connection", "created", "replayed")

@@ -418,7 +418,17 @@ export interface InstallRequest {
    */
   accountId: string;
   authorizationCode?: AuthorizationCode | undefined;
-  tokenImport?: TokenImport | undefined;
+  tokenImport?:
+    | TokenImport
+    | undefined;
+  /**
+   * Required to replace a connection that holds another account's grant,
+   * and only with an explicit connection_id. Without it such an install is
+   * refused with ALREADY_EXISTS (reason CONNECTION_ID_TAKEN), so no grant is
+   * ever replaced silently (e.g. accounts "u@x.com" and "u_x.com" derive the
+   * same id).
+   */
+  replace: boolean;
 }
 
 export interface InstallResponse {
@@ -1986,7 +1996,14 @@ export const TokenImport: MessageFns<TokenImport> = {
 };
 
 function createBaseInstallRequest(): InstallRequest {
-  return { provider: "", connectionId: "", accountId: "", authorizationCode: undefined, tokenImport: undefined };
+  return {
+    provider: "",
+    connectionId: "",
+    accountId: "",
+    authorizationCode: undefined,
+    tokenImport: undefined,
+    replace: false,
+  };
 }
 
 export const InstallRequest: MessageFns<InstallRequest> = {
@@ -2005,6 +2022,9 @@ export const InstallRequest: MessageFns<InstallRequest> = {
     }
     if (message.tokenImport !== undefined) {
       TokenImport.encode(message.tokenImport, writer.uint32(42).fork()).join();
+    }
+    if (message.replace !== false) {
+      writer.uint32(48).bool(message.replace);
     }
     return writer;
   },
@@ -2062,6 +2082,14 @@ export const InstallRequest: MessageFns<InstallRequest> = {
             message.tokenImport = TokenImport.decode(reader, reader.uint32());
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.replace = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2097,6 +2125,7 @@ export const InstallRequest: MessageFns<InstallRequest> = {
         : isSet(object.token_import)
         ? TokenImport.fromJSON(object.token_import)
         : undefined,
+      replace: isSet(object.replace) ? globalThis.Boolean(object.replace) : false,
     };
   },
 
@@ -2117,6 +2146,9 @@ export const InstallRequest: MessageFns<InstallRequest> = {
     if (message.tokenImport !== undefined) {
       obj.tokenImport = TokenImport.toJSON(message.tokenImport);
     }
+    if (message.replace !== false) {
+      obj.replace = message.replace;
+    }
     return obj;
   },
 
@@ -2134,6 +2166,7 @@ export const InstallRequest: MessageFns<InstallRequest> = {
     message.tokenImport = (object.tokenImport !== undefined && object.tokenImport !== null)
       ? TokenImport.fromPartial(object.tokenImport)
       : undefined;
+    message.replace = object.replace ?? false;
     return message;
   },
 };
