@@ -36,8 +36,11 @@ impl Permission {
     }
 }
 
-/// One grant: permissions over the connections whose id starts with one of
-/// `connections` (`"*"` for all).
+/// One grant: permissions over the connections `connections` names. Each
+/// entry is `"*"` (every connection), `"tenant-a-*"` (ids starting with
+/// `tenant-a-`), or an exact id. The older prefix form without `*` is read
+/// as a prefix only when it ends with a delimiter (`-`, `_`, `.`, `:`, `/`),
+/// with a warning at start; `"sandbox-a"` never matches `"sandbox-ab9"`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
@@ -75,11 +78,53 @@ fn default_watch_streams() -> usize {
 #[derive(Debug)]
 pub struct Caller {
     pub name: String,
-    grants: Vec<Grant>,
+    grants: Vec<Compiled>,
     /// `None` for the local caller of an open (loopback-only) server.
     limiter: Option<DefaultDirectRateLimiter>,
     max_watch_streams: usize,
     open_watch_streams: AtomicUsize,
+}
+
+/// Which connections a grant entry matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pattern {
+    All,
+    Prefix(String),
+    Exact(String),
+}
+
+impl Pattern {
+    fn parse(raw: &str, identity: &str) -> Pattern {
+        if raw == "*" {
+            Pattern::All
+        } else if let Some(prefix) = raw.strip_suffix('*') {
+            Pattern::Prefix(prefix.to_owned())
+        } else if raw.ends_with(['-', '_', '.', ':', '/']) {
+            tracing::warn!(
+                identity,
+                grant = raw,
+                "grant read as the prefix {raw:?}*; write it with the `*`"
+            );
+            Pattern::Prefix(raw.to_owned())
+        } else {
+            Pattern::Exact(raw.to_owned())
+        }
+    }
+
+    fn matches(&self, id: &ConnectionId) -> bool {
+        match self {
+            Pattern::All => true,
+            Pattern::Prefix(p) => id.as_str().starts_with(p.as_str()),
+            Pattern::Exact(e) => id.as_str() == e,
+        }
+    }
+}
+
+/// A grant with its patterns parsed once.
+#[derive(Debug)]
+struct Compiled {
+    permissions: Vec<Permission>,
+    patterns: Vec<Pattern>,
 }
 
 impl Caller {
@@ -87,7 +132,18 @@ impl Caller {
         let rate = NonZeroU32::new(config.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
         Caller {
             name: config.name.clone(),
-            grants: config.grants.clone(),
+            grants: config
+                .grants
+                .iter()
+                .map(|g| Compiled {
+                    permissions: g.permissions.clone(),
+                    patterns: g
+                        .connections
+                        .iter()
+                        .map(|c| Pattern::parse(c, &config.name))
+                        .collect(),
+                })
+                .collect(),
             limiter: Some(RateLimiter::direct(Quota::per_second(rate))),
             max_watch_streams: config.max_watch_streams,
             open_watch_streams: AtomicUsize::new(0),
@@ -122,10 +178,7 @@ impl Caller {
             g.permissions.iter().any(|p| p.allows(permission))
                 && match id {
                     None => true,
-                    Some(id) => g
-                        .connections
-                        .iter()
-                        .any(|prefix| prefix == "*" || id.as_str().starts_with(prefix.as_str())),
+                    Some(id) => g.patterns.iter().any(|p| p.matches(id)),
                 }
         })
     }
@@ -133,8 +186,7 @@ impl Caller {
     /// Whether this caller holds `permission` over every connection.
     pub fn may_everywhere(&self, permission: Permission) -> bool {
         self.grants.iter().any(|g| {
-            g.permissions.iter().any(|p| p.allows(permission))
-                && g.connections.iter().any(|c| c == "*")
+            g.permissions.iter().any(|p| p.allows(permission)) && g.patterns.contains(&Pattern::All)
         })
     }
 
@@ -374,9 +426,17 @@ mod tests {
             },
             Grant {
                 permissions: vec![Permission::Install],
-                connections: vec!["tenant-a-new".into()],
+                connections: vec!["tenant-a-new-*".into()],
+            },
+            Grant {
+                permissions: vec![Permission::Admin],
+                connections: vec!["sandbox-a".into()],
             },
         ]));
+        // Issue 10, item 8: whole ids, or prefixes that say so.
+        assert!(caller.may(Permission::Admin, Some(&id("sandbox-a"))));
+        assert!(!caller.may(Permission::Tokens, Some(&id("sandbox-ab9"))));
+        assert!(!caller.may(Permission::Install, Some(&id("tenant-a-newer"))));
         assert!(caller.may(Permission::Tokens, Some(&id("tenant-a-1"))));
         assert!(!caller.may(Permission::Tokens, Some(&id("tenant-b-1"))));
         assert!(!caller.may(Permission::Install, Some(&id("tenant-a-1"))));
