@@ -516,3 +516,60 @@ async fn blind_force_refreshes_cannot_hammer_the_provider() {
         "250 blind calls, one provider refresh"
     );
 }
+
+/// Issue 10, item 3 (in part). Invariant: every refusal leaves one audit
+/// line: unknown keys (with the client's address), rate-limited callers,
+/// oversized requests, and ids cut to a bounded length.
+#[tokio::test]
+async fn refusals_are_audited_too() {
+    let mut options = tenants();
+    options.identities[1].requests_per_second = 1;
+    let mut server = TestServer::start_with(options).await;
+    server.import("tenant-a-1", "acct-a1", 1800).await;
+    let mut stranger = server.client_with_key(Some("a-guessed-key")).await;
+    stranger.get_token(get("tenant-a-1")).await.unwrap_err();
+    let a = server.client_with_key(Some(TENANT_A_KEY)).await;
+    join_all((0..10).map(|_| {
+        let mut a = a.clone();
+        async move { a.get_token(get("tenant-a-1")).await }
+    }))
+    .await;
+    let mut admin = server.client().await;
+    let mut huge = get("tenant-a-1");
+    huge.connection_id = "x".repeat(100 * 1024);
+    let err = admin.get_token(huge).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    server.stop().await;
+
+    let text = std::fs::read_to_string(server.audit_log_path()).expect("audit log");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l["caller"] == "unauthenticated"
+            && l["outcome"] == "unauthenticated"
+            && l["peer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("127.0.0.1:"))),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["caller"] == "tenant-a" && l["reason"] == "CALLER_RATE_LIMITED"),
+        "{text}"
+    );
+    let oversized = lines
+        .iter()
+        .find(|l| l["caller"] == "admin" && l["outcome"] == "invalid_argument")
+        .expect("the oversized call is audited");
+    assert!(
+        oversized["connection_id"].as_str().unwrap().len() < 200,
+        "ids are cut before they are logged"
+    );
+    assert!(
+        text.len() < 16 * 1024,
+        "a 100 KiB id costs the log a few bytes"
+    );
+}

@@ -24,6 +24,9 @@ pub struct AuditRecord {
     pub outcome: String,
     /// The ErrorInfo reason, when the call failed.
     pub reason: Option<String>,
+    /// The client's address, for calls refused before a caller was known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
 }
 
 /// Appends audit records without blocking the async runtime: a bounded
@@ -81,7 +84,9 @@ impl AuditLog {
         connection_id: Option<&str>,
         result: Result<(), (&str, String)>,
     ) {
-        let Some(tx) = &self.tx else { return };
+        if self.tx.is_none() {
+            return;
+        }
         let (outcome, reason) = match result {
             Ok(()) => ("ok".to_owned(), None),
             Err((code, reason)) => (code.to_owned(), Some(reason)),
@@ -93,7 +98,41 @@ impl AuditLog {
             connection_id: connection_id.map(bounded),
             outcome,
             reason,
+            peer: None,
         };
+        self.send(record);
+    }
+
+    /// Records a call refused before it reached a service (bad or missing
+    /// credentials, the caller's rate limit): who it claimed to be, from
+    /// where, and why.
+    pub fn refusal(
+        &self,
+        at: Timestamp,
+        caller: &str,
+        peer: Option<std::net::SocketAddr>,
+        status: &tonic::Status,
+    ) {
+        if self.tx.is_none() {
+            return;
+        }
+        let reason = tonic_types::StatusExt::get_details_error_info(status)
+            .map(|i| i.reason)
+            .unwrap_or_default();
+        self.send(AuditRecord {
+            ts: at.unix_millis(),
+            caller: bounded(caller),
+            rpc: "-",
+            connection_id: None,
+            outcome: crate::service::code_name(status.code()).to_owned(),
+            reason: Some(reason),
+            peer: peer.map(|p| p.to_string()),
+        });
+    }
+
+    fn send(&self, record: AuditRecord) {
+        let Some(tx) = &self.tx else { return };
+        let rpc = record.rpc;
         if tx.try_send(record).is_err() {
             tracing::error!(rpc, "audit log queue full or closed; a record was dropped");
         }

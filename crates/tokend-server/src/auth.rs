@@ -340,15 +340,27 @@ impl Authenticator {
         .to_status())
     }
 
-    /// The interceptor: identify, rate-limit, attach the caller.
+    /// The interceptor: identify, rate-limit, attach the caller. Every
+    /// refusal is one audit line, with the client's address: failed key
+    /// guesses and throttled callers leave a trace.
     #[allow(clippy::result_large_err)]
-    pub fn intercept(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = self.identify(&request)?;
+    pub fn intercept(
+        &self,
+        mut request: Request<()>,
+        audit: &crate::audit::AuditLog,
+        clock: &tokend_core::Clock,
+    ) -> Result<Request<()>, Status> {
+        let peer = request.remote_addr();
+        let caller = self
+            .identify(&request)
+            .inspect_err(|status| audit.refusal(clock.now(), "unauthenticated", peer, status))?;
         if caller.limiter.as_ref().is_some_and(|l| l.check().is_err()) {
-            return Err(ServiceError::RateLimited {
+            let status = ServiceError::RateLimited {
                 caller: caller.name.clone(),
             }
-            .to_status());
+            .to_status();
+            audit.refusal(clock.now(), &caller.name, peer, &status);
+            return Err(status);
         }
         request.extensions_mut().insert(caller);
         Ok(request)

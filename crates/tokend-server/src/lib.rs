@@ -14,7 +14,7 @@ mod error;
 mod hub;
 mod malformed;
 mod scheduler;
-mod service;
+pub(crate) mod service;
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -118,7 +118,7 @@ pub async fn run_with_tasks(
         store,
         config.providers,
         Arc::new(client),
-        clock,
+        clock.clone(),
         config.engine,
     );
     let loaded = engine.start().await?;
@@ -151,13 +151,15 @@ pub async fn run_with_tasks(
 
     // Authentication and the per-caller rate limit run first, as an
     // interceptor: nothing unauthenticated reaches the service or engine.
+    let refusals = audit_log.clone();
+    let refusal_clock = clock.clone();
     let token_service = tonic::service::interceptor::InterceptedService::new(
         TokenServiceServer::new(service::TokenServiceImpl::new(
             Arc::clone(&engine),
             audit_log,
         ))
         .max_decoding_message_size(4 * MAX_REQUEST_BYTES),
-        move |request| authenticator.intercept(request),
+        move |request| authenticator.intercept(request, &refusals, &refusal_clock),
     );
 
     let signal = {

@@ -126,7 +126,7 @@ impl TokenServiceImpl {
     }
 }
 
-fn code_name(code: tonic::Code) -> &'static str {
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "ok",
@@ -267,9 +267,12 @@ impl TokenService for TokenServiceImpl {
         request: Request<pb::GetTokenRequest>,
     ) -> std::result::Result<Response<pb::GetTokenResponse>, Status> {
         let caller = auth::caller(&request)?;
-        check_size(request.get_ref())?;
+        let oversized = check_size(request.get_ref()).err();
         let connection_id = Some(request.get_ref().connection_id.clone());
-        let result = self.get_token_inner(&caller, request).await;
+        let result = match oversized {
+            Some(e) => Err(e),
+            None => self.get_token_inner(&caller, request).await,
+        };
         self.audit(&caller, "GetToken", connection_id.as_deref(), &result);
         result.map_err(Status::from)
     }
@@ -279,9 +282,12 @@ impl TokenService for TokenServiceImpl {
         request: Request<pb::ForceRefreshRequest>,
     ) -> std::result::Result<Response<pb::ForceRefreshResponse>, Status> {
         let caller = auth::caller(&request)?;
-        check_size(request.get_ref())?;
+        let oversized = check_size(request.get_ref()).err();
         let connection_id = Some(request.get_ref().connection_id.clone());
-        let result = self.force_refresh_inner(&caller, request).await;
+        let result = match oversized {
+            Some(e) => Err(e),
+            None => self.force_refresh_inner(&caller, request).await,
+        };
         self.audit(&caller, "ForceRefresh", connection_id.as_deref(), &result);
         result.map_err(Status::from)
     }
@@ -291,9 +297,12 @@ impl TokenService for TokenServiceImpl {
         request: Request<pb::WatchConnectionRequest>,
     ) -> std::result::Result<Response<WatchStream>, Status> {
         let caller = auth::caller(&request)?;
-        check_size(request.get_ref())?;
+        let oversized = check_size(request.get_ref()).err();
         let connection_id = Some(request.get_ref().connection_id.clone());
-        let result = self.watch_connection_inner(&caller, request).await;
+        let result = match oversized {
+            Some(e) => Err(e),
+            None => self.watch_connection_inner(&caller, request).await,
+        };
         self.audit(
             &caller,
             "WatchConnection",
@@ -308,9 +317,12 @@ impl TokenService for TokenServiceImpl {
         request: Request<pb::InstallRequest>,
     ) -> std::result::Result<Response<pb::InstallResponse>, Status> {
         let caller = auth::caller(&request)?;
-        check_size(request.get_ref())?;
+        let oversized = check_size(request.get_ref()).err();
         let connection_id = Some(request.get_ref().connection_id.clone());
-        let result = self.install_inner(&caller, request).await;
+        let result = match oversized {
+            Some(e) => Err(e),
+            None => self.install_inner(&caller, request).await,
+        };
         self.audit(&caller, "Install", connection_id.as_deref(), &result);
         result.map_err(Status::from)
     }
@@ -320,9 +332,12 @@ impl TokenService for TokenServiceImpl {
         request: Request<pb::GetConnectionRequest>,
     ) -> std::result::Result<Response<pb::GetConnectionResponse>, Status> {
         let caller = auth::caller(&request)?;
-        check_size(request.get_ref())?;
+        let oversized = check_size(request.get_ref()).err();
         let connection_id = Some(request.get_ref().connection_id.clone());
-        let result = self.get_connection_inner(&caller, request).await;
+        let result = match oversized {
+            Some(e) => Err(e),
+            None => self.get_connection_inner(&caller, request).await,
+        };
         self.audit(&caller, "GetConnection", connection_id.as_deref(), &result);
         result.map_err(Status::from)
     }
@@ -332,9 +347,12 @@ impl TokenService for TokenServiceImpl {
         request: Request<pb::ListConnectionsRequest>,
     ) -> std::result::Result<Response<pb::ListConnectionsResponse>, Status> {
         let caller = auth::caller(&request)?;
-        check_size(request.get_ref())?;
+        let oversized = check_size(request.get_ref()).err();
         let connection_id = None::<String>;
-        let result = self.list_connections_inner(&caller, request).await;
+        let result = match oversized {
+            Some(e) => Err(e),
+            None => self.list_connections_inner(&caller, request).await,
+        };
         self.audit(
             &caller,
             "ListConnections",
@@ -349,9 +367,12 @@ impl TokenService for TokenServiceImpl {
         request: Request<pb::DeleteConnectionRequest>,
     ) -> std::result::Result<Response<pb::DeleteConnectionResponse>, Status> {
         let caller = auth::caller(&request)?;
-        check_size(request.get_ref())?;
+        let oversized = check_size(request.get_ref()).err();
         let connection_id = Some(request.get_ref().connection_id.clone());
-        let result = self.delete_connection_inner(&caller, request).await;
+        let result = match oversized {
+            Some(e) => Err(e),
+            None => self.delete_connection_inner(&caller, request).await,
+        };
         self.audit(
             &caller,
             "DeleteConnection",

@@ -7,7 +7,6 @@ use base64::Engine as _;
 use secrecy::SecretString;
 use tokend_core::{ConnectionId, ProviderName, Status as ConnStatus};
 use tokend_proto::v1 as pb;
-use tonic::Status;
 
 use crate::{
     MAX_REQUEST_BYTES, ServiceError,
@@ -278,14 +277,13 @@ pub(super) fn list_params(req: &pb::ListConnectionsRequest) -> Result<ListParams
 /// Refuses requests larger than [`MAX_REQUEST_BYTES`] with a precise
 /// INVALID_ARGUMENT. (Beyond 4x that, tonic's own decoding limit answers
 /// OUT_OF_RANGE before the request is even decoded.)
-pub(super) fn check_size(message: &impl prost::Message) -> std::result::Result<(), Status> {
+pub(super) fn check_size(message: &impl prost::Message) -> Result<()> {
     let size = message.encoded_len();
     if size > MAX_REQUEST_BYTES {
         return Err(ServiceError::invalid(
             "request",
             format!("is {size} bytes; the limit is {MAX_REQUEST_BYTES} bytes"),
-        )
-        .to_status());
+        ));
     }
     Ok(())
 }
