@@ -282,6 +282,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .or_else(|| file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("./tokend-data"));
     let mut providers = file.providers(|var| std::env::var(var).ok())?;
+    let limits = file.limits()?;
 
     let sandbox = if args.sandbox {
         let listener = tokio::net::TcpListener::bind(args.sandbox_opts.sandbox_listen)
@@ -342,6 +343,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     .unwrap_or_else(|| data_dir.join("audit.log")),
             ),
             tls: file.tls.clone(),
+            limits,
             ..Default::default()
         },
         shutdown_signal(),

@@ -49,6 +49,8 @@ pub struct Options {
     /// The provider's floor between unconditional ForceRefresh calls; most
     /// tests force refreshes back to back, so none unless set.
     pub min_refresh_interval: Option<Duration>,
+    /// Transport bounds; tokend's defaults unless set.
+    pub limits: Option<tokend_server::limits::Limits>,
 }
 
 /// A running tokend plus the sandbox it talks to.
@@ -139,6 +141,7 @@ impl TestServer {
             identities: self.options.identities.clone(),
             audit_log: Some(self.audit_log_path()),
             tls: self.options.tls.clone(),
+            limits: self.options.limits.clone().unwrap_or_default(),
             ..Default::default()
         };
         let (tx, rx) = oneshot::channel::<()>();

@@ -9,7 +9,7 @@ use crate::harness::{TestServer, bad_fields, get, reason};
 
 /// Sends bytes as they are, and never decodes a reply (none is expected).
 #[derive(Clone, Copy, Default)]
-struct Raw;
+pub(crate) struct Raw;
 
 impl Encoder for Raw {
     type Item = Vec<u8>;

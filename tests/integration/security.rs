@@ -462,7 +462,10 @@ async fn oversized_requests_get_a_precise_error() {
         t.scopes = vec!["s".repeat(1000); 400]; // ~400 KB
     }
     let err = client.install(big).await.unwrap_err();
-    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    // Refused from the declared length alone, before a byte is buffered.
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(crate::harness::bad_fields(&err), ["request"]);
+    assert!(err.message().contains("65536"), "{}", err.message());
     // The server is fine afterwards.
     client
         .install(import_request("big", "acct-big", &issued, 1800))
@@ -527,7 +530,10 @@ async fn refusals_are_audited_too() {
     let mut server = TestServer::start_with(options).await;
     server.import("tenant-a-1", "acct-a1", 1800).await;
     let mut stranger = server.client_with_key(Some("a-guessed-key")).await;
-    stranger.get_token(get("tenant-a-1")).await.unwrap_err();
+    // A flood of guesses costs two lines, the second with the count.
+    for _ in 0..500 {
+        stranger.get_token(get("tenant-a-1")).await.unwrap_err();
+    }
     let a = server.client_with_key(Some(TENANT_A_KEY)).await;
     join_all((0..10).map(|_| {
         let mut a = a.clone();
@@ -538,6 +544,22 @@ async fn refusals_are_audited_too() {
     let mut huge = get("tenant-a-1");
     huge.connection_id = "x".repeat(100 * 1024);
     let err = admin.get_token(huge).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    // Undecodable bytes (invalid UTF-8 in connection_id).
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    let mut undecodable = tonic::Request::new(vec![0x0a_u8, 0x02, 0xff, 0xfe]);
+    undecodable
+        .metadata_mut()
+        .insert("x-api-key", ADMIN_KEY.parse().unwrap());
+    grpc.ready().await.unwrap();
+    let err = grpc
+        .unary::<_, Vec<u8>, _>(
+            undecodable,
+            http::uri::PathAndQuery::from_static("/tokend.v1.TokenService/GetToken"),
+            crate::malformed::Raw,
+        )
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     server.stop().await;
 
@@ -560,13 +582,29 @@ async fn refusals_are_audited_too() {
             .any(|l| l["caller"] == "tenant-a" && l["reason"] == "CALLER_RATE_LIMITED"),
         "{text}"
     );
-    let oversized = lines
+    let guesses: Vec<_> = lines
         .iter()
-        .find(|l| l["caller"] == "admin" && l["outcome"] == "invalid_argument")
-        .expect("the oversized call is audited");
+        .filter(|l| l["caller"] == "unauthenticated")
+        .collect();
+    // Two lines per 10 s interval (first sight, then the count).
+    assert!((2..=4).contains(&guesses.len()), "{text}");
+    let counted: u64 = guesses
+        .iter()
+        .map(|l| l["repeated"].as_u64().unwrap_or(1))
+        .sum();
+    assert_eq!(counted, 500, "every guess is counted: {text}");
     assert!(
-        oversized["connection_id"].as_str().unwrap().len() < 200,
-        "ids are cut before they are logged"
+        lines.iter().any(|l| l["rpc"] == "GetToken"
+            && l["outcome"] == "invalid_argument"
+            && l["reason"] == "INVALID_ARGUMENT"
+            && l["peer"].is_string()),
+        "the oversized call is audited: {text}"
+    );
+    assert!(
+        lines.iter().any(|l| l["rpc"] == "GetToken"
+            && l["reason"] == "MALFORMED_REQUEST"
+            && l["peer"].is_string()),
+        "the undecodable call is audited: {text}"
     );
     assert!(
         text.len() < 16 * 1024,

@@ -1,17 +1,29 @@
 //! The audit log: one JSON line per RPC (who, what, which connection,
 //! outcome, when), appended by a dedicated thread. Never holds a token.
+//!
+//! A flood cannot be turned against the disk: unvalidated fields are cut
+//! to 128 bytes, and a refusal repeated by the same caller from the same
+//! address within one interval is written once, then once more at the end
+//! of the interval with the count (`repeated`).
 
 use std::{
+    collections::HashMap,
     fs::OpenOptions,
     io::{BufWriter, Write},
+    net::{IpAddr, SocketAddr},
     path::Path,
-    sync::mpsc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
 };
 
 use serde::Serialize;
 use tokend_core::Timestamp;
 
-/// One audited call.
+/// One audited call, or the count of a repeated refusal.
 #[derive(Debug, Serialize)]
 pub struct AuditRecord {
     /// Unix milliseconds by tokend's clock.
@@ -27,25 +39,72 @@ pub struct AuditRecord {
     /// The client's address, for calls refused before a caller was known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
+    /// On an interval's summary line: how many more times this refusal was
+    /// made since its first line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeated: Option<u64>,
+}
+
+/// How often repeated refusals are summed up.
+pub const AGGREGATION_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Distinct refusals tracked per interval; past that, refusals are only
+/// counted in one overflow line.
+const MAX_TRACKED: usize = 4096;
+
+/// What makes two refusals "the same".
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Key {
+    caller: String,
+    peer: Option<IpAddr>,
+    rpc: &'static str,
+    outcome: String,
+    reason: Option<String>,
+}
+
+/// The refusals of the current interval.
+#[derive(Default)]
+struct Window {
+    /// Each refusal seen, with how often it repeated after its first line.
+    repeats: HashMap<Key, u64>,
+    /// Refusals not itemised because `repeats` was full.
+    overflow: u64,
+}
+
+struct Shared {
+    tx: mpsc::SyncSender<AuditRecord>,
+    window: Arc<Mutex<Window>>,
+    /// Records the full queue could not take.
+    dropped: Arc<AtomicU64>,
 }
 
 /// Appends audit records without blocking the async runtime: a bounded
 /// channel to a writer thread that flushes after every batch.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: Option<mpsc::SyncSender<AuditRecord>>,
+    shared: Option<Arc<Shared>>,
 }
 
 impl AuditLog {
     /// No audit log.
     pub fn disabled() -> Self {
-        Self { tx: None }
+        Self { shared: None }
     }
 
     /// Appends to `path` (created 0600 if absent; opened in append mode, so
     /// existing lines are never rewritten). The writer thread ends once every
     /// clone of the log is dropped; join it with [`AuditWriter::join`].
     pub fn open(path: &Path) -> std::io::Result<(Self, AuditWriter)> {
+        Self::open_with(path, AGGREGATION_INTERVAL, tokend_core::Clock::system())
+    }
+
+    /// [`AuditLog::open`], summing repeated refusals every `interval` and
+    /// stamping the sums with `clock`.
+    pub fn open_with(
+        path: &Path,
+        interval: Duration,
+        clock: tokend_core::Clock,
+    ) -> std::io::Result<(Self, AuditWriter)> {
         let mut options = OpenOptions::new();
         options.create(true).append(true);
         #[cfg(unix)]
@@ -55,24 +114,27 @@ impl AuditLog {
         }
         let file = options.open(path)?;
         let (tx, rx) = mpsc::sync_channel::<AuditRecord>(4096);
+        let shared = Arc::new(Shared {
+            tx,
+            window: Arc::default(),
+            dropped: Arc::default(),
+        });
+        let writer = Writer {
+            out: BufWriter::new(file),
+            window: Arc::clone(&shared.window),
+            dropped: Arc::clone(&shared.dropped),
+            interval,
+            clock,
+        };
         let thread = std::thread::Builder::new()
             .name("tokend-audit".into())
-            .spawn(move || {
-                let mut out = BufWriter::new(file);
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(rx.try_iter());
-                    for record in batch {
-                        if let Ok(line) = serde_json::to_string(&record) {
-                            let _ = writeln!(out, "{line}");
-                        }
-                    }
-                    if let Err(e) = out.flush() {
-                        tracing::error!(error = %e, "writing the audit log failed");
-                    }
-                }
-            })?;
-        Ok((Self { tx: Some(tx) }, AuditWriter { thread }))
+            .spawn(move || writer.run(rx))?;
+        Ok((
+            Self {
+                shared: Some(shared),
+            },
+            AuditWriter { thread },
+        ))
     }
 
     /// Records one call.
@@ -84,7 +146,7 @@ impl AuditLog {
         connection_id: Option<&str>,
         result: Result<(), (&str, String)>,
     ) {
-        if self.tx.is_none() {
+        if self.shared.is_none() {
             return;
         }
         let (outcome, reason) = match result {
@@ -99,42 +161,69 @@ impl AuditLog {
             outcome,
             reason,
             peer: None,
+            repeated: None,
         };
-        self.send(record);
+        self.send(record, None);
     }
 
     /// Records a call refused before it reached a service (bad or missing
-    /// credentials, the caller's rate limit): who it claimed to be, from
-    /// where, and why.
+    /// credentials, the caller's rate limit, an undecodable or oversized
+    /// request, a transport bound): who it claimed to be, from where, and
+    /// why.
     pub fn refusal(
         &self,
         at: Timestamp,
         caller: &str,
-        peer: Option<std::net::SocketAddr>,
+        rpc: &'static str,
+        peer: Option<SocketAddr>,
         status: &tonic::Status,
     ) {
-        if self.tx.is_none() {
+        if self.shared.is_none() {
             return;
         }
         let reason = tonic_types::StatusExt::get_details_error_info(status)
             .map(|i| i.reason)
             .unwrap_or_default();
-        self.send(AuditRecord {
-            ts: at.unix_millis(),
-            caller: bounded(caller),
-            rpc: "-",
-            connection_id: None,
-            outcome: crate::service::code_name(status.code()).to_owned(),
-            reason: Some(reason),
-            peer: peer.map(|p| p.to_string()),
-        });
+        self.send(
+            AuditRecord {
+                ts: at.unix_millis(),
+                caller: bounded(caller),
+                rpc,
+                connection_id: None,
+                outcome: crate::service::code_name(status.code()).to_owned(),
+                reason: Some(reason),
+                peer: peer.map(|p| p.to_string()),
+                repeated: None,
+            },
+            peer.map(|p| p.ip()),
+        );
     }
 
-    fn send(&self, record: AuditRecord) {
-        let Some(tx) = &self.tx else { return };
-        let rpc = record.rpc;
-        if tx.try_send(record).is_err() {
-            tracing::error!(rpc, "audit log queue full or closed; a record was dropped");
+    /// Queues `record`, unless it repeats a refusal already written in this
+    /// interval: then it is only counted.
+    fn send(&self, record: AuditRecord, peer: Option<IpAddr>) {
+        let Some(shared) = &self.shared else { return };
+        if record.outcome != "ok" {
+            let key = Key {
+                caller: record.caller.clone(),
+                peer,
+                rpc: record.rpc,
+                outcome: record.outcome.clone(),
+                reason: record.reason.clone(),
+            };
+            let mut window = shared.window.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(count) = window.repeats.get_mut(&key) {
+                *count += 1;
+                return;
+            }
+            if window.repeats.len() >= MAX_TRACKED {
+                window.overflow += 1;
+                return;
+            }
+            window.repeats.insert(key, 0);
+        }
+        if shared.tx.try_send(record).is_err() {
+            shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -154,6 +243,96 @@ fn bounded(raw: &str) -> String {
         end -= 1;
     }
     format!("{}…[{} bytes cut]", &raw[..end], raw.len() - end)
+}
+
+/// The writer thread's state.
+struct Writer {
+    out: BufWriter<std::fs::File>,
+    window: Arc<Mutex<Window>>,
+    dropped: Arc<AtomicU64>,
+    interval: Duration,
+    clock: tokend_core::Clock,
+}
+
+impl Writer {
+    /// Writes what arrives, and the interval's summary at each tick, until
+    /// the last `AuditLog` is dropped.
+    fn run(mut self, rx: mpsc::Receiver<AuditRecord>) {
+        let mut next_tick = Instant::now() + self.interval;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(first) => {
+                    self.write(&first);
+                    for record in rx.try_iter() {
+                        self.write(&record);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.summarise();
+                    next_tick = Instant::now() + self.interval;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            self.flush();
+        }
+        // The last interval's counts, as the log closes.
+        self.summarise();
+        self.flush();
+    }
+
+    fn write(&mut self, record: &AuditRecord) {
+        if let Ok(line) = serde_json::to_string(record) {
+            let _ = writeln!(self.out, "{line}");
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Err(e) = self.out.flush() {
+            tracing::error!(error = %e, "writing the audit log failed");
+        }
+    }
+
+    /// Ends the interval: one line per refusal that repeated, with the
+    /// count, and one for refusals too many to itemise.
+    fn summarise(&mut self) {
+        let window = std::mem::take(&mut *self.window.lock().unwrap_or_else(|p| p.into_inner()));
+        let ts = self.clock.now().unix_millis();
+        for (key, count) in window.repeats {
+            if count == 0 {
+                continue;
+            }
+            self.write(&AuditRecord {
+                ts,
+                caller: key.caller,
+                rpc: key.rpc,
+                connection_id: None,
+                outcome: key.outcome,
+                reason: key.reason,
+                peer: key.peer.map(|p| p.to_string()),
+                repeated: Some(count),
+            });
+        }
+        if window.overflow > 0 {
+            self.write(&AuditRecord {
+                ts,
+                caller: "-".into(),
+                rpc: "-",
+                connection_id: None,
+                outcome: "refusals_not_itemised".into(),
+                reason: None,
+                peer: None,
+                repeated: Some(window.overflow),
+            });
+        }
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::error!(
+                dropped,
+                "the audit log queue was full; records were dropped"
+            );
+        }
+    }
 }
 
 /// The audit log's writer thread, owned by whoever shuts the server down.
@@ -186,5 +365,57 @@ mod tests {
         assert!(cut.ends_with(&format!("[{} bytes cut]", 64 * 1024 - 128)));
         let multibyte = "é".repeat(100);
         assert!(bounded(&multibyte).starts_with(&"é".repeat(64)));
+    }
+
+    /// Issue 10, item 3. Invariant: a flood of one refusal costs two lines
+    /// per interval, and the counts add up to every refusal made.
+    #[test]
+    fn repeated_refusals_are_counted_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (log, writer) = AuditLog::open_with(
+            &path,
+            Duration::from_secs(3600),
+            tokend_core::Clock::system(),
+        )
+        .unwrap();
+        let peer: SocketAddr = "10.0.0.7:4000".parse().unwrap();
+        let status = crate::ServiceError::Unauthenticated("unknown api key").to_status();
+        let now = Timestamp::from_unix_millis(1_000);
+        for i in 0..10_000u16 {
+            // A new connection per guess still counts as the same peer.
+            let peer = SocketAddr::new(peer.ip(), 4000 + (i % 50));
+            log.refusal(now, "unauthenticated", "-", Some(peer), &status);
+        }
+        log.refusal(
+            now,
+            "unauthenticated",
+            "-",
+            Some("10.0.0.8:1".parse().unwrap()),
+            &status,
+        );
+        log.record(now, "svc", "GetToken", Some("c-1"), Ok(()));
+        log.record(now, "svc", "GetToken", Some("c-1"), Ok(()));
+        drop(log);
+        writer.join();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        let from_7: u64 = lines
+            .iter()
+            .filter(|l| {
+                l["peer"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("10.0.0.7"))
+            })
+            .count() as u64;
+        let repeated: u64 = lines.iter().filter_map(|l| l["repeated"].as_u64()).sum();
+        assert_eq!(repeated, 9_999, "{text}");
+        assert_eq!(from_7, 2, "a first line and a summary line: {text}");
+        let ok = lines.iter().filter(|l| l["outcome"] == "ok").count();
+        assert_eq!(ok, 2, "successful calls are never aggregated");
     }
 }

@@ -3,6 +3,7 @@
 
 use std::{
     collections::HashMap,
+    net::SocketAddr,
     num::NonZeroU32,
     sync::{
         Arc,
@@ -10,6 +11,7 @@ use std::{
     },
 };
 
+use dashmap::DashMap;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -79,8 +81,7 @@ fn default_watch_streams() -> usize {
 pub struct Caller {
     pub name: String,
     grants: Vec<Compiled>,
-    /// `None` for the local caller of an open (loopback-only) server.
-    limiter: Option<DefaultDirectRateLimiter>,
+    limiter: DefaultDirectRateLimiter,
     max_watch_streams: usize,
     open_watch_streams: AtomicUsize,
 }
@@ -144,17 +145,18 @@ impl Caller {
                         .collect(),
                 })
                 .collect(),
-            limiter: Some(RateLimiter::direct(Quota::per_second(rate))),
+            limiter: RateLimiter::direct(Quota::per_second(rate)),
             max_watch_streams: config.max_watch_streams,
             open_watch_streams: AtomicUsize::new(0),
         }
     }
 
-    /// The caller of a server without configured identities: any process on
-    /// this machine, allowed everything (the server then listens on loopback
-    /// only).
-    fn local() -> Self {
-        let mut local = Self::new(&IdentityConfig {
+    /// The caller of a server without configured identities, one per
+    /// client connection: any process on this machine, allowed everything
+    /// (the server then listens on loopback only), with its own rate and
+    /// watch-stream limits so one process cannot starve the others.
+    fn local(requests_per_second: u32, max_watch_streams: usize) -> Self {
+        Self::new(&IdentityConfig {
             name: "local".into(),
             api_key_sha256: None,
             cert_sha256: None,
@@ -162,13 +164,9 @@ impl Caller {
                 permissions: vec![Permission::Admin],
                 connections: vec!["*".into()],
             }],
-            requests_per_second: 1,
-            max_watch_streams: 1024,
-        });
-        // One local caller stands for every process on the machine: a
-        // shared limit would throttle them against each other.
-        local.limiter = None;
-        local
+            requests_per_second,
+            max_watch_streams,
+        })
     }
 
     /// Whether this caller may use `permission` on connection `id` (`None`:
@@ -246,7 +244,42 @@ pub struct Authenticator {
     /// By hex SHA-256 of the client certificate.
     by_cert: Arc<HashMap<String, Arc<Caller>>>,
     /// Set when no identities are configured.
-    local: Option<Arc<Caller>>,
+    local: Option<Arc<OpenPeers>>,
+}
+
+/// Open mode's callers: one per client connection (address and port), as
+/// loopback addresses cannot tell processes apart.
+struct OpenPeers {
+    peers: DashMap<Option<SocketAddr>, Arc<Caller>>,
+    requests_per_second: u32,
+    max_watch_streams: usize,
+}
+
+/// Peers remembered before the ones no request or watch stream holds are
+/// forgotten.
+const MAX_OPEN_PEERS: usize = 4096;
+
+impl OpenPeers {
+    fn caller(&self, peer: Option<SocketAddr>) -> Arc<Caller> {
+        if let Some(caller) = self.peers.get(&peer) {
+            return Arc::clone(&caller);
+        }
+        if self.peers.len() >= MAX_OPEN_PEERS {
+            self.peers.retain(|_, c| Arc::strong_count(c) > 1);
+        }
+        Arc::clone(
+            &self
+                .peers
+                .entry(peer)
+                .or_insert_with(|| {
+                    Arc::new(Caller::local(
+                        self.requests_per_second,
+                        self.max_watch_streams,
+                    ))
+                })
+                .clone(),
+        )
+    }
 }
 
 /// Hex SHA-256, as identities are configured.
@@ -258,7 +291,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl Authenticator {
-    pub fn new(identities: &[IdentityConfig]) -> Result<Self, AuthConfigError> {
+    pub fn new(
+        identities: &[IdentityConfig],
+        limits: &crate::limits::Limits,
+    ) -> Result<Self, AuthConfigError> {
         let mut by_api_key = HashMap::new();
         let mut by_cert = HashMap::new();
         for config in identities {
@@ -301,7 +337,13 @@ impl Authenticator {
         Ok(Self {
             by_api_key: Arc::new(by_api_key),
             by_cert: Arc::new(by_cert),
-            local: open.then(|| Arc::new(Caller::local())),
+            local: open.then(|| {
+                Arc::new(OpenPeers {
+                    peers: DashMap::new(),
+                    requests_per_second: limits.open_requests_per_second_per_peer,
+                    max_watch_streams: limits.open_watch_streams_per_peer,
+                })
+            }),
         })
     }
 
@@ -312,7 +354,7 @@ impl Authenticator {
 
     fn identify<T>(&self, request: &Request<T>) -> Result<Arc<Caller>, Status> {
         if let Some(local) = &self.local {
-            return Ok(Arc::clone(local));
+            return Ok(local.caller(request.remote_addr()));
         }
         let key = presented_key(request.metadata())
             .map_err(|why| ServiceError::Unauthenticated(why).to_status())?;
@@ -351,15 +393,15 @@ impl Authenticator {
         clock: &tokend_core::Clock,
     ) -> Result<Request<()>, Status> {
         let peer = request.remote_addr();
-        let caller = self
-            .identify(&request)
-            .inspect_err(|status| audit.refusal(clock.now(), "unauthenticated", peer, status))?;
-        if caller.limiter.as_ref().is_some_and(|l| l.check().is_err()) {
+        let caller = self.identify(&request).inspect_err(|status| {
+            audit.refusal(clock.now(), "unauthenticated", "-", peer, status)
+        })?;
+        if caller.limiter.check().is_err() {
             let status = ServiceError::RateLimited {
                 caller: caller.name.clone(),
             }
             .to_status();
-            audit.refusal(clock.now(), &caller.name, peer, &status);
+            audit.refusal(clock.now(), &caller.name, "-", peer, &status);
             return Err(status);
         }
         request.extensions_mut().insert(caller);
@@ -477,14 +519,21 @@ mod tests {
     #[test]
     fn identities_are_validated() {
         let mut bad = identity(vec![]);
-        assert!(Authenticator::new(&[bad.clone()]).is_err(), "no grants");
+        assert!(
+            Authenticator::new(&[bad.clone()], &Default::default()).is_err(),
+            "no grants"
+        );
         bad.grants = vec![Grant {
             permissions: vec![Permission::Tokens],
             connections: vec!["*".into()],
         }];
         bad.api_key_sha256 = Some("not-hex".into());
-        assert!(Authenticator::new(&[bad]).is_err());
-        assert!(Authenticator::new(&[]).unwrap().is_open());
+        assert!(Authenticator::new(&[bad], &Default::default()).is_err());
+        assert!(
+            Authenticator::new(&[], &Default::default())
+                .unwrap()
+                .is_open()
+        );
     }
 
     fn metadata(headers: &[(&'static str, &str)]) -> tonic::metadata::MetadataMap {

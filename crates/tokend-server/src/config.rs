@@ -26,6 +26,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("provider {name}: {reason}")]
     Provider { name: String, reason: String },
+    #[error("{0}")]
+    Limits(String),
 }
 
 /// The file as written.
@@ -45,6 +47,9 @@ pub struct FileConfig {
     pub audit_log: Option<PathBuf>,
     /// Server-side TLS (and client certificates for mutual TLS).
     pub tls: Option<TlsSection>,
+    /// Transport bounds; see [`crate::limits`].
+    #[serde(default)]
+    pub limits: crate::limits::LimitsSection,
 }
 
 /// `[tls]`: PEM files.
@@ -147,6 +152,11 @@ impl FileConfig {
                 .map_or(d.request_timeout, Duration::from_secs),
             max_response_bytes: self.http.max_response_bytes.unwrap_or(d.max_response_bytes),
         }
+    }
+
+    /// The transport bounds, defaults filled in.
+    pub fn limits(&self) -> Result<crate::limits::Limits, ConfigError> {
+        self.limits.resolve().map_err(ConfigError::Limits)
     }
 
     /// Resolves every provider, reading secrets through `env`.

@@ -85,6 +85,12 @@ pub enum ServiceError {
     RateLimited { caller: String },
     #[error("caller {caller} already has {max} watch streams open")]
     TooManyWatchStreams { caller: String, max: usize },
+    /// A server-wide transport bound ([`crate::limits::Limits`]) is reached.
+    #[error("the server is at its {limit} limit; retry shortly")]
+    Overloaded { limit: &'static str },
+    /// The request's body did not arrive within the body timeout.
+    #[error("the request body did not arrive within {}", humanize(*.0))]
+    RequestTimeout(Duration),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The store failed while persisting a refresh; the grant is kept and
@@ -336,6 +342,18 @@ impl ServiceError {
                     ]),
                 ),
             ),
+            ServiceError::Overloaded { limit } => {
+                let mut d = info(
+                    "SERVER_OVERLOADED",
+                    HashMap::from([("limit".into(), (*limit).into())]),
+                );
+                d.set_retry_info(Some(Duration::from_secs(1)));
+                (Code::ResourceExhausted, d)
+            }
+            ServiceError::RequestTimeout(_) => (
+                Code::DeadlineExceeded,
+                info("REQUEST_BODY_TIMEOUT", HashMap::new()),
+            ),
             ServiceError::Store(StoreError::Corrupt { id, .. }) => (
                 Code::DataLoss,
                 info(
@@ -367,6 +385,15 @@ impl ServiceError {
             }
         };
         Status::with_error_details(code, message, details)
+    }
+}
+
+/// `d` as people write it: "10s", "500ms".
+fn humanize(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
     }
 }
 

@@ -12,18 +12,19 @@ mod convert;
 pub mod engine;
 mod error;
 mod hub;
+pub mod limits;
 mod malformed;
 mod scheduler;
 pub(crate) mod service;
+mod transport;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{future::Future, sync::Arc};
 
 use tokend_core::Clock;
 use tokend_proto::v1::token_service_server::TokenServiceServer;
 use tokend_provider::{HttpSettings, ProviderClient, ProviderConfig, ProviderError};
 use tokend_store::{Store, StoreError};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -43,6 +44,8 @@ pub struct ServerConfig {
     pub audit_log: Option<std::path::PathBuf>,
     /// Server-side TLS; with a client CA, mutual TLS.
     pub tls: Option<config::TlsSection>,
+    /// Transport bounds.
+    pub limits: limits::Limits,
 }
 
 /// Largest request message accepted; tokend's requests are a few KiB.
@@ -95,7 +98,8 @@ pub async fn run_with_tasks(
     shutdown: impl Future<Output = ()> + Send,
     spawn: impl FnOnce(&TaskTracker, &CancellationToken),
 ) -> Result<(), ServerError> {
-    let authenticator = auth::Authenticator::new(&config.identities)?;
+    let limits = config.limits.clone();
+    let authenticator = auth::Authenticator::new(&config.identities, &limits)?;
     let addr = listener.local_addr().ok();
     if authenticator.is_open() {
         match addr {
@@ -153,12 +157,13 @@ pub async fn run_with_tasks(
     // interceptor: nothing unauthenticated reaches the service or engine.
     let refusals = audit_log.clone();
     let refusal_clock = clock.clone();
+    let edge = malformed::EdgeRefusalsLayer::new(audit_log.clone(), clock.clone());
     let token_service = tonic::service::interceptor::InterceptedService::new(
         TokenServiceServer::new(service::TokenServiceImpl::new(
             Arc::clone(&engine),
             audit_log,
         ))
-        .max_decoding_message_size(4 * MAX_REQUEST_BYTES),
+        .max_decoding_message_size(MAX_REQUEST_BYTES),
         move |request| authenticator.intercept(request, &refusals, &refusal_clock),
     );
 
@@ -180,28 +185,57 @@ pub async fn run_with_tasks(
         }
     };
 
+    let enforce = limits.enforce;
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
         builder = builder
-            .tls_config(server_tls(tls)?)
+            .tls_config(server_tls(tls)?.timeout(limits.handshake_timeout))
             .map_err(|e| ServerError::Tls(e.to_string()))?;
         tracing::info!(mutual = tls.client_ca_file.is_some(), "serving over TLS");
     }
+    if enforce {
+        builder = builder
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_max_header_list_size(limits.max_header_list_size);
+    }
+    let max_connections = if enforce {
+        let fds = limits::fd_limit();
+        let n = limits.connections_for(fds);
+        if let Some(fds) = fds
+            && (n as u64).saturating_add(limits::RESERVED_FDS as u64) > fds
+        {
+            tracing::warn!(
+                max_connections = n,
+                fd_limit = fds,
+                "limits.max_connections leaves too few file descriptors; accept will back off when they run out"
+            );
+        }
+        n
+    } else {
+        usize::MAX
+    };
+    let incoming = transport::incoming::incoming(
+        listener,
+        max_connections,
+        enforce.then_some(limits.handshake_timeout),
+    );
     let result = builder
-        // Token replies are small and latency-sensitive.
-        .tcp_nodelay(true)
-        // Detects dead watchers behind NATs and load balancers.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Detects dead watchers behind NATs and load balancers, and peers
+        // stalled in the middle of a header block.
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
-        // tonic answers undecodable requests INTERNAL; the contract says
-        // INVALID_ARGUMENT (MALFORMED_REQUEST).
-        .layer(malformed::MalformedRequestsLayer)
+        // Outermost: rewrites and audits the refusals of everything below.
+        .layer(edge)
+        // Bounds what any request may hold: time, bytes, a place in line.
+        .layer(tower::util::option_layer(
+            enforce.then(|| transport::body::RequestBoundsLayer::new(&limits)),
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(token_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .serve_with_incoming_shutdown(incoming, signal)
         .await;
 
     // Let refreshes already talking to a provider finish and persist, and
