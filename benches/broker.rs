@@ -12,7 +12,7 @@ use std::{
 
 use tokend_proto::v1::{self as pb, token_service_client::TokenServiceClient};
 use tokend_sandbox::{Sandbox, SandboxConfig};
-use tokend_server::{EngineSettings, ServerConfig, config::sandbox_provider};
+use tokend_server::{EngineSettings, ServerConfig, config::sandbox_provider, limits::Limits};
 use tokend_store::SledStore;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -87,48 +87,7 @@ async fn run() {
         .await
         .expect("sandbox");
     let dir = tempfile::tempdir().expect("tempdir");
-    let store =
-        SledStore::open(dir.path(), tokend_store::crypto::Keyring::ephemeral()).expect("store");
-    let cfg = sandbox.config();
-    let provider = sandbox_provider(
-        "sandbox",
-        &sandbox.token_url(),
-        &cfg.client_id,
-        &cfg.client_secret,
-    )
-    .expect("provider");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tokend_server::run(
-        listener,
-        Arc::new(store),
-        ServerConfig {
-            providers: vec![provider],
-            // As `tokend serve` runs by default: every call audited.
-            audit_log: Some(dir.path().join("audit.log")),
-            engine: EngineSettings {
-                background_refresh: false,
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let channel = loop {
-        if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-        {
-            break ch;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (channel, stop, server) = start_tokend(&sandbox, dir.path(), bench_limits()).await;
     let tokens = TokenServiceClient::new(channel.clone());
     let health = HealthClient::new(channel.clone());
 
@@ -291,6 +250,150 @@ async fn run() {
     );
     println!("| provider calls per 1,000-caller burst (5 rounds) | {burst_calls:?} | ideal: 1 | |");
 
+    limits_cost(&sandbox, &install).await;
+
     let _ = stop.send(());
     let _ = server.await;
+}
+
+/// The default limits, but with a per-connection request rate the
+/// benchmark's one channel cannot reach: it measures what serving costs,
+/// not the throttle (whose check still runs on every call).
+fn bench_limits() -> Limits {
+    Limits {
+        open_requests_per_second_per_peer: 10_000_000,
+        ..Limits::default()
+    }
+}
+
+/// A tokend as `tokend serve` runs it (every call audited), with `limits`,
+/// and a channel to it.
+async fn start_tokend(
+    sandbox: &Sandbox,
+    dir: &std::path::Path,
+    limits: Limits,
+) -> (
+    Channel,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), tokend_server::ServerError>>,
+) {
+    let store = SledStore::open(dir, tokend_store::crypto::Keyring::ephemeral()).expect("store");
+    let cfg = sandbox.config();
+    let provider = sandbox_provider(
+        "sandbox",
+        &sandbox.token_url(),
+        &cfg.client_id,
+        &cfg.client_secret,
+    )
+    .expect("provider");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tokend_server::run(
+        listener,
+        Arc::new(store),
+        ServerConfig {
+            providers: vec![provider],
+            audit_log: Some(dir.join("audit.log")),
+            engine: EngineSettings {
+                background_refresh: false,
+                ..Default::default()
+            },
+            limits,
+            ..Default::default()
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = loop {
+        if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+        {
+            break ch;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    (channel, stop, server)
+}
+
+/// What the transport bounds (issue 10) cost a cached GetToken: the same
+/// server with the default limits and with none, same run, measured in
+/// alternating rounds so drift hits both alike.
+async fn limits_cost(sandbox: &Sandbox, install: &impl Fn(&str, i64) -> pb::InstallRequest) {
+    const ROUNDS: usize = 5;
+    let on_dir = tempfile::tempdir().expect("tempdir");
+    let off_dir = tempfile::tempdir().expect("tempdir");
+    let (on, stop_on, on_server) = start_tokend(sandbox, on_dir.path(), bench_limits()).await;
+    let (off, stop_off, off_server) =
+        start_tokend(sandbox, off_dir.path(), Limits::unenforced()).await;
+    for channel in [&on, &off] {
+        TokenServiceClient::new(channel.clone())
+            .install(install("cached", 1800))
+            .await
+            .expect("install");
+    }
+    let call = |channel: &Channel| {
+        let tokens = TokenServiceClient::new(channel.clone());
+        move || {
+            let mut c = tokens.clone();
+            async move {
+                c.get_token(pb::GetTokenRequest {
+                    connection_id: "cached".into(),
+                    min_ttl_seconds: 0,
+                })
+                .await
+                .expect("get_token");
+            }
+        }
+    };
+    let (mut p50, mut p99, mut tp) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        // Which server goes first alternates too.
+        let (mut with, mut without, with_tp, without_tp);
+        if round % 2 == 0 {
+            with = sequential(call(&on)).await;
+            without = sequential(call(&off)).await;
+            with_tp = throughput(call(&on)).await;
+            without_tp = throughput(call(&off)).await;
+        } else {
+            without = sequential(call(&off)).await;
+            with = sequential(call(&on)).await;
+            without_tp = throughput(call(&off)).await;
+            with_tp = throughput(call(&on)).await;
+        }
+        p50.push(us(with.pct(0.5)) / us(without.pct(0.5)));
+        p99.push(us(with.pct(0.99)) / us(without.pct(0.99)));
+        // Throughput: higher is better; report without/with so that, like
+        // the latencies, 1.00x means "costs nothing" and above is slower.
+        tp.push(without_tp / with_tp);
+    }
+    let fmt = |v: &[f64]| {
+        let mut sorted = v.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        format!(
+            "{} (median {:.2}x)",
+            v.iter()
+                .map(|r| format!("{r:.2}x"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            sorted[sorted.len() / 2]
+        )
+    };
+    println!();
+    println!("## Transport bounds: default limits / no limits, cached GetToken ({ROUNDS} alternating rounds, order alternating)");
+    println!();
+    println!("| figure | ratios (1.00x = free, above = slower) |");
+    println!("|---|---|");
+    println!("| p50 latency | {} |", fmt(&p50));
+    println!("| p99 latency | {} |", fmt(&p99));
+    println!("| throughput, 32 callers (inverse) | {} |", fmt(&tp));
+    let _ = stop_on.send(());
+    let _ = stop_off.send(());
+    let _ = on_server.await;
+    let _ = off_server.await;
 }

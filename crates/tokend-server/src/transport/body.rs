@@ -7,35 +7,84 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore},
-    time::Sleep,
-};
+use tokio::time::{Instant, Sleep};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
 use crate::ServiceError;
 
+/// A count of something held (requests, bytes) with a ceiling, taken
+/// without waiting. Plain atomics: unlike a tokio `Semaphore`, giving back
+/// takes no lock, and every request takes and gives back. Aligned to its
+/// own cache line, away from the `Arc`'s reference counts.
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct Quota {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Quota {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Quota {
+            used: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Takes `n` if that stays within the ceiling.
+    fn try_take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&total| total <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        if n > 0 {
+            self.used.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    #[cfg(test)]
+    fn available(&self) -> usize {
+        self.max - self.used.load(Ordering::Acquire)
+    }
+}
+
+/// One place among the pending requests, given back on drop.
+struct Pending(Arc<Quota>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.give_back(1);
+    }
+}
+
 /// Adds [`RequestBounds`] in front of a service.
 #[derive(Clone, Debug)]
 pub(crate) struct RequestBoundsLayer {
-    pending: Arc<Semaphore>,
-    budget: Arc<Semaphore>,
+    pending: Arc<Quota>,
+    budget: Arc<Quota>,
     body_timeout: Duration,
 }
 
 impl RequestBoundsLayer {
     pub(crate) fn new(limits: &crate::limits::Limits) -> Self {
         RequestBoundsLayer {
-            pending: Arc::new(Semaphore::new(limits.max_pending_requests)),
-            budget: Arc::new(Semaphore::new(limits.max_buffered_request_bytes)),
+            pending: Quota::new(limits.max_pending_requests),
+            budget: Quota::new(limits.max_buffered_request_bytes),
             body_timeout: limits.request_body_timeout,
         }
     }
@@ -73,14 +122,15 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let Ok(pending) = Arc::clone(&self.bounds.pending).try_acquire_owned() else {
+        if !self.bounds.pending.try_take(1) {
             let refusal = ServiceError::Overloaded {
                 limit: "max_pending_requests",
             }
             .to_status()
             .into_http();
             return Box::pin(async move { Ok(refusal) });
-        };
+        }
+        let pending = Pending(Arc::clone(&self.bounds.pending));
         let budget = Arc::clone(&self.bounds.budget);
         let timeout = self.bounds.body_timeout;
         let request = request.map(|body| Body::new(BoundedBody::new(body, budget, timeout)));
@@ -97,43 +147,46 @@ where
 /// shared budget until the request is dropped.
 struct BoundedBody {
     inner: Body,
-    budget: Arc<Semaphore>,
-    held: Option<OwnedSemaphorePermit>,
-    /// Until the end of the body; `None` once it arrived.
-    deadline: Option<Pin<Box<Sleep>>>,
+    budget: Arc<Quota>,
+    /// Bytes taken from `budget`, given back on drop.
+    held: usize,
+    /// When the whole body must have arrived; `None` once it has.
+    deadline: Option<Instant>,
+    /// The timer, made only when the body has to be waited for (most
+    /// requests arrive whole in their first frame).
+    timer: Option<Pin<Box<Sleep>>>,
     timeout: Duration,
 }
 
 impl BoundedBody {
-    fn new(inner: Body, budget: Arc<Semaphore>, timeout: Duration) -> Self {
+    fn new(inner: Body, budget: Arc<Quota>, timeout: Duration) -> Self {
         BoundedBody {
             inner,
             budget,
-            held: None,
-            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            held: 0,
+            deadline: Some(Instant::now() + timeout),
+            timer: None,
             timeout,
         }
     }
 
     /// Charges `n` more bytes, or says the server holds too many.
     fn charge(&mut self, n: usize) -> Result<(), Status> {
-        if n == 0 {
-            return Ok(());
-        }
-        let permits = u32::try_from(n).unwrap_or(u32::MAX);
-        match Arc::clone(&self.budget).try_acquire_many_owned(permits) {
-            Ok(p) => {
-                match &mut self.held {
-                    Some(held) => held.merge(p),
-                    None => self.held = Some(p),
-                }
-                Ok(())
-            }
-            Err(_) => Err(ServiceError::Overloaded {
+        if self.budget.try_take(n) {
+            self.held += n;
+            Ok(())
+        } else {
+            Err(ServiceError::Overloaded {
                 limit: "max_buffered_request_bytes",
             }
-            .to_status()),
+            .to_status())
         }
+    }
+}
+
+impl Drop for BoundedBody {
+    fn drop(&mut self) {
+        self.budget.give_back(self.held);
     }
 }
 
@@ -152,26 +205,33 @@ impl HttpBody for BoundedBody {
                     && let Err(refused) = this.charge(data.len())
                 {
                     this.deadline = None;
+                    this.timer = None;
                     return Poll::Ready(Some(Err(refused)));
                 }
                 if this.inner.is_end_stream() {
                     this.deadline = None;
+                    this.timer = None;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
                 this.deadline = None;
+                this.timer = None;
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Pending => {
-                let Some(deadline) = &mut this.deadline else {
+                let Some(deadline) = this.deadline else {
                     return Poll::Pending;
                 };
-                if deadline.as_mut().poll(cx).is_pending() {
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 this.deadline = None;
+                this.timer = None;
                 Poll::Ready(Some(Err(
                     ServiceError::RequestTimeout(this.timeout).to_status()
                 )))
@@ -212,7 +272,7 @@ mod tests {
     /// bytes go back to the budget when the request is dropped.
     #[tokio::test(start_paused = true)]
     async fn a_stalled_body_is_cut_and_returns_its_bytes() {
-        let budget = Arc::new(Semaphore::new(1000));
+        let budget = Quota::new(1000);
         let mut body = BoundedBody::new(
             streaming(vec![Bytes::from(vec![0; 600])], true),
             Arc::clone(&budget),
@@ -220,18 +280,18 @@ mod tests {
         );
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap().len(), 600);
-        assert_eq!(budget.available_permits(), 400);
+        assert_eq!(budget.available(), 400);
         let err = body.frame().await.unwrap().unwrap_err();
         assert_eq!(err.code(), Code::DeadlineExceeded);
         drop(body);
-        assert_eq!(budget.available_permits(), 1000);
+        assert_eq!(budget.available(), 1000);
     }
 
     /// Invariant: the bytes held by all bodies never exceed the budget; the
     /// body over it is refused RESOURCE_EXHAUSTED, not buffered.
     #[tokio::test(start_paused = true)]
     async fn bodies_share_one_budget() {
-        let budget = Arc::new(Semaphore::new(1000));
+        let budget = Quota::new(1000);
         let mut a = BoundedBody::new(
             streaming(vec![Bytes::from(vec![0; 700])], true),
             Arc::clone(&budget),
