@@ -385,7 +385,9 @@ async fn limits_cost(sandbox: &Sandbox, install: &impl Fn(&str, i64) -> pb::Inst
         )
     };
     println!();
-    println!("## Transport bounds: default limits / no limits, cached GetToken ({ROUNDS} alternating rounds, order alternating)");
+    println!(
+        "## Transport bounds: default limits / no limits, cached GetToken ({ROUNDS} alternating rounds, order alternating)"
+    );
     println!();
     println!("| figure | ratios (1.00x = free, above = slower) |");
     println!("|---|---|");

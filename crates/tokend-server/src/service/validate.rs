@@ -275,8 +275,8 @@ pub(super) fn list_params(req: &pb::ListConnectionsRequest) -> Result<ListParams
 }
 
 /// Refuses requests larger than [`MAX_REQUEST_BYTES`] with a precise
-/// INVALID_ARGUMENT. (Beyond 4x that, tonic's own decoding limit answers
-/// OUT_OF_RANGE before the request is even decoded.)
+/// INVALID_ARGUMENT. (tonic's decoding limit, set to the same size, refuses
+/// a longer declared message first; the edge layer words it the same way.)
 pub(super) fn check_size(message: &impl prost::Message) -> Result<()> {
     let size = message.encoded_len();
     if size > MAX_REQUEST_BYTES {
