@@ -96,9 +96,10 @@ pub struct InstallArgs {
     access_token: Option<String>,
     #[arg(long, env = "TOKEND_IMPORT_REFRESH_TOKEN", hide_env_values = true)]
     refresh_token: Option<String>,
-    /// Seconds of validity left on the imported access token.
-    #[arg(long, default_value_t = 0)]
-    expires_in: i64,
+    /// Seconds of validity left on the imported access token (required
+    /// without --refresh-token: tokend could never renew it).
+    #[arg(long)]
+    expires_in: Option<i64>,
     #[arg(long = "scope")]
     scopes: Vec<String>,
 }
@@ -313,7 +314,7 @@ pub async fn install(args: &ClientArgs, install: InstallArgs) -> anyhow::Result<
         (None, Some(access_token)) => pb::install_request::Grant::TokenImport(pb::TokenImport {
             access_token,
             refresh_token: install.refresh_token.unwrap_or_default(),
-            expires_in_seconds: install.expires_in,
+            expires_in_seconds: install.expires_in.unwrap_or(0),
             scopes: install.scopes,
             token_type: String::new(),
         }),

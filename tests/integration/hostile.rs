@@ -46,8 +46,8 @@ impl Tokend {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .env("NO_COLOR", "1")
-            .stdout(std::fs::File::create(&log_path).unwrap())
-            .stderr(Stdio::null());
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap());
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe; nothing else runs

@@ -1088,3 +1088,61 @@ async fn an_install_never_silently_replaces_another_accounts_grant() {
     let t = token(&mut client, "sandbox-u_x.com").await;
     assert_eq!(t.access_token, second.access_token);
 }
+
+/// Issue 11. Invariant: an import that tokend could never renew and whose
+/// lifetime is unknown is refused up front, naming the field, instead of
+/// making a connection that is dead a second later; one with a lifetime
+/// and no refresh token ends as "expired, no refresh token", never as
+/// revoked by a provider that was never called.
+#[tokio::test]
+async fn an_import_without_refresh_token_needs_its_lifetime() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let issued = server.sandbox.issue_tokens("acct-at", &[]);
+    let mut only_access = import_request("at-1", "acct-at", &issued, 0);
+    if let Some(pb::install_request::Grant::TokenImport(t)) = only_access.grant.as_mut() {
+        t.refresh_token.clear();
+    }
+    let err = client.install(only_access.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        crate::harness::bad_fields(&err),
+        ["token_import.expires_in_seconds"]
+    );
+    assert!(
+        client
+            .get_connection(pb::GetConnectionRequest {
+                connection_id: "at-1".into()
+            })
+            .await
+            .is_err(),
+        "nothing was created"
+    );
+
+    if let Some(pb::install_request::Grant::TokenImport(t)) = only_access.grant.as_mut() {
+        t.expires_in_seconds = 1;
+    }
+    client
+        .install(only_access)
+        .await
+        .expect("a lifetime makes it valid");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let err = client.get_token(get("at-1")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert_eq!(
+        crate::harness::metadata(&err, "cause").as_deref(),
+        Some("NO_REFRESH_TOKEN")
+    );
+    let connection = crate::harness::connection(&mut client, "at-1").await;
+    let last = connection.last_error.expect("last error");
+    assert!(
+        last.message.starts_with("expired, no refresh token"),
+        "{}",
+        last.message
+    );
+    assert_eq!(
+        server.sandbox.account_stats("acct-at").refresh_requests,
+        0,
+        "no provider was called"
+    );
+}

@@ -128,7 +128,7 @@ pub async fn run_with_tasks(
     let loaded = engine.start().await?;
     spawn(engine.tasks(), engine.shutdown_token());
     tracing::info!(
-        addr = ?addr,
+        addr = %addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
         connections = loaded,
         providers = ?engine.provider_names().map(|p| p.as_str()).collect::<Vec<_>>(),
         "tokend serving"

@@ -214,7 +214,7 @@ impl Engine {
             let error = LastError {
                 class: ErrorClass::Revoked,
                 code: "no_refresh_token".into(),
-                message: "the connection has no refresh token; install it again".into(),
+                message: "expired, no refresh token: tokend cannot renew it; install the connection again".into(),
                 correlation_id: None,
                 http_status: None,
                 at: self.clock.now(),

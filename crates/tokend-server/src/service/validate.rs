@@ -131,6 +131,12 @@ pub(super) fn install_input(engine: &Engine, req: pb::InstallRequest) -> Result<
                     format!("must be between 0 and {MAX_IMPORT_TTL}"),
                 ));
             }
+            if t.refresh_token.is_empty() && t.expires_in_seconds == 0 {
+                return Err(ServiceError::invalid(
+                    "token_import.expires_in_seconds",
+                    "required when there is no refresh_token: without one, tokend cannot renew the access token, and an unknown lifetime reads as already expired",
+                ));
+            }
             if t.scopes.len() > MAX_SCOPES {
                 return Err(ServiceError::invalid(
                     "token_import.scopes",
