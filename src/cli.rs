@@ -318,7 +318,11 @@ pub async fn install(args: &ClientArgs, install: InstallArgs) -> anyhow::Result<
             scopes: install.scopes,
             token_type: String::new(),
         }),
-        _ => anyhow::bail!("give either --code or --access-token"),
+        _ => {
+            return Err(
+                crate::exit::UsageError("give either --code or --access-token".into()).into(),
+            );
+        }
     };
     let r = tokend
         .install(pb::InstallRequest {

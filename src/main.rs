@@ -4,6 +4,7 @@
 //! running broker.
 
 mod cli;
+mod exit;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -207,8 +208,22 @@ impl SandboxOpts {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let json = match &cli.command {
+        Command::Token { client, .. }
+        | Command::Connections { client, .. }
+        | Command::Install { client, .. }
+        | Command::Watch { client, .. } => client.json,
+        _ => cli.log_json,
+    };
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => exit::report(&e, json),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Logs go to stderr, so stdout carries only what a command prints (a
     // token, JSON); colours only when a person is looking.
@@ -347,6 +362,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             ),
             tls: file.tls.clone(),
             limits,
+            allow_plaintext: file.allow_plaintext,
             ..Default::default()
         },
         shutdown_signal(),

@@ -132,3 +132,128 @@ async fn serve_keeps_the_data_dir_private() {
         "the database, the key file and the audit log were checked"
     );
 }
+
+/// Starts `tokend serve` on `data` with stderr to a file; returns the child
+/// and the log path once the server says it is serving (or has exited).
+async fn serve_logging(data: &std::path::Path, log: &std::path::Path) -> std::process::Child {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("tokend serve starts");
+    crate::harness::eventually(std::time::Duration::from_secs(20), || {
+        std::fs::read_to_string(log).is_ok_and(|l| l.contains("tokend serving"))
+    })
+    .await;
+    child
+}
+
+/// Issue 11. Invariants: logs go to stderr with no ANSI colour codes when
+/// stderr is not a terminal, and print addresses plainly; a second server
+/// on the same data dir is refused with a message that says why, not a raw
+/// OS error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_plainly_and_refuses_a_second_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("first.log");
+    let mut first = serve_logging(&data, &log).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI codes in a redirected log: {text}"
+    );
+    assert!(text.contains("addr=127.0.0.1:"), "{text}");
+    assert!(!text.contains("addr=Some("), "{text}");
+
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("runs");
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("in use by another tokend process"), "{err}");
+    assert!(!err.contains("WouldBlock"), "{err}");
+}
+
+/// Issue 11. Invariants: an ordinary failure is one line on stderr with no
+/// backtrace (even with RUST_BACKTRACE=1), JSON with `--json`, and exits
+/// with its class's code; endpoints work as `host:port` or URLs, and an
+/// unreachable one is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_one_line_with_an_exit_code_by_class() {
+    let server = TestServer::start().await;
+    let run = |args: Vec<String>| async move {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"));
+        command
+            .args(&args)
+            .env("RUST_BACKTRACE", "1")
+            .env_remove("TOKEND_ENDPOINT")
+            .env_remove("TOKEND_API_KEY");
+        tokio::task::spawn_blocking(move || command.output().expect("runs"))
+            .await
+            .unwrap()
+    };
+    let host_port = server.addr.to_string();
+    for endpoint in [host_port.clone(), server.endpoint()] {
+        let out = run(vec![
+            "token".into(),
+            "get".into(),
+            "nope".into(),
+            "--endpoint".into(),
+            endpoint.clone(),
+        ])
+        .await;
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(3), "{endpoint}: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.starts_with("error: ") && err.contains("nope"), "{err}");
+        assert!(
+            !err.contains("backtrace") && !err.contains("Caused by"),
+            "{err}"
+        );
+    }
+    let out = run(vec![
+        "token".into(),
+        "get".into(),
+        "nope".into(),
+        "--json".into(),
+        "--endpoint".into(),
+        host_port.clone(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(3));
+    let err: serde_json::Value =
+        serde_json::from_slice(&out.stderr).expect("a JSON error on stderr");
+    assert_eq!(err["error"]["class"], "not_found");
+    assert_eq!(err["error"]["exit_code"], 3);
+
+    // Nothing listens on port 1.
+    let out = run(vec![
+        "connections".into(),
+        "list".into(),
+        "--endpoint".into(),
+        "127.0.0.1:1".into(),
+    ])
+    .await;
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("http://127.0.0.1:1"),
+        "the endpoint is named: {err}"
+    );
+
+    let out = run(vec![
+        "install".into(),
+        "--provider".into(),
+        "sandbox".into(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(2), "usage");
+}

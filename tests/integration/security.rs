@@ -324,6 +324,38 @@ async fn an_open_server_refuses_to_listen_beyond_loopback() {
     );
 }
 
+/// Issue 11. Invariant: API keys and tokens never cross the network in
+/// plaintext by default: identities without `[tls]` on a non-loopback
+/// address are refused, unless `allow_plaintext` says so explicitly.
+#[tokio::test]
+async fn plaintext_beyond_loopback_needs_an_explicit_opt_in() {
+    let config = || ServerConfig {
+        identities: tenants().identities,
+        ..Default::default()
+    };
+    let start = |config: ServerConfig| async move {
+        let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            tokend_store::SledStore::open(dir.path(), tokend_store::crypto::Keyring::ephemeral())
+                .unwrap();
+        tokend_server::run(listener, Arc::new(store), config, async {}).await
+    };
+    let refused = start(config()).await;
+    assert!(
+        matches!(refused, Err(ServerError::PlaintextOnNetwork(_))),
+        "{refused:?}"
+    );
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains("allow_plaintext = true"), "{message}");
+    let allowed = start(ServerConfig {
+        allow_plaintext: true,
+        ..config()
+    })
+    .await;
+    assert!(allowed.is_ok(), "{allowed:?}");
+}
+
 /// A CA, a server certificate for 127.0.0.1 and a client certificate.
 struct Pki {
     ca_pem: String,

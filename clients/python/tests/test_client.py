@@ -23,6 +23,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+GRPC_TARGET = [""]
+
+
 @pytest.fixture(scope="module")
 def server():
     grpc_port, http_port = free_port(), free_port()
@@ -32,6 +35,7 @@ def server():
          "--sandbox-listen", f"127.0.0.1:{http_port}", "--data-dir", data],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = tokend.Client(f"127.0.0.1:{grpc_port}")
+    GRPC_TARGET[0] = f"127.0.0.1:{grpc_port}"
     deadline = time.time() + 20
     while True:
         try:
@@ -100,3 +104,14 @@ def test_watch_hears_reconnect_required(server):
     event = next(e for e in events if e.kind == "status_changed")
     assert event.reconnect_required
     assert event.connection.last_error.code == "invalid_grant"
+
+
+def test_endpoints_may_be_urls(server):
+    """Issue 11: host:port and http://host:port both work."""
+    assert tokend._target("http://h:1") == ("h:1", False)
+    assert tokend._target("https://h:1/") == ("h:1", True)
+    assert tokend._target("h:1") == ("h:1", False)
+    url_client = tokend.Client("http://" + GRPC_TARGET[0])
+    with pytest.raises(tokend.NotFound):
+        url_client.get_token("not-there")
+    url_client.close()

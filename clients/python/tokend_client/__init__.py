@@ -150,12 +150,27 @@ _KINDS = {
 }
 
 
+def _target(endpoint: str) -> "tuple[str, bool]":
+    """`host:port` and `http(s)://host:port` alike (as every tokend client
+    accepts): the gRPC target, and whether the URL asked for TLS."""
+    endpoint = endpoint.strip().rstrip("/")
+    for scheme, tls in (("https://", True), ("http://", False)):
+        if endpoint.startswith(scheme):
+            return endpoint[len(scheme):], tls
+    return endpoint, False
+
+
 class Client:
-    """A tokend client. `target` is host:port; pass `credentials` from
-    grpc.ssl_channel_credentials(...) for TLS, `api_key` for x-api-key."""
+    """A tokend client. `target` is host:port or http(s)://host:port; pass
+    `credentials` from grpc.ssl_channel_credentials(...) for TLS (an
+    https:// target without them uses the system roots), `api_key` for
+    x-api-key."""
 
     def __init__(self, target: str = "127.0.0.1:50051", api_key: Optional[str] = None,
                  credentials: Optional[grpc.ChannelCredentials] = None, timeout: float = 10.0):
+        target, tls = _target(target)
+        if tls and credentials is None:
+            credentials = grpc.ssl_channel_credentials()
         self._channel = (grpc.secure_channel(target, credentials) if credentials
                          else grpc.insecure_channel(target))
         self._stub = pb_grpc.TokenServiceStub(self._channel)

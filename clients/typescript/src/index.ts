@@ -192,13 +192,24 @@ export interface ClientOptions {
   timeoutMs?: number;
 }
 
+/** The gRPC address of an endpoint given as `host:port` or a URL, and whether the URL asked for TLS. */
+export function grpcTarget(endpoint: string): [string, boolean] {
+  const e = endpoint.trim().replace(/\/+$/, "");
+  if (e.startsWith("https://")) return [e.slice("https://".length), true];
+  if (e.startsWith("http://")) return [e.slice("http://".length), false];
+  return [e, false];
+}
+
 export class Client {
   private readonly stub: TokenServiceClient;
   private readonly timeoutMs: number;
   private readonly apiKey?: string;
 
+  /** `target` is `host:port` or `http(s)://host:port`, as every tokend client accepts. */
   constructor(target = "127.0.0.1:50051", options: ClientOptions = {}) {
-    this.stub = new TokenServiceClient(target, options.credentials ?? grpc.credentials.createInsecure());
+    const [address, tls] = grpcTarget(target);
+    const credentials = options.credentials ?? (tls ? grpc.credentials.createSsl() : grpc.credentials.createInsecure());
+    this.stub = new TokenServiceClient(address, credentials);
     this.timeoutMs = options.timeoutMs ?? 10_000;
     this.apiKey = options.apiKey;
   }

@@ -146,7 +146,8 @@ impl ClientBuilder {
     /// Builds the client. The channel connects lazily and reconnects by
     /// itself, so a broker that is not up yet is not an error here.
     pub async fn connect(self) -> Result<Client, Error> {
-        let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
+        let url = endpoint_url(&self.endpoint, self.tls.is_some());
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| Error::InvalidArgument {
                 field: "endpoint".into(),
                 description: e.to_string(),
@@ -167,6 +168,7 @@ impl ClientBuilder {
         };
         Ok(Client {
             inner: TokenServiceClient::with_interceptor(channel, ApiKey(api_key)),
+            endpoint: Arc::from(url),
             retries: self.transport_retries,
             cache_margin: self.cache_margin,
             cache: Arc::default(),
@@ -176,6 +178,19 @@ impl ClientBuilder {
 
 type Inner = TokenServiceClient<InterceptedService<Channel, ApiKey>>;
 
+/// The endpoint as a URL: `host:port` gets `http://` (or `https://` with
+/// TLS); a URL is kept as written. Every tokend client accepts both.
+pub fn endpoint_url(endpoint: &str, tls: bool) -> String {
+    let endpoint = endpoint.trim();
+    if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else if tls {
+        format!("https://{endpoint}")
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
 /// One cached token per connection, each behind its own async mutex: the
 /// mutex is the singleflight (one broker call per connection at a time).
 type Cache = Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Token>>>>>;
@@ -184,6 +199,8 @@ type Cache = Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Token>>>>>;
 #[derive(Clone)]
 pub struct Client {
     inner: Inner,
+    /// The broker's URL, named in transport errors.
+    endpoint: Arc<str>,
     retries: u32,
     cache_margin: Duration,
     cache: Arc<Cache>,
@@ -220,7 +237,12 @@ impl Client {
                 Err(status) => {
                     let e = Error::from_status(&status);
                     if !e.is_transient_transport() || attempt >= self.retries {
-                        return Err(e);
+                        return Err(match e {
+                            Error::Transport { message } => Error::Transport {
+                                message: format!("{}: {message}", self.endpoint),
+                            },
+                            e => e,
+                        });
                     }
                     attempt += 1;
                     tracing::debug!(attempt, "tokend unreachable; retrying");
@@ -377,5 +399,21 @@ impl Client {
     /// made resubscribing pointless (not found, permission denied, ...).
     pub fn watch(&self, connection_id: &str) -> watch::WatchStream {
         watch::WatchStream::start(self.inner.clone(), connection_id.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::endpoint_url;
+
+    #[test]
+    fn endpoints_may_be_host_port_or_urls() {
+        assert_eq!(
+            endpoint_url("127.0.0.1:50051", false),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(endpoint_url("tokend:443", true), "https://tokend:443");
+        assert_eq!(endpoint_url("http://h:1", true), "http://h:1");
+        assert_eq!(endpoint_url(" https://h:1 ", false), "https://h:1");
     }
 }

@@ -22,7 +22,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("invalid config file {path}: {message}")]
+    /// `message` starts with `LINE:COLUMN:` when the parser knows where.
+    #[error("invalid config file {}:{message}", path.display())]
     Parse { path: PathBuf, message: String },
     #[error("provider {name}: {reason}")]
     Provider { name: String, reason: String },
@@ -47,6 +48,10 @@ pub struct FileConfig {
     pub audit_log: Option<PathBuf>,
     /// Server-side TLS (and client certificates for mutual TLS).
     pub tls: Option<TlsSection>,
+    /// Serve plaintext on a non-loopback address (only behind a
+    /// TLS-terminating proxy on the same host).
+    #[serde(default)]
+    pub allow_plaintext: bool,
     /// Transport bounds; see [`crate::limits`].
     #[serde(default)]
     pub limits: crate::limits::LimitsSection,
@@ -118,6 +123,9 @@ pub struct ProviderSection {
     /// Least seconds between two `ForceRefresh` calls that name no rejected
     /// token or version [default: 5].
     pub min_refresh_interval_secs: Option<u64>,
+    /// Accept a `client_secret_file` that group or others can read.
+    #[serde(default)]
+    pub allow_readable_secret_file: bool,
 }
 
 /// HubSpot's token endpoint.
@@ -135,7 +143,7 @@ impl FileConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.message().to_owned(),
+            message: locate(text, &e),
         })
     }
 
@@ -171,6 +179,29 @@ impl FileConfig {
     }
 }
 
+/// A parse error as `LINE:COLUMN: in [TABLE]: what, and how to fix it`.
+fn locate(text: &str, e: &toml::de::Error) -> String {
+    let mut message = e.message().trim().to_owned();
+    if message.starts_with("unknown field `client_secret`") {
+        message = "client_secret is not allowed: secrets never go in the config file; use client_secret_env (an environment variable's name) or client_secret_file (a 0600 file)".into();
+    }
+    let Some(span) = e.span() else {
+        return format!(" {message}");
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    // The table the error is in: the last header above it.
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|header| format!(" in {header}:"))
+        .unwrap_or_default();
+    format!("{line}:{column}:{table} {message}")
+}
+
 impl ProviderSection {
     fn resolve(
         &self,
@@ -199,19 +230,58 @@ impl ProviderSection {
         if self.client_id.is_empty() {
             return Err(fail("client_id is required".into()));
         }
+        if token_url.scheme() == "http"
+            && !token_url.host_str().is_some_and(|h| {
+                h == "localhost"
+                    || h.trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            })
+        {
+            tracing::warn!(
+                provider = name,
+                token_url = %token_url,
+                "token_url is plain http:// to another host: the client secret and refresh tokens cross the network in the clear"
+            );
+        }
         let client_secret = match (&self.client_secret_env, &self.client_secret_file) {
-            (Some(var), None) => env(var)
-                .filter(|v| !v.is_empty())
-                .ok_or_else(|| fail(format!("environment variable {var} is not set")))?,
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| {
-                    fail(format!(
-                        "cannot read client_secret_file {}: {e}",
-                        path.display()
-                    ))
-                })?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
+            (Some(var), None) => match env(var) {
+                None => {
+                    return Err(fail(format!(
+                        "client_secret_env: environment variable {var} is not set"
+                    )));
+                }
+                Some(v) if v.is_empty() => {
+                    return Err(fail(format!(
+                        "client_secret_env: environment variable {var} is set but empty"
+                    )));
+                }
+                Some(v) => v,
+            },
+            (None, Some(path)) => {
+                #[cfg(unix)]
+                if !self.allow_readable_secret_file {
+                    use std::os::unix::fs::PermissionsExt;
+                    if let Ok(meta) = std::fs::metadata(path)
+                        && meta.permissions().mode() & 0o077 != 0
+                    {
+                        return Err(fail(format!(
+                            "client_secret_file {} is readable by group or others (mode {:o}); chmod 600 it, or set allow_readable_secret_file = true",
+                            path.display(),
+                            meta.permissions().mode() & 0o777
+                        )));
+                    }
+                }
+                std::fs::read_to_string(path)
+                    .map_err(|e| {
+                        fail(format!(
+                            "cannot read client_secret_file {}: {e}",
+                            path.display()
+                        ))
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned()
+            }
             (Some(_), Some(_)) => {
                 return Err(fail(
                     "set only one of client_secret_env and client_secret_file".into(),
@@ -372,7 +442,73 @@ mod tests {
         let err = cfg.providers(|_| None).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "provider x: environment variable NOPE is not set"
+            "provider x: client_secret_env: environment variable NOPE is not set"
         );
+        let err = cfg.providers(|_| Some(String::new())).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "provider x: client_secret_env: environment variable NOPE is set but empty"
+        );
+    }
+
+    /// Issue 11. Invariant: every parse error names the file, line, column
+    /// and table, and an inline secret says what to do instead.
+    #[test]
+    fn parse_errors_say_where_and_how_to_fix() {
+        let err = |text: &str| {
+            FileConfig::parse(text, Path::new("/etc/tokend.toml"))
+                .unwrap_err()
+                .to_string()
+        };
+        let typo = err(
+            "listen = \"127.0.0.1:1\"\n\n[providers.hubspot]\nclient_id = \"a\"\nclient_secret_evn = \"X\"\n",
+        );
+        assert!(
+            typo.starts_with("invalid config file /etc/tokend.toml:5:1: in [providers.hubspot]: unknown field `client_secret_evn`"),
+            "{typo}"
+        );
+        let wrong_type = err("[providers.x]\nclient_id = \"a\"\ndefault_lifetime_secs = \"300\"\n");
+        assert!(
+            wrong_type
+                .contains(":3:25: in [providers.x]: invalid type: string \"300\", expected u64"),
+            "{wrong_type}"
+        );
+        let unclosed = err("[providers.x\nclient_id = \"a\"\n");
+        assert!(
+            unclosed.starts_with("invalid config file /etc/tokend.toml:1:"),
+            "{unclosed}"
+        );
+        let inline = err("[providers.x]\nclient_id = \"a\"\nclient_secret = \"hunter2\"\n");
+        assert!(inline.contains(":3:1: in [providers.x]: client_secret is not allowed: secrets never go in the config file; use client_secret_env"), "{inline}");
+        assert!(!inline.contains("hunter2"));
+    }
+
+    /// Issue 11. Invariant: a secret file others can read is refused unless
+    /// the operator says so.
+    #[test]
+    fn readable_secret_files_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let text = format!(
+            "[providers.x]\nclient_id = \"a\"\ntoken_url = \"https://x\"\nclient_secret_file = \"{}\"\n",
+            secret.display()
+        );
+        let err = parse(&text).providers(|_| None).unwrap_err().to_string();
+        assert!(
+            err.contains("readable by group or others (mode 644)"),
+            "{err}"
+        );
+        let allowed = parse(&format!("{text}allow_readable_secret_file = true\n"));
+        assert_eq!(
+            allowed.providers(|_| None).unwrap()[0]
+                .client_secret
+                .expose_secret(),
+            "s3cret"
+        );
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(parse(&text).providers(|_| None).is_ok());
     }
 }

@@ -73,7 +73,8 @@ pub enum ServiceError {
     /// A bug (a task panicked); the caller may retry.
     #[error("internal error: {0}")]
     Internal(&'static str),
-    #[error("unauthenticated: {0}")]
+    /// The code says "unauthenticated"; the message says what to send.
+    #[error("{0}")]
     Unauthenticated(&'static str),
     #[error("caller {caller} lacks {permission:?} permission{}", connection.as_ref().map(|c| format!(" on connection {c}")).unwrap_or_default())]
     PermissionDenied {

@@ -46,6 +46,10 @@ pub struct ServerConfig {
     pub tls: Option<config::TlsSection>,
     /// Transport bounds.
     pub limits: limits::Limits,
+    /// Serve plaintext on a non-loopback address (behind a TLS-terminating
+    /// proxy on the same host, say). Off: such a listener without `tls` is
+    /// refused.
+    pub allow_plaintext: bool,
 }
 
 /// Largest request message accepted; tokend's requests are a few KiB.
@@ -68,6 +72,10 @@ pub enum ServerError {
         "refusing to listen on {0} with no caller identities configured: configure [[identities]] or listen on loopback"
     )]
     OpenOnNetwork(std::net::SocketAddr),
+    #[error(
+        "refusing to serve plaintext on {0}: API keys and access tokens would cross the network in the clear; configure [tls], listen on loopback, or set allow_plaintext = true (e.g. behind a TLS-terminating proxy on this host)"
+    )]
+    PlaintextOnNetwork(std::net::SocketAddr),
     #[error("cannot open the audit log: {0}")]
     Audit(std::io::Error),
     #[error("tls: {0}")]
@@ -108,6 +116,18 @@ pub async fn run_with_tasks(
                 "no caller identities configured: any local process may call; listening on loopback only"
             ),
         }
+    }
+    if let Some(a) = addr
+        && !a.ip().is_loopback()
+        && config.tls.is_none()
+    {
+        if !config.allow_plaintext {
+            return Err(ServerError::PlaintextOnNetwork(a));
+        }
+        tracing::warn!(
+            addr = %a,
+            "serving plaintext on a non-loopback address (allow_plaintext = true): API keys and tokens cross the network in the clear unless a proxy on this host terminates TLS"
+        );
     }
     let (audit_log, audit_writer) = match &config.audit_log {
         Some(path) => {

@@ -62,7 +62,20 @@ impl SledStore {
             // the periodic flush only batches sled's own bookkeeping.
             .flush_every_ms(Some(1000))
             .open()
-            .map_err(backend)?;
+            .map_err(|e| match e {
+                // sled locks its directory; another process holding it is
+                // reported as a string (sled 0.34 formats the OS error in).
+                sled::Error::Io(io)
+                    if io.kind() == std::io::ErrorKind::WouldBlock
+                        || io.to_string().starts_with("could not acquire lock") =>
+                {
+                    StoreError::Backend(format!(
+                        "the data dir {} is in use by another tokend process (its database is locked); stop that one, or give this one another --data-dir",
+                        dir.display()
+                    ))
+                }
+                e => backend(e),
+            })?;
         let records = db.open_tree("connections").map_err(backend)?;
         let leases = db.open_tree("refresh_leases").map_err(backend)?;
         Ok(Self {

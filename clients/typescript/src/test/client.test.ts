@@ -9,11 +9,12 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
-import { Client, InvalidArgument, NotFound, ReconnectRequired } from "../index";
+import { Client, InvalidArgument, NotFound, ReconnectRequired, grpcTarget } from "../index";
 
 const binary = process.env.TOKEND_BIN ?? resolve(__dirname, "../../../../target/debug/tokend");
 let server: ChildProcess;
 let client: Client;
+let target: string;
 let sandbox: string;
 
 function freePort(): Promise<number> {
@@ -56,7 +57,8 @@ before(async () => {
     ["serve", "--sandbox", "--listen", `127.0.0.1:${grpcPort}`, "--sandbox-listen", `127.0.0.1:${httpPort}`, "--data-dir", mkdtempSync(join(tmpdir(), "tokend-ts-"))],
     { stdio: "ignore" },
   );
-  client = new Client(`127.0.0.1:${grpcPort}`);
+  target = `127.0.0.1:${grpcPort}`;
+  client = new Client(target);
   for (let i = 0; ; i++) {
     try {
       await client.getToken("warmup");
@@ -84,6 +86,15 @@ test("get a token and force a refresh", async () => {
   const again = await client.forceRefresh(id, { version: t.version });
   assert.equal(again.refreshed, false);
   assert.equal(again.token.accessToken, fresh.accessToken);
+});
+
+test("endpoints may be host:port or URLs", async () => {
+  assert.deepEqual(grpcTarget("http://h:1"), ["h:1", false]);
+  assert.deepEqual(grpcTarget("https://h:1/"), ["h:1", true]);
+  assert.deepEqual(grpcTarget("h:1"), ["h:1", false]);
+  const viaUrl = new Client(`http://${target}`);
+  await assert.rejects(viaUrl.getToken("ts-not-there"), NotFound);
+  viaUrl.close();
 });
 
 test("errors are typed", async () => {
