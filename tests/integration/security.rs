@@ -278,6 +278,18 @@ async fn every_call_is_audited_without_secrets() {
         .token
         .unwrap();
     a.get_token(get("tenant-b-1")).await.unwrap_err();
+    // An install whose id is derived from the account: its line names it.
+    let mut admin = server.client().await;
+    let derived = server.sandbox.issue_tokens("acct-derived", &[]);
+    admin
+        .install(crate::harness::import_request(
+            "",
+            "acct-derived",
+            &derived,
+            1800,
+        ))
+        .await
+        .unwrap();
     server.stop().await;
 
     let text = std::fs::read_to_string(server.audit_log_path()).expect("audit log");
@@ -290,10 +302,19 @@ async fn every_call_is_audited_without_secrets() {
             l["caller"] == caller
                 && l["rpc"] == rpc
                 && l["outcome"] == outcome
-                && l["ts"].as_i64().is_some()
+                && l["ts"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with('Z') && t.contains('T'))
         })
     };
     assert!(find("admin", "Install", "ok"), "{text}");
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l["rpc"] == "Install")
+            .all(|l| l["connection_id"].as_str().is_some_and(|id| !id.is_empty())),
+        "every Install line names its connection: {text}"
+    );
     assert!(find("tenant-a", "GetToken", "ok"), "{text}");
     assert!(find("tenant-a", "GetToken", "permission_denied"), "{text}");
     assert!(lines.iter().any(|l| l["connection_id"] == "tenant-b-1"));

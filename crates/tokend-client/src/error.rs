@@ -23,7 +23,8 @@ pub enum Error {
     },
     #[error("connection {connection_id} not found")]
     NotFound { connection_id: String },
-    /// The provider is failing and no valid token is left; retry after
+    /// The provider is failing (for `get_token`: and no valid token is
+    /// left); retry after
     /// `retry_after` when given.
     #[error("unavailable: {message}")]
     Unavailable {

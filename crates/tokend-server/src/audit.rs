@@ -26,8 +26,9 @@ use tokend_core::Timestamp;
 /// One audited call, or the count of a repeated refusal.
 #[derive(Debug, Serialize)]
 pub struct AuditRecord {
-    /// Unix milliseconds by tokend's clock.
-    pub ts: i64,
+    /// When, by tokend's clock: RFC 3339 in UTC with milliseconds.
+    #[serde(serialize_with = "rfc3339")]
+    pub ts: Timestamp,
     /// The caller's identity name.
     pub caller: String,
     pub rpc: &'static str,
@@ -43,6 +44,24 @@ pub struct AuditRecord {
     /// made since its first line.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repeated: Option<u64>,
+}
+
+fn rfc3339<S: serde::Serializer>(ts: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_rfc3339(*ts))
+}
+
+/// `2026-11-24T07:08:20.223Z`.
+pub fn format_rfc3339(ts: Timestamp) -> String {
+    let nanos = i128::from(ts.unix_millis()) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| ts.unix_millis().to_string())
 }
 
 /// How often repeated refusals are summed up.
@@ -154,7 +173,7 @@ impl AuditLog {
             Err((code, reason)) => (code.to_owned(), Some(reason)),
         };
         let record = AuditRecord {
-            ts: at.unix_millis(),
+            ts: at,
             caller: caller.to_owned(),
             rpc,
             connection_id: connection_id.map(bounded),
@@ -186,7 +205,7 @@ impl AuditLog {
             .unwrap_or_default();
         self.send(
             AuditRecord {
-                ts: at.unix_millis(),
+                ts: at,
                 caller: bounded(caller),
                 rpc,
                 connection_id: None,
@@ -297,7 +316,7 @@ impl Writer {
     /// count, and one for refusals too many to itemise.
     fn summarise(&mut self) {
         let window = std::mem::take(&mut *self.window.lock().unwrap_or_else(|p| p.into_inner()));
-        let ts = self.clock.now().unix_millis();
+        let ts = self.clock.now();
         for (key, count) in window.repeats {
             if count == 0 {
                 continue;
@@ -356,6 +375,14 @@ mod tests {
 
     /// Issue 10, item 2. Invariant: an audit line's size does not grow
     /// with what a caller sends.
+    #[test]
+    fn timestamps_are_rfc3339() {
+        assert_eq!(
+            format_rfc3339(Timestamp::from_unix_millis(1_795_504_100_223)),
+            "2026-11-24T07:08:20.223Z"
+        );
+    }
+
     #[test]
     fn unvalidated_fields_are_cut_and_marked() {
         assert_eq!(bounded("sandbox-1"), "sandbox-1");

@@ -40,8 +40,14 @@ pub enum ServiceError {
         provider: String,
         last_error: Option<LastError>,
     },
-    /// The provider failed transiently and no valid token is left.
-    #[error("provider {provider} is unavailable and no valid token is left")]
+    /// The provider failed transiently: a refresh or a code exchange could
+    /// not be made. (A GetToken only gets this with no valid token left;
+    /// a ForceRefresh may get it while the old token is still valid.)
+    #[error(
+        "provider {provider} is unavailable: {}{}",
+        last_error.as_ref().map_or_else(|| "the call failed".to_owned(), |e| format!("{} ({})", e.message, e.code)),
+        retry_after.map(|d| format!("; retry after {} s", d.as_secs().max(1))).unwrap_or_default()
+    )]
     ProviderUnavailable {
         provider: String,
         last_error: Option<LastError>,
@@ -197,7 +203,8 @@ impl ServiceError {
             ErrorClass::RateLimited | ErrorClass::Transient => ServiceError::ProviderUnavailable {
                 provider: provider.to_string(),
                 last_error: Some(last),
-                retry_after: e.retry_after,
+                // The caller retries the whole install: say when.
+                retry_after: Some(e.retry_after.unwrap_or(Duration::from_secs(1))),
             },
         }
     }

@@ -323,6 +323,13 @@ impl TokenService for TokenServiceImpl {
             Some(e) => Err(e),
             None => self.install_inner(&caller, request).await,
         };
+        // A derived id is only known once installed.
+        let installed = result
+            .as_ref()
+            .ok()
+            .and_then(|r| r.get_ref().connection.as_ref())
+            .map(|c| c.connection_id.clone());
+        let connection_id = installed.or(connection_id.filter(|id| !id.is_empty()));
         self.audit(&caller, "Install", connection_id.as_deref(), &result);
         result.map_err(Status::from)
     }
