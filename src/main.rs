@@ -175,6 +175,11 @@ struct SandboxOpts {
     /// Error dialect of the sandbox.
     #[arg(long, value_enum, default_value_t = DialectArg::Rfc6749)]
     sandbox_dialect: DialectArg,
+    /// Where the sandbox keeps its grants across restarts [default with
+    /// `serve --sandbox`: DATA_DIR/sandbox-state.json; `tokend sandbox`:
+    /// memory only].
+    #[arg(long)]
+    sandbox_state: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -203,6 +208,7 @@ impl SandboxOpts {
                 DialectArg::Rfc6749 => Dialect::Rfc6749,
                 DialectArg::Hubspot => Dialect::Hubspot,
             },
+            state_file: self.sandbox_state.clone(),
             ..SandboxConfig::default()
         }
     }
@@ -302,6 +308,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut providers = file.providers(|var| std::env::var(var).ok())?;
     let limits = file.limits()?;
 
+    // SAFETY: umask only swaps the process's file-creation mask. Set before
+    // the data dir or any file in it is created: everything tokend writes
+    // there is private (0700 dirs, 0600 files).
+    unsafe { libc::umask(0o077) };
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    private_data_dir(&data_dir)?;
+    let (keyring, key_path) = load_keys(args.key_file.clone(), &data_dir)?;
+    let store = SledStore::open(&data_dir, keyring)
+        .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
+    // Finish a rotation that happened while the server was down.
+    reencrypt(&store, key_path.as_deref(), &data_dir).await;
     let sandbox = if args.sandbox {
         let listener = tokio::net::TcpListener::bind(args.sandbox_opts.sandbox_listen)
             .await
@@ -311,7 +329,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     args.sandbox_opts.sandbox_listen
                 )
             })?;
-        let config = args.sandbox_opts.config();
+        let mut config = args.sandbox_opts.config();
+        config
+            .state_file
+            .get_or_insert_with(|| data_dir.join("sandbox-state.json"));
         let sandbox = Sandbox::start_on(listener, config.clone()).await?;
         providers.retain(|p| p.name.as_str() != "sandbox");
         providers.push(sandbox_provider(
@@ -330,19 +351,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "no providers configured: pass --config FILE, or --sandbox to try tokend out"
         );
     }
-
-    // SAFETY: umask only swaps the process's file-creation mask. Set before
-    // the data dir or any file in it is created: everything tokend writes
-    // there is private (0700 dirs, 0600 files).
-    unsafe { libc::umask(0o077) };
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
-    private_data_dir(&data_dir)?;
-    let (keyring, key_path) = load_keys(args.key_file.clone(), &data_dir)?;
-    let store = SledStore::open(&data_dir, keyring)
-        .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
-    // Finish a rotation that happened while the server was down.
-    reencrypt(&store, key_path.as_deref(), &data_dir).await;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -257,3 +257,78 @@ async fn failures_are_one_line_with_an_exit_code_by_class() {
     .await;
     assert_eq!(out.status.code(), Some(2), "usage");
 }
+
+/// Issue 11. Invariant: `serve --sandbox` keeps the sandbox's grants in the
+/// data dir, so a connection installed before a restart still refreshes
+/// after it (a provider that forgot its grants would kill every one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_sandbox_keeps_its_grants_across_a_restart() {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (grpc, http) = (free(), free());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .args(["serve", "--sandbox", "--listen", &grpc.to_string()])
+            .args(["--sandbox-listen", &http.to_string(), "--data-dir"])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let cli = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"));
+        command.args(args).args(["--endpoint", &grpc.to_string()]);
+        command
+    };
+    let ready = || async {
+        crate::harness::eventually(std::time::Duration::from_secs(20), || {
+            cli(&["token", "get", "none"])
+                .output()
+                .is_ok_and(|o| o.status.code() == Some(3))
+        })
+        .await
+    };
+    let mut first = start();
+    assert!(ready().await, "first start");
+    let body = reqwest::Client::new()
+        .post(format!("http://{http}/sandbox/tokens"))
+        .header("content-type", "application/json")
+        .body(r#"{"account_id":"acct-restart","scopes":["crm"]}"#)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let issued: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let out = cli(&["install", "--provider", "sandbox", "--connection-id", "r-1"])
+        .args(["--account-id", "acct-restart", "--expires-in", "1800"])
+        .env("TOKEND_IMPORT_ACCESS_TOKEN", issued["access_token"].as_str().unwrap())
+        .env("TOKEND_IMPORT_REFRESH_TOKEN", issued["refresh_token"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // SIGTERM: a graceful stop, as an operator restarts it.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    let _ = first.wait();
+
+    let mut second = start();
+    assert!(ready().await, "second start");
+    let out = cli(&["token", "refresh", "r-1"]).output().unwrap();
+    let _ = second.kill();
+    let _ = second.wait();
+    assert!(
+        out.status.success(),
+        "the pre-restart refresh token still works: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = std::fs::read_to_string(data.join("sandbox-state.json")).unwrap();
+    assert!(!state.contains(issued["refresh_token"].as_str().unwrap()));
+}

@@ -22,6 +22,7 @@ mod control;
 mod error;
 mod form;
 mod http;
+mod persist;
 mod secrets;
 mod state;
 
@@ -80,6 +81,9 @@ pub struct SandboxConfig {
     pub rotation: Rotation,
     /// Error body format. Default [`Dialect::Rfc6749`].
     pub dialect: Dialect,
+    /// A file that keeps accounts and redeemable refresh tokens (by hash)
+    /// across restarts, as a real provider would. Default: none (memory).
+    pub state_file: Option<std::path::PathBuf>,
 }
 
 impl Default for SandboxConfig {
@@ -90,6 +94,7 @@ impl Default for SandboxConfig {
             access_token_lifetime: Duration::from_secs(1800),
             rotation: Rotation::Strict,
             dialect: Dialect::Rfc6749,
+            state_file: None,
         }
     }
 }
@@ -198,13 +203,14 @@ impl Sandbox {
     /// runtime, and an `async fn` can only be called from within one.
     ///
     /// # Errors
-    /// When the listener's local address cannot be read.
+    /// When the listener's local address cannot be read, or the state file
+    /// cannot be read.
     pub async fn start_on(
         listener: TcpListener,
         config: SandboxConfig,
     ) -> std::io::Result<Sandbox> {
         let addr = listener.local_addr()?;
-        let provider = Arc::new(Provider::new(&config));
+        let provider = Arc::new(Provider::load(&config)?);
         let router = http::router(Arc::clone(&provider));
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
 

@@ -4,6 +4,8 @@
 //! source of truth and tests can reason about it without sockets.
 
 use std::collections::{HashMap, VecDeque};
+
+use crate::persist;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -80,6 +82,10 @@ pub(crate) struct Provider {
     client_id: String,
     client_secret: String,
     dialect: Dialect,
+    /// Where grants are kept across restarts, if anywhere.
+    state_file: Option<std::path::PathBuf>,
+    /// Serialises saves, so an older snapshot never lands after a newer.
+    saving: Mutex<()>,
     // A std Mutex rather than tokio's: every critical section is a few hash-map operations and
     // the guard is never held across an `.await`, so an async lock would only add overhead.
     inner: Mutex<Inner>,
@@ -137,6 +143,8 @@ struct Inner {
     accounts: HashMap<Arc<str>, Account>,
     codes: HashMap<String, CodeRecord>,
     refresh_tokens: HashMap<String, RefreshRecord>,
+    /// Refresh tokens from the state file, by hash, until presented.
+    restored: HashMap<String, RefreshRecord>,
     access_tokens: HashMap<String, AccessRecord>,
     faults: VecDeque<Fault>,
     stats: Stats,
@@ -164,17 +172,58 @@ fn scope_list(scopes: &[&str]) -> Arc<[String]> {
 }
 
 impl Provider {
+    /// A provider with the grants of `config.state_file`, if it exists.
+    pub(crate) fn load(config: &SandboxConfig) -> std::io::Result<Self> {
+        let provider = Self::new(config);
+        let Some(path) = &config.state_file else {
+            return Ok(provider);
+        };
+        if let Some(snapshot) = persist::load(path)? {
+            let mut inner = provider.lock();
+            for (account, epoch) in snapshot.accounts {
+                inner.accounts.insert(
+                    Arc::from(account),
+                    Account {
+                        epoch,
+                        stats: AccountStats::default(),
+                    },
+                );
+            }
+            for saved in snapshot.refresh_tokens {
+                let (account, _) = inner.account(&saved.account);
+                inner.restored.insert(
+                    saved.sha256,
+                    RefreshRecord {
+                        account,
+                        scopes: saved.scopes.into(),
+                        epoch: saved.epoch,
+                        used: None,
+                    },
+                );
+            }
+            tracing::info!(
+                path = %path.display(),
+                refresh_tokens = inner.restored.len(),
+                "sandbox: grants restored"
+            );
+        }
+        Ok(provider)
+    }
+
     pub(crate) fn new(config: &SandboxConfig) -> Self {
         Self {
             client_id: config.client_id.clone(),
             client_secret: config.client_secret.clone(),
             dialect: config.dialect,
+            state_file: config.state_file.clone(),
+            saving: Mutex::new(()),
             inner: Mutex::new(Inner {
                 rotation: config.rotation,
                 access_token_lifetime: config.access_token_lifetime,
                 accounts: HashMap::new(),
                 codes: HashMap::new(),
                 refresh_tokens: HashMap::new(),
+                restored: HashMap::new(),
                 access_tokens: HashMap::new(),
                 faults: VecDeque::new(),
                 stats: Stats::default(),
@@ -190,6 +239,50 @@ impl Provider {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Writes the grants a restart must keep, before the answer that
+    /// created them is sent. A failed write is logged: the sandbox keeps
+    /// serving from memory.
+    fn save(&self) {
+        let Some(path) = &self.state_file else { return };
+        let _one_at_a_time = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
+        let snapshot = {
+            let inner = self.lock();
+            let saved = |sha256: String, r: &RefreshRecord| persist::SavedRefresh {
+                sha256,
+                account: r.account.to_string(),
+                scopes: r.scopes.to_vec(),
+                epoch: r.epoch,
+            };
+            let live = |r: &RefreshRecord| {
+                r.used.is_none() && epoch_matches(&inner.accounts, &r.account, r.epoch)
+            };
+            persist::Snapshot {
+                version: 0,
+                accounts: inner
+                    .accounts
+                    .iter()
+                    .map(|(id, a)| (id.to_string(), a.epoch))
+                    .collect(),
+                refresh_tokens: inner
+                    .refresh_tokens
+                    .iter()
+                    .filter(|(_, r)| live(r))
+                    .map(|(t, r)| saved(persist::token_hash(t), r))
+                    .chain(
+                        inner
+                            .restored
+                            .iter()
+                            .filter(|(_, r)| live(r))
+                            .map(|(h, r)| saved(h.clone(), r)),
+                    )
+                    .collect(),
+            }
+        };
+        if let Err(e) = persist::save(path, snapshot) {
+            tracing::error!(path = %path.display(), error = %e, "sandbox: cannot save grants");
+        }
+    }
+
     pub(crate) fn dialect(&self) -> Dialect {
         self.dialect
     }
@@ -202,6 +295,7 @@ impl Provider {
             access_token_lifetime: inner.access_token_lifetime,
             rotation: inner.rotation,
             dialect: self.dialect,
+            state_file: self.state_file.clone(),
         }
     }
 
@@ -288,6 +382,7 @@ impl Provider {
         let (account, epoch) = inner.account(account_id);
         let granted = inner.mint(account, scopes, epoch, fresh, true, now);
         drop(inner);
+        self.save();
         IssuedTokens {
             access_token: granted.access_token,
             // `mint` with `with_refresh = true` always yields one; the fallback is unreachable.
@@ -303,15 +398,29 @@ impl Provider {
         if let Some(account) = self.lock().accounts.get_mut(account_id) {
             account.epoch += 1;
         }
+        self.save();
         tracing::debug!(account = account_id, "sandbox: account revoked");
     }
 
     /// `grant_type=refresh_token`.
     pub(crate) fn refresh(&self, token: &str) -> Result<Granted, GrantError> {
+        let granted = self.refresh_in_memory(token);
+        if granted.is_ok() {
+            self.save();
+        }
+        granted
+    }
+
+    fn refresh_in_memory(&self, token: &str) -> Result<Granted, GrantError> {
         let fresh = Fresh::generate();
         let now = Instant::now();
         let mut guard = self.lock();
         let inner = &mut *guard;
+        if !inner.refresh_tokens.contains_key(token)
+            && let Some(record) = inner.restored.remove(&persist::token_hash(token))
+        {
+            inner.refresh_tokens.insert(token.to_owned(), record);
+        }
 
         let Some(record) = inner.refresh_tokens.get_mut(token) else {
             inner.stats.invalid_grant += 1;
@@ -344,6 +453,19 @@ impl Provider {
 
     /// `grant_type=authorization_code`.
     pub(crate) fn redeem_code(
+        &self,
+        code: &str,
+        redirect_uri: Option<&str>,
+        code_verifier: Option<&str>,
+    ) -> Result<Granted, GrantError> {
+        let granted = self.redeem_code_in_memory(code, redirect_uri, code_verifier);
+        if granted.is_ok() {
+            self.save();
+        }
+        granted
+    }
+
+    fn redeem_code_in_memory(
         &self,
         code: &str,
         redirect_uri: Option<&str>,
@@ -544,6 +666,41 @@ mod tests {
 
     fn provider() -> Provider {
         Provider::new(&SandboxConfig::default())
+    }
+
+    /// Issue 11. Invariant: a refresh token issued before a restart is
+    /// honoured after it, exactly once under strict rotation; a revocation
+    /// survives too; and no token is written in the clear.
+    #[test]
+    fn grants_survive_a_restart_without_plaintext_tokens() {
+        let dir = std::env::temp_dir().join(format!("sbx-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = SandboxConfig {
+            state_file: Some(dir.join("state.json")),
+            ..SandboxConfig::default()
+        };
+        let before = Provider::load(&config).unwrap();
+        let kept = before.issue_tokens("acct-kept", &["crm"]);
+        let revoked = before.issue_tokens("acct-gone", &[]);
+        before.revoke_account("acct-gone");
+        drop(before);
+
+        let text = std::fs::read_to_string(dir.join("state.json")).unwrap();
+        assert!(!text.contains(&kept.refresh_token), "{text}");
+        let after = Provider::load(&config).unwrap();
+        let granted = after.refresh(&kept.refresh_token).expect("still valid");
+        assert_eq!(&*granted.account_id, "acct-kept");
+        assert!(after.refresh(&kept.refresh_token).is_err(), "rotated out");
+        assert!(
+            after.refresh(&revoked.refresh_token).is_err(),
+            "still revoked"
+        );
+        // The rotated-in token survives the next restart.
+        let next = granted.refresh_token.unwrap();
+        drop(after);
+        let again = Provider::load(&config).unwrap();
+        again.refresh(&next).expect("the new token survived too");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
