@@ -3,6 +3,7 @@
 //! `keys` manages encryption keys, and the client subcommands talk to a
 //! running broker.
 
+mod backup;
 mod cli;
 mod exit;
 
@@ -63,6 +64,11 @@ enum Command {
         #[command(flatten)]
         install: cli::InstallArgs,
     },
+    /// Write a snapshot of every connection (tokens sealed) from a running
+    /// server to a file.
+    Backup(backup::BackupArgs),
+    /// Write a backup into a stopped server's data dir.
+    Restore(backup::RestoreArgs),
     /// Stream a connection's state changes.
     Watch {
         #[command(flatten)]
@@ -220,7 +226,8 @@ fn main() -> std::process::ExitCode {
         Command::Token { client, .. }
         | Command::Connections { client, .. }
         | Command::Install { client, .. }
-        | Command::Watch { client, .. } => client.json,
+        | Command::Watch { client, .. }
+        | Command::Backup(backup::BackupArgs { client, .. }) => client.json,
         _ => cli.log_json,
     };
     match run(cli) {
@@ -259,6 +266,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 client,
                 connection_id,
             } => cli::watch(&client, connection_id).await,
+            Command::Backup(args) => backup::backup(args).await,
+            Command::Restore(args) => backup::restore(args),
         }
     })
 }

@@ -141,7 +141,7 @@ fn is_edge_refusal(status: &Status) -> bool {
 
 /// The method a path names, as the audit log writes it.
 fn rpc_name(path: &str) -> &'static str {
-    const RPCS: [&str; 7] = [
+    const RPCS: [&str; 8] = [
         "GetToken",
         "ForceRefresh",
         "WatchConnection",
@@ -149,6 +149,7 @@ fn rpc_name(path: &str) -> &'static str {
         "GetConnection",
         "ListConnections",
         "DeleteConnection",
+        "ExportConnections",
     ];
     let method = path.rsplit('/').next().unwrap_or_default();
     RPCS.into_iter().find(|r| *r == method).unwrap_or("-")

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use tokend_core::{Connection, ConnectionId, ProviderName, Status, Timestamp};
 
 pub use memory::MemoryStore;
-pub use sled_store::SledStore;
+pub use sled_store::{FORMAT_VERSION, SledStore};
 
 /// Errors of the storage layer. Backend types (sled, SQL drivers) never
 /// appear here, so the layers above stay backend-agnostic. `Clone`, so one
@@ -168,6 +168,28 @@ pub trait Store: Send + Sync + 'static {
         &self,
         node_prefix: &str,
     ) -> Result<Vec<ConnectionId>, StoreError>;
+
+    /// Up to `limit` stored records exactly as kept (tokens sealed), in id
+    /// order after `after`, with the store's format version: what a backup
+    /// holds. Stores that keep nothing sealed (the in-memory one) refuse.
+    async fn export_sealed(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<SealedPage, StoreError> {
+        let _ = (after, limit);
+        Err(StoreError::Backend(
+            "this store cannot export sealed records".into(),
+        ))
+    }
+}
+
+/// One page of [`Store::export_sealed`].
+#[derive(Clone, Debug, Default)]
+pub struct SealedPage {
+    pub format_version: u32,
+    /// `(connection id, stored bytes)`.
+    pub records: Vec<(String, Vec<u8>)>,
 }
 
 /// Checks a put's preconditions that do not depend on the backend.

@@ -45,6 +45,61 @@ struct Inner {
     fencing: Mutex<()>,
 }
 
+/// The layout of the data dir this build writes. Bump it with a migration
+/// in [`check_format`] whenever the records' encoding or the trees change.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Where the format version is kept (sled's default tree).
+const FORMAT_KEY: &[u8] = b"tokend.format_version";
+
+/// The data dir's format version: `None` for an empty dir never stamped.
+pub fn format_version(db: &sled::Db) -> Result<Option<u32>, StoreError> {
+    match db.get(FORMAT_KEY).map_err(backend)? {
+        None => Ok(None),
+        Some(bytes) => <[u8; 4]>::try_from(bytes.as_ref())
+            .map(|b| Some(u32::from_be_bytes(b)))
+            .map_err(|_| StoreError::Backend("the format version is unreadable".into())),
+    }
+}
+
+/// Refuses a data dir written by a newer tokend; migrates an older one
+/// (format 0: written before versions were stamped, same encoding) and
+/// stamps a new one.
+fn check_format(db: &sled::Db, records: &sled::Tree, dir: &Path) -> Result<(), StoreError> {
+    let found = match format_version(db)? {
+        Some(v) => v,
+        None if records.is_empty() => {
+            stamp(db, FORMAT_VERSION)?;
+            return Ok(());
+        }
+        None => 0,
+    };
+    if found > FORMAT_VERSION {
+        return Err(StoreError::Backend(format!(
+            "the data dir {} has on-disk format {found}, written by a newer tokend; this build reads formats up to {FORMAT_VERSION}: upgrade tokend, or restore a backup made by this version",
+            dir.display()
+        )));
+    }
+    if found < FORMAT_VERSION {
+        // 0 → 1: the encoding is unchanged; only the stamp is new.
+        stamp(db, FORMAT_VERSION)?;
+        tracing::info!(
+            from = found,
+            to = FORMAT_VERSION,
+            dir = %dir.display(),
+            "on-disk format migrated"
+        );
+    }
+    Ok(())
+}
+
+fn stamp(db: &sled::Db, version: u32) -> Result<(), StoreError> {
+    db.insert(FORMAT_KEY, &version.to_be_bytes())
+        .map_err(backend)?;
+    db.flush().map_err(backend)?;
+    Ok(())
+}
+
 fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -78,6 +133,7 @@ impl SledStore {
             })?;
         let records = db.open_tree("connections").map_err(backend)?;
         let leases = db.open_tree("refresh_leases").map_err(backend)?;
+        check_format(&db, &records, dir)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
@@ -103,6 +159,36 @@ impl SledStore {
     /// Switches to a new keyring (after `tokend keys rotate`). It must still
     /// hold every key that sealed a stored field until [`Self::reencrypt`]
     /// has run. Waits for writes sealing with the old keyring to land.
+    /// Whether the store holds no connection record.
+    pub fn is_empty(&self) -> bool {
+        self.inner.records.is_empty()
+    }
+
+    /// Writes records from a backup (`(id, sealed bytes)` as exported),
+    /// after checking that each one decrypts with this store's keys, so a
+    /// restore with the wrong key file fails before writing anything.
+    /// Records already present are overwritten. Flushed before it returns.
+    pub fn import_sealed(&self, records: &[(String, Vec<u8>)]) -> Result<usize, StoreError> {
+        let keys = self.inner.keys();
+        for (id, bytes) in records {
+            let record = codec::decode(id.as_bytes(), bytes, &keys)?;
+            if record.id.as_str() != id {
+                return Err(StoreError::Corrupt {
+                    id: id.clone(),
+                    reason: format!("the record inside is {}", record.id),
+                });
+            }
+        }
+        for (id, bytes) in records {
+            self.inner
+                .records
+                .insert(id.as_bytes(), bytes.as_slice())
+                .map_err(backend)?;
+        }
+        self.inner.db.flush().map_err(backend)?;
+        Ok(records.len())
+    }
+
     pub fn set_keyring(&self, keys: Keyring) {
         *self.inner.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
     }
@@ -367,6 +453,34 @@ impl Store for SledStore {
             self.flush().await?;
         }
         Ok(deleted)
+    }
+
+    async fn export_sealed(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<crate::SealedPage, StoreError> {
+        let after = after.map(|a| {
+            let mut start = a.as_bytes().to_vec();
+            start.push(0);
+            start
+        });
+        self.blocking(move |inner| {
+            let iter = match after {
+                Some(start) => inner.records.range(start..),
+                None => inner.records.iter(),
+            };
+            let mut records = Vec::new();
+            for item in iter.take(limit) {
+                let (key, bytes) = item.map_err(backend)?;
+                records.push((String::from_utf8_lossy(&key).into_owned(), bytes.to_vec()));
+            }
+            Ok(crate::SealedPage {
+                format_version: FORMAT_VERSION,
+                records,
+            })
+        })
+        .await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {

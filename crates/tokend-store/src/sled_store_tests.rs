@@ -318,3 +318,52 @@ async fn an_unreleased_lease_survives_reopening_as_in_doubt() {
         .expect("released at start, not waiting for expiry");
     assert!(lease.in_doubt);
 }
+
+/// Issue 11. Invariants: a data dir is stamped with its format; one
+/// written by a newer tokend is refused with a message saying so, before
+/// anything is read or written; one from before stamps (format 0) is
+/// migrated and its records kept.
+#[tokio::test]
+async fn the_on_disk_format_is_checked_and_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = KeyFile::generate();
+    let store = SledStore::open(dir.path(), keys.keyring().unwrap()).unwrap();
+    store
+        .put(&crate::conformance::record("kept", 1), None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        format_version(&store.inner.db).unwrap(),
+        Some(FORMAT_VERSION)
+    );
+    // As written before format stamps existed.
+    store.inner.db.remove(FORMAT_KEY).unwrap();
+    store.inner.db.flush().unwrap();
+    drop(store);
+    let store = SledStore::open(dir.path(), keys.keyring().unwrap()).expect("format 0 migrates");
+    assert_eq!(
+        format_version(&store.inner.db).unwrap(),
+        Some(FORMAT_VERSION)
+    );
+    assert!(
+        store
+            .get(&ConnectionId::new("kept").unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // As a newer tokend would leave it.
+    store
+        .inner
+        .db
+        .insert(FORMAT_KEY, &(FORMAT_VERSION + 1).to_be_bytes())
+        .unwrap();
+    store.inner.db.flush().unwrap();
+    drop(store);
+    let refused = SledStore::open(dir.path(), keys.keyring().unwrap())
+        .err()
+        .expect("a newer format is refused")
+        .to_string();
+    assert!(refused.contains("written by a newer tokend"), "{refused}");
+    assert!(refused.contains("upgrade tokend"), "{refused}");
+}

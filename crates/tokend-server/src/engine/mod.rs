@@ -286,6 +286,16 @@ impl Engine {
         Ok(self.store.list(query).await?)
     }
 
+    /// One page of stored records exactly as kept (tokens sealed), for a
+    /// backup.
+    pub async fn export_sealed(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<tokend_store::SealedPage, ServiceError> {
+        Ok(self.store.export_sealed(after, limit).await?)
+    }
+
     // ---- reading -------------------------------------------------------
 
     async fn slot(&self, id: &ConnectionId) -> Result<Arc<Slot>, ServiceError> {

@@ -258,9 +258,69 @@ impl TokenServiceImpl {
     }
 }
 
+/// The stream `ExportConnections` returns.
+pub type ExportStream =
+    Pin<Box<dyn Stream<Item = std::result::Result<pb::ExportConnectionsResponse, Status>> + Send>>;
+
+/// Records per `ExportConnections` message.
+const EXPORT_PAGE: usize = 256;
+
+impl TokenServiceImpl {
+    /// Pages through the store lazily: one page read per message sent, so
+    /// a backup of any size holds one page in memory.
+    fn export(&self, caller: &Caller) -> Result<ExportStream> {
+        if !caller.may_everywhere(Permission::Admin) {
+            return Err(ServiceError::PermissionDenied {
+                caller: caller.name.clone(),
+                permission: Permission::Admin,
+                connection: None,
+            });
+        }
+        let engine = Arc::clone(&self.engine);
+        let pages = futures::stream::unfold(Some(None::<String>), move |after| {
+            let engine = Arc::clone(&engine);
+            async move {
+                let after = after?;
+                match engine.export_sealed(after.as_deref(), EXPORT_PAGE).await {
+                    Ok(page) if page.records.is_empty() && after.is_some() => None,
+                    Ok(page) => {
+                        let next = (page.records.len() == EXPORT_PAGE)
+                            .then(|| page.records.last().map(|(id, _)| id.clone()));
+                        let message = pb::ExportConnectionsResponse {
+                            records: page
+                                .records
+                                .into_iter()
+                                .map(|(connection_id, sealed)| pb::SealedRecord {
+                                    connection_id,
+                                    sealed,
+                                })
+                                .collect(),
+                            format_version: page.format_version,
+                        };
+                        Some((Ok(message), next.flatten().map(Some)))
+                    }
+                    Err(e) => Some((Err(Status::from(e)), None)),
+                }
+            }
+        });
+        Ok(Box::pin(pages))
+    }
+}
+
 #[tonic::async_trait]
 impl TokenService for TokenServiceImpl {
     type WatchConnectionStream = WatchStream;
+    type ExportConnectionsStream = ExportStream;
+
+    async fn export_connections(
+        &self,
+        request: Request<pb::ExportConnectionsRequest>,
+    ) -> std::result::Result<Response<ExportStream>, Status> {
+        let caller = auth::caller(&request)?;
+        let result = self.export(&caller);
+        self.audit(&caller, "ExportConnections", None, &result);
+        result.map(Response::new).map_err(Status::from)
+    }
 
     async fn get_token(
         &self,

@@ -265,3 +265,23 @@ class DeleteConnectionRequest(_message.Message):
 class DeleteConnectionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ExportConnectionsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ExportConnectionsResponse(_message.Message):
+    __slots__ = ("records", "format_version")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[SealedRecord]
+    format_version: int
+    def __init__(self, records: _Optional[_Iterable[_Union[SealedRecord, _Mapping]]] = ..., format_version: _Optional[int] = ...) -> None: ...
+
+class SealedRecord(_message.Message):
+    __slots__ = ("connection_id", "sealed")
+    CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEALED_FIELD_NUMBER: _ClassVar[int]
+    connection_id: str
+    sealed: bytes
+    def __init__(self, connection_id: _Optional[str] = ..., sealed: _Optional[bytes] = ...) -> None: ...

@@ -71,6 +71,11 @@ class TokenServiceStub:
                 request_serializer=tokend_dot_v1_dot_tokend__pb2.DeleteConnectionRequest.SerializeToString,
                 response_deserializer=tokend_dot_v1_dot_tokend__pb2.DeleteConnectionResponse.FromString,
                 _registered_method=True)
+        self.ExportConnections = channel.unary_stream(
+                '/tokend.v1.TokenService/ExportConnections',
+                request_serializer=tokend_dot_v1_dot_tokend__pb2.ExportConnectionsRequest.SerializeToString,
+                response_deserializer=tokend_dot_v1_dot_tokend__pb2.ExportConnectionsResponse.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -141,6 +146,16 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportConnections(self, request, context):
+        """ExportConnections streams every stored record exactly as stored: tokens
+        sealed with the server's keys, never in plaintext. It is what
+        `tokend backup` writes to a file while the server keeps serving. Needs
+        the admin permission over every connection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -178,6 +193,11 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.DeleteConnection,
                     request_deserializer=tokend_dot_v1_dot_tokend__pb2.DeleteConnectionRequest.FromString,
                     response_serializer=tokend_dot_v1_dot_tokend__pb2.DeleteConnectionResponse.SerializeToString,
+            ),
+            'ExportConnections': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportConnections,
+                    request_deserializer=tokend_dot_v1_dot_tokend__pb2.ExportConnectionsRequest.FromString,
+                    response_serializer=tokend_dot_v1_dot_tokend__pb2.ExportConnectionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -371,6 +391,33 @@ class TokenService:
             '/tokend.v1.TokenService/DeleteConnection',
             tokend_dot_v1_dot_tokend__pb2.DeleteConnectionRequest.SerializeToString,
             tokend_dot_v1_dot_tokend__pb2.DeleteConnectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportConnections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tokend.v1.TokenService/ExportConnections',
+            tokend_dot_v1_dot_tokend__pb2.ExportConnectionsRequest.SerializeToString,
+            tokend_dot_v1_dot_tokend__pb2.ExportConnectionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

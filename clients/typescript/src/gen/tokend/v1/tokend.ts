@@ -476,6 +476,25 @@ export interface DeleteConnectionRequest {
 export interface DeleteConnectionResponse {
 }
 
+export interface ExportConnectionsRequest {
+}
+
+export interface ExportConnectionsResponse {
+  /** Records in id order, each as the store keeps it. */
+  records: SealedRecord[];
+  /** The store's on-disk format version the records are encoded in. */
+  formatVersion: number;
+}
+
+/**
+ * One stored record: its id and its bytes, tokens sealed
+ * (XChaCha20-Poly1305 under the server's key file).
+ */
+export interface SealedRecord {
+  connectionId: string;
+  sealed: Buffer;
+}
+
 function createBaseProviderError(): ProviderError {
   return { errorClass: 0, code: "", message: "", correlationId: "", httpStatus: 0, occurredAt: undefined };
 }
@@ -2757,6 +2776,238 @@ export const DeleteConnectionResponse: MessageFns<DeleteConnectionResponse> = {
   },
 };
 
+function createBaseExportConnectionsRequest(): ExportConnectionsRequest {
+  return {};
+}
+
+export const ExportConnectionsRequest: MessageFns<ExportConnectionsRequest> = {
+  encode(_: ExportConnectionsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportConnectionsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportConnectionsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ExportConnectionsRequest {
+    return {};
+  },
+
+  toJSON(_: ExportConnectionsRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<ExportConnectionsRequest>): ExportConnectionsRequest {
+    return ExportConnectionsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<ExportConnectionsRequest>): ExportConnectionsRequest {
+    const message = createBaseExportConnectionsRequest();
+    return message;
+  },
+};
+
+function createBaseExportConnectionsResponse(): ExportConnectionsResponse {
+  return { records: [], formatVersion: 0 };
+}
+
+export const ExportConnectionsResponse: MessageFns<ExportConnectionsResponse> = {
+  encode(message: ExportConnectionsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.records) {
+      SealedRecord.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.formatVersion !== 0) {
+      writer.uint32(16).uint32(message.formatVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExportConnectionsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExportConnectionsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.records.push(SealedRecord.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.formatVersion = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExportConnectionsResponse {
+    return {
+      records: globalThis.Array.isArray(object?.records)
+        ? object.records.map((e: any) => SealedRecord.fromJSON(e))
+        : [],
+      formatVersion: isSet(object.formatVersion)
+        ? globalThis.Number(object.formatVersion)
+        : isSet(object.format_version)
+        ? globalThis.Number(object.format_version)
+        : 0,
+    };
+  },
+
+  toJSON(message: ExportConnectionsResponse): unknown {
+    const obj: any = {};
+    if (message.records?.length) {
+      obj.records = message.records.map((e) => SealedRecord.toJSON(e));
+    }
+    if (message.formatVersion !== 0) {
+      obj.formatVersion = Math.round(message.formatVersion);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ExportConnectionsResponse>): ExportConnectionsResponse {
+    return ExportConnectionsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExportConnectionsResponse>): ExportConnectionsResponse {
+    const message = createBaseExportConnectionsResponse();
+    message.records = object.records?.map((e) => SealedRecord.fromPartial(e)) || [];
+    message.formatVersion = object.formatVersion ?? 0;
+    return message;
+  },
+};
+
+function createBaseSealedRecord(): SealedRecord {
+  return { connectionId: "", sealed: Buffer.alloc(0) };
+}
+
+export const SealedRecord: MessageFns<SealedRecord> = {
+  encode(message: SealedRecord, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.connectionId !== "") {
+      writer.uint32(10).string(message.connectionId);
+    }
+    if (message.sealed.length !== 0) {
+      writer.uint32(18).bytes(message.sealed);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SealedRecord {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSealedRecord();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.connectionId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.sealed = Buffer.from(reader.bytes());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SealedRecord {
+    return {
+      connectionId: isSet(object.connectionId)
+        ? globalThis.String(object.connectionId)
+        : isSet(object.connection_id)
+        ? globalThis.String(object.connection_id)
+        : "",
+      sealed: isSet(object.sealed) ? Buffer.from(bytesFromBase64(object.sealed)) : Buffer.alloc(0),
+    };
+  },
+
+  toJSON(message: SealedRecord): unknown {
+    const obj: any = {};
+    if (message.connectionId !== "") {
+      obj.connectionId = message.connectionId;
+    }
+    if (message.sealed.length !== 0) {
+      obj.sealed = base64FromBytes(message.sealed);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SealedRecord>): SealedRecord {
+    return SealedRecord.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SealedRecord>): SealedRecord {
+    const message = createBaseSealedRecord();
+    message.connectionId = object.connectionId ?? "";
+    message.sealed = object.sealed ?? Buffer.alloc(0);
+    return message;
+  },
+};
+
 /**
  * TokenService is the whole tokend API: token reads for services, installs
  * for onboarding flows, and connection management for operators.
@@ -2869,6 +3120,23 @@ export const TokenServiceService = {
       Buffer.from(DeleteConnectionResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): DeleteConnectionResponse => DeleteConnectionResponse.decode(value),
   },
+  /**
+   * ExportConnections streams every stored record exactly as stored: tokens
+   * sealed with the server's keys, never in plaintext. It is what
+   * `tokend backup` writes to a file while the server keeps serving. Needs
+   * the admin permission over every connection.
+   */
+  exportConnections: {
+    path: "/tokend.v1.TokenService/ExportConnections" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: ExportConnectionsRequest): Buffer =>
+      Buffer.from(ExportConnectionsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ExportConnectionsRequest => ExportConnectionsRequest.decode(value),
+    responseSerialize: (value: ExportConnectionsResponse): Buffer =>
+      Buffer.from(ExportConnectionsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ExportConnectionsResponse => ExportConnectionsResponse.decode(value),
+  },
 } as const;
 
 export interface TokenServiceServer extends UntypedServiceImplementation {
@@ -2914,6 +3182,13 @@ export interface TokenServiceServer extends UntypedServiceImplementation {
    * DELETED event.
    */
   deleteConnection: handleUnaryCall<DeleteConnectionRequest, DeleteConnectionResponse>;
+  /**
+   * ExportConnections streams every stored record exactly as stored: tokens
+   * sealed with the server's keys, never in plaintext. It is what
+   * `tokend backup` writes to a file while the server keeps serving. Needs
+   * the admin permission over every connection.
+   */
+  exportConnections: handleServerStreamingCall<ExportConnectionsRequest, ExportConnectionsResponse>;
 }
 
 export interface TokenServiceClient extends Client {
@@ -3051,6 +3326,21 @@ export interface TokenServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: DeleteConnectionResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * ExportConnections streams every stored record exactly as stored: tokens
+   * sealed with the server's keys, never in plaintext. It is what
+   * `tokend backup` writes to a file while the server keeps serving. Needs
+   * the admin permission over every connection.
+   */
+  exportConnections(
+    request: ExportConnectionsRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ExportConnectionsResponse>;
+  exportConnections(
+    request: ExportConnectionsRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ExportConnectionsResponse>;
 }
 
 export const TokenServiceClient = makeGenericClientConstructor(
@@ -3061,6 +3351,14 @@ export const TokenServiceClient = makeGenericClientConstructor(
   service: typeof TokenServiceService;
   serviceName: string;
 };
+
+function bytesFromBase64(b64: string): Uint8Array {
+  return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
+}
+
+function base64FromBytes(arr: Uint8Array): string {
+  return globalThis.Buffer.from(arr).toString("base64");
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 

@@ -1,0 +1,239 @@
+//! `tokend backup` and `tokend restore`. A backup is a snapshot of every
+//! stored record taken from a running server (`ExportConnections`), tokens
+//! still sealed with the server's key file: the file is useless without
+//! that key file, which must be kept (elsewhere) with it. Restore writes
+//! the records into a stopped server's data dir after checking that the key
+//! file opens every one of them.
+
+use std::{
+    io::{BufRead, Write as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use tokend_proto::v1 as pb;
+
+use crate::exit::UsageError;
+
+/// The first line of a backup file.
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    /// Always `"tokend backup"`.
+    kind: String,
+    /// The backup file's layout.
+    version: u32,
+    /// The store format the records are encoded in.
+    format_version: u32,
+    records: usize,
+    created_at: String,
+}
+
+/// One record per line after the header.
+#[derive(Debug, Serialize, Deserialize)]
+struct Line {
+    connection_id: String,
+    /// The stored bytes, base64: tokens sealed.
+    sealed: String,
+}
+
+const KIND: &str = "tokend backup";
+const VERSION: u32 = 1;
+
+#[derive(clap::Args)]
+pub struct BackupArgs {
+    /// The file to write (created 0600; replaced atomically).
+    #[arg(long)]
+    to: PathBuf,
+    #[command(flatten)]
+    pub client: crate::cli::ClientArgs,
+}
+
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    #[arg(long)]
+    from: PathBuf,
+    /// The data dir to restore into; the server must be stopped.
+    #[arg(long, env = "TOKEND_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The key file the backed-up server used [default: DATA_DIR/tokend.keys].
+    #[arg(long, env = "TOKEND_KEY_FILE")]
+    key_file: Option<PathBuf>,
+    /// Write into a data dir that already holds connections (records in
+    /// the backup replace those with the same id).
+    #[arg(long)]
+    force: bool,
+}
+
+/// `tokend backup --to FILE`: streams every record from the running server
+/// into FILE.
+pub async fn backup(args: BackupArgs) -> anyhow::Result<()> {
+    let url = tokend_client::endpoint_url(&args.client.endpoint, false);
+    let channel = tonic::transport::Endpoint::from_shared(url.clone())
+        .map_err(|e| UsageError(format!("invalid endpoint {url}: {e}")))?
+        .connect()
+        .await
+        .map_err(|e| tokend_client::Error::Transport {
+            message: format!("{url}: {e}"),
+        })?;
+    let key = args
+        .client
+        .api_key
+        .as_deref()
+        .map(str::parse::<tonic::metadata::AsciiMetadataValue>)
+        .transpose()
+        .map_err(|_| UsageError("the api key is not valid in a header".into()))?;
+    let mut client = pb::token_service_client::TokenServiceClient::with_interceptor(
+        channel,
+        move |mut request: tonic::Request<()>| {
+            if let Some(key) = &key {
+                request.metadata_mut().insert("x-api-key", key.clone());
+            }
+            Ok(request)
+        },
+    );
+    let mut stream = client
+        .export_connections(pb::ExportConnectionsRequest {})
+        .await
+        .map_err(|s| tokend_client::Error::from_status(&s))?
+        .into_inner();
+    let mut lines = Vec::new();
+    let mut format_version = 0;
+    while let Some(message) = stream
+        .message()
+        .await
+        .map_err(|s| tokend_client::Error::from_status(&s))?
+    {
+        format_version = message.format_version;
+        for r in message.records {
+            lines.push(Line {
+                connection_id: r.connection_id,
+                sealed: base64::engine::general_purpose::STANDARD.encode(&r.sealed),
+            });
+        }
+    }
+    let header = Header {
+        kind: KIND.into(),
+        version: VERSION,
+        format_version,
+        records: lines.len(),
+        created_at: tokend_server::audit::format_rfc3339(tokend_core::Clock::system().now()),
+    };
+    write_atomically(&args.to, &header, &lines)
+        .with_context(|| format!("cannot write {}", args.to.display()))?;
+    let summary = serde_json::json!({"file": args.to, "records": lines.len(), "format_version": format_version});
+    if args.client.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "backed up {} connections to {} (tokens sealed: keep the key file with it, stored elsewhere)",
+            lines.len(),
+            args.to.display()
+        );
+    }
+    Ok(())
+}
+
+fn write_atomically(path: &Path, header: &Header, lines: &[Line]) -> anyhow::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(&tmp)?;
+    let mut out = std::io::BufWriter::new(file);
+    serde_json::to_writer(&mut out, header)?;
+    out.write_all(b"\n")?;
+    for line in lines {
+        serde_json::to_writer(&mut out, line)?;
+        out.write_all(b"\n")?;
+    }
+    let file = out.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// `tokend restore --from FILE --data-dir DIR`.
+pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let file = std::fs::File::open(&args.from)
+        .with_context(|| format!("cannot open {}", args.from.display()))?;
+    let mut reader = std::io::BufReader::new(file).lines();
+    let header: Header = reader
+        .next()
+        .transpose()?
+        .and_then(|l| serde_json::from_str(&l).ok())
+        .filter(|h: &Header| h.kind == KIND)
+        .ok_or_else(|| UsageError(format!("{} is not a tokend backup", args.from.display())))?;
+    if header.version != VERSION {
+        anyhow::bail!(UsageError(format!(
+            "backup layout {} is not supported by this tokend (it reads {VERSION})",
+            header.version
+        )));
+    }
+    if header.format_version > tokend_store::FORMAT_VERSION {
+        anyhow::bail!(UsageError(format!(
+            "the backup holds on-disk format {}, newer than this tokend's {}: restore it with a newer tokend",
+            header.format_version,
+            tokend_store::FORMAT_VERSION
+        )));
+    }
+    let mut records = Vec::with_capacity(header.records);
+    for (n, line) in reader.enumerate() {
+        let line = line?;
+        let parsed: Line = serde_json::from_str(&line)
+            .with_context(|| format!("{}: record {} is unreadable", args.from.display(), n + 1))?;
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(parsed.sealed)
+            .with_context(|| format!("{}: record {} is unreadable", args.from.display(), n + 1))?;
+        records.push((parsed.connection_id, sealed));
+    }
+    if records.len() != header.records {
+        anyhow::bail!(
+            "{} is truncated: {} of {} records",
+            args.from.display(),
+            records.len(),
+            header.records
+        );
+    }
+    let key_path = args
+        .key_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join(crate::KEY_FILE_NAME));
+    let keys = tokend_store::crypto::KeyFile::load(&key_path)
+        .and_then(|f| f.keyring())
+        .with_context(|| {
+            format!(
+                "no usable key file at {} (restore needs the key file the backed-up server used)",
+                key_path.display()
+            )
+        })?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let store = tokend_store::SledStore::open(&args.data_dir, keys)
+        .with_context(|| format!("cannot open the database in {}", args.data_dir.display()))?;
+    if !store.is_empty() && !args.force {
+        anyhow::bail!(UsageError(format!(
+            "{} already holds connections; pass --force to write the backup's records over them",
+            args.data_dir.display()
+        )));
+    }
+    let written = store.import_sealed(&records).with_context(|| {
+        format!(
+            "the backup does not open with {}: is it the key file the backed-up server used?",
+            key_path.display()
+        )
+    })?;
+    println!(
+        "restored {written} connections into {}",
+        args.data_dir.display()
+    );
+    Ok(())
+}
