@@ -6,16 +6,14 @@
 mod backup;
 mod cli;
 mod exit;
+mod settings;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokend_sandbox::{Dialect, Rotation, Sandbox, SandboxConfig};
-use tokend_server::{
-    ServerConfig,
-    config::{FileConfig, sandbox_provider},
-};
+use tokend_server::{ServerConfig, config::sandbox_provider};
 use tokend_store::{
     SledStore,
     crypto::{KeyFile, Keyring, load_or_create_key_file},
@@ -38,6 +36,9 @@ struct Cli {
 enum Command {
     /// Run the broker. With no flags: 127.0.0.1:50051, data in ./tokend-data.
     Serve(ServeArgs),
+    /// Check a configuration without serving: every problem `serve` would
+    /// stop at is listed (exit 2), or "configuration OK".
+    CheckConfig(CheckConfigArgs),
     /// Run only the sandbox OAuth2 provider (for tests and demos).
     Sandbox(SandboxArgs),
     /// Manage the keys that encrypt tokens at rest.
@@ -100,7 +101,7 @@ struct KeyFileArgs {
     #[arg(long, env = "TOKEND_KEY_FILE")]
     key_file: Option<PathBuf>,
     /// Data directory whose key file to use.
-    #[arg(long, env = "TOKEND_DATA_DIR", default_value = "./tokend-data")]
+    #[arg(long, env = "TOKEND_DATA_DIR", default_value = settings::DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
 }
 
@@ -152,6 +153,27 @@ struct ServeArgs {
     sandbox: bool,
     #[command(flatten)]
     sandbox_opts: SandboxOpts,
+}
+
+impl ServeArgs {
+    fn flags(&self) -> settings::Flags<'_> {
+        settings::Flags {
+            listen: self.listen,
+            data_dir: self.data_dir.as_deref(),
+            config: self.config.as_deref(),
+        }
+    }
+}
+
+/// `tokend check-config`: the flags `serve` would use.
+#[derive(clap::Args)]
+struct CheckConfigArgs {
+    /// The listen address to check [default: `listen` in the file, or 127.0.0.1:50051]
+    #[arg(long, env = "TOKEND_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// The config file to check.
+    #[arg(long, env = "TOKEND_CONFIG")]
+    config: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -256,6 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::CheckConfig(args) => check_config(&args),
             Command::Sandbox(args) => sandbox(args).await,
             Command::Keys(KeysCommand::Rotate(args)) => rotate_keys(&args),
             Command::Keys(KeysCommand::Retire { key_id, file }) => retire_key(key_id, &file).await,
@@ -301,19 +324,11 @@ async fn shutdown_signal() {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let file = match &args.config {
-        Some(path) => FileConfig::load(path)?,
-        None => FileConfig::default(),
-    };
-    let listen = args
-        .listen
-        .or(file.listen)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051)));
-    let data_dir = args
-        .data_dir
-        .clone()
-        .or_else(|| file.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from("./tokend-data"));
+    let settings::Settings {
+        listen,
+        data_dir,
+        file,
+    } = settings::Settings::resolve(args.flags())?;
     let mut providers = file.providers(|var| std::env::var(var).ok())?;
     let limits = file.limits()?;
 
@@ -399,6 +414,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         sandbox.shutdown().await;
     }
     Ok(())
+}
+
+fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
+    let settings = settings::Settings::resolve(settings::Flags {
+        listen: args.listen,
+        data_dir: None,
+        config: args.config.as_deref(),
+    })?;
+    let problems = settings
+        .file
+        .problems(settings.listen, |var| std::env::var(var).ok());
+    if problems.is_empty() {
+        println!("configuration OK");
+        return Ok(());
+    }
+    for problem in &problems {
+        eprintln!("problem: {problem}");
+    }
+    Err(exit::UsageError(format!(
+        "{} problem(s) in the configuration",
+        problems.len()
+    ))
+    .into())
 }
 
 async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {

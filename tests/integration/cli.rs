@@ -521,3 +521,39 @@ async fn backup_under_load_restores_every_connection() {
     let _ = second.kill();
     let _ = second.wait();
 }
+
+/// Issue 11. Invariant: `check-config` lists every problem with exit code
+/// 2, and says OK (exit 0) for a good file; it never serves.
+#[test]
+fn check_config_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "listen = \"0.0.0.0:50051\"\n[providers.a]\nclient_id = \"a\"\ntoken_url = \"https://a\"\nclient_secret_env = \"TOKEND_TEST_UNSET_SECRET\"\n[providers.b]\nclient_id = \"b\"\nclient_secret_env = \"X\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .env_remove("TOKEND_LISTEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.matches("problem: ").count(), 3, "{err}");
+    assert!(err.contains("TOKEND_TEST_UNSET_SECRET is not set"), "{err}");
+    assert!(err.contains("provider b: token_url is required"), "{err}");
+    assert!(err.contains("no [[identities]]"), "{err}");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[limits]\nmax_concurrent_streams = 50\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["check-config", "--config"])
+        .arg(&good)
+        .env_remove("TOKEND_LISTEN")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "configuration OK");
+}

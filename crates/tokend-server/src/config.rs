@@ -162,6 +162,55 @@ impl FileConfig {
         }
     }
 
+    /// Every problem `tokend serve` would stop at, and some it would only
+    /// warn about, without serving: each provider (secret resolvable,
+    /// secret file private, URL), the limits, the identities, the TLS
+    /// files, and whether the listen address is safe. Empty: all good.
+    pub fn problems(
+        &self,
+        listen: SocketAddr,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, section) in &self.providers {
+            if let Err(e) = section.resolve(name, &env) {
+                problems.push(e.to_string());
+            }
+        }
+        if let Err(e) = self.limits() {
+            problems.push(e.to_string());
+        }
+        let limits = self.limits().unwrap_or_default();
+        if let Err(e) = crate::auth::Authenticator::new(&self.identities, &limits) {
+            problems.push(e.to_string());
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [
+                ("tls.cert_file", Some(&tls.cert_file)),
+                ("tls.key_file", Some(&tls.key_file)),
+                ("tls.client_ca_file", tls.client_ca_file.as_ref()),
+            ] {
+                if let Some(path) = path
+                    && let Err(e) = std::fs::read(path)
+                {
+                    problems.push(format!("{key}: cannot read {}: {e}", path.display()));
+                }
+            }
+        }
+        if !listen.ip().is_loopback() {
+            if self.identities.is_empty() {
+                problems.push(format!(
+                    "listen = {listen} with no [[identities]]: an open server only listens on loopback; configure identities or listen on 127.0.0.1"
+                ));
+            } else if self.tls.is_none() && !self.allow_plaintext {
+                problems.push(format!(
+                    "listen = {listen} without [tls]: API keys and tokens would cross the network in the clear; configure [tls] or set allow_plaintext = true"
+                ));
+            }
+        }
+        problems
+    }
+
     /// The transport bounds, defaults filled in.
     pub fn limits(&self) -> Result<crate::limits::Limits, ConfigError> {
         self.limits.resolve().map_err(ConfigError::Limits)
@@ -481,6 +530,46 @@ mod tests {
         let inline = err("[providers.x]\nclient_id = \"a\"\nclient_secret = \"hunter2\"\n");
         assert!(inline.contains(":3:1: in [providers.x]: client_secret is not allowed: secrets never go in the config file; use client_secret_env"), "{inline}");
         assert!(!inline.contains("hunter2"));
+    }
+
+    /// Issue 11. Invariant: check-config lists every problem, not the first.
+    #[test]
+    fn every_problem_is_listed() {
+        let cfg = parse(
+            r#"
+            [limits]
+            max_concurrent_streams = 0
+            [providers.a]
+            client_id = "a"
+            token_url = "https://a"
+            client_secret_env = "A_SECRET"
+            [providers.b]
+            client_id = "b"
+            client_secret_env = "B_SECRET"
+            [[identities]]
+            name = "svc"
+            grants = []
+            "#,
+        );
+        let problems = cfg.problems("0.0.0.0:50051".parse().unwrap(), |_| None);
+        let all = problems.join("\n");
+        assert!(
+            all.contains("provider a: client_secret_env: environment variable A_SECRET is not set"),
+            "{all}"
+        );
+        assert!(all.contains("provider b: token_url is required"), "{all}");
+        assert!(
+            all.contains("limits.max_concurrent_streams must be positive"),
+            "{all}"
+        );
+        assert!(all.contains("identity svc"), "{all}");
+        assert!(all.contains("without [tls]"), "{all}");
+        assert_eq!(problems.len(), 5, "{all}");
+        assert!(
+            FileConfig::default()
+                .problems("127.0.0.1:50051".parse().unwrap(), |_| None)
+                .is_empty()
+        );
     }
 
     /// Issue 11. Invariant: a secret file others can read is refused unless
