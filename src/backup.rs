@@ -203,10 +203,10 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             header.records
         );
     }
-    let key_path = args
-        .key_file
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join(crate::KEY_FILE_NAME));
+    let key_path = args.key_file.clone().unwrap_or_else(|| {
+        args.data_dir
+            .join(tokend_store::crypto::keys::KEY_FILE_NAME)
+    });
     let keys = tokend_store::crypto::KeyFile::load(&key_path)
         .and_then(|f| f.keyring())
         .with_context(|| {

@@ -2,6 +2,8 @@
 //! random 192-bit nonce per write, the key id beside every ciphertext, and
 //! the connection id and field name bound as associated data.
 
+pub mod keys;
+
 use std::{collections::BTreeMap, fmt, io::Write, path::Path};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD as B64};

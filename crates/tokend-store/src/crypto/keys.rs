@@ -1,0 +1,227 @@
+//! Key files as the server and the `tokend keys` commands use them: where
+//! the keyring comes from (`TOKEND_KEYS` or a file created on first start),
+//! re-encryption after a rotation with its usage report, the online
+//! rotation watcher, and the checks before a key is retired.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use super::{KeyError, KeyFile, Keyring, load_or_create_key_file};
+use crate::SledStore;
+
+/// The key file's name inside the data dir.
+pub const KEY_FILE_NAME: &str = "tokend.keys";
+/// Where a running server records how many records each key seals.
+pub const KEY_USAGE_FILE_NAME: &str = "tokend.keys.usage";
+/// How often a running server looks for a rotated key file.
+pub const KEY_FILE_POLL: Duration = Duration::from_secs(5);
+
+/// What `DATA_DIR/tokend.keys.usage` holds, written after each
+/// re-encryption pass. Counts on old keys can only fall after a keyring
+/// swap: the store seals every write landing after it with the new key.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct KeyUsage {
+    pub active: u32,
+    /// Records per key id.
+    pub records: BTreeMap<u32, usize>,
+    pub at_unix_ms: i64,
+}
+
+/// The keyring from `env_keys` (the `TOKEND_KEYS` JSON) if given, else from
+/// the key file (created on first start). Returns the file's path when keys
+/// come from a file, so rotations can be picked up.
+pub fn load_keyring(
+    env_keys: Option<&str>,
+    key_file: Option<PathBuf>,
+    data_dir: &Path,
+) -> Result<(Keyring, Option<PathBuf>), KeyError> {
+    if let Some(json) = env_keys {
+        let keys = KeyFile::parse(json.as_bytes())?.keyring()?;
+        tracing::info!(
+            active_key = keys.active_key_id(),
+            "encryption keys from TOKEND_KEYS"
+        );
+        return Ok((keys, None));
+    }
+    let path = key_file.unwrap_or_else(|| data_dir.join(KEY_FILE_NAME));
+    let (file, created) = load_or_create_key_file(&path)?;
+    if created {
+        tracing::warn!(
+            path = %path.display(),
+            "created a new encryption key file (mode 0600); back it up: without it the stored tokens cannot be read"
+        );
+    }
+    let keys = file.keyring()?;
+    tracing::info!(path = %path.display(), active_key = keys.active_key_id(), "encryption keys loaded");
+    Ok((keys, Some(path)))
+}
+
+/// Re-seals records still on an old key (one pass: records already on the
+/// active key are skipped inside), logs whether old keys can go, and writes
+/// the usage file `keys retire` reads while the server runs.
+pub async fn reencrypt(store: &SledStore, key_file: Option<&Path>, data_dir: &Path) {
+    match store.reencrypt().await {
+        Ok(n) if n > 0 => tracing::info!(records = n, "re-encryption pass finished"),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "re-encryption failed; old keys are still needed");
+            return;
+        }
+    }
+    match store.records_on_old_keys().await {
+        Ok(0) => tracing::info!(
+            "no record uses an old key; old keys can be retired (tokend keys retire KEY_ID)"
+        ),
+        Ok(n) => tracing::warn!(
+            records = n,
+            "records still use an old key; do not retire old keys yet"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot count records on old keys"),
+    }
+    let Some(path) = key_file else { return };
+    let Ok(file) = KeyFile::load(path) else {
+        return;
+    };
+    let mut records = BTreeMap::new();
+    for key in &file.keys {
+        match store.records_on_key(key.id).await {
+            Ok(n) => {
+                records.insert(key.id, n);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot count records per key");
+                return;
+            }
+        }
+    }
+    let usage = KeyUsage {
+        active: file.active,
+        records,
+        at_unix_ms: tokend_core::Clock::system().now().unix_millis(),
+    };
+    let target = data_dir.join(KEY_USAGE_FILE_NAME);
+    let tmp = data_dir.join(format!("{KEY_USAGE_FILE_NAME}.tmp"));
+    let written = serde_json::to_vec_pretty(&usage)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, &target));
+    if let Err(e) = written {
+        tracing::error!(error = %e, path = %target.display(), "cannot write the key usage file");
+    }
+}
+
+/// Polls the key file and applies a rotation online, until `stop` resolves.
+pub async fn watch_key_file(
+    path: PathBuf,
+    data_dir: PathBuf,
+    store: SledStore,
+    stop: impl Future<Output = ()>,
+) {
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(KEY_FILE_POLL) => {}
+            _ = &mut stop => return,
+        }
+        let now = modified(&path);
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match KeyFile::load(&path).and_then(|f| f.keyring()) {
+            Ok(keys) => {
+                tracing::info!(
+                    active_key = keys.active_key_id(),
+                    "key file changed; switching keys"
+                );
+                store.set_keyring(keys);
+                reencrypt(&store, Some(&path), &data_dir).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "key file changed but cannot be used; keeping the current keys")
+            }
+        }
+    }
+}
+
+/// Why a key cannot be retired.
+#[derive(Debug, thiserror::Error)]
+pub enum RetireError {
+    #[error("no usable key file at {path}: {source}")]
+    NoKeyFile { path: String, source: KeyError },
+    #[error("key {0} is the active key; rotate first (tokend keys rotate)")]
+    Active(u32),
+    #[error("key {key_id} is not in {path}")]
+    Unknown { key_id: u32, path: String },
+    #[error(
+        "the database is in use and {0} is missing or unreadable; wait for the server's re-encryption pass"
+    )]
+    NoUsageReport(String),
+    #[error("the running server has not switched to key {0} yet; try again in a few seconds")]
+    NotSwitched(u32),
+    #[error("refusing to retire key {key_id}: records still use it{}", .count.map(|n| format!(" ({n})")).unwrap_or_default())]
+    InUse { key_id: u32, count: Option<usize> },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
+}
+
+/// Removes `key_id` from the key file at `path` once no record of the
+/// store in `data_dir` uses it. With the server stopped, counts directly;
+/// while it runs (the database is locked), trusts its last usage report,
+/// which only ever overstates old keys' use.
+pub async fn retire(key_id: u32, path: &Path, data_dir: &Path) -> Result<(), RetireError> {
+    let mut file = KeyFile::load(path).map_err(|source| RetireError::NoKeyFile {
+        path: path.display().to_string(),
+        source,
+    })?;
+    if file.active == key_id {
+        return Err(RetireError::Active(key_id));
+    }
+    if !file.keys.iter().any(|k| k.id == key_id) {
+        return Err(RetireError::Unknown {
+            key_id,
+            path: path.display().to_string(),
+        });
+    }
+    let in_use = match SledStore::open(data_dir, file.keyring()?) {
+        Ok(store) => Some(store.records_on_key(key_id).await?),
+        Err(_) => {
+            let usage_path = data_dir.join(KEY_USAGE_FILE_NAME);
+            let usage: KeyUsage = std::fs::read(&usage_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| RetireError::NoUsageReport(usage_path.display().to_string()))?;
+            if usage.active != file.active {
+                return Err(RetireError::NotSwitched(file.active));
+            }
+            usage.records.get(&key_id).copied()
+        }
+    };
+    if in_use != Some(0) {
+        return Err(RetireError::InUse {
+            key_id,
+            count: in_use,
+        });
+    }
+    file.keys.retain(|k| k.id != key_id);
+    file.keyring()?;
+    file.save(path)?;
+    Ok(())
+}
+
+/// Adds a new key to the file at `path` and makes it active; returns its id.
+pub fn rotate(path: &Path) -> Result<u32, KeyError> {
+    let mut file = KeyFile::load(path)?;
+    let id = file.rotate();
+    file.keyring()?;
+    file.save(path)?;
+    Ok(id)
+}

@@ -1,0 +1,217 @@
+//! The command line as clap parses it: every subcommand, flag and
+//! environment variable, with its help text. Resolution into settings
+//! happens in `settings.rs`; what each command does, in `main.rs` and the
+//! modules it calls.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tokend_sandbox::{Dialect, Rotation, SandboxConfig};
+use tokend_store::crypto::keys;
+
+use crate::{backup, cli, settings};
+
+pub(crate) const VERSION: &str =
+    concat!(env!("CARGO_PKG_VERSION"), " (", env!("TOKEND_COMMIT"), ")");
+
+#[derive(Parser)]
+#[command(name = "tokend", version = VERSION, about = "OAuth2 token broker: one place that owns every connection's tokens")]
+pub(crate) struct Cli {
+    /// Log lines as JSON instead of text (filter with RUST_LOG).
+    #[arg(long, global = true, env = "TOKEND_LOG_JSON")]
+    pub(crate) log_json: bool,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run the broker. With no flags: 127.0.0.1:50051, data in ./tokend-data.
+    Serve(ServeArgs),
+    /// Check a configuration without serving: every problem `serve` would
+    /// stop at is listed (exit 2), or "configuration OK".
+    CheckConfig(CheckConfigArgs),
+    /// Run only the sandbox OAuth2 provider (for tests and demos).
+    Sandbox(SandboxArgs),
+    /// Manage the keys that encrypt tokens at rest.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Get or refresh a connection's access token.
+    Token {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(subcommand)]
+        command: cli::TokenCommand,
+    },
+    /// List, show or delete connections.
+    Connections {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(subcommand)]
+        command: cli::ConnectionsCommand,
+    },
+    /// Install a connection (code exchange or token import).
+    Install {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(flatten)]
+        install: cli::InstallArgs,
+    },
+    /// Write a snapshot of every connection (tokens sealed) from a running
+    /// server to a file.
+    Backup(backup::BackupArgs),
+    /// Write a backup into a stopped server's data dir.
+    Restore(backup::RestoreArgs),
+    /// Stream a connection's state changes.
+    Watch {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        connection_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum KeysCommand {
+    /// Add a new key and make it the one new writes use. A running tokend
+    /// notices within seconds and re-encrypts every record online; old keys
+    /// keep decrypting until it has.
+    Rotate(KeyFileArgs),
+    /// Remove an old key from the key file. Refused while any record is
+    /// still sealed with it (a running tokend reports that after each
+    /// re-encryption pass in DATA_DIR/tokend.keys.usage).
+    Retire {
+        /// The key id to remove.
+        key_id: u32,
+        #[command(flatten)]
+        file: KeyFileArgs,
+    },
+}
+
+#[derive(clap::Args)]
+pub(crate) struct KeyFileArgs {
+    /// The key file [default: DATA_DIR/tokend.keys]
+    #[arg(long, env = "TOKEND_KEY_FILE")]
+    pub(crate) key_file: Option<PathBuf>,
+    /// Data directory whose key file to use.
+    #[arg(long, env = "TOKEND_DATA_DIR", default_value = settings::DEFAULT_DATA_DIR)]
+    pub(crate) data_dir: PathBuf,
+}
+
+impl KeyFileArgs {
+    pub(crate) fn path(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(keys::KEY_FILE_NAME))
+    }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ServeArgs {
+    /// gRPC listen address [default: 127.0.0.1:50051, or `listen` in the config file]
+    #[arg(long, env = "TOKEND_LISTEN")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// Directory of the embedded database [default: ./tokend-data, or `data_dir` in the config file]
+    #[arg(long, env = "TOKEND_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// TOML file with providers and settings (see README).
+    #[arg(long, env = "TOKEND_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// File of the keys that encrypt tokens at rest; created (0600) on
+    /// first start [default: DATA_DIR/tokend.keys]. The env var TOKEND_KEYS
+    /// may hold the same JSON instead.
+    #[arg(long, env = "TOKEND_KEY_FILE")]
+    pub(crate) key_file: Option<PathBuf>,
+    /// Also run the sandbox provider in-process and configure it as
+    /// provider `sandbox` (development mode).
+    #[arg(long)]
+    pub(crate) sandbox: bool,
+    #[command(flatten)]
+    pub(crate) sandbox_opts: SandboxOpts,
+}
+
+impl ServeArgs {
+    pub(crate) fn flags(&self) -> settings::Flags<'_> {
+        settings::Flags {
+            listen: self.listen,
+            data_dir: self.data_dir.as_deref(),
+            config: self.config.as_deref(),
+        }
+    }
+}
+
+/// `tokend check-config`: the flags `serve` would use.
+#[derive(clap::Args)]
+pub(crate) struct CheckConfigArgs {
+    /// The listen address to check [default: `listen` in the file, or 127.0.0.1:50051]
+    #[arg(long, env = "TOKEND_LISTEN")]
+    pub(crate) listen: Option<SocketAddr>,
+    /// The config file to check.
+    #[arg(long, env = "TOKEND_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct SandboxArgs {
+    /// HTTP listen address.
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    pub(crate) listen: SocketAddr,
+    #[command(flatten)]
+    pub(crate) opts: SandboxOpts,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct SandboxOpts {
+    /// Where the sandbox provider listens (HTTP).
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    pub(crate) sandbox_listen: SocketAddr,
+    /// Lifetime of the sandbox's access tokens, in seconds.
+    #[arg(long, default_value_t = 1800)]
+    pub(crate) sandbox_token_lifetime_secs: u64,
+    /// Refresh token rotation of the sandbox.
+    #[arg(long, value_enum, default_value_t = RotationArg::Strict)]
+    pub(crate) sandbox_rotation: RotationArg,
+    /// With `--sandbox-rotation grace`: seconds a rotated-out refresh token
+    /// keeps working.
+    #[arg(long, default_value_t = 30)]
+    pub(crate) sandbox_rotation_grace_secs: u64,
+    /// Error dialect of the sandbox.
+    #[arg(long, value_enum, default_value_t = DialectArg::Rfc6749)]
+    pub(crate) sandbox_dialect: DialectArg,
+    /// Where the sandbox keeps its grants across restarts [default with
+    /// `serve --sandbox`: DATA_DIR/sandbox-state.json; `tokend sandbox`:
+    /// memory only].
+    #[arg(long)]
+    pub(crate) sandbox_state: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum RotationArg {
+    Strict,
+    Reuse,
+    Grace,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum DialectArg {
+    Rfc6749,
+    Hubspot,
+}
+
+impl SandboxOpts {
+    pub(crate) fn config(&self) -> SandboxConfig {
+        SandboxConfig {
+            access_token_lifetime: Duration::from_secs(self.sandbox_token_lifetime_secs),
+            rotation: match self.sandbox_rotation {
+                RotationArg::Strict => Rotation::Strict,
+                RotationArg::Reuse => Rotation::Reuse,
+                RotationArg::Grace => Rotation::Grace(self.sandbox_rotation_grace_secs),
+            },
+            dialect: match self.sandbox_dialect {
+                DialectArg::Rfc6749 => Dialect::Rfc6749,
+                DialectArg::Hubspot => Dialect::Hubspot,
+            },
+            state_file: self.sandbox_state.clone(),
+            ..SandboxConfig::default()
+        }
+    }
+}
