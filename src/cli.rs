@@ -112,9 +112,10 @@ fn status_name(status: i32) -> &'static str {
     }
 }
 
-fn ts(t: &Option<prost_types::Timestamp>) -> Value {
+fn ts(t: &Option<tokend_proto::pbjson_types::Timestamp>) -> Value {
     t.as_ref()
-        .map_or(Value::Null, |t| Value::String(t.to_string()))
+        .and_then(|t| serde_json::to_value(t).ok())
+        .unwrap_or(Value::Null)
 }
 
 /// A connection as JSON: metadata only.

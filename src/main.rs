@@ -111,6 +111,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     } = settings::Settings::resolve(args.flags())?;
     let mut providers = file.providers(|var| std::env::var(var).ok())?;
     let limits = file.limits()?;
+    let events = file.events.resolve().map_err(anyhow::Error::msg)?;
+    let webhooks = file
+        .webhooks(&|var| std::env::var(var).ok())
+        .map_err(anyhow::Error::msg)?;
 
     // SAFETY: umask only swaps the process's file-creation mask. Set before
     // the data dir or any file in it is created: everything tokend writes
@@ -177,6 +181,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tls: file.tls.clone(),
             limits,
             allow_plaintext: file.allow_plaintext,
+            events,
+            webhooks,
             ..Default::default()
         },
         shutdown_signal(),

@@ -1,5 +1,6 @@
 //! Compiles `proto/` with protox (pure Rust, so no system `protoc`) into prost
-//! types, tonic stubs and the encoded descriptor set served by reflection.
+//! types, tonic stubs, their proto3 JSON mapping (pbjson) and the encoded
+//! descriptor set served by reflection.
 
 use std::{env, path::PathBuf};
 
@@ -28,9 +29,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         reflection.encode_file_descriptor_set(),
     )?;
 
+    // Well-known types from pbjson-types, so every message also gets the
+    // proto3 JSON mapping (webhook bodies, `--json` output) from pbjson.
+    let descriptors = compiler.encode_file_descriptor_set();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .compile_well_known_types(true)
+        .extern_path(".google.protobuf", "::pbjson_types")
         .compile_fds(compiler.file_descriptor_set())?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .build(&[".tokend.v1"])?;
     Ok(())
 }

@@ -1,14 +1,16 @@
 //! tokend's domain: connection records, token sets, statuses, error classes,
-//! the refresh policy and the clock. Depends on neither tonic, sled nor reqwest.
+//! the refresh policy, the clock and connection events. Depends on neither tonic, sled nor reqwest.
 
 mod clock;
 mod connection;
+pub mod event;
 mod id;
 mod policy;
 mod token;
 
 pub use clock::{Clock, Timestamp};
 pub use connection::{Connection, ErrorClass, LastError, ReconnectCause, Status};
+pub use event::{ConnectionMeta, Event, EventType, NewEvent};
 pub use id::{ConnectionId, IdError, ProviderName, derive_connection_id};
 pub use policy::RefreshPolicy;
 pub use token::{TokenSet, fingerprint};

@@ -55,6 +55,12 @@ pub struct FileConfig {
     /// Transport bounds; see [`crate::limits`].
     #[serde(default)]
     pub limits: crate::limits::LimitsSection,
+    /// Event log retention; see [`crate::feed`].
+    #[serde(default)]
+    pub events: crate::feed::EventsSection,
+    /// Endpoints that receive events; see [`crate::webhooks`].
+    #[serde(default)]
+    pub webhooks: Vec<crate::webhooks::config::WebhookSection>,
 }
 
 /// `[tls]`: PEM files.
@@ -180,6 +186,12 @@ impl FileConfig {
         if let Err(e) = self.limits() {
             problems.push(e.to_string());
         }
+        if let Err(e) = self.events.resolve() {
+            problems.push(e);
+        }
+        if let Err(e) = self.webhooks(&env) {
+            problems.push(e);
+        }
         let limits = self.limits().unwrap_or_default();
         if let Err(e) = crate::auth::Authenticator::new(&self.identities, &limits) {
             problems.push(e.to_string());
@@ -211,6 +223,14 @@ impl FileConfig {
         problems
     }
 
+    /// The webhook endpoints, secrets read through `env`.
+    pub fn webhooks(
+        &self,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Vec<std::sync::Arc<crate::webhooks::WebhookConfig>>, String> {
+        crate::webhooks::config::resolve(&self.webhooks, env)
+    }
+
     /// The transport bounds, defaults filled in.
     pub fn limits(&self) -> Result<crate::limits::Limits, ConfigError> {
         self.limits.resolve().map_err(ConfigError::Limits)
@@ -225,6 +245,50 @@ impl FileConfig {
             .iter()
             .map(|(name, section)| section.resolve(name, &env))
             .collect()
+    }
+}
+
+/// A secret from `<key>_env` (an environment variable's name) or
+/// `<key>_file` (a file readable by its owner only, unless
+/// `allow_readable`), never from the config file itself. The error names
+/// the key and never holds the secret.
+pub(crate) fn read_secret(
+    key: &str,
+    env_var: Option<&str>,
+    file: Option<&Path>,
+    allow_readable: bool,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<String, String> {
+    match (env_var, file) {
+        (Some(var), None) => match env(var) {
+            None => Err(format!("{key}_env: environment variable {var} is not set")),
+            Some(v) if v.is_empty() => Err(format!(
+                "{key}_env: environment variable {var} is set but empty"
+            )),
+            Some(v) => Ok(v),
+        },
+        (None, Some(path)) => {
+            #[cfg(unix)]
+            if !allow_readable {
+                use std::os::unix::fs::PermissionsExt;
+                if let Ok(meta) = std::fs::metadata(path)
+                    && meta.permissions().mode() & 0o077 != 0
+                {
+                    return Err(format!(
+                        "{key}_file {} is readable by group or others (mode {:o}); chmod 600 it, or set allow_readable_secret_file = true",
+                        path.display(),
+                        meta.permissions().mode() & 0o777
+                    ));
+                }
+            }
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {key}_file {}: {e}", path.display()))?;
+            Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+        }
+        (Some(_), Some(_)) => Err(format!("set only one of {key}_env and {key}_file")),
+        (None, None) => Err(format!(
+            "set {key}_env or {key}_file (secrets are never written in the config file)"
+        )),
     }
 }
 
@@ -293,53 +357,14 @@ impl ProviderSection {
                 "token_url is plain http:// to another host: the client secret and refresh tokens cross the network in the clear"
             );
         }
-        let client_secret = match (&self.client_secret_env, &self.client_secret_file) {
-            (Some(var), None) => match env(var) {
-                None => {
-                    return Err(fail(format!(
-                        "client_secret_env: environment variable {var} is not set"
-                    )));
-                }
-                Some(v) if v.is_empty() => {
-                    return Err(fail(format!(
-                        "client_secret_env: environment variable {var} is set but empty"
-                    )));
-                }
-                Some(v) => v,
-            },
-            (None, Some(path)) => {
-                #[cfg(unix)]
-                if !self.allow_readable_secret_file {
-                    use std::os::unix::fs::PermissionsExt;
-                    if let Ok(meta) = std::fs::metadata(path)
-                        && meta.permissions().mode() & 0o077 != 0
-                    {
-                        return Err(fail(format!(
-                            "client_secret_file {} is readable by group or others (mode {:o}); chmod 600 it, or set allow_readable_secret_file = true",
-                            path.display(),
-                            meta.permissions().mode() & 0o777
-                        )));
-                    }
-                }
-                std::fs::read_to_string(path)
-                    .map_err(|e| {
-                        fail(format!(
-                            "cannot read client_secret_file {}: {e}",
-                            path.display()
-                        ))
-                    })?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_owned()
-            }
-            (Some(_), Some(_)) => {
-                return Err(fail(
-                    "set only one of client_secret_env and client_secret_file".into(),
-                ));
-            }
-            (None, None) => {
-                return Err(fail("set client_secret_env or client_secret_file (secrets are never written in the config file)".into()));
-            }
-        };
+        let client_secret = read_secret(
+            "client_secret",
+            self.client_secret_env.as_deref(),
+            self.client_secret_file.as_deref(),
+            self.allow_readable_secret_file,
+            env,
+        )
+        .map_err(fail)?;
         if client_secret.is_empty() {
             return Err(fail("the client secret is empty".into()));
         }

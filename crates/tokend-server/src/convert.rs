@@ -3,12 +3,15 @@
 //! token anywhere.
 
 use secrecy::ExposeSecret;
-use tokend_core::{Connection, ErrorClass, LastError, ReconnectCause, Status, Timestamp};
+use tokend_core::{
+    Connection, ConnectionMeta, ErrorClass, Event, EventType, LastError, ReconnectCause, Status,
+    Timestamp,
+};
 use tokend_proto::v1 as pb;
 
-pub fn timestamp(t: Timestamp) -> prost_types::Timestamp {
+pub fn timestamp(t: Timestamp) -> tokend_proto::pbjson_types::Timestamp {
     let ms = t.unix_millis();
-    prost_types::Timestamp {
+    tokend_proto::pbjson_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     }
@@ -84,6 +87,68 @@ pub fn connection(c: &Connection, live: Live) -> pb::Connection {
             .reconnect_cause
             .map_or(pb::ReconnectCause::Unspecified, reconnect_cause)
             as i32,
+    }
+}
+
+pub fn event_type(t: EventType) -> pb::EventType {
+    match t {
+        EventType::Installed => pb::EventType::Installed,
+        EventType::TokenRotated => pb::EventType::TokenRotated,
+        EventType::RefreshFailed => pb::EventType::RefreshFailed,
+        EventType::ReconnectRequired => pb::EventType::ReconnectRequired,
+        EventType::Recovered => pb::EventType::Recovered,
+        EventType::Deleted => pb::EventType::Deleted,
+    }
+}
+
+/// A connection's metadata as an event recorded it.
+pub fn connection_meta(id: &str, m: &ConnectionMeta) -> pb::Connection {
+    pb::Connection {
+        connection_id: id.to_owned(),
+        provider: m.provider.clone(),
+        account_id: m.account_id.clone(),
+        status: status(m.status) as i32,
+        version: m.version,
+        scopes: m.scopes.clone(),
+        token_type: m.token_type.clone(),
+        access_token_expires_at: Some(timestamp(m.access_token_expires_at)),
+        last_refresh_at: m.last_refresh_at.map(timestamp),
+        last_error: m.last_error.as_ref().map(provider_error),
+        created_at: Some(timestamp(m.created_at)),
+        updated_at: Some(timestamp(m.updated_at)),
+        next_refresh_at: None,
+        reconnect_cause: m
+            .reconnect_cause
+            .map_or(pb::ReconnectCause::Unspecified, reconnect_cause)
+            as i32,
+    }
+}
+
+/// One logged event, with its cursor.
+pub fn event(e: &Event, cursor: String) -> pb::ConnectionEvent {
+    pb::ConnectionEvent {
+        cursor,
+        sequence: e.seq,
+        event_type: event_type(e.kind) as i32,
+        event_time: Some(timestamp(e.at)),
+        connection_id: e.connection_id.clone(),
+        connection: e
+            .connection
+            .as_ref()
+            .map(|m| connection_meta(&e.connection_id, m)),
+        cause: e
+            .cause
+            .map_or(pb::ReconnectCause::Unspecified, reconnect_cause) as i32,
+    }
+}
+
+/// A checkpoint: the stream's position and nothing else.
+pub fn checkpoint(seq: u64, cursor: String) -> pb::ConnectionEvent {
+    pb::ConnectionEvent {
+        cursor,
+        sequence: seq,
+        event_type: pb::EventType::Checkpoint as i32,
+        ..Default::default()
     }
 }
 

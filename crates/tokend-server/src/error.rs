@@ -98,6 +98,15 @@ pub enum ServiceError {
     /// The request's body did not arrive within the body timeout.
     #[error("the request body did not arrive within {}", humanize(*.0))]
     RequestTimeout(Duration),
+    /// An event cursor the log no longer covers: older than retention, or
+    /// from another log (a restored data dir).
+    #[error(
+        "the event cursor has expired ({detail}); resync from ListConnections, then resume from the oldest cursor {oldest_cursor}"
+    )]
+    CursorExpired {
+        detail: &'static str,
+        oldest_cursor: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The store failed while persisting a refresh; the grant is kept and
@@ -303,6 +312,19 @@ impl ServiceError {
                 info(
                     "CONCURRENT_MODIFICATION",
                     HashMap::from([("connection_id".into(), id.to_string())]),
+                ),
+            ),
+            ServiceError::CursorExpired {
+                detail,
+                oldest_cursor,
+            } => (
+                Code::OutOfRange,
+                info(
+                    "CURSOR_EXPIRED",
+                    HashMap::from([
+                        ("oldest_cursor".into(), oldest_cursor.clone()),
+                        ("detail".into(), (*detail).into()),
+                    ]),
                 ),
             ),
             ServiceError::ShuttingDown => {

@@ -11,12 +11,14 @@ pub mod config;
 mod convert;
 pub mod engine;
 mod error;
+pub mod feed;
 mod hub;
 pub mod limits;
 mod malformed;
 mod scheduler;
 pub(crate) mod service;
 mod transport;
+pub mod webhooks;
 
 use std::{future::Future, sync::Arc};
 
@@ -50,6 +52,10 @@ pub struct ServerConfig {
     /// proxy on the same host, say). Off: such a listener without `tls` is
     /// refused.
     pub allow_plaintext: bool,
+    /// Event log retention and feed pacing.
+    pub events: feed::EventSettings,
+    /// Webhook endpoints fed from the event log.
+    pub webhooks: Vec<Arc<webhooks::WebhookConfig>>,
 }
 
 /// Largest request message accepted; tokend's requests are a few KiB.
@@ -80,6 +86,8 @@ pub enum ServerError {
     Audit(std::io::Error),
     #[error("tls: {0}")]
     Tls(String),
+    #[error("webhooks: {0}")]
+    Webhooks(String),
 }
 
 /// Serves tokend on `listener` until `shutdown` resolves.
@@ -146,6 +154,24 @@ pub async fn run_with_tasks(
         config.engine,
     );
     let loaded = engine.start().await?;
+    let feed = feed::Feed::start(
+        engine.store(),
+        config.events.clone(),
+        clock.clone(),
+        engine.tasks(),
+        engine.shutdown_token(),
+    )
+    .await?;
+    let webhooks = webhooks::Webhooks::start(
+        config.webhooks.clone(),
+        Arc::clone(&feed),
+        engine.store(),
+        clock.clone(),
+        engine.tasks(),
+        engine.shutdown_token(),
+    )
+    .await
+    .map_err(ServerError::Webhooks)?;
     spawn(engine.tasks(), engine.shutdown_token());
     tracing::info!(
         addr = %addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
@@ -181,6 +207,8 @@ pub async fn run_with_tasks(
     let token_service = tonic::service::interceptor::InterceptedService::new(
         TokenServiceServer::new(service::TokenServiceImpl::new(
             Arc::clone(&engine),
+            feed,
+            webhooks,
             audit_log,
         ))
         .max_decoding_message_size(MAX_REQUEST_BYTES),

@@ -11,7 +11,8 @@ use tokend_core::{
     Timestamp, TokenSet,
 };
 
-use crate::{Expected, ListQuery, Store, StoreError};
+use crate::{Expected, ListQuery, SavedCursor, Store, StoreError};
+use tokend_core::EventType;
 
 /// A record with every field set, for tests.
 pub fn record(id: &str, revision: u64) -> Connection {
@@ -78,6 +79,10 @@ where
     refresh_leases(&make().await).await;
     fenced_writes(&make().await).await;
     doubt_is_carried_until_settled(&make().await).await;
+    each_change_appends_its_events(&make().await).await;
+    concurrent_writes_number_events_without_gaps(Arc::new(make().await)).await;
+    pruning_removes_the_oldest_and_shows_as_a_gap(&make().await).await;
+    cursors_are_kept_by_name(&make().await).await;
     abandoned_leases_are_released_at_start(&make().await).await;
     fences_outlive_deletes(&make().await).await;
     replacing_a_readable_record_as_unreadable_is_refused(&make().await).await;
@@ -516,4 +521,197 @@ async fn replacing_a_readable_record_as_unreadable_is_refused(store: &impl Store
             .revision,
         1
     );
+}
+
+/// A healthy record: no error, active.
+fn healthy(id: &str) -> Connection {
+    let mut r = record(id, 1);
+    r.last_error = None;
+    r.reconnect_cause = None;
+    r
+}
+
+async fn all_events(store: &impl Store) -> Vec<tokend_core::Event> {
+    let up_to = *store.event_watermark().borrow();
+    store
+        .read_events(0, up_to, usize::MAX)
+        .await
+        .expect("read events")
+}
+
+async fn each_change_appends_its_events(store: &impl Store) {
+    let bounds = store.event_bounds().await.expect("bounds");
+    assert_ne!(bounds.log_id, 0);
+    assert_eq!((bounds.oldest, bounds.last), (1, 0), "an empty log");
+
+    let r1 = healthy("e");
+    store.put(&r1, None, None).await.expect("create");
+    // Refused writes append nothing.
+    assert!(store.put(&r1, None, None).await.is_err());
+    let lease = acquire(store, &r1.id, "a", Timestamp::from_unix_millis(0))
+        .await
+        .expect("granted");
+    let mut rotated = bump(&r1);
+    rotated.version += 1;
+    store
+        .put(&rotated, Some(1), Some(lease.fence))
+        .await
+        .expect("rotate");
+    acquire(store, &r1.id, "b", Timestamp::from_unix_millis(60_000))
+        .await
+        .expect("granted after expiry");
+    let mut fenced = bump(&rotated);
+    fenced.version += 1;
+    assert!(matches!(
+        store.put(&fenced, Some(2), Some(lease.fence)).await,
+        Err(StoreError::Fenced { .. })
+    ));
+    let mut failed = bump(&rotated);
+    failed.last_error = record("x", 1).last_error;
+    store.put(&failed, Some(2), None).await.expect("fail");
+    let mut dead = bump(&failed);
+    dead.status = Status::ReconnectRequired;
+    dead.reconnect_cause = Some(ReconnectCause::Revoked);
+    store.put(&dead, Some(3), None).await.expect("revoke");
+    // A rewrite of the same state announces nothing.
+    store
+        .put(&bump(&dead), Some(4), None)
+        .await
+        .expect("rewrite");
+    assert!(store.delete(&r1.id, at(7, 5)).await.expect("delete"));
+
+    let events = all_events(store).await;
+    let kinds: Vec<_> = events.iter().map(|e| e.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            EventType::Installed,
+            EventType::TokenRotated,
+            EventType::RefreshFailed,
+            EventType::ReconnectRequired,
+            EventType::Deleted
+        ]
+    );
+    let seqs: Vec<_> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5], "contiguous from 1");
+    assert_eq!(events[3].cause, Some(ReconnectCause::Revoked));
+    let versions: Vec<_> = events
+        .iter()
+        .map(|e| e.connection.as_ref().expect("metadata").version)
+        .collect();
+    assert_eq!(versions, [1, 2, 2, 2, 2]);
+    assert!(events.iter().all(|e| e.connection_id == "e"));
+    let json = serde_json::to_string(&events).expect("json");
+    assert!(
+        !json.contains("at-e") && !json.contains("rt-e"),
+        "no secret in the log: {json}"
+    );
+    let bounds = store.event_bounds().await.expect("bounds");
+    assert_eq!((bounds.oldest, bounds.last), (1, 5));
+
+    // Reads page and stop at `up_to`.
+    let page = store.read_events(1, 3, 10).await.expect("page");
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+    let page = store.read_events(0, 5, 2).await.expect("limit");
+    assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+    assert!(store.read_events(5, 5, 10).await.expect("end").is_empty());
+}
+
+async fn concurrent_writes_number_events_without_gaps<S: Store>(store: Arc<S>) {
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut r = healthy(&format!("w{t}"));
+            store.put(&r, None, None).await.expect("create");
+            for _ in 0..15 {
+                let mut next = bump(&r);
+                next.version += 1;
+                store
+                    .put(&next, Some(r.revision), None)
+                    .await
+                    .expect("advance");
+                r = next;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let events = all_events(&*store).await;
+    assert_eq!(events.len(), 8 * 16);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, i as u64 + 1, "contiguous in commit order");
+    }
+    // Per connection, events are in the order of its writes.
+    for t in 0..8 {
+        let id = format!("w{t}");
+        let versions: Vec<_> = events
+            .iter()
+            .filter(|e| e.connection_id == id)
+            .map(|e| e.connection.as_ref().expect("metadata").version)
+            .collect();
+        assert_eq!(versions, (1..=16).collect::<Vec<_>>(), "{id}");
+    }
+}
+
+async fn pruning_removes_the_oldest_and_shows_as_a_gap(store: &impl Store) {
+    for i in 0..10 {
+        let mut r = healthy(&format!("p{i}"));
+        r.updated_at = Timestamp::from_unix_millis(1_000 * i);
+        store.put(&r, None, None).await.expect("create");
+    }
+    // By count: keep 7 of 10.
+    let removed = store
+        .prune_events(Timestamp::from_unix_millis(0), 7)
+        .await
+        .expect("prune");
+    assert_eq!(removed, 3);
+    let bounds = store.event_bounds().await.expect("bounds");
+    assert_eq!((bounds.oldest, bounds.last), (4, 10));
+    let after_gap = store.read_events(1, 10, 10).await.expect("read");
+    assert_eq!(after_gap.first().map(|e| e.seq), Some(4), "the gap shows");
+    // By age: events before t=6 s go (seq 7 was written at 6 s).
+    let removed = store
+        .prune_events(Timestamp::from_unix_millis(6_000), 100)
+        .await
+        .expect("prune");
+    assert_eq!(removed, 3);
+    assert_eq!(store.event_bounds().await.expect("bounds").oldest, 7);
+    // Pruning everything keeps the numbering going.
+    store
+        .prune_events(Timestamp::from_unix_millis(i64::MAX), 0)
+        .await
+        .expect("prune all");
+    let bounds = store.event_bounds().await.expect("bounds");
+    assert_eq!((bounds.oldest, bounds.last), (11, 10));
+    store
+        .put(&healthy("p-next"), None, None)
+        .await
+        .expect("create");
+    let events = all_events(store).await;
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [11]);
+}
+
+async fn cursors_are_kept_by_name(store: &impl Store) {
+    assert!(store.load_cursor("hook").await.expect("load").is_none());
+    let cursor = SavedCursor {
+        log_id: 9,
+        seq: 41,
+        failing_since: Some(Timestamp::from_unix_millis(5)),
+        last_error: Some("http 500".into()),
+        updated_at: Timestamp::from_unix_millis(6),
+    };
+    store.save_cursor("hook", &cursor).await.expect("save");
+    store
+        .save_cursor(
+            "other",
+            &SavedCursor {
+                seq: 1,
+                ..cursor.clone()
+            },
+        )
+        .await
+        .expect("save other");
+    assert_eq!(store.load_cursor("hook").await.expect("load"), Some(cursor));
 }

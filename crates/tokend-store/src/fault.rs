@@ -5,10 +5,10 @@
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use async_trait::async_trait;
-use tokend_core::{Connection, ConnectionId, Timestamp};
+use tokend_core::{Connection, ConnectionId, Event, Timestamp};
 use tokio::sync::watch;
 
-use crate::{Expected, Lease, ListQuery, Store, StoreError};
+use crate::{Expected, Lease, ListQuery, LogBounds, SavedCursor, Store, StoreError};
 
 /// The store operations a fault can be armed for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -20,6 +20,8 @@ pub enum Op {
     AcquireLease,
     ReleaseLease,
     ReplaceUnreadable,
+    ReadEvents,
+    SaveCursor,
 }
 
 /// What an armed operation does instead of succeeding.
@@ -211,6 +213,37 @@ impl<S: Store> Store for FaultStore<S> {
         node_prefix: &str,
     ) -> Result<Vec<ConnectionId>, StoreError> {
         self.inner.release_abandoned_leases(node_prefix).await
+    }
+
+    async fn read_events(
+        &self,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        self.through(Op::ReadEvents, self.inner.read_events(after, up_to, limit))
+            .await
+    }
+
+    fn event_watermark(&self) -> watch::Receiver<u64> {
+        self.inner.event_watermark()
+    }
+
+    async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
+        self.inner.event_bounds().await
+    }
+
+    async fn prune_events(&self, older_than: Timestamp, keep: u64) -> Result<u64, StoreError> {
+        self.inner.prune_events(older_than, keep).await
+    }
+
+    async fn load_cursor(&self, name: &str) -> Result<Option<SavedCursor>, StoreError> {
+        self.inner.load_cursor(name).await
+    }
+
+    async fn save_cursor(&self, name: &str, cursor: &SavedCursor) -> Result<(), StoreError> {
+        self.through(Op::SaveCursor, self.inner.save_cursor(name, cursor))
+            .await
     }
 }
 

@@ -1,10 +1,12 @@
 //! Where connection records live: the `Store` trait (compare-and-swap on
-//! revision), a sled backend for single-node deployments, an in-memory one for
+//! revision, with each change's events appended to a durable log in the same
+//! write), a sled backend for single-node deployments, an in-memory one for
 //! tests, and a conformance suite every backend must pass.
 
 mod codec;
 pub mod conformance;
 pub mod crypto;
+mod event_log;
 pub mod fault;
 mod leases;
 mod memory;
@@ -13,8 +15,10 @@ mod sled_store;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokend_core::{Connection, ConnectionId, ProviderName, Status, Timestamp};
+use tokend_core::{Connection, ConnectionId, Event, ProviderName, Status, Timestamp};
+use tokio::sync::watch;
 
+pub use event_log::{LogBounds, SavedCursor, Watermark, new_log_id};
 pub use memory::MemoryStore;
 pub use sled_store::{FORMAT_VERSION, SledStore};
 
@@ -106,11 +110,16 @@ pub struct Lease {
     pub in_doubt: bool,
 }
 
-/// Durable storage of connection records.
+/// Durable storage of connection records and of their event log.
 ///
 /// Every write is a compare-and-swap on `(incarnation, revision)` and is
 /// durable (flushed) before it returns, so a token set is never handed out
-/// before it would survive a crash. A SQL backend maps this onto
+/// before it would survive a crash.
+///
+/// Every successful `put`, `replace_unreadable` and `delete` appends the
+/// events [`tokend_core::event::describe`] (or `event::deleted`) gives for
+/// it, in the same atomic write: no change without its events, no event
+/// without its change, and no extra flush. A SQL backend maps this onto
 /// `UPDATE .. WHERE id = $1 AND revision = $2 AND fence >= (newest fence)` and
 /// a leases table.
 #[async_trait]
@@ -168,6 +177,35 @@ pub trait Store: Send + Sync + 'static {
         &self,
         node_prefix: &str,
     ) -> Result<Vec<ConnectionId>, StoreError>;
+
+    /// Up to `limit` events with `after < seq <= up_to`, in order. The
+    /// sequence is contiguous and pruning removes a prefix, so a first event
+    /// other than `after + 1` (or none while `after < up_to`) means the
+    /// events after `after` were pruned.
+    async fn read_events(
+        &self,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError>;
+
+    /// The last durable sequence number, updated as writes are flushed.
+    /// Readers must not read past it.
+    fn event_watermark(&self) -> watch::Receiver<u64>;
+
+    /// The log's identity and the range it retains.
+    async fn event_bounds(&self) -> Result<LogBounds, StoreError>;
+
+    /// Removes the oldest events while they are older than `older_than` or
+    /// more than `keep` are retained. Returns how many were removed.
+    async fn prune_events(&self, older_than: Timestamp, keep: u64) -> Result<u64, StoreError>;
+
+    /// A named reader's saved position (a webhook endpoint's).
+    async fn load_cursor(&self, name: &str) -> Result<Option<SavedCursor>, StoreError>;
+
+    /// Saves a named reader's position; need not be flushed before it
+    /// returns (a lost save means events delivered again, never skipped).
+    async fn save_cursor(&self, name: &str, cursor: &SavedCursor) -> Result<(), StoreError>;
 
     /// Up to `limit` stored records exactly as kept (tokens sealed), in id
     /// order after `after`, with the store's format version: what a backup

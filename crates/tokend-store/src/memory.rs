@@ -2,29 +2,69 @@
 //! the conformance suite is checked against.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     ops::Bound,
     sync::Mutex,
     time::Duration,
 };
 
 use async_trait::async_trait;
-use tokend_core::{Connection, ConnectionId, Timestamp};
+use tokend_core::{Connection, ConnectionId, Event, NewEvent, Timestamp, event};
+use tokio::sync::watch;
 
 use crate::{
-    Expected, Lease, ListQuery, Store, StoreError, check_advances, leases::LeaseState, matches,
+    Expected, Lease, ListQuery, LogBounds, SavedCursor, Store, StoreError, Watermark,
+    check_advances, leases::LeaseState, matches,
 };
 
 /// Records in a `BTreeMap` (id order for paging). A std `Mutex`, not tokio's:
 /// it is never held across an `.await` and critical sections are tiny.
 /// It cannot hold an undecodable record, so `Expected::Unreadable` and
 /// `replace_unreadable` always find a conflict here.
-#[derive(Default)]
 pub struct MemoryStore {
     records: Mutex<BTreeMap<ConnectionId, Connection>>,
     /// Per connection: the last lease granted (kept after release and
     /// delete, so fences keep growing).
     leases: Mutex<HashMap<ConnectionId, LeaseState>>,
+    log: Mutex<Log>,
+    watermark: Watermark,
+    cursors: Mutex<HashMap<String, SavedCursor>>,
+}
+
+struct Log {
+    id: u64,
+    events: VecDeque<Event>,
+    last: u64,
+}
+
+impl Log {
+    /// Numbers and appends `events`; returns the last sequence number.
+    fn append(&mut self, events: Vec<NewEvent>) -> u64 {
+        for event in events {
+            self.last += 1;
+            self.events.push_back(Event {
+                seq: self.last,
+                event,
+            });
+        }
+        self.last
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self {
+            records: Mutex::default(),
+            leases: Mutex::default(),
+            log: Mutex::new(Log {
+                id: crate::new_log_id(),
+                events: VecDeque::new(),
+                last: 0,
+            }),
+            watermark: Watermark::new(0),
+            cursors: Mutex::default(),
+        }
+    }
 }
 
 impl MemoryStore {
@@ -65,7 +105,10 @@ impl Store for MemoryStore {
                 found,
             });
         }
+        let events = event::describe(stored, record);
         records.insert(record.id.clone(), record.clone());
+        let last = lock(&self.log).append(events);
+        self.watermark.raise(last);
         Ok(())
     }
 
@@ -101,10 +144,13 @@ impl Store for MemoryStore {
                 found: Some(stored.revision),
             });
         }
-        records.remove(id);
+        let removed = records.remove(id);
         if let Some(lease) = leases.get_mut(id) {
             lease.forget();
         }
+        let at = tokend_core::Clock::system().now();
+        let last = lock(&self.log).append(vec![event::deleted(id.as_str(), removed.as_ref(), at)]);
+        self.watermark.raise(last);
         Ok(true)
     }
 
@@ -121,6 +167,59 @@ impl Store for MemoryStore {
             .take(query.limit)
             .cloned()
             .collect())
+    }
+
+    async fn read_events(
+        &self,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let log = lock(&self.log);
+        Ok(log
+            .events
+            .iter()
+            .skip_while(|e| e.seq <= after)
+            .take_while(|e| e.seq <= up_to)
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    fn event_watermark(&self) -> watch::Receiver<u64> {
+        self.watermark.subscribe()
+    }
+
+    async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
+        let log = lock(&self.log);
+        Ok(LogBounds {
+            log_id: log.id,
+            oldest: log.events.front().map_or(log.last + 1, |e| e.seq),
+            last: log.last,
+        })
+    }
+
+    async fn prune_events(&self, older_than: Timestamp, keep: u64) -> Result<u64, StoreError> {
+        let mut log = lock(&self.log);
+        let mut removed = 0;
+        while let Some(first) = log.events.front() {
+            if log.events.len() as u64 > keep || first.at < older_than {
+                log.events.pop_front();
+                removed += 1;
+            } else {
+                break;
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn load_cursor(&self, name: &str) -> Result<Option<SavedCursor>, StoreError> {
+        Ok(lock(&self.cursors).get(name).cloned())
+    }
+
+    async fn save_cursor(&self, name: &str, cursor: &SavedCursor) -> Result<(), StoreError> {
+        lock(&self.cursors).insert(name.to_owned(), cursor.clone());
+        Ok(())
     }
 
     async fn try_acquire_refresh_lease(

@@ -1,18 +1,25 @@
-//! The embedded default `Store`: sled 0.34, one tree of records and one of
-//! refresh leases, every write flushed before it returns, and every sled call
-//! on a blocking thread, never on the async runtime.
+//! The embedded default `Store`: sled 0.34, a tree of records, one of
+//! refresh leases and the event log, every record change and its events in
+//! one sled transaction, every write flushed before it returns, and every
+//! sled call on a blocking thread, never on the async runtime.
 
 use std::{
     path::Path,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use async_trait::async_trait;
-use tokend_core::{Connection, ConnectionId, Timestamp};
+use sled::Transactional;
+use tokend_core::{Connection, ConnectionId, Event, NewEvent, Timestamp, event};
+use tokio::sync::watch;
 
 use crate::{
-    Expected, Lease, ListQuery, Store, StoreError, check_advances, codec,
+    Expected, Lease, ListQuery, LogBounds, SavedCursor, Store, StoreError, Watermark,
+    check_advances, codec,
     crypto::Keyring,
     leases::{LeaseState, check_fence},
     matches,
@@ -32,6 +39,20 @@ struct Inner {
     records: sled::Tree,
     /// `connection id -> JSON LeaseState`.
     leases: sled::Tree,
+    /// `big-endian seq -> JSON Event`: the event log.
+    events: sled::Tree,
+    /// The log's id and last sequence number.
+    event_meta: sled::Tree,
+    /// `reader name -> JSON SavedCursor`.
+    cursors: sled::Tree,
+    /// The last sequence number committed (maybe not yet flushed). Written
+    /// only under `fencing`, so sequence order is commit order.
+    last_seq: AtomicU64,
+    /// The last sequence number flushed.
+    watermark: Watermark,
+    log_id: u64,
+    /// False only for benchmarks measuring what the log costs.
+    log_events: bool,
     /// Seals and opens secret fields. A `put` holds the read guard from
     /// encoding to its compare-and-swap, and `set_keyring` takes the write
     /// guard: once `set_keyring` returns, every write that lands after it
@@ -40,14 +61,19 @@ struct Inner {
     keys: RwLock<Arc<Keyring>>,
     /// Serialises the fence check with the record swap, and lease grants
     /// with both, so no write under a stale fence can slip between a grant
-    /// and its swap. sled's exclusive file lock makes this process the only
-    /// writer.
+    /// and its swap; and numbers events in commit order. sled's exclusive
+    /// file lock makes this process the only writer.
     fencing: Mutex<()>,
 }
 
 /// The layout of the data dir this build writes. Bump it with a migration
 /// in [`check_format`] whenever the records' encoding or the trees change.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the event log (a build without it would change records without
+/// their events, so it must refuse such a dir).
+pub const FORMAT_VERSION: u32 = 2;
+
+const LOG_ID_KEY: &[u8] = b"log_id";
+const LAST_SEQ_KEY: &[u8] = b"last_seq";
 
 /// Where the format version is kept (sled's default tree).
 const FORMAT_KEY: &[u8] = b"tokend.format_version";
@@ -82,6 +108,7 @@ fn check_format(db: &sled::Db, records: &sled::Tree, dir: &Path) -> Result<(), S
     }
     if found < FORMAT_VERSION {
         // 0 → 1: the encoding is unchanged; only the stamp is new.
+        // 1 → 2: the event log starts empty (opened by the caller).
         stamp(db, FORMAT_VERSION)?;
         tracing::info!(
             from = found,
@@ -104,6 +131,19 @@ fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    match tree.get(key).map_err(backend)? {
+        None => Ok(None),
+        Some(bytes) => <[u8; 8]>::try_from(bytes.as_ref())
+            .map(|b| Some(u64::from_be_bytes(b)))
+            .map_err(|_| StoreError::Backend("the event log's metadata is unreadable".into())),
+    }
+}
+
+fn json_error(e: serde_json::Error) -> StoreError {
+    StoreError::Backend(format!("event encoding failed: {e}"))
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -111,6 +151,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl SledStore {
     /// Opens (or creates) the database in `dir`, sealing secrets with `keys`.
     pub fn open(dir: &Path, keys: Keyring) -> Result<Self, StoreError> {
+        Self::open_with(dir, keys, true)
+    }
+
+    /// For benchmarks only: a store that appends no events, to measure what
+    /// the event log costs. A data dir written this way has gaps in its log.
+    #[doc(hidden)]
+    pub fn open_without_event_log(dir: &Path, keys: Keyring) -> Result<Self, StoreError> {
+        Self::open_with(dir, keys, false)
+    }
+
+    fn open_with(dir: &Path, keys: Keyring, log_events: bool) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             // Durability comes from the explicit flush after every write;
@@ -134,11 +185,34 @@ impl SledStore {
         let records = db.open_tree("connections").map_err(backend)?;
         let leases = db.open_tree("refresh_leases").map_err(backend)?;
         check_format(&db, &records, dir)?;
+        let events = db.open_tree("events").map_err(backend)?;
+        let event_meta = db.open_tree("event_meta").map_err(backend)?;
+        let cursors = db.open_tree("event_cursors").map_err(backend)?;
+        let log_id = match read_u64(&event_meta, LOG_ID_KEY)? {
+            Some(id) => id,
+            None => {
+                let id = crate::new_log_id();
+                event_meta
+                    .insert(LOG_ID_KEY, &id.to_be_bytes())
+                    .map_err(backend)?;
+                db.flush().map_err(backend)?;
+                id
+            }
+        };
+        // Everything read back at open is durable.
+        let last_seq = read_u64(&event_meta, LAST_SEQ_KEY)?.unwrap_or(0);
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 records,
                 leases,
+                events,
+                event_meta,
+                cursors,
+                last_seq: AtomicU64::new(last_seq),
+                watermark: Watermark::new(last_seq),
+                log_id,
+                log_events,
                 keys: RwLock::new(Arc::new(keys)),
                 fencing: Mutex::new(()),
             }),
@@ -251,9 +325,17 @@ impl SledStore {
     /// The blocking `flush` on a blocking thread, not `flush_async`:
     /// concurrent `flush_async` calls can hang in sled 0.34 (sled issues
     /// #1241, #1308), and the refresh engine flushes from several tasks.
+    ///
+    /// Then raises the event watermark to what was committed before the
+    /// flush began: sequence order is commit order, so all of it is durable.
     async fn flush(&self) -> Result<(), StoreError> {
-        self.blocking(|inner| inner.db.flush().map(|_| ()).map_err(backend))
-            .await
+        self.blocking(|inner| {
+            let committed = inner.last_seq.load(Ordering::SeqCst);
+            inner.db.flush().map_err(backend)?;
+            inner.watermark.raise(committed);
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -315,10 +397,61 @@ impl Inner {
                     found,
                 });
             }
-            if swap(&self.records, key, current, Some(new.clone()))? {
+            let events = event::describe(stored.as_ref(), record);
+            if self.swap_with_events(key, current, Some(&new), events)? {
                 return Ok(());
             }
         }
+    }
+
+    /// Swaps `key`'s record from exactly `old` to `new` and appends
+    /// `events` to the log, in one sled transaction. The caller holds
+    /// `fencing`, so events are numbered in commit order. False when the
+    /// record is no longer `old`.
+    fn swap_with_events(
+        &self,
+        key: &[u8],
+        old: Option<sled::IVec>,
+        new: Option<&[u8]>,
+        events: Vec<NewEvent>,
+    ) -> Result<bool, StoreError> {
+        let first = self.last_seq.load(Ordering::SeqCst) + 1;
+        let mut encoded = Vec::new();
+        if self.log_events {
+            for (i, event) in events.into_iter().enumerate() {
+                let seq = first + i as u64;
+                let bytes = serde_json::to_vec(&Event { seq, event }).map_err(json_error)?;
+                encoded.push((seq.to_be_bytes(), bytes));
+            }
+        }
+        let last = first + encoded.len() as u64 - 1;
+        let swapped = (&self.records, &self.events, &self.event_meta)
+            .transaction(|(records, events, meta)| {
+                if records.get(key)? != old {
+                    return Ok(false);
+                }
+                match new {
+                    Some(bytes) => records.insert(key, bytes)?,
+                    None => records.remove(key)?,
+                };
+                for (seq, bytes) in &encoded {
+                    events.insert(seq, bytes.as_slice())?;
+                }
+                if !encoded.is_empty() {
+                    meta.insert(LAST_SEQ_KEY, &last.to_be_bytes())?;
+                }
+                Ok(true)
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(e) => backend(e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::Backend("event log transaction aborted".into())
+                }
+            })?;
+        if swapped && !encoded.is_empty() {
+            self.last_seq.store(last, Ordering::SeqCst);
+        }
+        Ok(swapped)
     }
 
     /// The stored bytes of `id` if they cannot be decoded.
@@ -383,15 +516,12 @@ impl Store for SledStore {
             };
             let key = record.id.as_str().as_bytes();
             let keys = inner.keys.read().unwrap_or_else(|p| p.into_inner());
+            let _fencing = lock(&inner.fencing);
             let Some(bad) = inner.unreadable(&record.id)? else {
                 return Err(conflict(None));
             };
-            if swap(
-                &inner.records,
-                key,
-                Some(bad),
-                Some(codec::encode(&record, &keys)),
-            )? {
+            let new = codec::encode(&record, &keys);
+            if inner.swap_with_events(key, Some(bad), Some(&new), event::describe(None, &record))? {
                 Ok(())
             } else {
                 Err(conflict(None))
@@ -406,6 +536,7 @@ impl Store for SledStore {
         let deleted = self
             .blocking(move |inner| {
                 let key = id.as_str().as_bytes();
+                let _fencing = lock(&inner.fencing);
                 loop {
                     let Some(current) = inner.records.get(key).map_err(backend)? else {
                         return Ok(false);
@@ -436,12 +567,16 @@ impl Store for SledStore {
                             found,
                         });
                     }
-                    if swap(&inner.records, key, Some(current), None)? {
+                    let deleted = event::deleted(
+                        id.as_str(),
+                        decoded.as_ref().ok(),
+                        tokend_core::Clock::system().now(),
+                    );
+                    if inner.swap_with_events(key, Some(current), None, vec![deleted])? {
                         break;
                     }
                 }
                 // The fence counter outlives the record.
-                let _fencing = lock(&inner.fencing);
                 if let Some(mut lease) = inner.lease_state(key)? {
                     lease.forget();
                     inner.set_lease(key, &lease)?;
@@ -509,6 +644,118 @@ impl Store for SledStore {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn read_events(
+        &self,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        if after >= up_to {
+            return Ok(Vec::new());
+        }
+        self.blocking(move |inner| {
+            let mut out = Vec::new();
+            let range = (after + 1).to_be_bytes()..=up_to.to_be_bytes();
+            for item in inner.events.range(range).take(limit) {
+                let (_, bytes) = item.map_err(backend)?;
+                out.push(
+                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+                        id: "event log".into(),
+                        reason: e.to_string(),
+                    })?,
+                );
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    fn event_watermark(&self) -> watch::Receiver<u64> {
+        self.inner.watermark.subscribe()
+    }
+
+    async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
+        self.blocking(|inner| {
+            let last = inner.watermark.get();
+            let oldest = match inner.events.first().map_err(backend)? {
+                Some((key, _)) => <[u8; 8]>::try_from(key.as_ref())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(last + 1)
+                    .min(last + 1),
+                None => last + 1,
+            };
+            Ok(LogBounds {
+                log_id: inner.log_id,
+                oldest,
+                last,
+            })
+        })
+        .await
+    }
+
+    async fn prune_events(&self, older_than: Timestamp, keep: u64) -> Result<u64, StoreError> {
+        self.blocking(move |inner| {
+            let last = inner.last_seq.load(Ordering::SeqCst);
+            let mut removed = 0;
+            loop {
+                // In batches, so writers are not held up by a long prune.
+                let mut batch = sled::Batch::default();
+                let mut in_batch = 0;
+                let mut done = false;
+                for item in inner.events.iter().take(10_000) {
+                    let (key, bytes) = item.map_err(backend)?;
+                    let seq = <[u8; 8]>::try_from(key.as_ref()).map_or(0, u64::from_be_bytes);
+                    let retained = last.saturating_sub(seq) + 1;
+                    let old =
+                        serde_json::from_slice::<Event>(&bytes).map_or(true, |e| e.at < older_than);
+                    if retained > keep || old {
+                        batch.remove(key);
+                        in_batch += 1;
+                    } else {
+                        done = true;
+                        break;
+                    }
+                }
+                if in_batch == 0 {
+                    break;
+                }
+                inner.events.apply_batch(batch).map_err(backend)?;
+                removed += in_batch;
+                if done {
+                    break;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn load_cursor(&self, name: &str) -> Result<Option<SavedCursor>, StoreError> {
+        let name = name.to_owned();
+        self.blocking(
+            move |inner| match inner.cursors.get(name.as_bytes()).map_err(backend)? {
+                Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(json_error),
+                None => Ok(None),
+            },
+        )
+        .await
+    }
+
+    async fn save_cursor(&self, name: &str, cursor: &SavedCursor) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        let bytes = serde_json::to_vec(cursor).map_err(json_error)?;
+        // Not flushed: the next write's flush (or sled's own, within a
+        // second) carries it; a lost save means redelivery, never a skip.
+        self.blocking(move |inner| {
+            inner
+                .cursors
+                .insert(name.as_bytes(), bytes)
+                .map_err(backend)?;
+            Ok(())
         })
         .await
     }

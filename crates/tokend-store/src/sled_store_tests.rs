@@ -367,3 +367,68 @@ async fn the_on_disk_format_is_checked_and_migrated() {
     assert!(refused.contains("written by a newer tokend"), "{refused}");
     assert!(refused.contains("upgrade tokend"), "{refused}");
 }
+
+#[tokio::test]
+async fn the_event_log_survives_reopening_and_its_numbering_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = KeyFile::generate();
+    let log_id;
+    {
+        let store = SledStore::open(dir.path(), keys.keyring().unwrap()).unwrap();
+        store
+            .put(&crate::conformance::record("a", 1), None, None)
+            .await
+            .unwrap();
+        store
+            .put(&crate::conformance::record("b", 1), None, None)
+            .await
+            .unwrap();
+        log_id = store.event_bounds().await.unwrap().log_id;
+    }
+    let store = SledStore::open(dir.path(), keys.keyring().unwrap()).unwrap();
+    let bounds = store.event_bounds().await.unwrap();
+    assert_eq!((bounds.log_id, bounds.oldest, bounds.last), (log_id, 1, 2));
+    assert_eq!(*store.event_watermark().borrow(), 2, "durable at open");
+    store
+        .put(&crate::conformance::record("c", 1), None, None)
+        .await
+        .unwrap();
+    let events = store.read_events(0, 3, 10).await.unwrap();
+    let ids: Vec<_> = events
+        .iter()
+        .map(|e| (e.seq, e.connection_id.as_str()))
+        .collect();
+    assert_eq!(ids, [(1, "a"), (2, "b"), (3, "c")]);
+}
+
+#[tokio::test]
+async fn events_are_not_visible_before_their_write_is_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), Keyring::ephemeral()).unwrap();
+    let watermark = store.event_watermark();
+    let record = crate::conformance::record("w", 1);
+    // The committed-but-unflushed state: what a reader sees between a
+    // write's transaction and its flush.
+    store
+        .blocking({
+            let record = record.clone();
+            move |inner| inner.put(&record, None, None)
+        })
+        .await
+        .unwrap();
+    assert_eq!(*watermark.borrow(), 0, "not durable yet");
+    store.flush().await.unwrap();
+    assert_eq!(*watermark.borrow(), 1);
+}
+
+#[tokio::test]
+async fn without_the_event_log_nothing_is_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open_without_event_log(dir.path(), Keyring::ephemeral()).unwrap();
+    store
+        .put(&crate::conformance::record("q", 1), None, None)
+        .await
+        .unwrap();
+    let bounds = store.event_bounds().await.unwrap();
+    assert_eq!(bounds.last, 0);
+}

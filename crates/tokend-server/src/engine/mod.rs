@@ -256,6 +256,11 @@ impl Engine {
 
     /// The engine's task tracker: tasks spawned on it (watch streams, the
     /// key watcher) are waited for at shutdown, within the grace period.
+    /// The store, shared with the event feed and webhook deliveries.
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
     pub fn tasks(&self) -> &TaskTracker {
         &self.tasks
     }

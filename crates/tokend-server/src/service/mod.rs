@@ -4,6 +4,7 @@
 
 mod validate;
 mod watch;
+mod watch_all;
 
 use std::{pin::Pin, sync::Arc};
 
@@ -17,6 +18,8 @@ use crate::{
     auth::{self, Caller, Permission},
     convert,
     engine::Engine,
+    feed::{Feed, Reader},
+    webhooks::Webhooks,
 };
 use validate::{check_size, connection_id};
 
@@ -24,17 +27,35 @@ use validate::{check_size, connection_id};
 pub struct TokenServiceImpl {
     /// Does the work; shared with the background refresher.
     engine: Arc<Engine>,
+    /// The event log's reader, shared by every WatchConnections stream.
+    feed: Arc<Feed>,
+    /// Webhook deliveries, for their status.
+    webhooks: Arc<Webhooks>,
     /// Where every call is recorded.
     audit_log: crate::audit::AuditLog,
 }
 
 impl TokenServiceImpl {
-    pub fn new(engine: Arc<Engine>, audit_log: crate::audit::AuditLog) -> Self {
-        Self { engine, audit_log }
+    pub fn new(
+        engine: Arc<Engine>,
+        feed: Arc<Feed>,
+        webhooks: Arc<Webhooks>,
+        audit_log: crate::audit::AuditLog,
+    ) -> Self {
+        Self {
+            engine,
+            feed,
+            webhooks,
+            audit_log,
+        }
     }
 }
 
 type Result<T> = std::result::Result<T, ServiceError>;
+
+/// The stream `WatchConnections` returns.
+pub type FeedStream =
+    Pin<Box<dyn Stream<Item = std::result::Result<pb::ConnectionEvent, Status>> + Send>>;
 
 /// The stream `WatchConnection` returns.
 pub type WatchStream =
@@ -193,6 +214,40 @@ impl TokenServiceImpl {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn watch_connections_inner(
+        &self,
+        caller: &Arc<Caller>,
+        req: pb::WatchConnectionsRequest,
+    ) -> Result<Response<FeedStream>> {
+        caller.authorize(Permission::Tokens, None)?;
+        let (filter, cursor) = validate::watch_all(&req)?;
+        let permit = caller.open_watch_stream()?;
+        let position = self.feed.start_position(cursor, req.from_oldest).await?;
+        let rx = watch_all::FeedTask::start(
+            Arc::clone(&self.feed),
+            Reader::Caller(Arc::clone(caller)),
+            filter,
+            position,
+            self.engine.tasks(),
+            self.engine.shutdown_token().clone(),
+            permit,
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    fn list_webhooks_inner(&self, caller: &Caller) -> Result<pb::ListWebhooksResponse> {
+        if !caller.may_everywhere(Permission::Admin) {
+            return Err(ServiceError::PermissionDenied {
+                caller: caller.name.clone(),
+                permission: Permission::Admin,
+                connection: None,
+            });
+        }
+        Ok(pb::ListWebhooksResponse {
+            webhooks: self.webhooks.status(),
+        })
+    }
+
     async fn install_inner(
         &self,
         caller: &Arc<Caller>,
@@ -311,6 +366,33 @@ impl TokenServiceImpl {
 impl TokenService for TokenServiceImpl {
     type WatchConnectionStream = WatchStream;
     type ExportConnectionsStream = ExportStream;
+    type WatchConnectionsStream = FeedStream;
+
+    async fn watch_connections(
+        &self,
+        request: Request<pb::WatchConnectionsRequest>,
+    ) -> std::result::Result<Response<FeedStream>, Status> {
+        let caller = auth::caller(&request)?;
+        let result = match check_size(request.get_ref()) {
+            Err(e) => Err(e),
+            Ok(()) => {
+                self.watch_connections_inner(&caller, request.into_inner())
+                    .await
+            }
+        };
+        self.audit(&caller, "WatchConnections", None, &result);
+        result.map_err(Status::from)
+    }
+
+    async fn list_webhooks(
+        &self,
+        request: Request<pb::ListWebhooksRequest>,
+    ) -> std::result::Result<Response<pb::ListWebhooksResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        let result = self.list_webhooks_inner(&caller).map(Response::new);
+        self.audit(&caller, "ListWebhooks", None, &result);
+        result.map_err(Status::from)
+    }
 
     async fn export_connections(
         &self,

@@ -283,6 +283,68 @@ pub(super) fn list_params(req: &pb::ListConnectionsRequest) -> Result<ListParams
 /// Refuses requests larger than [`MAX_REQUEST_BYTES`] with a precise
 /// INVALID_ARGUMENT. (tonic's decoding limit, set to the same size, refuses
 /// a longer declared message first; the edge layer words it the same way.)
+/// A `WatchConnections` request: its filter and where to start.
+pub(super) fn watch_all(
+    req: &pb::WatchConnectionsRequest,
+) -> Result<(crate::feed::EventFilter, Option<crate::feed::Cursor>)> {
+    let f = req.filter.clone().unwrap_or_default();
+    let types = f
+        .event_types
+        .iter()
+        .map(|t| match pb::EventType::try_from(*t) {
+            Ok(pb::EventType::Installed) => Ok(tokend_core::EventType::Installed),
+            Ok(pb::EventType::TokenRotated) => Ok(tokend_core::EventType::TokenRotated),
+            Ok(pb::EventType::RefreshFailed) => Ok(tokend_core::EventType::RefreshFailed),
+            Ok(pb::EventType::ReconnectRequired) => Ok(tokend_core::EventType::ReconnectRequired),
+            Ok(pb::EventType::Recovered) => Ok(tokend_core::EventType::Recovered),
+            Ok(pb::EventType::Deleted) => Ok(tokend_core::EventType::Deleted),
+            _ => Err(ServiceError::invalid(
+                "filter.event_types",
+                format!("{t} is not an event type to filter on"),
+            )),
+        })
+        .collect::<Result<_>>()?;
+    let statuses = f
+        .statuses
+        .iter()
+        .map(|s| match pb::ConnectionStatus::try_from(*s) {
+            Ok(pb::ConnectionStatus::Active) => Ok(ConnStatus::Active),
+            Ok(pb::ConnectionStatus::ReconnectRequired) => Ok(ConnStatus::ReconnectRequired),
+            _ => Err(ServiceError::invalid(
+                "filter.statuses",
+                format!("{s} is not a connection status"),
+            )),
+        })
+        .collect::<Result<_>>()?;
+    let filter = crate::feed::EventFilter {
+        providers: f.providers,
+        id_prefixes: f.connection_id_prefixes,
+        types,
+        statuses,
+    }
+    .checked()
+    .map_err(|e| {
+        ServiceError::invalid(
+            if e.field == "providers" {
+                "filter.providers"
+            } else {
+                "filter.connection_id_prefixes"
+            },
+            e.description,
+        )
+    })?;
+    let cursor = match req.resume_after.as_str() {
+        "" => None,
+        raw => Some(crate::feed::Cursor::decode(raw).ok_or_else(|| {
+            ServiceError::invalid(
+                "resume_after",
+                "not a cursor tokend issued (pass a ConnectionEvent's cursor unchanged)",
+            )
+        })?),
+    };
+    Ok((filter, cursor))
+}
+
 pub(super) fn check_size(message: &impl prost::Message) -> Result<()> {
     let size = message.encoded_len();
     if size > MAX_REQUEST_BYTES {

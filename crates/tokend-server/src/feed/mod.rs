@@ -1,0 +1,311 @@
+//! The event feed: the store's durable event log, tailed into a shared ring
+//! of recent events that every subscriber (WatchConnections streams,
+//! webhook deliveries) reads from, falling back to the store when behind.
+//!
+//! Readers never read past the store's durable watermark, so an event is
+//! seen only once the write it describes would survive a crash. A slow
+//! reader holds nothing but its own position: writers and other readers
+//! never wait for it, and when it falls out of the ring it reads the log.
+
+mod cursor;
+mod filter;
+mod retention;
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use tokend_core::{Clock, Event};
+use tokend_store::{LogBounds, Store, StoreError};
+use tokio::sync::watch;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+pub use cursor::Cursor;
+pub use filter::{EventFilter, Reader};
+
+/// How long events are kept and how the feed paces itself (`[events]`).
+#[derive(Clone, Debug)]
+pub struct EventSettings {
+    /// Events older than this are pruned.
+    pub retention: Duration,
+    /// At most this many events are kept.
+    pub max_events: u64,
+    /// How often the pruner runs.
+    pub prune_interval: Duration,
+    /// A stream whose filter skipped events sends a checkpoint at most
+    /// this often, so its cursor keeps up with the log.
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            retention: Duration::from_secs(7 * 24 * 3600),
+            max_events: 1_000_000,
+            prune_interval: Duration::from_secs(60),
+            checkpoint_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[events]` in the config file.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSection {
+    /// Keep events this long [default: 604800, 7 days].
+    pub retention_secs: Option<u64>,
+    /// Keep at most this many events [default: 1000000].
+    pub max_events: Option<u64>,
+}
+
+impl EventsSection {
+    pub fn resolve(&self) -> Result<EventSettings, String> {
+        let d = EventSettings::default();
+        let settings = EventSettings {
+            retention: self.retention_secs.map_or(d.retention, Duration::from_secs),
+            max_events: self.max_events.unwrap_or(d.max_events),
+            ..d
+        };
+        if settings.retention.is_zero() || settings.max_events == 0 {
+            return Err("[events]: retention_secs and max_events must be positive".into());
+        }
+        Ok(settings)
+    }
+}
+
+/// Recent events kept in memory for live readers.
+const RING_CAPACITY: usize = 8192;
+/// Events read from the store at once.
+const PAGE: usize = 1024;
+
+/// Why a read of the feed failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// The position is no longer (or never was) in this log.
+    #[error("{detail}")]
+    Expired {
+        detail: &'static str,
+        oldest: Cursor,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl From<FeedError> for crate::ServiceError {
+    fn from(e: FeedError) -> Self {
+        match e {
+            FeedError::Expired { detail, oldest } => crate::ServiceError::CursorExpired {
+                detail,
+                oldest_cursor: oldest.encode(),
+            },
+            FeedError::Store(e) => crate::ServiceError::Store(e),
+            FeedError::ShuttingDown => crate::ServiceError::ShuttingDown,
+        }
+    }
+}
+
+/// The shared reader of the event log.
+pub struct Feed {
+    store: Arc<dyn Store>,
+    log_id: u64,
+    /// Contiguous recent events, oldest first.
+    recent: RwLock<VecDeque<Arc<Event>>>,
+    /// The last sequence number the tailer has made readable.
+    tail: watch::Sender<u64>,
+    settings: EventSettings,
+}
+
+impl Feed {
+    /// Opens the feed on `store` and starts its tailer and the retention
+    /// pruner on `tasks`, both ending when `cancel` fires.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        settings: EventSettings,
+        clock: Clock,
+        tasks: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Result<Arc<Feed>, StoreError> {
+        let bounds = store.event_bounds().await?;
+        let feed = Arc::new(Feed {
+            store: Arc::clone(&store),
+            log_id: bounds.log_id,
+            recent: RwLock::new(VecDeque::new()),
+            tail: watch::Sender::new(bounds.last),
+            settings: settings.clone(),
+        });
+        tasks.spawn(Arc::clone(&feed).tail_log(cancel.clone()));
+        tasks.spawn(retention::prune_periodically(
+            store,
+            settings,
+            clock,
+            cancel.clone(),
+        ));
+        Ok(feed)
+    }
+
+    /// The last sequence number readers can have.
+    pub fn last(&self) -> u64 {
+        *self.tail.borrow()
+    }
+
+    pub fn settings(&self) -> &EventSettings {
+        &self.settings
+    }
+
+    pub fn cursor(&self, seq: u64) -> Cursor {
+        Cursor {
+            log_id: self.log_id,
+            seq,
+        }
+    }
+
+    /// The log's bounds, for status reports.
+    pub async fn bounds(&self) -> Result<LogBounds, StoreError> {
+        self.store.event_bounds().await
+    }
+
+    /// Where a new reader starts: after `resume_after`, or at the oldest
+    /// retained event, or at the end of the log (live).
+    pub async fn start_position(
+        &self,
+        resume_after: Option<Cursor>,
+        from_oldest: bool,
+    ) -> Result<u64, FeedError> {
+        let bounds = self.store.event_bounds().await?;
+        let expired = |detail| FeedError::Expired {
+            detail,
+            oldest: self.cursor(bounds.oldest - 1),
+        };
+        match resume_after {
+            Some(c) if c.log_id != self.log_id => Err(expired(
+                "the cursor is from another event log (a restored or replaced data dir)",
+            )),
+            Some(c) if c.seq > bounds.last => Err(expired("the cursor is ahead of this event log")),
+            Some(c) if c.seq + 1 < bounds.oldest => {
+                Err(expired("its events are older than the log's retention"))
+            }
+            Some(c) => Ok(c.seq),
+            None if from_oldest => Ok(bounds.oldest - 1),
+            None => Ok(bounds.last),
+        }
+    }
+
+    /// Up to `limit` events after `after`, waiting for the first one at
+    /// most `wait` (then an empty list).
+    pub async fn next(
+        &self,
+        after: u64,
+        limit: usize,
+        wait: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<Arc<Event>>, FeedError> {
+        let mut tail = self.tail.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let available = *tail.borrow_and_update();
+            if available > after {
+                return self.read(after, available, limit).await;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(FeedError::ShuttingDown),
+                changed = tail.changed() => if changed.is_err() {
+                    return Err(FeedError::ShuttingDown);
+                },
+                _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+            }
+        }
+    }
+
+    /// Events in `(after, up_to]`: from the ring when it reaches back that
+    /// far, else from the store.
+    async fn read(
+        &self,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, FeedError> {
+        {
+            let recent = self.recent.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(front) = recent.front()
+                && front.seq <= after + 1
+            {
+                let skip = (after + 1 - front.seq) as usize;
+                let events: Vec<_> = recent
+                    .iter()
+                    .skip(skip)
+                    .take_while(|e| e.seq <= up_to)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                if !events.is_empty() {
+                    return Ok(events);
+                }
+            }
+        }
+        let events = self
+            .store
+            .read_events(after, up_to, limit.min(PAGE))
+            .await?;
+        match events.first() {
+            Some(first) if first.seq == after + 1 => Ok(events.into_iter().map(Arc::new).collect()),
+            _ => {
+                let bounds = self.store.event_bounds().await?;
+                Err(FeedError::Expired {
+                    detail: "its events were pruned while it was behind",
+                    oldest: self.cursor(bounds.oldest - 1),
+                })
+            }
+        }
+    }
+
+    /// Copies newly durable events into the ring, in order.
+    async fn tail_log(self: Arc<Self>, cancel: CancellationToken) {
+        let mut watermark = self.store.event_watermark();
+        let mut read_to = *self.tail.borrow();
+        loop {
+            let target = *watermark.borrow_and_update();
+            while read_to < target {
+                match self.store.read_events(read_to, target, PAGE).await {
+                    Ok(events) => {
+                        let last = events.last().map_or(target, |e| e.seq);
+                        self.remember(events);
+                        read_to = last;
+                        self.tail.send_replace(read_to);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the event log failed; retrying");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                changed = watermark.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
+    fn remember(&self, events: Vec<Event>) {
+        let mut recent = self.recent.write().unwrap_or_else(|p| p.into_inner());
+        for event in events {
+            if recent.back().is_some_and(|b| b.seq + 1 != event.seq) {
+                // A gap (pruned under us): the ring must stay contiguous.
+                recent.clear();
+            }
+            recent.push_back(Arc::new(event));
+            if recent.len() > RING_CAPACITY {
+                recent.pop_front();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

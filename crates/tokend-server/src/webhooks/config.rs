@@ -1,0 +1,192 @@
+//! `[[webhooks]]` in the config file, and its resolution into
+//! [`WebhookConfig`]: URL checked (https, or http to loopback), secret
+//! read from an env var or a private file, filter validated, names unique.
+
+use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
+
+use serde::Deserialize;
+use tokend_webhook::{Secret, SenderSettings};
+
+use super::WebhookConfig;
+use crate::feed::EventFilter;
+
+/// One `[[webhooks]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSection {
+    /// 1 to 64 of `A-Z a-z 0-9 - _`; keys the endpoint's delivery cursor.
+    pub name: String,
+    pub url: String,
+    /// The env var holding the `whsec_…` signing secret.
+    pub secret_env: Option<String>,
+    /// Or a file holding it (mode 0600).
+    pub secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub allow_readable_secret_file: bool,
+    #[serde(default)]
+    pub filter: FilterSection,
+    /// Per request [default: 10].
+    pub timeout_secs: Option<u64>,
+    /// Failing this long marks the endpoint FAILING [default: 3600].
+    pub failing_after_secs: Option<u64>,
+    /// First retry delay [default: 1000].
+    pub retry_initial_ms: Option<u64>,
+    /// Longest retry delay [default: 600].
+    pub retry_max_secs: Option<u64>,
+}
+
+/// `filter = { ... }` of a webhook: as `WatchConnections`' filter.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterSection {
+    #[serde(default)]
+    pub providers: Vec<String>,
+    #[serde(default)]
+    pub connection_id_prefixes: Vec<String>,
+    /// `reconnect_required`, `recovered`, ...
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// `active`, `reconnect_required`.
+    #[serde(default)]
+    pub statuses: Vec<String>,
+}
+
+/// Resolves every webhook; the error names the webhook and the key.
+pub fn resolve(
+    sections: &[WebhookSection],
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Vec<Arc<WebhookConfig>>, String> {
+    let mut names = HashSet::new();
+    sections
+        .iter()
+        .map(|s| {
+            let name = s.name.as_str();
+            let fail = |reason: String| format!("webhook {name:?}: {reason}");
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(fail("name must be 1 to 64 of A-Z a-z 0-9 - _".into()));
+            }
+            if !names.insert(name) {
+                return Err(fail("another webhook has this name".into()));
+            }
+            let url = tokend_webhook::check_url(&s.url).map_err(fail)?;
+            let secret = crate::config::read_secret(
+                "secret",
+                s.secret_env.as_deref(),
+                s.secret_file.as_deref(),
+                s.allow_readable_secret_file,
+                env,
+            )
+            .map_err(fail)?;
+            let secret = Secret::parse(&secret).map_err(|e| fail(format!("secret: {e}")))?;
+            let f = &s.filter;
+            let filter = EventFilter::parse(
+                &f.providers,
+                &f.connection_id_prefixes,
+                &f.event_types,
+                &f.statuses,
+            )
+            .map_err(|e| fail(format!("filter.{}: {}", e.field, e.description)))?;
+            let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
+            let retry_initial = s
+                .retry_initial_ms
+                .map_or(WebhookConfig::DEFAULT_RETRY_INITIAL, Duration::from_millis);
+            let retry_max = secs(s.retry_max_secs, WebhookConfig::DEFAULT_RETRY_MAX);
+            if retry_initial.is_zero() || retry_max < retry_initial {
+                return Err(fail(
+                    "retry_initial_ms must be positive and at most retry_max_secs".into(),
+                ));
+            }
+            let defaults = SenderSettings::default();
+            let timeout = secs(s.timeout_secs, defaults.timeout);
+            if timeout.is_zero() {
+                return Err(fail("timeout_secs must be positive".into()));
+            }
+            Ok(Arc::new(WebhookConfig {
+                name: name.to_owned(),
+                url,
+                secret,
+                filter,
+                sender: SenderSettings {
+                    timeout,
+                    connect_timeout: defaults.connect_timeout.min(timeout),
+                    ..defaults
+                },
+                failing_after: secs(s.failing_after_secs, WebhookConfig::DEFAULT_FAILING_AFTER),
+                retry_initial,
+                retry_max,
+            }))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> Result<Vec<Arc<WebhookConfig>>, String> {
+        #[derive(Deserialize)]
+        struct File {
+            webhooks: Vec<WebhookSection>,
+        }
+        let file: File = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+        resolve(&file.webhooks, &|var| {
+            (var == "HOOK_SECRET").then(|| "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned())
+        })
+    }
+
+    #[test]
+    fn a_full_webhook_resolves() {
+        let hooks = parse(
+            r#"
+            [[webhooks]]
+            name = "billing"
+            url = "https://billing.example.com/hooks"
+            secret_env = "HOOK_SECRET"
+            filter = { providers = ["hubspot"], event_types = ["reconnect_required", "RECOVERED"] }
+            retry_initial_ms = 200
+            "#,
+        )
+        .unwrap();
+        let h = &hooks[0];
+        assert_eq!(h.name, "billing");
+        assert_eq!(h.filter.types.len(), 2);
+        assert_eq!(h.retry_initial, Duration::from_millis(200));
+        assert!(!format!("{h:?}").contains("MfKQ9r8"), "no secret in Debug");
+    }
+
+    #[test]
+    fn each_mistake_names_the_webhook_and_the_key() {
+        let base = |extra: &str| {
+            format!(
+                "[[webhooks]]\nname = \"h\"\nurl = \"https://x.example/\"\nsecret_env = \"HOOK_SECRET\"\n{extra}"
+            )
+        };
+        let cases = [
+            (
+                "[[webhooks]]\nname = \"h\"\nurl = \"http://x.example/\"\nsecret_env = \"HOOK_SECRET\"\n".to_owned(),
+                "https",
+            ),
+            (
+                "[[webhooks]]\nname = \"h\"\nurl = \"https://x.example/\"\nsecret_env = \"NOPE\"\n".to_owned(),
+                "secret_env: environment variable NOPE is not set",
+            ),
+            (base("filter = { event_types = [\"exploded\"] }"), "filter.event_types"),
+            (base("filter = { statuses = [\"dead\"] }"), "filter.statuses"),
+            (format!("{}\n{}", base(""), base("")), "another webhook has this name"),
+            (base("retry_initial_ms = 0"), "retry_initial_ms"),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(err.contains(want), "{err} should mention {want}");
+            assert!(
+                err.starts_with("webhook \"h\"") || err.contains("webhooks"),
+                "{err}"
+            );
+        }
+    }
+}

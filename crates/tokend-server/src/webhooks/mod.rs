@@ -1,0 +1,101 @@
+//! Webhooks: every configured endpoint gets the events its filter selects,
+//! from the same durable log as `WatchConnections`, signed per Standard
+//! Webhooks, at least once and in order, with its delivery cursor kept by
+//! the store so a restart resumes where it stopped.
+//!
+//! `config.rs` reads `[[webhooks]]`, `delivery.rs` is one endpoint's task, `backoff.rs` its retry delays,
+//! `status.rs` what `ListWebhooks` reports.
+
+mod backoff;
+pub mod config;
+mod delivery;
+mod status;
+
+use std::{sync::Arc, time::Duration};
+
+use tokend_core::Clock;
+use tokend_proto::v1 as pb;
+use tokend_store::Store;
+use tokend_webhook::{Secret, Sender, SenderSettings, Url};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::feed::{EventFilter, Feed};
+
+/// One `[[webhooks]]` endpoint, resolved.
+#[derive(Debug)]
+pub struct WebhookConfig {
+    /// Also the key of its delivery cursor in the store: renaming an
+    /// endpoint starts it afresh.
+    pub name: String,
+    pub url: Url,
+    pub secret: Secret,
+    pub filter: EventFilter,
+    pub sender: SenderSettings,
+    /// Failing this long marks the endpoint FAILING (retries go on).
+    pub failing_after: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+}
+
+impl WebhookConfig {
+    pub const DEFAULT_FAILING_AFTER: Duration = Duration::from_secs(3600);
+    pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(1);
+    pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(600);
+}
+
+/// Every endpoint's delivery task and status.
+pub struct Webhooks {
+    endpoints: Vec<Arc<delivery::Endpoint>>,
+    feed: Option<Arc<Feed>>,
+}
+
+impl Webhooks {
+    /// No endpoints.
+    pub fn none() -> Arc<Webhooks> {
+        Arc::new(Webhooks {
+            endpoints: Vec::new(),
+            feed: None,
+        })
+    }
+
+    /// Starts one delivery task per endpoint on `tasks`.
+    pub async fn start(
+        configs: Vec<Arc<WebhookConfig>>,
+        feed: Arc<Feed>,
+        store: Arc<dyn Store>,
+        clock: Clock,
+        tasks: &TaskTracker,
+        cancel: &CancellationToken,
+    ) -> Result<Arc<Webhooks>, String> {
+        let mut endpoints = Vec::new();
+        for config in configs {
+            let sender = Sender::new(&config.sender)?;
+            let endpoint = Arc::new(delivery::Endpoint::new(config));
+            tasks.spawn(
+                delivery::Delivery {
+                    endpoint: Arc::clone(&endpoint),
+                    feed: Arc::clone(&feed),
+                    store: Arc::clone(&store),
+                    sender,
+                    clock: clock.clone(),
+                    cancel: cancel.clone(),
+                }
+                .run(),
+            );
+            endpoints.push(endpoint);
+        }
+        Ok(Arc::new(Webhooks {
+            endpoints,
+            feed: Some(feed),
+        }))
+    }
+
+    /// Each endpoint's state, in config order.
+    pub fn status(&self) -> Vec<pb::WebhookStatus> {
+        let last = self.feed.as_ref().map_or(0, |f| f.last());
+        self.endpoints
+            .iter()
+            .map(|e| e.status(last, self.feed.as_deref()))
+            .collect()
+    }
+}
