@@ -39,6 +39,24 @@ class WatchEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WATCH_EVENT_TYPE_STATUS_CHANGED: _ClassVar[WatchEventType]
     WATCH_EVENT_TYPE_DELETED: _ClassVar[WatchEventType]
     WATCH_EVENT_TYPE_REFRESH_FAILED: _ClassVar[WatchEventType]
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    EVENT_TYPE_INSTALLED: _ClassVar[EventType]
+    EVENT_TYPE_TOKEN_ROTATED: _ClassVar[EventType]
+    EVENT_TYPE_REFRESH_FAILED: _ClassVar[EventType]
+    EVENT_TYPE_RECONNECT_REQUIRED: _ClassVar[EventType]
+    EVENT_TYPE_RECOVERED: _ClassVar[EventType]
+    EVENT_TYPE_DELETED: _ClassVar[EventType]
+    EVENT_TYPE_CHECKPOINT: _ClassVar[EventType]
+
+class WebhookState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WEBHOOK_STATE_UNSPECIFIED: _ClassVar[WebhookState]
+    WEBHOOK_STATE_HEALTHY: _ClassVar[WebhookState]
+    WEBHOOK_STATE_RETRYING: _ClassVar[WebhookState]
+    WEBHOOK_STATE_FAILING: _ClassVar[WebhookState]
 CONNECTION_STATUS_UNSPECIFIED: ConnectionStatus
 CONNECTION_STATUS_ACTIVE: ConnectionStatus
 CONNECTION_STATUS_RECONNECT_REQUIRED: ConnectionStatus
@@ -57,6 +75,18 @@ WATCH_EVENT_TYPE_TOKEN_ROTATED: WatchEventType
 WATCH_EVENT_TYPE_STATUS_CHANGED: WatchEventType
 WATCH_EVENT_TYPE_DELETED: WatchEventType
 WATCH_EVENT_TYPE_REFRESH_FAILED: WatchEventType
+EVENT_TYPE_UNSPECIFIED: EventType
+EVENT_TYPE_INSTALLED: EventType
+EVENT_TYPE_TOKEN_ROTATED: EventType
+EVENT_TYPE_REFRESH_FAILED: EventType
+EVENT_TYPE_RECONNECT_REQUIRED: EventType
+EVENT_TYPE_RECOVERED: EventType
+EVENT_TYPE_DELETED: EventType
+EVENT_TYPE_CHECKPOINT: EventType
+WEBHOOK_STATE_UNSPECIFIED: WebhookState
+WEBHOOK_STATE_HEALTHY: WebhookState
+WEBHOOK_STATE_RETRYING: WebhookState
+WEBHOOK_STATE_FAILING: WebhookState
 
 class ProviderError(_message.Message):
     __slots__ = ("error_class", "code", "message", "correlation_id", "http_status", "occurred_at")
@@ -285,3 +315,81 @@ class SealedRecord(_message.Message):
     connection_id: str
     sealed: bytes
     def __init__(self, connection_id: _Optional[str] = ..., sealed: _Optional[bytes] = ...) -> None: ...
+
+class EventFilter(_message.Message):
+    __slots__ = ("providers", "connection_id_prefixes", "event_types", "statuses")
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_ID_PREFIXES_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPES_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    providers: _containers.RepeatedScalarFieldContainer[str]
+    connection_id_prefixes: _containers.RepeatedScalarFieldContainer[str]
+    event_types: _containers.RepeatedScalarFieldContainer[EventType]
+    statuses: _containers.RepeatedScalarFieldContainer[ConnectionStatus]
+    def __init__(self, providers: _Optional[_Iterable[str]] = ..., connection_id_prefixes: _Optional[_Iterable[str]] = ..., event_types: _Optional[_Iterable[_Union[EventType, str]]] = ..., statuses: _Optional[_Iterable[_Union[ConnectionStatus, str]]] = ...) -> None: ...
+
+class WatchConnectionsRequest(_message.Message):
+    __slots__ = ("filter", "resume_after", "from_oldest")
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    RESUME_AFTER_FIELD_NUMBER: _ClassVar[int]
+    FROM_OLDEST_FIELD_NUMBER: _ClassVar[int]
+    filter: EventFilter
+    resume_after: str
+    from_oldest: bool
+    def __init__(self, filter: _Optional[_Union[EventFilter, _Mapping]] = ..., resume_after: _Optional[str] = ..., from_oldest: _Optional[bool] = ...) -> None: ...
+
+class ConnectionEvent(_message.Message):
+    __slots__ = ("cursor", "sequence", "event_type", "event_time", "connection_id", "connection", "cause")
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
+    cursor: str
+    sequence: int
+    event_type: EventType
+    event_time: _timestamp_pb2.Timestamp
+    connection_id: str
+    connection: Connection
+    cause: ReconnectCause
+    def __init__(self, cursor: _Optional[str] = ..., sequence: _Optional[int] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connection_id: _Optional[str] = ..., connection: _Optional[_Union[Connection, _Mapping]] = ..., cause: _Optional[_Union[ReconnectCause, str]] = ...) -> None: ...
+
+class ListWebhooksRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListWebhooksResponse(_message.Message):
+    __slots__ = ("webhooks",)
+    WEBHOOKS_FIELD_NUMBER: _ClassVar[int]
+    webhooks: _containers.RepeatedCompositeFieldContainer[WebhookStatus]
+    def __init__(self, webhooks: _Optional[_Iterable[_Union[WebhookStatus, _Mapping]]] = ...) -> None: ...
+
+class WebhookStatus(_message.Message):
+    __slots__ = ("name", "url", "state", "cursor", "delivered_sequence", "behind", "failing_since", "last_error", "last_success_at", "next_attempt_at", "consecutive_failures", "delivered_since_start")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    BEHIND_FIELD_NUMBER: _ClassVar[int]
+    FAILING_SINCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    LAST_SUCCESS_AT_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_SINCE_START_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    url: str
+    state: WebhookState
+    cursor: str
+    delivered_sequence: int
+    behind: int
+    failing_since: _timestamp_pb2.Timestamp
+    last_error: str
+    last_success_at: _timestamp_pb2.Timestamp
+    next_attempt_at: _timestamp_pb2.Timestamp
+    consecutive_failures: int
+    delivered_since_start: int
+    def __init__(self, name: _Optional[str] = ..., url: _Optional[str] = ..., state: _Optional[_Union[WebhookState, str]] = ..., cursor: _Optional[str] = ..., delivered_sequence: _Optional[int] = ..., behind: _Optional[int] = ..., failing_since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., last_success_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., consecutive_failures: _Optional[int] = ..., delivered_since_start: _Optional[int] = ...) -> None: ...

@@ -76,6 +76,16 @@ class TokenServiceStub:
                 request_serializer=tokend_dot_v1_dot_tokend__pb2.ExportConnectionsRequest.SerializeToString,
                 response_deserializer=tokend_dot_v1_dot_tokend__pb2.ExportConnectionsResponse.FromString,
                 _registered_method=True)
+        self.WatchConnections = channel.unary_stream(
+                '/tokend.v1.TokenService/WatchConnections',
+                request_serializer=tokend_dot_v1_dot_tokend__pb2.WatchConnectionsRequest.SerializeToString,
+                response_deserializer=tokend_dot_v1_dot_tokend__pb2.ConnectionEvent.FromString,
+                _registered_method=True)
+        self.ListWebhooks = channel.unary_unary(
+                '/tokend.v1.TokenService/ListWebhooks',
+                request_serializer=tokend_dot_v1_dot_tokend__pb2.ListWebhooksRequest.SerializeToString,
+                response_deserializer=tokend_dot_v1_dot_tokend__pb2.ListWebhooksResponse.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -156,6 +166,37 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchConnections(self, request, context):
+        """WatchConnections streams the events of every connection the caller's
+        grants cover (filtered server-side), from tokend's durable event log.
+        With resume_after it first replays every matching event after that
+        cursor, then continues live, with no gap and no duplicate at the seam.
+        Without it the stream starts live: with the events written after the
+        call (or, with from_oldest, with the oldest retained event). The first
+        message is always a CHECKPOINT carrying the starting cursor.
+
+        A cursor older than the log's retention answers OUT_OF_RANGE with
+        ErrorInfo reason CURSOR_EXPIRED and metadata `oldest_cursor`. Events
+        were lost to the subscriber: resync from ListConnections (which gives
+        every connection's current state), then resume from `oldest_cursor`,
+        or start live.
+
+        The issue that asked for this feed named its message ConnectionEvent:
+        it is the event itself, also the body of webhook deliveries.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWebhooks(self, request, context):
+        """ListWebhooks reports each configured webhook endpoint's delivery state.
+        Needs the admin permission over every connection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -198,6 +239,16 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.ExportConnections,
                     request_deserializer=tokend_dot_v1_dot_tokend__pb2.ExportConnectionsRequest.FromString,
                     response_serializer=tokend_dot_v1_dot_tokend__pb2.ExportConnectionsResponse.SerializeToString,
+            ),
+            'WatchConnections': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchConnections,
+                    request_deserializer=tokend_dot_v1_dot_tokend__pb2.WatchConnectionsRequest.FromString,
+                    response_serializer=tokend_dot_v1_dot_tokend__pb2.ConnectionEvent.SerializeToString,
+            ),
+            'ListWebhooks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWebhooks,
+                    request_deserializer=tokend_dot_v1_dot_tokend__pb2.ListWebhooksRequest.FromString,
+                    response_serializer=tokend_dot_v1_dot_tokend__pb2.ListWebhooksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -418,6 +469,60 @@ class TokenService:
             '/tokend.v1.TokenService/ExportConnections',
             tokend_dot_v1_dot_tokend__pb2.ExportConnectionsRequest.SerializeToString,
             tokend_dot_v1_dot_tokend__pb2.ExportConnectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchConnections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tokend.v1.TokenService/WatchConnections',
+            tokend_dot_v1_dot_tokend__pb2.WatchConnectionsRequest.SerializeToString,
+            tokend_dot_v1_dot_tokend__pb2.ConnectionEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWebhooks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tokend.v1.TokenService/ListWebhooks',
+            tokend_dot_v1_dot_tokend__pb2.ListWebhooksRequest.SerializeToString,
+            tokend_dot_v1_dot_tokend__pb2.ListWebhooksResponse.FromString,
             options,
             channel_credentials,
             insecure,
