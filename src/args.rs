@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokend_sandbox::{Dialect, Rotation, SandboxConfig};
 use tokend_store::crypto::keys;
 
-use crate::{backup, cli, settings};
+use crate::{backup, cli, events_cli, settings};
 
 pub(crate) const VERSION: &str =
     concat!(env!("CARGO_PKG_VERSION"), " (", env!("TOKEND_COMMIT"), ")");
@@ -62,6 +62,20 @@ pub(crate) enum Command {
     Backup(backup::BackupArgs),
     /// Write a backup into a stopped server's data dir.
     Restore(backup::RestoreArgs),
+    /// List the event log of every connection, or follow it (--follow).
+    Events {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(flatten)]
+        events: events_cli::EventsArgs,
+    },
+    /// Webhook endpoints' delivery state.
+    Webhooks {
+        #[command(flatten)]
+        client: cli::ClientArgs,
+        #[command(subcommand)]
+        command: events_cli::WebhooksCommand,
+    },
     /// Stream a connection's state changes.
     Watch {
         #[command(flatten)]

@@ -169,7 +169,7 @@ fn connection_text(c: &pb::Connection) -> String {
     out
 }
 
-async fn client(args: &ClientArgs) -> anyhow::Result<Client> {
+pub(crate) async fn client(args: &ClientArgs) -> anyhow::Result<Client> {
     let mut builder = Client::builder(args.endpoint.clone());
     if let Some(key) = &args.api_key {
         builder = builder.api_key(key.clone());
@@ -177,11 +177,21 @@ async fn client(args: &ClientArgs) -> anyhow::Result<Client> {
     Ok(builder.connect().await?)
 }
 
-fn print(args: &ClientArgs, json: Value, text: String) {
-    if args.json {
-        println!("{json}");
+pub(crate) fn print(args: &ClientArgs, json: Value, text: String) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let written = if args.json {
+        writeln!(out, "{json}")
     } else {
-        print!("{text}");
+        write!(out, "{text}")
+    }
+    .and_then(|()| out.flush());
+    // A closed pipe (`tokend events --follow | head`) ends the command
+    // quietly, as it would a Unix tool.
+    if let Err(e) = written
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
     }
 }
 

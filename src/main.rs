@@ -6,6 +6,7 @@
 mod args;
 mod backup;
 mod cli;
+mod events_cli;
 mod exit;
 mod settings;
 
@@ -29,6 +30,8 @@ fn main() -> std::process::ExitCode {
         | Command::Connections { client, .. }
         | Command::Install { client, .. }
         | Command::Watch { client, .. }
+        | Command::Events { client, .. }
+        | Command::Webhooks { client, .. }
         | Command::Backup(backup::BackupArgs { client, .. }) => client.json,
         _ => cli.log_json,
     };
@@ -69,6 +72,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 client,
                 connection_id,
             } => cli::watch(&client, connection_id).await,
+            Command::Events { client, events } => events_cli::events(&client, events).await,
+            Command::Webhooks { client, command } => events_cli::webhooks(&client, command).await,
             Command::Backup(args) => backup::backup(args).await,
             Command::Restore(args) => backup::restore(args),
         }

@@ -46,6 +46,14 @@ pub enum Error {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// An event cursor the broker no longer covers (older than its
+    /// retention, or from another data dir). Resync from
+    /// `list_connections`, then resume from `oldest_cursor` (or live).
+    #[error("event cursor expired: {message}")]
+    CursorExpired {
+        oldest_cursor: String,
+        message: String,
+    },
     /// The broker could not be reached (down, restarting, network).
     #[error("cannot reach tokend: {message}")]
     Transport { message: String },
@@ -94,6 +102,10 @@ impl Error {
                     description: violation.map(|v| v.description).unwrap_or(message),
                 }
             }
+            (Code::OutOfRange, "CURSOR_EXPIRED") => Error::CursorExpired {
+                oldest_cursor: meta("oldest_cursor"),
+                message,
+            },
             (Code::PermissionDenied, _) => Error::PermissionDenied { message },
             (Code::Unauthenticated, _) => Error::Unauthenticated { message },
             (Code::ResourceExhausted, _) => Error::ResourceExhausted {

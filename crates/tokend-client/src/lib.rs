@@ -10,6 +10,7 @@
 //! ```
 
 mod error;
+pub mod events;
 pub mod middleware;
 mod watch;
 
@@ -20,6 +21,7 @@ use std::{
 };
 
 pub use error::Error;
+pub use events::{ConnectionEvent, EventFilter, EventStream, EventType};
 use secrecy::SecretString;
 use tokend_proto::v1::{self as pb, token_service_client::TokenServiceClient};
 use tokio::time::Instant;
@@ -399,6 +401,22 @@ impl Client {
     /// made resubscribing pointless (not found, permission denied, ...).
     pub fn watch(&self, connection_id: &str) -> watch::WatchStream {
         watch::WatchStream::start(self.inner.clone(), connection_id.to_owned())
+    }
+
+    /// Every event of every connection this caller may see, as `filter`
+    /// selects: live, or after a cursor with `.resume_after(cursor)`.
+    /// Reconnects by itself across broker restarts, resuming after the last
+    /// cursor received; `EventStream::cursor` is the position to persist.
+    pub fn watch_all(&self, filter: EventFilter) -> EventStream {
+        EventStream::new(self.inner.clone(), &filter)
+    }
+
+    /// Each configured webhook endpoint's delivery state (admin).
+    pub async fn list_webhooks(&self) -> Result<Vec<pb::WebhookStatus>, Error> {
+        let response = self
+            .call(|mut c| async move { c.list_webhooks(pb::ListWebhooksRequest {}).await })
+            .await?;
+        Ok(response.webhooks)
     }
 }
 

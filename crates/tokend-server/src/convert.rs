@@ -139,15 +139,18 @@ pub fn event(e: &Event, cursor: String) -> pb::ConnectionEvent {
         cause: e
             .cause
             .map_or(pb::ReconnectCause::Unspecified, reconnect_cause) as i32,
+        caught_up: false,
     }
 }
 
-/// A checkpoint: the stream's position and nothing else.
-pub fn checkpoint(seq: u64, cursor: String) -> pb::ConnectionEvent {
+/// A checkpoint: the stream's position (and whether the replay is over)
+/// and nothing else.
+pub fn checkpoint(seq: u64, cursor: String, caught_up: bool) -> pb::ConnectionEvent {
     pb::ConnectionEvent {
         cursor,
         sequence: seq,
         event_type: pb::EventType::Checkpoint as i32,
+        caught_up,
         ..Default::default()
     }
 }

@@ -62,15 +62,19 @@ impl<P: Send + Sync + 'static> FeedTask<P> {
         rx
     }
 
-    fn checkpoint(&self) -> Message {
+    fn checkpoint(&self, caught_up: bool) -> Message {
         Ok(convert::checkpoint(
             self.position,
             self.feed.cursor(self.position).encode(),
+            caught_up,
         ))
     }
 
     async fn run(mut self) {
-        if !self.send(self.checkpoint()).await {
+        // The replay ends at the log's end as the stream opened.
+        let end = self.feed.last();
+        let mut replaying = self.position < end;
+        if !self.send(self.checkpoint(!replaying)).await {
             return;
         }
         let interval = self.feed.settings().checkpoint_interval;
@@ -100,9 +104,17 @@ impl<P: Send + Sync + 'static> FeedTask<P> {
                     last_sent = Instant::now();
                 }
             }
+            if replaying && self.position >= end {
+                replaying = false;
+                if !self.send(self.checkpoint(true)).await {
+                    return;
+                }
+                reported = self.position;
+                last_sent = Instant::now();
+            }
             // Events the filter left out still move the cursor on.
             if self.position > reported && last_sent.elapsed() >= interval {
-                if !self.send(self.checkpoint()).await {
+                if !self.send(self.checkpoint(false)).await {
                     return;
                 }
                 reported = self.position;

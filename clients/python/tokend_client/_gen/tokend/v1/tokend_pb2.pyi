@@ -339,7 +339,7 @@ class WatchConnectionsRequest(_message.Message):
     def __init__(self, filter: _Optional[_Union[EventFilter, _Mapping]] = ..., resume_after: _Optional[str] = ..., from_oldest: _Optional[bool] = ...) -> None: ...
 
 class ConnectionEvent(_message.Message):
-    __slots__ = ("cursor", "sequence", "event_type", "event_time", "connection_id", "connection", "cause")
+    __slots__ = ("cursor", "sequence", "event_type", "event_time", "connection_id", "connection", "cause", "caught_up")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -347,6 +347,7 @@ class ConnectionEvent(_message.Message):
     CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_FIELD_NUMBER: _ClassVar[int]
     CAUSE_FIELD_NUMBER: _ClassVar[int]
+    CAUGHT_UP_FIELD_NUMBER: _ClassVar[int]
     cursor: str
     sequence: int
     event_type: EventType
@@ -354,7 +355,8 @@ class ConnectionEvent(_message.Message):
     connection_id: str
     connection: Connection
     cause: ReconnectCause
-    def __init__(self, cursor: _Optional[str] = ..., sequence: _Optional[int] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connection_id: _Optional[str] = ..., connection: _Optional[_Union[Connection, _Mapping]] = ..., cause: _Optional[_Union[ReconnectCause, str]] = ...) -> None: ...
+    caught_up: bool
+    def __init__(self, cursor: _Optional[str] = ..., sequence: _Optional[int] = ..., event_type: _Optional[_Union[EventType, str]] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connection_id: _Optional[str] = ..., connection: _Optional[_Union[Connection, _Mapping]] = ..., cause: _Optional[_Union[ReconnectCause, str]] = ..., caught_up: _Optional[bool] = ...) -> None: ...
 
 class ListWebhooksRequest(_message.Message):
     __slots__ = ()

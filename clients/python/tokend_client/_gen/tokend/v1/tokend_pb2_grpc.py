@@ -173,7 +173,8 @@ class TokenServiceServicer:
         cursor, then continues live, with no gap and no duplicate at the seam.
         Without it the stream starts live: with the events written after the
         call (or, with from_oldest, with the oldest retained event). The first
-        message is always a CHECKPOINT carrying the starting cursor.
+        message is always a CHECKPOINT carrying the starting cursor; the
+        CHECKPOINT with caught_up set marks the end of the replay.
 
         A cursor older than the log's retention answers OUT_OF_RANGE with
         ErrorInfo reason CURSOR_EXPIRED and metadata `oldest_cursor`. Events

@@ -695,6 +695,12 @@ export interface ConnectionEvent {
    * CLIENT_MISCONFIGURED.
    */
   cause: ReconnectCause;
+  /**
+   * Set on the one CHECKPOINT that marks the end of the replay: every event
+   * the log held when the stream opened has been sent before it (for a
+   * live start, the first message). Lets a caller list the log and stop.
+   */
+  caughtUp: boolean;
 }
 
 export interface ListWebhooksRequest {
@@ -3514,6 +3520,7 @@ function createBaseConnectionEvent(): ConnectionEvent {
     connectionId: "",
     connection: undefined,
     cause: 0,
+    caughtUp: false,
   };
 }
 
@@ -3539,6 +3546,9 @@ export const ConnectionEvent: MessageFns<ConnectionEvent> = {
     }
     if (message.cause !== 0) {
       writer.uint32(56).int32(message.cause);
+    }
+    if (message.caughtUp !== false) {
+      writer.uint32(64).bool(message.caughtUp);
     }
     return writer;
   },
@@ -3612,6 +3622,14 @@ export const ConnectionEvent: MessageFns<ConnectionEvent> = {
             message.cause = reader.int32() as any;
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.caughtUp = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3645,6 +3663,11 @@ export const ConnectionEvent: MessageFns<ConnectionEvent> = {
         : "",
       connection: isSet(object.connection) ? Connection.fromJSON(object.connection) : undefined,
       cause: isSet(object.cause) ? reconnectCauseFromJSON(object.cause) : 0,
+      caughtUp: isSet(object.caughtUp)
+        ? globalThis.Boolean(object.caughtUp)
+        : isSet(object.caught_up)
+        ? globalThis.Boolean(object.caught_up)
+        : false,
     };
   },
 
@@ -3671,6 +3694,9 @@ export const ConnectionEvent: MessageFns<ConnectionEvent> = {
     if (message.cause !== 0) {
       obj.cause = reconnectCauseToJSON(message.cause);
     }
+    if (message.caughtUp !== false) {
+      obj.caughtUp = message.caughtUp;
+    }
     return obj;
   },
 
@@ -3688,6 +3714,7 @@ export const ConnectionEvent: MessageFns<ConnectionEvent> = {
       ? Connection.fromPartial(object.connection)
       : undefined;
     message.cause = object.cause ?? 0;
+    message.caughtUp = object.caughtUp ?? false;
     return message;
   },
 };
@@ -4237,7 +4264,8 @@ export const TokenServiceService = {
    * cursor, then continues live, with no gap and no duplicate at the seam.
    * Without it the stream starts live: with the events written after the
    * call (or, with from_oldest, with the oldest retained event). The first
-   * message is always a CHECKPOINT carrying the starting cursor.
+   * message is always a CHECKPOINT carrying the starting cursor; the
+   * CHECKPOINT with caught_up set marks the end of the replay.
    *
    * A cursor older than the log's retention answers OUT_OF_RANGE with
    * ErrorInfo reason CURSOR_EXPIRED and metadata `oldest_cursor`. Events
@@ -4332,7 +4360,8 @@ export interface TokenServiceServer extends UntypedServiceImplementation {
    * cursor, then continues live, with no gap and no duplicate at the seam.
    * Without it the stream starts live: with the events written after the
    * call (or, with from_oldest, with the oldest retained event). The first
-   * message is always a CHECKPOINT carrying the starting cursor.
+   * message is always a CHECKPOINT carrying the starting cursor; the
+   * CHECKPOINT with caught_up set marks the end of the replay.
    *
    * A cursor older than the log's retention answers OUT_OF_RANGE with
    * ErrorInfo reason CURSOR_EXPIRED and metadata `oldest_cursor`. Events
@@ -4509,7 +4538,8 @@ export interface TokenServiceClient extends Client {
    * cursor, then continues live, with no gap and no duplicate at the seam.
    * Without it the stream starts live: with the events written after the
    * call (or, with from_oldest, with the oldest retained event). The first
-   * message is always a CHECKPOINT carrying the starting cursor.
+   * message is always a CHECKPOINT carrying the starting cursor; the
+   * CHECKPOINT with caught_up set marks the end of the replay.
    *
    * A cursor older than the log's retention answers OUT_OF_RANGE with
    * ErrorInfo reason CURSOR_EXPIRED and metadata `oldest_cursor`. Events
