@@ -51,6 +51,10 @@ pub struct Options {
     pub min_refresh_interval: Option<Duration>,
     /// Transport bounds; tokend's defaults unless set.
     pub limits: Option<tokend_server::limits::Limits>,
+    /// Event log retention and pacing; tokend's defaults unless set.
+    pub events: Option<tokend_server::feed::EventSettings>,
+    /// Webhook endpoints.
+    pub webhooks: Vec<Arc<tokend_server::webhooks::WebhookConfig>>,
 }
 
 /// A running tokend plus the sandbox it talks to.
@@ -142,6 +146,8 @@ impl TestServer {
             audit_log: Some(self.audit_log_path()),
             tls: self.options.tls.clone(),
             limits: self.options.limits.clone().unwrap_or_default(),
+            events: self.options.events.clone().unwrap_or_default(),
+            webhooks: self.options.webhooks.clone(),
             ..Default::default()
         };
         let (tx, rx) = oneshot::channel::<()>();
@@ -180,6 +186,15 @@ impl TestServer {
     pub async fn restart_same_port(&mut self) {
         self.stop().await;
         self.boot(Some(self.addr)).await;
+    }
+
+    /// The Rust client (tokend-client) for this server, sending `key`.
+    pub async fn rust_client(&self, key: Option<&str>) -> tokend_client::Client {
+        let mut builder = tokend_client::Client::builder(self.endpoint());
+        if let Some(key) = key {
+            builder = builder.api_key(key);
+        }
+        builder.connect().await.expect("client connects")
     }
 
     /// The gRPC endpoint URL.

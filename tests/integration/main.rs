@@ -3,6 +3,7 @@
 mod at_rest;
 mod cli;
 mod client;
+mod events;
 mod harness;
 mod hostile;
 mod malformed;

@@ -75,6 +75,8 @@ pub struct EventStream {
     cursor: Option<String>,
     /// End once the replay is over (`until_caught_up`).
     stop_when_caught_up: bool,
+    /// An event received while `started` waited for the first position.
+    stash: Option<ConnectionEvent>,
 }
 
 impl EventStream {
@@ -91,7 +93,33 @@ impl EventStream {
             task: None,
             cursor: None,
             stop_when_caught_up: false,
+            stash: None,
         }
+    }
+
+    /// Subscribes (if not yet) and waits until the broker has sent the
+    /// stream's position, which it returns: persist it before acting on
+    /// anything, so a restart resumes from here even if no event came.
+    pub async fn started(&mut self) -> Result<String, Error> {
+        futures::future::poll_fn(|cx| {
+            if self.stash.is_none() {
+                match Pin::new(&mut *self).poll_next(cx) {
+                    Poll::Ready(Some(Ok(event))) => self.stash = Some(event),
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                    Poll::Ready(None) => {
+                        return Poll::Ready(Err(Error::Transport {
+                            message: "the event stream ended before it started".into(),
+                        }));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            match &self.cursor {
+                Some(cursor) => Poll::Ready(Ok(cursor.clone())),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// End the stream once it has replayed every event the broker held
@@ -141,6 +169,9 @@ impl Stream for EventStream {
     type Item = Result<ConnectionEvent, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(event) = self.stash.take() {
+            return Poll::Ready(Some(Ok(event)));
+        }
         if let Some((client, request)) = self.pending.take() {
             let (tx, rx) = mpsc::channel(64);
             self.task = Some(tokio::spawn(run(client, request, tx)));
