@@ -249,12 +249,10 @@ async fn an_expired_cursor_names_the_oldest_one() {
 
 async fn drain_err(mut stream: tokend_client::EventStream) -> tokend_client::Error {
     tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match stream.next().await {
-                Some(Err(e)) => return e,
-                Some(Ok(e)) => panic!("unexpected event {e:?}"),
-                None => panic!("the stream ended without an error"),
-            }
+        match stream.next().await {
+            Some(Err(e)) => e,
+            Some(Ok(e)) => panic!("unexpected event {e:?}"),
+            None => panic!("the stream ended without an error"),
         }
     })
     .await
