@@ -12,3 +12,4 @@ mod refresh;
 mod rpc;
 mod security;
 mod watch;
+mod webhooks;

@@ -16,7 +16,8 @@ use std::{sync::Arc, time::Duration};
 use tokend_core::Clock;
 use tokend_proto::v1 as pb;
 use tokend_store::Store;
-use tokend_webhook::{Secret, Sender, SenderSettings, Url};
+use tokend_webhook::Sender;
+pub use tokend_webhook::{Secret, SenderSettings, Url, check_url};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::feed::{EventFilter, Feed};
