@@ -285,7 +285,7 @@ async fn failures_are_retried_with_growing_gaps_honouring_retry_after() {
         assert!(Instant::now() < deadline, "7 attempts within 20 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let attempts = seen.lock().unwrap();
+    let attempts: Vec<Attempt> = std::mem::take(&mut *seen.lock().unwrap());
     assert!(
         attempts.iter().all(|a| a.id == attempts[0].id),
         "one webhook-id"
@@ -300,7 +300,6 @@ async fn failures_are_retried_with_growing_gaps_honouring_retry_after() {
         gaps[5] >= Duration::from_millis(1900),
         "Retry-After honoured: {gaps:?}"
     );
-    drop(attempts);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let status = webhook_status(&server).await;
