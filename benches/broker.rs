@@ -5,14 +5,14 @@
 //!
 //! Run: `cargo bench --bench broker`
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
+
+#[path = "support.rs"]
+mod support;
 
 use tokend_proto::v1::{self as pb, token_service_client::TokenServiceClient};
 use tokend_sandbox::{Sandbox, SandboxConfig};
-use tokend_server::{EngineSettings, ServerConfig, config::sandbox_provider, limits::Limits};
+use tokend_server::limits::Limits;
 use tokend_store::SledStore;
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -278,46 +278,7 @@ async fn start_tokend(
     tokio::task::JoinHandle<Result<(), tokend_server::ServerError>>,
 ) {
     let store = SledStore::open(dir, tokend_store::crypto::Keyring::ephemeral()).expect("store");
-    let cfg = sandbox.config();
-    let provider = sandbox_provider(
-        "sandbox",
-        &sandbox.token_url(),
-        &cfg.client_id,
-        &cfg.client_secret,
-    )
-    .expect("provider");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tokend_server::run(
-        listener,
-        Arc::new(store),
-        ServerConfig {
-            providers: vec![provider],
-            audit_log: Some(dir.join("audit.log")),
-            engine: EngineSettings {
-                background_refresh: false,
-                ..Default::default()
-            },
-            limits,
-            ..Default::default()
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let channel = loop {
-        if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
-            .expect("uri")
-            .connect()
-            .await
-        {
-            break ch;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (channel, _, stop, server) = support::start(sandbox, store, dir, limits, None).await;
     (channel, stop, server)
 }
 

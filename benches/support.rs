@@ -1,0 +1,70 @@
+//! What the benchmarks share: a tokend as `tokend serve` runs it (every
+//! call audited) on a given store, and a channel to it.
+
+use std::{sync::Arc, time::Duration};
+
+use tokend_sandbox::Sandbox;
+use tokend_server::{EngineSettings, ServerConfig, config::sandbox_provider, limits::Limits};
+use tokend_store::SledStore;
+use tonic::transport::Channel;
+
+/// Starts tokend on `store` with `limits`; with `min_refresh_interval`,
+/// unconditional ForceRefresh calls are floored at it (tokend's default
+/// otherwise).
+pub async fn start(
+    sandbox: &Sandbox,
+    store: SledStore,
+    dir: &std::path::Path,
+    limits: Limits,
+    min_refresh_interval: Option<Duration>,
+) -> (
+    Channel,
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), tokend_server::ServerError>>,
+) {
+    let cfg = sandbox.config();
+    let mut provider = sandbox_provider(
+        "sandbox",
+        &sandbox.token_url(),
+        &cfg.client_id,
+        &cfg.client_secret,
+    )
+    .expect("provider");
+    if let Some(floor) = min_refresh_interval {
+        provider.min_refresh_interval = floor;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tokend_server::run(
+        listener,
+        Arc::new(store),
+        ServerConfig {
+            providers: vec![provider],
+            audit_log: Some(dir.join("audit.log")),
+            engine: EngineSettings {
+                background_refresh: false,
+                ..Default::default()
+            },
+            limits,
+            ..Default::default()
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = loop {
+        if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+        {
+            break ch;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    (channel, addr, stop, server)
+}
