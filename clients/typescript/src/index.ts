@@ -1,17 +1,22 @@
 // TypeScript client for tokend: getToken, forceRefresh, watch as an async
-// iterator, and typed errors built from the gRPC status and google.rpc.ErrorInfo.
+// iterator, watchAll (the durable event feed, resumable by cursor), and typed
+// errors built from the gRPC status and google.rpc.ErrorInfo.
 
 import * as grpc from "@grpc/grpc-js";
 import { BinaryReader } from "@bufbuild/protobuf/wire";
 import {
   AccessToken,
   Connection,
+  ConnectionEvent,
   ConnectionStatus,
+  EventType,
+  ReconnectCause,
   TokenServiceClient,
+  WatchConnectionsRequest,
   WatchEventType,
 } from "./gen/tokend/v1/tokend";
 
-export { Connection, ConnectionStatus };
+export { Connection, ConnectionEvent, ConnectionStatus, EventType, ReconnectCause };
 
 /** A tokend error: gRPC code, ErrorInfo reason and metadata. */
 export class TokendError extends Error {
@@ -43,6 +48,17 @@ export class Unavailable extends TokendError {}
 export class PermissionDenied extends TokendError {}
 export class Unauthenticated extends TokendError {}
 export class ResourceExhausted extends TokendError {}
+/**
+ * OUT_OF_RANGE, reason CURSOR_EXPIRED: the resume cursor is older than the
+ * event log's retention, or from another log (a restored or replaced data
+ * dir). Events were lost to this subscriber: resync from ListConnections, then
+ * watch again from `oldestCursor` (or live).
+ */
+export class CursorExpired extends TokendError {
+  get oldestCursor(): string {
+    return this.metadata["oldest_cursor"] ?? "";
+  }
+}
 
 interface Details {
   reason: string;
@@ -141,6 +157,8 @@ function toError(e: grpc.ServiceError): TokendError {
       return new Unauthenticated(...args);
     case grpc.status.RESOURCE_EXHAUSTED:
       return new ResourceExhausted(...args);
+    case grpc.status.OUT_OF_RANGE:
+      return d.reason === "CURSOR_EXPIRED" ? new CursorExpired(...args) : new TokendError(...args);
     default:
       return new TokendError(...args);
   }
@@ -185,6 +203,211 @@ const KINDS: Partial<Record<WatchEventType, WatchKind>> = {
   [WatchEventType.WATCH_EVENT_TYPE_DELETED]: "deleted",
 };
 
+export type EventTypeName =
+  | "installed"
+  | "token_rotated"
+  | "refresh_failed"
+  | "reconnect_required"
+  | "recovered"
+  | "deleted"
+  | "checkpoint";
+export type StatusName = "active" | "reconnect_required";
+
+export interface WatchAllOptions {
+  /** Provider names, e.g. "hubspot". */
+  providers?: string[];
+  /** Connection ids starting with any of these. */
+  connectionIdPrefixes?: string[];
+  /** Names such as "reconnect_required", or EventType values. */
+  eventTypes?: (EventType | EventTypeName)[];
+  /** The connection's status after the event: "active", "reconnect_required", or ConnectionStatus values. */
+  statuses?: (ConnectionStatus | StatusName)[];
+  /** A persisted `EventStream.cursor`: replay what came after it, then go on live. */
+  resumeAfter?: string;
+  /** Without resumeAfter: start at the oldest retained event instead of live. */
+  fromOldest?: boolean;
+}
+
+/** An enum value from its short name ("reconnect_required"), full name, or the number itself. */
+function enumValue<E extends number>(value: E | string, all: Record<string, string | number>, prefix: string, what: string): E {
+  if (typeof value === "number") return value;
+  let name = value.trim().toUpperCase();
+  if (!name.startsWith(prefix)) name = prefix + name;
+  const n = all[name];
+  if (typeof n !== "number") {
+    const known = Object.keys(all)
+      .filter((k) => k.startsWith(prefix) && !k.endsWith("_UNSPECIFIED"))
+      .map((k) => k.slice(prefix.length).toLowerCase());
+    throw new RangeError(`unknown ${what} ${JSON.stringify(value)}; expected one of: ${known.join(", ")}`);
+  }
+  return n as E;
+}
+
+// Codes after which a watchAll stream reconnects: the server went away
+// (restart, network) rather than refusing the request.
+const RECONNECT_CODES = new Set<number>([grpc.status.UNAVAILABLE]);
+// Messages buffered per call before it is paused until the consumer catches up.
+const HIGH_WATER = 64;
+// Reconnect backoff of watchAll streams: doubles from the first to the last.
+const BACKOFF_FIRST_MS = 100;
+const BACKOFF_MAX_MS = 5_000;
+
+interface Attempt {
+  call: grpc.ClientReadableStream<ConnectionEvent>;
+  queue: ConnectionEvent[];
+  ended: boolean;
+  error?: grpc.ServiceError;
+}
+
+/**
+ * The stream of `Client.watchAll`: an async iterable of ConnectionEvents.
+ *
+ * Checkpoints are not yielded; like events they move `cursor`, the cursor of
+ * the last message received, which is what to persist and pass back as
+ * `resumeAfter`. When the server goes away (UNAVAILABLE, a restart) the stream
+ * reconnects by itself with exponential backoff and resumes after `cursor`, so
+ * no event is lost or repeated; it keeps retrying for as long as the server is
+ * unreachable. Any other error is thrown as a TokendError (`CursorExpired` for
+ * a cursor past the log's retention) and ends the stream. `close()` (or
+ * leaving a for-await loop, or closing the Client) cancels the call and ends
+ * the iteration.
+ */
+export class EventStream implements AsyncIterableIterator<ConnectionEvent> {
+  private lastCursor?: string;
+  private attempt?: Attempt;
+  private isClosed = false;
+  private delayMs = BACKOFF_FIRST_MS;
+  private wake?: () => void;
+  private tail: Promise<unknown> = Promise.resolve();
+
+  /** @internal Use Client.watchAll. */
+  constructor(
+    private readonly open: (request: WatchConnectionsRequest) => grpc.ClientReadableStream<ConnectionEvent>,
+    private readonly request: WatchConnectionsRequest,
+    private readonly onClose: (stream: EventStream) => void = () => {},
+  ) {
+    this.current(); // open now: a live stream starts from here, not the first next()
+  }
+
+  /** The cursor of the last message received (event or checkpoint); undefined before the first. */
+  get cursor(): string | undefined {
+    return this.lastCursor;
+  }
+
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
+  [Symbol.asyncIterator](): EventStream {
+    return this;
+  }
+
+  /** The next event; calls are served in order. */
+  next(): Promise<IteratorResult<ConnectionEvent, undefined>> {
+    const result = this.tail.then(() => this.pull());
+    this.tail = result.catch(() => undefined);
+    return result;
+  }
+
+  async return(): Promise<IteratorResult<ConnectionEvent, undefined>> {
+    this.close();
+    return { done: true, value: undefined };
+  }
+
+  /** Cancels the call; a pending next() resolves as done. */
+  close(): void {
+    if (!this.isClosed) this.onClose(this);
+    this.isClosed = true;
+    const a = this.attempt;
+    this.attempt = undefined;
+    a?.call.cancel();
+    this.wakeUp();
+  }
+
+  private wakeUp(): void {
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
+  }
+
+  private current(): Attempt | undefined {
+    if (this.isClosed) return undefined;
+    if (this.attempt) return this.attempt;
+    let call: grpc.ClientReadableStream<ConnectionEvent>;
+    try {
+      call = this.open({ ...this.request, resumeAfter: this.lastCursor ?? this.request.resumeAfter });
+    } catch (e) {
+      this.close();
+      throw e;
+    }
+    const a: Attempt = { call, queue: [], ended: false };
+    const mine = () => this.attempt === a;
+    call.on("data", (m: ConnectionEvent) => {
+      a.queue.push(m);
+      if (a.queue.length >= HIGH_WATER) call.pause();
+      if (mine()) this.wakeUp();
+    });
+    // grpc-js emits a failed status as 'error' before the buffered messages
+    // are delivered, then 'end' after them: remember it, act on it at the end.
+    call.on("error", (e: grpc.ServiceError) => {
+      a.error = e;
+    });
+    const end = () => {
+      a.ended = true;
+      if (mine()) this.wakeUp();
+    };
+    call.on("end", end);
+    call.on("close", end);
+    this.attempt = a;
+    return a;
+  }
+
+  private async pull(): Promise<IteratorResult<ConnectionEvent, undefined>> {
+    for (;;) {
+      const a = this.current();
+      if (!a) return { done: true, value: undefined };
+      const m = a.queue.shift();
+      if (m) {
+        if (a.call.isPaused() && a.queue.length < HIGH_WATER / 2) a.call.resume();
+        if (m.cursor) this.lastCursor = m.cursor;
+        this.delayMs = BACKOFF_FIRST_MS;
+        if (m.eventType === EventType.EVENT_TYPE_CHECKPOINT) continue;
+        return { done: false, value: m };
+      }
+      if (!a.ended) {
+        await new Promise<void>((resolve) => (this.wake = resolve));
+        continue;
+      }
+      // This call is over: the server ended it (as it does when shutting
+      // down), it failed, or close() cancelled it.
+      this.attempt = undefined;
+      if (this.isClosed || a.error?.code === grpc.status.CANCELLED) {
+        this.close();
+        return { done: true, value: undefined };
+      }
+      if (a.error && !RECONNECT_CODES.has(a.error.code)) {
+        this.close();
+        throw toError(a.error);
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, this.delayMs);
+        this.wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.delayMs = Math.min(this.delayMs * 2, BACKOFF_MAX_MS);
+    }
+  }
+}
+
+// Reconnect to a server that went away within seconds (gRPC's default backoff
+// grows to two minutes), so watchAll streams resume soon after a restart.
+const CHANNEL_OPTIONS = {
+  "grpc.initial_reconnect_backoff_ms": 100,
+  "grpc.max_reconnect_backoff_ms": 5_000,
+};
+
 export interface ClientOptions {
   apiKey?: string;
   credentials?: grpc.ChannelCredentials;
@@ -204,17 +427,22 @@ export class Client {
   private readonly stub: TokenServiceClient;
   private readonly timeoutMs: number;
   private readonly apiKey?: string;
+  private readonly streams = new Set<EventStream>();
+  private closed = false;
 
   /** `target` is `host:port` or `http(s)://host:port`, as every tokend client accepts. */
   constructor(target = "127.0.0.1:50051", options: ClientOptions = {}) {
     const [address, tls] = grpcTarget(target);
     const credentials = options.credentials ?? (tls ? grpc.credentials.createSsl() : grpc.credentials.createInsecure());
-    this.stub = new TokenServiceClient(address, credentials);
+    this.stub = new TokenServiceClient(address, credentials, CHANNEL_OPTIONS);
     this.timeoutMs = options.timeoutMs ?? 10_000;
     this.apiKey = options.apiKey;
   }
 
+  /** Closes the channel; open watchAll streams end. */
   close(): void {
+    this.closed = true;
+    for (const s of [...this.streams]) s.close();
     this.stub.close();
   }
 
@@ -304,5 +532,38 @@ export class Client {
     } finally {
       call.cancel();
     }
+  }
+
+  /**
+   * The events of every connection this caller may see, from tokend's durable
+   * event log, as an EventStream (an async iterable of ConnectionEvents with a
+   * `cursor` to persist). Filters: within one, any value matches; across them,
+   * all must; empty ones match everything. With `resumeAfter` the stream
+   * replays what came after that cursor, then goes on live; without it, it
+   * starts live, or with `fromOldest` at the oldest retained event. Errors
+   * surface while iterating: InvalidArgument for a malformed cursor,
+   * CursorExpired for one past retention. Closing the Client ends the stream.
+   */
+  watchAll(options: WatchAllOptions = {}): EventStream {
+    if (this.closed) throw new Error("the Client is closed");
+    const request: WatchConnectionsRequest = {
+      filter: {
+        providers: options.providers ?? [],
+        connectionIdPrefixes: options.connectionIdPrefixes ?? [],
+        eventTypes: (options.eventTypes ?? []).map((t) => enumValue<EventType>(t, EventType, "EVENT_TYPE_", "event type")),
+        statuses: (options.statuses ?? []).map((t) =>
+          enumValue<ConnectionStatus>(t, ConnectionStatus, "CONNECTION_STATUS_", "status"),
+        ),
+      },
+      resumeAfter: options.resumeAfter ?? "",
+      fromOldest: options.fromOldest ?? false,
+    };
+    const stream = new EventStream(
+      (r) => this.stub.watchConnections(r, this.meta()),
+      request,
+      (s) => this.streams.delete(s),
+    );
+    if (!stream.closed) this.streams.add(stream);
+    return stream;
   }
 }

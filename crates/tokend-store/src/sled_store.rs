@@ -424,6 +424,10 @@ impl Inner {
                 encoded.push((seq.to_be_bytes(), bytes));
             }
         }
+        if encoded.is_empty() {
+            // Nothing to log (a rewrite, or the log is off): the plain swap.
+            return swap(&self.records, key, old, new.map(<[u8]>::to_vec));
+        }
         let last = first + encoded.len() as u64 - 1;
         let swapped = (&self.records, &self.events, &self.event_meta)
             .transaction(|(records, events, meta)| {
@@ -437,9 +441,7 @@ impl Inner {
                 for (seq, bytes) in &encoded {
                     events.insert(seq, bytes.as_slice())?;
                 }
-                if !encoded.is_empty() {
-                    meta.insert(LAST_SEQ_KEY, &last.to_be_bytes())?;
-                }
+                meta.insert(LAST_SEQ_KEY, &last.to_be_bytes())?;
                 Ok(true)
             })
             .map_err(|e: sled::transaction::TransactionError<()>| match e {
@@ -448,7 +450,7 @@ impl Inner {
                     StoreError::Backend("event log transaction aborted".into())
                 }
             })?;
-        if swapped && !encoded.is_empty() {
+        if swapped {
             self.last_seq.store(last, Ordering::SeqCst);
         }
         Ok(swapped)
