@@ -10,6 +10,7 @@ mod event_log;
 pub mod fault;
 mod leases;
 mod memory;
+mod sled_commit;
 mod sled_store;
 
 use std::time::Duration;

@@ -1,7 +1,8 @@
 //! The embedded default `Store`: sled 0.34, a tree of records, one of
 //! refresh leases and the event log, every record change and its events in
-//! one sled transaction, every write flushed before it returns, and every
-//! sled call on a blocking thread, never on the async runtime.
+//! one sled transaction, every write flushed before it returns. Changes run
+//! on one writer thread with group commit (`sled_commit.rs`), reads on
+//! blocking threads: no sled call runs on the async runtime.
 
 use std::{
     path::Path,
@@ -53,6 +54,8 @@ struct Inner {
     log_id: u64,
     /// False only for benchmarks measuring what the log costs.
     log_events: bool,
+    /// The writer thread's queue.
+    writer: std::sync::mpsc::Sender<crate::sled_commit::Job<Inner>>,
     /// Seals and opens secret fields. A `put` holds the read guard from
     /// encoding to its compare-and-swap, and `set_keyring` takes the write
     /// guard: once `set_keyring` returns, every write that lands after it
@@ -213,6 +216,7 @@ impl SledStore {
                 watermark: Watermark::new(last_seq),
                 log_id,
                 log_events,
+                writer: crate::sled_commit::start(),
                 keys: RwLock::new(Arc::new(keys)),
                 fencing: Mutex::new(()),
             }),
@@ -320,22 +324,66 @@ impl SledStore {
             .await
     }
 
-    /// Makes every write so far durable.
-    ///
-    /// The blocking `flush` on a blocking thread, not `flush_async`:
-    /// concurrent `flush_async` calls can hang in sled 0.34 (sled issues
-    /// #1241, #1308), and the refresh engine flushes from several tasks.
-    ///
-    /// Then raises the event watermark to what was committed before the
-    /// flush began: sequence order is commit order, so all of it is durable.
+    /// Makes every write so far durable (a flush by the writer thread).
     async fn flush(&self) -> Result<(), StoreError> {
-        self.blocking(|inner| {
-            let committed = inner.last_seq.load(Ordering::SeqCst);
-            inner.db.flush().map_err(backend)?;
-            inner.watermark.raise(committed);
-            Ok(())
+        self.write(|_| (Ok(()), true)).await
+    }
+
+    /// Runs a change on the writer thread, flushed before this returns when
+    /// its result satisfies `flush_if`.
+    async fn write_then<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+        flush_if: impl FnOnce(&T) -> bool + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.write(move |inner| {
+            let result = f(inner);
+            let flush = result.as_ref().is_ok_and(flush_if);
+            (result, flush)
         })
         .await
+    }
+
+    /// Runs a change on the writer thread; `f` also says whether the
+    /// change must be flushed before this returns.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> (Result<T, StoreError>, bool) + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = crate::sled_commit::Job {
+            inner: Arc::clone(&self.inner),
+            work: Box::new(move |inner: &Inner| {
+                let (result, flush) = f(inner);
+                let flush = flush && result.is_ok();
+                let completion: crate::sled_commit::Completion =
+                    Box::new(move |flushed: Result<(), StoreError>| {
+                        let _ = tx.send(result.and_then(|v| flushed.map(|()| v)));
+                    });
+                (flush, completion)
+            }),
+        };
+        self.inner
+            .writer
+            .send(job)
+            .map_err(|_| StoreError::Backend("the store's writer thread is gone".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Backend("the store's writer thread failed".into()))?
+    }
+}
+
+impl crate::sled_commit::Flush for Inner {
+    /// Flushes, then raises the event watermark to what was committed
+    /// before the flush began: sequence order is commit order, so all of it
+    /// is durable.
+    ///
+    /// The blocking `flush`, not `flush_async`: concurrent `flush_async`
+    /// calls can hang in sled 0.34 (sled issues #1241, #1308).
+    fn flush_and_publish(&self) -> Result<(), StoreError> {
+        let committed = self.last_seq.load(Ordering::SeqCst);
+        self.db.flush().map_err(backend)?;
+        self.watermark.raise(committed);
+        Ok(())
     }
 }
 
@@ -503,92 +551,98 @@ impl Store for SledStore {
     ) -> Result<(), StoreError> {
         check_advances(record, expected)?;
         let record = record.clone();
-        self.blocking(move |inner| inner.put(&record, expected, fence))
-            .await?;
-        self.flush().await
+        self.write(move |inner| (inner.put(&record, expected, fence), true))
+            .await
     }
 
     async fn replace_unreadable(&self, record: &Connection) -> Result<(), StoreError> {
         let record = record.clone();
-        self.blocking(move |inner| {
-            let conflict = |found| StoreError::Conflict {
-                id: record.id.clone(),
-                expected: None,
-                found,
-            };
-            let key = record.id.as_str().as_bytes();
-            let keys = inner.keys.read().unwrap_or_else(|p| p.into_inner());
-            let _fencing = lock(&inner.fencing);
-            let Some(bad) = inner.unreadable(&record.id)? else {
-                return Err(conflict(None));
-            };
-            let new = codec::encode(&record, &keys);
-            if inner.swap_with_events(key, Some(bad), Some(&new), event::describe(None, &record))? {
-                Ok(())
-            } else {
-                Err(conflict(None))
-            }
-        })
-        .await?;
-        self.flush().await
+        self.write_then(
+            move |inner| {
+                let conflict = |found| StoreError::Conflict {
+                    id: record.id.clone(),
+                    expected: None,
+                    found,
+                };
+                let key = record.id.as_str().as_bytes();
+                let keys = inner.keys.read().unwrap_or_else(|p| p.into_inner());
+                let _fencing = lock(&inner.fencing);
+                let Some(bad) = inner.unreadable(&record.id)? else {
+                    return Err(conflict(None));
+                };
+                let new = codec::encode(&record, &keys);
+                if inner.swap_with_events(
+                    key,
+                    Some(bad),
+                    Some(&new),
+                    event::describe(None, &record),
+                )? {
+                    Ok(())
+                } else {
+                    Err(conflict(None))
+                }
+            },
+            |_| true,
+        )
+        .await
     }
 
     async fn delete(&self, id: &ConnectionId, expected: Expected) -> Result<bool, StoreError> {
         let id = id.clone();
         let deleted = self
-            .blocking(move |inner| {
-                let key = id.as_str().as_bytes();
-                let _fencing = lock(&inner.fencing);
-                loop {
-                    let Some(current) = inner.records.get(key).map_err(backend)? else {
-                        return Ok(false);
-                    };
-                    let decoded = codec::decode(key, &current, &inner.keys());
-                    let (ok, found) = match (&decoded, expected) {
-                        (
-                            Ok(r),
-                            Expected::Record {
-                                incarnation,
-                                revision,
-                            },
-                        ) => (
-                            r.incarnation == incarnation && r.revision == revision,
-                            Some(r.revision),
-                        ),
-                        (Ok(r), Expected::Unreadable) => (false, Some(r.revision)),
-                        (Err(_), Expected::Unreadable) => (true, None),
-                        (Err(_), Expected::Record { .. }) => (false, None),
-                    };
-                    if !ok {
-                        return Err(StoreError::Conflict {
-                            id: id.clone(),
-                            expected: match expected {
-                                Expected::Record { revision, .. } => Some(revision),
-                                Expected::Unreadable => None,
-                            },
-                            found,
-                        });
+            .write_then(
+                move |inner| {
+                    let key = id.as_str().as_bytes();
+                    let _fencing = lock(&inner.fencing);
+                    loop {
+                        let Some(current) = inner.records.get(key).map_err(backend)? else {
+                            return Ok(false);
+                        };
+                        let decoded = codec::decode(key, &current, &inner.keys());
+                        let (ok, found) = match (&decoded, expected) {
+                            (
+                                Ok(r),
+                                Expected::Record {
+                                    incarnation,
+                                    revision,
+                                },
+                            ) => (
+                                r.incarnation == incarnation && r.revision == revision,
+                                Some(r.revision),
+                            ),
+                            (Ok(r), Expected::Unreadable) => (false, Some(r.revision)),
+                            (Err(_), Expected::Unreadable) => (true, None),
+                            (Err(_), Expected::Record { .. }) => (false, None),
+                        };
+                        if !ok {
+                            return Err(StoreError::Conflict {
+                                id: id.clone(),
+                                expected: match expected {
+                                    Expected::Record { revision, .. } => Some(revision),
+                                    Expected::Unreadable => None,
+                                },
+                                found,
+                            });
+                        }
+                        let deleted = event::deleted(
+                            id.as_str(),
+                            decoded.as_ref().ok(),
+                            tokend_core::Clock::system().now(),
+                        );
+                        if inner.swap_with_events(key, Some(current), None, vec![deleted])? {
+                            break;
+                        }
                     }
-                    let deleted = event::deleted(
-                        id.as_str(),
-                        decoded.as_ref().ok(),
-                        tokend_core::Clock::system().now(),
-                    );
-                    if inner.swap_with_events(key, Some(current), None, vec![deleted])? {
-                        break;
+                    // The fence counter outlives the record.
+                    if let Some(mut lease) = inner.lease_state(key)? {
+                        lease.forget();
+                        inner.set_lease(key, &lease)?;
                     }
-                }
-                // The fence counter outlives the record.
-                if let Some(mut lease) = inner.lease_state(key)? {
-                    lease.forget();
-                    inner.set_lease(key, &lease)?;
-                }
-                Ok(true)
-            })
+                    Ok(true)
+                },
+                |deleted| *deleted,
+            )
             .await?;
-        if deleted {
-            self.flush().await?;
-        }
         Ok(deleted)
     }
 
@@ -700,40 +754,45 @@ impl Store for SledStore {
     }
 
     async fn prune_events(&self, older_than: Timestamp, keep: u64) -> Result<u64, StoreError> {
-        self.blocking(move |inner| {
-            let last = inner.last_seq.load(Ordering::SeqCst);
-            let mut removed = 0;
-            loop {
-                // In batches, so writers are not held up by a long prune.
-                let mut batch = sled::Batch::default();
-                let mut in_batch = 0;
-                let mut done = false;
-                for item in inner.events.iter().take(10_000) {
-                    let (key, bytes) = item.map_err(backend)?;
-                    let seq = <[u8; 8]>::try_from(key.as_ref()).map_or(0, u64::from_be_bytes);
-                    let retained = last.saturating_sub(seq) + 1;
-                    let old =
-                        serde_json::from_slice::<Event>(&bytes).map_or(true, |e| e.at < older_than);
-                    if retained > keep || old {
-                        batch.remove(key);
-                        in_batch += 1;
-                    } else {
-                        done = true;
-                        break;
-                    }
-                }
-                if in_batch == 0 {
-                    break;
-                }
-                inner.events.apply_batch(batch).map_err(backend)?;
-                removed += in_batch;
-                if done {
-                    break;
-                }
+        let mut removed = 0;
+        loop {
+            // One writer-thread job per chunk, so other changes are not
+            // held up by a long prune.
+            let (in_chunk, done) = self
+                .write_then(
+                    move |inner| {
+                        let last = inner.last_seq.load(Ordering::SeqCst);
+                        let mut batch = sled::Batch::default();
+                        let mut in_chunk = 0u64;
+                        let mut done = true;
+                        for item in inner.events.iter().take(10_000) {
+                            let (key, bytes) = item.map_err(backend)?;
+                            let seq =
+                                <[u8; 8]>::try_from(key.as_ref()).map_or(0, u64::from_be_bytes);
+                            let retained = last.saturating_sub(seq) + 1;
+                            let old = serde_json::from_slice::<Event>(&bytes)
+                                .map_or(true, |e| e.at < older_than);
+                            if !(retained > keep || old) {
+                                done = true;
+                                break;
+                            }
+                            batch.remove(key);
+                            in_chunk += 1;
+                            done = false;
+                        }
+                        if in_chunk > 0 {
+                            inner.events.apply_batch(batch).map_err(backend)?;
+                        }
+                        Ok((in_chunk, done || in_chunk < 10_000))
+                    },
+                    |_| false,
+                )
+                .await?;
+            removed += in_chunk;
+            if done || in_chunk == 0 {
+                return Ok(removed);
             }
-            Ok(removed)
-        })
-        .await
+        }
     }
 
     async fn load_cursor(&self, name: &str) -> Result<Option<SavedCursor>, StoreError> {
@@ -752,13 +811,16 @@ impl Store for SledStore {
         let bytes = serde_json::to_vec(cursor).map_err(json_error)?;
         // Not flushed: the next write's flush (or sled's own, within a
         // second) carries it; a lost save means redelivery, never a skip.
-        self.blocking(move |inner| {
-            inner
-                .cursors
-                .insert(name.as_bytes(), bytes)
-                .map_err(backend)?;
-            Ok(())
-        })
+        self.write_then(
+            move |inner| {
+                inner
+                    .cursors
+                    .insert(name.as_bytes(), bytes)
+                    .map_err(backend)?;
+                Ok(())
+            },
+            |_| false,
+        )
         .await
     }
 
@@ -772,22 +834,22 @@ impl Store for SledStore {
         let id = id.clone();
         let holder = holder.to_owned();
         let granted = self
-            .blocking(move |inner| {
-                let key = id.as_str().as_bytes();
-                let _fencing = lock(&inner.fencing);
-                let last = inner.lease_state(key)?;
-                let Some(next) = LeaseState::grant(last.as_ref(), &holder, ttl, now) else {
-                    return Ok(None);
-                };
-                inner.set_lease(key, &next)?;
-                Ok(Some(next.lease(&id)))
-            })
+            .write_then(
+                move |inner| {
+                    let key = id.as_str().as_bytes();
+                    let _fencing = lock(&inner.fencing);
+                    let last = inner.lease_state(key)?;
+                    let Some(next) = LeaseState::grant(last.as_ref(), &holder, ttl, now) else {
+                        return Ok(None);
+                    };
+                    inner.set_lease(key, &next)?;
+                    Ok(Some(next.lease(&id)))
+                },
+                // Flushed: the lease is the refresh's durable intent, found
+                // again after a crash between the provider call and the commit.
+                |granted| granted.is_some(),
+            )
             .await?;
-        if granted.is_some() {
-            // Flushed: the lease is the refresh's durable intent, found
-            // again after a crash between the provider call and the commit.
-            self.flush().await?;
-        }
         Ok(granted)
     }
 
@@ -796,16 +858,19 @@ impl Store for SledStore {
         // crash, it only makes the next refresh look in doubt, which costs
         // nothing unless that refresh is refused.
         let lease = lease.clone();
-        self.blocking(move |inner| {
-            let key = lease.id.as_str().as_bytes();
-            let _fencing = lock(&inner.fencing);
-            if let Some(mut state) = inner.lease_state(key)?
-                && state.release(lease.fence, in_doubt)
-            {
-                inner.set_lease(key, &state)?;
-            }
-            Ok(())
-        })
+        self.write_then(
+            move |inner| {
+                let key = lease.id.as_str().as_bytes();
+                let _fencing = lock(&inner.fencing);
+                if let Some(mut state) = inner.lease_state(key)?
+                    && state.release(lease.fence, in_doubt)
+                {
+                    inner.set_lease(key, &state)?;
+                }
+                Ok(())
+            },
+            |_| false,
+        )
         .await
     }
 
@@ -815,25 +880,27 @@ impl Store for SledStore {
     ) -> Result<Vec<ConnectionId>, StoreError> {
         let prefix = node_prefix.to_owned();
         let ids = self
-            .blocking(move |inner| {
-                let _fencing = lock(&inner.fencing);
-                let mut ids = Vec::new();
-                for item in inner.leases.iter() {
-                    let (key, bytes) = item.map_err(backend)?;
-                    let Ok(mut state) = serde_json::from_slice::<LeaseState>(&bytes) else {
-                        continue;
-                    };
-                    if state.abandon(&prefix) {
-                        inner.set_lease(&key, &state)?;
-                        if let Ok(id) = ConnectionId::new(String::from_utf8_lossy(&key)) {
-                            ids.push(id);
+            .write_then(
+                move |inner| {
+                    let _fencing = lock(&inner.fencing);
+                    let mut ids = Vec::new();
+                    for item in inner.leases.iter() {
+                        let (key, bytes) = item.map_err(backend)?;
+                        let Ok(mut state) = serde_json::from_slice::<LeaseState>(&bytes) else {
+                            continue;
+                        };
+                        if state.abandon(&prefix) {
+                            inner.set_lease(&key, &state)?;
+                            if let Ok(id) = ConnectionId::new(String::from_utf8_lossy(&key)) {
+                                ids.push(id);
+                            }
                         }
                     }
-                }
-                Ok(ids)
-            })
+                    Ok(ids)
+                },
+                |_| true,
+            )
             .await?;
-        self.flush().await?;
         Ok(ids)
     }
 }
