@@ -97,9 +97,11 @@ impl EventStream {
         }
     }
 
-    /// Subscribes (if not yet) and waits until the broker has sent the
-    /// stream's position, which it returns: persist it before acting on
-    /// anything, so a restart resumes from here even if no event came.
+    /// Subscribes (if not yet) and returns the stream's position: for a
+    /// new stream, once the broker has sent it; when resuming, the cursor
+    /// given (an expired one shows as the stream's first error). Persist it
+    /// before acting on anything, so a restart resumes from here even if no
+    /// event came.
     pub async fn started(&mut self) -> Result<String, Error> {
         futures::future::poll_fn(|cx| {
             if self.stash.is_none() {
