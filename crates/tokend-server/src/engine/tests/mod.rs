@@ -6,7 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
-use tokend_core::{Clock, ConnectionId, ProviderName, ReconnectCause, Status};
+use tokend_core::{Clock, ConnectionId, EventType, ProviderName, ReconnectCause, Status};
 use tokend_provider::{
     ClientAuth, Dialect, ProviderConfig, TokenEndpoint,
     scripted::{ScriptRotation, ScriptedProvider, Step},
@@ -182,6 +182,61 @@ async fn a_write_that_lands_but_reports_failure_is_rewritten_then_announced() {
     let event = events.recv().await.unwrap();
     assert_eq!(event.kind, EventKind::TokenRotated);
     assert!(fx.engine.next_due(&fx.id).is_some(), "rescheduled");
+    // The durable log holds the refresh once: the landed write carried its
+    // event, and the rewrite that flushed it adds none.
+    assert_eq!(
+        logged(&fx).await,
+        [EventType::Installed, EventType::TokenRotated]
+    );
+}
+
+async fn logged(fx: &Fx) -> Vec<EventType> {
+    let store = fx.store.inner();
+    let up_to = *store.event_watermark().borrow();
+    store
+        .read_events(0, up_to, 1000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind)
+        .collect()
+}
+
+/// Invariant: the log tells a connection's health as it was: a failed
+/// refresh is REFRESH_FAILED, the next success TOKEN_ROTATED then
+/// RECOVERED, and a refusal RECONNECT_REQUIRED with its cause, once.
+#[tokio::test(start_paused = true)]
+async fn the_log_tells_failures_recoveries_and_revocations() {
+    let fx = fixture(Setup::default()).await;
+    fx.provider.push(Step::Fail(ScriptedProvider::transient()));
+    fx.engine
+        .force_refresh(&fx.id, Rejected::Unspecified)
+        .await
+        .unwrap_err();
+    tokio::time::sleep(Duration::from_secs(400)).await;
+    fx.engine
+        .force_refresh(&fx.id, Rejected::Unspecified)
+        .await
+        .unwrap();
+    fx.provider.revoke_all();
+    fx.engine
+        .force_refresh(&fx.id, Rejected::Unspecified)
+        .await
+        .unwrap_err();
+    let _ = fx.engine.force_refresh(&fx.id, Rejected::Unspecified).await;
+    assert_eq!(
+        logged(&fx).await,
+        [
+            EventType::Installed,
+            EventType::RefreshFailed,
+            EventType::TokenRotated,
+            EventType::Recovered,
+            EventType::ReconnectRequired
+        ]
+    );
+    let store = fx.store.inner();
+    let last = store.read_events(4, 5, 1).await.unwrap().remove(0);
+    assert_eq!(last.cause, Some(ReconnectCause::Revoked));
 }
 
 /// Item 1/2. Invariant: when the store keeps failing, callers get
