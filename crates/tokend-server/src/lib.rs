@@ -153,7 +153,6 @@ pub async fn run_with_tasks(
         clock.clone(),
         config.engine,
     );
-    let loaded = engine.start().await?;
     let feed = feed::Feed::start(
         engine.store(),
         config.events.clone(),
@@ -172,6 +171,9 @@ pub async fn run_with_tasks(
     )
     .await
     .map_err(ServerError::Webhooks)?;
+    // The feed and the webhooks' start positions first: events written by
+    // the engine's start-up refreshes are then delivered too.
+    let loaded = engine.start().await?;
     spawn(engine.tasks(), engine.shutdown_token());
     tracing::info!(
         addr = %addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string()),

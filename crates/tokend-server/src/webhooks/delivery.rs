@@ -69,10 +69,8 @@ impl Delivery {
         &self.endpoint.config.name
     }
 
-    pub async fn run(self) {
-        let Some(mut position) = self.resume().await else {
-            return;
-        };
+    /// Delivers from `position` (see [`Self::resume`]) until shutdown.
+    pub async fn run(self, mut position: u64) {
         loop {
             let events = match self
                 .feed
@@ -121,9 +119,11 @@ impl Delivery {
         }
     }
 
-    /// Where to start: the saved cursor, or (first run, or a cursor from
-    /// another log) the end of the log. `None` at shutdown.
-    async fn resume(&self) -> Option<u64> {
+    /// Where to start: the saved cursor; on the first run, the end of the
+    /// log (saved at once, so everything after this start is delivered);
+    /// with a cursor from another log, its oldest event. `None` at
+    /// shutdown. Called before the server takes requests or refreshes.
+    pub async fn resume(&self) -> Option<u64> {
         loop {
             let saved = self.store.load_cursor(self.name()).await;
             let start = match &saved {

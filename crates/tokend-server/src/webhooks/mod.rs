@@ -72,17 +72,19 @@ impl Webhooks {
         for config in configs {
             let sender = Sender::new(&config.sender)?;
             let endpoint = Arc::new(delivery::Endpoint::new(config));
-            tasks.spawn(
-                delivery::Delivery {
-                    endpoint: Arc::clone(&endpoint),
-                    feed: Arc::clone(&feed),
-                    store: Arc::clone(&store),
-                    sender,
-                    clock: clock.clone(),
-                    cancel: cancel.clone(),
-                }
-                .run(),
-            );
+            let delivery = delivery::Delivery {
+                endpoint: Arc::clone(&endpoint),
+                feed: Arc::clone(&feed),
+                store: Arc::clone(&store),
+                sender,
+                clock: clock.clone(),
+                cancel: cancel.clone(),
+            };
+            // Fixed now, before any request or refresh can write an event,
+            // so a new endpoint gets everything from this start on.
+            if let Some(position) = delivery.resume().await {
+                tasks.spawn(delivery.run(position));
+            }
             endpoints.push(endpoint);
         }
         Ok(Arc::new(Webhooks {
