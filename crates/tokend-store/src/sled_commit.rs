@@ -59,7 +59,14 @@ fn run<I: Flush>(rx: mpsc::Receiver<Job<I>>) {
         let mut waiting = Vec::with_capacity(jobs.len());
         let mut flusher: Option<Arc<I>> = None;
         for Job { inner, work } in jobs {
-            let (needs_flush, completion) = work(&inner);
+            // A change that panics fails alone (its caller gets an error
+            // when its reply is dropped); the writer goes on.
+            let Ok((needs_flush, completion)) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&inner)))
+            else {
+                drop(inner);
+                continue;
+            };
             // Every store reference is let go before its caller hears back,
             // so a caller that drops the store and reopens its directory
             // finds it unlocked.
@@ -78,5 +85,60 @@ fn run<I: Flush>(rx: mpsc::Receiver<Job<I>>) {
         for completion in waiting {
             completion(flushed.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl Flush for Counting {
+        fn flush_and_publish(&self) -> Result<(), StoreError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn job(
+        inner: &Arc<Counting>,
+        flush: bool,
+        panic: bool,
+    ) -> (Job<Counting>, mpsc::Receiver<Result<(), StoreError>>) {
+        let (tx, rx) = mpsc::channel();
+        let work: Work<Counting> = Box::new(move |_| {
+            assert!(!panic, "a change that panics");
+            let completion: Completion = Box::new(move |r| {
+                let _ = tx.send(r);
+            });
+            (flush, completion)
+        });
+        (
+            Job {
+                inner: Arc::clone(inner),
+                work,
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn a_panicking_change_fails_alone_and_the_writer_goes_on() {
+        let inner = Arc::new(Counting::default());
+        let writer = start::<Counting>();
+        let (bad, bad_reply) = job(&inner, true, true);
+        writer.send(bad).unwrap();
+        assert!(bad_reply.recv().is_err(), "its caller hears of the failure");
+        let (good, good_reply) = job(&inner, true, false);
+        writer.send(good).unwrap();
+        assert!(good_reply.recv().unwrap().is_ok());
+        assert!(
+            inner.0.load(Ordering::SeqCst) >= 1,
+            "flushed for the good one"
+        );
     }
 }
