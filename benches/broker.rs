@@ -91,22 +91,7 @@ async fn run() {
     let tokens = TokenServiceClient::new(channel.clone());
     let health = HealthClient::new(channel.clone());
 
-    let install = |id: &str, expires_in: i64| {
-        let issued = sandbox.issue_tokens(id, &["crm"]);
-        pb::InstallRequest {
-            provider: "sandbox".into(),
-            connection_id: id.into(),
-            account_id: id.into(),
-            grant: Some(pb::install_request::Grant::TokenImport(pb::TokenImport {
-                access_token: issued.access_token,
-                refresh_token: issued.refresh_token,
-                expires_in_seconds: expires_in,
-                scopes: issued.scopes,
-                token_type: String::new(),
-            })),
-            replace: false,
-        }
-    };
+    let install = |id: &str, expires_in: i64| support::import_request(&sandbox, id, expires_in);
     tokens
         .clone()
         .install(install("cached", 1800))

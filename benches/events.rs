@@ -50,20 +50,7 @@ fn limits() -> Limits {
 }
 
 fn install(sandbox: &Sandbox, id: &str) -> pb::InstallRequest {
-    let issued = sandbox.issue_tokens(id, &["crm"]);
-    pb::InstallRequest {
-        provider: "sandbox".into(),
-        connection_id: id.into(),
-        account_id: id.into(),
-        grant: Some(pb::install_request::Grant::TokenImport(pb::TokenImport {
-            access_token: issued.access_token,
-            refresh_token: issued.refresh_token,
-            expires_in_seconds: 1800,
-            scopes: issued.scopes,
-            token_type: String::new(),
-        })),
-        replace: false,
-    }
+    support::import_request(sandbox, id, 1800)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -3,6 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use tokend_proto::v1 as pb;
 use tokend_sandbox::Sandbox;
 use tokend_server::{EngineSettings, ServerConfig, config::sandbox_provider, limits::Limits};
 use tokend_store::SledStore;
@@ -67,4 +68,23 @@ pub async fn start(
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     (channel, addr, stop, server)
+}
+
+/// An Install importing a token set the sandbox issued for account `id`,
+/// with `expires_in` seconds left on the access token.
+pub fn import_request(sandbox: &Sandbox, id: &str, expires_in: i64) -> pb::InstallRequest {
+    let issued = sandbox.issue_tokens(id, &["crm"]);
+    pb::InstallRequest {
+        provider: "sandbox".into(),
+        connection_id: id.into(),
+        account_id: id.into(),
+        grant: Some(pb::install_request::Grant::TokenImport(pb::TokenImport {
+            access_token: issued.access_token,
+            refresh_token: issued.refresh_token,
+            expires_in_seconds: expires_in,
+            scopes: issued.scopes,
+            token_type: String::new(),
+        })),
+        replace: false,
+    }
 }
