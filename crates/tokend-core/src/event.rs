@@ -174,12 +174,6 @@ pub fn deleted(id: &str, before: Option<&Connection>, at: Timestamp) -> NewEvent
     }
 }
 
-/// The error half of an event, for readers that want the provider's words
-/// without digging into the metadata.
-pub fn last_error(event: &NewEvent) -> Option<&LastError> {
-    event.connection.as_ref()?.last_error.as_ref()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use std::{
 };
 
 use tokend_core::{Clock, Event};
-use tokend_store::{LogBounds, Store, StoreError};
+use tokend_store::{Store, StoreError};
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -161,11 +161,6 @@ impl Feed {
             log_id: self.log_id,
             seq,
         }
-    }
-
-    /// The log's bounds, for status reports.
-    pub async fn bounds(&self) -> Result<LogBounds, StoreError> {
-        self.store.event_bounds().await
     }
 
     /// Where a new reader starts: after `resume_after`, or at the oldest

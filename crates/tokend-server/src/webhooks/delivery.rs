@@ -42,9 +42,9 @@ impl Endpoint {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn status(&self, last: u64, feed: Option<&Feed>) -> pb::WebhookStatus {
+    pub fn status(&self, last: u64, feed: &Feed) -> pb::WebhookStatus {
         let state = self.state().clone();
-        let cursor = feed.map_or_else(String::new, |f| f.cursor(state.position).encode());
+        let cursor = feed.cursor(state.position).encode();
         state.to_pb(
             &self.config.name,
             tokend_webhook::redacted(&self.config.url),

@@ -47,18 +47,10 @@ impl WebhookConfig {
 /// Every endpoint's delivery task and status.
 pub struct Webhooks {
     endpoints: Vec<Arc<delivery::Endpoint>>,
-    feed: Option<Arc<Feed>>,
+    feed: Arc<Feed>,
 }
 
 impl Webhooks {
-    /// No endpoints.
-    pub fn none() -> Arc<Webhooks> {
-        Arc::new(Webhooks {
-            endpoints: Vec::new(),
-            feed: None,
-        })
-    }
-
     /// Starts one delivery task per endpoint on `tasks`.
     pub async fn start(
         configs: Vec<Arc<WebhookConfig>>,
@@ -87,18 +79,15 @@ impl Webhooks {
             }
             endpoints.push(endpoint);
         }
-        Ok(Arc::new(Webhooks {
-            endpoints,
-            feed: Some(feed),
-        }))
+        Ok(Arc::new(Webhooks { endpoints, feed }))
     }
 
     /// Each endpoint's state, in config order.
     pub fn status(&self) -> Vec<pb::WebhookStatus> {
-        let last = self.feed.as_ref().map_or(0, |f| f.last());
+        let last = self.feed.last();
         self.endpoints
             .iter()
-            .map(|e| e.status(last, self.feed.as_deref()))
+            .map(|e| e.status(last, &self.feed))
             .collect()
     }
 }
