@@ -45,7 +45,8 @@ struct StoredRecord {
     install_fingerprint: Option<String>,
 }
 
-pub(crate) fn encode(c: &Connection, keys: &Keyring) -> Vec<u8> {
+/// The stored bytes of `c`, its secret fields sealed with `keys`' active key.
+pub fn encode(c: &Connection, keys: &Keyring) -> Vec<u8> {
     let id = c.id.as_str();
     let seal = |field: &'static str| {
         move |s: &SecretString| keys.seal(id, field, s.expose_secret().as_bytes())
@@ -81,7 +82,7 @@ pub(crate) fn encode(c: &Connection, keys: &Keyring) -> Vec<u8> {
 }
 
 /// The ids of the keys that sealed a stored record's fields.
-pub(crate) fn key_ids(bytes: &[u8]) -> Vec<u32> {
+pub fn key_ids(bytes: &[u8]) -> Vec<u32> {
     serde_json::from_slice::<StoredRecord>(bytes)
         .map(|doc| {
             [
@@ -97,7 +98,9 @@ pub(crate) fn key_ids(bytes: &[u8]) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-pub(crate) fn decode(key: &[u8], bytes: &[u8], keys: &Keyring) -> Result<Connection, StoreError> {
+/// The record in `bytes`, stored under `key`; `Corrupt` when the bytes
+/// cannot be decoded or opened with `keys`.
+pub fn decode(key: &[u8], bytes: &[u8], keys: &Keyring) -> Result<Connection, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         id: String::from_utf8_lossy(key).into_owned(),
         reason,

@@ -21,6 +21,17 @@ use tokio::sync::watch;
 
 pub use event_log::{LogBounds, SavedCursor, Watermark, new_log_id};
 pub use memory::MemoryStore;
+
+/// What a backend kept outside this crate (the PostgreSQL one) shares with
+/// the built-in ones: the record encoding (secrets sealed before they leave
+/// the process) and the preconditions every backend checks the same way.
+pub mod backend {
+    pub use crate::{
+        check_advances,
+        codec::{decode, encode, key_ids},
+        comparable, matches,
+    };
+}
 pub use sled_store::{FORMAT_VERSION, SledStore};
 
 /// Errors of the storage layer. Backend types (sled, SQL drivers) never
@@ -232,7 +243,7 @@ pub struct SealedPage {
 }
 
 /// Checks a put's preconditions that do not depend on the backend.
-fn check_advances(record: &Connection, expected: Option<u64>) -> Result<(), StoreError> {
+pub fn check_advances(record: &Connection, expected: Option<u64>) -> Result<(), StoreError> {
     if expected.is_some_and(|e| record.revision <= e) || record.revision == 0 {
         return Err(StoreError::RevisionNotAdvanced {
             id: record.id.clone(),
@@ -245,14 +256,14 @@ fn check_advances(record: &Connection, expected: Option<u64>) -> Result<(), Stor
 
 /// The `found` revision of a compare-and-swap, or `None` when the stored
 /// record is absent or of another incarnation than `record`.
-fn comparable(record: &Connection, stored: Option<&Connection>) -> Option<u64> {
+pub fn comparable(record: &Connection, stored: Option<&Connection>) -> Option<u64> {
     stored
         .filter(|s| s.incarnation == record.incarnation)
         .map(|s| s.revision)
 }
 
 /// Whether a record passes a list query's filters.
-fn matches(query: &ListQuery, record: &Connection) -> bool {
+pub fn matches(query: &ListQuery, record: &Connection) -> bool {
     query
         .provider
         .as_ref()

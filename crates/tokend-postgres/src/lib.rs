@@ -1,0 +1,197 @@
+//! The PostgreSQL `Store`: connection records, fenced refresh leases and
+//! the event log in one database that several tokend replicas share.
+//!
+//! Every change is one SQL transaction: the record's compare-and-swap on
+//! `(incarnation, revision)`, checked against the newest lease's fence, and
+//! the change's events, numbered under the log's row lock so the sequence
+//! is contiguous and in commit order fleet-wide. Tokens are sealed by
+//! tokend's own keys before they are sent (`tokend_store::backend::encode`):
+//! the database never sees a plaintext secret.
+//!
+//! The committed end of the log reaches every replica through
+//! `LISTEN/NOTIFY`, with a periodic read as a fallback (`listen.rs`).
+
+mod listen;
+pub mod migrate;
+mod options;
+mod store;
+
+use std::sync::Arc;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokend_store::{StoreError, Watermark, crypto::Keyring};
+
+pub use migrate::{MIGRATIONS, SCHEMA_VERSION};
+pub use options::{PgOptions, Tls};
+
+/// What can go wrong reaching or preparing the database. Never carries the
+/// URL or a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("database: {0}")]
+    Db(String),
+    #[error("database connection pool: {0}")]
+    Pool(String),
+    #[error("database configuration: {0}")]
+    Config(String),
+    #[error(
+        "the database's schema is at version {found}, newer than this tokend knows ({known}): upgrade tokend before pointing it at this database"
+    )]
+    SchemaTooNew { found: i32, known: i32 },
+    #[error(
+        "the database's schema is at version {found} and this tokend needs {needed}: run `tokend migrate` first"
+    )]
+    SchemaTooOld { found: i32, needed: i32 },
+}
+
+impl From<tokio_postgres::Error> for PgError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        PgError::Db(describe(&e))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for PgError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => PgError::Db(describe(&e)),
+            deadpool_postgres::PoolError::Timeout(_) => {
+                PgError::Pool("timed out waiting for a database connection".into())
+            }
+            other => PgError::Pool(other.to_string()),
+        }
+    }
+}
+
+impl From<PgError> for StoreError {
+    fn from(e: PgError) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+/// A driver error in words: the server's SQLSTATE and message when it sent
+/// one (they name tables and ids, never parameters' values), else the
+/// driver's own description.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => {
+            let mut s = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(inner) = source {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                source = inner.source();
+            }
+            s
+        }
+    }
+}
+
+/// The PostgreSQL store. Cheap to clone: the pool and state are shared.
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    keys: std::sync::RwLock<Arc<Keyring>>,
+    log_id: u64,
+    /// The highest sequence number known committed, from this replica's
+    /// own commits, notifications and periodic reads.
+    watermark: Arc<Watermark>,
+    /// Follows the log's committed end; stopped when the store is dropped.
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl PostgresStore {
+    /// Connects, checks the schema version (see [`migrate`]) and starts
+    /// following the event log. Fails when the database is unreachable or
+    /// its schema is not the one this build needs.
+    pub async fn connect(options: &PgOptions, keys: Keyring) -> Result<Self, PgError> {
+        let config = options.driver_config()?;
+        let tls = options.connector()?;
+        let manager = Manager::from_config(
+            config.clone(),
+            tls.clone(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.connect_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .build()
+            .map_err(|e| PgError::Pool(e.to_string()))?;
+        let client = pool.get().await?;
+        migrate::check(&client).await?;
+        let row = client
+            .query_one("SELECT log_id, last_seq FROM tokend_log", &[])
+            .await?;
+        let log_id = row.get::<_, i64>(0) as u64;
+        let last = u64::try_from(row.get::<_, i64>(1)).unwrap_or(0);
+        drop(client);
+        let watermark = Arc::new(Watermark::new(last));
+        let listener = tokio::spawn(listen::follow(
+            config,
+            tls,
+            options.poll_interval,
+            Arc::clone(&watermark),
+        ));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                keys: std::sync::RwLock::new(Arc::new(keys)),
+                log_id,
+                watermark,
+                listener,
+            }),
+        })
+    }
+
+    /// Applies the embedded migrations the database lacks (`tokend
+    /// migrate`). Returns the versions applied; empty when up to date.
+    pub async fn migrate(options: &PgOptions) -> Result<Vec<i32>, PgError> {
+        let mut client = connect_one(options).await?;
+        migrate::migrate(&mut client).await
+    }
+
+    /// The database's schema version (0 when never migrated).
+    pub async fn schema_version(options: &PgOptions) -> Result<i32, PgError> {
+        let client = connect_one(options).await?;
+        migrate::current_version(&client).await
+    }
+
+    /// Switches to a new keyring (after `tokend keys rotate`).
+    pub fn set_keyring(&self, keys: Keyring) {
+        *self.inner.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+    }
+
+    fn keys(&self) -> Arc<Keyring> {
+        Arc::clone(&self.inner.keys.read().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// One connection outside the pool, driven by its own task.
+pub(crate) async fn connect_one(options: &PgOptions) -> Result<tokio_postgres::Client, PgError> {
+    let config = options.driver_config()?;
+    let (client, connection) = config.connect(options.connector()?).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %describe(&e), "database connection ended");
+        }
+    });
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests;

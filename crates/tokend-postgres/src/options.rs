@@ -1,0 +1,129 @@
+//! How to reach the database: the URL (a secret: it may hold a password),
+//! pool size, timeouts and TLS, resolved once into a driver config.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::config::SslMode;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::PgError;
+
+/// TLS to the database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tls {
+    /// Plaintext: only for a database on loopback or a private link.
+    Disable,
+    /// TLS, verifying the server's certificate and host name against the
+    /// system's roots, or against `ca_file` (PEM) when given.
+    VerifyFull { ca_file: Option<PathBuf> },
+}
+
+/// Everything the store needs to connect. `Debug` never shows the URL.
+#[derive(Clone)]
+pub struct PgOptions {
+    pub url: SecretString,
+    /// Most connections open at once, per replica.
+    pub pool_size: usize,
+    /// Longest any statement may run before the server cancels it.
+    pub statement_timeout: Duration,
+    /// Longest to wait for a connection (to open one, or for a free one).
+    pub connect_timeout: Duration,
+    pub tls: Tls,
+    /// How often the committed end of the event log is read, besides the
+    /// notifications: bounds how late another replica's event can be seen
+    /// when a notification is lost (reconnects).
+    pub poll_interval: Duration,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("url", &"[redacted]")
+            .field("pool_size", &self.pool_size)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
+            .field("poll_interval", &self.poll_interval)
+            .finish()
+    }
+}
+
+impl PgOptions {
+    /// Defaults for everything but the URL.
+    pub fn new(url: SecretString) -> Self {
+        Self {
+            url,
+            pool_size: 16,
+            statement_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            tls: Tls::Disable,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// The driver's config: the URL's settings, with timeouts and TLS mode
+    /// from these options.
+    pub(crate) fn driver_config(&self) -> Result<tokio_postgres::Config, PgError> {
+        let mut config: tokio_postgres::Config = self
+            .url
+            .expose_secret()
+            .parse()
+            // The driver's parse errors quote no part of the URL, but say
+            // nothing of it either way.
+            .map_err(|_| {
+                PgError::Config("the database URL is not a valid PostgreSQL URL".into())
+            })?;
+        let timeout_ms = self.statement_timeout.as_millis().max(1);
+        config
+            .options(format!("-c statement_timeout={timeout_ms}"))
+            .connect_timeout(self.connect_timeout)
+            .application_name("tokend")
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
+        config.ssl_mode(match self.tls {
+            Tls::Disable => SslMode::Disable,
+            Tls::VerifyFull { .. } => SslMode::Require,
+        });
+        Ok(config)
+    }
+
+    /// The TLS connector (used only when TLS is on; rustls, verifying the
+    /// certificate and host name).
+    pub(crate) fn connector(&self) -> Result<MakeRustlsConnect, PgError> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.tls {
+            Tls::VerifyFull {
+                ca_file: Some(path),
+            } => {
+                use rustls::pki_types::{CertificateDer, pem::PemObject};
+                let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
+                    PgError::Config(format!("cannot read CA file {}: {e}", path.display()))
+                })?;
+                for cert in certs {
+                    let cert = cert.map_err(|e| {
+                        PgError::Config(format!("bad certificate in {}: {e}", path.display()))
+                    })?;
+                    roots.add(cert).map_err(|e| {
+                        PgError::Config(format!("bad certificate in {}: {e}", path.display()))
+                    })?;
+                }
+            }
+            _ => {
+                let found = rustls_native_certs::load_native_certs();
+                for cert in found.certs {
+                    // A system root rustls cannot parse is skipped, as
+                    // every rustls client does.
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| PgError::Config(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(MakeRustlsConnect::new(config))
+    }
+}

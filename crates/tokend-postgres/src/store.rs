@@ -1,0 +1,591 @@
+//! `Store` on PostgreSQL. Each change is one transaction at READ COMMITTED
+//! that locks rows in one order (lease, then record, then the log's row), so
+//! concurrent changes from any replica serialise per connection without
+//! deadlocks, and event numbering serialises fleet-wide.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokend_core::{Connection, ConnectionId, Event, NewEvent, Status, Timestamp, event};
+use tokend_store::{
+    Expected, Lease, ListQuery, LogBounds, SavedCursor, SealedPage, Store, StoreError,
+    backend::{check_advances, comparable, decode, encode},
+};
+use tokio::sync::watch;
+use tokio_postgres::{GenericClient, Transaction};
+
+use crate::{PgError, PostgresStore, listen::CHANNEL};
+
+/// Rows read per query when listing or pruning.
+const PAGE: i64 = 1000;
+
+fn db(e: tokio_postgres::Error) -> StoreError {
+    PgError::from(e).into()
+}
+
+fn pool(e: deadpool_postgres::PoolError) -> StoreError {
+    PgError::from(e).into()
+}
+
+fn to_i64(what: &str, v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Backend(format!("{what} {v} is out of range")))
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn status_text(s: Status) -> &'static str {
+    match s {
+        Status::Active => "active",
+        Status::ReconnectRequired => "reconnect_required",
+    }
+}
+
+fn json_error(e: serde_json::Error) -> StoreError {
+    StoreError::Backend(format!("event encoding: {e}"))
+}
+
+impl PostgresStore {
+    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
+        self.inner.pool.get().await.map_err(pool)
+    }
+
+    /// Appends `events` in `tx`, numbered after the log's last sequence
+    /// number under its row lock, and notifies every replica at commit.
+    /// Returns the last sequence number, if any event was appended.
+    async fn append(
+        tx: &Transaction<'_>,
+        events: Vec<NewEvent>,
+    ) -> Result<Option<u64>, StoreError> {
+        if events.is_empty() {
+            return Ok(None);
+        }
+        let n = events.len() as i64;
+        let last: i64 = tx
+            .query_one(
+                "UPDATE tokend_log SET last_seq = last_seq + $1 RETURNING last_seq",
+                &[&n],
+            )
+            .await
+            .map_err(db)?
+            .get(0);
+        let first = last - n + 1;
+        let mut seqs = Vec::with_capacity(events.len());
+        let mut ats = Vec::with_capacity(events.len());
+        let mut bodies = Vec::with_capacity(events.len());
+        for (i, event) in events.into_iter().enumerate() {
+            let seq = first + i as i64;
+            ats.push(event.at.unix_millis());
+            bodies.push(
+                serde_json::to_string(&Event {
+                    seq: to_u64(seq),
+                    event,
+                })
+                .map_err(json_error)?,
+            );
+            seqs.push(seq);
+        }
+        tx.execute(
+            "INSERT INTO tokend_events (seq, at_ms, body)
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[])",
+            &[&seqs, &ats, &bodies],
+        )
+        .await
+        .map_err(db)?;
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &last.to_string()])
+            .await
+            .map_err(db)?;
+        Ok(Some(to_u64(last)))
+    }
+
+    /// Commits, then publishes the events' end to this replica's readers
+    /// (a commit is durable: `synchronous_commit` is PostgreSQL's default).
+    async fn commit(
+        &self,
+        tx: deadpool_postgres::Transaction<'_>,
+        last: Option<u64>,
+    ) -> Result<(), StoreError> {
+        tx.commit().await.map_err(db)?;
+        if let Some(last) = last {
+            self.inner.watermark.raise(last);
+        }
+        Ok(())
+    }
+
+    /// The stored record of `id`, locked until the transaction ends, as its
+    /// raw bytes.
+    async fn lock_record(
+        tx: &Transaction<'_>,
+        id: &ConnectionId,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(tx
+            .query_opt(
+                "SELECT sealed FROM tokend_connections WHERE id = $1 FOR UPDATE",
+                &[&id.as_str()],
+            )
+            .await
+            .map_err(db)?
+            .map(|row| row.get(0)))
+    }
+
+    /// Writes `record` over the row locked by [`Self::lock_record`] (or
+    /// inserts it). False when the row changed after all (an insert raced
+    /// by another replica's).
+    async fn write_record(
+        tx: &Transaction<'_>,
+        record: &Connection,
+        sealed: &[u8],
+        existed: bool,
+    ) -> Result<bool, StoreError> {
+        let id = record.id.as_str();
+        let provider = record.provider.as_str();
+        let status = status_text(record.status);
+        let incarnation = to_i64("incarnation", record.incarnation)?;
+        let revision = to_i64("revision", record.revision)?;
+        let rows = if existed {
+            tx.execute(
+                "UPDATE tokend_connections
+                 SET provider = $2, status = $3, incarnation = $4, revision = $5, sealed = $6
+                 WHERE id = $1",
+                &[&id, &provider, &status, &incarnation, &revision, &sealed],
+            )
+            .await
+        } else {
+            tx.execute(
+                "INSERT INTO tokend_connections (id, provider, status, incarnation, revision, sealed)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (id) DO NOTHING",
+                &[&id, &provider, &status, &incarnation, &revision, &sealed],
+            )
+            .await
+        }
+        .map_err(db)?;
+        Ok(rows == 1)
+    }
+
+    /// The revision stored for `record`'s connection and incarnation now,
+    /// for a conflict's report.
+    async fn found(
+        client: &impl GenericClient,
+        record: &Connection,
+    ) -> Result<Option<u64>, StoreError> {
+        Ok(client
+            .query_opt(
+                "SELECT incarnation, revision FROM tokend_connections WHERE id = $1",
+                &[&record.id.as_str()],
+            )
+            .await
+            .map_err(db)?
+            .filter(|row| to_u64(row.get(0)) == record.incarnation)
+            .map(|row| to_u64(row.get(1))))
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT sealed FROM tokend_connections WHERE id = $1",
+                &[&id.as_str()],
+            )
+            .await
+            .map_err(db)?;
+        match row {
+            Some(row) => decode(id.as_str().as_bytes(), row.get(0), &self.keys()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn put(
+        &self,
+        record: &Connection,
+        expected: Option<u64>,
+        fence: Option<u64>,
+    ) -> Result<(), StoreError> {
+        check_advances(record, expected)?;
+        let keys = self.keys();
+        let sealed = encode(record, &keys);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        // The lease row first, shared: a grant (which updates it) waits for
+        // this write to commit, or this write sees the grant's fence.
+        if let Some(fence) = fence {
+            let newest = tx
+                .query_opt(
+                    "SELECT fence FROM tokend_leases WHERE id = $1 FOR SHARE",
+                    &[&record.id.as_str()],
+                )
+                .await
+                .map_err(db)?
+                .map(|row| to_u64(row.get(0)));
+            if let Some(current) = newest.filter(|current| *current > fence) {
+                return Err(StoreError::Fenced {
+                    id: record.id.clone(),
+                    fence,
+                    current,
+                });
+            }
+        }
+        let current = Self::lock_record(&tx, &record.id).await?;
+        let stored = current
+            .as_deref()
+            .map(|bytes| decode(record.id.as_str().as_bytes(), bytes, &keys))
+            .transpose()?;
+        let found = comparable(record, stored.as_ref());
+        let conflict = |found| StoreError::Conflict {
+            id: record.id.clone(),
+            expected,
+            found,
+        };
+        if found != expected || (expected.is_none() && stored.is_some()) {
+            return Err(conflict(found));
+        }
+        let events = event::describe(stored.as_ref(), record);
+        if !Self::write_record(&tx, record, &sealed, stored.is_some()).await? {
+            drop(tx);
+            return Err(conflict(Self::found(&**client, record).await?));
+        }
+        let last = Self::append(&tx, events).await?;
+        self.commit(tx, last).await
+    }
+
+    async fn replace_unreadable(&self, record: &Connection) -> Result<(), StoreError> {
+        let keys = self.keys();
+        let sealed = encode(record, &keys);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        let conflict = || StoreError::Conflict {
+            id: record.id.clone(),
+            expected: None,
+            found: None,
+        };
+        let Some(bytes) = Self::lock_record(&tx, &record.id).await? else {
+            return Err(conflict());
+        };
+        if decode(record.id.as_str().as_bytes(), &bytes, &keys).is_ok() {
+            return Err(conflict());
+        }
+        Self::write_record(&tx, record, &sealed, true).await?;
+        let last = Self::append(&tx, event::describe(None, record)).await?;
+        self.commit(tx, last).await
+    }
+
+    async fn delete(&self, id: &ConnectionId, expected: Expected) -> Result<bool, StoreError> {
+        let keys = self.keys();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(db)?;
+        // Lease, record, log: the order every change locks in.
+        tx.execute(
+            "SELECT 1 FROM tokend_leases WHERE id = $1 FOR UPDATE",
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(db)?;
+        let Some(bytes) = Self::lock_record(&tx, id).await? else {
+            return Ok(false);
+        };
+        let decoded = decode(id.as_str().as_bytes(), &bytes, &keys);
+        let (ok, found) = match (&decoded, expected) {
+            (
+                Ok(r),
+                Expected::Record {
+                    incarnation,
+                    revision,
+                },
+            ) => (
+                r.incarnation == incarnation && r.revision == revision,
+                Some(r.revision),
+            ),
+            (Ok(r), Expected::Unreadable) => (false, Some(r.revision)),
+            (Err(_), Expected::Unreadable) => (true, None),
+            (Err(_), Expected::Record { .. }) => (false, None),
+        };
+        if !ok {
+            return Err(StoreError::Conflict {
+                id: id.clone(),
+                expected: match expected {
+                    Expected::Record { revision, .. } => Some(revision),
+                    Expected::Unreadable => None,
+                },
+                found,
+            });
+        }
+        tx.execute(
+            "DELETE FROM tokend_connections WHERE id = $1",
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(db)?;
+        let gone = event::deleted(
+            id.as_str(),
+            decoded.as_ref().ok(),
+            tokend_core::Clock::system().now(),
+        );
+        let last = Self::append(&tx, vec![gone]).await?;
+        // The fence counter outlives the record; nothing stays live or in
+        // doubt.
+        tx.execute(
+            "UPDATE tokend_leases SET released = true, in_doubt = false WHERE id = $1",
+            &[&id.as_str()],
+        )
+        .await
+        .map_err(db)?;
+        self.commit(tx, last).await?;
+        Ok(true)
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {
+        let client = self.client().await?;
+        let keys = self.keys();
+        let provider = query.provider.as_ref().map(|p| p.as_str().to_owned());
+        let status = query.status.map(status_text);
+        let mut after = query.after.as_ref().map(|a| a.as_str().to_owned());
+        let mut out = Vec::new();
+        while out.len() < query.limit {
+            let rows = client
+                .query(
+                    "SELECT id, sealed FROM tokend_connections
+                     WHERE ($1::text IS NULL OR id > $1)
+                       AND ($2::text IS NULL OR provider = $2)
+                       AND ($3::text IS NULL OR status = $3)
+                     ORDER BY id LIMIT $4",
+                    &[&after, &provider, &status, &PAGE],
+                )
+                .await
+                .map_err(db)?;
+            let full = rows.len() as i64 == PAGE;
+            for row in &rows {
+                let id: &str = row.get(0);
+                after = Some(id.to_owned());
+                match decode(id.as_bytes(), row.get(1), &keys) {
+                    Ok(c) if out.len() < query.limit => out.push(c),
+                    Ok(_) => break,
+                    Err(e) => tracing::error!(error = %e, "skipping unreadable connection record"),
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn try_acquire_refresh_lease(
+        &self,
+        id: &ConnectionId,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Option<Lease>, StoreError> {
+        let now_ms = now.unix_millis();
+        let expires = now.saturating_add(ttl).unix_millis();
+        let client = self.client().await?;
+        // One statement: a live lease (anyone's) refuses; otherwise the
+        // fence grows by one, and a lease that ran out unreleased leaves
+        // the next holder in doubt.
+        let row = client
+            .query_opt(
+                "INSERT INTO tokend_leases AS l (id, holder, fence, expires_at_ms, released, in_doubt)
+                 VALUES ($1, $2, 1, $3, false, false)
+                 ON CONFLICT (id) DO UPDATE
+                   SET holder = EXCLUDED.holder,
+                       fence = l.fence + 1,
+                       expires_at_ms = EXCLUDED.expires_at_ms,
+                       released = false,
+                       in_doubt = l.in_doubt OR NOT l.released
+                   WHERE l.released OR l.expires_at_ms <= $4
+                 RETURNING fence, in_doubt",
+                &[&id.as_str(), &holder, &expires, &now_ms],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map(|row| Lease {
+            id: id.clone(),
+            holder: holder.to_owned(),
+            fence: to_u64(row.get(0)),
+            expires_at: Timestamp::from_unix_millis(expires),
+            in_doubt: row.get(1),
+        }))
+    }
+
+    async fn release_refresh_lease(&self, lease: &Lease, in_doubt: bool) -> Result<(), StoreError> {
+        let fence = to_i64("fence", lease.fence)?;
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE tokend_leases SET released = true, in_doubt = $3
+                 WHERE id = $1 AND fence = $2",
+                &[&lease.id.as_str(), &fence, &in_doubt],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn release_abandoned_leases(
+        &self,
+        node_prefix: &str,
+    ) -> Result<Vec<ConnectionId>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "UPDATE tokend_leases SET released = true, in_doubt = true
+                 WHERE NOT released AND starts_with(holder, $1)
+                 RETURNING id",
+                &[&node_prefix],
+            )
+            .await
+            .map_err(db)?;
+        let mut ids: Vec<ConnectionId> = rows
+            .iter()
+            .filter_map(|row| ConnectionId::new(row.get::<_, &str>(0)).ok())
+            .collect();
+        ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(ids)
+    }
+
+    async fn read_events(
+        &self,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        if after >= up_to || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT body FROM tokend_events WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+                &[
+                    &to_i64("sequence", after)?,
+                    &to_i64("sequence", up_to)?,
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                serde_json::from_str(row.get(0)).map_err(|e| StoreError::Corrupt {
+                    id: "event log".into(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    fn event_watermark(&self) -> watch::Receiver<u64> {
+        self.inner.watermark.subscribe()
+    }
+
+    async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT last_seq, (SELECT min(seq) FROM tokend_events) FROM tokend_log",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        let last = to_u64(row.get(0));
+        self.inner.watermark.raise(last);
+        let last = self.inner.watermark.get();
+        let oldest = row
+            .get::<_, Option<i64>>(1)
+            .map_or(last + 1, |o| to_u64(o).min(last + 1));
+        Ok(LogBounds {
+            log_id: self.inner.log_id,
+            oldest,
+            last,
+        })
+    }
+
+    async fn prune_events(&self, older_than: Timestamp, keep: u64) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        // A prefix only: everything up to the newest of "beyond the count"
+        // and "before the first event young enough to keep".
+        let row = client
+            .query_one(
+                "SELECT last_seq,
+                        (SELECT min(seq) FROM tokend_events WHERE at_ms >= $1)
+                 FROM tokend_log",
+                &[&older_than.unix_millis()],
+            )
+            .await
+            .map_err(db)?;
+        let last = to_u64(row.get(0));
+        let by_count = last.saturating_sub(keep);
+        let by_age = row
+            .get::<_, Option<i64>>(1)
+            .map_or(last, |first_young| to_u64(first_young).saturating_sub(1));
+        let up_to = to_i64("sequence", by_count.max(by_age))?;
+        let mut removed = 0;
+        loop {
+            // In chunks, so no statement holds many row locks for long.
+            let n = client
+                .execute(
+                    "DELETE FROM tokend_events WHERE seq IN
+                       (SELECT seq FROM tokend_events WHERE seq <= $1 ORDER BY seq LIMIT $2)",
+                    &[&up_to, &(PAGE * 10)],
+                )
+                .await
+                .map_err(db)?;
+            removed += n;
+            if n < (PAGE * 10) as u64 {
+                return Ok(removed);
+            }
+        }
+    }
+
+    async fn load_cursor(&self, name: &str) -> Result<Option<SavedCursor>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT body FROM tokend_cursors WHERE name = $1", &[&name])
+            .await
+            .map_err(db)?;
+        row.map(|row| serde_json::from_str(row.get(0)).map_err(json_error))
+            .transpose()
+    }
+
+    async fn save_cursor(&self, name: &str, cursor: &SavedCursor) -> Result<(), StoreError> {
+        let body = serde_json::to_string(cursor).map_err(json_error)?;
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO tokend_cursors (name, body) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET body = EXCLUDED.body",
+                &[&name, &body],
+            )
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
+    async fn export_sealed(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<SealedPage, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, sealed FROM tokend_connections
+                 WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
+                &[&after, &i64::try_from(limit).unwrap_or(i64::MAX)],
+            )
+            .await
+            .map_err(db)?;
+        Ok(SealedPage {
+            // The records are encoded exactly as the sled store's.
+            format_version: tokend_store::FORMAT_VERSION,
+            records: rows
+                .iter()
+                .map(|row| (row.get::<_, String>(0), row.get::<_, Vec<u8>>(1)))
+                .collect(),
+        })
+    }
+}
