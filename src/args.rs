@@ -76,6 +76,9 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: events_cli::WebhooksCommand,
     },
+    /// Apply the PostgreSQL schema migrations this build needs (`[store]
+    /// kind = "postgres"`); safe to run from several replicas at once.
+    Migrate(MigrateArgs),
     /// Stream a connection's state changes.
     Watch {
         #[command(flatten)]
@@ -151,6 +154,15 @@ impl ServeArgs {
             config: self.config.as_deref(),
         }
     }
+}
+
+/// `tokend migrate`.
+#[derive(clap::Args)]
+pub(crate) struct MigrateArgs {
+    /// The config file whose `[store]` to migrate; the URL comes from the
+    /// variable it names (default TOKEND_DATABASE_URL).
+    #[arg(long, env = "TOKEND_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
 }
 
 /// `tokend check-config`: the flags `serve` would use.

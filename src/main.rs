@@ -9,14 +9,13 @@ mod cli;
 mod events_cli;
 mod exit;
 mod settings;
-
-use std::sync::Arc;
+mod store;
 
 use anyhow::Context as _;
 use clap::Parser;
 use tokend_sandbox::Sandbox;
 use tokend_server::{ServerConfig, config::sandbox_provider};
-use tokend_store::{SledStore, crypto::keys};
+use tokend_store::crypto::keys;
 use tracing_subscriber::EnvFilter;
 
 use args::{
@@ -76,6 +75,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Webhooks { client, command } => events_cli::webhooks(&client, command).await,
             Command::Backup(args) => backup::backup(args).await,
             Command::Restore(args) => backup::restore(args),
+            Command::Migrate(args) => {
+                let settings = settings::Settings::resolve(settings::Flags {
+                    config: args.config.as_deref(),
+                    ..Default::default()
+                })?;
+                store::migrate(&settings.file.store).await
+            }
         }
     })
 }
@@ -131,10 +137,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let env_keys = std::env::var("TOKEND_KEYS").ok();
     let (keyring, key_path) =
         keys::load_keyring(env_keys.as_deref(), args.key_file.clone(), &data_dir)?;
-    let store = SledStore::open(&data_dir, keyring)
-        .with_context(|| format!("cannot open the database in {}", data_dir.display()))?;
-    // Finish a rotation that happened while the server was down.
-    keys::reencrypt(&store, key_path.as_deref(), &data_dir).await;
+    let opened = store::open(&file.store, &data_dir, keyring).await?;
+    let node = file
+        .node
+        .clone()
+        .unwrap_or_else(|| store::default_node(file.store.kind, listen.port()));
+    if let store::Opened::Sled(sled) = &opened {
+        // Finish a rotation that happened while the server was down.
+        keys::reencrypt(sled, key_path.as_deref(), &data_dir).await;
+    }
     let sandbox = if args.sandbox {
         let listener = tokio::net::TcpListener::bind(args.sandbox_opts.sandbox_listen)
             .await
@@ -169,12 +180,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!(version = VERSION, data_dir = %data_dir.display(), "starting tokend");
-    let watched = store.clone();
+    tracing::info!(version = VERSION, data_dir = %data_dir.display(), store = ?file.store.kind, node = %node, "starting tokend");
     tokend_server::run_with_tasks(
         listener,
-        Arc::new(store),
+        opened.shared(),
         ServerConfig {
+            engine: tokend_server::EngineSettings {
+                node,
+                ..Default::default()
+            },
             providers,
             http: file.http_settings(),
             identities: file.identities.clone(),
@@ -188,11 +202,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             allow_plaintext: file.allow_plaintext,
             events,
             webhooks,
-            ..Default::default()
         },
         shutdown_signal(),
         |tasks, cancel| {
-            if let Some(path) = key_path {
+            if let (Some(path), store::Opened::Sled(watched)) = (key_path, opened.clone()) {
                 tasks.spawn(keys::watch_key_file(
                     path,
                     data_dir.clone(),
@@ -215,9 +228,14 @@ fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
         data_dir: None,
         config: args.config.as_deref(),
     })?;
-    let problems = settings
+    let mut problems = settings
         .file
         .problems(settings.listen, |var| std::env::var(var).ok());
+    if settings.file.store.kind == tokend_server::config::StoreKind::Postgres
+        && let Err(e) = store::pg_options(&settings.file.store, |var| std::env::var(var).ok())
+    {
+        problems.push(format!("{e:#}"));
+    }
     if problems.is_empty() {
         println!("configuration OK");
         return Ok(());

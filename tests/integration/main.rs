@@ -9,6 +9,7 @@ mod hostile;
 mod malformed;
 mod reflection;
 mod refresh;
+mod replicas;
 mod rpc;
 mod security;
 mod watch;

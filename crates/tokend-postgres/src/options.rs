@@ -62,6 +62,29 @@ impl PgOptions {
         }
     }
 
+    /// Whether every host the URL names is on this machine (loopback
+    /// addresses, `localhost`, or a Unix socket): where plaintext is fine.
+    pub fn loopback_only(&self) -> Result<bool, PgError> {
+        use tokio_postgres::config::Host;
+        let config = self.driver_config()?;
+        let local = |host: &Host| match host {
+            Host::Tcp(name) => {
+                name == "localhost"
+                    || name
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            #[cfg(unix)]
+            Host::Unix(_) => true,
+        };
+        let (hosts, addrs) = (config.get_hosts(), config.get_hostaddrs());
+        Ok(!(hosts.is_empty() && addrs.is_empty())
+            && hosts.iter().all(local)
+            && addrs.iter().all(|ip| ip.is_loopback()))
+    }
+
     /// The driver's config: the URL's settings, with timeouts and TLS mode
     /// from these options.
     pub(crate) fn driver_config(&self) -> Result<tokio_postgres::Config, PgError> {

@@ -141,7 +141,8 @@ impl PostgresStore {
         let id = record.id.as_str();
         let provider = record.provider.as_str();
         let status = status_text(record.status);
-        let incarnation = to_i64("incarnation", record.incarnation)?;
+        // Incarnations are random u64s: kept as the same 64 bits.
+        let incarnation = record.incarnation as i64;
         let revision = to_i64("revision", record.revision)?;
         let rows = if existed {
             tx.execute(
@@ -177,7 +178,7 @@ impl PostgresStore {
             )
             .await
             .map_err(db)?
-            .filter(|row| to_u64(row.get(0)) == record.incarnation)
+            .filter(|row| row.get::<_, i64>(0) as u64 == record.incarnation)
             .map(|row| to_u64(row.get(1))))
     }
 }
@@ -480,6 +481,10 @@ impl Store for PostgresStore {
 
     fn event_watermark(&self) -> watch::Receiver<u64> {
         self.inner.watermark.subscribe()
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 
     async fn event_bounds(&self) -> Result<LogBounds, StoreError> {

@@ -61,6 +61,49 @@ pub struct FileConfig {
     /// Endpoints that receive events; see [`crate::webhooks`].
     #[serde(default)]
     pub webhooks: Vec<crate::webhooks::config::WebhookSection>,
+    /// Where records live: the embedded sled store (default) or a
+    /// PostgreSQL database shared by several replicas.
+    #[serde(default)]
+    pub store: StoreSection,
+    /// This replica's name in refresh-lease holders; replicas sharing a
+    /// database need distinct names [default: "local" with sled,
+    /// "HOSTNAME:PORT" with PostgreSQL].
+    pub node: Option<String>,
+}
+
+/// `[store]` as written. The binary resolves it (the server itself only
+/// sees a `Store`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// The environment variable that holds the database URL [default:
+    /// TOKEND_DATABASE_URL]. The URL may carry a password, so it is never
+    /// written in this file.
+    pub url_env: Option<String>,
+    /// Database connections per replica [default: 16].
+    pub pool_size: Option<usize>,
+    /// Longest a statement may run, in milliseconds [default: 5000].
+    pub statement_timeout_ms: Option<u64>,
+    /// Longest to wait for a database connection, in milliseconds
+    /// [default: 5000].
+    pub connect_timeout_ms: Option<u64>,
+    /// TLS to the database: "verify-full" or "disable" [default:
+    /// "disable" for a loopback host, "verify-full" otherwise].
+    pub tls: Option<String>,
+    /// PEM file of the CA that signed the database's certificate [default:
+    /// the system's roots].
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[store] kind`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Sled,
+    Postgres,
 }
 
 /// `[tls]`: PEM files.

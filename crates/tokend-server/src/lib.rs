@@ -173,7 +173,15 @@ pub async fn run_with_tasks(
     .map_err(ServerError::Webhooks)?;
     // The feed and the webhooks' start positions first: events written by
     // the engine's start-up refreshes are then delivered too.
+    // On a shared store, other replicas' changes reach this cache through
+    // the log: followed from before the engine loads, so none falls between.
+    let followed_from = feed.last();
     let loaded = engine.start().await?;
+    if engine.store().shared() {
+        engine
+            .tasks()
+            .spawn(Arc::clone(&engine).follow_other_replicas(Arc::clone(&feed), followed_from));
+    }
     spawn(engine.tasks(), engine.shutdown_token());
     tracing::info!(
         addr = %addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string()),

@@ -126,6 +126,19 @@ async fn round_trip_keeps_every_field(store: &impl Store) {
     assert_eq!(back.install_fingerprint, r.install_fingerprint);
     let missing = ConnectionId::new("missing").expect("id");
     assert!(store.get(&missing).await.expect("get").is_none());
+
+    // Incarnations are random 64-bit numbers: the largest ones too.
+    let mut big = record("big-incarnation", 1);
+    big.incarnation = u64::MAX - 1;
+    store.put(&big, None, None).await.expect("create");
+    let next = bump(&big);
+    store.put(&next, Some(1), None).await.expect("update");
+    let back = store.get(&big.id).await.expect("get").expect("present");
+    assert_eq!((back.incarnation, back.revision), (u64::MAX - 1, 2));
+    store
+        .delete(&big.id, at(u64::MAX - 1, 2))
+        .await
+        .expect("delete");
 }
 
 async fn create_only_when_absent(store: &impl Store) {

@@ -229,6 +229,10 @@ impl<S: Store> Store for FaultStore<S> {
         self.inner.event_watermark()
     }
 
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
+
     async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
         self.inner.event_bounds().await
     }

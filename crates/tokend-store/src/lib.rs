@@ -219,6 +219,13 @@ pub trait Store: Send + Sync + 'static {
     /// returns (a lost save means events delivered again, never skipped).
     async fn save_cursor(&self, name: &str, cursor: &SavedCursor) -> Result<(), StoreError>;
 
+    /// Whether other processes write this store too (replicas sharing a
+    /// database). Their changes reach this process only through the event
+    /// log, so a replica's cache must follow it.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Up to `limit` stored records exactly as kept (tokens sealed), in id
     /// order after `after`, with the store's format version: what a backup
     /// holds. Stores that keep nothing sealed (the in-memory one) refuse.

@@ -9,6 +9,7 @@
 //! refresher and start-up), `install` (code exchange and import).
 
 mod backoff;
+mod coherence;
 mod flight;
 mod install;
 mod persist;

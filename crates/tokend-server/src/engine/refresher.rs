@@ -87,7 +87,7 @@ impl Engine {
     /// Schedules `record`'s refresh when its policy says, but at least
     /// `gap` from now. Unschedules connections that are not ACTIVE; returns
     /// false when the connection's provider is not configured.
-    fn schedule_no_sooner_than(&self, record: &Connection, gap: Duration) -> bool {
+    pub(super) fn schedule_no_sooner_than(&self, record: &Connection, gap: Duration) -> bool {
         if record.status != Status::Active {
             self.scheduler.unschedule(&record.id);
             return true;

@@ -167,6 +167,11 @@ impl Slots {
         self.map.remove(id);
     }
 
+    /// Every cached connection's id.
+    pub(crate) fn ids(&self) -> Vec<ConnectionId> {
+        self.map.iter().map(|e| e.key().clone()).collect()
+    }
+
     /// Slots holding a grant the store has not accepted yet.
     pub(crate) fn with_pending(&self) -> Vec<(ConnectionId, Arc<Slot>)> {
         self.map

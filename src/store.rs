@@ -1,0 +1,146 @@
+//! Opens the store `[store]` names: the embedded sled store in the data
+//! dir (the default), or a PostgreSQL database shared by several replicas,
+//! whose URL comes from an environment variable, never from the file.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use secrecy::SecretString;
+use tokend_postgres::{PgOptions, PostgresStore, Tls};
+use tokend_server::config::{StoreKind, StoreSection};
+use tokend_store::{SledStore, Store, crypto::Keyring};
+
+/// The environment variable holding the database URL when `url_env` is not
+/// set.
+pub(crate) const DEFAULT_URL_ENV: &str = "TOKEND_DATABASE_URL";
+
+/// An open store, by kind: some operations (re-encryption after a key
+/// rotation, backups into a data dir) exist only for one.
+#[derive(Clone)]
+pub(crate) enum Opened {
+    Sled(SledStore),
+    Postgres(PostgresStore),
+}
+
+impl Opened {
+    pub(crate) fn shared(&self) -> Arc<dyn Store> {
+        match self {
+            Opened::Sled(s) => Arc::new(s.clone()),
+            Opened::Postgres(s) => Arc::new(s.clone()),
+        }
+    }
+}
+
+/// `[store]` for PostgreSQL, resolved: the URL from its variable, defaults
+/// filled in.
+pub(crate) fn pg_options(
+    section: &StoreSection,
+    env: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<PgOptions> {
+    let var = section.url_env.as_deref().unwrap_or(DEFAULT_URL_ENV);
+    let url = env(var).filter(|u| !u.is_empty()).with_context(|| {
+        format!(
+            "[store] kind = \"postgres\" needs the database URL in the environment variable {var}"
+        )
+    })?;
+    let mut options = PgOptions::new(SecretString::from(url));
+    if let Some(n) = section.pool_size {
+        anyhow::ensure!(n > 0, "[store] pool_size must be at least 1");
+        options.pool_size = n;
+    }
+    if let Some(ms) = section.statement_timeout_ms {
+        anyhow::ensure!(ms > 0, "[store] statement_timeout_ms must be positive");
+        options.statement_timeout = Duration::from_millis(ms);
+    }
+    if let Some(ms) = section.connect_timeout_ms {
+        anyhow::ensure!(ms > 0, "[store] connect_timeout_ms must be positive");
+        options.connect_timeout = Duration::from_millis(ms);
+    }
+    options.tls = match section.tls.as_deref() {
+        Some("verify-full") => Tls::VerifyFull {
+            ca_file: section.ca_file.clone(),
+        },
+        Some("disable") => Tls::Disable,
+        Some(other) => {
+            anyhow::bail!("[store] tls = {other:?}: expected \"verify-full\" or \"disable\"")
+        }
+        None if options.loopback_only()? => Tls::Disable,
+        None => Tls::VerifyFull {
+            ca_file: section.ca_file.clone(),
+        },
+    };
+    Ok(options)
+}
+
+/// Opens the configured store.
+pub(crate) async fn open(
+    section: &StoreSection,
+    data_dir: &Path,
+    keyring: Keyring,
+) -> anyhow::Result<Opened> {
+    match section.kind {
+        StoreKind::Sled => Ok(Opened::Sled(
+            SledStore::open(data_dir, keyring)
+                .with_context(|| format!("cannot open the database in {}", data_dir.display()))?,
+        )),
+        StoreKind::Postgres => {
+            let options = pg_options(section, |v| std::env::var(v).ok())?;
+            let store = PostgresStore::connect(&options, keyring)
+                .await
+                .context("cannot open the PostgreSQL store")?;
+            Ok(Opened::Postgres(store))
+        }
+    }
+}
+
+/// This replica's default name in lease holders: "local" for the embedded
+/// store (one process owns the data dir), "HOSTNAME:PORT" for a shared
+/// database, so replicas on different hosts, or on different ports of one
+/// host, never take each other's leases for their own at start.
+pub(crate) fn default_node(kind: StoreKind, port: u16) -> String {
+    match kind {
+        StoreKind::Sled => "local".into(),
+        StoreKind::Postgres => format!("{}:{port}", hostname()),
+    }
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// `tokend migrate`: applies the schema migrations the configured
+/// PostgreSQL database lacks.
+pub(crate) async fn migrate(section: &StoreSection) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        section.kind == StoreKind::Postgres,
+        "tokend migrate applies to [store] kind = \"postgres\"; the embedded store needs no migration"
+    );
+    let options = pg_options(section, |v| std::env::var(v).ok())?;
+    let applied = PostgresStore::migrate(&options)
+        .await
+        .context("migration failed")?;
+    if applied.is_empty() {
+        println!(
+            "schema already at version {}",
+            tokend_postgres::SCHEMA_VERSION
+        );
+    } else {
+        for v in &applied {
+            let name = tokend_postgres::MIGRATIONS
+                .iter()
+                .find(|m| m.version == *v)
+                .map_or("", |m| m.name);
+            println!("applied migration {v}: {name}");
+        }
+        println!("schema at version {}", tokend_postgres::SCHEMA_VERSION);
+    }
+    Ok(())
+}
