@@ -34,6 +34,17 @@ pub struct Cluster {
     run_as: Option<&'static str>,
     /// Kept so the directory outlives the cluster; the watchdog removes it.
     _dir: PathBuf,
+    /// Stopped and removed on drop (a [`Cluster::dedicated`] one).
+    owned: bool,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.owned {
+            let _ = self.stop_immediately();
+            let _ = std::fs::remove_dir_all(&self._dir);
+        }
+    }
 }
 
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
@@ -99,6 +110,22 @@ fn is_root() -> bool {
 }
 
 impl Cluster {
+    /// A cluster of its own, for a test that stops or restarts the server
+    /// (the shared one serves every other test). Stopped and removed when
+    /// dropped.
+    ///
+    /// # Panics
+    /// When PostgreSQL cannot be found or started.
+    pub fn dedicated() -> Cluster {
+        match Cluster::start() {
+            Ok(mut c) => {
+                c.owned = true;
+                c
+            }
+            Err(e) => panic!("PostgreSQL for tests: {e}"),
+        }
+    }
+
     fn start() -> Result<Cluster, String> {
         let bin = find_bin()?;
         let run_as = is_root().then_some("postgres");
@@ -132,6 +159,7 @@ impl Cluster {
                 port,
                 run_as,
                 _dir: dir.clone(),
+                owned: false,
             };
             if !data.exists() {
                 cluster.run(
