@@ -32,10 +32,15 @@ impl Replicas {
         let options = PgOptions::new(SecretString::from(
             tokend_pgtest::cluster().database("replicas"),
         ));
-        Self::start_on(options, n, engine).await
+        Self::start_on(options, n, engine, Vec::new()).await
     }
 
-    async fn start_on(options: PgOptions, n: usize, engine: EngineSettings) -> Self {
+    async fn start_on(
+        options: PgOptions,
+        n: usize,
+        engine: EngineSettings,
+        webhooks: Vec<Arc<tokend_server::webhooks::WebhookConfig>>,
+    ) -> Self {
         let sandbox = Sandbox::start(SandboxConfig::default())
             .await
             .expect("sandbox");
@@ -69,6 +74,7 @@ impl Replicas {
                     node: format!("replica-{i}"),
                     ..engine.clone()
                 },
+                webhooks: webhooks.clone(),
                 ..Default::default()
             };
             let (tx, rx) = oneshot::channel::<()>();
@@ -105,14 +111,28 @@ impl Replicas {
             let _ = tx.send(());
         }
         for task in self.tasks {
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("replica stops within 10 s")
-                .expect("replica task joins")
-                .expect("replica exits cleanly");
+            joined(task).await;
         }
     }
+
+    /// Stops replica `i` only (the others go on).
+    async fn stop_one(&mut self, i: usize) {
+        let (tx, _) = oneshot::channel();
+        let _ = std::mem::replace(&mut self.stops[i], tx).send(());
+        let task = std::mem::replace(&mut self.tasks[i], tokio::spawn(async { Ok(()) }));
+        joined(task).await;
+    }
 }
+
+async fn joined(task: JoinHandle<Result<(), tokend_server::ServerError>>) {
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("replica stops within 10 s")
+        .expect("replica task joins")
+        .expect("replica exits cleanly");
+}
+
+impl Replicas {}
 
 fn access_token(resp: pb::GetTokenResponse) -> String {
     resp.token.expect("token").access_token
@@ -283,6 +303,7 @@ async fn a_database_outage_keeps_cached_tokens_served_and_loses_no_grant() {
             pending_retry_max: Duration::from_millis(500),
             ..Default::default()
         },
+        Vec::new(),
     )
     .await;
     let mut a = replicas.client(0).await;
@@ -380,5 +401,91 @@ async fn a_database_outage_keeps_cached_tokens_served_and_loses_no_grant() {
     }
     let (_, req) = install("out-after");
     a.install(req).await.expect("installs work again");
+    replicas.stop().await;
+}
+
+/// Guards: with one webhook endpoint configured on every replica, each
+/// event is delivered by one replica only; when the delivering replica
+/// stops, another takes over from the cursor it saved, skipping nothing and
+/// repeating nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_webhook_gets_each_event_once_from_the_fleet_and_survives_its_sender() {
+    let (port, seen) = crate::webhooks::scripted_receiver(Vec::new()).await;
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let options = PgOptions::new(SecretString::from(
+        tokend_pgtest::cluster().database("fleet_hooks"),
+    ));
+    let mut replicas = Replicas::start_on(
+        options,
+        2,
+        EngineSettings {
+            background_refresh: false,
+            ..Default::default()
+        },
+        vec![crate::webhooks::hook(
+            "fleet",
+            &url,
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+        )],
+    )
+    .await;
+    let install_many = |sandbox: &Sandbox, range: std::ops::Range<usize>| {
+        range
+            .map(|i| {
+                let account = format!("acct-hook-{i}");
+                let issued = sandbox.issue_tokens(&account, &["crm.objects.contacts.read"]);
+                import_request(&format!("hook-{i}"), &account, &issued, 1800)
+            })
+            .collect::<Vec<_>>()
+    };
+    let wait_for = |n: usize| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while seen.lock().unwrap().len() < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "only {} of {n} deliveries arrived",
+                    seen.lock().unwrap().len()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Anything extra (a duplicate) would arrive right after.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let ids: Vec<String> = seen.lock().unwrap().iter().map(|a| a.id.clone()).collect();
+            let distinct: std::collections::BTreeSet<_> = ids.iter().cloned().collect();
+            assert_eq!(ids.len(), n, "each event delivered once: {ids:?}");
+            assert_eq!(distinct.len(), n);
+        }
+    };
+    let mut a = replicas.client(0).await;
+    for request in install_many(&replicas.sandbox, 0..20) {
+        a.install(request).await.expect("install");
+    }
+    wait_for(20).await;
+
+    // Which replica delivered: stop it; the other takes over.
+    let mut sender = None;
+    for i in 0..2 {
+        let status = replicas
+            .client(i)
+            .await
+            .list_webhooks(pb::ListWebhooksRequest {})
+            .await
+            .expect("list webhooks")
+            .into_inner();
+        if status.webhooks[0].delivered_since_start > 0 {
+            sender = Some(i);
+        }
+    }
+    let sender = sender.expect("one replica delivered");
+    replicas.stop_one(sender).await;
+    let survivor = 1 - sender;
+    let mut b = replicas.client(survivor).await;
+    for request in install_many(&replicas.sandbox, 20..30) {
+        b.install(request).await.expect("install");
+    }
+    wait_for(30).await;
     replicas.stop().await;
 }

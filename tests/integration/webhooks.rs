@@ -29,7 +29,12 @@ fn secret_text() -> String {
     )
 }
 
-fn hook(name: &str, url: &str, failing_after: Duration, retry_max: Duration) -> Arc<WebhookConfig> {
+pub(crate) fn hook(
+    name: &str,
+    url: &str,
+    failing_after: Duration,
+    retry_max: Duration,
+) -> Arc<WebhookConfig> {
     Arc::new(WebhookConfig {
         name: name.into(),
         url: check_url(url).expect("url"),
@@ -186,14 +191,16 @@ async fn a_receiver_down_for_30_s_gets_every_event_with_a_valid_signature() {
 }
 
 /// One request as the test receiver saw it.
-struct Attempt {
+pub(crate) struct Attempt {
     at: Instant,
-    id: String,
+    pub(crate) id: String,
     timestamp: String,
 }
 
 /// A receiver that answers the n-th request with `answers[n]` (then 204).
-async fn scripted_receiver(answers: Vec<&'static str>) -> (u16, Arc<Mutex<Vec<Attempt>>>) {
+pub(crate) async fn scripted_receiver(
+    answers: Vec<&'static str>,
+) -> (u16, Arc<Mutex<Vec<Attempt>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

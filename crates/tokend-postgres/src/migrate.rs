@@ -26,6 +26,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "event log",
         sql: include_str!("migrations/0002_event_log.sql"),
     },
+    Migration {
+        version: 3,
+        name: "reader claims",
+        sql: include_str!("migrations/0003_reader_claims.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes.

@@ -558,16 +558,49 @@ impl Store for PostgresStore {
 
     async fn save_cursor(&self, name: &str, cursor: &SavedCursor) -> Result<(), StoreError> {
         let body = serde_json::to_string(cursor).map_err(json_error)?;
+        let fence = to_i64("fence", cursor.fence)?;
         let client = self.client().await?;
+        // A save under an older claim than the stored one is a paused
+        // replica's: ignored.
         client
             .execute(
-                "INSERT INTO tokend_cursors (name, body) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET body = EXCLUDED.body",
-                &[&name, &body],
+                "INSERT INTO tokend_cursors AS c (name, body, fence) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET body = EXCLUDED.body, fence = EXCLUDED.fence
+                 WHERE c.fence <= EXCLUDED.fence",
+                &[&name, &body, &fence],
             )
             .await
             .map_err(db)?;
         Ok(())
+    }
+
+    async fn claim_reader(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
+        let now_ms = now.unix_millis();
+        let expires = now.saturating_add(ttl).unix_millis();
+        let client = self.client().await?;
+        // One statement: renew our own claim, take a free or expired one
+        // (with a new fence), or get nothing while another's is live.
+        let row = client
+            .query_opt(
+                "INSERT INTO tokend_reader_claims AS r (name, holder, fence, expires_at_ms)
+                 VALUES ($1, $2, 1, $3)
+                 ON CONFLICT (name) DO UPDATE
+                   SET holder = EXCLUDED.holder,
+                       fence = CASE WHEN r.holder = EXCLUDED.holder THEN r.fence ELSE r.fence + 1 END,
+                       expires_at_ms = EXCLUDED.expires_at_ms
+                   WHERE r.holder = EXCLUDED.holder OR r.expires_at_ms <= $4
+                 RETURNING fence",
+                &[&name, &holder, &expires, &now_ms],
+            )
+            .await
+            .map_err(db)?;
+        Ok(row.map(|row| to_u64(row.get(0))))
     }
 
     async fn export_sealed(

@@ -168,6 +168,7 @@ pub async fn run_with_tasks(
         clock.clone(),
         engine.tasks(),
         engine.shutdown_token(),
+        engine.holder(),
     )
     .await
     .map_err(ServerError::Webhooks)?;

@@ -83,6 +83,7 @@ where
     concurrent_writes_number_events_without_gaps(Arc::new(make().await)).await;
     pruning_removes_the_oldest_and_shows_as_a_gap(&make().await).await;
     cursors_are_kept_by_name(&make().await).await;
+    reader_claims_are_exclusive_on_a_shared_store(&make().await).await;
     abandoned_leases_are_released_at_start(&make().await).await;
     fences_outlive_deletes(&make().await).await;
     replacing_a_readable_record_as_unreadable_is_refused(&make().await).await;
@@ -714,6 +715,7 @@ async fn cursors_are_kept_by_name(store: &impl Store) {
         failing_since: Some(Timestamp::from_unix_millis(5)),
         last_error: Some("http 500".into()),
         updated_at: Timestamp::from_unix_millis(6),
+        fence: 3,
     };
     store.save_cursor("hook", &cursor).await.expect("save");
     store
@@ -727,4 +729,78 @@ async fn cursors_are_kept_by_name(store: &impl Store) {
         .await
         .expect("save other");
     assert_eq!(store.load_cursor("hook").await.expect("load"), Some(cursor));
+}
+
+/// Guards: on a store replicas share, one replica at a time advances a
+/// named reader (one delivery per webhook event fleet-wide), and a holder
+/// paused past its claim cannot move the saved cursor back.
+async fn reader_claims_are_exclusive_on_a_shared_store(store: &impl Store) {
+    let ttl = Duration::from_secs(10);
+    let t0 = Timestamp::from_unix_millis(1_000_000);
+    let first = store
+        .claim_reader("hook", "a", ttl, t0)
+        .await
+        .expect("claim");
+    assert!(first.is_some(), "a free reader is granted");
+    if !store.shared() {
+        return;
+    }
+    let first = first.unwrap_or_default();
+    assert_eq!(
+        store
+            .claim_reader("hook", "b", ttl, t0)
+            .await
+            .expect("claim"),
+        None,
+        "another holder is refused while the claim is live"
+    );
+    assert_eq!(
+        store
+            .claim_reader("hook", "a", ttl, t0)
+            .await
+            .expect("renew"),
+        Some(first),
+        "the holder renews under the same fence"
+    );
+    assert!(
+        store
+            .claim_reader("other", "b", ttl, t0)
+            .await
+            .expect("claim")
+            .is_some(),
+        "names are independent"
+    );
+    let later = t0.saturating_add(ttl * 2);
+    let second = store
+        .claim_reader("hook", "b", ttl, later)
+        .await
+        .expect("take over")
+        .expect("an expired claim passes on");
+    assert!(second > first, "the fence grows with a new holder");
+    let at = |seq, fence| SavedCursor {
+        log_id: 1,
+        seq,
+        failing_since: None,
+        last_error: None,
+        updated_at: t0,
+        fence,
+    };
+    store
+        .save_cursor("hook", &at(20, second))
+        .await
+        .expect("save");
+    // The old holder wakes up and saves where it had got to.
+    store
+        .save_cursor("hook", &at(5, first))
+        .await
+        .expect("stale save");
+    assert_eq!(
+        store
+            .load_cursor("hook")
+            .await
+            .expect("load")
+            .map(|c| c.seq),
+        Some(20),
+        "a save under an older fence is ignored"
+    );
 }

@@ -37,6 +37,11 @@ pub struct SavedCursor {
     /// The last delivery failure, for operators. Never a secret.
     pub last_error: Option<String>,
     pub updated_at: Timestamp,
+    /// The reader claim's fence it was saved under ([`crate::Store::claim_reader`]).
+    /// A shared store ignores a save under an older fence than the stored
+    /// one: a holder paused past its claim cannot move the cursor back.
+    #[serde(default)]
+    pub fence: u64,
 }
 
 /// The highest sequence number known durable. Writers raise it after their

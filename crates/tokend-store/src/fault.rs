@@ -233,6 +233,16 @@ impl<S: Store> Store for FaultStore<S> {
         self.inner.shared()
     }
 
+    async fn claim_reader(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
+        self.inner.claim_reader(name, holder, ttl, now).await
+    }
+
     async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
         self.inner.event_bounds().await
     }

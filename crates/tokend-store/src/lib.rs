@@ -219,6 +219,25 @@ pub trait Store: Send + Sync + 'static {
     /// returns (a lost save means events delivered again, never skipped).
     async fn save_cursor(&self, name: &str, cursor: &SavedCursor) -> Result<(), StoreError>;
 
+    /// Takes, or renews, `holder`'s exclusive right to advance the named
+    /// reader (a webhook endpoint's delivery) until `now + ttl`: granted when
+    /// nobody holds it, when its holder's time ran out, or to the same
+    /// holder again. Returns the claim's fence, which grows with every
+    /// change of holder; `None` while another holder's claim is live.
+    ///
+    /// A store only one process writes (sled, memory) has one reader of
+    /// each name: it grants every claim.
+    async fn claim_reader(
+        &self,
+        name: &str,
+        holder: &str,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<Option<u64>, StoreError> {
+        let _ = (name, holder, ttl, now);
+        Ok(Some(1))
+    }
+
     /// Whether other processes write this store too (replicas sharing a
     /// database). Their changes reach this process only through the event
     /// log, so a replica's cache must follow it.

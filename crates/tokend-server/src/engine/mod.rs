@@ -227,6 +227,11 @@ impl Engine {
         })
     }
 
+    /// This process's name in refresh leases and webhook claims.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
     pub fn provider(&self, name: &ProviderName) -> Option<&Arc<ProviderConfig>> {
         self.providers.get(name)
     }

@@ -1,6 +1,12 @@
 //! One endpoint's delivery task: reads the feed after its saved cursor,
 //! sends each event its filter selects until the endpoint acknowledges it
 //! (retrying with backoff, never skipping), then moves the cursor on.
+//!
+//! On a store several replicas share, only the replica holding the
+//! endpoint's claim (`Store::claim_reader`) delivers, so each event goes out
+//! once fleet-wide; the others stand by and take over, from the cursor the
+//! holder saved, when its claim runs out (a crash, a pause). The claim is
+//! renewed before every attempt, so a holder that lost it stops sending.
 
 use std::{
     sync::{Arc, Mutex},
@@ -21,8 +27,25 @@ use crate::{
 
 /// Events taken from the feed at once.
 const BATCH: usize = 64;
-/// How long an idle task waits on the feed before looking again.
-const IDLE_WAIT: Duration = Duration::from_secs(5);
+/// How long an idle task waits on the feed before looking again (and
+/// renews its claim).
+const IDLE_WAIT: Duration = Duration::from_secs(3);
+/// How long a claim on an endpoint lasts unless renewed: a replica that
+/// dies stops deliveries for at most this long. Replicas' clocks must agree
+/// well within it.
+const CLAIM_TTL: Duration = Duration::from_secs(15);
+/// A claim is renewed once less than this is left.
+const CLAIM_RENEW_WITHIN: Duration = Duration::from_secs(10);
+/// How often a standby replica tries to take the claim.
+const STANDBY_RETRY: Duration = Duration::from_secs(2);
+
+/// How one delivery ended.
+enum Sent {
+    Acknowledged,
+    /// Another replica holds the endpoint now: stop without moving on.
+    ClaimLost,
+    ShuttingDown,
+}
 
 /// An endpoint's config and live state, shared with the status report.
 pub struct Endpoint {
@@ -62,6 +85,8 @@ pub struct Delivery {
     pub sender: Sender,
     pub clock: Clock,
     pub cancel: CancellationToken,
+    /// This replica's name in claims.
+    pub holder: String,
 }
 
 impl Delivery {
@@ -69,9 +94,77 @@ impl Delivery {
         &self.endpoint.config.name
     }
 
+    /// Takes or renews this replica's claim on the endpoint. `Some(fence)`
+    /// while held; `None` while another replica holds it.
+    async fn claim(&self) -> Result<Option<u64>, tokend_store::StoreError> {
+        let now = self.clock.now();
+        {
+            let state = self.endpoint.state();
+            if let Some(until) = state.claimed_until
+                && until.duration_since(now) > CLAIM_RENEW_WITHIN
+            {
+                return Ok(Some(state.fence));
+            }
+        }
+        let granted = self
+            .store
+            .claim_reader(self.name(), &self.holder, CLAIM_TTL, now)
+            .await?;
+        let mut state = self.endpoint.state();
+        state.claimed_until = granted.map(|_| now.saturating_add(CLAIM_TTL));
+        Ok(granted)
+    }
+
+    /// Whether this replica may send now (renewing its claim if need be).
+    async fn still_claimed(&self) -> bool {
+        match self.claim().await {
+            Ok(Some(fence)) => fence == self.endpoint.state().fence,
+            Ok(None) => false,
+            // The store is unreachable: the claim cannot be renewed, so it
+            // holds only until it runs out.
+            Err(_) => self
+                .endpoint
+                .state()
+                .claimed_until
+                .is_some_and(|until| until > self.clock.now()),
+        }
+    }
+
     /// Delivers from `position` (see [`Self::resume`]) until shutdown.
     pub async fn run(self, mut position: u64) {
         loop {
+            match self.claim().await {
+                Ok(Some(fence)) if fence != self.endpoint.state().fence => {
+                    // Taken (at start, or over from another replica): go on
+                    // from the cursor the last holder saved.
+                    self.endpoint.state().fence = fence;
+                    match self.resume().await {
+                        Some(p) => position = p,
+                        None => return,
+                    }
+                    tracing::info!(
+                        webhook = self.name(),
+                        fence,
+                        from_sequence = position,
+                        "this replica delivers to the webhook endpoint"
+                    );
+                    self.save(position).await;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    if self.pause(STANDBY_RETRY).await {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(webhook = self.name(), error = %e, "cannot claim the webhook endpoint; retrying");
+                    if self.pause(Duration::from_secs(1)).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
             let events = match self
                 .feed
                 .next(position, BATCH, IDLE_WAIT, &self.cancel)
@@ -107,8 +200,12 @@ impl Delivery {
             };
             let before = position;
             for event in events {
-                if self.endpoint.config.filter.matches(&event) && !self.deliver(&event).await {
-                    return;
+                if self.endpoint.config.filter.matches(&event) {
+                    match self.deliver(&event).await {
+                        Sent::Acknowledged => {}
+                        Sent::ClaimLost => break,
+                        Sent::ShuttingDown => return,
+                    }
                 }
                 position = event.seq;
                 self.endpoint.state().position = position;
@@ -175,8 +272,9 @@ impl Delivery {
         }
     }
 
-    /// Sends `event` until the endpoint acknowledges it. False at shutdown.
-    async fn deliver(&self, event: &Event) -> bool {
+    /// Sends `event` until the endpoint acknowledges it, while this replica
+    /// holds the endpoint.
+    async fn deliver(&self, event: &Event) -> Sent {
         let cursor = self.feed.cursor(event.seq).encode();
         let message = convert::event(event, cursor.clone());
         let body = match serde_json::to_vec(&message) {
@@ -184,12 +282,19 @@ impl Delivery {
             Err(e) => {
                 // Cannot happen for these types; never drop silently.
                 tracing::error!(webhook = self.name(), error = %e, sequence = event.seq, "cannot encode an event; skipping it");
-                return true;
+                return Sent::Acknowledged;
             }
         };
         let config = &self.endpoint.config;
         let mut failures = 0u32;
         loop {
+            if !self.still_claimed().await {
+                tracing::info!(
+                    webhook = self.name(),
+                    "another replica delivers to the webhook endpoint now"
+                );
+                return Sent::ClaimLost;
+            }
             let now = self.clock.now();
             let attempt = tokend_webhook::Delivery {
                 url: &config.url,
@@ -199,13 +304,13 @@ impl Delivery {
                 body: &body,
             };
             let outcome = tokio::select! {
-                _ = self.cancel.cancelled() => return false,
+                _ = self.cancel.cancelled() => return Sent::ShuttingDown,
                 outcome = self.sender.send(attempt) => outcome,
             };
             match outcome {
                 Outcome::Delivered => {
                     self.delivered(event.seq);
-                    return true;
+                    return Sent::Acknowledged;
                 }
                 Outcome::Failed { error, retry_after } => {
                     failures += 1;
@@ -218,7 +323,7 @@ impl Delivery {
                     );
                     self.failed(event.seq, &error, failures, delay).await;
                     if self.pause(delay).await {
-                        return false;
+                        return Sent::ShuttingDown;
                     }
                 }
             }
@@ -292,6 +397,7 @@ impl Delivery {
             failing_since: state.failing_since,
             last_error: state.last_error,
             updated_at: self.clock.now(),
+            fence: self.endpoint.state().fence,
         };
         if let Err(e) = self.store.save_cursor(self.name(), &cursor).await {
             // Only costs redelivery after a restart.

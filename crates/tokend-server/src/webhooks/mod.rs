@@ -59,6 +59,7 @@ impl Webhooks {
         clock: Clock,
         tasks: &TaskTracker,
         cancel: &CancellationToken,
+        holder: &str,
     ) -> Result<Arc<Webhooks>, String> {
         let mut endpoints = Vec::new();
         for config in configs {
@@ -71,6 +72,7 @@ impl Webhooks {
                 sender,
                 clock: clock.clone(),
                 cancel: cancel.clone(),
+                holder: holder.to_owned(),
             };
             // Fixed now, before any request or refresh can write an event,
             // so a new endpoint gets everything from this start on.

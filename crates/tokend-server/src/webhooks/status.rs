@@ -19,6 +19,10 @@ pub struct State {
     pub next_attempt_at: Option<Timestamp>,
     pub consecutive_failures: u32,
     pub delivered: u64,
+    /// The fence of this replica's claim on the endpoint (0: never held).
+    pub fence: u64,
+    /// Until when the claim is held, if it is.
+    pub claimed_until: Option<Timestamp>,
 }
 
 impl State {
