@@ -142,6 +142,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .node
         .clone()
         .unwrap_or_else(|| store::default_node(file.store.kind, listen.port()));
+    let lease_ttl = match file.store.refresh_lease_secs {
+        Some(0) => anyhow::bail!("[store] refresh_lease_secs must be at least 1"),
+        Some(secs) => std::time::Duration::from_secs(secs),
+        None => tokend_server::EngineSettings::default().lease_ttl,
+    };
     if let store::Opened::Sled(sled) = &opened {
         // Finish a rotation that happened while the server was down.
         keys::reencrypt(sled, key_path.as_deref(), &data_dir).await;
@@ -187,6 +192,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ServerConfig {
             engine: tokend_server::EngineSettings {
                 node,
+                lease_ttl,
                 ..Default::default()
             },
             providers,

@@ -4,6 +4,7 @@ mod at_rest;
 mod cli;
 mod client;
 mod events;
+mod fleet;
 mod harness;
 mod hostile;
 mod malformed;

@@ -95,6 +95,11 @@ pub struct StoreSection {
     /// PEM file of the CA that signed the database's certificate [default:
     /// the system's roots].
     pub ca_file: Option<PathBuf>,
+    /// How long a refresh lease lasts, in seconds [default: 30]. A process
+    /// that dies mid-refresh holds up that connection's next refresh (on
+    /// another replica, or after its restart) at most this long. It must
+    /// exceed the provider's slowest answer (`[http] timeout`).
+    pub refresh_lease_secs: Option<u64>,
 }
 
 /// `[store] kind`.
