@@ -79,6 +79,9 @@ pub(crate) enum Command {
     /// Apply the PostgreSQL schema migrations this build needs (`[store]
     /// kind = "postgres"`); safe to run from several replicas at once.
     Migrate(MigrateArgs),
+    /// Move connections between stores (sled and PostgreSQL).
+    #[command(subcommand)]
+    Store(crate::store_copy::StoreCommand),
     /// Stream a connection's state changes.
     Watch {
         #[command(flatten)]

@@ -10,6 +10,7 @@ mod events_cli;
 mod exit;
 mod settings;
 mod store;
+mod store_copy;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -75,6 +76,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Webhooks { client, command } => events_cli::webhooks(&client, command).await,
             Command::Backup(args) => backup::backup(args).await,
             Command::Restore(args) => backup::restore(args),
+            Command::Store(command) => store_copy::run(command).await,
             Command::Migrate(args) => {
                 let settings = settings::Settings::resolve(settings::Flags {
                     config: args.config.as_deref(),

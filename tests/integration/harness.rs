@@ -100,6 +100,11 @@ impl TestServer {
         self.data_dir.path().join("audit.log")
     }
 
+    /// The server's keys as `TOKEND_KEYS` JSON, for the CLI.
+    pub fn keys_json(&self) -> String {
+        serde_json::to_string(&self.keys).expect("keys serialize")
+    }
+
     /// Opens the server's store directly (only while the server is stopped:
     /// sled locks its directory).
     pub fn open_store(&self) -> SledStore {

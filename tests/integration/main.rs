@@ -13,5 +13,6 @@ mod refresh;
 mod replicas;
 mod rpc;
 mod security;
+mod store_copy;
 mod watch;
 mod webhooks;

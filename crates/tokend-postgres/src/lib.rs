@@ -171,6 +171,45 @@ impl PostgresStore {
         migrate::current_version(&client).await
     }
 
+    /// Writes records exactly as another store keeps them (`(id, sealed
+    /// bytes)`, as `Store::export_sealed` gives them), after checking that
+    /// each one opens with this store's keys, so the wrong key file fails
+    /// before anything is written. One transaction: all or nothing. Records
+    /// already present are replaced. No events are appended: the copy
+    /// starts this log afresh.
+    pub async fn import_sealed(&self, records: &[(String, Vec<u8>)]) -> Result<usize, StoreError> {
+        let keys = self.keys();
+        let mut rows = Vec::with_capacity(records.len());
+        for (id, bytes) in records {
+            let record = tokend_store::backend::decode(id.as_bytes(), bytes, &keys)?;
+            if record.id.as_str() != id {
+                return Err(StoreError::Corrupt {
+                    id: id.clone(),
+                    reason: format!("the record inside is {}", record.id),
+                });
+            }
+            rows.push(record);
+        }
+        let mut client = self.inner.pool.get().await.map_err(PgError::from)?;
+        let tx = client.transaction().await.map_err(PgError::from)?;
+        for (record, (_, sealed)) in rows.iter().zip(records) {
+            store::upsert_sealed(&tx, record, sealed).await?;
+        }
+        tx.commit().await.map_err(PgError::from)?;
+        Ok(records.len())
+    }
+
+    /// How many connection records the database holds.
+    pub async fn count(&self) -> Result<u64, StoreError> {
+        let client = self.inner.pool.get().await.map_err(PgError::from)?;
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM tokend_connections", &[])
+            .await
+            .map_err(PgError::from)?
+            .get(0);
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Switches to a new keyring (after `tokend keys rotate`).
     pub fn set_keyring(&self, keys: Keyring) {
         *self.inner.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);

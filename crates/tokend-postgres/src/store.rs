@@ -183,6 +183,33 @@ impl PostgresStore {
     }
 }
 
+/// Writes `record`, stored as `sealed`, whatever is there (an import).
+pub(crate) async fn upsert_sealed(
+    tx: &Transaction<'_>,
+    record: &Connection,
+    sealed: &[u8],
+) -> Result<(), StoreError> {
+    let incarnation = record.incarnation as i64;
+    let revision = to_i64("revision", record.revision)?;
+    tx.execute(
+        "INSERT INTO tokend_connections (id, provider, status, incarnation, revision, sealed)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (id) DO UPDATE SET provider = EXCLUDED.provider, status = EXCLUDED.status,
+           incarnation = EXCLUDED.incarnation, revision = EXCLUDED.revision, sealed = EXCLUDED.sealed",
+        &[
+            &record.id.as_str(),
+            &record.provider.as_str(),
+            &status_text(record.status),
+            &incarnation,
+            &revision,
+            &sealed,
+        ],
+    )
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
