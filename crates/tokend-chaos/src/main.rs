@@ -4,6 +4,10 @@
 //! and checks that no acknowledged token is lost, no version goes back, and
 //! no grant is lost except, with strict rotation, one in flight at a kill,
 //! which must be reported as `ROTATION_LOST`, never as `REVOKED`.
+//!
+//! With `--replicas N --store postgres`, N brokers share one PostgreSQL
+//! database (a throwaway cluster, `tokend-pgtest`), the load is spread over
+//! all of them, and each kill takes a random replica.
 
 mod load;
 mod process;
@@ -27,6 +31,8 @@ struct Args {
     minutes: f64,
     connections: usize,
     bin: std::path::PathBuf,
+    replicas: usize,
+    postgres: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -36,6 +42,8 @@ fn args() -> anyhow::Result<Args> {
         bin: std::env::var_os("TOKEND_BIN")
             .map(Into::into)
             .unwrap_or_else(|| "target/debug/tokend".into()),
+        replicas: 1,
+        postgres: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -44,11 +52,24 @@ fn args() -> anyhow::Result<Args> {
             "--minutes" => out.minutes = value.parse().context("--minutes")?,
             "--connections" => out.connections = value.parse().context("--connections")?,
             "--tokend" => out.bin = value.into(),
-            other => bail!("unknown flag {other}; use --minutes N --connections N --tokend PATH"),
+            "--replicas" => out.replicas = value.parse().context("--replicas")?,
+            "--store" => {
+                out.postgres = match value.as_str() {
+                    "postgres" => true,
+                    "sled" => false,
+                    other => bail!("--store {other}: sled or postgres"),
+                }
+            }
+            other => bail!(
+                "unknown flag {other}; use --minutes N --connections N --tokend PATH --replicas N --store sled|postgres"
+            ),
         }
     }
-    if !out.minutes.is_finite() || out.minutes <= 0.0 || out.connections == 0 {
-        bail!("--minutes and --connections must be positive");
+    if !out.minutes.is_finite() || out.minutes <= 0.0 || out.connections == 0 || out.replicas == 0 {
+        bail!("--minutes, --connections and --replicas must be positive");
+    }
+    if out.replicas > 1 && !out.postgres {
+        bail!("--replicas above 1 needs --store postgres (sled is one process's)");
     }
     Ok(out)
 }
@@ -88,8 +109,16 @@ async fn main() -> anyhow::Result<()> {
             (r.lost_rotation_lost + r.lost_other.len() as u64) as f64 * 1000.0 / r.kills as f64
         };
         println!(
-            "{}: {} kills, {} refreshes ({} invalid_grant), {} calls ok, {} failed (broker down, or connection lost), {} stalled > 10 s",
-            r.mode, r.kills, r.refreshes, r.invalid_grants, r.calls_ok, r.calls_failed, r.stalled
+            "{} ({} replica(s) on {}): {} kills, {} refreshes ({} invalid_grant), {} calls ok, {} failed (broker down, or connection lost), {} stalled > 10 s",
+            r.mode,
+            args.replicas,
+            if args.postgres { "PostgreSQL" } else { "sled" },
+            r.kills,
+            r.refreshes,
+            r.invalid_grants,
+            r.calls_ok,
+            r.calls_failed,
+            r.stalled
         );
         println!(
             "{}: lost {} (ROTATION_LOST {}, other {}), {per_1000:.0} per 1,000 kills",
@@ -144,9 +173,14 @@ async fn run_mode(
         bin: args.bin.clone(),
         dir: dir.path().to_owned(),
         sandbox: free_addr()?,
-        grpc: free_addr()?,
+        grpc: (0..args.replicas)
+            .map(|_| free_addr())
+            .collect::<anyhow::Result<_>>()?,
         grace_secs,
         token_lifetime_secs: 2,
+        database_url: args
+            .postgres
+            .then(|| tokend_pgtest::cluster().database(&format!("chaos_{mode}"))),
     };
     let http = reqwest::Client::new();
     let sandbox_url = format!("http://{}", scenario.sandbox);
@@ -161,13 +195,32 @@ async fn run_mode(
     .context("the sandbox did not start")?;
     let config = scenario.write_config()?;
     let mut runs = 0;
-    let mut broker = Some(scenario.start_broker(&config, runs)?);
-    let channel = Endpoint::from_shared(format!("http://{}", scenario.grpc))?
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(15))
-        .connect_lazy();
-    let mut client = TokenServiceClient::new(channel.clone());
-    wait_ready(&mut client).await?;
+    let endpoint = |addr: &std::net::SocketAddr| -> anyhow::Result<Endpoint> {
+        Ok(Endpoint::from_shared(format!("http://{addr}"))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(15)))
+    };
+    let mut clients = Vec::new();
+    for addr in &scenario.grpc {
+        clients.push(TokenServiceClient::new(endpoint(addr)?.connect_lazy()));
+    }
+    // Replica 0 first: it creates the key file the others seal with.
+    let mut brokers = vec![Some(scenario.start_broker(&config, 0, runs)?)];
+    wait_ready(&mut clients[0]).await?;
+    for r in 1..args.replicas {
+        brokers.push(Some(scenario.start_broker(&config, r, runs)?));
+        wait_ready(&mut clients[r]).await?;
+    }
+    // The load goes to every replica.
+    let channel = Channel::balance_list(
+        scenario
+            .grpc
+            .iter()
+            .map(endpoint)
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .into_iter(),
+    );
+    let mut client = clients[0].clone();
 
     for i in 0..args.connections {
         let body = serde_json::json!({"account_id": format!("acct-{i}"), "scopes": ["crm"]});
@@ -227,13 +280,19 @@ async fn run_mode(
         .await;
         // The kill: whatever was acknowledged before it must survive it.
         let before = acked.snapshot();
-        if let Some(b) = broker.take() {
+        let victim = rand::rng().random_range(0..args.replicas);
+        if let Some(b) = brokers[victim].take() {
             b.kill();
         }
         report.kills += 1;
         runs += 1;
-        broker = Some(scenario.start_broker(&config, runs)?);
-        wait_ready(&mut client).await?;
+        brokers[victim] = Some(scenario.start_broker(&config, victim, runs)?);
+        wait_ready(&mut clients[victim]).await?;
+        if args.replicas > 1 {
+            // What another replica acknowledged reaches replica 0's cache
+            // through the event log within milliseconds.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         compare(&mut client, &before, &mut seen, &mut report).await?;
         if last {
             break;
@@ -265,7 +324,7 @@ async fn run_mode(
     report.calls_ok = tally.ok.load(Ordering::Relaxed);
     report.calls_failed = tally.failed.load(Ordering::Relaxed);
     report.stalled = tally.stalled.load(Ordering::Relaxed);
-    drop(broker);
+    drop(brokers);
     Ok(report)
 }
 

@@ -51,15 +51,19 @@ pub fn free_addr() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-/// How to start the sandbox and the broker of one scenario.
+/// How to start the sandbox and the brokers of one scenario.
 pub struct Scenario {
     pub bin: PathBuf,
     pub dir: PathBuf,
     pub sandbox: SocketAddr,
-    pub grpc: SocketAddr,
+    /// One address per replica.
+    pub grpc: Vec<SocketAddr>,
     /// Seconds a rotated-out refresh token stays valid; 0 is strict.
     pub grace_secs: u64,
     pub token_lifetime_secs: u64,
+    /// The shared PostgreSQL database, if the replicas use one (else each
+    /// broker has its sled data dir).
+    pub database_url: Option<String>,
 }
 
 pub const SANDBOX_SECRET: &str = "sandbox-secret";
@@ -83,35 +87,66 @@ impl Scenario {
         Proc::spawn(&mut cmd, &self.dir.join("sandbox.log"))
     }
 
-    /// Writes the broker's config once.
+    /// Writes the brokers' config once (and, on PostgreSQL, migrates the
+    /// database with `tokend migrate`).
     pub fn write_config(&self) -> anyhow::Result<PathBuf> {
         let path = self.dir.join("tokend.toml");
+        let store = if self.database_url.is_some() {
+            // Short leases: a killed replica's refreshes are taken over fast.
+            "[store]\nkind = \"postgres\"\nrefresh_lease_secs = 3\n\n"
+        } else {
+            ""
+        };
         std::fs::write(
             &path,
             format!(
-                "[providers.sandbox]\npreset = \"sandbox\"\ntoken_url = \"http://{}/oauth/token\"\n\
+                "{store}[providers.sandbox]\npreset = \"sandbox\"\ntoken_url = \"http://{}/oauth/token\"\n\
                  client_id = \"sandbox-client\"\nclient_secret_env = \"SANDBOX_CLIENT_SECRET\"\n\
                  rotation_grace_secs = {}\nmin_refresh_interval_secs = 0\n",
                 self.sandbox, self.grace_secs
             ),
         )?;
+        if let Some(url) = &self.database_url {
+            let out = Command::new(&self.bin)
+                .arg("migrate")
+                .arg("--config")
+                .arg(&path)
+                .env("TOKEND_DATABASE_URL", url)
+                .output()
+                .context("cannot run tokend migrate")?;
+            if !out.status.success() {
+                bail!(
+                    "tokend migrate failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
         Ok(path)
     }
 
-    /// Starts `tokend serve` on the scenario's data dir and port; `run`
-    /// numbers its log file.
-    pub fn start_broker(&self, config: &Path, run: usize) -> anyhow::Result<Proc> {
+    /// Starts replica `replica`'s `tokend serve` on its data dir and port;
+    /// `run` numbers its log file. Every replica seals with replica 0's key
+    /// file (created by its first start).
+    pub fn start_broker(&self, config: &Path, replica: usize, run: usize) -> anyhow::Result<Proc> {
         let mut cmd = Command::new(&self.bin);
         cmd.arg("serve")
             .arg("--config")
             .arg(config)
             .arg("--listen")
-            .arg(self.grpc.to_string())
+            .arg(self.grpc[replica].to_string())
             .arg("--data-dir")
-            .arg(self.dir.join("data"))
+            .arg(self.dir.join(format!("data-{replica}")))
+            .arg("--key-file")
+            .arg(self.dir.join("data-0").join("tokend.keys"))
             .env("SANDBOX_CLIENT_SECRET", SANDBOX_SECRET)
             .env("RUST_LOG", "warn");
-        Proc::spawn(&mut cmd, &self.dir.join(format!("tokend-{run}.log")))
+        if let Some(url) = &self.database_url {
+            cmd.env("TOKEND_DATABASE_URL", url);
+        }
+        Proc::spawn(
+            &mut cmd,
+            &self.dir.join(format!("tokend-{replica}-{run}.log")),
+        )
     }
 }
 
