@@ -207,9 +207,9 @@ async fn run_mode(
     // Replica 0 first: it creates the key file the others seal with.
     let mut brokers = vec![Some(scenario.start_broker(&config, 0, runs)?)];
     wait_ready(&mut clients[0]).await?;
-    for r in 1..args.replicas {
+    for (r, client) in clients.iter_mut().enumerate().skip(1) {
         brokers.push(Some(scenario.start_broker(&config, r, runs)?));
-        wait_ready(&mut clients[r]).await?;
+        wait_ready(client).await?;
     }
     // The load goes to every replica.
     let channel = Channel::balance_list(
