@@ -144,3 +144,82 @@ pub(crate) async fn migrate(section: &StoreSection) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The replica config README.md shows, as a user would copy it.
+    fn readme_replica_config() -> tokend_server::config::FileConfig {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("## Running several replicas")
+            .nth(1)
+            .expect("README has the section");
+        let block = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("a toml block");
+        tokend_server::config::FileConfig::parse(block, Path::new("README.md"))
+            .expect("README's replica config parses")
+    }
+
+    #[test]
+    fn the_readme_replica_config_resolves_with_tls_on() {
+        let file = readme_replica_config();
+        assert_eq!(file.store.kind, StoreKind::Postgres);
+        let options = pg_options(&file.store, |var| {
+            (var == "TOKEND_DATABASE_URL")
+                .then(|| "postgres://tokend:pw@db.internal:5432/tokend".to_owned())
+        })
+        .expect("resolves");
+        assert_eq!(options.tls, Tls::VerifyFull { ca_file: None });
+        assert_eq!(options.pool_size, 16);
+        assert!(
+            !format!("{options:?}").contains("pw@"),
+            "the URL never shows"
+        );
+    }
+
+    #[test]
+    fn a_missing_url_or_a_bad_tls_mode_is_a_clear_error() {
+        let file = readme_replica_config();
+        let missing = pg_options(&file.store, |_| None).expect_err("no URL");
+        assert!(format!("{missing:#}").contains("TOKEND_DATABASE_URL"));
+        let mut section = file.store.clone();
+        section.tls = Some("prefer".into());
+        let bad = pg_options(&section, |_| Some("postgres://h/db".into())).expect_err("bad tls");
+        assert!(format!("{bad:#}").contains("verify-full"));
+    }
+
+    #[test]
+    fn a_loopback_database_defaults_to_plaintext_and_others_to_tls() {
+        let section = StoreSection {
+            kind: StoreKind::Postgres,
+            ..Default::default()
+        };
+        for (url, tls) in [
+            ("postgres://u@127.0.0.1:5432/d", Tls::Disable),
+            ("postgres://u@localhost/d", Tls::Disable),
+            ("postgres://u@[::1]:5432/d", Tls::Disable),
+            ("postgres://u@10.0.0.5/d", Tls::VerifyFull { ca_file: None }),
+            (
+                "postgres://u@db.example.com/d",
+                Tls::VerifyFull { ca_file: None },
+            ),
+        ] {
+            let options = pg_options(&section, |_| Some(url.into())).expect("resolves");
+            assert_eq!(options.tls, tls, "{url}");
+        }
+    }
+
+    #[test]
+    fn replicas_get_distinct_default_node_names() {
+        assert_eq!(default_node(StoreKind::Sled, 50051), "local");
+        let a = default_node(StoreKind::Postgres, 50051);
+        let b = default_node(StoreKind::Postgres, 50052);
+        assert_ne!(a, b);
+        assert!(a.ends_with(":50051"));
+    }
+}
