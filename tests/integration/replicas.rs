@@ -327,6 +327,37 @@ async fn a_database_outage_keeps_cached_tokens_served_and_loses_no_grant() {
     let mut inflight_client = a.clone();
     let inflight =
         tokio::spawn(async move { inflight_client.force_refresh(force("out-inflight")).await });
+    // Steady load on the cached connection from before the database stops
+    // until after it is back: not one call may fail.
+    let load_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = Arc::clone(&load_stop);
+        let clients: Vec<Client> = (0..8).map(|_| a.clone()).collect();
+        let want = cached.access_token.clone();
+        tokio::spawn(async move {
+            let per_client = clients.into_iter().map(|mut c| {
+                let (stop, want) = (Arc::clone(&stop), want.clone());
+                async move {
+                    let (mut ok, mut failed) = (0u64, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        match c
+                            .get_token(get("out-cached"))
+                            .await
+                            .map(|r| access_token(r.into_inner()))
+                        {
+                            Ok(token) if token == want => ok += 1,
+                            Ok(_) => failed.push("another token".to_owned()),
+                            Err(status) => failed.push(format!("{status:?}")),
+                        }
+                        // Paced below the local caller's rate limit.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    (ok, failed)
+                }
+            });
+            join_all(per_client).await
+        })
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     cluster.stop_immediately().expect("database stops");
 
@@ -361,6 +392,21 @@ async fn a_database_outage_keeps_cached_tokens_served_and_loses_no_grant() {
     );
 
     cluster.restart().expect("database restarts");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    load_stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let results = load.await.expect("load joins");
+    let ok: u64 = results.iter().map(|r| r.0).sum();
+    let failed: Vec<&String> = results.iter().flat_map(|r| &r.1).collect();
+    println!(
+        "cached GetToken through the outage: {ok} ok, {} failed",
+        failed.len()
+    );
+    assert!(ok > 500, "the load ran ({ok} calls)");
+    assert!(
+        failed.is_empty(),
+        "cached calls failed: {:?}",
+        &failed[..failed.len().min(3)]
+    );
     // The pool reconnects by itself, and the in-flight grant was kept: the
     // connection refreshes again with the refresh token it rotated to.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -487,5 +533,101 @@ async fn a_webhook_gets_each_event_once_from_the_fleet_and_survives_its_sender()
         b.install(request).await.expect("install");
     }
     wait_for(30).await;
+    replicas.stop().await;
+}
+
+/// Guards: watchers on one replica see what another replica did, and a
+/// `WatchConnections` cursor taken on one replica resumes on another with
+/// no gap and no duplicate (one log, one order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watchers_on_one_replica_see_another_replicas_changes_in_one_order() {
+    let replicas = Replicas::start(
+        2,
+        EngineSettings {
+            background_refresh: false,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (mut a, mut b) = (replicas.client(0).await, replicas.client(1).await);
+    let issued = replicas
+        .sandbox
+        .issue_tokens("acct-w", &["crm.objects.contacts.read"]);
+    a.install(import_request("rep-w", "acct-w", &issued, 1800))
+        .await
+        .expect("install on A");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b
+        .get_connection(pb::GetConnectionRequest {
+            connection_id: "rep-w".into(),
+        })
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "B never saw the install");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let wait = Duration::from_secs(5);
+
+    // WatchConnection on B: A's rotation arrives.
+    let mut watch = b
+        .watch_connection(pb::WatchConnectionRequest {
+            connection_id: "rep-w".into(),
+        })
+        .await
+        .expect("watch on B")
+        .into_inner();
+    let first = tokio::time::timeout(wait, watch.message())
+        .await
+        .expect("snapshot in time")
+        .expect("stream")
+        .expect("snapshot");
+    let before = first.connection.expect("connection").version;
+    a.force_refresh(force("rep-w")).await.expect("rotate on A");
+    let rotated = tokio::time::timeout(wait, watch.message())
+        .await
+        .expect("B's watcher hears of A's rotation")
+        .expect("stream")
+        .expect("event");
+    assert_eq!(
+        rotated.event_type,
+        pb::WatchEventType::TokenRotated as i32,
+        "{rotated:?}"
+    );
+    assert!(rotated.connection.expect("connection").version > before);
+
+    // WatchConnections on A, from the oldest event; then resume on B from
+    // the cursor of the second event.
+    let all_events = |mut client: Client, resume_after: String| async move {
+        let mut stream = client
+            .watch_connections(pb::WatchConnectionsRequest {
+                resume_after: resume_after.clone(),
+                from_oldest: resume_after.is_empty(),
+                ..Default::default()
+            })
+            .await
+            .expect("watch all")
+            .into_inner();
+        let mut events = Vec::new();
+        loop {
+            let event = tokio::time::timeout(wait, stream.message())
+                .await
+                .expect("events in time")
+                .expect("stream")
+                .expect("event");
+            if event.event_type == pb::EventType::Checkpoint as i32 {
+                if event.caught_up {
+                    return events;
+                }
+                continue;
+            }
+            events.push((event.sequence, event.cursor, event.connection_id));
+        }
+    };
+    let on_a = all_events(a.clone(), String::new()).await;
+    assert!(on_a.len() >= 2, "{on_a:?}");
+    let resumed_on_b = all_events(b.clone(), on_a[0].1.clone()).await;
+    let seqs = |v: &[(u64, String, String)]| v.iter().map(|e| e.0).collect::<Vec<_>>();
+    assert_eq!(seqs(&resumed_on_b), seqs(&on_a[1..]));
     replicas.stop().await;
 }
