@@ -64,7 +64,7 @@ pub(crate) fn pg_options(
         Some(other) => {
             anyhow::bail!("[store] tls = {other:?}: expected \"verify-full\" or \"disable\"")
         }
-        None if options.loopback_only()? => Tls::Disable,
+        None if options.loopback_only()? && !options.url_requires_tls()? => Tls::Disable,
         None => Tls::VerifyFull {
             ca_file: section.ca_file.clone(),
         },

@@ -85,6 +85,15 @@ impl PgOptions {
             && addrs.iter().all(|ip| ip.is_loopback()))
     }
 
+    /// Whether the URL itself asks for TLS (`sslmode=require` or stricter):
+    /// then plaintext is never the default, whatever the host.
+    pub fn url_requires_tls(&self) -> Result<bool, PgError> {
+        let config: tokio_postgres::Config = self.url.expose_secret().parse().map_err(|_| {
+            PgError::Config("the database URL is not a valid PostgreSQL URL".into())
+        })?;
+        Ok(config.get_ssl_mode() == SslMode::Require)
+    }
+
     /// The driver's config: the URL's settings, with timeouts and TLS mode
     /// from these options.
     pub(crate) fn driver_config(&self) -> Result<tokio_postgres::Config, PgError> {

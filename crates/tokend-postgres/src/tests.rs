@@ -152,3 +152,151 @@ async fn another_replicas_commit_reaches_the_watermark() {
     .expect("b learns of a's event")
     .expect("watermark");
 }
+
+/// Options verifying the server against `ca` (PEM) only.
+fn verify_full(url: String, ca: &std::path::Path) -> PgOptions {
+    PgOptions {
+        tls: Tls::VerifyFull {
+            ca_file: Some(ca.to_path_buf()),
+        },
+        ..options(url)
+    }
+}
+
+/// Whether this session of `options` runs over TLS, as the server sees it.
+async fn session_uses_tls(options: &PgOptions) -> bool {
+    connect_one(options)
+        .await
+        .expect("client")
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0)
+}
+
+/// The errors `migrate` (one connection) and `connect` (the pool) give.
+async fn refusals(options: &PgOptions) -> [String; 2] {
+    let migrate = match PostgresStore::migrate(options).await {
+        Err(e @ PgError::Db(_)) => e.to_string(),
+        other => panic!("migrate should fail to connect: {other:?}"),
+    };
+    let connect = match PostgresStore::connect(options, Keyring::ephemeral()).await {
+        Err(e @ PgError::Db(_)) => e.to_string(),
+        Err(other) => panic!("connect should fail to connect: {other:?}"),
+        Ok(_) => panic!("connect should fail to connect"),
+    };
+    [migrate, connect]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn works_over_tls_verified_against_the_given_ca() {
+    let (cluster, ca) = tokend_pgtest::Cluster::dedicated_tls();
+    for host in ["localhost", "127.0.0.1"] {
+        let db = cluster.create_database("tls");
+        let options = verify_full(cluster.url_for_host(&db, host), &ca);
+        assert_eq!(
+            PostgresStore::migrate(&options).await.expect("migrate"),
+            (1..=SCHEMA_VERSION).collect::<Vec<_>>(),
+            "{host}"
+        );
+        assert_eq!(
+            PostgresStore::schema_version(&options).await.expect("v"),
+            SCHEMA_VERSION
+        );
+        let a = PostgresStore::connect(&options, Keyring::ephemeral())
+            .await
+            .expect("connect");
+        let record = conformance::record("over-tls", 1);
+        a.put(&record, None, None).await.expect("put");
+        let back = a.get(&record.id).await.expect("get").expect("stored");
+        assert_eq!((back.id.as_str(), back.revision), ("over-tls", 1), "{host}");
+        // The event log's follower connects over TLS too.
+        let b = PostgresStore::connect(&options, Keyring::ephemeral())
+            .await
+            .expect("second replica");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            b.event_watermark().wait_for(|w| *w >= 1),
+        )
+        .await
+        .expect("b learns of a's event")
+        .expect("watermark");
+        assert!(session_uses_tls(&options).await, "{host}");
+    }
+    // The options decide TLS: `sslmode=disable` in the URL does not turn
+    // it off.
+    let db = cluster.create_database("tls_url");
+    let url = format!("{}?sslmode=disable", cluster.url_for_host(&db, "localhost"));
+    let options = verify_full(url, &ca);
+    PostgresStore::migrate(&options).await.expect("migrate");
+    assert!(session_uses_tls(&options).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_a_tls_server_whose_certificate_does_not_verify() {
+    let (cluster, ca) = tokend_pgtest::Cluster::dedicated_tls();
+    let db = cluster.create_database("tls_bad");
+    let url = cluster.url_for_host(&db, "localhost");
+    // A CA that issued nothing the server has.
+    let unrelated = tokend_pgtest::unrelated_ca_file("some other CA");
+    for e in refusals(&verify_full(url.clone(), unrelated.path())).await {
+        assert!(
+            e.contains("invalid peer certificate") && e.contains("UnknownIssuer"),
+            "{e}"
+        );
+    }
+    // One named like the real issuer: only its signature differs.
+    let impostor = tokend_pgtest::unrelated_ca_file(tokend_pgtest::TLS_CA_NAME);
+    for e in refusals(&verify_full(url.clone(), impostor.path())).await {
+        assert!(
+            e.contains("invalid peer certificate") && e.contains("BadSignature"),
+            "{e}"
+        );
+    }
+    // The system's roots (no CA file) do not know the test CA either.
+    let system = PgOptions {
+        tls: Tls::VerifyFull { ca_file: None },
+        ..options(url)
+    };
+    for e in refusals(&system).await {
+        assert!(e.contains("invalid peer certificate"), "{e}");
+    }
+    // The right CA, but a host name the certificate does not name (the
+    // address is the server's): the name is checked, not just the chain.
+    let elsewhere = format!(
+        "postgres://postgres@db.example.test:{}/{db}?hostaddr=127.0.0.1",
+        cluster.port()
+    );
+    for e in refusals(&verify_full(elsewhere, &ca)).await {
+        assert!(
+            e.contains("invalid peer certificate") && e.contains("not valid for name"),
+            "{e}"
+        );
+    }
+    // Nothing was written through any of those.
+    let good = verify_full(cluster.url_for_host(&db, "localhost"), &ca);
+    assert_eq!(PostgresStore::schema_version(&good).await.expect("v"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_client_is_refused_by_a_server_requiring_tls() {
+    let (cluster, _ca) = tokend_pgtest::Cluster::dedicated_tls();
+    let db = cluster.create_database("tls_plain");
+    for host in ["localhost", "127.0.0.1"] {
+        let plain = PgOptions {
+            tls: Tls::Disable,
+            ..options(cluster.url_for_host(&db, host))
+        };
+        for e in refusals(&plain).await {
+            assert!(
+                e.contains("no pg_hba.conf entry")
+                    && e.contains("no encryption")
+                    && e.contains("28000"),
+                "{e}"
+            );
+        }
+    }
+}
