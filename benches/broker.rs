@@ -5,7 +5,10 @@
 //!
 //! Run: `cargo bench --bench broker`
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 #[path = "support.rs"]
 mod support;
@@ -263,7 +266,8 @@ async fn start_tokend(
     tokio::task::JoinHandle<Result<(), tokend_server::ServerError>>,
 ) {
     let store = SledStore::open(dir, tokend_store::crypto::Keyring::ephemeral()).expect("store");
-    let (channel, _, stop, server) = support::start(sandbox, store, dir, limits, None).await;
+    let (channel, _, stop, server) =
+        support::start(sandbox, Arc::new(store), dir, limits, None).await;
     (channel, stop, server)
 }
 

@@ -13,7 +13,10 @@
 #[path = "support.rs"]
 mod support;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::future::join_all;
 use tokend_proto::v1::{self as pb, token_service_client::TokenServiceClient};
@@ -105,9 +108,10 @@ async fn refresh_round(channel: &Channel) -> f64 {
 async fn refresh_throughput(sandbox: &Sandbox) {
     let on_dir = tempfile::tempdir().expect("tempdir");
     let off_dir = tempfile::tempdir().expect("tempdir");
-    let on_store = SledStore::open(on_dir.path(), Keyring::ephemeral()).expect("store");
-    let off_store =
-        SledStore::open_without_event_log(off_dir.path(), Keyring::ephemeral()).expect("store");
+    let on_store = Arc::new(SledStore::open(on_dir.path(), Keyring::ephemeral()).expect("store"));
+    let off_store = Arc::new(
+        SledStore::open_without_event_log(off_dir.path(), Keyring::ephemeral()).expect("store"),
+    );
     let floor = Some(Duration::ZERO);
     let (on, _, stop_on, on_server) =
         support::start(sandbox, on_store, on_dir.path(), limits(), floor).await;
@@ -208,7 +212,7 @@ async fn fan_out(sandbox: &Sandbox) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = SledStore::open(dir.path(), Keyring::ephemeral()).expect("store");
     let (channel, addr, stop, server) =
-        support::start(sandbox, store, dir.path(), limits(), None).await;
+        support::start(sandbox, Arc::new(store), dir.path(), limits(), None).await;
     let addr = format!("http://{addr}");
     let mut streams = Vec::new();
     for ch in channels(addr, SUBSCRIBERS).await {

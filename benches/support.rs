@@ -1,20 +1,21 @@
 //! What the benchmarks share: a tokend as `tokend serve` runs it (every
-//! call audited) on a given store, and a channel to it.
+//! call audited) on a given store (sled, PostgreSQL, or any other
+//! `Store`), and a channel to it.
 
 use std::{sync::Arc, time::Duration};
 
 use tokend_proto::v1 as pb;
 use tokend_sandbox::Sandbox;
 use tokend_server::{EngineSettings, ServerConfig, config::sandbox_provider, limits::Limits};
-use tokend_store::SledStore;
+use tokend_store::Store;
 use tonic::transport::Channel;
 
-/// Starts tokend on `store` with `limits`; with `min_refresh_interval`,
-/// unconditional ForceRefresh calls are floored at it (tokend's default
-/// otherwise).
+/// Starts tokend on `store` with `limits`, its audit log in `dir`; with
+/// `min_refresh_interval`, unconditional ForceRefresh calls are floored at
+/// it (tokend's default otherwise).
 pub async fn start(
     sandbox: &Sandbox,
-    store: SledStore,
+    store: Arc<dyn Store>,
     dir: &std::path::Path,
     limits: Limits,
     min_refresh_interval: Option<Duration>,
@@ -42,7 +43,7 @@ pub async fn start(
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(tokend_server::run(
         listener,
-        Arc::new(store),
+        store,
         ServerConfig {
             providers: vec![provider],
             audit_log: Some(dir.join("audit.log")),
