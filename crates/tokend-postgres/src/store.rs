@@ -6,13 +6,14 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use deadpool_postgres::{Client, Transaction};
 use tokend_core::{Connection, ConnectionId, Event, NewEvent, Status, Timestamp, event};
 use tokend_store::{
     Expected, Lease, ListQuery, LogBounds, SavedCursor, SealedPage, Store, StoreError,
     backend::{check_advances, comparable, decode, encode},
 };
 use tokio::sync::watch;
-use tokio_postgres::{GenericClient, Transaction};
+use tokio_postgres::Statement;
 
 use crate::{PgError, PostgresStore, listen::CHANNEL};
 
@@ -21,6 +22,17 @@ const PAGE: i64 = 1000;
 
 fn db(e: tokio_postgres::Error) -> StoreError {
     PgError::from(e).into()
+}
+
+/// The statement for `sql`, prepared once per pooled connection: every
+/// later use saves the round trip of preparing it again.
+async fn prep(client: &Client, sql: &str) -> Result<Statement, StoreError> {
+    client.prepare_cached(sql).await.map_err(db)
+}
+
+/// [`prep`] inside a transaction.
+async fn prep_tx(tx: &Transaction<'_>, sql: &str) -> Result<Statement, StoreError> {
+    tx.prepare_cached(sql).await.map_err(db)
 }
 
 fn pool(e: deadpool_postgres::PoolError) -> StoreError {
@@ -54,6 +66,9 @@ impl PostgresStore {
     /// Appends `events` in `tx`, numbered after the log's last sequence
     /// number under its row lock, and notifies every replica at commit.
     /// Returns the last sequence number, if any event was appended.
+    ///
+    /// One statement, so the lock is held for it and the commit only: every
+    /// writer that appends events waits for this one to commit.
     async fn append(
         tx: &Transaction<'_>,
         events: Vec<NewEvent>,
@@ -61,42 +76,34 @@ impl PostgresStore {
         if events.is_empty() {
             return Ok(None);
         }
-        let n = events.len() as i64;
-        let last: i64 = tx
-            .query_one(
-                "UPDATE tokend_log SET last_seq = last_seq + $1 RETURNING last_seq",
-                &[&n],
-            )
-            .await
-            .map_err(db)?
-            .get(0);
-        let first = last - n + 1;
-        let mut seqs = Vec::with_capacity(events.len());
         let mut ats = Vec::with_capacity(events.len());
         let mut bodies = Vec::with_capacity(events.len());
-        for (i, event) in events.into_iter().enumerate() {
-            let seq = first + i as i64;
+        for event in &events {
             ats.push(event.at.unix_millis());
-            bodies.push(
-                serde_json::to_string(&Event {
-                    seq: to_u64(seq),
-                    event,
-                })
-                .map_err(json_error)?,
-            );
-            seqs.push(seq);
+            // The sequence number is the row's, not the body's.
+            bodies.push(serde_json::to_string(event).map_err(json_error)?);
         }
-        tx.execute(
-            "INSERT INTO tokend_events (seq, at_ms, body)
-             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[])",
-            &[&seqs, &ats, &bodies],
-        )
-        .await
-        .map_err(db)?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &last.to_string()])
+        let row = tx
+            .query_one(
+                &prep_tx(
+                    tx,
+                    "WITH numbered AS (
+                         UPDATE tokend_log SET last_seq = last_seq + cardinality($1::bigint[])
+                         RETURNING last_seq
+                     ), appended AS (
+                         INSERT INTO tokend_events (seq, at_ms, body)
+                         SELECT n.last_seq - cardinality($1::bigint[]) + e.ord, e.at_ms, e.body
+                         FROM numbered n,
+                              UNNEST($1::bigint[], $2::text[]) WITH ORDINALITY AS e(at_ms, body, ord)
+                     )
+                     SELECT last_seq, pg_notify($3, last_seq::text)::text FROM numbered",
+                )
+                .await?,
+                &[&ats, &bodies, &CHANNEL],
+            )
             .await
             .map_err(db)?;
-        Ok(Some(to_u64(last)))
+        Ok(Some(to_u64(row.get(0))))
     }
 
     /// Commits, then publishes the events' end to this replica's readers
@@ -121,7 +128,11 @@ impl PostgresStore {
     ) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(tx
             .query_opt(
-                "SELECT sealed FROM tokend_connections WHERE id = $1 FOR UPDATE",
+                &prep_tx(
+                    &tx,
+                    "SELECT sealed FROM tokend_connections WHERE id = $1 FOR UPDATE",
+                )
+                .await?,
                 &[&id.as_str()],
             )
             .await
@@ -146,17 +157,17 @@ impl PostgresStore {
         let revision = to_i64("revision", record.revision)?;
         let rows = if existed {
             tx.execute(
-                "UPDATE tokend_connections
+                &prep_tx(&tx, "UPDATE tokend_connections
                  SET provider = $2, status = $3, incarnation = $4, revision = $5, sealed = $6
-                 WHERE id = $1",
+                 WHERE id = $1").await?,
                 &[&id, &provider, &status, &incarnation, &revision, &sealed],
             )
             .await
         } else {
             tx.execute(
-                "INSERT INTO tokend_connections (id, provider, status, incarnation, revision, sealed)
+                &prep_tx(&tx, "INSERT INTO tokend_connections (id, provider, status, incarnation, revision, sealed)
                  VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (id) DO NOTHING",
+                 ON CONFLICT (id) DO NOTHING").await?,
                 &[&id, &provider, &status, &incarnation, &revision, &sealed],
             )
             .await
@@ -167,13 +178,14 @@ impl PostgresStore {
 
     /// The revision stored for `record`'s connection and incarnation now,
     /// for a conflict's report.
-    async fn found(
-        client: &impl GenericClient,
-        record: &Connection,
-    ) -> Result<Option<u64>, StoreError> {
+    async fn found(client: &Client, record: &Connection) -> Result<Option<u64>, StoreError> {
         Ok(client
             .query_opt(
-                "SELECT incarnation, revision FROM tokend_connections WHERE id = $1",
+                &prep(
+                    client,
+                    "SELECT incarnation, revision FROM tokend_connections WHERE id = $1",
+                )
+                .await?,
                 &[&record.id.as_str()],
             )
             .await
@@ -192,10 +204,10 @@ pub(crate) async fn upsert_sealed(
     let incarnation = record.incarnation as i64;
     let revision = to_i64("revision", record.revision)?;
     tx.execute(
-        "INSERT INTO tokend_connections (id, provider, status, incarnation, revision, sealed)
+        &prep_tx(&tx, "INSERT INTO tokend_connections (id, provider, status, incarnation, revision, sealed)
          VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (id) DO UPDATE SET provider = EXCLUDED.provider, status = EXCLUDED.status,
-           incarnation = EXCLUDED.incarnation, revision = EXCLUDED.revision, sealed = EXCLUDED.sealed",
+           incarnation = EXCLUDED.incarnation, revision = EXCLUDED.revision, sealed = EXCLUDED.sealed").await?,
         &[
             &record.id.as_str(),
             &record.provider.as_str(),
@@ -216,7 +228,11 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT sealed FROM tokend_connections WHERE id = $1",
+                &prep(
+                    &client,
+                    "SELECT sealed FROM tokend_connections WHERE id = $1",
+                )
+                .await?,
                 &[&id.as_str()],
             )
             .await
@@ -243,7 +259,11 @@ impl Store for PostgresStore {
         if let Some(fence) = fence {
             let newest = tx
                 .query_opt(
-                    "SELECT fence FROM tokend_leases WHERE id = $1 FOR SHARE",
+                    &prep_tx(
+                        &tx,
+                        "SELECT fence FROM tokend_leases WHERE id = $1 FOR SHARE",
+                    )
+                    .await?,
                     &[&record.id.as_str()],
                 )
                 .await
@@ -274,7 +294,7 @@ impl Store for PostgresStore {
         let events = event::describe(stored.as_ref(), record);
         if !Self::write_record(&tx, record, &sealed, stored.is_some()).await? {
             drop(tx);
-            return Err(conflict(Self::found(&**client, record).await?));
+            return Err(conflict(Self::found(&client, record).await?));
         }
         let last = Self::append(&tx, events).await?;
         self.commit(tx, last).await
@@ -307,7 +327,7 @@ impl Store for PostgresStore {
         let tx = client.transaction().await.map_err(db)?;
         // Lease, record, log: the order every change locks in.
         tx.execute(
-            "SELECT 1 FROM tokend_leases WHERE id = $1 FOR UPDATE",
+            &prep_tx(&tx, "SELECT 1 FROM tokend_leases WHERE id = $1 FOR UPDATE").await?,
             &[&id.as_str()],
         )
         .await
@@ -342,7 +362,7 @@ impl Store for PostgresStore {
             });
         }
         tx.execute(
-            "DELETE FROM tokend_connections WHERE id = $1",
+            &prep_tx(&tx, "DELETE FROM tokend_connections WHERE id = $1").await?,
             &[&id.as_str()],
         )
         .await
@@ -356,7 +376,11 @@ impl Store for PostgresStore {
         // The fence counter outlives the record; nothing stays live or in
         // doubt.
         tx.execute(
-            "UPDATE tokend_leases SET released = true, in_doubt = false WHERE id = $1",
+            &prep_tx(
+                &tx,
+                "UPDATE tokend_leases SET released = true, in_doubt = false WHERE id = $1",
+            )
+            .await?,
             &[&id.as_str()],
         )
         .await
@@ -375,11 +399,15 @@ impl Store for PostgresStore {
         while out.len() < query.limit {
             let rows = client
                 .query(
-                    "SELECT id, sealed FROM tokend_connections
+                    &prep(
+                        &client,
+                        "SELECT id, sealed FROM tokend_connections
                      WHERE ($1::text IS NULL OR id > $1)
                        AND ($2::text IS NULL OR provider = $2)
                        AND ($3::text IS NULL OR status = $3)
                      ORDER BY id LIMIT $4",
+                    )
+                    .await?,
                     &[&after, &provider, &status, &PAGE],
                 )
                 .await
@@ -414,9 +442,8 @@ impl Store for PostgresStore {
         // One statement: a live lease (anyone's) refuses; otherwise the
         // fence grows by one, and a lease that ran out unreleased leaves
         // the next holder in doubt.
-        let row = client
-            .query_opt(
-                "INSERT INTO tokend_leases AS l (id, holder, fence, expires_at_ms, released, in_doubt)
+        let row = client.query_opt(
+                &prep(&client, "INSERT INTO tokend_leases AS l (id, holder, fence, expires_at_ms, released, in_doubt)
                  VALUES ($1, $2, 1, $3, false, false)
                  ON CONFLICT (id) DO UPDATE
                    SET holder = EXCLUDED.holder,
@@ -425,7 +452,7 @@ impl Store for PostgresStore {
                        released = false,
                        in_doubt = l.in_doubt OR NOT l.released
                    WHERE l.released OR l.expires_at_ms <= $4
-                 RETURNING fence, in_doubt",
+                 RETURNING fence, in_doubt").await?,
                 &[&id.as_str(), &holder, &expires, &now_ms],
             )
             .await
@@ -444,8 +471,12 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         client
             .execute(
-                "UPDATE tokend_leases SET released = true, in_doubt = $3
+                &prep(
+                    &client,
+                    "UPDATE tokend_leases SET released = true, in_doubt = $3
                  WHERE id = $1 AND fence = $2",
+                )
+                .await?,
                 &[&lease.id.as_str(), &fence, &in_doubt],
             )
             .await
@@ -460,9 +491,13 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "UPDATE tokend_leases SET released = true, in_doubt = true
+                &prep(
+                    &client,
+                    "UPDATE tokend_leases SET released = true, in_doubt = true
                  WHERE NOT released AND starts_with(holder, $1)
                  RETURNING id",
+                )
+                .await?,
                 &[&node_prefix],
             )
             .await
@@ -485,9 +520,8 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT body FROM tokend_events WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3",
+        let rows = client.query(
+                &prep(&client, "SELECT seq, body FROM tokend_events WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT $3").await?,
                 &[
                     &to_i64("sequence", after)?,
                     &to_i64("sequence", up_to)?,
@@ -498,9 +532,14 @@ impl Store for PostgresStore {
             .map_err(db)?;
         rows.iter()
             .map(|row| {
-                serde_json::from_str(row.get(0)).map_err(|e| StoreError::Corrupt {
-                    id: "event log".into(),
-                    reason: e.to_string(),
+                let event: NewEvent =
+                    serde_json::from_str(row.get(1)).map_err(|e| StoreError::Corrupt {
+                        id: "event log".into(),
+                        reason: e.to_string(),
+                    })?;
+                Ok(Event {
+                    seq: to_u64(row.get(0)),
+                    event,
                 })
             })
             .collect()
@@ -518,7 +557,11 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let row = client
             .query_one(
-                "SELECT last_seq, (SELECT min(seq) FROM tokend_events) FROM tokend_log",
+                &prep(
+                    &client,
+                    "SELECT last_seq, (SELECT min(seq) FROM tokend_events) FROM tokend_log",
+                )
+                .await?,
                 &[],
             )
             .await
@@ -542,9 +585,13 @@ impl Store for PostgresStore {
         // and "before the first event young enough to keep".
         let row = client
             .query_one(
-                "SELECT last_seq,
+                &prep(
+                    &client,
+                    "SELECT last_seq,
                         (SELECT min(seq) FROM tokend_events WHERE at_ms >= $1)
                  FROM tokend_log",
+                )
+                .await?,
                 &[&older_than.unix_millis()],
             )
             .await
@@ -560,8 +607,12 @@ impl Store for PostgresStore {
             // In chunks, so no statement holds many row locks for long.
             let n = client
                 .execute(
-                    "DELETE FROM tokend_events WHERE seq IN
+                    &prep(
+                        &client,
+                        "DELETE FROM tokend_events WHERE seq IN
                        (SELECT seq FROM tokend_events WHERE seq <= $1 ORDER BY seq LIMIT $2)",
+                    )
+                    .await?,
                     &[&up_to, &(PAGE * 10)],
                 )
                 .await
@@ -576,7 +627,10 @@ impl Store for PostgresStore {
     async fn load_cursor(&self, name: &str) -> Result<Option<SavedCursor>, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_opt("SELECT body FROM tokend_cursors WHERE name = $1", &[&name])
+            .query_opt(
+                &prep(&client, "SELECT body FROM tokend_cursors WHERE name = $1").await?,
+                &[&name],
+            )
             .await
             .map_err(db)?;
         row.map(|row| serde_json::from_str(row.get(0)).map_err(json_error))
@@ -591,9 +645,13 @@ impl Store for PostgresStore {
         // replica's: ignored.
         client
             .execute(
-                "INSERT INTO tokend_cursors AS c (name, body, fence) VALUES ($1, $2, $3)
+                &prep(
+                    &client,
+                    "INSERT INTO tokend_cursors AS c (name, body, fence) VALUES ($1, $2, $3)
                  ON CONFLICT (name) DO UPDATE SET body = EXCLUDED.body, fence = EXCLUDED.fence
                  WHERE c.fence <= EXCLUDED.fence",
+                )
+                .await?,
                 &[&name, &body, &fence],
             )
             .await
@@ -613,16 +671,15 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         // One statement: renew our own claim, take a free or expired one
         // (with a new fence), or get nothing while another's is live.
-        let row = client
-            .query_opt(
-                "INSERT INTO tokend_reader_claims AS r (name, holder, fence, expires_at_ms)
+        let row = client.query_opt(
+                &prep(&client, "INSERT INTO tokend_reader_claims AS r (name, holder, fence, expires_at_ms)
                  VALUES ($1, $2, 1, $3)
                  ON CONFLICT (name) DO UPDATE
                    SET holder = EXCLUDED.holder,
                        fence = CASE WHEN r.holder = EXCLUDED.holder THEN r.fence ELSE r.fence + 1 END,
                        expires_at_ms = EXCLUDED.expires_at_ms
                    WHERE r.holder = EXCLUDED.holder OR r.expires_at_ms <= $4
-                 RETURNING fence",
+                 RETURNING fence").await?,
                 &[&name, &holder, &expires, &now_ms],
             )
             .await
@@ -638,8 +695,12 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id, sealed FROM tokend_connections
+                &prep(
+                    &client,
+                    "SELECT id, sealed FROM tokend_connections
                  WHERE ($1::text IS NULL OR id > $1) ORDER BY id LIMIT $2",
+                )
+                .await?,
                 &[&after, &i64::try_from(limit).unwrap_or(i64::MAX)],
             )
             .await
