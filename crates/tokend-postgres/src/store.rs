@@ -129,7 +129,7 @@ impl PostgresStore {
         Ok(tx
             .query_opt(
                 &prep_tx(
-                    &tx,
+                    tx,
                     "SELECT sealed FROM tokend_connections WHERE id = $1 FOR UPDATE",
                 )
                 .await?,
@@ -157,7 +157,7 @@ impl PostgresStore {
         let revision = to_i64("revision", record.revision)?;
         let rows = if existed {
             tx.execute(
-                &prep_tx(&tx, "UPDATE tokend_connections
+                &prep_tx(tx, "UPDATE tokend_connections
                  SET provider = $2, status = $3, incarnation = $4, revision = $5, sealed = $6
                  WHERE id = $1").await?,
                 &[&id, &provider, &status, &incarnation, &revision, &sealed],
@@ -165,7 +165,7 @@ impl PostgresStore {
             .await
         } else {
             tx.execute(
-                &prep_tx(&tx, "INSERT INTO tokend_connections (id, provider, status, incarnation, revision, sealed)
+                &prep_tx(tx, "INSERT INTO tokend_connections (id, provider, status, incarnation, revision, sealed)
                  VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (id) DO NOTHING").await?,
                 &[&id, &provider, &status, &incarnation, &revision, &sealed],
@@ -204,7 +204,7 @@ pub(crate) async fn upsert_sealed(
     let incarnation = record.incarnation as i64;
     let revision = to_i64("revision", record.revision)?;
     tx.execute(
-        &prep_tx(&tx, "INSERT INTO tokend_connections (id, provider, status, incarnation, revision, sealed)
+        &prep_tx(tx, "INSERT INTO tokend_connections (id, provider, status, incarnation, revision, sealed)
          VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT (id) DO UPDATE SET provider = EXCLUDED.provider, status = EXCLUDED.status,
            incarnation = EXCLUDED.incarnation, revision = EXCLUDED.revision, sealed = EXCLUDED.sealed").await?,
