@@ -17,6 +17,16 @@ use tokio_postgres::Statement;
 
 use crate::{PgError, PostgresStore, listen::CHANNEL};
 
+/// What a record write expects to replace.
+enum Over<'a> {
+    /// A readable record at this incarnation and revision.
+    Record { incarnation: u64, revision: u64 },
+    /// These exact (undecodable) bytes.
+    Bytes(&'a [u8]),
+    /// No record.
+    Nothing,
+}
+
 /// Rows read per query when listing or pruning.
 const PAGE: i64 = 1000;
 
@@ -140,14 +150,17 @@ impl PostgresStore {
             .map(|row| row.get(0)))
     }
 
-    /// Writes `record` over the row locked by [`Self::lock_record`] (or
-    /// inserts it). False when the row changed after all (an insert raced
-    /// by another replica's).
+    /// Writes `record` over the row locked by [`Self::lock_record`], or
+    /// inserts it. The statement itself is conditional too (on what was
+    /// read, and on no newer lease than `fence`), so a logic slip above can
+    /// never turn into a blind overwrite. False when nothing matched (an
+    /// insert raced by another replica's).
     async fn write_record(
         tx: &Transaction<'_>,
         record: &Connection,
         sealed: &[u8],
-        existed: bool,
+        over: &Over<'_>,
+        fence: Option<u64>,
     ) -> Result<bool, StoreError> {
         let id = record.id.as_str();
         let provider = record.provider.as_str();
@@ -155,22 +168,64 @@ impl PostgresStore {
         // Incarnations are random u64s: kept as the same 64 bits.
         let incarnation = record.incarnation as i64;
         let revision = to_i64("revision", record.revision)?;
-        let rows = if existed {
-            tx.execute(
-                &prep_tx(tx, "UPDATE tokend_connections
-                 SET provider = $2, status = $3, incarnation = $4, revision = $5, sealed = $6
-                 WHERE id = $1").await?,
-                &[&id, &provider, &status, &incarnation, &revision, &sealed],
-            )
-            .await
-        } else {
-            tx.execute(
-                &prep_tx(tx, "INSERT INTO tokend_connections (id, provider, status, incarnation, revision, sealed)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (id) DO NOTHING").await?,
-                &[&id, &provider, &status, &incarnation, &revision, &sealed],
-            )
-            .await
+        let fence = fence.map(|f| to_i64("fence", f)).transpose()?;
+        let rows = match over {
+            Over::Record {
+                incarnation: was_incarnation,
+                revision: was_revision,
+            } => {
+                let was_incarnation = *was_incarnation as i64;
+                let was_revision = to_i64("revision", *was_revision)?;
+                tx.execute(
+                    &prep_tx(
+                        tx,
+                        "UPDATE tokend_connections
+                         SET provider = $2, status = $3, incarnation = $4, revision = $5, sealed = $6
+                         WHERE id = $1 AND incarnation = $7 AND revision = $8
+                           AND ($9::bigint IS NULL OR NOT EXISTS
+                                (SELECT 1 FROM tokend_leases l WHERE l.id = $1 AND l.fence > $9))",
+                    )
+                    .await?,
+                    &[
+                        &id,
+                        &provider,
+                        &status,
+                        &incarnation,
+                        &revision,
+                        &sealed,
+                        &was_incarnation,
+                        &was_revision,
+                        &fence,
+                    ],
+                )
+                .await
+            }
+            Over::Bytes(old) => {
+                tx.execute(
+                    &prep_tx(
+                        tx,
+                        "UPDATE tokend_connections
+                         SET provider = $2, status = $3, incarnation = $4, revision = $5, sealed = $6
+                         WHERE id = $1 AND sealed = $7",
+                    )
+                    .await?,
+                    &[&id, &provider, &status, &incarnation, &revision, &sealed, old],
+                )
+                .await
+            }
+            Over::Nothing => {
+                tx.execute(
+                    &prep_tx(
+                        tx,
+                        "INSERT INTO tokend_connections (id, provider, status, incarnation, revision, sealed)
+                         VALUES ($1, $2, $3, $4, $5, $6)
+                         ON CONFLICT (id) DO NOTHING",
+                    )
+                    .await?,
+                    &[&id, &provider, &status, &incarnation, &revision, &sealed],
+                )
+                .await
+            }
         }
         .map_err(db)?;
         Ok(rows == 1)
@@ -292,7 +347,14 @@ impl Store for PostgresStore {
             return Err(conflict(found));
         }
         let events = event::describe(stored.as_ref(), record);
-        if !Self::write_record(&tx, record, &sealed, stored.is_some()).await? {
+        let over = match &stored {
+            Some(s) => Over::Record {
+                incarnation: s.incarnation,
+                revision: s.revision,
+            },
+            None => Over::Nothing,
+        };
+        if !Self::write_record(&tx, record, &sealed, &over, fence).await? {
             drop(tx);
             return Err(conflict(Self::found(&client, record).await?));
         }
@@ -316,7 +378,9 @@ impl Store for PostgresStore {
         if decode(record.id.as_str().as_bytes(), &bytes, &keys).is_ok() {
             return Err(conflict());
         }
-        Self::write_record(&tx, record, &sealed, true).await?;
+        if !Self::write_record(&tx, record, &sealed, &Over::Bytes(&bytes), None).await? {
+            return Err(conflict());
+        }
         let last = Self::append(&tx, event::describe(None, record)).await?;
         self.commit(tx, last).await
     }
