@@ -171,6 +171,8 @@ async fn a_rotation_on_one_replica_is_served_by_the_others() {
     // Rotate on A, 40 times; each time, how long until B serves the new
     // token. B must never go back to an older token once it served a newer.
     let mut lags = Vec::new();
+    let mut chain = vec![first];
+    let mut newest_served = 0;
     for _ in 0..40 {
         let rotated = a
             .force_refresh(force("rep-1"))
@@ -180,9 +182,19 @@ async fn a_rotation_on_one_replica_is_served_by_the_others() {
             .token
             .expect("token")
             .access_token;
+        chain.push(rotated.clone());
         let t0 = Instant::now();
         loop {
             let served = access_token(b.get_token(get("rep-1")).await.expect("B").into_inner());
+            let position = chain
+                .iter()
+                .position(|t| *t == served)
+                .expect("B serves a token of the chain");
+            assert!(
+                position >= newest_served,
+                "B served an older token after a newer one"
+            );
+            newest_served = position;
             if served == rotated {
                 lags.push(t0.elapsed());
                 break;
