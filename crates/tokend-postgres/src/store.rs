@@ -10,7 +10,7 @@ use deadpool_postgres::{Client, Transaction};
 use tokend_core::{Connection, ConnectionId, Event, NewEvent, Status, Timestamp, event};
 use tokend_store::{
     Expected, Lease, ListQuery, LogBounds, SavedCursor, SealedPage, Store, StoreError,
-    backend::{check_advances, comparable, decode, encode},
+    backend::{check_advances, check_delete, comparable, decode, encode},
 };
 use tokio::sync::watch;
 use tokio_postgres::Statement;
@@ -400,31 +400,7 @@ impl Store for PostgresStore {
             return Ok(false);
         };
         let decoded = decode(id.as_str().as_bytes(), &bytes, &keys);
-        let (ok, found) = match (&decoded, expected) {
-            (
-                Ok(r),
-                Expected::Record {
-                    incarnation,
-                    revision,
-                },
-            ) => (
-                r.incarnation == incarnation && r.revision == revision,
-                Some(r.revision),
-            ),
-            (Ok(r), Expected::Unreadable) => (false, Some(r.revision)),
-            (Err(_), Expected::Unreadable) => (true, None),
-            (Err(_), Expected::Record { .. }) => (false, None),
-        };
-        if !ok {
-            return Err(StoreError::Conflict {
-                id: id.clone(),
-                expected: match expected {
-                    Expected::Record { revision, .. } => Some(revision),
-                    Expected::Unreadable => None,
-                },
-                found,
-            });
-        }
+        check_delete(id, decoded.as_ref().ok(), expected)?;
         tx.execute(
             &prep_tx(&tx, "DELETE FROM tokend_connections WHERE id = $1").await?,
             &[&id.as_str()],

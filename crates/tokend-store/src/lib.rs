@@ -27,7 +27,7 @@ pub use memory::MemoryStore;
 /// the process) and the preconditions every backend checks the same way.
 pub mod backend {
     pub use crate::{
-        check_advances,
+        check_advances, check_delete,
         codec::{decode, encode, key_ids},
         comparable, matches,
     };
@@ -278,6 +278,42 @@ pub fn check_advances(record: &Connection, expected: Option<u64>) -> Result<(), 
         });
     }
     Ok(())
+}
+
+/// Whether a delete expecting `expected` may remove the stored record,
+/// which decoded as `stored` (`None`: its bytes cannot be decoded);
+/// otherwise the conflict to report.
+pub fn check_delete(
+    id: &ConnectionId,
+    stored: Option<&Connection>,
+    expected: Expected,
+) -> Result<(), StoreError> {
+    let (ok, found) = match (stored, expected) {
+        (
+            Some(r),
+            Expected::Record {
+                incarnation,
+                revision,
+            },
+        ) => (
+            r.incarnation == incarnation && r.revision == revision,
+            Some(r.revision),
+        ),
+        (Some(r), Expected::Unreadable) => (false, Some(r.revision)),
+        (None, Expected::Unreadable) => (true, None),
+        (None, Expected::Record { .. }) => (false, None),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(StoreError::Conflict {
+        id: id.clone(),
+        expected: match expected {
+            Expected::Record { revision, .. } => Some(revision),
+            Expected::Unreadable => None,
+        },
+        found,
+    })
 }
 
 /// The `found` revision of a compare-and-swap, or `None` when the stored

@@ -599,31 +599,7 @@ impl Store for SledStore {
                             return Ok(false);
                         };
                         let decoded = codec::decode(key, &current, &inner.keys());
-                        let (ok, found) = match (&decoded, expected) {
-                            (
-                                Ok(r),
-                                Expected::Record {
-                                    incarnation,
-                                    revision,
-                                },
-                            ) => (
-                                r.incarnation == incarnation && r.revision == revision,
-                                Some(r.revision),
-                            ),
-                            (Ok(r), Expected::Unreadable) => (false, Some(r.revision)),
-                            (Err(_), Expected::Unreadable) => (true, None),
-                            (Err(_), Expected::Record { .. }) => (false, None),
-                        };
-                        if !ok {
-                            return Err(StoreError::Conflict {
-                                id: id.clone(),
-                                expected: match expected {
-                                    Expected::Record { revision, .. } => Some(revision),
-                                    Expected::Unreadable => None,
-                                },
-                                found,
-                            });
-                        }
+                        crate::check_delete(&id, decoded.as_ref().ok(), expected)?;
                         let deleted = event::deleted(
                             id.as_str(),
                             decoded.as_ref().ok(),
