@@ -155,6 +155,10 @@ pub async fn watch_key_file(
 pub enum RetireError {
     #[error("no usable key file at {path}: {source}")]
     NoKeyFile { path: String, source: KeyError },
+    #[error(
+        "no embedded database in {0}: keys can be retired only where tokend counts the records on them (with a PostgreSQL store, keep old keys: there is no re-encryption pass there yet)"
+    )]
+    NoDatabase(String),
     #[error("key {0} is the active key; rotate first (tokend keys rotate)")]
     Active(u32),
     #[error("key {key_id} is not in {path}")]
@@ -191,6 +195,12 @@ pub async fn retire(key_id: u32, path: &Path, data_dir: &Path) -> Result<(), Ret
             path: path.display().to_string(),
         });
     }
+    // Never count on a store this would create: an empty one counts no
+    // records on any key, and a PostgreSQL replica's data dir holds no
+    // records at all.
+    if !data_dir.join("db").exists() {
+        return Err(RetireError::NoDatabase(data_dir.display().to_string()));
+    }
     let in_use = match SledStore::open(data_dir, file.keyring()?) {
         Ok(store) => Some(store.records_on_key(key_id).await?),
         Err(_) => {
@@ -224,4 +234,69 @@ pub fn rotate(path: &Path) -> Result<u32, KeyError> {
     file.keyring()?;
     file.save(path)?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Store as _;
+
+    /// Guards: `keys retire` against a data dir without the embedded
+    /// database (a PostgreSQL replica's, or a mistyped path) is refused and
+    /// creates nothing; it would otherwise count zero records on every key
+    /// and retire one the database still needs.
+    #[tokio::test]
+    async fn retire_refuses_a_data_dir_without_its_database() {
+        let dir = tempfile::tempdir().expect("dir");
+        let keys = dir.path().join(KEY_FILE_NAME);
+        load_or_create_key_file(&keys).expect("key file");
+        let old = rotate(&keys).expect("rotate") - 1;
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).expect("data dir");
+        let refused = retire(old, &keys, &data).await;
+        assert!(
+            matches!(refused, Err(RetireError::NoDatabase(_))),
+            "{refused:?}"
+        );
+        assert_eq!(std::fs::read_dir(&data).expect("read").count(), 0);
+        assert_eq!(KeyFile::load(&keys).expect("load").keys.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn retire_removes_a_key_no_record_uses_any_more() {
+        let dir = tempfile::tempdir().expect("dir");
+        let keys = dir.path().join(KEY_FILE_NAME);
+        let data = dir.path().join("data");
+        load_or_create_key_file(&keys).expect("key file");
+        {
+            let store = SledStore::open(
+                &data,
+                KeyFile::load(&keys)
+                    .and_then(|f| f.keyring())
+                    .expect("keys"),
+            )
+            .expect("store");
+            store
+                .put(&crate::conformance::record("k", 1), None, None)
+                .await
+                .expect("put");
+            let new = rotate(&keys).expect("rotate");
+            assert!(
+                matches!(
+                    retire(new - 1, &keys, &data).await,
+                    Err(RetireError::NoUsageReport(_))
+                ),
+                "the store is open: only a usage report would do"
+            );
+            store.set_keyring(
+                KeyFile::load(&keys)
+                    .and_then(|f| f.keyring())
+                    .expect("keys"),
+            );
+            assert_eq!(store.reencrypt().await.expect("reencrypt"), 1);
+        }
+        let old = KeyFile::load(&keys).expect("load").active - 1;
+        retire(old, &keys, &data).await.expect("retired");
+        assert_eq!(KeyFile::load(&keys).expect("load").keys.len(), 1);
+    }
 }
