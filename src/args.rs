@@ -133,6 +133,10 @@ pub(crate) struct ServeArgs {
     /// Directory of the embedded database [default: ./tokend-data, or `data_dir` in the config file]
     #[arg(long, env = "TOKEND_DATA_DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// Admin HTTP listen address: /metrics, /healthz, /readyz [default:
+    /// 127.0.0.1:9464, or `admin_listen` in the config file; "off" for none]
+    #[arg(long, env = "TOKEND_ADMIN_LISTEN")]
+    pub(crate) admin_listen: Option<String>,
     /// TOML file with providers and settings (see README).
     #[arg(long, env = "TOKEND_CONFIG")]
     pub(crate) config: Option<PathBuf>,
@@ -155,6 +159,7 @@ impl ServeArgs {
             listen: self.listen,
             data_dir: self.data_dir.as_deref(),
             config: self.config.as_deref(),
+            admin_listen: self.admin_listen.as_deref(),
         }
     }
 }

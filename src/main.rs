@@ -120,8 +120,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let settings::Settings {
         listen,
         data_dir,
+        admin,
         file,
     } = settings::Settings::resolve(args.flags())?;
+    let admin = match admin {
+        settings::Admin::Off => None,
+        settings::Admin::At(addr) => Some(
+            tokend_server::admin::AdminListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} for the admin listener"))?
+                .0,
+        ),
+        settings::Admin::Default(addr) => match tokend_server::admin::AdminListener::bind(addr) {
+            Ok((l, _)) => Some(l),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "the default admin address is taken (another tokend here?); no /metrics: set --admin-listen");
+                None
+            }
+        },
+    };
     let mut providers = file.providers(|var| std::env::var(var).ok())?;
     let limits = file.limits()?;
     let events = file.events.resolve().map_err(anyhow::Error::msg)?;
@@ -210,6 +226,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             allow_plaintext: file.allow_plaintext,
             events,
             webhooks,
+            admin,
         },
         shutdown_signal(),
         |tasks, cancel| {
@@ -235,6 +252,7 @@ fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
         listen: args.listen,
         data_dir: None,
         config: args.config.as_deref(),
+        admin_listen: None,
     })?;
     let mut problems = settings
         .file

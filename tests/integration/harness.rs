@@ -55,12 +55,16 @@ pub struct Options {
     pub events: Option<tokend_server::feed::EventSettings>,
     /// Webhook endpoints.
     pub webhooks: Vec<Arc<tokend_server::webhooks::WebhookConfig>>,
+    /// Serve the admin listener (metrics, health) on a free loopback port.
+    pub admin: bool,
 }
 
 /// A running tokend plus the sandbox it talks to.
 pub struct TestServer {
     pub sandbox: Sandbox,
     pub addr: std::net::SocketAddr,
+    /// The admin listener's address, with `Options::admin`.
+    pub admin_addr: Option<std::net::SocketAddr>,
     options: Options,
     data_dir: TempDir,
     /// The encryption keys, kept so a restart can read what was written.
@@ -82,6 +86,7 @@ impl TestServer {
         let mut server = TestServer {
             sandbox,
             addr: ([127, 0, 0, 1], 0).into(),
+            admin_addr: None,
             options,
             data_dir,
             keys: tokend_store::crypto::KeyFile::generate(),
@@ -155,6 +160,14 @@ impl TestServer {
             webhooks: self.options.webhooks.clone(),
             ..Default::default()
         };
+        let admin = self.options.admin.then(|| {
+            let (listener, addr) =
+                tokend_server::admin::AdminListener::bind(([127, 0, 0, 1], 0).into())
+                    .expect("admin bind");
+            self.admin_addr = Some(addr);
+            listener
+        });
+        let config = ServerConfig { admin, ..config };
         let (tx, rx) = oneshot::channel::<()>();
         self.shutdown = Some(tx);
         self.task = Some(tokio::spawn(tokend_server::run(

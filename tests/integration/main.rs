@@ -8,6 +8,7 @@ mod fleet;
 mod harness;
 mod hostile;
 mod malformed;
+mod metrics;
 mod reflection;
 mod refresh;
 mod replicas;

@@ -16,6 +16,17 @@ pub enum Status {
     ReconnectRequired,
 }
 
+impl Status {
+    /// As in metrics labels and the store's columns: `active`,
+    /// `reconnect_required`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::ReconnectRequired => "reconnect_required",
+        }
+    }
+}
+
 /// Why a connection became `ReconnectRequired`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

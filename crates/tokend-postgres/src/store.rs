@@ -58,10 +58,7 @@ fn to_u64(v: i64) -> u64 {
 }
 
 fn status_text(s: Status) -> &'static str {
-    match s {
-        Status::Active => "active",
-        Status::ReconnectRequired => "reconnect_required",
-    }
+    s.as_str()
 }
 
 fn json_error(e: serde_json::Error) -> StoreError {

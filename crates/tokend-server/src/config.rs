@@ -36,6 +36,9 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
+    /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`):
+    /// an address, or "off".
+    pub admin_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     #[serde(default)]
     pub http: HttpSection,

@@ -5,6 +5,7 @@
 // bytes; boxing them would only add allocations.
 #![allow(clippy::result_large_err)]
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod feed;
 mod hub;
 pub mod limits;
 mod malformed;
+pub mod metrics;
 mod scheduler;
 pub(crate) mod service;
 mod transport;
@@ -56,6 +58,8 @@ pub struct ServerConfig {
     pub events: feed::EventSettings,
     /// Webhook endpoints fed from the event log.
     pub webhooks: Vec<Arc<webhooks::WebhookConfig>>,
+    /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`), if any.
+    pub admin: Option<admin::AdminListener>,
 }
 
 /// Largest request message accepted; tokend's requests are a few KiB.
@@ -183,6 +187,13 @@ pub async fn run_with_tasks(
             .tasks()
             .spawn(Arc::clone(&engine).follow_other_replicas(Arc::clone(&feed), followed_from));
     }
+    if let Some(listener) = config.admin.clone() {
+        engine.tasks().spawn(admin::serve(
+            listener,
+            Arc::clone(engine.metrics()),
+            engine.shutdown_token().clone(),
+        ));
+    }
     spawn(engine.tasks(), engine.shutdown_token());
     tracing::info!(
         addr = %addr.map_or_else(|| "unknown".to_owned(), |a| a.to_string()),
@@ -284,7 +295,9 @@ pub async fn run_with_tasks(
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
-        // Outermost: rewrites and audits the refusals of everything below.
+        // Outermost: counts every call by the code it finally got.
+        .layer(metrics::RpcMetricsLayer::new(Arc::clone(engine.metrics())))
+        // Rewrites and audits the refusals of everything below.
         .layer(edge)
         // Bounds what any request may hold: time, bytes, a place in line.
         .layer(tower::util::option_layer(

@@ -186,6 +186,8 @@ pub struct Engine {
     cancel: CancellationToken,
     installer: install::Installer,
     stats: EngineStats,
+    /// What `/metrics` shows.
+    metrics: Arc<crate::metrics::Metrics>,
     settings: EngineSettings,
 }
 
@@ -203,6 +205,11 @@ impl Engine {
             std::process::id(),
             clock.now().unix_millis()
         );
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let store: Arc<dyn Store> = Arc::new(crate::metrics::MeteredStore::new(
+            store,
+            Arc::clone(&metrics),
+        ));
         Arc::new(Self {
             store,
             breakers: providers
@@ -215,7 +222,8 @@ impl Engine {
                 .collect(),
             endpoint,
             clock,
-            slots: Slots::default(),
+            slots: Slots::new(Arc::clone(&metrics)),
+            metrics,
             hub: Arc::default(),
             scheduler: Scheduler::default(),
             holder,
@@ -225,6 +233,11 @@ impl Engine {
             stats: EngineStats::default(),
             settings,
         })
+    }
+
+    /// This server's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// This process's name in refresh leases and webhook claims.

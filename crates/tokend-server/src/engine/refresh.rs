@@ -91,6 +91,8 @@ impl Engine {
         id: &ConnectionId,
         base_version: u64,
     ) -> Result<Arc<Connection>, Failure> {
+        let _in_flight = crate::metrics::InFlight::start(&self.metrics);
+        let started = std::time::Instant::now();
         // While the provider fails for everyone, wait without a provider
         // call or a write (a pending grant needs no provider: it goes on).
         let provider = slot.current().provider.clone();
@@ -102,12 +104,65 @@ impl Engine {
         {
             self.scheduler
                 .schedule(id, self.clock.now().saturating_add(retry_after));
+            self.metrics.refresh_ended(
+                provider.as_str(),
+                "breaker_open",
+                error.class.as_str(),
+                started.elapsed(),
+            );
             return Err(Failure::Provider {
                 provider,
                 error,
                 retry_after: Some(retry_after),
             });
         }
+        let result = self.refresh_counted(slot, id, base_version).await;
+        let (outcome, class) = match &result {
+            Ok(_) => ("success", ""),
+            Err(Failure::Provider { error, .. }) => ("failure", error.class.as_str()),
+            Err(Failure::Revoked(c)) => (
+                "reconnect_required",
+                match c.reconnect_cause {
+                    Some(tokend_core::ReconnectCause::RotationLost) => "rotation_lost",
+                    Some(tokend_core::ReconnectCause::NoRefreshToken) => "no_refresh_token",
+                    _ => "revoked",
+                },
+            ),
+            Err(Failure::Store { .. }) => ("failure", "store"),
+            Err(Failure::Contended(_)) => ("failure", "contended"),
+            Err(Failure::NotFound(_)) => ("failure", "not_found"),
+            Err(Failure::UnknownProvider(_)) => ("failure", "unknown_provider"),
+            Err(Failure::Panicked) => ("failure", "panicked"),
+            Err(Failure::ShuttingDown) => ("failure", "shutting_down"),
+        };
+        self.metrics
+            .refresh_ended(provider.as_str(), outcome, class, started.elapsed());
+        result
+    }
+
+    /// A token-endpoint refresh call, counted and timed.
+    async fn timed_refresh_call(
+        &self,
+        provider: &tokend_provider::ProviderConfig,
+        refresh_token: &secrecy::SecretString,
+    ) -> Result<tokend_provider::TokenGrant, tokend_provider::ProviderError> {
+        let started = std::time::Instant::now();
+        let answer = self.endpoint.refresh(provider, refresh_token).await;
+        let status = match &answer {
+            Ok(_) => Some(200),
+            Err(e) => e.http_status,
+        };
+        self.metrics
+            .provider_call(provider.name.as_str(), status, started.elapsed());
+        answer
+    }
+
+    async fn refresh_counted(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        id: &ConnectionId,
+        base_version: u64,
+    ) -> Result<Arc<Connection>, Failure> {
         let lease = match self.acquire_lease(id, base_version).await {
             Ok(LeaseOutcome::Granted(lease)) => lease,
             Ok(LeaseOutcome::Superseded(newer)) => return Ok(slot.advance(Arc::new(*newer))),
@@ -255,7 +310,7 @@ impl Engine {
         };
         let attempt = lock(&slot.retry).attempts + 1;
         tracing::debug!(connection_id = %id, provider = %provider.name, attempt, probe, "refreshing");
-        let answer = self.endpoint.refresh(&provider, &refresh_token).await;
+        let answer = self.timed_refresh_call(&provider, &refresh_token).await;
         probe_guard.disarm();
         match answer {
             Ok(grant) => {
@@ -387,7 +442,7 @@ impl Engine {
         // Before giving up: the previous refresh token, when the provider
         // keeps rotated-out tokens alive for a while and it is that recent.
         if let Some(previous) = self.previous_within_grace(&latest, provider, now) {
-            match self.endpoint.refresh(provider, &previous).await {
+            match self.timed_refresh_call(provider, &previous).await {
                 Ok(grant) => {
                     tracing::warn!(connection_id = %latest.id, "refresh token refused; recovered with the previous one");
                     self.stats

@@ -62,15 +62,44 @@ pub(crate) struct Slot {
     pub(crate) flight: Singleflight<Result<Arc<Connection>, Failure>>,
     pub(crate) retry: Mutex<RetryState>,
     pub(crate) pending: Mutex<Option<PendingGrant>>,
+    /// Counted in the connections gauge: set while the slot is in the map,
+    /// so a slot advanced after its removal moves no figure.
+    counted: std::sync::atomic::AtomicBool,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// A record's place in the connections gauge.
+fn gauge_key(c: &Connection) -> (&str, &str) {
+    (c.provider.as_str(), c.status.as_str())
 }
 
 impl Slot {
-    pub(crate) fn new(record: Arc<Connection>) -> Self {
+    pub(crate) fn new(record: Arc<Connection>, metrics: Arc<crate::metrics::Metrics>) -> Self {
         Self {
             record: RwLock::new(record),
             flight: Singleflight::default(),
             retry: Mutex::new(RetryState::default()),
             pending: Mutex::new(None),
+            counted: std::sync::atomic::AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    /// Enters the connections gauge (once).
+    fn count(&self) {
+        if !self.counted.swap(true, Ordering::SeqCst) {
+            let current = self.current();
+            self.metrics
+                .connection_moved(None, Some(gauge_key(&current)));
+        }
+    }
+
+    /// Leaves the connections gauge (once).
+    fn uncount(&self) {
+        if self.counted.swap(false, Ordering::SeqCst) {
+            let current = self.current();
+            self.metrics
+                .connection_moved(Some(gauge_key(&current)), None);
         }
     }
 
@@ -84,6 +113,10 @@ impl Slot {
     pub(crate) fn advance(&self, record: Arc<Connection>) -> Arc<Connection> {
         let mut guard = self.record.write().unwrap_or_else(|p| p.into_inner());
         if record.incarnation != guard.incarnation || record.revision >= guard.revision {
+            if self.counted.load(Ordering::SeqCst) {
+                self.metrics
+                    .connection_moved(Some(gauge_key(&guard)), Some(gauge_key(&record)));
+            }
             *guard = record;
         }
         Arc::clone(&guard)
@@ -96,15 +129,23 @@ impl Slot {
 
 /// Every slot of this process, sharded so readers of different connections
 /// never contend and the read path takes no global lock.
-#[derive(Default)]
 pub(crate) struct Slots {
     map: DashMap<ConnectionId, Arc<Slot>>,
+    metrics: Arc<crate::metrics::Metrics>,
     /// Bumped by every delete; a loader or an installer that raced with one
     /// does not cache, so a deleted record never comes back into memory.
     delete_epoch: AtomicU64,
 }
 
 impl Slots {
+    pub(crate) fn new(metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Slots {
+            map: DashMap::new(),
+            metrics,
+            delete_epoch: AtomicU64::new(0),
+        }
+    }
+
     pub(crate) fn get(&self, id: &ConnectionId) -> Option<Arc<Slot>> {
         self.map.get(id).map(|s| Arc::clone(&s))
     }
@@ -126,14 +167,22 @@ impl Slots {
             let mut inserted = false;
             let slot = Arc::clone(&self.map.entry(id.clone()).or_insert_with(|| {
                 inserted = true;
-                Arc::new(Slot::new(Arc::new(record)))
+                let slot = Arc::new(Slot::new(Arc::new(record), Arc::clone(&self.metrics)));
+                slot.count();
+                slot
             }));
             // A slot someone else inserted is theirs to check.
             if !inserted || self.epoch() == epoch {
                 return Ok(Some(slot));
             }
             // A delete ran meanwhile: what we cached may be gone.
-            self.map.remove_if(id, |_, s| Arc::ptr_eq(s, &slot));
+            if self
+                .map
+                .remove_if(id, |_, s| Arc::ptr_eq(s, &slot))
+                .is_some()
+            {
+                slot.uncount();
+            }
         }
     }
 
@@ -151,12 +200,21 @@ impl Slots {
         let slot = Arc::clone(
             self.map
                 .entry(record.id.clone())
-                .or_insert_with(|| Arc::new(Slot::new(Arc::clone(&record))))
+                .or_insert_with(|| {
+                    let slot = Arc::new(Slot::new(Arc::clone(&record), Arc::clone(&self.metrics)));
+                    slot.count();
+                    slot
+                })
                 .value(),
         );
         let newest = slot.advance(Arc::clone(&record));
-        if self.epoch() != epoch {
-            self.map.remove_if(&record.id, |_, s| Arc::ptr_eq(s, &slot));
+        if self.epoch() != epoch
+            && self
+                .map
+                .remove_if(&record.id, |_, s| Arc::ptr_eq(s, &slot))
+                .is_some()
+        {
+            slot.uncount();
         }
         newest
     }
@@ -164,7 +222,9 @@ impl Slots {
     /// Forgets a deleted connection.
     pub(crate) fn remove(&self, id: &ConnectionId) {
         self.delete_epoch.fetch_add(1, Ordering::SeqCst);
-        self.map.remove(id);
+        if let Some((_, slot)) = self.map.remove(id) {
+            slot.uncount();
+        }
     }
 
     /// Every cached connection's id.

@@ -182,6 +182,10 @@ impl TokenServiceImpl {
         let min_ttl = validate::min_ttl(req.min_ttl_seconds)?;
         let record = self.engine.get_token(&id, min_ttl).await?;
         let token = convert::access_token(&record, self.engine.now());
+        self.engine
+            .metrics()
+            .served_ttl
+            .observe(token.expires_in_seconds as f64);
         Ok(Response::new(pb::GetTokenResponse { token: Some(token) }))
     }
 
@@ -196,6 +200,10 @@ impl TokenServiceImpl {
         let rejected = validate::rejected(req.rejected)?;
         let (record, refreshed) = self.engine.force_refresh(&id, rejected).await?;
         let token = convert::access_token(&record, self.engine.now());
+        self.engine
+            .metrics()
+            .served_ttl
+            .observe(token.expires_in_seconds as f64);
         Ok(Response::new(pb::ForceRefreshResponse {
             token: Some(token),
             refreshed,

@@ -1,0 +1,90 @@
+//! The admin HTTP listener, apart from gRPC: `/metrics` (Prometheus text
+//! format), `/healthz` (the process answers) and `/readyz` (the store is
+//! open, the keys loaded and the first scan of connections done; not while
+//! shutting down). It shows no connection id, account id or secret.
+
+use std::sync::{Arc, Mutex};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// A bound admin socket, handed to the server, which serves it once.
+#[derive(Clone, Debug, Default)]
+pub struct AdminListener(Arc<Mutex<Option<std::net::TcpListener>>>);
+
+impl AdminListener {
+    /// Binds `addr` now, so a port of 0 is known before the server starts.
+    pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<(Self, std::net::SocketAddr)> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let bound = listener.local_addr()?;
+        Ok((AdminListener(Arc::new(Mutex::new(Some(listener)))), bound))
+    }
+
+    fn take(&self) -> Option<std::net::TcpListener> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+#[derive(Clone)]
+struct Admin {
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+}
+
+/// Serves the admin routes until `cancel` fires.
+pub(crate) async fn serve(
+    listener: AdminListener,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let Some(listener) = listener.take() else {
+        return;
+    };
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve the admin listener");
+            return;
+        }
+    };
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin listener: /metrics, /healthz, /readyz");
+    }
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(Admin {
+            metrics,
+            cancel: cancel.clone(),
+        });
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %e, "the admin listener failed");
+    }
+}
+
+async fn metrics_text(State(admin): State<Admin>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        admin.metrics.encode(),
+    )
+}
+
+/// Served only once the server is up (the engine has loaded every
+/// connection before this listener starts), until shutdown begins.
+async fn ready(State(admin): State<Admin>) -> impl IntoResponse {
+    if admin.cancel.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else {
+        (StatusCode::OK, "ready\n")
+    }
+}

@@ -1,0 +1,302 @@
+//! What tokend counts, as Prometheus metrics, served on the admin listener
+//! (`admin.rs`).
+//!
+//! `prometheus-client`, the Prometheus project's own Rust client, with a
+//! registry per server rather than a process-global recorder (the `metrics`
+//! facade's model): tests and benches run several servers in one process,
+//! and each must read its own figures. Labels are bounded by providers ×
+//! codes × classes: never a connection id or an account id.
+
+mod layer;
+mod store;
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+pub use layer::RpcMetricsLayer;
+pub use store::MeteredStore;
+
+/// Latency buckets, in seconds: 0.5 ms to 10 s.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Seconds left on a served token: "served with < 120 s left" is one bucket.
+const TTL_BUCKETS: [f64; 5] = [60.0, 120.0, 300.0, 600.0, 1800.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub method: String,
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefreshLabels {
+    pub provider: String,
+    /// `success`, `failure`, `reconnect_required`, `breaker_open`.
+    pub outcome: String,
+    /// The error class (`transient`, `rate_limited`, `client_misconfigured`,
+    /// `revoked`, `store`, ...), empty on success.
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabel {
+    pub provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderCallLabels {
+    pub provider: String,
+    /// `2xx`, `4xx`, `5xx`, or `none` (no answer: timeout, connection).
+    pub status_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub provider: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    pub operation: String,
+    /// `ok`, `conflict`, `fenced`, `error`.
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabel {
+    pub operation: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// Every metric of one server.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub rpc_requests: Family<RpcLabels, Counter>,
+    pub rpc_duration: HistogramFamily<MethodLabel>,
+    pub refreshes: Family<RefreshLabels, Counter>,
+    pub refresh_duration: HistogramFamily<ProviderLabel>,
+    pub provider_requests: Family<ProviderCallLabels, Counter>,
+    pub provider_duration: HistogramFamily<ProviderLabel>,
+    pub served_ttl: Histogram,
+    pub refreshes_in_flight: Gauge,
+    pub connections: Family<ConnectionLabels, Gauge>,
+    pub store_operations: Family<StoreLabels, Counter>,
+    pub store_duration: HistogramFamily<OperationLabel>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let rpc_requests = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "tokend_rpc_requests",
+            "gRPC calls by method and status code",
+            rpc_requests.clone(),
+        );
+        let rpc_duration = HistogramFamily::<MethodLabel>::new_with_constructor(latency);
+        registry.register(
+            "tokend_rpc_duration_seconds",
+            "Time to answer a gRPC call (to the first response for streams)",
+            rpc_duration.clone(),
+        );
+        let refreshes = Family::<RefreshLabels, Counter>::default();
+        registry.register(
+            "tokend_refreshes",
+            "Refresh attempts by provider, outcome and error class",
+            refreshes.clone(),
+        );
+        let refresh_duration = HistogramFamily::<ProviderLabel>::new_with_constructor(latency);
+        registry.register(
+            "tokend_refresh_duration_seconds",
+            "Time a refresh took, lease to durable write",
+            refresh_duration.clone(),
+        );
+        let provider_requests = Family::<ProviderCallLabels, Counter>::default();
+        registry.register(
+            "tokend_provider_requests",
+            "Token-endpoint calls by provider and HTTP status class",
+            provider_requests.clone(),
+        );
+        let provider_duration = HistogramFamily::<ProviderLabel>::new_with_constructor(latency);
+        registry.register(
+            "tokend_provider_request_duration_seconds",
+            "Token-endpoint call latency",
+            provider_duration.clone(),
+        );
+        let served_ttl = Histogram::new(TTL_BUCKETS);
+        registry.register(
+            "tokend_served_token_ttl_seconds",
+            "Seconds left on the access tokens GetToken and ForceRefresh served",
+            served_ttl.clone(),
+        );
+        let refreshes_in_flight = Gauge::default();
+        registry.register(
+            "tokend_refreshes_in_flight",
+            "Refreshes running now (one per connection at most)",
+            refreshes_in_flight.clone(),
+        );
+        let connections = Family::<ConnectionLabels, Gauge>::default();
+        registry.register(
+            "tokend_connections",
+            "Connections this process holds, by provider and status",
+            connections.clone(),
+        );
+        let store_operations = Family::<StoreLabels, Counter>::default();
+        registry.register(
+            "tokend_store_operations",
+            "Store writes by operation and outcome",
+            store_operations.clone(),
+        );
+        let store_duration = HistogramFamily::<OperationLabel>::new_with_constructor(latency);
+        registry.register(
+            "tokend_store_operation_duration_seconds",
+            "Store write latency, durable on return",
+            store_duration.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            rpc_requests,
+            rpc_duration,
+            refreshes,
+            refresh_duration,
+            provider_requests,
+            provider_duration,
+            served_ttl,
+            refreshes_in_flight,
+            connections,
+            store_operations,
+            store_duration,
+        }
+    }
+
+    /// Registers a metric owned elsewhere (the audit log's drop counter).
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.lock().register(name, help, metric);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The text exposition (OpenMetrics).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.lock());
+        out
+    }
+
+    /// Counts a refresh's end.
+    pub fn refresh_ended(
+        &self,
+        provider: &str,
+        outcome: &str,
+        class: &str,
+        took: std::time::Duration,
+    ) {
+        self.refreshes
+            .get_or_create(&RefreshLabels {
+                provider: provider.to_owned(),
+                outcome: outcome.to_owned(),
+                class: class.to_owned(),
+            })
+            .inc();
+        self.refresh_duration
+            .get_or_create(&ProviderLabel {
+                provider: provider.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a token-endpoint call.
+    pub fn provider_call(
+        &self,
+        provider: &str,
+        http_status: Option<u16>,
+        took: std::time::Duration,
+    ) {
+        let status_class = match http_status {
+            Some(s) => format!("{}xx", s / 100),
+            None => "none".to_owned(),
+        };
+        self.provider_requests
+            .get_or_create(&ProviderCallLabels {
+                provider: provider.to_owned(),
+                status_class,
+            })
+            .inc();
+        self.provider_duration
+            .get_or_create(&ProviderLabel {
+                provider: provider.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Moves one connection between (provider, status) gauges: `before`
+    /// none for a new one, `after` none for a removed one.
+    pub fn connection_moved(&self, before: Option<(&str, &str)>, after: Option<(&str, &str)>) {
+        if before == after {
+            return;
+        }
+        if let Some((provider, status)) = before {
+            self.connections
+                .get_or_create(&ConnectionLabels {
+                    provider: provider.to_owned(),
+                    status: status.to_owned(),
+                })
+                .dec();
+        }
+        if let Some((provider, status)) = after {
+            self.connections
+                .get_or_create(&ConnectionLabels {
+                    provider: provider.to_owned(),
+                    status: status.to_owned(),
+                })
+                .inc();
+        }
+    }
+}
+
+/// Keeps the in-flight gauge right however a refresh ends.
+pub struct InFlight(Arc<Metrics>);
+
+impl InFlight {
+    pub fn start(metrics: &Arc<Metrics>) -> Self {
+        metrics.refreshes_in_flight.inc();
+        InFlight(Arc::clone(metrics))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.refreshes_in_flight.dec();
+    }
+}
