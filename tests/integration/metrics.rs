@@ -84,6 +84,16 @@ async fn metrics_count_a_scripted_scenario_exactly() {
         .await
         .expect_err("breaker open");
 
+    // One open WatchConnection stream.
+    let mut watch = client
+        .watch_connection(tokend_proto::v1::WatchConnectionRequest {
+            connection_id: "m-ok".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    watch.message().await.expect("snapshot").expect("snapshot");
+
     let m = scrape(&server).await;
     let sandbox = ("provider", "sandbox");
     let refreshes = |outcome, class| {
@@ -114,6 +124,22 @@ async fn metrics_count_a_scripted_scenario_exactly() {
     assert_eq!(connections("active"), 3.0);
     assert_eq!(connections("reconnect_required"), 1.0);
     assert_eq!(value(&m, "tokend_refreshes_in_flight", &[]), 0.0);
+    assert_eq!(value(&m, "tokend_provider_breaker_open", &[sandbox]), 1.0);
+    assert_eq!(
+        value(
+            &m,
+            "tokend_stream_subscribers",
+            &[("stream", "watch_connection")]
+        ),
+        1.0
+    );
+    assert_eq!(value(&m, "tokend_audit_records_dropped_total", &[]), 0.0);
+    assert!(
+        m.samples
+            .iter()
+            .any(|s| s.metric == "tokend_audit_records_dropped_total"),
+        "the audit drop counter is exported"
+    );
 
     let rpcs = |method, code| {
         value(
@@ -127,6 +153,7 @@ async fn metrics_count_a_scripted_scenario_exactly() {
     assert_eq!(rpcs("ForceRefresh", "ok"), 1.0);
     assert_eq!(rpcs("ForceRefresh", "failed_precondition"), 1.0);
     assert_eq!(rpcs("ForceRefresh", "unavailable"), 3.0);
+    assert_eq!(rpcs("WatchConnection", "ok"), 1.0);
 
     // Three tokens served, all with about 30 minutes left.
     let ttl = m

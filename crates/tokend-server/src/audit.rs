@@ -95,6 +95,8 @@ struct Shared {
     window: Arc<Mutex<Window>>,
     /// Records the full queue could not take.
     dropped: Arc<AtomicU64>,
+    /// The same, never reset: `/metrics`.
+    dropped_total: prometheus_client::metrics::counter::Counter,
 }
 
 /// Appends audit records without blocking the async runtime: a bounded
@@ -108,6 +110,14 @@ impl AuditLog {
     /// No audit log.
     pub fn disabled() -> Self {
         Self { shared: None }
+    }
+
+    /// Records dropped because the writer's queue was full, since start.
+    pub fn dropped_total(&self) -> prometheus_client::metrics::counter::Counter {
+        self.shared
+            .as_ref()
+            .map(|s| s.dropped_total.clone())
+            .unwrap_or_default()
     }
 
     /// Appends to `path` (created 0600 if absent; opened in append mode, so
@@ -137,6 +147,7 @@ impl AuditLog {
             tx,
             window: Arc::default(),
             dropped: Arc::default(),
+            dropped_total: Default::default(),
         });
         let writer = Writer {
             out: BufWriter::new(file),
@@ -243,6 +254,7 @@ impl AuditLog {
         }
         if shared.tx.try_send(record).is_err() {
             shared.dropped.fetch_add(1, Ordering::Relaxed);
+            shared.dropped_total.inc();
         }
     }
 }

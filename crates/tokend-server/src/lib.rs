@@ -157,6 +157,11 @@ pub async fn run_with_tasks(
         clock.clone(),
         config.engine,
     );
+    engine.metrics().register(
+        "tokend_audit_records_dropped",
+        "Audit records dropped because the writer's queue was full",
+        audit_log.dropped_total(),
+    );
     let feed = feed::Feed::start(
         engine.store(),
         config.events.clone(),
@@ -173,6 +178,7 @@ pub async fn run_with_tasks(
         engine.tasks(),
         engine.shutdown_token(),
         engine.holder(),
+        Arc::clone(engine.metrics()),
     )
     .await
     .map_err(ServerError::Webhooks)?;

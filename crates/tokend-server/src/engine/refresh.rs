@@ -317,6 +317,7 @@ impl Engine {
                 if breaker.close() {
                     tracing::info!(provider = %provider.name, "provider answering again; breaker closed");
                 }
+                self.metrics.breaker(provider.name.as_str(), false);
                 let TokenGrant {
                     tokens,
                     correlation_id,
@@ -378,8 +379,10 @@ impl Engine {
                 retry_in_secs = delay.as_secs(),
                 "provider failing for every connection; breaker open"
             );
+            self.metrics.breaker(provider.name.as_str(), true);
         } else {
             breaker.close();
+            self.metrics.breaker(provider.name.as_str(), false);
         }
         // Write-ahead: a 2xx answer that failed validation may have rotated
         // the grant. Its refresh token, if readable, is persisted before

@@ -79,6 +79,20 @@ pub struct OperationLabel {
     pub operation: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// The endpoint's name from the config (an operator's word, bounded).
+    pub webhook: String,
+    /// `delivered` or `failed` (an attempt that will be retried).
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabel {
+    /// `watch_connection` or `watch_connections`.
+    pub stream: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency() -> Histogram {
@@ -99,6 +113,9 @@ pub struct Metrics {
     pub connections: Family<ConnectionLabels, Gauge>,
     pub store_operations: Family<StoreLabels, Counter>,
     pub store_duration: HistogramFamily<OperationLabel>,
+    pub breaker_open: Family<ProviderLabel, Gauge>,
+    pub webhook_deliveries: Family<WebhookLabels, Counter>,
+    pub subscribers: Family<StreamLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -176,8 +193,29 @@ impl Metrics {
             "Store write latency, durable on return",
             store_duration.clone(),
         );
+        let breaker_open = Family::<ProviderLabel, Gauge>::default();
+        registry.register(
+            "tokend_provider_breaker_open",
+            "1 while a provider's breaker holds refreshes back (429, invalid_client), else 0",
+            breaker_open.clone(),
+        );
+        let webhook_deliveries = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "tokend_webhook_deliveries",
+            "Webhook delivery attempts by endpoint and outcome",
+            webhook_deliveries.clone(),
+        );
+        let subscribers = Family::<StreamLabel, Gauge>::default();
+        registry.register(
+            "tokend_stream_subscribers",
+            "Open WatchConnection and WatchConnections streams",
+            subscribers.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            breaker_open,
+            webhook_deliveries,
+            subscribers,
             rpc_requests,
             rpc_duration,
             refreshes,
@@ -260,6 +298,25 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Sets a provider's breaker gauge.
+    pub fn breaker(&self, provider: &str, open: bool) {
+        self.breaker_open
+            .get_or_create(&ProviderLabel {
+                provider: provider.to_owned(),
+            })
+            .set(i64::from(open));
+    }
+
+    /// Counts a webhook delivery attempt.
+    pub fn webhook_attempt(&self, webhook: &str, delivered: bool) {
+        self.webhook_deliveries
+            .get_or_create(&WebhookLabels {
+                webhook: webhook.to_owned(),
+                outcome: if delivered { "delivered" } else { "failed" }.to_owned(),
+            })
+            .inc();
+    }
+
     /// Moves one connection between (provider, status) gauges: `before`
     /// none for a new one, `after` none for a removed one.
     pub fn connection_moved(&self, before: Option<(&str, &str)>, after: Option<(&str, &str)>) {
@@ -282,6 +339,28 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+}
+
+/// Counts an open stream for as long as it lives.
+pub struct Subscriber(Gauge);
+
+impl Subscriber {
+    pub fn start(metrics: &Metrics, stream: &str) -> Self {
+        let gauge = metrics
+            .subscribers
+            .get_or_create(&StreamLabel {
+                stream: stream.to_owned(),
+            })
+            .clone();
+        gauge.inc();
+        Subscriber(gauge)
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -217,7 +217,10 @@ impl TokenServiceImpl {
     ) -> Result<Response<WatchStream>> {
         let id = connection_id(&request.into_inner().connection_id)?;
         caller.authorize(Permission::Tokens, Some(&id))?;
-        let permit = caller.open_watch_stream()?;
+        let permit = (
+            caller.open_watch_stream()?,
+            crate::metrics::Subscriber::start(self.engine.metrics(), "watch_connection"),
+        );
         let rx = watch::WatchTask::start(&self.engine, id, permit).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -229,7 +232,10 @@ impl TokenServiceImpl {
     ) -> Result<Response<FeedStream>> {
         caller.authorize(Permission::Tokens, None)?;
         let (filter, cursor) = validate::watch_all(&req)?;
-        let permit = caller.open_watch_stream()?;
+        let permit = (
+            caller.open_watch_stream()?,
+            crate::metrics::Subscriber::start(self.engine.metrics(), "watch_connections"),
+        );
         let position = self.feed.start_position(cursor, req.from_oldest).await?;
         let rx = watch_all::FeedTask::start(
             Arc::clone(&self.feed),

@@ -87,6 +87,7 @@ pub struct Delivery {
     pub cancel: CancellationToken,
     /// This replica's name in claims.
     pub holder: String,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Delivery {
@@ -307,6 +308,8 @@ impl Delivery {
                 _ = self.cancel.cancelled() => return Sent::ShuttingDown,
                 outcome = self.sender.send(attempt) => outcome,
             };
+            self.metrics
+                .webhook_attempt(self.name(), matches!(outcome, Outcome::Delivered));
             match outcome {
                 Outcome::Delivered => {
                     self.delivered(event.seq);

@@ -60,6 +60,7 @@ impl Webhooks {
         tasks: &TaskTracker,
         cancel: &CancellationToken,
         holder: &str,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Webhooks>, String> {
         let mut endpoints = Vec::new();
         for config in configs {
@@ -73,6 +74,7 @@ impl Webhooks {
                 clock: clock.clone(),
                 cancel: cancel.clone(),
                 holder: holder.to_owned(),
+                metrics: Arc::clone(&metrics),
             };
             // Fixed now, before any request or refresh can write an event,
             // so a new endpoint gets everything from this start on.
