@@ -173,12 +173,8 @@ pub async fn run_with_tasks(
     let webhooks = webhooks::Webhooks::start(
         config.webhooks.clone(),
         Arc::clone(&feed),
-        engine.store(),
         clock.clone(),
-        engine.tasks(),
-        engine.shutdown_token(),
-        engine.holder(),
-        Arc::clone(engine.metrics()),
+        &engine,
     )
     .await
     .map_err(ServerError::Webhooks)?;

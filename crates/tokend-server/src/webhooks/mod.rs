@@ -15,10 +15,8 @@ use std::{sync::Arc, time::Duration};
 
 use tokend_core::Clock;
 use tokend_proto::v1 as pb;
-use tokend_store::Store;
 use tokend_webhook::Sender;
 pub use tokend_webhook::{Secret, SenderSettings, Url, check_url};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::feed::{EventFilter, Feed};
 
@@ -51,17 +49,21 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    /// Starts one delivery task per endpoint on `tasks`.
+    /// Starts one delivery task per endpoint on the engine's tasks, with
+    /// its store, shutdown token, holder name and metrics.
     pub async fn start(
         configs: Vec<Arc<WebhookConfig>>,
         feed: Arc<Feed>,
-        store: Arc<dyn Store>,
         clock: Clock,
-        tasks: &TaskTracker,
-        cancel: &CancellationToken,
-        holder: &str,
-        metrics: Arc<crate::metrics::Metrics>,
+        engine: &crate::Engine,
     ) -> Result<Arc<Webhooks>, String> {
+        let (store, tasks, cancel, holder, metrics) = (
+            engine.store(),
+            engine.tasks(),
+            engine.shutdown_token(),
+            engine.holder(),
+            Arc::clone(engine.metrics()),
+        );
         let mut endpoints = Vec::new();
         for config in configs {
             let sender = Sender::new(&config.sender)?;
