@@ -134,12 +134,17 @@ async fn metrics_count_a_scripted_scenario_exactly() {
         1.0
     );
     assert_eq!(value(&m, "tokend_audit_records_dropped_total", &[]), 0.0);
-    assert!(
-        m.samples
-            .iter()
-            .any(|s| s.metric == "tokend_audit_records_dropped_total"),
-        "the audit drop counter is exported"
-    );
+    for exported in [
+        "tokend_audit_records_dropped_total",
+        "tokend_refresher_backlog",
+        "tokend_refresher_start_delay_seconds",
+    ] {
+        assert!(
+            m.samples.iter().any(|s| s.metric == exported),
+            "{exported} is exported"
+        );
+    }
+    assert_eq!(value(&m, "tokend_refresher_backlog", &[]), 0.0);
 
     let rpcs = |method, code| {
         value(

@@ -59,17 +59,18 @@ impl Scheduler {
         self.table().queue.first().map(|(at, _)| *at)
     }
 
-    /// Removes and returns every connection due at or before `now`.
-    pub fn pop_due(&self, now: Timestamp) -> Vec<ConnectionId> {
+    /// Removes and returns every connection due at or before `now`, with
+    /// when it was due.
+    pub fn pop_due(&self, now: Timestamp) -> Vec<(Timestamp, ConnectionId)> {
         let mut t = self.table();
         let mut out = Vec::new();
         while let Some((at, _)) = t.queue.first() {
             if *at > now {
                 break;
             }
-            if let Some((_, id)) = t.queue.pop_first() {
+            if let Some((at, id)) = t.queue.pop_first() {
                 t.due.remove(&id);
-                out.push(id);
+                out.push((at, id));
             }
         }
         out
@@ -112,7 +113,7 @@ mod tests {
         s.schedule(&id("a"), t(50));
         assert_eq!(s.len(), 2);
         assert_eq!(s.earliest(), Some(t(50)));
-        assert_eq!(s.pop_due(t(100)), vec![id("a"), id("b")]);
+        assert_eq!(s.pop_due(t(100)), vec![(t(50), id("a")), (t(100), id("b"))]);
         assert!(s.is_empty());
         s.schedule(&id("c"), t(10));
         s.unschedule(&id("c"));
@@ -134,7 +135,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(24 * 60)).await;
         assert!(s.pop_due(clock.now()).is_empty());
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(s.pop_due(clock.now()), vec![id("hubspot-1")]);
+        assert_eq!(
+            s.pop_due(clock.now()),
+            vec![(Timestamp::from_unix_millis(25 * 60 * 1000), id("hubspot-1"))]
+        );
     }
 
     #[tokio::test(start_paused = true)]

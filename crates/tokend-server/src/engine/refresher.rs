@@ -139,16 +139,22 @@ impl Engine {
         ));
         loop {
             let now = self.clock.now();
-            for id in self.scheduler.pop_due(now) {
+            for (due, id) in self.scheduler.pop_due(now) {
                 let engine = Arc::clone(&self);
                 let permits = Arc::clone(&permits);
                 let cancel = cancel.clone();
+                let backlog = crate::metrics::Backlog::start(&self.metrics);
                 self.tasks.spawn(async move {
+                    let _backlog = backlog;
                     let permit = tokio::select! {
                         p = permits.acquire_owned() => p,
                         _ = cancel.cancelled() => return,
                     };
                     let Ok(_permit) = permit else { return };
+                    engine
+                        .metrics
+                        .refresher_delay
+                        .observe(engine.clock.now().duration_since(due).as_secs_f64());
                     engine.background_refresh(&id).await;
                 });
             }

@@ -114,6 +114,8 @@ pub struct Metrics {
     pub store_operations: Family<StoreLabels, Counter>,
     pub store_duration: HistogramFamily<OperationLabel>,
     pub breaker_open: Family<ProviderLabel, Gauge>,
+    pub refresher_backlog: Gauge,
+    pub refresher_delay: Histogram,
     pub webhook_deliveries: Family<WebhookLabels, Counter>,
     pub subscribers: Family<StreamLabel, Gauge>,
 }
@@ -211,8 +213,22 @@ impl Metrics {
             "Open WatchConnection and WatchConnections streams",
             subscribers.clone(),
         );
+        let refresher_backlog = Gauge::default();
+        registry.register(
+            "tokend_refresher_backlog",
+            "Background refreshes due and not finished (waiting for a slot or running)",
+            refresher_backlog.clone(),
+        );
+        let refresher_delay = Histogram::new([0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0]);
+        registry.register(
+            "tokend_refresher_start_delay_seconds",
+            "How late background refreshes start after they were due",
+            refresher_delay.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
+            refresher_backlog,
+            refresher_delay,
             breaker_open,
             webhook_deliveries,
             subscribers,
@@ -339,6 +355,22 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+}
+
+/// Counts a due background refresh until it is done.
+pub struct Backlog(Gauge);
+
+impl Backlog {
+    pub fn start(metrics: &Metrics) -> Self {
+        metrics.refresher_backlog.inc();
+        Backlog(metrics.refresher_backlog.clone())
+    }
+}
+
+impl Drop for Backlog {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
