@@ -146,6 +146,27 @@ async fn metrics_count_a_scripted_scenario_exactly() {
     }
     assert_eq!(value(&m, "tokend_refresher_backlog", &[]), 0.0);
 
+    // Every metric the alert rules name is one tokend exports.
+    let rules = include_str!("../../deploy/prometheus/alerts.yml");
+    let exported: std::collections::HashSet<&str> =
+        m.samples.iter().map(|s| s.metric.as_str()).collect();
+    let mut named = 0;
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if !word.starts_with("tokend_") {
+            continue;
+        }
+        named += 1;
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| word.strip_suffix(suffix))
+            .unwrap_or(word);
+        assert!(
+            exported.contains(word) || exported.contains(base),
+            "alerts.yml names {word}, which tokend does not export"
+        );
+    }
+    assert!(named >= 7, "the rules were read ({named} metric names)");
+
     let rpcs = |method, code| {
         value(
             &m,

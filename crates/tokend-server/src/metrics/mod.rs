@@ -411,3 +411,32 @@ impl Drop for InFlight {
         self.0.refreshes_in_flight.dec();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The alert rules (deploy/prometheus/alerts.yml) match these exact
+    /// strings: counters end in `_total`, bucket bounds print as floats.
+    #[test]
+    fn the_exposition_has_the_names_the_alert_rules_use() {
+        let m = Metrics::new();
+        m.served_ttl.observe(90.0);
+        m.refresh_ended("p", "success", "", std::time::Duration::from_millis(3));
+        let text = m.encode();
+        assert!(
+            text.contains("tokend_served_token_ttl_seconds_bucket{le=\"120.0\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tokend_served_token_ttl_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tokend_refreshes_total{provider=\"p\",outcome=\"success\",class=\"\"} 1"
+            ),
+            "{text}"
+        );
+    }
+}
