@@ -39,10 +39,42 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     }
 }
 
+/// Checks that every `tokend_*` metric `text` names is exported; returns
+/// how many names it found.
+fn names_only_exported(
+    text: &str,
+    exported: &std::collections::HashSet<&str>,
+    file: &str,
+) -> usize {
+    let mut named = 0;
+    for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if !word.starts_with("tokend_") {
+            continue;
+        }
+        named += 1;
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|suffix| word.strip_suffix(suffix))
+            .unwrap_or(word);
+        assert!(
+            exported.contains(word) || exported.contains(base),
+            "{file} names {word}, which tokend does not export"
+        );
+    }
+    named
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_a_scripted_scenario_exactly() {
+    let (port, deliveries) = crate::webhooks::scripted_receiver(Vec::new()).await;
     let server = TestServer::start_with(Options {
         admin: true,
+        webhooks: vec![crate::webhooks::hook(
+            "metrics-hook",
+            &format!("http://127.0.0.1:{port}/hook"),
+            std::time::Duration::from_secs(3600),
+            std::time::Duration::from_secs(1),
+        )],
         ..background_off()
     })
     .await;
@@ -93,6 +125,13 @@ async fn metrics_count_a_scripted_scenario_exactly() {
         .expect("watch")
         .into_inner();
     watch.message().await.expect("snapshot").expect("snapshot");
+
+    // The webhook has had the installs' events.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while deliveries.lock().unwrap().len() < 4 {
+        assert!(std::time::Instant::now() < deadline, "webhook deliveries");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     let m = scrape(&server).await;
     let sandbox = ("provider", "sandbox");
@@ -146,26 +185,29 @@ async fn metrics_count_a_scripted_scenario_exactly() {
     }
     assert_eq!(value(&m, "tokend_refresher_backlog", &[]), 0.0);
 
-    // Every metric the alert rules name is one tokend exports.
-    let rules = include_str!("../../deploy/prometheus/alerts.yml");
+    // Every metric the alert rules and the dashboard name is one tokend
+    // exports.
     let exported: std::collections::HashSet<&str> =
         m.samples.iter().map(|s| s.metric.as_str()).collect();
-    let mut named = 0;
-    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-        if !word.starts_with("tokend_") {
-            continue;
-        }
-        named += 1;
-        let base = ["_bucket", "_count", "_sum"]
-            .iter()
-            .find_map(|suffix| word.strip_suffix(suffix))
-            .unwrap_or(word);
+    let rules = include_str!("../../deploy/prometheus/alerts.yml");
+    assert!(names_only_exported(rules, &exported, "alerts.yml") >= 7);
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/grafana/tokend.json"))
+            .expect("the dashboard is JSON");
+    let queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("a query").to_owned())
+        .collect();
+    assert!(queries.len() >= 15, "{} panel queries", queries.len());
+    for query in &queries {
         assert!(
-            exported.contains(word) || exported.contains(base),
-            "alerts.yml names {word}, which tokend does not export"
+            names_only_exported(query, &exported, "tokend.json") >= 1,
+            "{query} names no tokend metric"
         );
     }
-    assert!(named >= 7, "the rules were read ({named} metric names)");
 
     let rpcs = |method, code| {
         value(
