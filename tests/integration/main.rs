@@ -3,6 +3,7 @@
 mod at_rest;
 mod cli;
 mod client;
+mod console;
 mod events;
 mod fleet;
 mod harness;

@@ -442,10 +442,11 @@ impl Store for PostgresStore {
                      WHERE ($1::text IS NULL OR id > $1)
                        AND ($2::text IS NULL OR provider = $2)
                        AND ($3::text IS NULL OR status = $3)
+                       AND ($5::text IS NULL OR starts_with(id, $5))
                      ORDER BY id LIMIT $4",
                     )
                     .await?,
-                    &[&after, &provider, &status, &PAGE],
+                    &[&after, &provider, &status, &PAGE, &query.prefix],
                 )
                 .await
                 .map_err(db)?;

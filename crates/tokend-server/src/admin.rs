@@ -1,7 +1,8 @@
 //! The admin HTTP listener, apart from gRPC: `/metrics` (Prometheus text
-//! format), `/healthz` (the process answers) and `/readyz` (the store is
-//! open, the keys loaded and the first scan of connections done; not while
-//! shutting down). It shows no connection id, account id or secret.
+//! format), `/healthz` (the process answers), `/readyz` (the store is open,
+//! the keys loaded and the first scan of connections done; not while
+//! shutting down), and the read-only console (`/`, `console.rs`), which
+//! asks for an admin identity. None of them shows a secret.
 
 use std::sync::{Arc, Mutex};
 
@@ -37,9 +38,10 @@ struct Admin {
 /// Serves the admin routes until `cancel` fires.
 pub(crate) async fn serve(
     listener: AdminListener,
-    metrics: Arc<Metrics>,
+    console: crate::console::Console,
     cancel: CancellationToken,
 ) {
+    let metrics = Arc::clone(&console.metrics);
     let Some(listener) = listener.take() else {
         return;
     };
@@ -53,6 +55,10 @@ pub(crate) async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin listener: /metrics, /healthz, /readyz");
     }
+    let pages = Router::new()
+        .route("/", get(crate::console::index))
+        .route("/connections/{id}", get(crate::console::connection))
+        .with_state(console);
     let app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -60,10 +66,14 @@ pub(crate) async fn serve(
         .with_state(Admin {
             metrics,
             cancel: cancel.clone(),
-        });
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
+        })
+        .merge(pages);
+    if let Err(e) = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(cancel.cancelled_owned())
+    .await
     {
         tracing::error!(error = %e, "the admin listener failed");
     }

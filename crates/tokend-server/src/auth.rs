@@ -355,6 +355,13 @@ impl Authenticator {
         })
     }
 
+    /// The identity an API key belongs to (the console's login).
+    pub fn caller_for_key(&self, key: &str) -> Option<Arc<Caller>> {
+        self.by_api_key
+            .get(&sha256_hex(key.trim().as_bytes()))
+            .cloned()
+    }
+
     /// Whether callers are anonymous (no identities configured).
     pub fn is_open(&self) -> bool {
         self.local.is_some()

@@ -9,6 +9,17 @@ use tokend_core::{
 };
 use tokend_proto::v1 as pb;
 
+/// `t` as RFC 3339 in UTC, to the second (for people: the console).
+pub fn rfc3339(t: Timestamp) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t.unix_millis().div_euclid(1000))
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| t.unix_millis().to_string())
+}
+
 pub fn timestamp(t: Timestamp) -> tokend_proto::pbjson_types::Timestamp {
     let ms = t.unix_millis();
     tokend_proto::pbjson_types::Timestamp {

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod config;
+mod console;
 mod convert;
 pub mod engine;
 mod error;
@@ -192,7 +193,12 @@ pub async fn run_with_tasks(
     if let Some(listener) = config.admin.clone() {
         engine.tasks().spawn(admin::serve(
             listener,
-            Arc::clone(engine.metrics()),
+            console::Console {
+                engine: Arc::clone(&engine),
+                feed: Arc::clone(&feed),
+                metrics: Arc::clone(engine.metrics()),
+                auth: authenticator.clone(),
+            },
             engine.shutdown_token().clone(),
         ));
     }

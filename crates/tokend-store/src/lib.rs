@@ -86,6 +86,8 @@ pub struct ListQuery {
     pub limit: usize,
     pub provider: Option<ProviderName>,
     pub status: Option<Status>,
+    /// Only ids starting with this.
+    pub prefix: Option<String>,
 }
 
 /// What a conditional delete or replacement expects to find stored.
@@ -331,4 +333,8 @@ pub fn matches(query: &ListQuery, record: &Connection) -> bool {
         .as_ref()
         .is_none_or(|p| *p == record.provider)
         && query.status.is_none_or(|s| s == record.status)
+        && query
+            .prefix
+            .as_deref()
+            .is_none_or(|p| record.id.as_str().starts_with(p))
 }

@@ -147,6 +147,19 @@ impl Feed {
         Ok(feed)
     }
 
+    /// The most recent events of one connection still in the ring, newest
+    /// first (for the console).
+    pub fn recent_for(&self, connection_id: &str, limit: usize) -> Vec<Arc<Event>> {
+        let recent = self.recent.read().unwrap_or_else(|p| p.into_inner());
+        recent
+            .iter()
+            .rev()
+            .filter(|e| e.connection_id == connection_id)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
     /// The last sequence number readers can have.
     pub fn last(&self) -> u64 {
         *self.tail.borrow()

@@ -99,9 +99,61 @@ fn latency() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// Refresh outcomes per minute, for the console's chart: the last hour.
+#[derive(Default)]
+pub struct History {
+    /// `(unix minute, succeeded, failed)`, oldest first.
+    minutes: std::collections::VecDeque<(i64, u64, u64)>,
+    /// Per provider since start: `(succeeded, failed)`.
+    pub by_provider: std::collections::BTreeMap<String, (u64, u64)>,
+}
+
+impl History {
+    fn record(&mut self, provider: &str, ok: bool, now_ms: i64) {
+        let minute = now_ms.div_euclid(60_000);
+        match self.minutes.back_mut() {
+            Some((m, a, b)) if *m == minute => {
+                if ok {
+                    *a += 1
+                } else {
+                    *b += 1
+                }
+            }
+            _ => self
+                .minutes
+                .push_back((minute, u64::from(ok), u64::from(!ok))),
+        }
+        while self
+            .minutes
+            .front()
+            .is_some_and(|(m, _, _)| *m <= minute - 60)
+        {
+            self.minutes.pop_front();
+        }
+        let totals = self.by_provider.entry(provider.to_owned()).or_default();
+        if ok { totals.0 += 1 } else { totals.1 += 1 }
+    }
+
+    /// The last 60 minutes up to `now_ms`, oldest first, empty minutes
+    /// included: `(succeeded, failed)`.
+    pub fn last_hour(&self, now_ms: i64) -> Vec<(u64, u64)> {
+        let now = now_ms.div_euclid(60_000);
+        (now - 59..=now)
+            .map(|m| {
+                self.minutes
+                    .iter()
+                    .find(|(at, _, _)| *at == m)
+                    .map_or((0, 0), |(_, a, b)| (*a, *b))
+            })
+            .collect()
+    }
+}
+
 /// Every metric of one server.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    /// For the console; not exported.
+    history: Mutex<History>,
     pub rpc_requests: Family<RpcLabels, Counter>,
     pub rpc_duration: HistogramFamily<MethodLabel>,
     pub refreshes: Family<RefreshLabels, Counter>,
@@ -227,6 +279,7 @@ impl Metrics {
         );
         Metrics {
             registry: Mutex::new(registry),
+            history: Mutex::default(),
             refresher_backlog,
             refresher_delay,
             breaker_open,
@@ -268,6 +321,11 @@ impl Metrics {
         out
     }
 
+    /// The console's view of refresh outcomes.
+    pub fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Counts a refresh's end.
     pub fn refresh_ended(
         &self,
@@ -276,6 +334,11 @@ impl Metrics {
         class: &str,
         took: std::time::Duration,
     ) {
+        if outcome != "breaker_open" {
+            let now_ms = tokend_core::Clock::system().now().unix_millis();
+            self.history()
+                .record(provider, outcome == "success", now_ms);
+        }
         self.refreshes
             .get_or_create(&RefreshLabels {
                 provider: provider.to_owned(),

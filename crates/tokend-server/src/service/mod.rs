@@ -113,6 +113,7 @@ impl TokenServiceImpl {
                     limit: page_size + 1,
                     provider: params.provider.clone(),
                     status: params.status,
+                    prefix: None,
                 })
                 .await?;
             let Some(last) = batch.last() else {
