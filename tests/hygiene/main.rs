@@ -176,6 +176,26 @@ async fn trace_logs_of_the_whole_flow_hold_no_secret() {
         log.contains("token refreshed"),
         "the capture saw tokend's own lines"
     );
+    // The spans: one per call, with its connection and code; one per
+    // refresh under the call that started it, with provider and attempt.
+    assert!(
+        log.lines().any(
+            |l| l.contains("rpc{path=/tokend.v1.TokenService/ForceRefresh")
+                && l.contains("connection_id=hygiene-")
+        ),
+        "an RPC span with its connection id"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains(":refresh{connection_id=hygiene-")
+                && l.contains("provider=sandbox")
+                && l.contains("attempt=1")),
+        "a refresh span, inside the RPC span, with provider and attempt"
+    );
+    assert!(
+        log.contains("provider_call{provider=sandbox}"),
+        "the provider call's span"
+    );
     assert!(
         log.lines().count() > 100,
         "TRACE output was captured: {} lines",

@@ -302,7 +302,16 @@ pub async fn run_with_tasks(
         // stalled in the middle of a header block.
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        .trace_fn(|req| tracing::debug_span!("grpc", path = %req.uri().path()))
+        // A span per call: the method, and the connection and code once
+        // the service knows them (`service::audit`).
+        .trace_fn(|req| {
+            tracing::info_span!(
+                "rpc",
+                path = %req.uri().path(),
+                connection_id = tracing::field::Empty,
+                code = tracing::field::Empty,
+            )
+        })
         // Outermost: counts every call by the code it finally got.
         .layer(metrics::RpcMetricsLayer::new(Arc::clone(engine.metrics())))
         // Rewrites and audits the refusals of everything below.

@@ -78,7 +78,22 @@ impl Engine {
                 if current.version > base_version {
                     return Err(Ok(current));
                 }
-                Ok(async move { engine.refresh(&task_slot, &id, base_version).await })
+                // The flight is its own task: its span is a child of the
+                // caller's (the RPC that started it), so a trace shows the
+                // refresh under the call that waited for it.
+                let span = tracing::info_span!(
+                    parent: tracing::Span::current(),
+                    "refresh",
+                    connection_id = %id,
+                    provider = %current.provider,
+                    attempt = tracing::field::Empty,
+                    outcome = tracing::field::Empty,
+                    error_class = tracing::field::Empty,
+                );
+                Ok(tracing::Instrument::instrument(
+                    async move { engine.refresh(&task_slot, &id, base_version).await },
+                    span,
+                ))
             })
             .await
             .unwrap_or_else(|ended| Err(ended.into()))
@@ -137,6 +152,11 @@ impl Engine {
         };
         self.metrics
             .refresh_ended(provider.as_str(), outcome, class, started.elapsed());
+        let span = tracing::Span::current();
+        span.record("outcome", outcome);
+        if !class.is_empty() {
+            span.record("error_class", class);
+        }
         result
     }
 
@@ -147,7 +167,11 @@ impl Engine {
         refresh_token: &secrecy::SecretString,
     ) -> Result<tokend_provider::TokenGrant, tokend_provider::ProviderError> {
         let started = std::time::Instant::now();
-        let answer = self.endpoint.refresh(provider, refresh_token).await;
+        let answer = tracing::Instrument::instrument(
+            self.endpoint.refresh(provider, refresh_token),
+            tracing::info_span!("provider_call", provider = %provider.name),
+        )
+        .await;
         let status = match &answer {
             Ok(_) => Some(200),
             Err(e) => e.http_status,
@@ -309,6 +333,7 @@ impl Engine {
             armed: probe,
         };
         let attempt = lock(&slot.retry).attempts + 1;
+        tracing::Span::current().record("attempt", attempt);
         tracing::debug!(connection_id = %id, provider = %provider.name, attempt, probe, "refreshing");
         let answer = self.timed_refresh_call(&provider, &refresh_token).await;
         probe_guard.disarm();

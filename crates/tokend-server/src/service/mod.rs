@@ -80,6 +80,17 @@ impl TokenServiceImpl {
                 Err((code_name(status.code()), reason))
             }
         };
+        let span = tracing::Span::current();
+        if let Some(id) = connection_id {
+            span.record("connection_id", id);
+        }
+        span.record(
+            "code",
+            match &outcome {
+                Ok(()) => "ok",
+                Err((code, _)) => code,
+            },
+        );
         self.audit_log
             .record(self.engine.now(), &caller.name, rpc, connection_id, outcome);
     }
