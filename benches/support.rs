@@ -13,18 +13,35 @@ use tonic::transport::Channel;
 /// Starts tokend on `store` with `limits`, its audit log in `dir`; with
 /// `min_refresh_interval`, unconditional ForceRefresh calls are floored at
 /// it (tokend's default otherwise).
+#[allow(dead_code)] // Each bench includes this file; not every one uses every helper.
 pub async fn start(
     sandbox: &Sandbox,
     store: Arc<dyn Store>,
     dir: &std::path::Path,
     limits: Limits,
     min_refresh_interval: Option<Duration>,
-) -> (
+) -> Started {
+    start_configured(sandbox, store, dir, limits, min_refresh_interval, |_| {}).await
+}
+
+/// What [`start`] returns: a channel, the address, the stop sender and the
+/// server task.
+pub type Started = (
     Channel,
     std::net::SocketAddr,
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), tokend_server::ServerError>>,
-) {
+);
+
+/// [`start`], with `tweak` applied to the server's config last.
+pub async fn start_configured(
+    sandbox: &Sandbox,
+    store: Arc<dyn Store>,
+    dir: &std::path::Path,
+    limits: Limits,
+    min_refresh_interval: Option<Duration>,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> Started {
     let cfg = sandbox.config();
     let mut provider = sandbox_provider(
         "sandbox",
@@ -41,23 +58,20 @@ pub async fn start(
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tokend_server::run(
-        listener,
-        store,
-        ServerConfig {
-            providers: vec![provider],
-            audit_log: Some(dir.join("audit.log")),
-            engine: EngineSettings {
-                background_refresh: false,
-                ..Default::default()
-            },
-            limits,
+    let mut config = ServerConfig {
+        providers: vec![provider],
+        audit_log: Some(dir.join("audit.log")),
+        engine: EngineSettings {
+            background_refresh: false,
             ..Default::default()
         },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+        limits,
+        ..Default::default()
+    };
+    tweak(&mut config);
+    let server = tokio::spawn(tokend_server::run(listener, store, config, async move {
+        let _ = stopped.await;
+    }));
     let channel = loop {
         if let Ok(ch) = Channel::from_shared(format!("http://{addr}"))
             .expect("uri")

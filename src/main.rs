@@ -227,6 +227,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             events,
             webhooks,
             admin,
+            without_call_observability: false,
         },
         shutdown_signal(),
         |tasks, cancel| {

@@ -61,6 +61,10 @@ pub struct ServerConfig {
     pub webhooks: Vec<Arc<webhooks::WebhookConfig>>,
     /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`), if any.
     pub admin: Option<admin::AdminListener>,
+    /// For benchmarks only: no per-call span and no per-call metrics, to
+    /// measure what they cost. `tokend serve` never sets it.
+    #[doc(hidden)]
+    pub without_call_observability: bool,
 }
 
 /// Largest request message accepted; tokend's requests are a few KiB.
@@ -264,6 +268,7 @@ pub async fn run_with_tasks(
     };
 
     let enforce = limits.enforce;
+    let observe_calls = !config.without_call_observability;
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
         builder = builder
@@ -304,8 +309,13 @@ pub async fn run_with_tasks(
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         // A span per call: the method, and the connection and code once
         // the service knows them (`service::audit`).
-        .trace_fn(|req| {
-            tracing::info_span!(
+        .trace_fn(move |req| {
+            if !observe_calls {
+                return tracing::Span::none();
+            }
+            // DEBUG: at the default `info` it costs nothing; `RUST_LOG=
+            // tokend_server=debug` (or a tracing exporter) turns it on.
+            tracing::debug_span!(
                 "rpc",
                 path = %req.uri().path(),
                 connection_id = tracing::field::Empty,
@@ -313,7 +323,9 @@ pub async fn run_with_tasks(
             )
         })
         // Outermost: counts every call by the code it finally got.
-        .layer(metrics::RpcMetricsLayer::new(Arc::clone(engine.metrics())))
+        .layer(tower::util::option_layer(observe_calls.then(|| {
+            metrics::RpcMetricsLayer::new(Arc::clone(engine.metrics()))
+        })))
         // Rewrites and audits the refusals of everything below.
         .layer(edge)
         // Bounds what any request may hold: time, bytes, a place in line.

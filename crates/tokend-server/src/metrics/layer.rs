@@ -5,7 +5,7 @@
 //! started answering (OK for a unary call; a stream's opening).
 
 use std::{
-    collections::HashSet,
+    collections::HashMap,
     future::Future,
     pin::Pin,
     sync::Arc,
@@ -22,14 +22,15 @@ use super::{MethodLabel, Metrics, RpcLabels};
 #[derive(Clone)]
 pub struct RpcMetricsLayer {
     metrics: Arc<Metrics>,
-    /// `/package.Service/Method` of every RPC served: any other path is
-    /// counted as `other`, so a client cannot grow the label set.
-    known: Arc<HashSet<String>>,
+    /// `/package.Service/Method` of every RPC served, to its method name
+    /// (leaked once: a fixed, small set). Any other path is `other`, so a
+    /// client cannot grow the label set.
+    known: Arc<HashMap<String, &'static str>>,
 }
 
 impl RpcMetricsLayer {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        let mut known = HashSet::new();
+        let mut known = HashMap::new();
         for set in [
             tokend_proto::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
@@ -40,12 +41,12 @@ impl RpcMetricsLayer {
             for file in set.file {
                 for service in &file.service {
                     for method in &service.method {
-                        known.insert(format!(
-                            "/{}.{}/{}",
-                            file.package(),
-                            service.name(),
-                            method.name()
-                        ));
+                        let name: &'static str =
+                            Box::leak(method.name().to_owned().into_boxed_str());
+                        known.insert(
+                            format!("/{}.{}/{}", file.package(), service.name(), method.name()),
+                            name,
+                        );
                     }
                 }
             }
@@ -56,13 +57,11 @@ impl RpcMetricsLayer {
         }
     }
 
-    fn method(&self, path: &str) -> String {
-        if self.known.contains(path) {
-            path.rsplit('/').next().unwrap_or("other").to_owned()
-        } else if path.starts_with("/grpc.reflection.") {
-            "ServerReflectionInfo".to_owned()
-        } else {
-            "other".to_owned()
+    fn method(&self, path: &str) -> &'static str {
+        match self.known.get(path) {
+            Some(name) => name,
+            None if path.starts_with("/grpc.reflection.") => "ServerReflectionInfo",
+            None => "other",
         }
     }
 }
@@ -119,10 +118,7 @@ where
             };
             metrics
                 .rpc_requests
-                .get_or_create(&RpcLabels {
-                    method: method.clone(),
-                    code: code.to_owned(),
-                })
+                .get_or_create(&RpcLabels { method, code })
                 .inc();
             metrics
                 .rpc_duration
