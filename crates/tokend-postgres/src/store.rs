@@ -10,7 +10,7 @@ use deadpool_postgres::{Client, Transaction};
 use tokend_core::{Connection, ConnectionId, Event, NewEvent, Status, Timestamp, event};
 use tokend_store::{
     Expected, Lease, ListQuery, LogBounds, SavedCursor, SealedPage, Store, StoreError,
-    backend::{check_advances, check_delete, comparable, decode, encode},
+    backend::{check_advances, check_delete, check_put, decode, encode},
 };
 use tokio::sync::watch;
 use tokio_postgres::Statement;
@@ -55,10 +55,6 @@ fn to_i64(what: &str, v: u64) -> Result<i64, StoreError> {
 
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
-}
-
-fn status_text(s: Status) -> &'static str {
-    s.as_str()
 }
 
 fn json_error(e: serde_json::Error) -> StoreError {
@@ -161,7 +157,7 @@ impl PostgresStore {
     ) -> Result<bool, StoreError> {
         let id = record.id.as_str();
         let provider = record.provider.as_str();
-        let status = status_text(record.status);
+        let status = record.status.as_str();
         // Incarnations are random u64s: kept as the same 64 bits.
         let incarnation = record.incarnation as i64;
         let revision = to_i64("revision", record.revision)?;
@@ -263,7 +259,7 @@ pub(crate) async fn upsert_sealed(
         &[
             &record.id.as_str(),
             &record.provider.as_str(),
-            &status_text(record.status),
+            &record.status.as_str(),
             &incarnation,
             &revision,
             &sealed,
@@ -334,15 +330,7 @@ impl Store for PostgresStore {
             .as_deref()
             .map(|bytes| decode(record.id.as_str().as_bytes(), bytes, &keys))
             .transpose()?;
-        let found = comparable(record, stored.as_ref());
-        let conflict = |found| StoreError::Conflict {
-            id: record.id.clone(),
-            expected,
-            found,
-        };
-        if found != expected || (expected.is_none() && stored.is_some()) {
-            return Err(conflict(found));
-        }
+        check_put(record, stored.as_ref(), expected)?;
         let events = event::describe(stored.as_ref(), record);
         let over = match &stored {
             Some(s) => Over::Record {
@@ -353,7 +341,11 @@ impl Store for PostgresStore {
         };
         if !Self::write_record(&tx, record, &sealed, &over, fence).await? {
             drop(tx);
-            return Err(conflict(Self::found(&client, record).await?));
+            return Err(StoreError::Conflict {
+                id: record.id.clone(),
+                expected,
+                found: Self::found(&client, record).await?,
+            });
         }
         let last = Self::append(&tx, events).await?;
         self.commit(tx, last).await
@@ -430,7 +422,7 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         let keys = self.keys();
         let provider = query.provider.as_ref().map(|p| p.as_str().to_owned());
-        let status = query.status.map(status_text);
+        let status = query.status.map(Status::as_str);
         let mut after = query.after.as_ref().map(|a| a.as_str().to_owned());
         let mut out = Vec::new();
         while out.len() < query.limit {

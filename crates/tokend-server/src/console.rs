@@ -135,10 +135,6 @@ fn when(at: Option<Timestamp>) -> String {
     at.map_or_else(|| "—".into(), crate::convert::rfc3339)
 }
 
-fn status_name(s: Status) -> &'static str {
-    s.as_str()
-}
-
 /// `GET /`: providers, the last hour, and the connections table.
 pub(crate) async fn index(
     State(console): State<Console>,
@@ -235,7 +231,7 @@ pub(crate) async fn index(
                 tr {
                     td { a href=(format!("/connections/{}", urlencode(c.id.as_str()))) { (c.id.as_str()) } }
                     td { (c.provider.as_str()) }
-                    td class=(status_name(c.status)) { (status_name(c.status)) }
+                    td class=(c.status.as_str()) { (c.status.as_str()) }
                     td { (until(c.tokens.expires_at, now)) }
                     td { (when(c.last_refresh_at)) }
                     td { (when(engine.next_due(&c.id))) }
@@ -274,7 +270,7 @@ pub(crate) async fn connection(
         dl #details {
             dt { "provider" } dd { (record.provider.as_str()) }
             dt { "account" } dd { (record.account_id) }
-            dt { "status" } dd class=(status_name(record.status)) { (status_name(record.status)) }
+            dt { "status" } dd class=(record.status.as_str()) { (record.status.as_str()) }
             @if let Some(cause) = record.reconnect_cause { dt { "reconnect cause" } dd { (cause.as_str()) } }
             dt { "token version" } dd { (record.version) }
             dt { "scopes" } dd { (record.tokens.scopes.join(" ")) }

@@ -27,7 +27,7 @@ pub use memory::MemoryStore;
 /// the process) and the preconditions every backend checks the same way.
 pub mod backend {
     pub use crate::{
-        check_advances, check_delete,
+        check_advances, check_delete, check_put,
         codec::{decode, encode, key_ids},
         comparable, matches,
     };
@@ -277,6 +277,24 @@ pub fn check_advances(record: &Connection, expected: Option<u64>) -> Result<(), 
             id: record.id.clone(),
             expected,
             new: record.revision,
+        });
+    }
+    Ok(())
+}
+
+/// Whether a put of `record` expecting revision `expected` (`None`: no
+/// record) may replace `stored`; otherwise the conflict to report.
+pub fn check_put(
+    record: &Connection,
+    stored: Option<&Connection>,
+    expected: Option<u64>,
+) -> Result<(), StoreError> {
+    let found = comparable(record, stored);
+    if found != expected || (expected.is_none() && stored.is_some()) {
+        return Err(StoreError::Conflict {
+            id: record.id.clone(),
+            expected,
+            found,
         });
     }
     Ok(())

@@ -97,14 +97,7 @@ impl Store for MemoryStore {
         crate::leases::check_fence(&record.id, leases.get(&record.id), fence)?;
         let mut records = lock(&self.records);
         let stored = records.get(&record.id);
-        let found = crate::comparable(record, stored);
-        if found != expected || (expected.is_none() && stored.is_some()) {
-            return Err(StoreError::Conflict {
-                id: record.id.clone(),
-                expected,
-                found,
-            });
-        }
+        crate::check_put(record, stored, expected)?;
         let events = event::describe(stored, record);
         records.insert(record.id.clone(), record.clone());
         let last = lock(&self.log).append(events);

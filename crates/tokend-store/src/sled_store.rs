@@ -437,14 +437,7 @@ impl Inner {
                 Some(bytes) => Some(codec::decode(key, bytes, &keys)?),
                 None => None,
             };
-            let found = crate::comparable(record, stored.as_ref());
-            if found != expected || (expected.is_none() && stored.is_some()) {
-                return Err(StoreError::Conflict {
-                    id: record.id.clone(),
-                    expected,
-                    found,
-                });
-            }
+            crate::check_put(record, stored.as_ref(), expected)?;
             let events = event::describe(stored.as_ref(), record);
             if self.swap_with_events(key, current, Some(&new), events)? {
                 return Ok(());
