@@ -151,40 +151,73 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How long `open` waits for sled's directory lock before reporting the data
+/// dir in use. A store dropped in this process lets go of its lock when sled's
+/// IO threads finish their last write, a moment after the drop returns; a
+/// process being restarted lets go when it exits.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens sled in `dir`, waiting up to `lock_wait` for its directory lock.
+fn open_db(dir: &Path, lock_wait: std::time::Duration) -> Result<sled::Db, StoreError> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            // Durability comes from the explicit flush after every write;
+            // the periodic flush only batches sled's own bookkeeping.
+            .flush_every_ms(Some(1000))
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            // sled locks its directory; another holder is reported as a
+            // string (sled 0.34 formats the OS error in).
+            Err(sled::Error::Io(io))
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().starts_with("could not acquire lock") =>
+            {
+                if started.elapsed() >= lock_wait {
+                    return Err(StoreError::Backend(format!(
+                        "the data dir {} is in use by another tokend process (its database is locked); stop that one, or give this one another --data-dir",
+                        dir.display()
+                    )));
+                }
+                // Opening is synchronous and happens before serving, so a
+                // short blocking wait holds up no other work.
+                #[allow(clippy::disallowed_methods)]
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(backend(e)),
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the database in `dir`, sealing secrets with `keys`.
     pub fn open(dir: &Path, keys: Keyring) -> Result<Self, StoreError> {
-        Self::open_with(dir, keys, true)
+        Self::open_with(dir, keys, true, LOCK_WAIT)
+    }
+
+    /// Like [`SledStore::open`], but fails at once if another holder has the
+    /// directory locked: for tools that fall back to something else when the
+    /// server is running.
+    pub fn try_open(dir: &Path, keys: Keyring) -> Result<Self, StoreError> {
+        Self::open_with(dir, keys, true, std::time::Duration::ZERO)
     }
 
     /// For benchmarks only: a store that appends no events, to measure what
     /// the event log costs. A data dir written this way has gaps in its log.
     #[doc(hidden)]
     pub fn open_without_event_log(dir: &Path, keys: Keyring) -> Result<Self, StoreError> {
-        Self::open_with(dir, keys, false)
+        Self::open_with(dir, keys, false, LOCK_WAIT)
     }
 
-    fn open_with(dir: &Path, keys: Keyring, log_events: bool) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            // Durability comes from the explicit flush after every write;
-            // the periodic flush only batches sled's own bookkeeping.
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| match e {
-                // sled locks its directory; another process holding it is
-                // reported as a string (sled 0.34 formats the OS error in).
-                sled::Error::Io(io)
-                    if io.kind() == std::io::ErrorKind::WouldBlock
-                        || io.to_string().starts_with("could not acquire lock") =>
-                {
-                    StoreError::Backend(format!(
-                        "the data dir {} is in use by another tokend process (its database is locked); stop that one, or give this one another --data-dir",
-                        dir.display()
-                    ))
-                }
-                e => backend(e),
-            })?;
+    fn open_with(
+        dir: &Path,
+        keys: Keyring,
+        log_events: bool,
+        lock_wait: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        let db = open_db(dir, lock_wait)?;
         let records = db.open_tree("connections").map_err(backend)?;
         let leases = db.open_tree("refresh_leases").map_err(backend)?;
         check_format(&db, &records, dir)?;

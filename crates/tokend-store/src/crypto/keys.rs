@@ -201,7 +201,7 @@ pub async fn retire(key_id: u32, path: &Path, data_dir: &Path) -> Result<(), Ret
     if !data_dir.join("db").exists() {
         return Err(RetireError::NoDatabase(data_dir.display().to_string()));
     }
-    let in_use = match SledStore::open(data_dir, file.keyring()?) {
+    let in_use = match SledStore::try_open(data_dir, file.keyring()?) {
         Ok(store) => Some(store.records_on_key(key_id).await?),
         Err(_) => {
             let usage_path = data_dir.join(KEY_USAGE_FILE_NAME);
