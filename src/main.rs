@@ -11,13 +11,13 @@ mod exit;
 mod settings;
 mod store;
 mod store_copy;
+mod telemetry;
 
 use anyhow::Context as _;
 use clap::Parser;
 use tokend_sandbox::Sandbox;
 use tokend_server::{ServerConfig, config::sandbox_provider};
 use tokend_store::crypto::keys;
-use tracing_subscriber::EnvFilter;
 
 use args::{
     CheckConfigArgs, Cli, Command, KeyFileArgs, KeysCommand, SandboxArgs, ServeArgs, VERSION,
@@ -42,23 +42,22 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Logs go to stderr, so stdout carries only what a command prints (a
-    // token, JSON); colours only when a person is looking.
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_json {
-        logs.json().init();
-    } else {
-        use std::io::IsTerminal as _;
-        logs.with_ansi(std::io::stderr().is_terminal()).init();
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
-    runtime.block_on(async {
+    // Traces are exported by the server only: a client command would wait
+    // at exit for a collector it does not need.
+    let export = match cli.command {
+        Command::Serve(_) => telemetry::Export::from_env(|name| std::env::var(name).ok())?,
+        _ => telemetry::Export::Off,
+    };
+    // Inside the runtime: the OTLP exporter's channel lives on it.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        telemetry::Telemetry::init(cli.log_json, export)?
+    };
+    let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::CheckConfig(args) => check_config(&args),
@@ -85,7 +84,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 store::migrate(&settings.file.store).await
             }
         }
-    })
+    });
+    // The runtime is still up: the exporter's channel can send the rest.
+    telemetry.shutdown();
+    result
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -155,6 +157,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let env_keys = std::env::var("TOKEND_KEYS").ok();
     let (keyring, key_path) =
         keys::load_keyring(env_keys.as_deref(), args.key_file.clone(), &data_dir)?;
+    let key_rotation = tokend_server::metrics::KeyRotationMetrics::default();
+    key_rotation.set_active(keyring.active_key_id());
     let opened = store::open(&file.store, &data_dir, keyring).await?;
     let node = file
         .node
@@ -167,7 +171,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     if let store::Opened::Sled(sled) = &opened {
         // Finish a rotation that happened while the server was down.
-        keys::reencrypt(sled, key_path.as_deref(), &data_dir).await;
+        if let Some(pass) = keys::reencrypt(sled, key_path.as_deref(), &data_dir).await {
+            key_rotation.record(&pass);
+        }
     }
     let sandbox = if args.sandbox {
         let listener = tokio::net::TcpListener::bind(args.sandbox_opts.sandbox_listen)
@@ -227,6 +233,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             events,
             webhooks,
             admin,
+            key_rotation: Some(key_rotation.clone()),
             without_call_observability: false,
         },
         shutdown_signal(),
@@ -236,6 +243,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     path,
                     data_dir.clone(),
                     watched,
+                    move |pass| key_rotation.record(pass),
                     cancel.clone().cancelled_owned(),
                 ));
             }

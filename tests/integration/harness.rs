@@ -158,6 +158,7 @@ impl TestServer {
             limits: self.options.limits.clone().unwrap_or_default(),
             events: self.options.events.clone().unwrap_or_default(),
             webhooks: self.options.webhooks.clone(),
+            key_rotation: Some(tokend_server::metrics::KeyRotationMetrics::default()),
             ..Default::default()
         };
         let admin = self.options.admin.then(|| {

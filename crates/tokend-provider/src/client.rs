@@ -175,6 +175,7 @@ impl ProviderClient {
         }
         let secrets: Vec<&str> = redact.iter().map(String::as_str).collect();
         let sent_at = self.clock.now();
+        let request = crate::trace_context::with_current_trace(request);
         let mut response = request.form(&form).send().await.map_err(|e| {
             if e.is_timeout() {
                 transport_error("timeout", "token endpoint timed out")

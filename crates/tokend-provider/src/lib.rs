@@ -8,6 +8,7 @@ mod config;
 mod endpoint;
 mod response;
 pub mod scripted;
+mod trace_context;
 
 pub use client::{HttpSettings, ProviderClient, TokenGrant};
 pub use config::{ClientAuth, Dialect, ProviderConfig};

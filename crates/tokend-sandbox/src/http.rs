@@ -72,7 +72,8 @@ async fn token(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let dialect = provider.dialect();
-    if let Some(fault) = provider.begin_token_request() {
+    let trace_parent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    if let Some(fault) = provider.begin_token_request(trace_parent) {
         tracing::debug!(?fault, "sandbox: serving injected fault");
         if let Some(response) = apply_fault(dialect, fault).await {
             return response;

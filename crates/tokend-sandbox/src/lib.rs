@@ -316,6 +316,12 @@ impl Sandbox {
         self.provider.stats()
     }
 
+    /// The W3C `traceparent` headers of the last 64 token requests that
+    /// carried one, oldest first: what a provider's own tracing would see.
+    pub fn trace_parents(&self) -> Vec<String> {
+        self.provider.trace_parents()
+    }
+
     /// Refresh counters of one account (all zero for an unknown account).
     pub fn account_stats(&self, account_id: &str) -> AccountStats {
         self.provider.account_stats(account_id)

@@ -137,6 +137,9 @@ fn epoch_matches(accounts: &HashMap<Arc<str>, Account>, account: &str, epoch: u6
     accounts.get(account).is_some_and(|a| a.epoch == epoch)
 }
 
+/// How many recent `traceparent` headers the provider remembers.
+const TRACE_PARENTS_KEPT: usize = 64;
+
 struct Inner {
     rotation: Rotation,
     access_token_lifetime: Duration,
@@ -148,6 +151,8 @@ struct Inner {
     access_tokens: HashMap<String, AccessRecord>,
     faults: VecDeque<Fault>,
     stats: Stats,
+    /// The W3C `traceparent` of recent token requests that carried one.
+    trace_parents: VecDeque<String>,
     access_sweep_at: usize,
     code_sweep_at: usize,
 }
@@ -226,6 +231,7 @@ impl Provider {
                 restored: HashMap::new(),
                 access_tokens: HashMap::new(),
                 faults: VecDeque::new(),
+                trace_parents: VecDeque::new(),
                 stats: Stats::default(),
                 access_sweep_at: SWEEP_MIN,
                 code_sweep_at: SWEEP_MIN,
@@ -315,9 +321,15 @@ impl Provider {
     }
 
     /// Counts a token request and takes the fault it must suffer, if any.
-    pub(crate) fn begin_token_request(&self) -> Option<FaultAction> {
+    pub(crate) fn begin_token_request(&self, trace_parent: Option<&str>) -> Option<FaultAction> {
         let mut inner = self.lock();
         inner.stats.token_requests += 1;
+        if let Some(tp) = trace_parent {
+            if inner.trace_parents.len() == TRACE_PARENTS_KEPT {
+                inner.trace_parents.pop_front();
+            }
+            inner.trace_parents.push_back(tp.to_owned());
+        }
         let action = inner.next_fault();
         if action.is_some() {
             inner.stats.faults_served += 1;
@@ -333,6 +345,10 @@ impl Provider {
 
     pub(crate) fn clear_faults(&self) {
         self.lock().faults.clear();
+    }
+
+    pub(crate) fn trace_parents(&self) -> Vec<String> {
+        self.lock().trace_parents.iter().cloned().collect()
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -712,10 +728,13 @@ mod tests {
         });
         p.inject(Fault::MalformedBody { count: 0 });
         p.inject(Fault::InvalidClient { count: 1 });
-        assert_eq!(p.begin_token_request(), Some(FaultAction::Status(503)));
-        assert_eq!(p.begin_token_request(), Some(FaultAction::Status(503)));
-        assert_eq!(p.begin_token_request(), Some(FaultAction::InvalidClient));
-        assert_eq!(p.begin_token_request(), None);
+        assert_eq!(p.begin_token_request(None), Some(FaultAction::Status(503)));
+        assert_eq!(p.begin_token_request(None), Some(FaultAction::Status(503)));
+        assert_eq!(
+            p.begin_token_request(None),
+            Some(FaultAction::InvalidClient)
+        );
+        assert_eq!(p.begin_token_request(None), None);
         let stats = p.stats();
         assert_eq!((stats.token_requests, stats.faults_served), (4, 3));
     }

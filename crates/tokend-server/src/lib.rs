@@ -20,6 +20,7 @@ mod malformed;
 pub mod metrics;
 mod scheduler;
 pub(crate) mod service;
+mod trace_context;
 mod transport;
 pub mod webhooks;
 
@@ -61,6 +62,8 @@ pub struct ServerConfig {
     pub webhooks: Vec<Arc<webhooks::WebhookConfig>>,
     /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`), if any.
     pub admin: Option<admin::AdminListener>,
+    /// Key rotation progress, kept current by whoever runs re-encryption.
+    pub key_rotation: Option<metrics::KeyRotationMetrics>,
     /// For benchmarks only: no per-call span and no per-call metrics, to
     /// measure what they cost. `tokend serve` never sets it.
     #[doc(hidden)]
@@ -167,6 +170,9 @@ pub async fn run_with_tasks(
         "Audit records dropped because the writer's queue was full",
         audit_log.dropped_total(),
     );
+    if let Some(keys) = &config.key_rotation {
+        engine.metrics().register_key_rotation(keys);
+    }
     let feed = feed::Feed::start(
         engine.store(),
         config.events.clone(),
@@ -315,12 +321,14 @@ pub async fn run_with_tasks(
             }
             // DEBUG: at the default `info` it costs nothing; `RUST_LOG=
             // tokend_server=debug` (or a tracing exporter) turns it on.
-            tracing::debug_span!(
+            let span = tracing::debug_span!(
                 "rpc",
                 path = %req.uri().path(),
                 connection_id = tracing::field::Empty,
                 code = tracing::field::Empty,
-            )
+            );
+            trace_context::continue_caller_trace(&span, req.headers());
+            span
         })
         // Outermost: counts every call by the code it finally got.
         .layer(tower::util::option_layer(observe_calls.then(|| {

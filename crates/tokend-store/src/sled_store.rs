@@ -300,6 +300,16 @@ impl SledStore {
         Ok(records.len())
     }
 
+    /// The key new writes are sealed with.
+    pub fn active_key_id(&self) -> u32 {
+        self.inner.keys().active_key_id()
+    }
+
+    /// Every key the current keyring can open.
+    pub fn key_ids(&self) -> Vec<u32> {
+        self.inner.keys().key_ids()
+    }
+
     pub fn set_keyring(&self, keys: Keyring) {
         *self.inner.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
     }

@@ -7,6 +7,7 @@
 //! and each must read its own figures. Labels are bounded by providers ×
 //! codes × classes: never a connection id or an account id.
 
+mod keys;
 mod layer;
 mod store;
 
@@ -18,6 +19,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
+pub use keys::KeyRotationMetrics;
 pub use layer::RpcMetricsLayer;
 pub use store::MeteredStore;
 
@@ -298,6 +300,11 @@ impl Metrics {
             store_operations,
             store_duration,
         }
+    }
+
+    /// Registers the key rotation metrics the binary keeps current.
+    pub fn register_key_rotation(&self, metrics: &KeyRotationMetrics) {
+        metrics.register(&mut self.lock());
     }
 
     /// Registers a metric owned elsewhere (the audit log's drop counter).

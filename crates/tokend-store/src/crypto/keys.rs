@@ -60,52 +60,78 @@ pub fn load_keyring(
     Ok((keys, Some(path)))
 }
 
+/// What one re-encryption pass did and left.
+pub struct Pass {
+    /// Records re-sealed with the active key by this pass.
+    pub reencrypted: usize,
+    /// Records per key after it.
+    pub usage: KeyUsage,
+}
+
 /// Re-seals records still on an old key (one pass: records already on the
 /// active key are skipped inside), logs whether old keys can go, and writes
-/// the usage file `keys retire` reads while the server runs.
-pub async fn reencrypt(store: &SledStore, key_file: Option<&Path>, data_dir: &Path) {
-    match store.reencrypt().await {
-        Ok(n) if n > 0 => tracing::info!(records = n, "re-encryption pass finished"),
-        Ok(_) => {}
+/// the usage file `keys retire` reads while the server runs (when keys come
+/// from a file). `None` when the pass or the count failed (logged).
+pub async fn reencrypt(
+    store: &SledStore,
+    key_file: Option<&Path>,
+    data_dir: &Path,
+) -> Option<Pass> {
+    let reencrypted = match store.reencrypt().await {
+        Ok(n) => {
+            if n > 0 {
+                tracing::info!(records = n, "re-encryption pass finished");
+            }
+            n
+        }
         Err(e) => {
             tracing::error!(error = %e, "re-encryption failed; old keys are still needed");
-            return;
+            return None;
         }
-    }
-    match store.records_on_old_keys().await {
-        Ok(0) => tracing::info!(
-            "no record uses an old key; old keys can be retired (tokend keys retire KEY_ID)"
-        ),
-        Ok(n) => tracing::warn!(
-            records = n,
-            "records still use an old key; do not retire old keys yet"
-        ),
-        Err(e) => tracing::error!(error = %e, "cannot count records on old keys"),
-    }
-    let Some(path) = key_file else { return };
-    let Ok(file) = KeyFile::load(path) else {
-        return;
     };
+    let active = store.active_key_id();
     let mut records = BTreeMap::new();
-    for key in &file.keys {
-        match store.records_on_key(key.id).await {
+    for key_id in store.key_ids() {
+        match store.records_on_key(key_id).await {
             Ok(n) => {
-                records.insert(key.id, n);
+                records.insert(key_id, n);
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot count records per key");
-                return;
+                return None;
             }
         }
     }
+    let on_old: usize = records
+        .iter()
+        .filter(|(id, _)| **id != active)
+        .map(|(_, n)| n)
+        .sum();
+    if on_old == 0 {
+        tracing::info!(
+            "no record uses an old key; old keys can be retired (tokend keys retire KEY_ID)"
+        );
+    } else {
+        tracing::warn!(
+            records = on_old,
+            "records still use an old key; do not retire old keys yet"
+        );
+    }
     let usage = KeyUsage {
-        active: file.active,
+        active,
         records,
         at_unix_ms: tokend_core::Clock::system().now().unix_millis(),
     };
+    if key_file.is_some() {
+        write_usage(&usage, data_dir);
+    }
+    Some(Pass { reencrypted, usage })
+}
+
+fn write_usage(usage: &KeyUsage, data_dir: &Path) {
     let target = data_dir.join(KEY_USAGE_FILE_NAME);
     let tmp = data_dir.join(format!("{KEY_USAGE_FILE_NAME}.tmp"));
-    let written = serde_json::to_vec_pretty(&usage)
+    let written = serde_json::to_vec_pretty(usage)
         .map_err(std::io::Error::other)
         .and_then(|bytes| std::fs::write(&tmp, bytes))
         .and_then(|()| std::fs::rename(&tmp, &target));
@@ -119,6 +145,7 @@ pub async fn watch_key_file(
     path: PathBuf,
     data_dir: PathBuf,
     store: SledStore,
+    on_pass: impl Fn(&Pass),
     stop: impl Future<Output = ()>,
 ) {
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
@@ -141,7 +168,9 @@ pub async fn watch_key_file(
                     "key file changed; switching keys"
                 );
                 store.set_keyring(keys);
-                reencrypt(&store, Some(&path), &data_dir).await;
+                if let Some(pass) = reencrypt(&store, Some(&path), &data_dir).await {
+                    on_pass(&pass);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "key file changed but cannot be used; keeping the current keys")

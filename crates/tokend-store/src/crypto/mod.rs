@@ -183,6 +183,11 @@ impl Keyring {
         self.active
     }
 
+    /// Every key this keyring can open, in id order.
+    pub fn key_ids(&self) -> Vec<u32> {
+        self.ciphers.keys().copied().collect()
+    }
+
     /// Encrypts `plaintext` as field `field` of connection `connection_id`.
     pub fn seal(&self, connection_id: &str, field: &str, plaintext: &[u8]) -> Sealed {
         let cipher = &self.ciphers[&self.active];
