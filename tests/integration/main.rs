@@ -18,6 +18,7 @@ mod refresh;
 mod replicas;
 mod rpc;
 mod security;
+mod sockets;
 mod store_copy;
 mod watch;
 mod webhooks;
