@@ -43,7 +43,13 @@ use tonic::{
     transport::Channel,
 };
 
-const ROUNDS: usize = 5;
+/// Rounds; `EDGE_ROUNDS` overrides (1 for a profile).
+fn rounds() -> usize {
+    std::env::var("EDGE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+}
 const API_KEY: &str = "edge-bench-api-key-0123456789";
 const GET_TOKEN: &str = "/tokend.v1.TokenService/GetToken";
 const ECHO: &str = "/bench.Echo/GetToken";
@@ -351,12 +357,13 @@ async fn run() {
     .await;
     assert_eq!(echo_reply.len(), tokend_reply.len(), "same reply size");
     println!(
-        "edge: cached GetToken vs a bare tonic echo, reply {} bytes, {ROUNDS} rounds",
-        tokend_reply.len()
+        "edge: cached GetToken vs a bare tonic echo, reply {} bytes, {} rounds",
+        tokend_reply.len(),
+        rounds()
     );
 
     let mut figures: Vec<(Rounds, Rounds)> = SHAPES.iter().map(|_| Default::default()).collect();
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         for (i, &(conns, in_flight, total)) in SHAPES.iter().enumerate() {
             let echo_channels = connections(echo_addr, conns).await;
             let tokend_channels = connections(tokend_addr, conns).await;

@@ -222,6 +222,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             providers,
             http: file.http_settings(),
             identities: file.identities.clone(),
+            audit: file.audit_options()?,
             audit_log: Some(
                 file.audit_log
                     .clone()

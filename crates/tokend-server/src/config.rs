@@ -29,7 +29,12 @@ pub enum ConfigError {
     Provider { name: String, reason: String },
     #[error("{0}")]
     Limits(String),
+    #[error("{0}")]
+    Invalid(String),
 }
+
+/// The smallest audit file size accepted before rotation.
+pub const MIN_AUDIT_BYTES: u64 = 64 << 10;
 
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -49,6 +54,13 @@ pub struct FileConfig {
     pub identities: Vec<crate::auth::IdentityConfig>,
     /// Audit log path [default: DATA_DIR/audit.log].
     pub audit_log: Option<PathBuf>,
+    /// Rotate the audit log at this size [default: 100 MiB].
+    pub audit_max_bytes: Option<u64>,
+    /// Rotated audit logs kept [default: 5].
+    pub audit_keep: Option<usize>,
+    /// Also write audit lines to stdout, for log shippers [default: false].
+    #[serde(default)]
+    pub audit_stdout: bool,
     /// Server-side TLS (and client certificates for mutual TLS).
     pub tls: Option<TlsSection>,
     /// Serve plaintext on a non-loopback address (only behind a
@@ -189,6 +201,22 @@ pub struct ProviderSection {
 pub const HUBSPOT_TOKEN_URL: &str = "https://api.hubapi.com/oauth/v1/token";
 
 impl FileConfig {
+    /// The audit log's rotation and stdout copy, defaults filled in.
+    pub fn audit_options(&self) -> Result<crate::audit::AuditOptions, ConfigError> {
+        let defaults = crate::audit::AuditOptions::default();
+        let max_bytes = self.audit_max_bytes.unwrap_or(defaults.max_bytes);
+        if max_bytes < MIN_AUDIT_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "audit_max_bytes = {max_bytes} is below {MIN_AUDIT_BYTES}: a file would hold a handful of lines"
+            )));
+        }
+        Ok(crate::audit::AuditOptions {
+            max_bytes,
+            keep: self.audit_keep.unwrap_or(defaults.keep),
+            stdout: self.audit_stdout,
+        })
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -239,6 +267,9 @@ impl FileConfig {
         }
         if let Err(e) = self.events.resolve() {
             problems.push(e);
+        }
+        if let Err(e) = self.audit_options() {
+            problems.push(e.to_string());
         }
         if let Err(e) = self.webhooks(&env) {
             problems.push(e);

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub identities: Vec<auth::IdentityConfig>,
     /// Append-only JSON-lines audit log, if any.
     pub audit_log: Option<std::path::PathBuf>,
+    /// The audit log's rotation, and lines to stdout.
+    pub audit: audit::AuditOptions,
     /// Server-side TLS; with a client CA, mutual TLS.
     pub tls: Option<config::TlsSection>,
     /// Transport bounds.
@@ -151,7 +153,8 @@ pub async fn run_with_tasks(
     }
     let (audit_log, audit_writer) = match &config.audit_log {
         Some(path) => {
-            let (log, writer) = audit::AuditLog::open(path).map_err(ServerError::Audit)?;
+            let (log, writer) =
+                audit::AuditLog::open(path, &config.audit).map_err(ServerError::Audit)?;
             (log, Some(writer))
         }
         None => (audit::AuditLog::disabled(), None),
