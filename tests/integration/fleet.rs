@@ -17,6 +17,7 @@ use tokend_store::crypto::KeyFile;
 use tonic::transport::Channel;
 
 use crate::harness::{force, get, import_request};
+use crate::process::free_addr;
 
 const SECRET: &str = "fleet-sandbox-secret";
 
@@ -29,12 +30,6 @@ struct Fleet {
     keys: String,
     addrs: Vec<SocketAddr>,
     procs: Vec<Option<Child>>,
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
 }
 
 fn signal(child: &Child, sig: libc::c_int) {
