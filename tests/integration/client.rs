@@ -198,6 +198,46 @@ async fn the_local_cache_asks_the_broker_about_once_per_token_lifetime() {
     assert!(broker_calls >= 1);
 }
 
+/// Issue 15. Invariants: the client's token cache holds at most its
+/// capacity of connections, dropping the least recently used; a dropped
+/// connection's next token comes from the broker again, and a recently used
+/// one is still served from the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cache_is_bounded_and_drops_the_least_recently_used() {
+    let mut server = TestServer::start_with(background_off()).await;
+    for i in 0..10 {
+        server
+            .import(&format!("lru-{i}"), &format!("acct-lru-{i}"), 1800)
+            .await;
+    }
+    let tokend = Client::builder(server.endpoint())
+        .cache_capacity(3)
+        .connect()
+        .await
+        .expect("client");
+    for i in 0..10 {
+        tokend.token(&format!("lru-{i}")).await.expect("token");
+        assert!(tokend.cached_connections() <= 3);
+    }
+    assert_eq!(tokend.cached_connections(), 3);
+    // lru-9 is cached; lru-0 was dropped long ago.
+    tokend.token("lru-9").await.expect("token");
+    tokend.token("lru-0").await.expect("token");
+    server.stop().await;
+    let audit = std::fs::read_to_string(server.audit_log_path()).unwrap();
+    let calls = |id: &str| {
+        audit
+            .lines()
+            .filter(|l| {
+                l.contains("\"rpc\":\"GetToken\"")
+                    && l.contains(&format!("\"connection_id\":\"{id}\""))
+            })
+            .count()
+    };
+    assert_eq!(calls("lru-9"), 1, "served from the cache the second time");
+    assert_eq!(calls("lru-0"), 2, "asked the broker again after eviction");
+}
+
 #[tokio::test]
 async fn errors_are_typed() {
     let server = TestServer::start_with(background_off()).await;

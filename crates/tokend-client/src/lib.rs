@@ -15,7 +15,7 @@ pub mod middleware;
 mod watch;
 
 use std::{
-    collections::HashMap,
+    num::NonZeroUsize,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -103,7 +103,11 @@ pub struct ClientBuilder {
     timeout: Duration,
     transport_retries: u32,
     cache_margin: Duration,
+    cache_capacity: NonZeroUsize,
 }
+
+/// Connections whose tokens the client keeps by default.
+pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
 
 impl ClientBuilder {
     /// Sends `key` as `x-api-key` on every call.
@@ -145,6 +149,15 @@ impl ClientBuilder {
         self
     }
 
+    /// Most connections whose tokens are cached (default 10,000); past it
+    /// the least recently used is dropped (its token zeroized), so a service
+    /// touching millions of connections keeps bounded memory. 0 is taken
+    /// as 1.
+    pub fn cache_capacity(mut self, connections: usize) -> Self {
+        self.cache_capacity = NonZeroUsize::new(connections).unwrap_or(NonZeroUsize::MIN);
+        self
+    }
+
     /// Builds the client. The channel connects lazily and reconnects by
     /// itself, so a broker that is not up yet is not an error here.
     pub async fn connect(self) -> Result<Client, Error> {
@@ -173,7 +186,7 @@ impl ClientBuilder {
             endpoint: Arc::from(url),
             retries: self.transport_retries,
             cache_margin: self.cache_margin,
-            cache: Arc::default(),
+            cache: Arc::new(Mutex::new(lru::LruCache::new(self.cache_capacity))),
         })
     }
 }
@@ -195,7 +208,9 @@ pub fn endpoint_url(endpoint: &str, tls: bool) -> String {
 
 /// One cached token per connection, each behind its own async mutex: the
 /// mutex is the singleflight (one broker call per connection at a time).
-type Cache = Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Token>>>>>;
+/// Bounded: the least recently used connection's slot goes first (a caller
+/// still holding it finishes with it; the next call starts a new one).
+type Cache = Mutex<lru::LruCache<String, Arc<tokio::sync::Mutex<Option<Token>>>>>;
 
 /// A tokend client. Cheap to clone; clones share the channel and the cache.
 #[derive(Clone)]
@@ -217,6 +232,7 @@ impl Client {
             timeout: Duration::from_secs(10),
             transport_retries: 5,
             cache_margin: Duration::from_secs(30),
+            cache_capacity: NonZeroUsize::new(DEFAULT_CACHE_CAPACITY).unwrap_or(NonZeroUsize::MIN),
         }
     }
 
@@ -277,7 +293,17 @@ impl Client {
 
     fn cache_slot(&self, connection_id: &str) -> Arc<tokio::sync::Mutex<Option<Token>>> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(cache.entry(connection_id.to_owned()).or_default())
+        if let Some(slot) = cache.get(connection_id) {
+            return Arc::clone(slot);
+        }
+        let slot = Arc::default();
+        cache.put(connection_id.to_owned(), Arc::clone(&slot));
+        slot
+    }
+
+    /// How many connections' tokens are cached now.
+    pub fn cached_connections(&self) -> usize {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Whether a cached token may still be handed out: more than the margin
@@ -391,7 +417,7 @@ impl Client {
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(connection_id);
+            .pop(connection_id);
         Ok(())
     }
 

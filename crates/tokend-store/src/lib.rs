@@ -32,7 +32,7 @@ pub mod backend {
         comparable, matches,
     };
 }
-pub use sled_store::{FORMAT_VERSION, SledStore};
+pub use sled_store::{FORMAT_VERSION, SledStore, Tuning};
 
 /// Errors of the storage layer. Backend types (sled, SQL drivers) never
 /// appear here, so the layers above stay backend-agnostic. `Clone`, so one

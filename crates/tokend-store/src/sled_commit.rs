@@ -35,22 +35,24 @@ pub(crate) trait Flush: Send + Sync + 'static {
 }
 
 /// Most changes taken into one batch.
-const MAX_BATCH: usize = 1024;
+pub(crate) const MAX_BATCH: usize = 1024;
 
-/// Starts the writer thread; it ends when every sender is gone.
-pub(crate) fn start<I: Flush>() -> mpsc::Sender<Job<I>> {
+/// Starts the writer thread, taking at most `max_batch` changes per flush
+/// (1: a flush per write, for benchmarks); it ends when every sender is gone.
+pub(crate) fn start<I: Flush>(max_batch: usize) -> mpsc::Sender<Job<I>> {
     let (tx, rx) = mpsc::channel::<Job<I>>();
+    let max_batch = max_batch.max(1);
     std::thread::Builder::new()
         .name("tokend-sled-writer".into())
-        .spawn(move || run(rx))
+        .spawn(move || run(rx, max_batch))
         .expect("the sled writer thread starts");
     tx
 }
 
-fn run<I: Flush>(rx: mpsc::Receiver<Job<I>>) {
+fn run<I: Flush>(rx: mpsc::Receiver<Job<I>>, max_batch: usize) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
+        while jobs.len() < max_batch {
             match rx.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
@@ -129,7 +131,7 @@ mod tests {
     #[test]
     fn a_panicking_change_fails_alone_and_the_writer_goes_on() {
         let inner = Arc::new(Counting::default());
-        let writer = start::<Counting>();
+        let writer = start::<Counting>(MAX_BATCH);
         let (bad, bad_reply) = job(&inner, true, true);
         writer.send(bad).unwrap();
         assert!(bad_reply.recv().is_err(), "its caller hears of the failure");

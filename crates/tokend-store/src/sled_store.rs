@@ -54,6 +54,8 @@ struct Inner {
     log_id: u64,
     /// False only for benchmarks measuring what the log costs.
     log_events: bool,
+    /// Added to every flush: benchmarks of a slow (cloud) disk.
+    flush_delay: std::time::Duration,
     /// The writer thread's queue.
     writer: std::sync::mpsc::Sender<crate::sled_commit::Job<Inner>>,
     /// Seals and opens secret fields. A `put` holds the read guard from
@@ -191,6 +193,25 @@ fn open_db(dir: &Path, lock_wait: std::time::Duration) -> Result<sled::Db, Store
     }
 }
 
+/// How the writer commits: for benchmarks of group commit.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub struct Tuning {
+    /// Most changes one flush covers (1: a flush per write).
+    pub max_batch: usize,
+    /// Added to every flush, as a slow disk would.
+    pub flush_delay: std::time::Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            max_batch: crate::sled_commit::MAX_BATCH,
+            flush_delay: std::time::Duration::ZERO,
+        }
+    }
+}
+
 impl SledStore {
     /// Opens (or creates) the database in `dir`, sealing secrets with `keys`.
     pub fn open(dir: &Path, keys: Keyring) -> Result<Self, StoreError> {
@@ -216,6 +237,23 @@ impl SledStore {
         keys: Keyring,
         log_events: bool,
         lock_wait: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        Self::open_tuned(dir, keys, log_events, lock_wait, Tuning::default())
+    }
+
+    /// For benchmarks only: a store whose writer flushes once per
+    /// `max_batch` changes at most, with `flush_delay` added to each flush.
+    #[doc(hidden)]
+    pub fn open_for_bench(dir: &Path, keys: Keyring, tuning: Tuning) -> Result<Self, StoreError> {
+        Self::open_tuned(dir, keys, true, LOCK_WAIT, tuning)
+    }
+
+    fn open_tuned(
+        dir: &Path,
+        keys: Keyring,
+        log_events: bool,
+        lock_wait: std::time::Duration,
+        tuning: Tuning,
     ) -> Result<Self, StoreError> {
         let db = open_db(dir, lock_wait)?;
         let records = db.open_tree("connections").map_err(backend)?;
@@ -249,7 +287,8 @@ impl SledStore {
                 watermark: Watermark::new(last_seq),
                 log_id,
                 log_events,
-                writer: crate::sled_commit::start(),
+                writer: crate::sled_commit::start(tuning.max_batch),
+                flush_delay: tuning.flush_delay,
                 keys: RwLock::new(Arc::new(keys)),
                 fencing: Mutex::new(()),
             }),
@@ -424,6 +463,11 @@ impl crate::sled_commit::Flush for Inner {
     /// calls can hang in sled 0.34 (sled issues #1241, #1308).
     fn flush_and_publish(&self) -> Result<(), StoreError> {
         let committed = self.last_seq.load(Ordering::SeqCst);
+        if !self.flush_delay.is_zero() {
+            // The writer thread's own time: no async worker is held.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(self.flush_delay);
+        }
         self.db.flush().map_err(backend)?;
         self.watermark.raise(committed);
         Ok(())
