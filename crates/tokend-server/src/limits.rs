@@ -53,7 +53,7 @@ impl Default for Limits {
         Limits {
             max_connections: None,
             max_concurrent_streams: 100,
-            max_pending_requests: 4096,
+            max_pending_requests: 16_384,
             max_buffered_request_bytes: 32 << 20,
             request_body_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),

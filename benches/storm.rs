@@ -1,0 +1,123 @@
+//! A storm: 10,000 callers ask for one expired token at once, over 100
+//! HTTP/2 connections (100 streams each, tokend's default limit). The
+//! provider takes 50 ms to answer. Exactly one provider call must be made
+//! (the bench fails otherwise), and the callers' p99 is compared with the
+//! provider's latency.
+//!
+//! The per-peer rate limit is raised for the bench: every caller comes from
+//! 127.0.0.1, which `tokend serve`'s default (5,000 new requests a second per
+//! peer without identities) would rightly refuse. Every other limit is
+//! `tokend serve`'s default (16,384 requests pending server-wide).
+//!
+//! Run: `cargo bench --bench storm`
+
+#[path = "support.rs"]
+mod support;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::future::join_all;
+use tokend_proto::v1::{self as pb, token_service_client::TokenServiceClient};
+use tokend_sandbox::{Fault, Sandbox, SandboxConfig};
+use tokend_server::limits::Limits;
+use tokend_store::{SledStore, crypto::Keyring};
+use tonic::transport::Channel;
+
+const CALLERS: usize = 10_000;
+const CONNECTIONS: usize = 100;
+const PROVIDER_LATENCY: Duration = Duration::from_millis(50);
+const ROUNDS: usize = 3;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::sink)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let sandbox = Sandbox::start(SandboxConfig::default())
+        .await
+        .expect("sandbox");
+    let dir = tempfile::tempdir().expect("dir");
+    let store = SledStore::open(&dir.path().join("db"), Keyring::ephemeral()).expect("store");
+    let limits = Limits {
+        open_requests_per_second_per_peer: 10_000_000,
+        ..Limits::default()
+    };
+    let (channel, addr, _stop, _server) =
+        support::start(&sandbox, Arc::new(store), dir.path(), limits, None).await;
+    let mut channels = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        channels.push(
+            Channel::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect"),
+        );
+    }
+    println!(
+        "storm: {CALLERS} callers on one expired token over {CONNECTIONS} connections, provider latency {} ms",
+        PROVIDER_LATENCY.as_millis()
+    );
+    println!("| round | provider calls | p50 ms | p99 ms | max ms | p99 - provider latency |");
+    println!("|---|---|---|---|---|---|");
+    for round in 0..ROUNDS {
+        let id = format!("storm-{round}");
+        // Expired on arrival: every caller needs the refresh.
+        TokenServiceClient::new(channel.clone())
+            .install(support::import_request(&sandbox, &id, 0))
+            .await
+            .expect("install");
+        sandbox.inject(Fault::Latency {
+            delay: PROVIDER_LATENCY,
+            count: 1,
+        });
+        let before = sandbox.stats().token_requests;
+        let callers = (0..CALLERS).map(|i| {
+            let mut client = TokenServiceClient::new(channels[i % CONNECTIONS].clone());
+            let id = id.clone();
+            async move {
+                let started = Instant::now();
+                client
+                    .get_token(pb::GetTokenRequest {
+                        connection_id: id,
+                        min_ttl_seconds: 0,
+                    })
+                    .await
+                    .expect("get token");
+                started.elapsed()
+            }
+        });
+        let mut latencies = join_all(callers).await;
+        let provider_calls = sandbox.stats().token_requests - before;
+        assert_eq!(provider_calls, 1, "one provider call for the whole storm");
+        latencies.sort();
+        let at = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "| {round} | {provider_calls} | {:.1} | {:.1} | {:.1} | {:+.1} ms |",
+            ms(at(0.5)),
+            ms(at(0.99)),
+            ms(at(1.0)),
+            ms(at(0.99)) - ms(PROVIDER_LATENCY),
+        );
+    }
+    // Server, sandbox and the 10,000 callers together, at their peak.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if let Some(hwm) = status.lines().find(|l| l.starts_with("VmHWM:")) {
+        println!(
+            "peak RSS of the whole bench process: {}",
+            hwm.trim_start_matches("VmHWM:").trim()
+        );
+    }
+}
