@@ -15,19 +15,17 @@
 //!
 //! Run: `cargo bench --bench edge`
 
+#[path = "common/echo.rs"]
+mod echo;
 #[path = "support.rs"]
 mod support;
 
 use std::{
-    convert::Infallible,
-    future::Future,
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use http::uri::PathAndQuery;
 use prost::Message;
 use tokend_proto::v1 as pb;
@@ -37,11 +35,7 @@ use tokend_server::{
     limits::Limits,
 };
 use tokend_store::{SledStore, crypto::Keyring};
-use tonic::{
-    Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    transport::Channel,
-};
+use tonic::transport::Channel;
 
 /// Rounds; `EDGE_ROUNDS` overrides (1 for a profile).
 fn rounds() -> usize {
@@ -52,7 +46,7 @@ fn rounds() -> usize {
 }
 const API_KEY: &str = "edge-bench-api-key-0123456789";
 const GET_TOKEN: &str = "/tokend.v1.TokenService/GetToken";
-const ECHO: &str = "/bench.Echo/GetToken";
+const ECHO: &str = echo::PATH;
 /// (connections, calls in flight, calls per measurement)
 const SHAPES: [(usize, usize, usize); 6] = [
     (1, 1, 4_000),
@@ -73,110 +67,6 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(run());
-}
-
-/// Bytes in, bytes out: the load generator sends pre-encoded requests and
-/// reads replies without decoding them, so neither side's figure includes
-/// the client's protobuf work.
-#[derive(Clone, Copy, Default)]
-struct Raw;
-
-impl Codec for Raw {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Bytes;
-    type Error = Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Bytes;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-/// The bare server: decodes a GetTokenRequest, answers a prebuilt
-/// GetTokenResponse (the size of tokend's), nothing else.
-#[derive(Clone)]
-struct Echo {
-    reply: Arc<pb::GetTokenResponse>,
-}
-
-impl tonic::server::NamedService for Echo {
-    const NAME: &'static str = "bench.Echo";
-}
-
-struct EchoUnary(Arc<pb::GetTokenResponse>);
-
-impl tonic::server::UnaryService<pb::GetTokenRequest> for EchoUnary {
-    type Response = pb::GetTokenResponse;
-    type Future = std::future::Ready<Result<tonic::Response<pb::GetTokenResponse>, Status>>;
-    fn call(&mut self, _request: tonic::Request<pb::GetTokenRequest>) -> Self::Future {
-        std::future::ready(Ok(tonic::Response::new((*self.0).clone())))
-    }
-}
-
-impl tower::Service<http::Request<tonic::body::Body>> for Echo {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let reply = Arc::clone(&self.reply);
-        Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::default());
-            Ok(grpc.unary(EchoUnary(reply), request).await)
-        })
-    }
-}
-
-async fn start_echo(reply: pb::GetTokenResponse) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let incoming = async_stream_accept(listener);
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(Echo {
-                reply: Arc::new(reply),
-            })
-            .serve_with_incoming(incoming),
-    );
-    addr
-}
-
-/// Accepted sockets with Nagle off, as tokend's accept loop leaves them.
-fn async_stream_accept(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let accepted = listener.accept().await.map(|(s, _)| {
-            let _ = s.set_nodelay(true);
-            s
-        });
-        Some((accepted, listener))
-    })
 }
 
 /// `n` HTTP/2 connections to `addr` (one `Channel` each).
@@ -201,7 +91,7 @@ async fn call(grpc: &mut tonic::client::Grpc<Channel>, path: &'static str, body:
     request
         .metadata_mut()
         .insert("x-api-key", API_KEY.parse().expect("key"));
-    grpc.unary(request, PathAndQuery::from_static(path), Raw)
+    grpc.unary(request, PathAndQuery::from_static(path), echo::Raw)
         .await
         .expect("call")
         .into_inner()
@@ -348,7 +238,7 @@ async fn run() {
     let mut grpc = tonic::client::Grpc::new(setup[0].clone());
     let tokend_reply = call(&mut grpc, GET_TOKEN, &body).await;
     let reply = pb::GetTokenResponse::decode(tokend_reply.clone()).expect("reply");
-    let echo_addr = start_echo(reply).await;
+    let echo_addr = echo::start(reply).await;
     let echo_reply = call(
         &mut tonic::client::Grpc::new(connections(echo_addr, 1).await[0].clone()),
         ECHO,
