@@ -290,10 +290,28 @@ impl OpenPeers {
 
 /// Hex SHA-256, as identities are configured.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    HexDigest::of(bytes).as_str().to_owned()
+}
+
+/// Lowercase hex SHA-256 on the stack: the per-call identity lookup
+/// allocates nothing (it once formatted 32 strings per call).
+struct HexDigest([u8; 64]);
+
+impl HexDigest {
+    fn of(bytes: &[u8]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 64];
+        for (i, b) in Sha256::digest(bytes).iter().enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 0x0f)];
+        }
+        HexDigest(out)
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII hex digits were written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 impl Authenticator {
@@ -358,7 +376,7 @@ impl Authenticator {
     /// The identity an API key belongs to (the console's login).
     pub fn caller_for_key(&self, key: &str) -> Option<Arc<Caller>> {
         self.by_api_key
-            .get(&sha256_hex(key.trim().as_bytes()))
+            .get(HexDigest::of(key.trim().as_bytes()).as_str())
             .cloned()
     }
 
@@ -376,7 +394,7 @@ impl Authenticator {
         if let Some(key) = key {
             return self
                 .by_api_key
-                .get(&sha256_hex(key.trim().as_bytes()))
+                .get(HexDigest::of(key.trim().as_bytes()).as_str())
                 .cloned()
                 .ok_or_else(|| ServiceError::Unauthenticated("unknown api key").to_status());
         }
@@ -385,7 +403,7 @@ impl Authenticator {
         {
             return self
                 .by_cert
-                .get(&sha256_hex(leaf.as_ref()))
+                .get(HexDigest::of(leaf.as_ref()).as_str())
                 .cloned()
                 .ok_or_else(|| {
                     ServiceError::Unauthenticated("unknown client certificate").to_status()
@@ -592,5 +610,14 @@ mod tests {
         }
         assert!(key(&[("authorization", "Basic a2V5")]).is_err());
         assert!(key(&[("authorization", "Bearer")]).is_err(), "empty");
+    }
+
+    #[test]
+    fn the_stack_digest_is_the_usual_lowercase_hex() {
+        // SHA-256("abc"), FIPS 180-2 appendix B.1.
+        assert_eq!(
+            super::sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }
