@@ -87,6 +87,7 @@ pub async fn start_configured(
 
 /// An Install importing a token set the sandbox issued for account `id`,
 /// with `expires_in` seconds left on the access token.
+#[allow(dead_code)] // Each bench includes this file; not every one uses every helper.
 pub fn import_request(sandbox: &Sandbox, id: &str, expires_in: i64) -> pb::InstallRequest {
     let issued = sandbox.issue_tokens(id, &["crm"]);
     pb::InstallRequest {

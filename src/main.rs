@@ -164,6 +164,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .node
         .clone()
         .unwrap_or_else(|| store::default_node(file.store.kind, listen.port()));
+    let refresh_concurrency = file
+        .refresh_concurrency()?
+        .unwrap_or(tokend_server::EngineSettings::default().background_concurrency);
     let lease_ttl = match file.store.refresh_lease_secs {
         Some(0) => anyhow::bail!("[store] refresh_lease_secs must be at least 1"),
         Some(secs) => std::time::Duration::from_secs(secs),
@@ -217,6 +220,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             engine: tokend_server::EngineSettings {
                 node,
                 lease_ttl,
+                background_concurrency: refresh_concurrency,
                 ..Default::default()
             },
             providers,
