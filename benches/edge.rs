@@ -58,31 +58,7 @@ const SHAPES: [(usize, usize, usize); 6] = [
 ];
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::sink)
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run());
-}
-
-/// `n` HTTP/2 connections to `addr` (one `Channel` each).
-async fn connections(addr: std::net::SocketAddr, n: usize) -> Vec<Channel> {
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        out.push(
-            Channel::from_shared(format!("http://{addr}"))
-                .expect("uri")
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .expect("connect"),
-        );
-    }
-    out
+    support::bench_main(run());
 }
 
 async fn call(grpc: &mut tonic::client::Grpc<Channel>, path: &'static str, body: &Bytes) -> Bytes {
@@ -213,7 +189,7 @@ async fn run() {
             c.identities = vec![identity]
         })
         .await;
-    let setup = connections(tokend_addr, 1).await;
+    let setup = support::channels(tokend_addr, 1).await;
     let mut admin = pb::token_service_client::TokenServiceClient::with_interceptor(
         setup[0].clone(),
         |mut r: tonic::Request<()>| {
@@ -240,7 +216,7 @@ async fn run() {
     let reply = pb::GetTokenResponse::decode(tokend_reply.clone()).expect("reply");
     let echo_addr = echo::start(reply).await;
     let echo_reply = call(
-        &mut tonic::client::Grpc::new(connections(echo_addr, 1).await[0].clone()),
+        &mut tonic::client::Grpc::new(support::channels(echo_addr, 1).await[0].clone()),
         ECHO,
         &body,
     )
@@ -255,8 +231,8 @@ async fn run() {
     let mut figures: Vec<(Rounds, Rounds)> = SHAPES.iter().map(|_| Default::default()).collect();
     for round in 0..rounds() {
         for (i, &(conns, in_flight, total)) in SHAPES.iter().enumerate() {
-            let echo_channels = connections(echo_addr, conns).await;
-            let tokend_channels = connections(tokend_addr, conns).await;
+            let echo_channels = support::channels(echo_addr, conns).await;
+            let tokend_channels = support::channels(tokend_addr, conns).await;
             let order = [false, true];
             let order = if round % 2 == 0 { order } else { [true, false] };
             for tokend in order {

@@ -31,15 +31,7 @@ const IN_FLIGHT: usize = 64;
 const REFRESHES_PER_CALLER: usize = 20;
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::sink)
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run());
+    support::bench_main(run());
 }
 
 /// A tokend on a tuned sled store, with its data dir.

@@ -28,15 +28,7 @@ const SEED_TASKS: usize = 64;
 const P99_CALLS: usize = 5_000;
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::sink)
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run());
+    support::bench_main(run());
 }
 
 fn n() -> usize {

@@ -32,15 +32,7 @@ const TASKS: usize = 16;
 const CALLS_PER_TASK: usize = 1_000;
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::sink)
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run());
+    support::bench_main(run());
 }
 
 fn limits() -> Limits {

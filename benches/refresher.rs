@@ -27,15 +27,7 @@ const CONNECTIONS: usize = 4_000;
 const PROVIDER_LATENCY: Duration = Duration::from_millis(50);
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::sink)
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run());
+    support::bench_main(run());
 }
 
 /// Refreshes per second with `concurrency` background refreshes at once.

@@ -36,15 +36,7 @@ const PROVIDER_LATENCY: Duration = Duration::from_millis(50);
 const ROUNDS: usize = 3;
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::sink)
-        .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run());
+    support::bench_main(run());
 }
 
 /// Fires `CALLERS` GetToken calls for `id` at once over `channels` to
@@ -79,21 +71,6 @@ async fn storm(channels: &[Channel], path: &'static str, id: &str) -> Vec<Durati
     latencies
 }
 
-async fn connect(addr: std::net::SocketAddr) -> Vec<Channel> {
-    let mut channels = Vec::with_capacity(CONNECTIONS);
-    for _ in 0..CONNECTIONS {
-        channels.push(
-            Channel::from_shared(format!("http://{addr}"))
-                .expect("uri")
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .expect("connect"),
-        );
-    }
-    channels
-}
-
 async fn run() {
     let sandbox = Sandbox::start(SandboxConfig::default())
         .await
@@ -106,7 +83,7 @@ async fn run() {
     };
     let (channel, addr, _stop, _server) =
         support::start(&sandbox, Arc::new(store), dir.path(), limits, None).await;
-    let channels = connect(addr).await;
+    let channels = support::channels(addr, CONNECTIONS).await;
     // The echo answers with a reply the size of tokend's.
     TokenServiceClient::new(channel.clone())
         .install(support::import_request(&sandbox, "sizing", 3600))
@@ -120,7 +97,7 @@ async fn run() {
         .await
         .expect("get token")
         .into_inner();
-    let echo_channels = connect(echo::start(reply).await).await;
+    let echo_channels = support::channels(echo::start(reply).await, CONNECTIONS).await;
     println!(
         "storm: {CALLERS} callers on one expired token over {CONNECTIONS} connections, provider latency {} ms",
         PROVIDER_LATENCY.as_millis()

@@ -104,3 +104,35 @@ pub fn import_request(sandbox: &Sandbox, id: &str, expires_in: i64) -> pb::Insta
         replace: false,
     }
 }
+
+/// A bench's `main`: logs as `tokend serve` does (a fmt subscriber at
+/// `info`), written to a sink, and `run` on a multi-thread runtime.
+#[allow(dead_code)] // Each bench includes this file; not every one uses every helper.
+pub fn bench_main<F: std::future::Future<Output = ()>>(run: F) {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::sink)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run);
+}
+
+/// `n` HTTP/2 connections to `addr` (one `Channel` each, Nagle off).
+#[allow(dead_code)] // Each bench includes this file; not every one uses every helper.
+pub async fn channels(addr: std::net::SocketAddr, n: usize) -> Vec<Channel> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(
+            Channel::from_shared(format!("http://{addr}"))
+                .expect("uri")
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .expect("connect"),
+        );
+    }
+    out
+}
