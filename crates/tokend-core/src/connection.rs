@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::{ConnectionId, ProviderName, Timestamp, TokenSet};
 
 /// Whether tokend can still obtain tokens for a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Tokens are served and refreshed.

@@ -26,14 +26,23 @@ impl Default for RefreshPolicy {
 impl RefreshPolicy {
     /// The effective buffer for this token set.
     pub fn buffer_for(&self, tokens: &TokenSet) -> Duration {
+        self.buffer_for_lifetime(tokens.lifetime())
+    }
+
+    fn buffer_for_lifetime(&self, lifetime: Duration) -> Duration {
         let fraction = self.max_buffer_fraction.clamp(0.0, 1.0);
-        let cap = tokens.lifetime().mul_f64(fraction);
-        self.buffer.min(cap)
+        self.buffer.min(lifetime.mul_f64(fraction))
     }
 
     /// When the background refresher should renew this token set.
     pub fn refresh_due_at(&self, tokens: &TokenSet) -> Timestamp {
-        tokens.expires_at.saturating_sub(self.buffer_for(tokens))
+        self.due_at(tokens.expires_at, tokens.obtained_at)
+    }
+
+    /// [`Self::refresh_due_at`] from the two instants alone (what a store's
+    /// secret-free summary of a record keeps).
+    pub fn due_at(&self, expires_at: Timestamp, obtained_at: Timestamp) -> Timestamp {
+        expires_at.saturating_sub(self.buffer_for_lifetime(expires_at.duration_since(obtained_at)))
     }
 
     /// Whether a reader needing `min_ttl` must wait for a refresh first.

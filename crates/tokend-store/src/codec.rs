@@ -11,7 +11,7 @@ use tokend_core::{
 };
 
 use crate::{
-    StoreError,
+    StoreError, Summary,
     crypto::{Keyring, Sealed},
 };
 
@@ -79,6 +79,42 @@ pub fn encode(c: &Connection, keys: &Keyring) -> Vec<u8> {
     };
     // Serializing plain strings, numbers and enums to JSON cannot fail.
     serde_json::to_vec(&doc).unwrap_or_default()
+}
+
+/// The fields of a stored record a [`Summary`] needs; the sealed ones are
+/// skipped unparsed.
+#[derive(Deserialize)]
+struct StoredSummary {
+    schema: u32,
+    id: ConnectionId,
+    provider: ProviderName,
+    expires_at: Timestamp,
+    obtained_at: Timestamp,
+    status: Status,
+}
+
+/// The secret-free summary of the record in `bytes`, stored under `key`,
+/// read without opening a sealed field; `Corrupt` as [`decode`] says.
+pub fn summary(key: &[u8], bytes: &[u8]) -> Result<Summary, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        id: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    };
+    let doc: StoredSummary =
+        serde_json::from_slice(bytes).map_err(|e| corrupt(format!("invalid document: {e}")))?;
+    if doc.schema != SCHEMA {
+        return Err(corrupt(format!("unknown schema {}", doc.schema)));
+    }
+    if doc.id.as_str().as_bytes() != key {
+        return Err(corrupt("record id does not match its key".into()));
+    }
+    Ok(Summary {
+        id: doc.id,
+        provider: doc.provider,
+        status: doc.status,
+        expires_at: doc.expires_at,
+        obtained_at: doc.obtained_at,
+    })
 }
 
 /// The ids of the keys that sealed a stored record's fields.

@@ -75,6 +75,7 @@ where
     deletes(&make().await).await;
     a_recreated_connection_refuses_writes_based_on_the_deleted_one(&make().await).await;
     lists_in_id_order_with_paging_and_filters(&make().await).await;
+    summaries_and_census_follow_every_change(&make().await).await;
     concurrent_writers_exactly_one_wins(Arc::new(make().await)).await;
     refresh_leases(&make().await).await;
     fenced_writes(&make().await).await;
@@ -308,6 +309,105 @@ async fn lists_in_id_order_with_paging_and_filters(store: &impl Store) {
         .await
         .expect("list");
     assert_eq!(ids(after_a), ["a1"]);
+}
+
+/// The secret-free summaries (what start-up schedules from) and the
+/// counts per provider and status (the connections gauge) follow creates,
+/// refreshes, status changes and deletes; combined filters and an id
+/// prefix list exactly what a full scan would.
+async fn summaries_and_census_follow_every_change(store: &impl Store) {
+    let hubspot = ProviderName::new("hubspot").expect("provider");
+    let sandbox = ProviderName::new("sandbox").expect("provider");
+    for i in 0..6 {
+        let mut r = record(&format!("s{i}"), 1);
+        if i % 2 == 1 {
+            r.provider = hubspot.clone();
+        }
+        store.put(&r, None, None).await.expect("create");
+    }
+    // s1 (hubspot) is revoked, s2 (sandbox) refreshed, s4 deleted.
+    let mut revoked = bump(&store.get(&id("s1")).await.expect("get").expect("s1"));
+    revoked.status = Status::ReconnectRequired;
+    store.put(&revoked, Some(1), None).await.expect("revoke");
+    let mut refreshed = bump(&store.get(&id("s2")).await.expect("get").expect("s2"));
+    refreshed.tokens.expires_at = Timestamp::from_unix_millis(9_000_000);
+    refreshed.tokens.obtained_at = Timestamp::from_unix_millis(7_200_000);
+    store.put(&refreshed, Some(1), None).await.expect("refresh");
+    assert!(store.delete(&id("s4"), at(7, 1)).await.expect("delete"));
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.summaries(after.as_ref(), 2).await.expect("summaries");
+        let Some(last) = page.last() else { break };
+        assert!(page.len() <= 2);
+        after = Some(last.id.clone());
+        seen.extend(page);
+    }
+    let names: Vec<_> = seen.iter().map(|s| s.id.to_string()).collect();
+    assert_eq!(names, ["s0", "s1", "s2", "s3", "s5"]);
+    assert_eq!(seen[1].status, Status::ReconnectRequired);
+    assert_eq!(seen[1].provider, hubspot);
+    assert_eq!(seen[2].expires_at, Timestamp::from_unix_millis(9_000_000));
+    assert_eq!(seen[2].obtained_at, Timestamp::from_unix_millis(7_200_000));
+    assert_eq!(seen[0], crate::Summary::of(&record("s0", 1)));
+
+    let census: Vec<_> = store
+        .census()
+        .await
+        .expect("census")
+        .iter()
+        .map(|(p, s, n)| (p.to_string(), s, n))
+        .collect();
+    assert_eq!(
+        census,
+        [
+            ("hubspot".to_owned(), Status::Active, 2),
+            ("hubspot".to_owned(), Status::ReconnectRequired, 1),
+            ("sandbox".to_owned(), Status::Active, 2),
+        ]
+    );
+
+    let query =
+        |provider: Option<&ProviderName>, status, prefix: Option<&str>, after: Option<&str>| {
+            ListQuery {
+                after: after.map(id),
+                limit: 10,
+                provider: provider.cloned(),
+                status,
+                prefix: prefix.map(str::to_owned),
+            }
+        };
+    let ids = |v: Vec<Connection>| v.into_iter().map(|c| c.id.to_string()).collect::<Vec<_>>();
+    let both = store
+        .list(&query(Some(&hubspot), Some(Status::Active), None, None))
+        .await
+        .expect("list");
+    assert_eq!(ids(both), ["s3", "s5"]);
+    let active_after = store
+        .list(&query(None, Some(Status::Active), Some("s"), Some("s2")))
+        .await
+        .expect("list");
+    assert_eq!(ids(active_after), ["s3", "s5"]);
+    let prefixed = store
+        .list(&query(Some(&sandbox), None, Some("s2"), None))
+        .await
+        .expect("list");
+    assert_eq!(ids(prefixed), ["s2"]);
+    let none = store
+        .list(&query(
+            Some(&sandbox),
+            Some(Status::ReconnectRequired),
+            None,
+            None,
+        ))
+        .await
+        .expect("list");
+    assert!(none.is_empty());
+}
+
+fn id(s: &str) -> ConnectionId {
+    ConnectionId::new(s).expect("id")
 }
 
 async fn concurrent_writers_exactly_one_wins<S: Store>(store: Arc<S>) {

@@ -11,7 +11,9 @@ pub mod fault;
 mod leases;
 mod memory;
 mod sled_commit;
+mod sled_index;
 mod sled_store;
+mod summary;
 
 use std::time::Duration;
 
@@ -21,6 +23,7 @@ use tokio::sync::watch;
 
 pub use event_log::{LogBounds, SavedCursor, Watermark, new_log_id};
 pub use memory::MemoryStore;
+pub use summary::{Census, Summary};
 
 /// What a backend kept outside this crate (the PostgreSQL one) shares with
 /// the built-in ones: the record encoding (secrets sealed before they leave
@@ -28,7 +31,7 @@ pub use memory::MemoryStore;
 pub mod backend {
     pub use crate::{
         check_advances, check_delete, check_put,
-        codec::{decode, encode, key_ids},
+        codec::{decode, encode, key_ids, summary},
         comparable, matches,
     };
 }
@@ -165,6 +168,43 @@ pub trait Store: Send + Sync + 'static {
     /// One page of records in id order. Unreadable records are skipped and
     /// logged, so one bad record cannot hide the others.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError>;
+
+    /// Up to `limit` connections' secret-free summaries in id order, after
+    /// `after`: what start-up schedules from without opening any token.
+    /// Unreadable records are skipped. Backends override the default (which
+    /// decodes every record) with an index or by reading the summary's
+    /// fields alone.
+    async fn summaries(
+        &self,
+        after: Option<&ConnectionId>,
+        limit: usize,
+    ) -> Result<Vec<Summary>, StoreError> {
+        let page = self
+            .list(&ListQuery {
+                after: after.cloned(),
+                limit,
+                ..Default::default()
+            })
+            .await?;
+        Ok(page.iter().map(Summary::of).collect())
+    }
+
+    /// How many connections there are per provider and status (the
+    /// connections gauge). The default pages through [`Store::summaries`].
+    async fn census(&self) -> Result<Census, StoreError> {
+        let mut census = Census::default();
+        let mut after = None;
+        loop {
+            let page = self.summaries(after.as_ref(), 10_000).await?;
+            let Some(last) = page.last() else {
+                return Ok(census);
+            };
+            after = Some(last.id.clone());
+            for s in &page {
+                census.add(&s.provider, s.status);
+            }
+        }
+    }
 
     /// Grants `holder` the refresh lease for `id` until `now + ttl` unless a
     /// lease (anyone's, `holder`'s own included) is still live at `now`.

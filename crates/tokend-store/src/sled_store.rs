@@ -19,11 +19,11 @@ use tokend_core::{Connection, ConnectionId, Event, NewEvent, Timestamp, event};
 use tokio::sync::watch;
 
 use crate::{
-    Expected, Lease, ListQuery, LogBounds, SavedCursor, Store, StoreError, Watermark,
-    check_advances, codec,
+    Census, Expected, Lease, ListQuery, LogBounds, SavedCursor, Store, StoreError, Summary,
+    Watermark, check_advances, codec,
     crypto::Keyring,
     leases::{LeaseState, check_fence},
-    matches,
+    matches, sled_index,
 };
 
 /// A sled database holding tokend's records. sled types stay inside this
@@ -38,6 +38,9 @@ struct Inner {
     db: sled::Db,
     /// `connection id -> codec-encoded Connection`.
     records: sled::Tree,
+    /// Summaries, status and provider entries and counts
+    /// (`sled_index.rs`), changed in the same transaction as the records.
+    index: sled::Tree,
     /// `connection id -> JSON LeaseState`.
     leases: sled::Tree,
     /// `big-endian seq -> JSON Event`: the event log.
@@ -75,7 +78,9 @@ struct Inner {
 /// in [`check_format`] whenever the records' encoding or the trees change.
 /// 2: the event log (a build without it would change records without
 /// their events, so it must refuse such a dir).
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: the index tree (a build without it would change records without
+/// their summaries).
+pub const FORMAT_VERSION: u32 = 3;
 
 const LOG_ID_KEY: &[u8] = b"log_id";
 const LAST_SEQ_KEY: &[u8] = b"last_seq";
@@ -96,7 +101,12 @@ pub fn format_version(db: &sled::Db) -> Result<Option<u32>, StoreError> {
 /// Refuses a data dir written by a newer tokend; migrates an older one
 /// (format 0: written before versions were stamped, same encoding) and
 /// stamps a new one.
-fn check_format(db: &sled::Db, records: &sled::Tree, dir: &Path) -> Result<(), StoreError> {
+fn check_format(
+    db: &sled::Db,
+    records: &sled::Tree,
+    index: &sled::Tree,
+    dir: &Path,
+) -> Result<(), StoreError> {
     let found = match format_version(db)? {
         Some(v) => v,
         None if records.is_empty() => {
@@ -114,11 +124,19 @@ fn check_format(db: &sled::Db, records: &sled::Tree, dir: &Path) -> Result<(), S
     if found < FORMAT_VERSION {
         // 0 → 1: the encoding is unchanged; only the stamp is new.
         // 1 → 2: the event log starts empty (opened by the caller).
+        // 2 → 3: the index is built from the records, without opening a
+        // token; a rebuild cut off by a crash starts again (the stamp is
+        // written last).
+        let started = std::time::Instant::now();
+        let indexed = crate::sled_index::rebuild(records, index)?;
+        db.flush().map_err(backend)?;
         stamp(db, FORMAT_VERSION)?;
         tracing::info!(
             from = found,
             to = FORMAT_VERSION,
             dir = %dir.display(),
+            indexed,
+            took_ms = started.elapsed().as_millis() as u64,
             "on-disk format migrated"
         );
     }
@@ -218,11 +236,13 @@ impl SledStore {
         Self::open_with(dir, keys, true, LOCK_WAIT)
     }
 
-    /// Like [`SledStore::open`], but fails at once if another holder has the
-    /// directory locked: for tools that fall back to something else when the
-    /// server is running.
+    /// Like [`SledStore::open`], but gives up after half a second if
+    /// another holder has the directory locked: for tools that fall back to
+    /// something else when the server is running. (Not at once: a store
+    /// dropped a moment ago may still hold the lock while sled's threads
+    /// finish.)
     pub fn try_open(dir: &Path, keys: Keyring) -> Result<Self, StoreError> {
-        Self::open_with(dir, keys, true, std::time::Duration::ZERO)
+        Self::open_with(dir, keys, true, std::time::Duration::from_millis(500))
     }
 
     /// For benchmarks only: a store that appends no events, to measure what
@@ -258,7 +278,8 @@ impl SledStore {
         let db = open_db(dir, lock_wait)?;
         let records = db.open_tree("connections").map_err(backend)?;
         let leases = db.open_tree("refresh_leases").map_err(backend)?;
-        check_format(&db, &records, dir)?;
+        let index = db.open_tree("index").map_err(backend)?;
+        check_format(&db, &records, &index, dir)?;
         let events = db.open_tree("events").map_err(backend)?;
         let event_meta = db.open_tree("event_meta").map_err(backend)?;
         let cursors = db.open_tree("event_cursors").map_err(backend)?;
@@ -279,6 +300,7 @@ impl SledStore {
             inner: Arc::new(Inner {
                 db,
                 records,
+                index,
                 leases,
                 events,
                 event_meta,
@@ -320,6 +342,7 @@ impl SledStore {
     /// Records already present are overwritten. Flushed before it returns.
     pub fn import_sealed(&self, records: &[(String, Vec<u8>)]) -> Result<usize, StoreError> {
         let keys = self.inner.keys();
+        let mut summaries = Vec::with_capacity(records.len());
         for (id, bytes) in records {
             let record = codec::decode(id.as_bytes(), bytes, &keys)?;
             if record.id.as_str() != id {
@@ -328,12 +351,20 @@ impl SledStore {
                     reason: format!("the record inside is {}", record.id),
                 });
             }
+            summaries.push(Summary::of(&record));
         }
-        for (id, bytes) in records {
-            self.inner
-                .records
-                .insert(id.as_bytes(), bytes.as_slice())
-                .map_err(backend)?;
+        let _fencing = lock(&self.inner.fencing);
+        for ((id, bytes), summary) in records.iter().zip(&summaries) {
+            let key = id.as_bytes();
+            loop {
+                let current = self.inner.records.get(key).map_err(backend)?;
+                if self
+                    .inner
+                    .swap_with_events(key, current, Some((bytes, summary)), Vec::new())?
+                {
+                    break;
+                }
+            }
         }
         self.inner.db.flush().map_err(backend)?;
         Ok(records.len())
@@ -513,6 +544,7 @@ impl Inner {
         let key = record.id.as_str().as_bytes();
         let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
         let new = codec::encode(record, &keys);
+        let summary = Summary::of(record);
         let _fencing = lock(&self.fencing);
         check_fence(&record.id, self.lease_state(key)?.as_ref(), fence)?;
         // Read, check the revision, then swap on the exact bytes read: if the
@@ -526,21 +558,21 @@ impl Inner {
             };
             crate::check_put(record, stored.as_ref(), expected)?;
             let events = event::describe(stored.as_ref(), record);
-            if self.swap_with_events(key, current, Some(&new), events)? {
+            if self.swap_with_events(key, current, Some((&new, &summary)), events)? {
                 return Ok(());
             }
         }
     }
 
-    /// Swaps `key`'s record from exactly `old` to `new` and appends
-    /// `events` to the log, in one sled transaction. The caller holds
-    /// `fencing`, so events are numbered in commit order. False when the
-    /// record is no longer `old`.
+    /// Swaps `key`'s record from exactly `old` to `new` (with its summary),
+    /// updates the index and appends `events` to the log, in one sled
+    /// transaction. The caller holds `fencing`, so events are numbered in
+    /// commit order. False when the record is no longer `old`.
     fn swap_with_events(
         &self,
         key: &[u8],
         old: Option<sled::IVec>,
-        new: Option<&[u8]>,
+        new: Option<(&[u8], &Summary)>,
         events: Vec<NewEvent>,
     ) -> Result<bool, StoreError> {
         let first = self.last_seq.load(Ordering::SeqCst) + 1;
@@ -552,36 +584,118 @@ impl Inner {
                 encoded.push((seq.to_be_bytes(), bytes));
             }
         }
-        if encoded.is_empty() {
-            // Nothing to log (a rewrite, or the log is off): the plain swap.
-            return swap(&self.records, key, old, new.map(<[u8]>::to_vec));
-        }
         let last = first + encoded.len() as u64 - 1;
-        let swapped = (&self.records, &self.events, &self.event_meta)
-            .transaction(|(records, events, meta)| {
+        let swapped = (&self.records, &self.index, &self.events, &self.event_meta)
+            .transaction(|(records, index, events, meta)| {
                 if records.get(key)? != old {
                     return Ok(false);
                 }
                 match new {
-                    Some(bytes) => records.insert(key, bytes)?,
+                    Some((bytes, _)) => records.insert(key, bytes)?,
                     None => records.remove(key)?,
                 };
+                sled_index::reindex(index, key, new.map(|(_, s)| s))?;
                 for (seq, bytes) in &encoded {
                     events.insert(seq, bytes.as_slice())?;
                 }
-                meta.insert(LAST_SEQ_KEY, &last.to_be_bytes())?;
+                if !encoded.is_empty() {
+                    meta.insert(LAST_SEQ_KEY, &last.to_be_bytes())?;
+                }
                 Ok(true)
             })
             .map_err(|e: sled::transaction::TransactionError<()>| match e {
                 sled::transaction::TransactionError::Storage(e) => backend(e),
                 sled::transaction::TransactionError::Abort(()) => {
-                    StoreError::Backend("event log transaction aborted".into())
+                    StoreError::Backend("record transaction aborted".into())
                 }
             })?;
-        if swapped {
+        if swapped && !encoded.is_empty() {
             self.last_seq.store(last, Ordering::SeqCst);
         }
         Ok(swapped)
+    }
+
+    /// One page of a listing. A provider or status filter walks that
+    /// index, and only the records it names are read and opened; with both,
+    /// the provider index is walked and each summary's status checked
+    /// before anything is opened. An id prefix narrows the walk's range.
+    fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {
+        // The smallest id to consider.
+        let mut start = query.after.as_ref().map_or_else(Vec::new, |a| {
+            let mut k = a.as_str().as_bytes().to_vec();
+            k.push(0);
+            k
+        });
+        if let Some(p) = &query.prefix
+            && p.as_bytes() > start.as_slice()
+        {
+            start = p.as_bytes().to_vec();
+        }
+        let past_prefix = |id: &[u8]| {
+            query
+                .prefix
+                .as_ref()
+                .is_some_and(|p| !id.starts_with(p.as_bytes()))
+        };
+        let walk = match (&query.provider, query.status) {
+            (Some(provider), _) => Some(sled_index::provider_prefix(provider)),
+            (None, Some(status)) => Some(sled_index::status_prefix(status)),
+            (None, None) => None,
+        };
+        let keys = self.keys();
+        let mut out = Vec::new();
+        let open = |id: &[u8], bytes: &[u8]| match codec::decode(id, bytes, &keys) {
+            Ok(c) => matches(query, &c).then_some(c),
+            Err(e) => {
+                tracing::error!(error = %e, "skipping unreadable connection record");
+                None
+            }
+        };
+        match walk {
+            Some(prefix) => {
+                let mut from = prefix.clone();
+                from.extend_from_slice(&start);
+                for item in self.index.range(from..) {
+                    if out.len() >= query.limit {
+                        break;
+                    }
+                    let (key, _) = item.map_err(backend)?;
+                    let Some(id) = key.strip_prefix(prefix.as_slice()) else {
+                        break;
+                    };
+                    if past_prefix(id) {
+                        break;
+                    }
+                    if let (Some(_), Some(status)) = (&query.provider, query.status) {
+                        let summary = self
+                            .index
+                            .get(sled_index::summary_key(id))
+                            .map_err(backend)?
+                            .and_then(|b| Summary::from_bytes(id, &b));
+                        if summary.is_none_or(|s| s.status != status) {
+                            continue;
+                        }
+                    }
+                    let Some(bytes) = self.records.get(id).map_err(backend)? else {
+                        continue;
+                    };
+                    out.extend(open(id, &bytes));
+                }
+            }
+            None => {
+                for item in self.records.range(start..) {
+                    if out.len() >= query.limit {
+                        break;
+                    }
+                    let (id, bytes) = item.map_err(backend)?;
+                    if past_prefix(&id) {
+                        break;
+                    }
+                    out.extend(open(&id, &bytes));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The stored bytes of `id` if they cannot be decoded.
@@ -654,7 +768,7 @@ impl Store for SledStore {
                 if inner.swap_with_events(
                     key,
                     Some(bad),
-                    Some(&new),
+                    Some((&new, &Summary::of(&record))),
                     event::describe(None, &record),
                 )? {
                     Ok(())
@@ -732,32 +846,43 @@ impl Store for SledStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {
         let query = query.clone();
+        self.blocking(move |inner| inner.list(&query)).await
+    }
+
+    async fn summaries(
+        &self,
+        after: Option<&ConnectionId>,
+        limit: usize,
+    ) -> Result<Vec<Summary>, StoreError> {
+        let after = after.cloned();
         self.blocking(move |inner| {
-            let iter = match &query.after {
-                Some(after) => {
-                    let mut start = after.as_str().as_bytes().to_vec();
-                    // The smallest key strictly greater than `after`.
-                    start.push(0);
-                    inner.records.range(start..)
-                }
-                None => inner.records.iter(),
-            };
-            let keys = inner.keys();
-            let mut out = Vec::new();
-            for item in iter {
-                if out.len() >= query.limit {
+            let prefix = sled_index::summary_key(b"");
+            let mut from = prefix.clone();
+            if let Some(after) = &after {
+                from.extend_from_slice(after.as_str().as_bytes());
+                from.push(0);
+            }
+            let mut out = Vec::with_capacity(limit.min(10_000));
+            for item in inner.index.range(from..) {
+                if out.len() >= limit {
                     break;
                 }
                 let (key, bytes) = item.map_err(backend)?;
-                match codec::decode(&key, &bytes, &keys) {
-                    Ok(c) if matches(&query, &c) => out.push(c),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "skipping unreadable connection record"),
+                let Some(id) = key.strip_prefix(prefix.as_slice()) else {
+                    break;
+                };
+                if let Some(summary) = Summary::from_bytes(id, &bytes) {
+                    out.push(summary);
                 }
             }
             Ok(out)
         })
         .await
+    }
+
+    async fn census(&self) -> Result<Census, StoreError> {
+        self.blocking(|inner| sled_index::census(&inner.index))
+            .await
     }
 
     async fn read_events(

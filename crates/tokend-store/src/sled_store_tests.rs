@@ -368,6 +368,54 @@ async fn the_on_disk_format_is_checked_and_migrated() {
     assert!(refused.contains("upgrade tokend"), "{refused}");
 }
 
+/// Issue 15. Invariant: a format-2 data dir (records without the index,
+/// as every earlier build left it) gets its index built at open, from the
+/// records, without a key: summaries, counts and filtered listings are
+/// exactly what the records say. A rebuild cut off before its stamp (here:
+/// a half-written index) starts again.
+#[tokio::test]
+async fn a_format_2_dir_gets_its_index_built_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = KeyFile::generate();
+    let store = SledStore::open(dir.path(), keys.keyring().unwrap()).unwrap();
+    for i in 0..30 {
+        let mut r = crate::conformance::record(&format!("m{i:02}"), 1);
+        if i % 3 == 0 {
+            r.status = tokend_core::Status::ReconnectRequired;
+        }
+        store.put(&r, None, None).await.unwrap();
+    }
+    let census = store.census().await.unwrap();
+    let summaries = store.summaries(None, 100).await.unwrap();
+    assert_eq!(summaries.len(), 30);
+    // As format 2 left it: no index at all, then a rebuild cut off midway
+    // (a stale entry that no record backs).
+    store.inner.index.clear().unwrap();
+    store
+        .inner
+        .index
+        .insert(crate::sled_index::summary_key(b"ghost"), &[1u8; 20])
+        .unwrap();
+    stamp(&store.inner.db, 2).unwrap();
+    drop(store);
+    let store = SledStore::open(dir.path(), keys.keyring().unwrap()).expect("format 2 migrates");
+    assert_eq!(
+        format_version(&store.inner.db).unwrap(),
+        Some(FORMAT_VERSION)
+    );
+    assert_eq!(store.census().await.unwrap(), census);
+    assert_eq!(store.summaries(None, 100).await.unwrap(), summaries);
+    let revoked = store
+        .list(&ListQuery {
+            limit: 100,
+            status: Some(tokend_core::Status::ReconnectRequired),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(revoked.len(), 10);
+}
+
 #[tokio::test]
 async fn the_event_log_survives_reopening_and_its_numbering_continues() {
     let dir = tempfile::tempdir().unwrap();
