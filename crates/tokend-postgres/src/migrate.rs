@@ -31,6 +31,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "reader claims",
         sql: include_str!("migrations/0003_reader_claims.sql"),
     },
+    Migration {
+        version: 4,
+        name: "status index",
+        sql: include_str!("migrations/0004_status_index.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes.

@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Client, Transaction};
-use tokend_core::{Connection, ConnectionId, Event, NewEvent, Status, Timestamp, event};
+use tokend_core::{
+    Connection, ConnectionId, Event, NewEvent, ProviderName, Status, Timestamp, event,
+};
 use tokend_store::{
-    Expected, Lease, ListQuery, LogBounds, SavedCursor, SealedPage, Store, StoreError,
-    backend::{check_advances, check_delete, check_put, decode, encode},
+    Census, Expected, Lease, ListQuery, LogBounds, SavedCursor, SealedPage, Store, StoreError,
+    Summary,
+    backend::{check_advances, check_delete, check_put, decode, encode, summary},
 };
 use tokio::sync::watch;
 use tokio_postgres::Statement;
@@ -457,6 +460,69 @@ impl Store for PostgresStore {
             }
         }
         Ok(out)
+    }
+
+    /// Reads each record's summary fields without opening a sealed one.
+    async fn summaries(
+        &self,
+        after: Option<&ConnectionId>,
+        limit: usize,
+    ) -> Result<Vec<Summary>, StoreError> {
+        let client = self.client().await?;
+        let after = after.map(|a| a.as_str().to_owned());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                &prep(
+                    &client,
+                    "SELECT id, sealed FROM tokend_connections
+                     WHERE ($1::text IS NULL OR id > $1)
+                     ORDER BY id LIMIT $2",
+                )
+                .await?,
+                &[&after, &limit],
+            )
+            .await
+            .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: &str = row.get(0);
+            match summary(id.as_bytes(), row.get(1)) {
+                Ok(s) => out.push(s),
+                Err(e) => tracing::error!(error = %e, "skipping unreadable connection record"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn census(&self) -> Result<Census, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &prep(
+                    &client,
+                    "SELECT provider, status, count(*) FROM tokend_connections
+                     GROUP BY provider, status",
+                )
+                .await?,
+                &[],
+            )
+            .await
+            .map_err(db)?;
+        let mut census = Census::default();
+        for row in &rows {
+            let provider = ProviderName::new(row.get::<_, &str>(0));
+            let status = match row.get::<_, &str>(1) {
+                "active" => Some(Status::Active),
+                "reconnect_required" => Some(Status::ReconnectRequired),
+                _ => None,
+            };
+            let n: i64 = row.get(2);
+            if let (Ok(provider), Some(status)) = (provider, status) {
+                census.0.insert((provider, status), n.max(0) as u64);
+            }
+        }
+        Ok(census)
     }
 
     async fn try_acquire_refresh_lease(
