@@ -221,6 +221,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 node,
                 lease_ttl,
                 background_concurrency: refresh_concurrency,
+                cache_capacity: file.cache_capacity()?,
                 ..Default::default()
             },
             providers,

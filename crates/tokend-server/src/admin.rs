@@ -32,6 +32,7 @@ impl AdminListener {
 #[derive(Clone)]
 struct Admin {
     metrics: Arc<Metrics>,
+    engine: Arc<crate::engine::Engine>,
     cancel: CancellationToken,
 }
 
@@ -42,6 +43,7 @@ pub(crate) async fn serve(
     cancel: CancellationToken,
 ) {
     let metrics = Arc::clone(&console.metrics);
+    let engine = Arc::clone(&console.engine);
     let Some(listener) = listener.take() else {
         return;
     };
@@ -65,6 +67,7 @@ pub(crate) async fn serve(
         .route("/readyz", get(ready))
         .with_state(Admin {
             metrics,
+            engine: Arc::clone(&engine),
             cancel: cancel.clone(),
         })
         .merge(pages);
@@ -80,6 +83,10 @@ pub(crate) async fn serve(
 }
 
 async fn metrics_text(State(admin): State<Admin>) -> impl IntoResponse {
+    // A store that cannot count now leaves the gauge at its last counts.
+    if let Err(e) = admin.engine.update_gauges().await {
+        tracing::warn!(error = %e, "counting connections for /metrics failed");
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -89,7 +96,7 @@ async fn metrics_text(State(admin): State<Admin>) -> impl IntoResponse {
     )
 }
 
-/// Served only once the server is up (the engine has loaded every
+/// Served only once the server is up (the engine has scheduled every
 /// connection before this listener starts), until shutdown begins.
 async fn ready(State(admin): State<Admin>) -> impl IntoResponse {
     if admin.cancel.is_cancelled() {

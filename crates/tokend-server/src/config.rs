@@ -36,6 +36,9 @@ pub enum ConfigError {
 /// The most background refreshes allowed at once.
 pub const MAX_REFRESH_CONCURRENCY: usize = 1024;
 
+/// The smallest connection cache accepted.
+pub const MIN_CACHE_CAPACITY: usize = 1_000;
+
 /// The smallest audit file size accepted before rotation.
 pub const MIN_AUDIT_BYTES: u64 = 64 << 10;
 
@@ -59,6 +62,9 @@ pub struct FileConfig {
     /// keeps up with `refresh_concurrency / provider latency` refreshes a
     /// second: 8 at 50 ms is 160/s; a million 30-minute tokens need 560/s.
     pub refresh_concurrency: Option<usize>,
+    /// Connections kept decrypted in memory at most [default: 100,000],
+    /// about 2.5 KiB each; the others are read from the store when used.
+    pub cache_capacity: Option<usize>,
     /// Audit log path [default: DATA_DIR/audit.log].
     pub audit_log: Option<PathBuf>,
     /// Rotate the audit log at this size [default: 100 MiB].
@@ -220,6 +226,18 @@ impl FileConfig {
         }
     }
 
+    /// Connections kept in memory at most, checked: at least 1,000 (a
+    /// smaller cache would re-read the store on almost every call).
+    pub fn cache_capacity(&self) -> Result<usize, ConfigError> {
+        match self.cache_capacity {
+            Some(n) if n < MIN_CACHE_CAPACITY => Err(ConfigError::Invalid(format!(
+                "cache_capacity = {n} must be at least {MIN_CACHE_CAPACITY}"
+            ))),
+            Some(n) => Ok(n),
+            None => Ok(crate::engine::DEFAULT_CACHE_CAPACITY),
+        }
+    }
+
     /// The audit log's rotation and stdout copy, defaults filled in.
     pub fn audit_options(&self) -> Result<crate::audit::AuditOptions, ConfigError> {
         let defaults = crate::audit::AuditOptions::default();
@@ -291,6 +309,9 @@ impl FileConfig {
             problems.push(e.to_string());
         }
         if let Err(e) = self.refresh_concurrency() {
+            problems.push(e.to_string());
+        }
+        if let Err(e) = self.cache_capacity() {
             problems.push(e.to_string());
         }
         if let Err(e) = self.webhooks(&env) {
@@ -739,6 +760,16 @@ mod tests {
                 .unwrap(),
             Some(64)
         );
+        assert_eq!(
+            parse("").cache_capacity().unwrap(),
+            crate::engine::DEFAULT_CACHE_CAPACITY
+        );
+        assert_eq!(
+            parse("cache_capacity = 2000000").cache_capacity().unwrap(),
+            2_000_000
+        );
+        let e = parse("cache_capacity = 10").cache_capacity().unwrap_err();
+        assert!(e.to_string().contains("cache_capacity"), "{e}");
         for bad in ["refresh_concurrency = 0", "refresh_concurrency = 5000"] {
             let e = parse(bad).refresh_concurrency().unwrap_err().to_string();
             assert!(e.contains("refresh_concurrency"), "{e}");

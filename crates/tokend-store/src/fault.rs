@@ -186,6 +186,19 @@ impl<S: Store> Store for FaultStore<S> {
         self.through(Op::List, self.inner.list(query)).await
     }
 
+    async fn summaries(
+        &self,
+        after: Option<&ConnectionId>,
+        limit: usize,
+    ) -> Result<Vec<crate::Summary>, StoreError> {
+        self.through(Op::List, self.inner.summaries(after, limit))
+            .await
+    }
+
+    async fn census(&self) -> Result<crate::Census, StoreError> {
+        self.through(Op::List, self.inner.census()).await
+    }
+
     async fn try_acquire_refresh_lease(
         &self,
         id: &ConnectionId,

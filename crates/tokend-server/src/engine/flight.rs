@@ -118,7 +118,6 @@ impl<T: Clone + Send + Sync + 'static> Singleflight<T> {
     }
 
     /// Whether a flight is running.
-    #[cfg(test)]
     pub(crate) fn is_running(&self) -> bool {
         lock(&self.current).is_some()
     }

@@ -39,6 +39,9 @@ use backoff::Breaker;
 use flight::Ended;
 use slot::{Slot, Slots};
 
+/// Connections kept decrypted in memory by default: about 2.5 KiB each.
+pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
+
 /// Tunables of the engine; defaults suit production.
 #[derive(Clone, Debug)]
 pub struct EngineSettings {
@@ -70,6 +73,9 @@ pub struct EngineSettings {
     pub pending_retry_max: Duration,
     /// How long shutdown waits for refreshes and unpersisted grants.
     pub shutdown_grace: Duration,
+    /// Connections kept decrypted in memory at most; others are read from
+    /// the store on use (`slot.rs`).
+    pub cache_capacity: usize,
 }
 
 impl Default for EngineSettings {
@@ -86,6 +92,7 @@ impl Default for EngineSettings {
             pending_retry_min: Duration::from_millis(100),
             pending_retry_max: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+            cache_capacity: DEFAULT_CACHE_CAPACITY,
         }
     }
 }
@@ -222,7 +229,7 @@ impl Engine {
                 .collect(),
             endpoint,
             clock,
-            slots: Slots::new(Arc::clone(&metrics)),
+            slots: Slots::new(settings.cache_capacity, metrics.cache_evictions.clone()),
             metrics,
             hub: Arc::default(),
             scheduler: Scheduler::default(),
@@ -308,6 +315,18 @@ impl Engine {
     /// One page of stored records.
     pub async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, ServiceError> {
         Ok(self.store.list(query).await?)
+    }
+
+    /// Brings the gauges that are counted rather than kept current up to
+    /// date (before `/metrics` is rendered): connections per provider and
+    /// status, from the store's counts, and connections in memory.
+    pub async fn update_gauges(&self) -> Result<(), ServiceError> {
+        self.metrics
+            .cached_connections
+            .set(i64::try_from(self.slots.len()).unwrap_or(i64::MAX));
+        let census = self.store.census().await?;
+        self.metrics.set_connections(&census);
+        Ok(())
     }
 
     /// One page of stored records exactly as kept (tokens sealed), for a

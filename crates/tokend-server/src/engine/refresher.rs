@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use tokend_core::{Connection, ConnectionId, Status};
-use tokend_store::{ListQuery, StoreError};
+use tokend_store::StoreError;
 
 use super::{Engine, Failure};
 
@@ -23,8 +23,9 @@ const IN_DOUBT_SPREAD_MILLIS: u64 = 500;
 impl Engine {
     /// Starts the engine: releases refresh leases an earlier run of this
     /// node left behind (a crash mid-refresh) and schedules those
-    /// connections at once, loads every record, and starts the background
-    /// refresher (when enabled). Returns how many connections were loaded.
+    /// connections at once, schedules every connection from the store's
+    /// summaries, and starts the background refresher (when enabled).
+    /// Returns how many connections the store holds.
     pub async fn start(self: &Arc<Self>) -> Result<usize, StoreError> {
         let in_doubt = self
             .store
@@ -103,31 +104,44 @@ impl Engine {
         true
     }
 
-    /// Caches and schedules every record. Overdue ones are spread over a
-    /// few seconds instead of all at once.
+    /// Schedules every ACTIVE connection from the store's secret-free
+    /// summaries: no record is read or decrypted here; each is loaded into
+    /// the bounded cache on first use. Overdue ones are spread over a few
+    /// seconds instead of all at once.
     async fn load_all(&self) -> Result<usize, StoreError> {
         let mut after = None;
         let mut count = 0;
+        let mut unconfigured = 0usize;
         loop {
-            let epoch = self.slots.epoch();
-            let page = self
-                .store
-                .list(&ListQuery {
-                    after: after.clone(),
-                    limit: 500,
-                    ..Default::default()
-                })
-                .await?;
+            let page = self.store.summaries(after.as_ref(), 10_000).await?;
             let Some(last) = page.last() else { break };
             after = Some(last.id.clone());
-            for record in page {
-                count += 1;
-                let spread = Duration::from_millis(spread_millis(&record.id) % START_SPREAD_MILLIS);
-                if !self.schedule_no_sooner_than(&record, spread) {
-                    tracing::warn!(connection_id = %record.id, provider = %record.provider, "connection's provider is not configured; not refreshing it");
+            count += page.len();
+            for summary in page {
+                if summary.status != Status::Active {
+                    continue;
                 }
-                self.slots.cache(record, epoch);
+                let Some(provider) = self.providers.get(&summary.provider) else {
+                    unconfigured += 1;
+                    if unconfigured <= 10 {
+                        tracing::warn!(connection_id = %summary.id, provider = %summary.provider, "connection's provider is not configured; not refreshing it");
+                    }
+                    continue;
+                };
+                let spread =
+                    Duration::from_millis(spread_millis(&summary.id) % START_SPREAD_MILLIS);
+                let due = provider
+                    .refresh_policy
+                    .due_at(summary.expires_at, summary.obtained_at)
+                    .max(self.clock.now().saturating_add(spread));
+                self.scheduler.schedule(&summary.id, due);
             }
+        }
+        if unconfigured > 10 {
+            tracing::warn!(
+                connections = unconfigured,
+                "connections whose provider is not configured; not refreshing them"
+            );
         }
         Ok(count)
     }

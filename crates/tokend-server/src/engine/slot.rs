@@ -3,7 +3,7 @@
 
 use std::sync::{
     Arc, Mutex, MutexGuard, RwLock,
-    atomic::{AtomicU64, Ordering},
+    atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
 };
 
 use dashmap::DashMap;
@@ -62,45 +62,41 @@ pub(crate) struct Slot {
     pub(crate) flight: Singleflight<Result<Arc<Connection>, Failure>>,
     pub(crate) retry: Mutex<RetryState>,
     pub(crate) pending: Mutex<Option<PendingGrant>>,
-    /// Counted in the connections gauge: set while the slot is in the map,
-    /// so a slot advanced after its removal moves no figure.
-    counted: std::sync::atomic::AtomicBool,
-    metrics: Arc<crate::metrics::Metrics>,
-}
-
-/// A record's place in the connections gauge.
-fn gauge_key(c: &Connection) -> (&str, &str) {
-    (c.provider.as_str(), c.status.as_str())
+    /// The cache generation of its last use (see `Slots::generation`).
+    used: AtomicU32,
 }
 
 impl Slot {
-    pub(crate) fn new(record: Arc<Connection>, metrics: Arc<crate::metrics::Metrics>) -> Self {
+    pub(crate) fn new(record: Arc<Connection>, generation: u32) -> Self {
         Self {
             record: RwLock::new(record),
             flight: Singleflight::default(),
             retry: Mutex::new(RetryState::default()),
             pending: Mutex::new(None),
-            counted: std::sync::atomic::AtomicBool::new(false),
-            metrics,
+            used: AtomicU32::new(generation),
         }
     }
 
-    /// Enters the connections gauge (once).
-    fn count(&self) {
-        if !self.counted.swap(true, Ordering::SeqCst) {
-            let current = self.current();
-            self.metrics
-                .connection_moved(None, Some(gauge_key(&current)));
+    fn touch(&self, generation: u32) {
+        // A load first: a hot slot's cache line is written once per
+        // generation, not on every read.
+        if self.used.load(Ordering::Relaxed) != generation {
+            self.used.store(generation, Ordering::Relaxed);
         }
     }
 
-    /// Leaves the connections gauge (once).
-    fn uncount(&self) {
-        if self.counted.swap(false, Ordering::SeqCst) {
-            let current = self.current();
-            self.metrics
-                .connection_moved(Some(gauge_key(&current)), None);
+    /// Whether evicting this slot would lose anything but a cached copy of
+    /// the stored record: a grant not persisted yet, a refresh running,
+    /// retry state, or a caller holding it.
+    fn pinned(self: &Arc<Self>) -> bool {
+        // The count first: with no other holder, nobody can hold the locks
+        // below either (they are reached through the slot), so taking them
+        // under the map's shard lock cannot deadlock.
+        if Arc::strong_count(self) > 1 || self.flight.is_running() || self.has_pending() {
+            return true;
         }
+        let retry = lock(&self.retry);
+        retry.attempts > 0 || retry.not_before.is_some()
     }
 
     pub(crate) fn current(&self) -> Arc<Connection> {
@@ -113,10 +109,6 @@ impl Slot {
     pub(crate) fn advance(&self, record: Arc<Connection>) -> Arc<Connection> {
         let mut guard = self.record.write().unwrap_or_else(|p| p.into_inner());
         if record.incarnation != guard.incarnation || record.revision >= guard.revision {
-            if self.counted.load(Ordering::SeqCst) {
-                self.metrics
-                    .connection_moved(Some(gauge_key(&guard)), Some(gauge_key(&record)));
-            }
             *guard = record;
         }
         Arc::clone(&guard)
@@ -127,27 +119,100 @@ impl Slot {
     }
 }
 
-/// Every slot of this process, sharded so readers of different connections
-/// never contend and the read path takes no global lock.
+/// The connections this process holds in memory: a bounded cache over the
+/// store, sharded so readers of different connections never contend and
+/// the read path takes no global lock.
+///
+/// Past `capacity` slots, a pass on a blocking thread evicts the unpinned
+/// slots used longest ago until a sixteenth of the capacity is free again.
+/// "Ago" is counted in generations (one per pass), so a read costs one
+/// relaxed load, and a store once per generation. An evicted connection is read from the store on
+/// its next use: the store always holds its newest record, because a record
+/// is cached only after it is durable and a slot holding anything not yet
+/// durable is pinned. Dropping the last reference to an evicted record
+/// zeroizes its tokens (`SecretString`).
 pub(crate) struct Slots {
-    map: DashMap<ConnectionId, Arc<Slot>>,
-    metrics: Arc<crate::metrics::Metrics>,
+    map: Arc<DashMap<ConnectionId, Arc<Slot>>>,
+    capacity: usize,
+    /// Set while an eviction pass runs, so at most one does.
+    evicting: Arc<AtomicBool>,
+    /// Bumped by every eviction pass; each slot keeps the generation of its
+    /// last use.
+    generation: Arc<AtomicU32>,
+    /// Counts evictions (`tokend_connections_evicted_total`).
+    evicted: prometheus_client::metrics::counter::Counter,
     /// Bumped by every delete; a loader or an installer that raced with one
     /// does not cache, so a deleted record never comes back into memory.
     delete_epoch: AtomicU64,
 }
 
 impl Slots {
-    pub(crate) fn new(metrics: Arc<crate::metrics::Metrics>) -> Self {
+    pub(crate) fn new(
+        capacity: usize,
+        evicted: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         Slots {
-            map: DashMap::new(),
-            metrics,
+            map: Arc::new(DashMap::new()),
+            capacity: capacity.max(1),
+            evicting: Arc::new(AtomicBool::new(false)),
+            generation: Arc::new(AtomicU32::new(0)),
+            evicted,
             delete_epoch: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn get(&self, id: &ConnectionId) -> Option<Arc<Slot>> {
-        self.map.get(id).map(|s| Arc::clone(&s))
+        self.map.get(id).map(|s| {
+            s.touch(self.generation.load(Ordering::Relaxed));
+            Arc::clone(&s)
+        })
+    }
+
+    /// How many connections are in memory.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Inserts `record`'s slot unless one exists; returns the slot and
+    /// whether it is new.
+    fn insert(&self, record: Arc<Connection>) -> (Arc<Slot>, bool) {
+        let mut inserted = false;
+        let slot = Arc::clone(
+            self.map
+                .entry(record.id.clone())
+                .or_insert_with(|| {
+                    inserted = true;
+                    Arc::new(Slot::new(record, self.generation.load(Ordering::Relaxed)))
+                })
+                .value(),
+        );
+        if inserted {
+            self.evict_if_full();
+        }
+        (slot, inserted)
+    }
+
+    /// Starts an eviction pass when the cache is over capacity.
+    fn evict_if_full(&self) {
+        if self.map.len() <= self.capacity || self.evicting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let map = Arc::clone(&self.map);
+        let evicting = Arc::clone(&self.evicting);
+        let evicted = self.evicted.clone();
+        let generation = Arc::clone(&self.generation);
+        let target = self.capacity - self.capacity / 16;
+        let pass = move || {
+            let n = evict(&map, target, &generation);
+            evicted.inc_by(n as u64);
+            evicting.store(false, Ordering::Release);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn_blocking(pass);
+            }
+            Err(_) => pass(),
+        }
     }
 
     /// The connection's slot, loading it from the store on first use.
@@ -164,25 +229,13 @@ impl Slots {
             let Some(record) = store.get(id).await? else {
                 return Ok(None);
             };
-            let mut inserted = false;
-            let slot = Arc::clone(&self.map.entry(id.clone()).or_insert_with(|| {
-                inserted = true;
-                let slot = Arc::new(Slot::new(Arc::new(record), Arc::clone(&self.metrics)));
-                slot.count();
-                slot
-            }));
+            let (slot, inserted) = self.insert(Arc::new(record));
             // A slot someone else inserted is theirs to check.
             if !inserted || self.epoch() == epoch {
                 return Ok(Some(slot));
             }
             // A delete ran meanwhile: what we cached may be gone.
-            if self
-                .map
-                .remove_if(id, |_, s| Arc::ptr_eq(s, &slot))
-                .is_some()
-            {
-                slot.uncount();
-            }
+            self.map.remove_if(id, |_, s| Arc::ptr_eq(s, &slot));
         }
     }
 
@@ -197,24 +250,10 @@ impl Slots {
     /// the deleted one.
     pub(crate) fn cache(&self, record: Connection, epoch: u64) -> Arc<Connection> {
         let record = Arc::new(record);
-        let slot = Arc::clone(
-            self.map
-                .entry(record.id.clone())
-                .or_insert_with(|| {
-                    let slot = Arc::new(Slot::new(Arc::clone(&record), Arc::clone(&self.metrics)));
-                    slot.count();
-                    slot
-                })
-                .value(),
-        );
+        let (slot, _) = self.insert(Arc::clone(&record));
         let newest = slot.advance(Arc::clone(&record));
-        if self.epoch() != epoch
-            && self
-                .map
-                .remove_if(&record.id, |_, s| Arc::ptr_eq(s, &slot))
-                .is_some()
-        {
-            slot.uncount();
+        if self.epoch() != epoch {
+            self.map.remove_if(&record.id, |_, s| Arc::ptr_eq(s, &slot));
         }
         newest
     }
@@ -222,9 +261,7 @@ impl Slots {
     /// Forgets a deleted connection.
     pub(crate) fn remove(&self, id: &ConnectionId) {
         self.delete_epoch.fetch_add(1, Ordering::SeqCst);
-        if let Some((_, slot)) = self.map.remove(id) {
-            slot.uncount();
-        }
+        self.map.remove(id);
     }
 
     /// Every cached connection's id.
@@ -239,5 +276,134 @@ impl Slots {
             .filter(|e| e.value().has_pending())
             .map(|e| (e.key().clone(), Arc::clone(e.value())))
             .collect()
+    }
+}
+
+/// Generations told apart by eviction; older ones count as this old.
+const AGES: usize = 64;
+
+/// One eviction pass: starts a new generation, then evicts unpinned slots
+/// oldest use first until at most `target` remain. A first pass over the
+/// map counts slots per age, to find the age to evict from; the second
+/// evicts with `retain`, which holds each shard's write lock while it
+/// looks, so nobody can take a slot it is evicting.
+fn evict(map: &DashMap<ConnectionId, Arc<Slot>>, target: usize, generation: &AtomicU32) -> usize {
+    let now = generation.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+    let age =
+        |slot: &Slot| (now.wrapping_sub(slot.used.load(Ordering::Relaxed)) as usize).min(AGES - 1);
+    let excess = map.len().saturating_sub(target);
+    if excess == 0 {
+        return 0;
+    }
+    let mut by_age = [0usize; AGES];
+    for entry in map.iter() {
+        by_age[age(entry.value())] += 1;
+    }
+    // Evict every slot older than `cut`, and `at_cut` of those of age `cut`.
+    let mut cut = AGES - 1;
+    let mut older = 0;
+    while cut > 0 && older + by_age[cut] < excess {
+        older += by_age[cut];
+        cut -= 1;
+    }
+    let mut at_cut = excess - older;
+    let mut evicted = 0;
+    map.retain(|_, slot| {
+        let a = age(slot);
+        if a < cut || (a == cut && at_cut == 0) || slot.pinned() {
+            return true;
+        }
+        if a == cut {
+            at_cut -= 1;
+        }
+        evicted += 1;
+        false
+    });
+    evicted
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prometheus_client::metrics::counter::Counter;
+    use secrecy::SecretString;
+
+    use super::*;
+
+    fn record(i: usize) -> Connection {
+        tokend_store::conformance::record(&format!("c{i:05}"), 1)
+    }
+
+    async fn settle(slots: &Slots) {
+        for _ in 0..1000 {
+            if !slots.evicting.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("an eviction pass never ended");
+    }
+
+    /// Issue 15. Invariant: the cache stays within its capacity however
+    /// many connections are read, the least recently used go first,
+    /// evicted records are released (their tokens zeroized by
+    /// `SecretString`'s drop), and a connection read all along stays.
+    #[tokio::test]
+    async fn the_cache_stays_bounded_and_releases_what_it_evicts() {
+        let evicted = Counter::default();
+        let slots = Slots::new(1_000, evicted.clone());
+        let first = Arc::downgrade(&slots.cache(record(0), slots.epoch()));
+        for i in 1..5_000 {
+            slots.cache(record(i), slots.epoch());
+            // A hot connection, read between every load.
+            let hot = ConnectionId::new("c00001").unwrap();
+            if i > 1 {
+                assert!(
+                    slots.get(&hot).is_some(),
+                    "the hot connection was evicted at {i}"
+                );
+            }
+            settle(&slots).await;
+        }
+        assert!(slots.len() <= 1_000, "{} cached", slots.len());
+        assert!(evicted.get() >= 4_000, "{} evicted", evicted.get());
+        assert!(
+            first.upgrade().is_none(),
+            "an evicted record is still held somewhere"
+        );
+    }
+
+    /// Issue 15. Invariant: eviction never drops what is not in the store:
+    /// a slot with a grant not persisted yet, a refresh running, retry
+    /// state, or a caller holding it.
+    #[tokio::test]
+    async fn pinned_slots_are_never_evicted() {
+        let slots = Slots::new(1_000, Counter::default());
+        slots.cache(record(0), slots.epoch());
+        slots.cache(record(1), slots.epoch());
+        slots.cache(record(2), slots.epoch());
+        let pending = slots.get(&ConnectionId::new("c00000").unwrap()).unwrap();
+        *lock(&pending.pending) = Some(PendingGrant {
+            replaced: None,
+            grant: Grant::RefreshTokenOnly(SecretString::from("rt-new")),
+            attempts: 0,
+        });
+        drop(pending);
+        let retrying = slots.get(&ConnectionId::new("c00001").unwrap()).unwrap();
+        lock(&retrying.retry).attempts = 2;
+        drop(retrying);
+        let held = slots.get(&ConnectionId::new("c00002").unwrap()).unwrap();
+        for i in 3..3_000 {
+            slots.cache(record(i), slots.epoch());
+            settle(&slots).await;
+        }
+        // Twice with nothing touched in between: every unpinned slot goes.
+        evict(&slots.map, 0, &slots.generation);
+        let mut left = slots.ids();
+        left.sort();
+        let left: Vec<String> = left.iter().map(ToString::to_string).collect();
+        assert_eq!(left, ["c00000", "c00001", "c00002"]);
+        drop(held);
     }
 }

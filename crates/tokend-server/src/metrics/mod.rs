@@ -166,6 +166,11 @@ pub struct Metrics {
     pub served_ttl: Histogram,
     pub refreshes_in_flight: Gauge,
     pub connections: Family<ConnectionLabels, Gauge>,
+    /// The label sets `connections` has shown, so one that empties is set
+    /// to 0 rather than left at its last count.
+    connection_labels: Mutex<std::collections::HashSet<ConnectionLabels>>,
+    pub cached_connections: Gauge,
+    pub cache_evictions: Counter,
     pub store_operations: Family<StoreLabels, Counter>,
     pub store_duration: HistogramFamily<OperationLabel>,
     pub breaker_open: Family<ProviderLabel, Gauge>,
@@ -235,8 +240,20 @@ impl Metrics {
         let connections = Family::<ConnectionLabels, Gauge>::default();
         registry.register(
             "tokend_connections",
-            "Connections this process holds, by provider and status",
+            "Connections in the store, by provider and status (counted when scraped)",
             connections.clone(),
+        );
+        let cached_connections = Gauge::default();
+        registry.register(
+            "tokend_connections_cached",
+            "Connections held decrypted in this process's memory (at most cache_capacity, plus those in use)",
+            cached_connections.clone(),
+        );
+        let cache_evictions = Counter::default();
+        registry.register(
+            "tokend_connections_evicted",
+            "Connections dropped from memory to stay within cache_capacity (read from the store again on use)",
+            cache_evictions.clone(),
         );
         let store_operations = Family::<StoreLabels, Counter>::default();
         registry.register(
@@ -297,9 +314,35 @@ impl Metrics {
             served_ttl,
             refreshes_in_flight,
             connections,
+            connection_labels: Mutex::default(),
+            cached_connections,
+            cache_evictions,
             store_operations,
             store_duration,
         }
+    }
+
+    /// Sets the connections gauge to `census` (what the store counts).
+    pub fn set_connections(&self, census: &tokend_store::Census) {
+        let mut seen = self
+            .connection_labels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut now = std::collections::HashSet::new();
+        for (provider, status, n) in census.iter() {
+            let labels = ConnectionLabels {
+                provider: provider.as_str().to_owned(),
+                status: status.as_str().to_owned(),
+            };
+            self.connections
+                .get_or_create(&labels)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+            now.insert(labels);
+        }
+        for gone in seen.difference(&now) {
+            self.connections.get_or_create(gone).set(0);
+        }
+        seen.extend(now);
     }
 
     /// Registers the key rotation metrics the binary keeps current.
@@ -402,30 +445,6 @@ impl Metrics {
                 outcome: if delivered { "delivered" } else { "failed" }.to_owned(),
             })
             .inc();
-    }
-
-    /// Moves one connection between (provider, status) gauges: `before`
-    /// none for a new one, `after` none for a removed one.
-    pub fn connection_moved(&self, before: Option<(&str, &str)>, after: Option<(&str, &str)>) {
-        if before == after {
-            return;
-        }
-        if let Some((provider, status)) = before {
-            self.connections
-                .get_or_create(&ConnectionLabels {
-                    provider: provider.to_owned(),
-                    status: status.to_owned(),
-                })
-                .dec();
-        }
-        if let Some((provider, status)) = after {
-            self.connections
-                .get_or_create(&ConnectionLabels {
-                    provider: provider.to_owned(),
-                    status: status.to_owned(),
-                })
-                .inc();
-        }
     }
 }
 

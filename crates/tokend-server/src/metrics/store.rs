@@ -6,7 +6,8 @@ use std::{sync::Arc, time::Duration, time::Instant};
 use async_trait::async_trait;
 use tokend_core::{Connection, ConnectionId, Event, Timestamp};
 use tokend_store::{
-    Expected, Lease, ListQuery, LogBounds, SavedCursor, SealedPage, Store, StoreError,
+    Census, Expected, Lease, ListQuery, LogBounds, SavedCursor, SealedPage, Store, StoreError,
+    Summary,
 };
 use tokio::sync::watch;
 
@@ -80,6 +81,18 @@ impl Store for MeteredStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {
         self.inner.list(query).await
+    }
+
+    async fn summaries(
+        &self,
+        after: Option<&ConnectionId>,
+        limit: usize,
+    ) -> Result<Vec<Summary>, StoreError> {
+        self.inner.summaries(after, limit).await
+    }
+
+    async fn census(&self) -> Result<Census, StoreError> {
+        self.inner.census().await
     }
 
     async fn try_acquire_refresh_lease(
