@@ -59,10 +59,10 @@ fn connection(i: usize) -> Connection {
     c.reconnect_cause = None;
     c.last_error = None;
     c.previous_refresh_token = None;
-    if i % 100 == 7 {
+    if i % 100 == 3 {
         c.status = Status::ReconnectRequired;
     }
-    if i % 100 == 57 {
+    if i % 100 == 5 {
         c.provider = ProviderName::new("other").expect("provider");
     }
     c
@@ -83,7 +83,10 @@ async fn seed(store: &Arc<SledStore>, keys: &KeyFile, n: usize) {
                 (from..(from + per_task).min(end))
                     .map(|i| {
                         let c = connection(i);
-                        (c.id.to_string(), tokend_store::backend::encode(&c, &keyring))
+                        (
+                            c.id.to_string(),
+                            tokend_store::backend::encode(&c, &keyring),
+                        )
                     })
                     .collect::<Vec<_>>()
             })
@@ -120,7 +123,7 @@ async fn first_page(channel: &Channel, filter: pb::ListConnectionsRequest) -> (D
 
 fn by_status() -> pb::ListConnectionsRequest {
     pb::ListConnectionsRequest {
-        page_size: 100,
+        page_size: 10,
         status: pb::ConnectionStatus::ReconnectRequired as i32,
         ..Default::default()
     }
@@ -128,7 +131,7 @@ fn by_status() -> pb::ListConnectionsRequest {
 
 fn by_provider() -> pb::ListConnectionsRequest {
     pb::ListConnectionsRequest {
-        page_size: 100,
+        page_size: 10,
         provider: "other".into(),
         ..Default::default()
     }
@@ -237,7 +240,11 @@ async fn run() {
         start(&sandbox, small.path(), &keys, "m0000000").await;
     let small_status = first_page(&small_channel, by_status()).await;
     let small_provider = first_page(&small_channel, by_provider()).await;
-    let small_ids: Vec<String> = (0..1_000).map(|i| format!("m{i:07}")).collect();
+    // Every active connection of the sandbox provider (not 3 or 5 mod 100).
+    let small_ids: Vec<String> = (0..1_000)
+        .filter(|i| i % 100 != 3 && i % 100 != 5)
+        .map(|i| format!("m{i:07}"))
+        .collect();
     // Interleaved, best of three each: background work of either store
     // (sled's own flushes) lands on both.
     let mut small_p99 = p99(&small_channel, &small_ids).await;

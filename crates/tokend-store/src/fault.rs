@@ -17,6 +17,8 @@ pub enum Op {
     Put,
     Delete,
     List,
+    /// `summaries` and `census`: what start-up and the gauge read.
+    Summaries,
     AcquireLease,
     ReleaseLease,
     ReplaceUnreadable,
@@ -191,12 +193,12 @@ impl<S: Store> Store for FaultStore<S> {
         after: Option<&ConnectionId>,
         limit: usize,
     ) -> Result<Vec<crate::Summary>, StoreError> {
-        self.through(Op::List, self.inner.summaries(after, limit))
+        self.through(Op::Summaries, self.inner.summaries(after, limit))
             .await
     }
 
     async fn census(&self) -> Result<crate::Census, StoreError> {
-        self.through(Op::List, self.inner.census()).await
+        self.through(Op::Summaries, self.inner.census()).await
     }
 
     async fn try_acquire_refresh_lease(

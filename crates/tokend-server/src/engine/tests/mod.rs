@@ -463,6 +463,68 @@ async fn a_deleted_connection_is_not_cached_again() {
     ));
 }
 
+/// Issue 15. Invariant: start-up schedules every ACTIVE connection from the
+/// store's summaries and reads (decrypts) no record: with every record
+/// read failing, it still starts, schedules them all and caches none;
+/// each loads on first use.
+#[tokio::test(start_paused = true)]
+async fn start_up_schedules_from_summaries_and_opens_no_record() {
+    let clock = Clock::system();
+    let store = Arc::new(FaultStore::new(MemoryStore::new()));
+    let provider = Arc::new(ScriptedProvider::new(clock.clone(), ScriptRotation::Strict));
+    let make = || {
+        Engine::new(
+            store.clone(),
+            vec![provider_config(Duration::ZERO, Duration::ZERO)],
+            provider.clone(),
+            clock.clone(),
+            settings(),
+        )
+    };
+    let first = make();
+    first.start().await.unwrap();
+    for i in 0..5 {
+        let (access, refresh) = provider.issue();
+        first
+            .install(import_input(&format!("c{i}"), &access, Some(&refresh)))
+            .await
+            .unwrap();
+    }
+    // One revoked: not scheduled.
+    let mut revoked = store
+        .inner()
+        .get(&ConnectionId::new("c4").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let expected = revoked.revision;
+    revoked = revoked.next_revision(clock.now());
+    revoked.status = Status::ReconnectRequired;
+    store.put(&revoked, Some(expected), None).await.unwrap();
+    drop(first);
+
+    let reads = || store.calls(Op::Get) + store.calls(Op::List);
+    let before = reads();
+    store.arm_always(Op::Get, Fault::BeforeWrite);
+    store.arm_always(Op::List, Fault::BeforeWrite);
+    let second = make();
+    assert_eq!(second.start().await.unwrap(), 5);
+    assert_eq!(
+        second.scheduler.len(),
+        4,
+        "every ACTIVE connection scheduled"
+    );
+    assert_eq!(second.slots.len(), 0, "nothing loaded at start");
+    assert_eq!(reads(), before, "no record read at start");
+    store.heal();
+    let served = second
+        .get_token(&ConnectionId::new("c2").unwrap(), Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(!served.tokens.access_token.expose_secret().is_empty());
+    assert_eq!(second.slots.len(), 1, "loaded on first use");
+}
+
 /// Item 9. Invariant: a lease left by a killed run does not block refreshes
 /// after a restart, and that connection is refreshed at once (in doubt).
 #[tokio::test(start_paused = true)]
