@@ -1,6 +1,7 @@
 //! A million connections on one machine: seed N sealed records straight
-//! into a sled store, then measure start-up to the first served token,
-//! resident memory after start and after touching 10% of the connections,
+//! into a sled data dir, then run `tokend serve` on it as its own process
+//! and measure start-up to the first served token, its resident memory
+//! after start and after touching 10% of the connections,
 //! cached GetToken p99, and the first page of ListConnections filtered by
 //! status and by provider, each against a server with 1,000 connections in
 //! the same run. One connection in 100 is RECONNECT_REQUIRED, and another
@@ -22,7 +23,6 @@ use futures::future::join_all;
 use tokend_core::{Clock, Connection, ProviderName, Status, Timestamp};
 use tokend_proto::v1::{self as pb, token_service_client::TokenServiceClient};
 use tokend_sandbox::{Sandbox, SandboxConfig};
-use tokend_server::limits::Limits;
 use tokend_store::{SledStore, crypto::KeyFile};
 use tonic::transport::Channel;
 
@@ -40,9 +40,9 @@ fn n() -> usize {
         .unwrap_or(1_000_000)
 }
 
-/// This process's resident set, in MiB.
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+/// A process's resident set, in MiB, from its `/proc/PID/status`.
+fn rss_of(path: &str) -> f64 {
+    let status = std::fs::read_to_string(path).unwrap_or_default();
     status
         .lines()
         .find(|l| l.starts_with("VmRSS:"))
@@ -137,22 +137,66 @@ fn by_provider() -> pb::ListConnectionsRequest {
     }
 }
 
-/// A server on the store in `dir` (opened here, so its start-up is timed):
-/// the time to its first served token, and a channel.
-async fn start(
-    sandbox: &Sandbox,
-    dir: &std::path::Path,
-    keys: &KeyFile,
-    first: &str,
-) -> (Duration, Channel, tokio::sync::oneshot::Sender<()>) {
+/// A running `tokend serve`, killed when dropped.
+struct Served {
+    child: std::process::Child,
+    channel: Channel,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    /// Its resident set, in MiB.
+    fn rss_mib(&self) -> f64 {
+        rss_of(&format!("/proc/{}/status", self.child.id()))
+    }
+}
+
+/// `tokend serve` on the data dir `dir` (its key file inside), with the
+/// bench's sandbox as provider `sandbox`: the time from spawning it to its
+/// first served token, and the process.
+async fn start(sandbox: &Sandbox, dir: &std::path::Path, first: &str) -> (Duration, Served) {
+    let config = dir.join("tokend.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[providers.sandbox]\npreset = \"sandbox\"\ntoken_url = \"{}\"\n\
+             client_id = \"{}\"\nclient_secret_env = \"SANDBOX_CLIENT_SECRET\"\n\n\
+             [limits]\nopen_requests_per_second_per_peer = 10000000\n",
+            sandbox.token_url(),
+            sandbox.config().client_id,
+        ),
+    )
+    .expect("config");
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
     let started = Instant::now();
-    let store = SledStore::open(&dir.join("db"), keys.keyring().expect("keys")).expect("store");
-    let limits = Limits {
-        open_requests_per_second_per_peer: 10_000_000,
-        ..Limits::default()
-    };
-    let (channel, _, stop, _) = support::start(sandbox, Arc::new(store), dir, limits, None).await;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"));
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", &addr.to_string(), "--admin-listen", "off"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("SANDBOX_CLIENT_SECRET", sandbox.config().client_secret)
+        .env_remove("TOKEND_KEYS")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("tokend.log")).expect("log"));
+    let child = command.spawn().expect("tokend serve starts");
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .tcp_nodelay(true)
+        .connect_lazy();
     let mut client = TokenServiceClient::new(channel.clone());
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let got = client
             .get_token(pb::GetTokenRequest {
@@ -163,9 +207,14 @@ async fn start(
         if got.is_ok() {
             break;
         }
+        assert!(
+            Instant::now() < deadline,
+            "tokend did not serve in 120 s: {}",
+            std::fs::read_to_string(dir.join("tokend.log")).unwrap_or_default()
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    (started.elapsed(), channel, stop)
+    (started.elapsed(), Served { child, channel })
 }
 
 async fn p99(channel: &Channel, ids: &[String]) -> Duration {
@@ -191,14 +240,32 @@ async fn run() {
     let sandbox = Sandbox::start(SandboxConfig::default())
         .await
         .expect("sandbox");
-    let keys = KeyFile::generate();
-    let big = tempfile::tempdir().expect("dir");
+    // MILLION_KEEP_DIR: seed the big data dir there once and reuse it (for
+    // profiling start-up); a temporary dir otherwise.
+    let kept = std::env::var_os("MILLION_KEEP_DIR").map(std::path::PathBuf::from);
+    let big_tmp = tempfile::tempdir().expect("dir");
+    let big = kept.clone().unwrap_or_else(|| big_tmp.path().to_owned());
+    let key_path = |dir: &std::path::Path| {
+        dir.join("data")
+            .join(tokend_store::crypto::keys::KEY_FILE_NAME)
+    };
+    let reuse = kept.is_some() && key_path(&big).exists();
+    let keys = if reuse {
+        KeyFile::load(&key_path(&big)).expect("kept key file")
+    } else {
+        KeyFile::generate()
+    };
     let small = tempfile::tempdir().expect("dir");
     let seeding = Instant::now();
-    for (dir, count) in [(&big, n), (&small, 1_000)] {
-        let store = Arc::new(
-            SledStore::open(&dir.path().join("db"), keys.keyring().expect("keys")).expect("store"),
-        );
+    for (dir, count) in [(big.as_path(), n), (small.path(), 1_000)] {
+        if reuse && dir == big.as_path() {
+            continue;
+        }
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        keys.save(&key_path(dir)).expect("key file");
+        let store =
+            Arc::new(SledStore::open(&data, keys.keyring().expect("keys")).expect("store"));
         seed(&store, &keys, count).await;
     }
     println!(
@@ -206,9 +273,9 @@ async fn run() {
         seeding.elapsed().as_secs_f64(),
         n as f64 / seeding.elapsed().as_secs_f64()
     );
-    let rss_before = rss_mib();
-    let (up, channel, _stop) = start(&sandbox, big.path(), &keys, "m0000000").await;
-    let rss_started = rss_mib();
+    let (up, big_server) = start(&sandbox, &big, "m0000000").await;
+    let channel = big_server.channel.clone();
+    let rss_started = big_server.rss_mib();
     // Touch 10%: every tenth connection, 16 callers.
     let touched: Vec<String> = (0..n).step_by(10).map(|i| format!("m{i:07}")).collect();
     let chunks: Vec<Vec<String>> = touched
@@ -232,12 +299,13 @@ async fn run() {
     }))
     .await;
     let touch_secs = touching.elapsed().as_secs_f64();
-    let rss_touched = rss_mib();
+    let rss_touched = big_server.rss_mib();
     let big_p99 = p99(&channel, &touched).await;
     let big_status = first_page(&channel, by_status()).await;
     let big_provider = first_page(&channel, by_provider()).await;
-    let (small_up, small_channel, _small_stop) =
-        start(&sandbox, small.path(), &keys, "m0000000").await;
+    let (small_up, small_server) = start(&sandbox, small.path(), "m0000000").await;
+    let small_channel = small_server.channel.clone();
+    let small_rss = small_server.rss_mib();
     let small_status = first_page(&small_channel, by_status()).await;
     let small_provider = first_page(&small_channel, by_provider()).await;
     // Every active connection of the sandbox provider (not 3 or 5 mod 100).
@@ -262,13 +330,11 @@ async fn run() {
         small_up.as_secs_f64()
     );
     println!(
-        "| RSS added by starting (whole process) | {:.0} MiB | | ≤ 2 GiB |",
-        rss_started - rss_before
+        "| tokend's RSS after start | {rss_started:.0} MiB | {small_rss:.0} MiB | ≤ 2 GiB |"
     );
     println!(
-        "| RSS after touching 10% ({} GetTokens in {touch_secs:.1} s) | {:.0} MiB | | ≤ 2 GiB |",
+        "| tokend's RSS after touching 10% ({} GetTokens in {touch_secs:.1} s) | {rss_touched:.0} MiB | | ≤ 2 GiB |",
         touched.len(),
-        rss_touched
     );
     println!(
         "| cached GetToken p99 (sequential, best of 3 passes) | {:.3} ms | {:.3} ms | ≤ 1.2x: {:.2}x |",

@@ -172,12 +172,6 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(secs) => std::time::Duration::from_secs(secs),
         None => tokend_server::EngineSettings::default().lease_ttl,
     };
-    if let store::Opened::Sled(sled) = &opened {
-        // Finish a rotation that happened while the server was down.
-        if let Some(pass) = keys::reencrypt(sled, key_path.as_deref(), &data_dir).await {
-            key_rotation.record(&pass);
-        }
-    }
     let sandbox = if args.sandbox {
         let listener = tokio::net::TcpListener::bind(args.sandbox_opts.sandbox_listen)
             .await
@@ -244,14 +238,31 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         shutdown_signal(),
         |tasks, cancel| {
-            if let (Some(path), store::Opened::Sled(watched)) = (key_path, opened.clone()) {
-                tasks.spawn(keys::watch_key_file(
-                    path,
-                    data_dir.clone(),
-                    watched,
-                    move |pass| key_rotation.record(pass),
-                    cancel.clone().cancelled_owned(),
-                ));
+            if let store::Opened::Sled(sled) = opened.clone() {
+                let cancel = cancel.clone();
+                tasks.spawn(async move {
+                    // Finish a rotation that happened while the server was
+                    // down, while serving (the pass is online-safe): with
+                    // a million records, a pass takes seconds.
+                    tokio::select! {
+                        pass = keys::reencrypt(&sled, key_path.as_deref(), &data_dir) => {
+                            if let Some(pass) = pass {
+                                key_rotation.record(&pass);
+                            }
+                        }
+                        _ = cancel.cancelled() => return,
+                    }
+                    if let Some(path) = key_path {
+                        keys::watch_key_file(
+                            path,
+                            data_dir,
+                            sled,
+                            move |pass| key_rotation.record(pass),
+                            cancel.cancelled_owned(),
+                        )
+                        .await;
+                    }
+                });
             }
         },
     )
