@@ -162,10 +162,14 @@ impl Served {
 /// first served token, and the process.
 async fn start(sandbox: &Sandbox, dir: &std::path::Path, first: &str) -> (Duration, Served) {
     let config = dir.join("tokend.toml");
+    // MILLION_CACHE: the server's cache_capacity (its default otherwise).
+    let cache = std::env::var("MILLION_CACHE")
+        .map(|n| format!("cache_capacity = {n}\n"))
+        .unwrap_or_default();
     std::fs::write(
         &config,
         format!(
-            "[providers.sandbox]\npreset = \"sandbox\"\ntoken_url = \"{}\"\n\
+            "{cache}[providers.sandbox]\npreset = \"sandbox\"\ntoken_url = \"{}\"\n\
              client_id = \"{}\"\nclient_secret_env = \"SANDBOX_CLIENT_SECRET\"\n\n\
              [limits]\nopen_requests_per_second_per_peer = 10000000\n",
             sandbox.token_url(),
@@ -264,8 +268,7 @@ async fn run() {
         let data = dir.join("data");
         std::fs::create_dir_all(&data).expect("data dir");
         keys.save(&key_path(dir)).expect("key file");
-        let store =
-            Arc::new(SledStore::open(&data, keys.keyring().expect("keys")).expect("store"));
+        let store = Arc::new(SledStore::open(&data, keys.keyring().expect("keys")).expect("store"));
         seed(&store, &keys, count).await;
     }
     println!(
@@ -329,9 +332,7 @@ async fn run() {
         up.as_secs_f64(),
         small_up.as_secs_f64()
     );
-    println!(
-        "| tokend's RSS after start | {rss_started:.0} MiB | {small_rss:.0} MiB | ≤ 2 GiB |"
-    );
+    println!("| tokend's RSS after start | {rss_started:.0} MiB | {small_rss:.0} MiB | ≤ 2 GiB |");
     println!(
         "| tokend's RSS after touching 10% ({} GetTokens in {touch_secs:.1} s) | {rss_touched:.0} MiB | | ≤ 2 GiB |",
         touched.len(),

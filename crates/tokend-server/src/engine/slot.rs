@@ -125,8 +125,8 @@ impl Slot {
 ///
 /// Past `capacity` slots, a pass on a blocking thread evicts the unpinned
 /// slots used longest ago until a sixteenth of the capacity is free again.
-/// "Ago" is counted in generations (one per pass), so a read costs one
-/// relaxed load, and a store once per generation. An evicted connection is read from the store on
+/// "Ago" is counted in generations (one per 1/64 of the capacity loaded),
+/// so a read costs one relaxed load, and a store once per generation. An evicted connection is read from the store on
 /// its next use: the store always holds its newest record, because a record
 /// is cached only after it is durable and a slot holding anything not yet
 /// durable is pinned. Dropping the last reference to an evicted record
@@ -136,9 +136,10 @@ pub(crate) struct Slots {
     capacity: usize,
     /// Set while an eviction pass runs, so at most one does.
     evicting: Arc<AtomicBool>,
-    /// Bumped by every eviction pass; each slot keeps the generation of its
-    /// last use.
+    /// Bumped every `capacity / AGES` loads; each slot keeps the
+    /// generation of its last use.
     generation: Arc<AtomicU32>,
+    loads: AtomicU64,
     /// Counts evictions (`tokend_connections_evicted_total`).
     evicted: prometheus_client::metrics::counter::Counter,
     /// Bumped by every delete; a loader or an installer that raced with one
@@ -156,6 +157,7 @@ impl Slots {
             capacity: capacity.max(1),
             evicting: Arc::new(AtomicBool::new(false)),
             generation: Arc::new(AtomicU32::new(0)),
+            loads: AtomicU64::new(0),
             evicted,
             delete_epoch: AtomicU64::new(0),
         }
@@ -187,6 +189,10 @@ impl Slots {
                 .value(),
         );
         if inserted {
+            let step = (self.capacity / AGES).max(1) as u64;
+            if self.loads.fetch_add(1, Ordering::Relaxed) % step == step - 1 {
+                self.generation.fetch_add(1, Ordering::Relaxed);
+            }
             self.evict_if_full();
         }
         (slot, inserted)
@@ -282,13 +288,13 @@ impl Slots {
 /// Generations told apart by eviction; older ones count as this old.
 const AGES: usize = 64;
 
-/// One eviction pass: starts a new generation, then evicts unpinned slots
-/// oldest use first until at most `target` remain. A first pass over the
+/// One eviction pass: evicts unpinned slots, oldest use first, until at
+/// most `target` remain. A first pass over the
 /// map counts slots per age, to find the age to evict from; the second
 /// evicts with `retain`, which holds each shard's write lock while it
 /// looks, so nobody can take a slot it is evicting.
 fn evict(map: &DashMap<ConnectionId, Arc<Slot>>, target: usize, generation: &AtomicU32) -> usize {
-    let now = generation.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+    let now = generation.load(Ordering::Relaxed);
     let age =
         |slot: &Slot| (now.wrapping_sub(slot.used.load(Ordering::Relaxed)) as usize).min(AGES - 1);
     let excess = map.len().saturating_sub(target);
