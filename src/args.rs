@@ -229,6 +229,9 @@ pub(crate) enum RotationArg {
 pub(crate) enum DialectArg {
     Rfc6749,
     Hubspot,
+    Slack,
+    Github,
+    Notion,
 }
 
 impl SandboxOpts {
@@ -243,6 +246,9 @@ impl SandboxOpts {
             dialect: match self.sandbox_dialect {
                 DialectArg::Rfc6749 => Dialect::Rfc6749,
                 DialectArg::Hubspot => Dialect::Hubspot,
+                DialectArg::Slack => Dialect::Slack,
+                DialectArg::Github => Dialect::Github,
+                DialectArg::Notion => Dialect::Notion,
             },
             state_file: self.sandbox_state.clone(),
             ..SandboxConfig::default()

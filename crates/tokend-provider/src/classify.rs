@@ -17,7 +17,17 @@ const REVOKED: &[&str] = &[
     "BAD_REFRESH_TOKEN",
     "BAD_AUTH_CODE",
     "BAD_GRANT",
+    // Slack
+    "invalid_refresh_token",
+    "invalid_code",
+    "code_already_used",
+    "token_revoked",
+    // GitHub
+    "bad_refresh_token",
+    "bad_verification_code",
 ];
+/// Error codes that say to slow down, whatever the HTTP status.
+const RATE_LIMITED: &[&str] = &["ratelimited", "rate_limited", "RATE_LIMITS"];
 /// Error codes that blame tokend's client registration, not the connection.
 const MISCONFIGURED: &[&str] = &[
     "invalid_client",
@@ -29,6 +39,15 @@ const MISCONFIGURED: &[&str] = &[
     "BAD_CLIENT_SECRET",
     "BAD_REDIRECT_URI",
     "BAD_REQUEST",
+    // Slack
+    "invalid_client_id",
+    "bad_client_secret",
+    "invalid_grant_type",
+    "invalid_arguments",
+    "bad_redirect_uri",
+    // GitHub
+    "incorrect_client_credentials",
+    "redirect_uri_mismatch",
 ];
 
 /// The code, message and correlation id in an error body.
@@ -59,7 +78,9 @@ fn parse_body(dialect: Dialect, body: &[u8]) -> ErrorBody {
     // Each dialect prefers its own fields but understands the other's: many
     // providers mix them.
     let (code, message) = match dialect {
-        Dialect::Rfc6749 => (rfc_code.or(hs_code), rfc_message.or(hs_message)),
+        Dialect::Rfc6749 | Dialect::Slack | Dialect::Github => {
+            (rfc_code.or(hs_code), rfc_message.or(hs_message))
+        }
         Dialect::Hubspot => (hs_code.or(rfc_code), hs_message.or(rfc_message)),
     };
     ErrorBody {
@@ -67,6 +88,19 @@ fn parse_body(dialect: Dialect, body: &[u8]) -> ErrorBody {
         message,
         correlation_id,
     }
+}
+
+/// Whether a 2xx body is a refusal, not a grant: Slack's `"ok": false`, or
+/// an `error` with no `access_token` (GitHub, and any provider that answers
+/// 200 to everything). Such an answer is classified like an error status,
+/// never taken for a malformed grant (which would be retried as transient
+/// and leave the refresh in doubt).
+pub(crate) fn is_refusal(body: &[u8]) -> bool {
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    map.get("ok") == Some(&Value::Bool(false))
+        || (map.get("error").is_some_and(Value::is_string) && !map.contains_key("access_token"))
 }
 
 /// Parses `Retry-After`: delta-seconds or an HTTP date.
@@ -100,7 +134,7 @@ pub(crate) fn sanitize(message: &str, secrets: &[&str]) -> String {
     out
 }
 
-/// Classifies a non-2xx answer.
+/// Classifies a non-2xx answer, or a 2xx refusal ([`is_refusal`]).
 pub(crate) fn classify(
     dialect: Dialect,
     http_status: u16,
@@ -116,6 +150,7 @@ pub(crate) fn classify(
         .map(|c| sanitize(&c, secrets));
     let class = match (http_status, code.as_deref()) {
         (429, _) => ErrorClass::RateLimited,
+        (_, Some(c)) if RATE_LIMITED.contains(&c) => ErrorClass::RateLimited,
         (500..=599, _) => ErrorClass::Transient,
         (_, Some(c)) if REVOKED.contains(&c) => ErrorClass::Revoked,
         (_, Some(c)) if MISCONFIGURED.contains(&c) => ErrorClass::ClientMisconfigured,

@@ -7,7 +7,7 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use tokend_core::{Clock, ErrorClass, TokenSet};
 
-use crate::{ClientAuth, ProviderConfig, ProviderError, Salvage, classify, response};
+use crate::{ClientAuth, ProviderConfig, ProviderError, RequestBody, Salvage, classify, response};
 
 /// Limits for upstream calls.
 #[derive(Clone, Debug)]
@@ -107,8 +107,14 @@ impl ProviderClient {
         refresh_token: &SecretString,
     ) -> Result<TokenGrant, ProviderError> {
         let rt = refresh_token.expose_secret();
+        let url = config
+            .request
+            .refresh_url
+            .as_ref()
+            .unwrap_or(&config.token_url);
         self.token_request(
             config,
+            url,
             vec![("grant_type", "refresh_token"), ("refresh_token", rt)],
             &[rt],
         )
@@ -134,12 +140,14 @@ impl ProviderClient {
             form.push(("code_verifier", v.expose_secret()));
             secrets.push(v.expose_secret());
         }
-        self.token_request(config, form, &secrets).await
+        self.token_request(config, &config.token_url, form, &secrets)
+            .await
     }
 
     async fn token_request(
         &self,
         config: &ProviderConfig,
+        url: &reqwest::Url,
         mut form: Vec<(&str, &str)>,
         sent_secrets: &[&str],
     ) -> Result<TokenGrant, ProviderError> {
@@ -158,7 +166,7 @@ impl ProviderClient {
         }
         let mut request = self
             .http
-            .post(config.token_url.clone())
+            .post(url.clone())
             .header("accept", "application/json");
         match config.client_auth {
             ClientAuth::ClientSecretPost => {
@@ -176,7 +184,19 @@ impl ProviderClient {
         let secrets: Vec<&str> = redact.iter().map(String::as_str).collect();
         let sent_at = self.clock.now();
         let request = crate::trace_context::with_current_trace(request);
-        let mut response = request.form(&form).send().await.map_err(|e| {
+        let request = match config.request.body {
+            RequestBody::Form => request.form(&form),
+            RequestBody::Json => {
+                let object: serde_json::Map<String, serde_json::Value> = form
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+                    .collect();
+                request
+                    .header("content-type", "application/json")
+                    .body(serde_json::Value::Object(object).to_string())
+            }
+        };
+        let mut response = request.send().await.map_err(|e| {
             if e.is_timeout() {
                 transport_error("timeout", "token endpoint timed out")
             } else if e.is_connect() {
@@ -238,29 +258,65 @@ impl ProviderClient {
             }
         }
 
-        if success {
-            let parsed = response::parse(config, &body, status, correlation_id.clone(), sent_at)
-                .map_err(|mut e| {
-                    e.salvage = Some(Salvage {
-                        refresh_token: response::salvage_refresh_token(&body),
-                    });
-                    e
-                })?;
-            Ok(TokenGrant {
-                tokens: parsed.tokens,
-                account_id: parsed.account_id,
-                correlation_id,
-            })
-        } else {
-            Err(classify::classify(
-                config.dialect,
+        interpret(
+            config,
+            Answer {
                 status,
-                &body,
+                body: &body,
                 correlation_id,
                 retry_after,
-                &secrets,
-            ))
-        }
+            },
+            &secrets,
+            sent_at,
+        )
+    }
+}
+
+/// What came back from a token endpoint, read in full.
+pub(crate) struct Answer<'a> {
+    pub status: u16,
+    pub body: &'a [u8],
+    pub correlation_id: Option<String>,
+    pub retry_after: Option<Duration>,
+}
+
+/// A grant, or the classified failure, from an answer. `secrets` are what
+/// the request carried (in every form they were sent), stripped from any
+/// error text. Pure, so it can be fuzzed.
+pub(crate) fn interpret(
+    config: &ProviderConfig,
+    answer: Answer<'_>,
+    secrets: &[&str],
+    sent_at: tokend_core::Timestamp,
+) -> Result<TokenGrant, ProviderError> {
+    let Answer {
+        status,
+        body,
+        correlation_id,
+        retry_after,
+    } = answer;
+    if (200..300).contains(&status) && !classify::is_refusal(body) {
+        let parsed = response::parse(config, body, status, correlation_id.clone(), sent_at)
+            .map_err(|mut e| {
+                e.salvage = Some(Salvage {
+                    refresh_token: response::salvage_refresh_token(config, body),
+                });
+                e
+            })?;
+        Ok(TokenGrant {
+            tokens: parsed.tokens,
+            account_id: parsed.account_id,
+            correlation_id,
+        })
+    } else {
+        Err(classify::classify(
+            config.dialect,
+            status,
+            body,
+            correlation_id,
+            retry_after,
+            secrets,
+        ))
     }
 }
 

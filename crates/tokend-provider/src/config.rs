@@ -21,6 +21,38 @@ pub enum Dialect {
     Rfc6749,
     /// `{"status":"BAD_REFRESH_TOKEN","message":"...","correlationId":"..."}`
     Hubspot,
+    /// Slack: refusals are HTTP 200 with `{"ok":false,"error":"invalid_refresh_token"}`.
+    Slack,
+    /// GitHub: refusals are HTTP 200 with `{"error":"bad_refresh_token",...}`.
+    Github,
+}
+
+/// How a token request carries its parameters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RequestBody {
+    /// `application/x-www-form-urlencoded`, as RFC 6749 says.
+    #[default]
+    Form,
+    /// A JSON object of strings (Notion).
+    Json,
+}
+
+/// Where a provider's requests go and what they look like, beyond the
+/// token URL and client authentication.
+#[derive(Clone, Debug, Default)]
+pub struct RequestShape {
+    /// Refresh requests go here instead of `token_url` (13 providers of a
+    /// public catalogue have one).
+    pub refresh_url: Option<reqwest::Url>,
+    pub body: RequestBody,
+}
+
+/// Where a provider's token answer keeps its fields.
+#[derive(Clone, Debug, Default)]
+pub struct ResponseShape {
+    /// The object holding the token fields, as a path of keys (Slack's user
+    /// tokens: `["authed_user"]`); empty: the top level.
+    pub token_path: Vec<String>,
 }
 
 /// One provider's settings. The client secret is a `SecretString`, so this
@@ -41,7 +73,8 @@ pub struct ProviderConfig {
     pub dialect: Dialect,
     /// Field of the token response naming the provider-side account, if the
     /// provider sends one (`account_id` for the sandbox, `hub_id` where a
-    /// HubSpot-style endpoint adds it).
+    /// HubSpot-style endpoint adds it); a dotted path reaches into objects
+    /// (`team.id`). Looked up beside the token fields first, then at the top.
     pub account_id_field: Option<String>,
     /// How long the provider keeps accepting a refresh token after rotating
     /// it (0: strict rotation). Within it, a refresh refused after a crash is
@@ -50,6 +83,8 @@ pub struct ProviderConfig {
     /// Least time between two on-demand refreshes that name no rejected
     /// token or version: `ForceRefresh` inside it returns the current token.
     pub min_refresh_interval: Duration,
+    pub request: RequestShape,
+    pub response: ResponseShape,
 }
 
 impl ProviderConfig {
@@ -72,6 +107,8 @@ impl fmt::Debug for ProviderConfig {
             .field("account_id_field", &self.account_id_field)
             .field("rotation_grace", &self.rotation_grace)
             .field("min_refresh_interval", &self.min_refresh_interval)
+            .field("request", &self.request)
+            .field("response", &self.response)
             .finish()
     }
 }

@@ -6,12 +6,14 @@ mod classify;
 mod client;
 mod config;
 mod endpoint;
+#[cfg(test)]
+mod fuzz;
 mod response;
 pub mod scripted;
 mod trace_context;
 
 pub use client::{HttpSettings, ProviderClient, TokenGrant};
-pub use config::{ClientAuth, Dialect, ProviderConfig};
+pub use config::{ClientAuth, Dialect, ProviderConfig, RequestBody, RequestShape, ResponseShape};
 pub use endpoint::TokenEndpoint;
 pub use reqwest::Url;
 

@@ -57,6 +57,21 @@ fn expires_in(value: Option<&Value>) -> Option<Duration> {
     Some(Duration::from_secs_f64(secs))
 }
 
+/// `expires_at` (Unix seconds, as some providers send instead of
+/// `expires_in`) as a lifetime from `sent_at`, if plausible.
+fn expires_at(value: Option<&Value>, sent_at: Timestamp) -> Option<Duration> {
+    let at = match value? {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse::<f64>().ok()?,
+        _ => return None,
+    };
+    let secs = at - sent_at.unix_millis() as f64 / 1000.0;
+    if !secs.is_finite() || secs < 1.0 || secs > MAX_PLAUSIBLE_LIFETIME.as_secs_f64() {
+        return None;
+    }
+    Some(Duration::from_secs_f64(secs))
+}
+
 fn scopes(value: Option<&Value>) -> Vec<String> {
     match value {
         Some(Value::String(s)) => s
@@ -81,13 +96,24 @@ fn account_id(value: Option<&Value>) -> Option<String> {
     }
 }
 
+/// The object at `path` (keys) inside `value`.
+fn at_path<'a>(value: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(value, |v, key| v.get(key))
+}
+
+/// A dotted field (`team.id`) inside `value`.
+fn dotted<'a>(value: &'a Value, field: &str) -> Option<&'a Value> {
+    field.split('.').try_fold(value, |v, key| v.get(key))
+}
+
 /// The refresh token of a 2xx body that failed validation, if one can still
 /// be read: a non-empty JSON string of storable size with no whitespace or
 /// control characters. With a rotating provider it is the only live one.
-pub(crate) fn salvage_refresh_token(body: &[u8]) -> Option<SecretString> {
+pub(crate) fn salvage_refresh_token(config: &ProviderConfig, body: &[u8]) -> Option<SecretString> {
     const MAX_SALVAGED_LEN: usize = 16 * 1024;
     let json: Value = serde_json::from_slice(body).ok()?;
-    match json.get("refresh_token")? {
+    let fields = at_path(&json, &config.response.token_path)?;
+    match fields.get("refresh_token")? {
         Value::String(s)
             if !s.is_empty()
                 && s.len() <= MAX_SALVAGED_LEN
@@ -117,8 +143,13 @@ pub(crate) fn parse(
     let fail = |m: &str| malformed(m, http_status, correlation_id.clone());
     let json: Value =
         serde_json::from_slice(body).map_err(|_| fail("token response is not JSON"))?;
-    let Value::Object(map) = json else {
+    if !json.is_object() {
         return Err(fail("token response is not a JSON object"));
+    }
+    let Some(Value::Object(map)) = at_path(&json, &config.response.token_path) else {
+        return Err(fail(
+            "token response has no object at the configured token_path",
+        ));
     };
     let access_token = token(map.get("access_token"))
         .map_err(fail)?
@@ -132,11 +163,13 @@ pub(crate) fn parse(
         }
         Some(_) => return Err(fail("token response has an invalid token_type")),
     };
-    let lifetime = expires_in(map.get("expires_in")).unwrap_or(config.default_lifetime);
-    let account = config
-        .account_id_field
-        .as_deref()
-        .and_then(|field| account_id(map.get(field)));
+    let lifetime = expires_in(map.get("expires_in"))
+        .or_else(|| expires_at(map.get("expires_at"), sent_at))
+        .unwrap_or(config.default_lifetime);
+    let fields = Value::Object(map.clone());
+    let account = config.account_id_field.as_deref().and_then(|field| {
+        account_id(dotted(&fields, field)).or_else(|| account_id(dotted(&json, field)))
+    });
     Ok(Parsed {
         tokens: TokenSet {
             access_token,
@@ -171,6 +204,8 @@ mod tests {
             account_id_field: Some("hub_id".into()),
             rotation_grace: Duration::ZERO,
             min_refresh_interval: ProviderConfig::DEFAULT_MIN_REFRESH_INTERVAL,
+            request: Default::default(),
+            response: Default::default(),
         }
     }
 

@@ -334,6 +334,8 @@ mod tests {
             account_id_field: None,
             rotation_grace: Duration::ZERO,
             min_refresh_interval: Duration::ZERO,
+            request: Default::default(),
+            response: Default::default(),
         }
     }
 

@@ -1,4 +1,5 @@
-//! OAuth error responses of the token endpoint, rendered in the RFC 6749 or HubSpot dialect.
+//! OAuth error responses of the token endpoint, rendered in the configured dialect (RFC 6749,
+//! HubSpot, Slack, GitHub, Notion).
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -110,9 +111,60 @@ impl OAuthError {
         }
     }
 
+    /// Slack's `error` value. Slack answers 200 for every refusal.
+    fn slack_code(&self) -> &'static str {
+        match self.code {
+            ErrorCode::InvalidRequest => "invalid_arguments",
+            ErrorCode::InvalidClient => "invalid_client_id",
+            ErrorCode::InvalidGrant(GrantKind::Refresh) => "invalid_refresh_token",
+            ErrorCode::InvalidGrant(GrantKind::Code) => "invalid_code",
+            ErrorCode::UnsupportedGrantType => "invalid_grant_type",
+            ErrorCode::ServerError(_) => "fatal_error",
+            ErrorCode::RateLimited { .. } => "ratelimited",
+        }
+    }
+
+    /// GitHub's `error` value.
+    fn github_code(&self) -> &'static str {
+        match self.code {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::InvalidClient => "incorrect_client_credentials",
+            ErrorCode::InvalidGrant(GrantKind::Refresh) => "bad_refresh_token",
+            ErrorCode::InvalidGrant(GrantKind::Code) => "bad_verification_code",
+            ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::ServerError(_) => "server_error",
+            ErrorCode::RateLimited { .. } => "rate_limited",
+        }
+    }
+
+    /// The HTTP status a dialect answers with: Slack and GitHub refuse with 200, and keep
+    /// 429 and server errors.
+    fn status_in(&self, dialect: Dialect) -> StatusCode {
+        match (dialect, self.code) {
+            (_, ErrorCode::RateLimited { .. } | ErrorCode::ServerError(_)) => self.status,
+            (Dialect::Slack | Dialect::Github, _) => StatusCode::OK,
+            _ => self.status,
+        }
+    }
+
     pub(crate) fn into_response(self, dialect: Dialect) -> Response {
+        let status = self.status_in(dialect);
         let mut response = match dialect {
-            Dialect::Rfc6749 => (
+            Dialect::Slack => (
+                status,
+                Json(serde_json::json!({ "ok": false, "error": self.slack_code() })),
+            )
+                .into_response(),
+            Dialect::Github => (
+                status,
+                Json(serde_json::json!({
+                    "error": self.github_code(),
+                    "error_description": self.description,
+                    "error_uri": "https://docs.github.com/apps/troubleshooting",
+                })),
+            )
+                .into_response(),
+            Dialect::Rfc6749 | Dialect::Notion => (
                 self.status,
                 Json(Rfc6749Body {
                     error: self.rfc6749_code(),
@@ -138,7 +190,7 @@ impl OAuthError {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self.code {
             // RFC 6749 §5.2 asks for a challenge naming the scheme the client may use.
-            ErrorCode::InvalidClient => {
+            ErrorCode::InvalidClient if status == StatusCode::UNAUTHORIZED => {
                 headers.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Basic realm=\"tokend-sandbox\""),

@@ -51,6 +51,39 @@ impl TokenForm {
         Ok(Self { fields })
     }
 
+    /// Decodes a JSON object of string values (as Notion takes them); empty values count as
+    /// omitted, as in a form.
+    pub(crate) fn parse_json(headers: &HeaderMap, body: &[u8]) -> Result<Self, OAuthError> {
+        let is_json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"));
+        if !is_json {
+            return Err(OAuthError::invalid_request(
+                "content type must be application/json",
+            ));
+        }
+        let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(body) else {
+            return Err(OAuthError::invalid_request("body must be a JSON object"));
+        };
+        let mut fields = HashMap::new();
+        for (name, value) in map {
+            match value {
+                serde_json::Value::String(v) if v.is_empty() => {}
+                serde_json::Value::String(v) => {
+                    fields.insert(name, v);
+                }
+                _ => {
+                    return Err(OAuthError::invalid_request(
+                        "request parameters must be strings",
+                    ));
+                }
+            }
+        }
+        Ok(Self { fields })
+    }
+
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.fields.get(name).map(String::as_str)
     }

@@ -80,7 +80,7 @@ async fn token(
         }
     }
     match handle_token(&provider, &headers, body) {
-        Ok(granted) => token_response(&granted),
+        Ok(granted) => token_response(dialect, &granted),
         Err(err) => {
             tracing::debug!(
                 error = ?err.code,
@@ -104,7 +104,18 @@ fn handle_token(
         ),
         _ => OAuthError::invalid_request("request body could not be read"),
     })?;
-    let form = TokenForm::parse(headers, &body)?;
+    let form = match provider.dialect() {
+        // Notion takes a JSON body, and its client authenticates with HTTP Basic only.
+        Dialect::Notion => {
+            if headers.get(header::AUTHORIZATION).is_none() {
+                return Err(OAuthError::invalid_client(
+                    "HTTP Basic client authentication is required",
+                ));
+            }
+            TokenForm::parse_json(headers, &body)?
+        }
+        _ => TokenForm::parse(headers, &body)?,
+    };
 
     let client = form::client_credentials(headers, &form)?;
     if !provider.authenticate(client.id.as_bytes(), client.secret.as_bytes()) {
@@ -136,7 +147,7 @@ struct TokenBody<'a> {
     account_id: &'a str,
 }
 
-fn token_response(granted: &Granted) -> Response {
+fn token_response(dialect: Dialect, granted: &Granted) -> Response {
     let body = TokenBody {
         access_token: &granted.access_token,
         refresh_token: granted.refresh_token.as_deref(),
@@ -145,7 +156,43 @@ fn token_response(granted: &Granted) -> Response {
         scope: granted.scopes.join(" "),
         account_id: &granted.account_id,
     };
-    let mut response = Json(body).into_response();
+    let mut response = match dialect {
+        Dialect::Rfc6749 | Dialect::Hubspot => Json(body).into_response(),
+        // A user token, as Slack gives it when only user scopes were granted.
+        Dialect::Slack => Json(serde_json::json!({
+            "ok": true,
+            "app_id": "A0SANDBOX",
+            "authed_user": {
+                "id": format!("U{}", granted.account_id),
+                "scope": body.scope,
+                "access_token": body.access_token,
+                "token_type": "user",
+                "refresh_token": body.refresh_token,
+                "expires_in": body.expires_in,
+            },
+            "team": { "id": body.account_id },
+        }))
+        .into_response(),
+        Dialect::Github => Json(serde_json::json!({
+            "access_token": body.access_token,
+            "expires_in": body.expires_in,
+            "refresh_token": body.refresh_token,
+            "refresh_token_expires_in": 15_897_600,
+            "scope": body.scope,
+            "token_type": "bearer",
+        }))
+        .into_response(),
+        Dialect::Notion => Json(serde_json::json!({
+            "access_token": body.access_token,
+            "token_type": "bearer",
+            "refresh_token": body.refresh_token,
+            "expires_in": body.expires_in,
+            "bot_id": "sandbox-bot",
+            "workspace_id": body.account_id,
+            "workspace_name": "Sandbox",
+        }))
+        .into_response(),
+    };
     no_store(response.headers_mut());
     response
 }

@@ -66,6 +66,16 @@ pub enum Dialect {
     Rfc6749,
     /// `{"status":"BAD_REFRESH_TOKEN","message":"...","correlationId":"...","category":"..."}`.
     Hubspot,
+    /// Slack's `oauth.v2.access`: every answer is HTTP 200 (429 aside), failures are
+    /// `{"ok":false,"error":"invalid_refresh_token"}`, and a user token comes under
+    /// `authed_user`, with the workspace as `team.id`.
+    Slack,
+    /// GitHub's apps: refusals are HTTP 200 with `{"error":"bad_refresh_token",...}`, and
+    /// answers carry `refresh_token_expires_in`.
+    Github,
+    /// Notion: the request is a JSON body with HTTP Basic client authentication, the
+    /// workspace comes as `workspace_id`; errors as RFC 6749.
+    Notion,
 }
 
 /// Settings of one sandbox provider.

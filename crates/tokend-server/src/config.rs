@@ -163,6 +163,79 @@ pub enum Preset {
     Hubspot,
     /// tokend's own sandbox provider (`tokend sandbox`).
     Sandbox,
+    /// Slack's `oauth.v2.access`: refusals in HTTP 200 bodies, the
+    /// workspace as `team.id`. For user tokens add `token_path = "authed_user"`.
+    Slack,
+    /// GitHub Apps' user tokens: refusals in HTTP 200 bodies, 8-hour tokens.
+    Github,
+    /// Notion: a JSON body with HTTP Basic, the workspace as `workspace_id`.
+    Notion,
+}
+
+/// What a preset fills in where a `[providers.NAME]` table is silent.
+struct PresetDefaults {
+    token_url: Option<&'static str>,
+    client_auth: ClientAuth,
+    dialect: Dialect,
+    default_lifetime_secs: u64,
+    account_id_field: Option<&'static str>,
+    body: tokend_provider::RequestBody,
+}
+
+impl PresetDefaults {
+    fn of(preset: Option<Preset>) -> Self {
+        use tokend_provider::RequestBody;
+        let generic = PresetDefaults {
+            token_url: None,
+            client_auth: ClientAuth::ClientSecretBasic,
+            dialect: Dialect::Rfc6749,
+            default_lifetime_secs: 3600,
+            account_id_field: None,
+            body: RequestBody::Form,
+        };
+        match preset {
+            None => generic,
+            Some(Preset::Sandbox) => PresetDefaults {
+                account_id_field: Some("account_id"),
+                ..generic
+            },
+            Some(Preset::Hubspot) => PresetDefaults {
+                token_url: Some(HUBSPOT_TOKEN_URL),
+                client_auth: ClientAuth::ClientSecretPost,
+                dialect: Dialect::Hubspot,
+                default_lifetime_secs: 1800,
+                ..generic
+            },
+            Some(Preset::Slack) => PresetDefaults {
+                token_url: Some("https://slack.com/api/oauth.v2.access"),
+                client_auth: ClientAuth::ClientSecretPost,
+                dialect: Dialect::Slack,
+                default_lifetime_secs: 43_200,
+                account_id_field: Some("team.id"),
+                ..generic
+            },
+            Some(Preset::Github) => PresetDefaults {
+                token_url: Some("https://github.com/login/oauth/access_token"),
+                client_auth: ClientAuth::ClientSecretPost,
+                dialect: Dialect::Github,
+                default_lifetime_secs: 28_800,
+                ..generic
+            },
+            Some(Preset::Notion) => PresetDefaults {
+                token_url: Some("https://api.notion.com/v1/oauth/token"),
+                account_id_field: Some("workspace_id"),
+                body: RequestBody::Json,
+                ..generic
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BodyName {
+    Form,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -177,6 +250,8 @@ pub enum ClientAuthName {
 pub enum DialectName {
     Rfc6749,
     Hubspot,
+    Slack,
+    Github,
 }
 
 /// One `[providers.NAME]` table.
@@ -185,6 +260,13 @@ pub enum DialectName {
 pub struct ProviderSection {
     pub preset: Option<Preset>,
     pub token_url: Option<String>,
+    /// Refresh requests go here instead of `token_url`.
+    pub refresh_url: Option<String>,
+    /// `form` (RFC 6749) or `json` [default: the preset's, else form].
+    pub body: Option<BodyName>,
+    /// Dotted path of the object holding the token fields in an answer
+    /// (`authed_user` for Slack user tokens) [default: the top level].
+    pub token_path: Option<String>,
     pub client_id: String,
     /// Name of the environment variable holding the client secret.
     pub client_secret_env: Option<String>,
@@ -452,19 +534,37 @@ impl ProviderSection {
         };
         let provider_name =
             ProviderName::new(name).map_err(|e| fail(format!("invalid name: {e}")))?;
-        let hubspot = matches!(self.preset, Some(Preset::Hubspot));
-        let sandbox = matches!(self.preset, Some(Preset::Sandbox));
-        let token_url = match (&self.token_url, hubspot) {
+        let defaults = PresetDefaults::of(self.preset);
+        let token_url = match (&self.token_url, defaults.token_url) {
             (Some(url), _) => url.as_str(),
-            (None, true) => HUBSPOT_TOKEN_URL,
-            (None, false) => return Err(fail("token_url is required".into())),
+            (None, Some(url)) => url,
+            (None, None) => return Err(fail("token_url is required".into())),
         };
-        let token_url: tokend_provider::Url = token_url
-            .parse()
-            .map_err(|e| fail(format!("invalid token_url: {e}")))?;
-        if !matches!(token_url.scheme(), "https" | "http") {
-            return Err(fail("token_url must be http or https".into()));
-        }
+        let parse_url = |key: &str, url: &str| -> Result<tokend_provider::Url, ConfigError> {
+            let url: tokend_provider::Url = url
+                .parse()
+                .map_err(|e| fail(format!("invalid {key}: {e}")))?;
+            if !matches!(url.scheme(), "https" | "http") {
+                return Err(fail(format!("{key} must be http or https")));
+            }
+            Ok(url)
+        };
+        let token_url = parse_url("token_url", token_url)?;
+        let refresh_url = self
+            .refresh_url
+            .as_deref()
+            .map(|u| parse_url("refresh_url", u))
+            .transpose()?;
+        let token_path: Vec<String> = match self.token_path.as_deref() {
+            None | Some("") => Vec::new(),
+            Some(path) => {
+                let keys: Vec<String> = path.split('.').map(str::to_owned).collect();
+                if keys.iter().any(String::is_empty) {
+                    return Err(fail(format!("token_path {path:?} has an empty key")));
+                }
+                keys
+            }
+        };
         if self.client_id.is_empty() {
             return Err(fail("client_id is required".into()));
         }
@@ -501,21 +601,24 @@ impl ProviderSection {
         let client_auth = match self.client_auth {
             Some(ClientAuthName::ClientSecretBasic) => ClientAuth::ClientSecretBasic,
             Some(ClientAuthName::ClientSecretPost) => ClientAuth::ClientSecretPost,
-            None if hubspot => ClientAuth::ClientSecretPost,
-            None => ClientAuth::ClientSecretBasic,
+            None => defaults.client_auth,
         };
         let dialect = match self.dialect {
             Some(DialectName::Hubspot) => Dialect::Hubspot,
             Some(DialectName::Rfc6749) => Dialect::Rfc6749,
-            None if hubspot => Dialect::Hubspot,
-            None => Dialect::Rfc6749,
+            Some(DialectName::Slack) => Dialect::Slack,
+            Some(DialectName::Github) => Dialect::Github,
+            None => defaults.dialect,
         };
-        let default_lifetime =
-            Duration::from_secs(self.default_lifetime_secs.unwrap_or(if hubspot {
-                1800
-            } else {
-                3600
-            }));
+        let body = match self.body {
+            Some(BodyName::Form) => tokend_provider::RequestBody::Form,
+            Some(BodyName::Json) => tokend_provider::RequestBody::Json,
+            None => defaults.body,
+        };
+        let default_lifetime = Duration::from_secs(
+            self.default_lifetime_secs
+                .unwrap_or(defaults.default_lifetime_secs),
+        );
         if default_lifetime.is_zero() {
             return Err(fail("default_lifetime_secs must be positive".into()));
         }
@@ -536,12 +639,14 @@ impl ProviderSection {
             account_id_field: self
                 .account_id_field
                 .clone()
-                .or_else(|| sandbox.then(|| "account_id".to_owned())),
+                .or_else(|| defaults.account_id_field.map(str::to_owned)),
             rotation_grace: Duration::from_secs(self.rotation_grace_secs.unwrap_or(0)),
             min_refresh_interval: self.min_refresh_interval_secs.map_or(
                 ProviderConfig::DEFAULT_MIN_REFRESH_INTERVAL,
                 Duration::from_secs,
             ),
+            request: tokend_provider::RequestShape { refresh_url, body },
+            response: tokend_provider::ResponseShape { token_path },
         })
     }
 }

@@ -42,6 +42,8 @@ fn provider_config(grace: Duration, floor: Duration) -> ProviderConfig {
         account_id_field: None,
         rotation_grace: grace,
         min_refresh_interval: floor,
+        request: Default::default(),
+        response: Default::default(),
     }
 }
 
