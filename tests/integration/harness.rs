@@ -57,6 +57,10 @@ pub struct Options {
     pub webhooks: Vec<Arc<tokend_server::webhooks::WebhookConfig>>,
     /// Serve the admin listener (metrics, health) on a free loopback port.
     pub admin: bool,
+    /// Lines added to the `[providers.sandbox]` TOML table (a preset, its
+    /// keys): the provider is then resolved from TOML as `tokend serve`
+    /// does, with the sandbox's URL and credentials.
+    pub provider_toml: Option<String>,
 }
 
 /// A running tokend plus the sandbox it talks to.
@@ -141,13 +145,27 @@ impl TestServer {
         let store = SledStore::open(self.data_dir.path(), self.keys.keyring().expect("keys"))
             .expect("open store");
         let cfg = self.sandbox.config();
-        let mut provider = sandbox_provider(
-            "sandbox",
-            &self.sandbox.token_url(),
-            &cfg.client_id,
-            &cfg.client_secret,
-        )
-        .expect("sandbox provider");
+        let mut provider = match &self.options.provider_toml {
+            None => sandbox_provider(
+                "sandbox",
+                &self.sandbox.token_url(),
+                &cfg.client_id,
+                &cfg.client_secret,
+            )
+            .expect("sandbox provider"),
+            Some(lines) => {
+                let text = format!(
+                    "[providers.sandbox]\n{lines}\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret_env = \"SANDBOX_SECRET\"\n",
+                    self.sandbox.token_url(),
+                    cfg.client_id
+                );
+                tokend_server::config::FileConfig::parse(&text, std::path::Path::new("test.toml"))
+                    .expect("provider TOML parses")
+                    .providers(|_| Some(cfg.client_secret.clone()))
+                    .expect("provider resolves")
+                    .remove(0)
+            }
+        };
         provider.min_refresh_interval = self.options.min_refresh_interval.unwrap_or_default();
         let config = ServerConfig {
             providers: vec![provider],

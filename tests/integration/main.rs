@@ -13,6 +13,7 @@ mod malformed;
 mod metrics;
 mod otlp;
 mod process;
+mod providers;
 mod reflection;
 mod refresh;
 mod replicas;

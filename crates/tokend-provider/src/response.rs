@@ -250,6 +250,45 @@ mod tests {
         assert_eq!(p.tokens.expires_at.unix_millis(), 120_000);
     }
 
+    /// Issue 16: `expires_at` (Unix seconds) when there is no `expires_in`,
+    /// and token fields at a nested path with the account at a dotted one.
+    #[test]
+    fn expires_at_and_nested_token_fields() {
+        let p = parse_str(r#"{"access_token":"a","expires_at":900}"#).unwrap();
+        assert_eq!(p.tokens.expires_at.unix_millis(), 900_000);
+        let p = parse_str(r#"{"access_token":"a","expires_at":"nonsense"}"#).unwrap();
+        assert_eq!(p.tokens.expires_at.unix_millis(), 1_800_000);
+        let mut cfg = config();
+        cfg.response.token_path = vec!["authed_user".into()];
+        cfg.account_id_field = Some("team.id".into());
+        let body = r#"{"ok":true,"authed_user":{"access_token":"u","refresh_token":"r","expires_in":60},"team":{"id":"T1"}}"#;
+        let p = parse(
+            &cfg,
+            body.as_bytes(),
+            200,
+            None,
+            Timestamp::from_unix_millis(0),
+        )
+        .unwrap();
+        assert_eq!(p.tokens.access_token.expose_secret(), "u");
+        assert_eq!(p.tokens.expires_at.unix_millis(), 60_000);
+        assert_eq!(p.account_id.as_deref(), Some("T1"));
+        assert_eq!(
+            salvage_refresh_token(&cfg, body.as_bytes()).map(|r| r.expose_secret().to_owned()),
+            Some("r".to_owned())
+        );
+        let e = parse(
+            &cfg,
+            br#"{"access_token":"top"}"#,
+            200,
+            None,
+            Timestamp::from_unix_millis(0),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.code, "malformed_response");
+    }
+
     #[test]
     fn invalid_responses_are_transient_errors_without_the_body() {
         for body in [

@@ -396,3 +396,24 @@ async fn dialects_with_quirks_classify_every_answer() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+/// Issue 16: a refresh goes to `refresh_url` when one is set; a code
+/// exchange still goes to `token_url`.
+#[tokio::test]
+async fn refreshes_go_to_the_refresh_url() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let mut cfg = config(&sandbox, ClientAuth::ClientSecretBasic, Dialect::Rfc6749);
+    cfg.request.refresh_url = Some(cfg.token_url.clone());
+    // Nothing listens at the token URL now: only the refresh URL works.
+    cfg.token_url = "http://127.0.0.1:9/oauth/token".parse().unwrap();
+    let c = client(Duration::from_secs(5));
+    let issued = sandbox.issue_tokens("acct", &[]);
+    c.refresh(&cfg, &SecretString::from(issued.refresh_token))
+        .await
+        .expect("refreshed at refresh_url");
+    let e = c
+        .exchange_code(&cfg, &SecretString::from("code"), "", None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, "connect_error", "a code exchange uses token_url");
+}

@@ -707,6 +707,73 @@ mod tests {
         assert!(!format!("{p:?}").contains("s3cret"));
     }
 
+    /// Issue 16: the presets with quirks fill in their endpoint, dialect,
+    /// body and account field; a table's own keys win; a separate
+    /// refresh_url and a nested token path are read and checked.
+    #[test]
+    fn quirky_presets_and_request_and_response_shapes() {
+        use tokend_provider::RequestBody;
+        let cfg = parse(
+            r#"
+            [providers.slack]
+            preset = "slack"
+            client_id = "a"
+            client_secret_env = "S"
+            token_path = "authed_user"
+            [providers.github]
+            preset = "github"
+            client_id = "a"
+            client_secret_env = "S"
+            [providers.notion]
+            preset = "notion"
+            client_id = "a"
+            client_secret_env = "S"
+            [providers.custom]
+            token_url = "https://id.example.com/oauth/token"
+            refresh_url = "https://id.example.com/oauth/refresh"
+            body = "json"
+            dialect = "slack"
+            account_id_field = "org.id"
+            client_id = "a"
+            client_secret_env = "S"
+            "#,
+        );
+        let providers = cfg.providers(|_| Some("s".to_owned())).unwrap();
+        let by = |n: &str| providers.iter().find(|p| p.name.as_str() == n).unwrap();
+        let slack = by("slack");
+        assert_eq!(slack.dialect, Dialect::Slack);
+        assert_eq!(slack.response.token_path, ["authed_user"]);
+        assert_eq!(slack.account_id_field.as_deref(), Some("team.id"));
+        assert_eq!(slack.client_auth, ClientAuth::ClientSecretPost);
+        assert_eq!(by("github").dialect, Dialect::Github);
+        assert_eq!(by("github").default_lifetime, Duration::from_secs(28_800));
+        let notion = by("notion");
+        assert_eq!(notion.request.body, RequestBody::Json);
+        assert_eq!(notion.client_auth, ClientAuth::ClientSecretBasic);
+        assert_eq!(notion.account_id_field.as_deref(), Some("workspace_id"));
+        let custom = by("custom");
+        assert_eq!(
+            custom.request.refresh_url.as_ref().map(|u| u.as_str()),
+            Some("https://id.example.com/oauth/refresh")
+        );
+        assert_eq!(custom.request.body, RequestBody::Json);
+        assert_eq!(custom.dialect, Dialect::Slack);
+        assert_eq!(custom.account_id_field.as_deref(), Some("org.id"));
+        for bad in [
+            "refresh_url = \"ftp://x/y\"",
+            "token_path = \"a..b\"",
+            "body = \"xml\"",
+        ] {
+            let text = format!(
+                "[providers.p]\ntoken_url = \"https://x/t\"\nclient_id = \"a\"\nclient_secret_env = \"S\"\n{bad}\n"
+            );
+            let refused = FileConfig::parse(&text, Path::new("t.toml"))
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.providers(|_| Some("s".into())).map_err(|e| e.to_string()));
+            assert!(refused.is_err(), "{bad} accepted");
+        }
+    }
+
     #[test]
     fn identities_and_tls_parse() {
         let cfg = parse(
