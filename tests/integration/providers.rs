@@ -114,3 +114,96 @@ async fn hubspot_preset_keeps_its_dialect() {
     )
     .await;
 }
+
+/// Issue 16: a client_credentials provider. Install names only the
+/// provider and the connection; tokend fetches the first token with the
+/// client's own credentials and every later one the same way, with the same
+/// singleflight and classification, never asking for a refresh token
+/// (which such a connection never has) and never marking it
+/// RECONNECT_REQUIRED for lacking one.
+#[tokio::test]
+async fn client_credentials_connections_need_no_user_and_no_refresh_token() {
+    let server = TestServer::start_with(Options {
+        provider_toml: Some(
+            "grant = \"client_credentials\"\nscopes = [\"reports.read\", \"reports.write\"]".into(),
+        ),
+        ..background_off()
+    })
+    .await;
+    let mut client = server.client().await;
+    let installed = client
+        .install(pb::InstallRequest {
+            provider: "sandbox".into(),
+            connection_id: "svc-1".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("installed with no grant")
+        .into_inner();
+    assert!(installed.created);
+    let first = client
+        .get_token(get("svc-1"))
+        .await
+        .expect("token")
+        .into_inner()
+        .token
+        .expect("a token");
+    assert!(server.sandbox.access_token_is_live(&first.access_token));
+    assert_eq!(first.scopes, ["reports.read", "reports.write"]);
+    let requests = server.sandbox.stats().token_requests;
+
+    // Renewed with the client's credentials: a new live token.
+    let renewed = client
+        .force_refresh(crate::harness::force("svc-1"))
+        .await
+        .expect("renewed")
+        .into_inner()
+        .token
+        .expect("a token");
+    assert_ne!(renewed.access_token, first.access_token);
+    assert!(server.sandbox.access_token_is_live(&renewed.access_token));
+    assert_eq!(server.sandbox.stats().token_requests, requests + 1);
+
+    // The provider refuses the client: tokend's configuration is wrong,
+    // not the connection, which stays ACTIVE.
+    server.sandbox.inject(Fault::InvalidClient { count: 1 });
+    let err = client
+        .force_refresh(crate::harness::force("svc-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    assert_eq!(reason(&err), "PROVIDER_MISCONFIGURED");
+    assert_eq!(
+        connection(&mut client, "svc-1").await.status,
+        pb::ConnectionStatus::Active as i32
+    );
+
+    // A provider of the other kind still needs a grant.
+    let no_name = client
+        .install(pb::InstallRequest {
+            provider: "sandbox".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(no_name.code(), Code::InvalidArgument);
+    assert_eq!(crate::harness::bad_fields(&no_name), ["connection_id"]);
+}
+
+/// A provider of the usual kind refuses an Install without a grant, naming
+/// the field.
+#[tokio::test]
+async fn an_install_without_a_grant_names_the_field() {
+    let server = TestServer::start_with(background_off()).await;
+    let mut client = server.client().await;
+    let err = client
+        .install(pb::InstallRequest {
+            provider: "sandbox".into(),
+            connection_id: "c".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(crate::harness::bad_fields(&err), ["grant"]);
+}

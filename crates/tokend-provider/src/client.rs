@@ -121,6 +121,21 @@ impl ProviderClient {
         .await
     }
 
+    /// Asks for a token with the client's own credentials (RFC 6749 §4.4),
+    /// with the configured scopes.
+    pub async fn client_credentials(
+        &self,
+        config: &ProviderConfig,
+    ) -> Result<TokenGrant, ProviderError> {
+        let scope = config.scopes.join(" ");
+        let mut form = vec![("grant_type", "client_credentials")];
+        if !scope.is_empty() {
+            form.push(("scope", scope.as_str()));
+        }
+        self.token_request(config, &config.token_url, form, &[])
+            .await
+    }
+
     /// Exchanges an authorization code (RFC 6749 §4.1.3, with PKCE when a
     /// verifier is given).
     pub async fn exchange_code(

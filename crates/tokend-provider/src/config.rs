@@ -27,6 +27,18 @@ pub enum Dialect {
     Github,
 }
 
+/// How tokend obtains a connection's tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GrantType {
+    /// A user authorises once (code exchange, or an imported grant); tokend
+    /// renews with the refresh token.
+    #[default]
+    AuthorizationCode,
+    /// RFC 6749 §4.4: no user and no refresh token; tokend asks for a new
+    /// token with the client's own credentials before the old one expires.
+    ClientCredentials,
+}
+
 /// How a token request carries its parameters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RequestBody {
@@ -85,6 +97,9 @@ pub struct ProviderConfig {
     pub min_refresh_interval: Duration,
     pub request: RequestShape,
     pub response: ResponseShape,
+    pub grant: GrantType,
+    /// Scopes asked for in a client-credentials request (`scope`).
+    pub scopes: Vec<String>,
 }
 
 impl ProviderConfig {
@@ -109,6 +124,8 @@ impl fmt::Debug for ProviderConfig {
             .field("min_refresh_interval", &self.min_refresh_interval)
             .field("request", &self.request)
             .field("response", &self.response)
+            .field("grant", &self.grant)
+            .field("scopes", &self.scopes)
             .finish()
     }
 }

@@ -25,6 +25,24 @@ pub trait TokenEndpoint: Send + Sync + 'static {
         redirect_uri: &str,
         code_verifier: Option<&SecretString>,
     ) -> Result<TokenGrant, ProviderError>;
+
+    /// A token for the client itself (the `client_credentials` grant). An
+    /// endpoint that cannot do it says so as a misconfiguration.
+    async fn client_credentials(
+        &self,
+        config: &ProviderConfig,
+    ) -> Result<TokenGrant, ProviderError> {
+        let _ = config;
+        Err(ProviderError {
+            class: tokend_core::ErrorClass::ClientMisconfigured,
+            code: "unsupported_grant_type".into(),
+            message: "this token endpoint does not do the client_credentials grant".into(),
+            http_status: None,
+            correlation_id: None,
+            retry_after: None,
+            salvage: None,
+        })
+    }
 }
 
 #[async_trait]
@@ -45,5 +63,12 @@ impl TokenEndpoint for ProviderClient {
         code_verifier: Option<&SecretString>,
     ) -> Result<TokenGrant, ProviderError> {
         ProviderClient::exchange_code(self, config, code, redirect_uri, code_verifier).await
+    }
+
+    async fn client_credentials(
+        &self,
+        config: &ProviderConfig,
+    ) -> Result<TokenGrant, ProviderError> {
+        ProviderClient::client_credentials(self, config).await
     }
 }

@@ -40,6 +40,8 @@ fn config(dialect: Dialect, token_path: Vec<String>) -> ProviderConfig {
         min_refresh_interval: ProviderConfig::DEFAULT_MIN_REFRESH_INTERVAL,
         request: Default::default(),
         response: crate::ResponseShape { token_path },
+        grant: Default::default(),
+        scopes: vec![],
     }
 }
 

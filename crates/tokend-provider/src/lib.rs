@@ -13,7 +13,9 @@ pub mod scripted;
 mod trace_context;
 
 pub use client::{HttpSettings, ProviderClient, TokenGrant};
-pub use config::{ClientAuth, Dialect, ProviderConfig, RequestBody, RequestShape, ResponseShape};
+pub use config::{
+    ClientAuth, Dialect, GrantType, ProviderConfig, RequestBody, RequestShape, ResponseShape,
+};
 pub use endpoint::TokenEndpoint;
 pub use reqwest::Url;
 

@@ -206,6 +206,8 @@ mod tests {
             min_refresh_interval: ProviderConfig::DEFAULT_MIN_REFRESH_INTERVAL,
             request: Default::default(),
             response: Default::default(),
+            grant: Default::default(),
+            scopes: vec![],
         }
     }
 

@@ -336,6 +336,8 @@ mod tests {
             min_refresh_interval: Duration::ZERO,
             request: Default::default(),
             response: Default::default(),
+            grant: Default::default(),
+            scopes: vec![],
         }
     }
 

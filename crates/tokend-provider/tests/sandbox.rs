@@ -25,6 +25,8 @@ fn config(sandbox: &Sandbox, auth: ClientAuth, dialect: Dialect) -> ProviderConf
         min_refresh_interval: ProviderConfig::DEFAULT_MIN_REFRESH_INTERVAL,
         request: Default::default(),
         response: Default::default(),
+        grant: Default::default(),
+        scopes: vec![],
     }
 }
 

@@ -62,7 +62,7 @@ impl OAuthError {
         Self {
             code: ErrorCode::UnsupportedGrantType,
             status: StatusCode::BAD_REQUEST,
-            description: "grant_type must be authorization_code or refresh_token",
+            description: "grant_type must be authorization_code, refresh_token or client_credentials",
         }
     }
 

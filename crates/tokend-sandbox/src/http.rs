@@ -132,6 +132,7 @@ fn handle_token(
             let refresh_token = form.require("refresh_token", "refresh_token is required")?;
             Ok(provider.refresh(refresh_token)?)
         }
+        Some("client_credentials") => Ok(provider.client_credentials(form.get("scope"))),
         _ => Err(OAuthError::unsupported_grant_type()),
     }
 }

@@ -467,6 +467,20 @@ impl Provider {
         Ok(inner.mint(account_id, scopes, epoch, fresh, rotate, now))
     }
 
+    /// `grant_type=client_credentials` (RFC 6749 §4.4): an access token for the client itself
+    /// (its account is the client id), with the scopes asked for and no refresh token.
+    pub(crate) fn client_credentials(&self, scope: Option<&str>) -> Granted {
+        let fresh = Fresh::generate();
+        let scopes: Vec<&str> = scope
+            .map(|s| s.split(' ').filter(|s| !s.is_empty()).collect())
+            .unwrap_or_default();
+        let scopes = scope_list(&scopes);
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let (account, epoch) = inner.account(&self.client_id);
+        inner.mint(account, scopes, epoch, fresh, false, now)
+    }
+
     /// `grant_type=authorization_code`.
     pub(crate) fn redeem_code(
         &self,

@@ -233,6 +233,13 @@ impl PresetDefaults {
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
+pub enum GrantName {
+    AuthorizationCode,
+    ClientCredentials,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BodyName {
     Form,
     Json,
@@ -267,6 +274,13 @@ pub struct ProviderSection {
     /// Dotted path of the object holding the token fields in an answer
     /// (`authed_user` for Slack user tokens) [default: the top level].
     pub token_path: Option<String>,
+    /// `authorization_code` (users authorise; tokend refreshes) or
+    /// `client_credentials` (no user, no refresh token) [default:
+    /// authorization_code].
+    pub grant: Option<GrantName>,
+    /// Scopes asked for with the client_credentials grant.
+    #[serde(default)]
+    pub scopes: Vec<String>,
     pub client_id: String,
     /// Name of the environment variable holding the client secret.
     pub client_secret_env: Option<String>,
@@ -647,6 +661,13 @@ impl ProviderSection {
             ),
             request: tokend_provider::RequestShape { refresh_url, body },
             response: tokend_provider::ResponseShape { token_path },
+            grant: match self.grant {
+                Some(GrantName::ClientCredentials) => tokend_provider::GrantType::ClientCredentials,
+                Some(GrantName::AuthorizationCode) | None => {
+                    tokend_provider::GrantType::AuthorizationCode
+                }
+            },
+            scopes: self.scopes.clone(),
         })
     }
 }

@@ -37,6 +37,9 @@ pub enum InstallGrant {
         scopes: Vec<String>,
         token_type: String,
     },
+    /// The provider uses the client_credentials grant: tokend asks for the
+    /// first token now, with the client's own credentials.
+    ClientCredentials,
 }
 
 /// What Install did.
@@ -93,6 +96,7 @@ impl InstallInput {
                 field(&scopes.join(" "));
                 field(token_type);
             }
+            InstallGrant::ClientCredentials => field("client_credentials"),
         }
         let digest = h.finalize();
         digest.iter().map(|b| format!("{b:02x}")).collect()
@@ -217,6 +221,17 @@ impl Installer {
                     .await
                     .map_err(|e| {
                         tracing::warn!(provider = %provider.name, error_class = e.class.as_str(), code = %e.code, "authorization code exchange failed");
+                        ServiceError::code_exchange_failed(&provider.name, &e, engine.clock.now())
+                    })?;
+                (grant.tokens, grant.account_id)
+            }
+            InstallGrant::ClientCredentials => {
+                let grant = engine
+                    .endpoint
+                    .client_credentials(&provider)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(provider = %provider.name, error_class = e.class.as_str(), code = %e.code, "client_credentials token request failed");
                         ServiceError::code_exchange_failed(&provider.name, &e, engine.clock.now())
                     })?;
                 (grant.tokens, grant.account_id)

@@ -317,6 +317,11 @@ impl Engine {
         Ok(self.store.list(query).await?)
     }
 
+    /// How a configured provider's connections get their tokens.
+    pub fn grant_of(&self, provider: &ProviderName) -> Option<tokend_provider::GrantType> {
+        self.providers.get(provider).map(|p| p.grant)
+    }
+
     /// Brings the gauges that are counted rather than kept current up to
     /// date (before `/metrics` is rendered): connections per provider and
     /// status, from the store's counts, and connections in memory.

@@ -164,11 +164,17 @@ impl Engine {
     async fn timed_refresh_call(
         &self,
         provider: &tokend_provider::ProviderConfig,
-        refresh_token: &secrecy::SecretString,
+        refresh_token: Option<&secrecy::SecretString>,
     ) -> Result<tokend_provider::TokenGrant, tokend_provider::ProviderError> {
         let started = std::time::Instant::now();
+        let call = async {
+            match refresh_token {
+                Some(rt) => self.endpoint.refresh(provider, rt).await,
+                None => self.endpoint.client_credentials(provider).await,
+            }
+        };
         let answer = tracing::Instrument::instrument(
-            self.endpoint.refresh(provider, refresh_token),
+            call,
             tracing::info_span!("provider_call", provider = %provider.name),
         )
         .await;
@@ -289,7 +295,11 @@ impl Engine {
             Ok(p) => p,
             Err(f) => return Outcome::settled(Err(f)),
         };
-        let Some(refresh_token) = record.tokens.refresh_token.clone() else {
+        // The client_credentials grant has no refresh token: the client's
+        // own credentials get the next token.
+        let client_credentials = provider.grant == tokend_provider::GrantType::ClientCredentials;
+        let refresh_token = record.tokens.refresh_token.clone();
+        if refresh_token.is_none() && !client_credentials {
             let error = LastError {
                 class: ErrorClass::Revoked,
                 code: "no_refresh_token".into(),
@@ -308,7 +318,8 @@ impl Engine {
                 )
                 .await;
             return Outcome::settled(result);
-        };
+        }
+        let refresh_token = refresh_token.filter(|_| !client_credentials);
         let breaker = &self.breakers[&provider.name];
         let probe = match breaker.admit(self.clock.now(), &self.settings) {
             Admission::Call => false,
@@ -335,7 +346,9 @@ impl Engine {
         let attempt = lock(&slot.retry).attempts + 1;
         tracing::Span::current().record("attempt", attempt);
         tracing::debug!(connection_id = %id, provider = %provider.name, attempt, probe, "refreshing");
-        let answer = self.timed_refresh_call(&provider, &refresh_token).await;
+        let answer = self
+            .timed_refresh_call(&provider, refresh_token.as_ref())
+            .await;
         probe_guard.disarm();
         match answer {
             Ok(grant) => {
@@ -470,7 +483,7 @@ impl Engine {
         // Before giving up: the previous refresh token, when the provider
         // keeps rotated-out tokens alive for a while and it is that recent.
         if let Some(previous) = self.previous_within_grace(&latest, provider, now) {
-            match self.timed_refresh_call(provider, &previous).await {
+            match self.timed_refresh_call(provider, Some(&previous)).await {
                 Ok(grant) => {
                     tracing::warn!(connection_id = %latest.id, "refresh token refused; recovered with the previous one");
                     self.stats

@@ -92,11 +92,22 @@ pub(super) fn install_input(engine: &Engine, req: pb::InstallRequest) -> Result<
     };
     printable("account_id", &req.account_id, MAX_ACCOUNT_ID_LEN)?;
     let account_id = (!req.account_id.is_empty()).then_some(req.account_id);
+    let client_credentials =
+        engine.grant_of(&provider) == Some(tokend_provider::GrantType::ClientCredentials);
     let grant = match req.grant {
+        None if client_credentials => {
+            if account_id.is_none() && connection_id.is_none() {
+                return Err(ServiceError::invalid(
+                    "connection_id",
+                    "required for a client_credentials connection: name it (or give an account_id)",
+                ));
+            }
+            InstallGrant::ClientCredentials
+        }
         None => {
             return Err(ServiceError::invalid(
                 "grant",
-                "set authorization_code or token_import",
+                "set authorization_code or token_import (a provider configured with grant = \"client_credentials\" needs neither)",
             ));
         }
         Some(pb::install_request::Grant::AuthorizationCode(c)) => {

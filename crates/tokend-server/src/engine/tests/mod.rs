@@ -44,6 +44,8 @@ fn provider_config(grace: Duration, floor: Duration) -> ProviderConfig {
         min_refresh_interval: floor,
         request: Default::default(),
         response: Default::default(),
+        grant: Default::default(),
+        scopes: vec![],
     }
 }
 
