@@ -102,6 +102,7 @@ pub fn import_request(sandbox: &Sandbox, id: &str, expires_in: i64) -> pb::Insta
             token_type: String::new(),
         })),
         replace: false,
+        params: Default::default(),
     }
 }
 

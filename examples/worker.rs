@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
                 token_type: String::new(),
             })),
             replace: false,
+            params: Default::default(),
         })
         .await?;
 

@@ -342,6 +342,7 @@ pub async fn install(args: &ClientArgs, install: InstallArgs) -> anyhow::Result<
             account_id: install.account_id.unwrap_or_default(),
             grant: Some(grant),
             replace: false,
+            params: Default::default(),
         })
         .await?;
     let c = r.connection.context("reply without a connection")?;

@@ -87,6 +87,7 @@ async fn trace_logs_of_the_whole_flow_hold_no_secret() {
                 },
             )),
             replace: false,
+            params: Default::default(),
         })
         .await
         .expect("code install");
@@ -158,6 +159,7 @@ async fn trace_logs_of_the_whole_flow_hold_no_secret() {
                 },
             )),
             replace: false,
+            params: Default::default(),
         })
         .await
         .unwrap_err();

@@ -423,6 +423,7 @@ async fn backup_under_load_restores_every_connection() {
                     ..Default::default()
                 })),
                 replace: false,
+                params: Default::default(),
             })
             .await
             .unwrap();

@@ -154,9 +154,23 @@ impl TestServer {
             )
             .expect("sandbox provider"),
             Some(lines) => {
+                // `SANDBOX_PORT` in the lines stands for the sandbox's port;
+                // lines naming their own token_url keep it.
+                let port = self
+                    .sandbox
+                    .token_url()
+                    .parse::<tokend_provider::Url>()
+                    .ok()
+                    .and_then(|u| u.port())
+                    .unwrap_or_default();
+                let lines = lines.replace("SANDBOX_PORT", &port.to_string());
+                let token_url = if lines.contains("token_url") {
+                    String::new()
+                } else {
+                    format!("token_url = \"{}\"\n", self.sandbox.token_url())
+                };
                 let text = format!(
-                    "[providers.sandbox]\n{lines}\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret_env = \"SANDBOX_SECRET\"\n",
-                    self.sandbox.token_url(),
+                    "[providers.sandbox]\n{lines}\n{token_url}client_id = \"{}\"\nclient_secret_env = \"SANDBOX_SECRET\"\n",
                     cfg.client_id
                 );
                 tokend_server::config::FileConfig::parse(&text, std::path::Path::new("test.toml"))
@@ -307,6 +321,7 @@ pub fn import_request(
             token_type: String::new(),
         })),
         replace: false,
+        params: Default::default(),
     }
 }
 

@@ -207,3 +207,90 @@ async fn an_install_without_a_grant_names_the_field() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(crate::harness::bad_fields(&err), ["grant"]);
 }
+
+/// Issue 16: per-connection endpoints. The provider's token URL is a
+/// template; each connection fills it with parameters given at Install,
+/// validated (hostname characters only: no scheme, user, port or path can
+/// be injected), stored with the connection and used for every refresh,
+/// after a restart too.
+#[tokio::test]
+async fn per_connection_endpoints_are_filled_from_install_params() {
+    let mut server = TestServer::start_with(Options {
+        provider_toml: Some("token_url = \"http://{host}:SANDBOX_PORT/oauth/token\"".into()),
+        ..background_off()
+    })
+    .await;
+    let mut client = server.client().await;
+    let install = |id: &str, params: &[(&str, &str)]| {
+        let issued = server
+            .sandbox
+            .issue_tokens(&format!("acct-{id}"), &["read"]);
+        let mut request = crate::harness::import_request(id, &format!("acct-{id}"), &issued, 0);
+        request.params = params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        request
+    };
+    let installed = client
+        .install(install("tenant-a", &[("host", "127.0.0.1")]))
+        .await
+        .expect("installed")
+        .into_inner()
+        .connection
+        .expect("connection");
+    assert_eq!(
+        installed.params.get("host").map(String::as_str),
+        Some("127.0.0.1")
+    );
+    client
+        .install(install("tenant-b", &[("host", "localhost")]))
+        .await
+        .expect("installed");
+    for id in ["tenant-a", "tenant-b"] {
+        let token = client
+            .get_token(get(id))
+            .await
+            .expect(id)
+            .into_inner()
+            .token
+            .expect("token");
+        assert!(
+            server.sandbox.access_token_is_live(&token.access_token),
+            "{id}"
+        );
+    }
+
+    for (params, why) in [
+        (vec![], "missing"),
+        (vec![("host", "evil.example/steal")], "a path"),
+        (vec![("host", "user@evil.example")], "a user"),
+        (vec![("host", "evil.example:443")], "a port"),
+        (vec![("host", "-x")], "a leading dash"),
+        (vec![("host", "a..b")], "an empty label"),
+        (
+            vec![("host", "127.0.0.1"), ("region", "eu")],
+            "an unknown name",
+        ),
+    ] {
+        let err = client.install(install("bad", &params)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{why}: {err}");
+        assert_eq!(crate::harness::bad_fields(&err), ["params"], "{why}");
+    }
+
+    // Kept with the connection: refreshed at the same endpoint after a restart.
+    server.restart().await;
+    let mut client = server.client().await;
+    client
+        .force_refresh(crate::harness::force("tenant-a"))
+        .await
+        .expect("refreshed after restart");
+    assert_eq!(
+        connection(&mut client, "tenant-a")
+            .await
+            .params
+            .get("host")
+            .map(String::as_str),
+        Some("127.0.0.1")
+    );
+}

@@ -81,6 +81,7 @@ fn code_request(
             },
         )),
         replace: false,
+        params: Default::default(),
     }
 }
 

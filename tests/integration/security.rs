@@ -146,6 +146,7 @@ async fn callers_only_reach_their_own_tenants_connections() {
                 },
             )),
             replace: false,
+            params: Default::default(),
         })
         .await
         .unwrap_err();

@@ -490,12 +490,15 @@ export class Client {
     scopes?: string[];
     /** Replace a connection holding another account (needs connectionId). */
     replace?: boolean;
+    /** Fill the provider's per-connection endpoint, e.g. { subdomain: "acme" }. */
+    params?: Record<string, string>;
   }): Promise<Connection | undefined> {
     const r = await this.unary(this.stub.install, {
       provider: i.provider,
       connectionId: i.connectionId ?? "",
       accountId: i.accountId,
       replace: i.replace ?? false,
+      params: i.params ?? {},
       tokenImport: {
         accessToken: i.accessToken,
         refreshToken: i.refreshToken,

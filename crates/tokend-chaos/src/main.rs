@@ -248,6 +248,7 @@ async fn run_mode(
                     token_type: String::new(),
                 })),
                 replace: false,
+                params: Default::default(),
             })
             .await
             .with_context(|| format!("install {i}"))?;

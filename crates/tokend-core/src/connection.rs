@@ -126,6 +126,9 @@ pub struct Connection {
     /// Digest of the install request that produced this token set, so a
     /// retried identical install is recognised and not applied twice.
     pub install_fingerprint: Option<String>,
+    /// Parameters given at Install that fill the provider's URL templates
+    /// (`subdomain`, `shop`): hostname-safe values, never secret.
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 impl Connection {
@@ -204,6 +207,7 @@ mod tests {
             created_at: Timestamp::from_unix_millis(0),
             updated_at: Timestamp::from_unix_millis(0),
             install_fingerprint: None,
+            params: Default::default(),
         }
     }
 

@@ -203,6 +203,7 @@ mod tests {
             created_at: Timestamp::from_unix_millis(0),
             updated_at: Timestamp::from_unix_millis(0),
             install_fingerprint: Some("f1".into()),
+            params: Default::default(),
         }
     }
 

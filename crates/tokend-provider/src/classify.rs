@@ -150,8 +150,8 @@ pub(crate) fn classify(
         .map(|c| sanitize(&c, secrets));
     let class = match (http_status, code.as_deref()) {
         (429, _) => ErrorClass::RateLimited,
-        (_, Some(c)) if RATE_LIMITED.contains(&c) => ErrorClass::RateLimited,
         (500..=599, _) => ErrorClass::Transient,
+        (_, Some(c)) if RATE_LIMITED.contains(&c) => ErrorClass::RateLimited,
         (_, Some(c)) if REVOKED.contains(&c) => ErrorClass::Revoked,
         (_, Some(c)) if MISCONFIGURED.contains(&c) => ErrorClass::ClientMisconfigured,
         // A bare 401/403 from a token endpoint rejects the client itself.

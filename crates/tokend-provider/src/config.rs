@@ -57,6 +57,97 @@ pub struct RequestShape {
     /// public catalogue have one).
     pub refresh_url: Option<reqwest::Url>,
     pub body: RequestBody,
+    /// Per-connection endpoints (`https://{subdomain}.zendesk.com/oauth/tokens`):
+    /// filled from the connection's parameters by
+    /// [`ProviderConfig::for_connection`], replacing `token_url` and
+    /// `refresh_url`.
+    pub token_url_template: Option<UrlTemplate>,
+    pub refresh_url_template: Option<UrlTemplate>,
+}
+
+/// A URL with `{name}` placeholders, each filled from a connection
+/// parameter: a hostname-safe value (letters, digits, `-` and `.`), so no
+/// value can change the URL's scheme, host boundary or path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UrlTemplate {
+    template: String,
+    names: Vec<String>,
+}
+
+/// Longest connection parameter value (a DNS name's length).
+pub const MAX_PARAM_LEN: usize = 253;
+
+/// Whether `value` may fill a URL placeholder: 1 to 253 letters, digits,
+/// `-` and `.`, starting and ending with a letter or digit, no `..`.
+pub fn valid_param_value(value: &str) -> bool {
+    let b = value.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_PARAM_LEN
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && !value.contains("..")
+}
+
+impl UrlTemplate {
+    /// `None` when `template` has no placeholder; an error for an unclosed
+    /// or empty one, or one whose name is not `[a-z0-9_]`.
+    pub fn parse(template: &str) -> Result<Option<UrlTemplate>, String> {
+        let mut names = Vec::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            let after = &rest[open + 1..];
+            let close = after
+                .find('}')
+                .ok_or_else(|| format!("unclosed {{ in {template:?}"))?;
+            let name = &after[..close];
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+            {
+                return Err(format!(
+                    "placeholder {{{name}}} must be a name of a-z, 0-9 and _"
+                ));
+            }
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_owned());
+            }
+            rest = &after[close + 1..];
+        }
+        if rest.contains('}') || names.is_empty() && template.contains('}') {
+            return Err(format!("unmatched }} in {template:?}"));
+        }
+        Ok((!names.is_empty()).then(|| UrlTemplate {
+            template: template.to_owned(),
+            names,
+        }))
+    }
+
+    /// The placeholders' names.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The URL with every placeholder filled from `params`.
+    pub fn render(
+        &self,
+        params: &std::collections::BTreeMap<String, String>,
+    ) -> Result<reqwest::Url, String> {
+        let mut url = self.template.clone();
+        for name in &self.names {
+            let value = params
+                .get(name)
+                .ok_or_else(|| format!("the connection has no parameter {name:?}"))?;
+            if !valid_param_value(value) {
+                return Err(format!("parameter {name:?} is not a hostname-safe value"));
+            }
+            url = url.replace(&format!("{{{name}}}"), value);
+        }
+        url.parse()
+            .map_err(|e| format!("the filled-in URL is invalid: {e}"))
+    }
 }
 
 /// Where a provider's token answer keeps its fields.
@@ -105,6 +196,42 @@ pub struct ProviderConfig {
 impl ProviderConfig {
     /// Default of `min_refresh_interval`.
     pub const DEFAULT_MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+    /// The parameters a connection must give at Install: the names of the
+    /// URL templates' placeholders.
+    pub fn connection_params(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = [
+            &self.request.token_url_template,
+            &self.request.refresh_url_template,
+        ]
+        .into_iter()
+        .flatten()
+        .flat_map(|t| t.names().iter().map(String::as_str))
+        .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
+    /// This provider as one connection sees it: its URL templates filled
+    /// from `params`. Borrowed when there is nothing to fill.
+    pub fn for_connection(
+        &self,
+        params: &std::collections::BTreeMap<String, String>,
+    ) -> Result<std::borrow::Cow<'_, ProviderConfig>, String> {
+        if self.request.token_url_template.is_none() && self.request.refresh_url_template.is_none()
+        {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        }
+        let mut config = self.clone();
+        if let Some(t) = &self.request.token_url_template {
+            config.token_url = t.render(params)?;
+        }
+        if let Some(t) = &self.request.refresh_url_template {
+            config.request.refresh_url = Some(t.render(params)?);
+        }
+        Ok(std::borrow::Cow::Owned(config))
+    }
 }
 
 impl fmt::Debug for ProviderConfig {
@@ -127,5 +254,55 @@ impl fmt::Debug for ProviderConfig {
             .field("grant", &self.grant)
             .field("scopes", &self.scopes)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn url_templates_parse_fill_and_refuse_injection() {
+        assert_eq!(UrlTemplate::parse("https://x.example/t").unwrap(), None);
+        let t = UrlTemplate::parse("https://{subdomain}.zendesk.com/oauth/tokens?r={region}")
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.names(), ["subdomain", "region"]);
+        let params: BTreeMap<String, String> = [
+            ("subdomain".to_owned(), "acme".to_owned()),
+            ("region".to_owned(), "eu-1".to_owned()),
+        ]
+        .into();
+        assert_eq!(
+            t.render(&params).unwrap().as_str(),
+            "https://acme.zendesk.com/oauth/tokens?r=eu-1"
+        );
+        for bad in ["{", "x}", "{}", "{Sub}", "https://{a b}.x"] {
+            assert!(UrlTemplate::parse(bad).is_err(), "{bad}");
+        }
+        let mut evil = params.clone();
+        evil.insert("subdomain".into(), "evil.com/x?".into());
+        assert!(t.render(&evil).is_err());
+        evil.remove("subdomain");
+        assert!(t.render(&evil).is_err(), "a missing parameter");
+        for ok in ["a", "acme", "my-shop", "127.0.0.1", "eu.acme"] {
+            assert!(valid_param_value(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a..b",
+            "a/b",
+            "a@b",
+            "a:1",
+            "a b",
+            "é",
+            &"a".repeat(254),
+        ] {
+            assert!(!valid_param_value(bad), "{bad}");
+        }
     }
 }

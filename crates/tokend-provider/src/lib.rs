@@ -14,7 +14,8 @@ mod trace_context;
 
 pub use client::{HttpSettings, ProviderClient, TokenGrant};
 pub use config::{
-    ClientAuth, Dialect, GrantType, ProviderConfig, RequestBody, RequestShape, ResponseShape,
+    ClientAuth, Dialect, GrantType, MAX_PARAM_LEN, ProviderConfig, RequestBody, RequestShape,
+    ResponseShape, UrlTemplate, valid_param_value,
 };
 pub use endpoint::TokenEndpoint;
 pub use reqwest::Url;

@@ -554,21 +554,52 @@ impl ProviderSection {
             (None, Some(url)) => url,
             (None, None) => return Err(fail("token_url is required".into())),
         };
-        let parse_url = |key: &str, url: &str| -> Result<tokend_provider::Url, ConfigError> {
-            let url: tokend_provider::Url = url
-                .parse()
+        // A URL with `{name}` placeholders is a per-connection template:
+        // checked by filling every placeholder with a sample value.
+        let parse_url = |key: &str,
+                         url: &str|
+         -> Result<
+            (tokend_provider::Url, Option<tokend_provider::UrlTemplate>),
+            ConfigError,
+        > {
+            let template = tokend_provider::UrlTemplate::parse(url)
                 .map_err(|e| fail(format!("invalid {key}: {e}")))?;
-            if !matches!(url.scheme(), "https" | "http") {
+            let sample = match &template {
+                Some(t) => {
+                    let params = t
+                        .names()
+                        .iter()
+                        .map(|n| (n.clone(), "sample".to_owned()))
+                        .collect();
+                    t.render(&params)
+                        .map_err(|e| fail(format!("invalid {key}: {e}")))?
+                }
+                None => url
+                    .parse()
+                    .map_err(|e| fail(format!("invalid {key}: {e}")))?,
+            };
+            if !matches!(sample.scheme(), "https" | "http") {
                 return Err(fail(format!("{key} must be http or https")));
             }
-            Ok(url)
+            if template.is_some() {
+                // Never used unfilled: a host that cannot resolve (RFC 2606),
+                // so a path that forgot to fill it fails instead of sending
+                // secrets anywhere.
+                let unfilled = "https://unfilled-url-template.invalid/"
+                    .parse()
+                    .map_err(|e| fail(format!("{e}")))?;
+                return Ok((unfilled, template));
+            }
+            Ok((sample, None))
         };
-        let token_url = parse_url("token_url", token_url)?;
-        let refresh_url = self
-            .refresh_url
-            .as_deref()
-            .map(|u| parse_url("refresh_url", u))
-            .transpose()?;
+        let (token_url, token_url_template) = parse_url("token_url", token_url)?;
+        let (refresh_url, refresh_url_template) = match self.refresh_url.as_deref() {
+            Some(u) => {
+                let (url, template) = parse_url("refresh_url", u)?;
+                (Some(url), template)
+            }
+            None => (None, None),
+        };
         let token_path: Vec<String> = match self.token_path.as_deref() {
             None | Some("") => Vec::new(),
             Some(path) => {
@@ -659,7 +690,12 @@ impl ProviderSection {
                 ProviderConfig::DEFAULT_MIN_REFRESH_INTERVAL,
                 Duration::from_secs,
             ),
-            request: tokend_provider::RequestShape { refresh_url, body },
+            request: tokend_provider::RequestShape {
+                refresh_url,
+                body,
+                token_url_template,
+                refresh_url_template,
+            },
             response: tokend_provider::ResponseShape { token_path },
             grant: match self.grant {
                 Some(GrantName::ClientCredentials) => tokend_provider::GrantType::ClientCredentials,

@@ -98,6 +98,11 @@ pub fn connection(c: &Connection, live: Live) -> pb::Connection {
             .reconnect_cause
             .map_or(pb::ReconnectCause::Unspecified, reconnect_cause)
             as i32,
+        params: c
+            .params
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -132,6 +137,7 @@ pub fn connection_meta(id: &str, m: &ConnectionMeta) -> pb::Connection {
             .reconnect_cause
             .map_or(pb::ReconnectCause::Unspecified, reconnect_cause)
             as i32,
+        params: Default::default(),
     }
 }
 

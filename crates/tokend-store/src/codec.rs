@@ -4,6 +4,8 @@
 //! Kept apart from the domain type so the format can evolve without
 //! touching the engine.
 
+use std::collections::BTreeMap;
+
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokend_core::{
@@ -43,6 +45,9 @@ struct StoredRecord {
     created_at: Timestamp,
     updated_at: Timestamp,
     install_fingerprint: Option<String>,
+    /// Added within schema 1: absent in older records (read as empty).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    params: BTreeMap<String, String>,
 }
 
 /// The stored bytes of `c`, its secret fields sealed with `keys`' active key.
@@ -76,6 +81,7 @@ pub fn encode(c: &Connection, keys: &Keyring) -> Vec<u8> {
         created_at: c.created_at,
         updated_at: c.updated_at,
         install_fingerprint: c.install_fingerprint.clone(),
+        params: c.params.clone(),
     };
     // Serializing plain strings, numbers and enums to JSON cannot fail.
     serde_json::to_vec(&doc).unwrap_or_default()
@@ -194,5 +200,6 @@ pub fn decode(key: &[u8], bytes: &[u8], keys: &Keyring) -> Result<Connection, St
         created_at: doc.created_at,
         updated_at: doc.updated_at,
         install_fingerprint: doc.install_fingerprint,
+        params: doc.params,
     })
 }

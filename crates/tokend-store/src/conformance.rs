@@ -46,6 +46,7 @@ pub fn record(id: &str, revision: u64) -> Connection {
         created_at: Timestamp::from_unix_millis(1),
         updated_at: Timestamp::from_unix_millis(2),
         install_fingerprint: Some("fp".into()),
+        params: [("subdomain".to_owned(), "acme".to_owned())].into(),
     }
 }
 
@@ -126,6 +127,7 @@ async fn round_trip_keeps_every_field(store: &impl Store) {
         (r.created_at, r.updated_at)
     );
     assert_eq!(back.install_fingerprint, r.install_fingerprint);
+    assert_eq!(back.params, r.params);
     let missing = ConnectionId::new("missing").expect("id");
     assert!(store.get(&missing).await.expect("get").is_none());
 

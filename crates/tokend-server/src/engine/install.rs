@@ -22,6 +22,8 @@ pub struct InstallInput {
     /// Replace a connection holding another account's grant (only with an
     /// explicit `connection_id`).
     pub replace: bool,
+    /// Fill the provider's URL templates (validated by the service).
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 pub enum InstallGrant {
@@ -71,6 +73,10 @@ impl InstallInput {
         field(self.provider.as_str());
         field(self.connection_id.as_ref().map_or("", |c| c.as_str()));
         field(self.account_id.as_deref().unwrap_or(""));
+        for (k, v) in &self.params {
+            field(k);
+            field(v);
+        }
         match &self.grant {
             InstallGrant::Code {
                 code,
@@ -180,6 +186,12 @@ impl Installer {
                 format!("unknown provider {:?}", input.provider.as_str()),
             )
         })?;
+        // The provider's endpoints as this connection sees them.
+        let provider = match provider.for_connection(&input.params) {
+            Ok(std::borrow::Cow::Borrowed(_)) => provider,
+            Ok(std::borrow::Cow::Owned(p)) => Arc::new(p),
+            Err(reason) => return Err(ServiceError::invalid("params", reason)),
+        };
 
         // Where the id is known up front, a retry is recognised before the
         // provider sees the (single-use) code a second time.
@@ -316,6 +328,7 @@ impl Installer {
                 created_at: existing.as_ref().map_or(now, |e| e.created_at),
                 updated_at: now,
                 install_fingerprint: Some(fingerprint.clone()),
+                params: input.params.clone(),
             };
             let written = if unreadable {
                 engine.store.replace_unreadable(&record).await

@@ -295,6 +295,25 @@ impl Engine {
             Ok(p) => p,
             Err(f) => return Outcome::settled(Err(f)),
         };
+        // Per-connection endpoints: the templates filled from the record.
+        let provider = match provider.for_connection(&record.params) {
+            Ok(std::borrow::Cow::Borrowed(_)) => provider,
+            Ok(std::borrow::Cow::Owned(p)) => Arc::new(p),
+            Err(reason) => {
+                return Outcome::settled(Err(Failure::Provider {
+                    provider: provider.name.clone(),
+                    error: LastError {
+                        class: ErrorClass::ClientMisconfigured,
+                        code: "connection_params".into(),
+                        message: reason,
+                        correlation_id: None,
+                        http_status: None,
+                        at: self.clock.now(),
+                    },
+                    retry_after: Some(self.settings.misconfigured_retry),
+                }));
+            }
+        };
         // The client_credentials grant has no refresh token: the client's
         // own credentials get the next token.
         let client_credentials = provider.grant == tokend_provider::GrantType::ClientCredentials;

@@ -194,13 +194,73 @@ pub(super) fn install_input(engine: &Engine, req: pb::InstallRequest) -> Result<
             "only with an explicit connection_id: a derived id never replaces another account",
         ));
     }
+    let params = connection_params(engine, &provider, req.params)?;
     Ok(InstallInput {
         provider,
         connection_id,
         account_id,
         grant,
         replace: req.replace,
+        params,
     })
+}
+
+/// Exactly the parameters the provider's URL templates name, each a
+/// hostname-safe value: no value can change a URL's scheme, host boundary
+/// or path.
+fn connection_params(
+    engine: &Engine,
+    provider: &tokend_core::ProviderName,
+    params: std::collections::HashMap<String, String>,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let wanted: Vec<String> = engine
+        .provider(provider)
+        .map(|p| {
+            p.connection_params()
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out = std::collections::BTreeMap::new();
+    for (name, value) in params {
+        // The name is the caller's: shown only when it is a plain name.
+        let shown = if name.len() <= 64 && name.bytes().all(|b| b.is_ascii_graphic()) {
+            name.as_str()
+        } else {
+            "(unprintable)"
+        };
+        if !wanted.contains(&name) {
+            return Err(ServiceError::invalid(
+                "params",
+                if wanted.is_empty() {
+                    format!("{shown}: provider {provider} takes no connection parameters")
+                } else {
+                    format!(
+                        "{shown}: not a parameter of provider {provider}; it takes {}",
+                        wanted.join(", ")
+                    )
+                },
+            ));
+        }
+        if !tokend_provider::valid_param_value(&value) {
+            return Err(ServiceError::invalid(
+                "params",
+                format!(
+                    "{shown}: must be 1 to {} letters, digits, '-' or '.', starting and ending with a letter or digit",
+                    tokend_provider::MAX_PARAM_LEN
+                ),
+            ));
+        }
+        out.insert(name, value);
+    }
+    if let Some(missing) = wanted.iter().find(|n| !out.contains_key(*n)) {
+        return Err(ServiceError::invalid(
+            "params",
+            format!("{missing}: required by provider {provider}'s endpoint"),
+        ));
+    }
+    Ok(out)
 }
 
 pub(super) fn page_token_encode(id: &ConnectionId) -> String {

@@ -150,6 +150,7 @@ fn import_expiring(
             token_type: "Bearer".into(),
         },
         replace: false,
+        params: Default::default(),
     }
 }
 

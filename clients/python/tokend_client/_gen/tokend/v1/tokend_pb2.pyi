@@ -105,7 +105,14 @@ class ProviderError(_message.Message):
     def __init__(self, error_class: _Optional[_Union[ErrorClass, str]] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., correlation_id: _Optional[str] = ..., http_status: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Connection(_message.Message):
-    __slots__ = ("connection_id", "provider", "account_id", "status", "version", "scopes", "token_type", "access_token_expires_at", "last_refresh_at", "last_error", "created_at", "updated_at", "next_refresh_at", "reconnect_cause")
+    __slots__ = ("connection_id", "provider", "account_id", "status", "version", "scopes", "token_type", "access_token_expires_at", "last_refresh_at", "last_error", "created_at", "updated_at", "next_refresh_at", "reconnect_cause", "params")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +127,7 @@ class Connection(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     NEXT_REFRESH_AT_FIELD_NUMBER: _ClassVar[int]
     RECONNECT_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
     connection_id: str
     provider: str
     account_id: str
@@ -134,7 +142,8 @@ class Connection(_message.Message):
     updated_at: _timestamp_pb2.Timestamp
     next_refresh_at: _timestamp_pb2.Timestamp
     reconnect_cause: ReconnectCause
-    def __init__(self, connection_id: _Optional[str] = ..., provider: _Optional[str] = ..., account_id: _Optional[str] = ..., status: _Optional[_Union[ConnectionStatus, str]] = ..., version: _Optional[int] = ..., scopes: _Optional[_Iterable[str]] = ..., token_type: _Optional[str] = ..., access_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_refresh_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[_Union[ProviderError, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_refresh_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reconnect_cause: _Optional[_Union[ReconnectCause, str]] = ...) -> None: ...
+    params: _containers.ScalarMap[str, str]
+    def __init__(self, connection_id: _Optional[str] = ..., provider: _Optional[str] = ..., account_id: _Optional[str] = ..., status: _Optional[_Union[ConnectionStatus, str]] = ..., version: _Optional[int] = ..., scopes: _Optional[_Iterable[str]] = ..., token_type: _Optional[str] = ..., access_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_refresh_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[_Union[ProviderError, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_refresh_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reconnect_cause: _Optional[_Union[ReconnectCause, str]] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AccessToken(_message.Message):
     __slots__ = ("connection_id", "access_token", "token_type", "expires_at", "expires_in_seconds", "scopes", "account_id", "version")
@@ -229,20 +238,29 @@ class TokenImport(_message.Message):
     def __init__(self, access_token: _Optional[str] = ..., refresh_token: _Optional[str] = ..., expires_in_seconds: _Optional[int] = ..., scopes: _Optional[_Iterable[str]] = ..., token_type: _Optional[str] = ...) -> None: ...
 
 class InstallRequest(_message.Message):
-    __slots__ = ("provider", "connection_id", "account_id", "authorization_code", "token_import", "replace")
+    __slots__ = ("provider", "connection_id", "account_id", "authorization_code", "token_import", "replace", "params")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
     ACCOUNT_ID_FIELD_NUMBER: _ClassVar[int]
     AUTHORIZATION_CODE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_IMPORT_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
     provider: str
     connection_id: str
     account_id: str
     authorization_code: AuthorizationCode
     token_import: TokenImport
     replace: bool
-    def __init__(self, provider: _Optional[str] = ..., connection_id: _Optional[str] = ..., account_id: _Optional[str] = ..., authorization_code: _Optional[_Union[AuthorizationCode, _Mapping]] = ..., token_import: _Optional[_Union[TokenImport, _Mapping]] = ..., replace: _Optional[bool] = ...) -> None: ...
+    params: _containers.ScalarMap[str, str]
+    def __init__(self, provider: _Optional[str] = ..., connection_id: _Optional[str] = ..., account_id: _Optional[str] = ..., authorization_code: _Optional[_Union[AuthorizationCode, _Mapping]] = ..., token_import: _Optional[_Union[TokenImport, _Mapping]] = ..., replace: _Optional[bool] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class InstallResponse(_message.Message):
     __slots__ = ("connection", "created", "replayed")

@@ -462,6 +462,16 @@ export interface Connection {
     | undefined;
   /** Why the connection needs reconnecting, when it does. */
   reconnectCause: ReconnectCause;
+  /**
+   * The parameters given at Install that fill the provider's per-connection
+   * endpoints (e.g. "subdomain"). Never secret.
+   */
+  params: { [key: string]: string };
+}
+
+export interface Connection_ParamsEntry {
+  key: string;
+  value: string;
 }
 
 /** AccessToken is what callers put in Authorization headers. */
@@ -570,6 +580,18 @@ export interface InstallRequest {
    * same id).
    */
   replace: boolean;
+  /**
+   * Fill the provider's per-connection endpoints, e.g. {"subdomain": "acme"}
+   * for token_url = "https://{subdomain}.zendesk.com/oauth/tokens": exactly
+   * the placeholders the provider's URLs name, each 1 to 253 letters, digits,
+   * '-' or '.'. Kept with the connection.
+   */
+  params: { [key: string]: string };
+}
+
+export interface InstallRequest_ParamsEntry {
+  key: string;
+  value: string;
 }
 
 export interface InstallResponse {
@@ -911,6 +933,7 @@ function createBaseConnection(): Connection {
     updatedAt: undefined,
     nextRefreshAt: undefined,
     reconnectCause: 0,
+    params: {},
   };
 }
 
@@ -958,6 +981,9 @@ export const Connection: MessageFns<Connection> = {
     if (message.reconnectCause !== 0) {
       writer.uint32(112).int32(message.reconnectCause);
     }
+    globalThis.Object.entries(message.params).forEach(([key, value]: [string, string]) => {
+      Connection_ParamsEntry.encode({ key: key as any, value }, writer.uint32(122).fork()).join();
+    });
     return writer;
   },
 
@@ -1086,6 +1112,17 @@ export const Connection: MessageFns<Connection> = {
             message.reconnectCause = reader.int32() as any;
             continue;
           }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            const entry15 = Connection_ParamsEntry.decode(reader, reader.uint32());
+            if (entry15.value !== undefined) {
+              message.params[entry15.key] = entry15.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1154,6 +1191,20 @@ export const Connection: MessageFns<Connection> = {
         : isSet(object.reconnect_cause)
         ? reconnectCauseFromJSON(object.reconnect_cause)
         : 0,
+      params: isObject(object.params)
+        ? (globalThis.Object.entries(object.params) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
     };
   },
 
@@ -1201,6 +1252,15 @@ export const Connection: MessageFns<Connection> = {
     if (message.reconnectCause !== 0) {
       obj.reconnectCause = reconnectCauseToJSON(message.reconnectCause);
     }
+    if (message.params) {
+      const entries = globalThis.Object.entries(message.params) as [string, string][];
+      if (entries.length > 0) {
+        obj.params = {};
+        entries.forEach(([k, v]) => {
+          obj.params[k] = v;
+        });
+      }
+    }
     return obj;
   },
 
@@ -1225,6 +1285,100 @@ export const Connection: MessageFns<Connection> = {
     message.updatedAt = object.updatedAt ?? undefined;
     message.nextRefreshAt = object.nextRefreshAt ?? undefined;
     message.reconnectCause = object.reconnectCause ?? 0;
+    message.params = (globalThis.Object.entries(object.params ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseConnection_ParamsEntry(): Connection_ParamsEntry {
+  return { key: "", value: "" };
+}
+
+export const Connection_ParamsEntry: MessageFns<Connection_ParamsEntry> = {
+  encode(message: Connection_ParamsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Connection_ParamsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConnection_ParamsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Connection_ParamsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: Connection_ParamsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Connection_ParamsEntry>): Connection_ParamsEntry {
+    return Connection_ParamsEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Connection_ParamsEntry>): Connection_ParamsEntry {
+    const message = createBaseConnection_ParamsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
     return message;
   },
 };
@@ -2257,6 +2411,7 @@ function createBaseInstallRequest(): InstallRequest {
     authorizationCode: undefined,
     tokenImport: undefined,
     replace: false,
+    params: {},
   };
 }
 
@@ -2280,6 +2435,9 @@ export const InstallRequest: MessageFns<InstallRequest> = {
     if (message.replace !== false) {
       writer.uint32(48).bool(message.replace);
     }
+    globalThis.Object.entries(message.params).forEach(([key, value]: [string, string]) => {
+      InstallRequest_ParamsEntry.encode({ key: key as any, value }, writer.uint32(58).fork()).join();
+    });
     return writer;
   },
 
@@ -2344,6 +2502,17 @@ export const InstallRequest: MessageFns<InstallRequest> = {
             message.replace = reader.bool();
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            const entry7 = InstallRequest_ParamsEntry.decode(reader, reader.uint32());
+            if (entry7.value !== undefined) {
+              message.params[entry7.key] = entry7.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2380,6 +2549,20 @@ export const InstallRequest: MessageFns<InstallRequest> = {
         ? TokenImport.fromJSON(object.token_import)
         : undefined,
       replace: isSet(object.replace) ? globalThis.Boolean(object.replace) : false,
+      params: isObject(object.params)
+        ? (globalThis.Object.entries(object.params) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
     };
   },
 
@@ -2403,6 +2586,15 @@ export const InstallRequest: MessageFns<InstallRequest> = {
     if (message.replace !== false) {
       obj.replace = message.replace;
     }
+    if (message.params) {
+      const entries = globalThis.Object.entries(message.params) as [string, string][];
+      if (entries.length > 0) {
+        obj.params = {};
+        entries.forEach(([k, v]) => {
+          obj.params[k] = v;
+        });
+      }
+    }
     return obj;
   },
 
@@ -2421,6 +2613,100 @@ export const InstallRequest: MessageFns<InstallRequest> = {
       ? TokenImport.fromPartial(object.tokenImport)
       : undefined;
     message.replace = object.replace ?? false;
+    message.params = (globalThis.Object.entries(object.params ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    return message;
+  },
+};
+
+function createBaseInstallRequest_ParamsEntry(): InstallRequest_ParamsEntry {
+  return { key: "", value: "" };
+}
+
+export const InstallRequest_ParamsEntry: MessageFns<InstallRequest_ParamsEntry> = {
+  encode(message: InstallRequest_ParamsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): InstallRequest_ParamsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseInstallRequest_ParamsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): InstallRequest_ParamsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: InstallRequest_ParamsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<InstallRequest_ParamsEntry>): InstallRequest_ParamsEntry {
+    return InstallRequest_ParamsEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<InstallRequest_ParamsEntry>): InstallRequest_ParamsEntry {
+    const message = createBaseInstallRequest_ParamsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
     return message;
   },
 };
@@ -4637,6 +4923,10 @@ function longToNumber(int64: { toString(): string }): number {
     throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
   }
   return num;
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
 }
 
 function isSet(value: any): boolean {
