@@ -12,6 +12,11 @@ pub struct RefreshPolicy {
     /// ... but never more than this fraction of the token's lifetime, so a
     /// 60-second token is not refreshed on every read.
     pub max_buffer_fraction: f64,
+    /// Refresh at least this often, however long the access token lives:
+    /// for providers whose refresh tokens die unused (Google after six
+    /// months, Intuit 100 days, Xero 60 days), so a quiet tenant keeps its
+    /// grant.
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for RefreshPolicy {
@@ -19,6 +24,7 @@ impl Default for RefreshPolicy {
         Self {
             buffer: Duration::from_secs(300),
             max_buffer_fraction: 0.5,
+            keepalive: None,
         }
     }
 }
@@ -42,7 +48,19 @@ impl RefreshPolicy {
     /// [`Self::refresh_due_at`] from the two instants alone (what a store's
     /// secret-free summary of a record keeps).
     pub fn due_at(&self, expires_at: Timestamp, obtained_at: Timestamp) -> Timestamp {
-        expires_at.saturating_sub(self.buffer_for_lifetime(expires_at.duration_since(obtained_at)))
+        let before_expiry = expires_at
+            .saturating_sub(self.buffer_for_lifetime(expires_at.duration_since(obtained_at)));
+        match self.keepalive {
+            Some(k) => before_expiry.min(obtained_at.saturating_add(k)),
+            None => before_expiry,
+        }
+    }
+
+    /// Whether the grant must be exercised now to stay alive, though the
+    /// access token is still good (see `keepalive`).
+    pub fn keepalive_due(&self, tokens: &TokenSet, now: Timestamp) -> bool {
+        self.keepalive
+            .is_some_and(|k| now >= tokens.obtained_at.saturating_add(k))
     }
 
     /// Whether a reader needing `min_ttl` must wait for a refresh first.
@@ -55,6 +73,46 @@ impl RefreshPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16: with a keepalive, a grant whose access token outlives it
+    /// is due by then; without one, only expiry counts.
+    #[test]
+    fn keepalive_caps_the_due_time() {
+        let day = 86_400_000;
+        let tokens = TokenSet {
+            access_token: secrecy::SecretString::from("a"),
+            refresh_token: None,
+            token_type: "Bearer".into(),
+            scopes: vec![],
+            obtained_at: Timestamp::from_unix_millis(0),
+            expires_at: Timestamp::from_unix_millis(90 * day),
+        };
+        let plain = RefreshPolicy::default();
+        assert_eq!(
+            plain.refresh_due_at(&tokens),
+            Timestamp::from_unix_millis(90 * day - 300_000)
+        );
+        assert!(!plain.keepalive_due(&tokens, Timestamp::from_unix_millis(89 * day)));
+        let kept = RefreshPolicy {
+            keepalive: Some(Duration::from_secs(30 * 86_400)),
+            ..RefreshPolicy::default()
+        };
+        assert_eq!(
+            kept.refresh_due_at(&tokens),
+            Timestamp::from_unix_millis(30 * day)
+        );
+        assert!(!kept.keepalive_due(&tokens, Timestamp::from_unix_millis(29 * day)));
+        assert!(kept.keepalive_due(&tokens, Timestamp::from_unix_millis(30 * day)));
+        // A short-lived token is due before its keepalive anyway.
+        let short = TokenSet {
+            expires_at: Timestamp::from_unix_millis(1_800_000),
+            ..tokens
+        };
+        assert_eq!(
+            kept.refresh_due_at(&short),
+            Timestamp::from_unix_millis(1_500_000)
+        );
+    }
 
     fn tokens(lifetime_secs: i64) -> TokenSet {
         TokenSet {

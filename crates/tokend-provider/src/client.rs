@@ -184,6 +184,7 @@ impl ProviderClient {
             .post(url.clone())
             .header("accept", "application/json");
         match config.client_auth {
+            ClientAuth::None => form.push(("client_id", &config.client_id)),
             ClientAuth::ClientSecretPost => {
                 form.push(("client_id", &config.client_id));
                 form.push(("client_secret", secret));

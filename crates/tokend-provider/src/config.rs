@@ -12,6 +12,9 @@ pub enum ClientAuth {
     ClientSecretPost,
     /// HTTP Basic with the url-encoded id and secret.
     ClientSecretBasic,
+    /// A public client (RFC 6749 §2.1; most MCP servers): `client_id` in
+    /// the body and no secret.
+    None,
 }
 
 /// How the provider words its errors.

@@ -419,3 +419,30 @@ async fn refreshes_go_to_the_refresh_url() {
         .unwrap_err();
     assert_eq!(e.code, "connect_error", "a code exchange uses token_url");
 }
+
+/// Issue 16: a public client (no secret) refreshes with its client_id in
+/// the body; a provider that does not take public clients refuses it as a
+/// client misconfiguration.
+#[tokio::test]
+async fn public_clients_send_no_secret() {
+    let c = client(Duration::from_secs(5));
+    for public in [true, false] {
+        let sandbox = Sandbox::start(SandboxConfig {
+            public_client: public,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut cfg = config(&sandbox, ClientAuth::None, Dialect::Rfc6749);
+        cfg.client_secret = SecretString::from("");
+        let issued = sandbox.issue_tokens("acct", &[]);
+        let answer = c
+            .refresh(&cfg, &SecretString::from(issued.refresh_token))
+            .await;
+        if public {
+            answer.expect("a public client refreshes");
+        } else {
+            assert_eq!(answer.unwrap_err().class, ErrorClass::ClientMisconfigured);
+        }
+    }
+}

@@ -117,9 +117,16 @@ fn handle_token(
         _ => TokenForm::parse(headers, &body)?,
     };
 
-    let client = form::client_credentials(headers, &form)?;
-    if !provider.authenticate(client.id.as_bytes(), client.secret.as_bytes()) {
-        return Err(OAuthError::invalid_client("client authentication failed"));
+    let public = headers.get(header::AUTHORIZATION).is_none()
+        && form.get("client_secret").is_none()
+        && form
+            .get("client_id")
+            .is_some_and(|id| provider.is_public_client(id));
+    if !public {
+        let client = form::client_credentials(headers, &form)?;
+        if !provider.authenticate(client.id.as_bytes(), client.secret.as_bytes()) {
+            return Err(OAuthError::invalid_client("client authentication failed"));
+        }
     }
 
     match form.get("grant_type") {

@@ -94,6 +94,9 @@ pub struct SandboxConfig {
     /// A file that keeps accounts and redeemable refresh tokens (by hash)
     /// across restarts, as a real provider would. Default: none (memory).
     pub state_file: Option<std::path::PathBuf>,
+    /// Also accept the client as a public client (RFC 6749 §2.1): its
+    /// `client_id` in the body and no secret at all. Default false.
+    pub public_client: bool,
 }
 
 impl Default for SandboxConfig {
@@ -105,6 +108,7 @@ impl Default for SandboxConfig {
             rotation: Rotation::Strict,
             dialect: Dialect::Rfc6749,
             state_file: None,
+            public_client: false,
         }
     }
 }

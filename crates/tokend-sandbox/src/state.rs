@@ -82,6 +82,7 @@ pub(crate) struct Provider {
     client_id: String,
     client_secret: String,
     dialect: Dialect,
+    public_client: bool,
     /// Where grants are kept across restarts, if anywhere.
     state_file: Option<std::path::PathBuf>,
     /// Serialises saves, so an older snapshot never lands after a newer.
@@ -220,6 +221,7 @@ impl Provider {
             client_id: config.client_id.clone(),
             client_secret: config.client_secret.clone(),
             dialect: config.dialect,
+            public_client: config.public_client,
             state_file: config.state_file.clone(),
             saving: Mutex::new(()),
             inner: Mutex::new(Inner {
@@ -302,7 +304,14 @@ impl Provider {
             rotation: inner.rotation,
             dialect: self.dialect,
             state_file: self.state_file.clone(),
+            public_client: self.public_client,
         }
+    }
+
+    /// A public client's request: its id in the body, no secret anywhere.
+    pub(crate) fn is_public_client(&self, client_id: &str) -> bool {
+        self.public_client
+            && secrets::constant_time_eq(client_id.as_bytes(), self.client_id.as_bytes())
     }
 
     pub(crate) fn set_rotation(&self, rotation: Rotation) {

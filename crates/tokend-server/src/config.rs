@@ -204,6 +204,9 @@ impl PresetDefaults {
                 client_auth: ClientAuth::ClientSecretPost,
                 dialect: Dialect::Hubspot,
                 default_lifetime_secs: 1800,
+                // The portal id, where the token endpoint sends it: Install
+                // then needs no account_id.
+                account_id_field: Some("hub_id"),
                 ..generic
             },
             Some(Preset::Slack) => PresetDefaults {
@@ -250,6 +253,8 @@ pub enum BodyName {
 pub enum ClientAuthName {
     ClientSecretPost,
     ClientSecretBasic,
+    /// A public client: no secret.
+    None,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -294,6 +299,12 @@ pub struct ProviderSection {
     pub extra_params: BTreeMap<String, String>,
     pub default_lifetime_secs: Option<u64>,
     pub refresh_buffer_secs: Option<u64>,
+    /// HubSpot's dated token endpoints: `api_version = "v3"` makes the
+    /// preset's URL `https://api.hubapi.com/oauth/v3/token` [default: v1].
+    pub api_version: Option<String>,
+    /// Refresh at least every this many days, for providers whose refresh
+    /// tokens die when unused (Google 180, Intuit 100, Xero 60).
+    pub keepalive_days: Option<u64>,
     pub account_id_field: Option<String>,
     /// Seconds the provider keeps accepting a rotated-out refresh token
     /// (0, the default: strict rotation).
@@ -549,10 +560,31 @@ impl ProviderSection {
         let provider_name =
             ProviderName::new(name).map_err(|e| fail(format!("invalid name: {e}")))?;
         let defaults = PresetDefaults::of(self.preset);
-        let token_url = match (&self.token_url, defaults.token_url) {
-            (Some(url), _) => url.as_str(),
-            (None, Some(url)) => url,
-            (None, None) => return Err(fail("token_url is required".into())),
+        let versioned;
+        let token_url = match (&self.token_url, defaults.token_url, &self.api_version) {
+            (Some(_), _, Some(_)) => {
+                return Err(fail(
+                    "set token_url or api_version, not both (api_version picks the preset's URL)"
+                        .into(),
+                ));
+            }
+            (None, _, Some(v)) if matches!(self.preset, Some(Preset::Hubspot)) => {
+                if v.is_empty() || v.len() > 8 || !v.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return Err(fail(format!(
+                        "api_version {v:?} must be letters and digits, like v1 or v3"
+                    )));
+                }
+                versioned = format!("https://api.hubapi.com/oauth/{v}/token");
+                versioned.as_str()
+            }
+            (_, _, Some(_)) => {
+                return Err(fail(
+                    "api_version is a key of the hubspot preset only".into(),
+                ));
+            }
+            (Some(url), _, None) => url.as_str(),
+            (None, Some(url), None) => url,
+            (None, None, None) => return Err(fail("token_url is required".into())),
         };
         // A URL with `{name}` placeholders is a per-connection template:
         // checked by filling every placeholder with a sample value.
@@ -627,15 +659,25 @@ impl ProviderSection {
                 "token_url is plain http:// to another host: the client secret and refresh tokens cross the network in the clear"
             );
         }
-        let client_secret = read_secret(
-            "client_secret",
-            self.client_secret_env.as_deref(),
-            self.client_secret_file.as_deref(),
-            self.allow_readable_secret_file,
-            env,
-        )
-        .map_err(fail)?;
-        if client_secret.is_empty() {
+        let public = matches!(self.client_auth, Some(ClientAuthName::None));
+        let client_secret = if public {
+            if self.client_secret_env.is_some() || self.client_secret_file.is_some() {
+                return Err(fail(
+                    "client_auth = \"none\" is a public client: give it no client secret".into(),
+                ));
+            }
+            String::new()
+        } else {
+            read_secret(
+                "client_secret",
+                self.client_secret_env.as_deref(),
+                self.client_secret_file.as_deref(),
+                self.allow_readable_secret_file,
+                env,
+            )
+            .map_err(fail)?
+        };
+        if client_secret.is_empty() && !public {
             return Err(fail("the client secret is empty".into()));
         }
         let mut extra_params: Vec<(String, String)> =
@@ -646,6 +688,7 @@ impl ProviderSection {
         let client_auth = match self.client_auth {
             Some(ClientAuthName::ClientSecretBasic) => ClientAuth::ClientSecretBasic,
             Some(ClientAuthName::ClientSecretPost) => ClientAuth::ClientSecretPost,
+            Some(ClientAuthName::None) => ClientAuth::None,
             None => defaults.client_auth,
         };
         let dialect = match self.dialect {
@@ -671,6 +714,14 @@ impl ProviderSection {
         if let Some(b) = self.refresh_buffer_secs {
             refresh_policy.buffer = Duration::from_secs(b);
         }
+        refresh_policy.keepalive = match self.keepalive_days {
+            Some(0) => return Err(fail("keepalive_days must be at least 1".into())),
+            Some(days) if days > 3650 => {
+                return Err(fail("keepalive_days must be at most 3650".into()));
+            }
+            Some(days) => Some(Duration::from_secs(days * 86_400)),
+            None => None,
+        };
         Ok(ProviderConfig {
             name: provider_name,
             token_url,
@@ -757,6 +808,7 @@ mod tests {
         assert_eq!(p.client_auth, ClientAuth::ClientSecretPost);
         assert_eq!(p.default_lifetime, Duration::from_secs(1800));
         assert_eq!(p.client_secret.expose_secret(), "s3cret");
+        assert_eq!(p.account_id_field.as_deref(), Some("hub_id"));
         assert!(
             p.extra_params
                 .contains(&("redirect_uri".into(), "https://app.example.com/cb".into()))
@@ -816,7 +868,60 @@ mod tests {
         assert_eq!(custom.request.body, RequestBody::Json);
         assert_eq!(custom.dialect, Dialect::Slack);
         assert_eq!(custom.account_id_field.as_deref(), Some("org.id"));
+        let v3 = parse(
+            r#"
+            [providers.hubspot]
+            preset = "hubspot"
+            api_version = "v3"
+            client_id = "a"
+            client_secret_env = "S"
+            "#,
+        );
+        assert_eq!(
+            v3.providers(|_| Some("s".to_owned())).unwrap()[0]
+                .token_url
+                .as_str(),
+            "https://api.hubapi.com/oauth/v3/token"
+        );
+        let keepalive = parse(
+            r#"
+            [providers.google]
+            token_url = "https://oauth2.googleapis.com/token"
+            keepalive_days = 150
+            client_id = "a"
+            client_secret_env = "S"
+            "#,
+        );
+        assert_eq!(
+            keepalive.providers(|_| Some("s".to_owned())).unwrap()[0]
+                .refresh_policy
+                .keepalive,
+            Some(Duration::from_secs(150 * 86_400))
+        );
+        let public = parse(
+            r#"
+            [providers.mcp]
+            token_url = "https://mcp.example.com/token"
+            client_auth = "none"
+            client_id = "tokend"
+            "#,
+        );
+        let mcp = &public.providers(|_| None).unwrap()[0];
+        assert_eq!(mcp.client_auth, ClientAuth::None);
+        let with_secret = parse(
+            r#"
+            [providers.mcp]
+            token_url = "https://mcp.example.com/token"
+            client_auth = "none"
+            client_id = "tokend"
+            client_secret_env = "S"
+            "#,
+        );
+        let refused = with_secret.providers(|_| Some("s".into())).unwrap_err();
+        assert!(refused.to_string().contains("public client"), "{refused}");
         for bad in [
+            "api_version = \"v3\"",
+            "keepalive_days = 0",
             "refresh_url = \"ftp://x/y\"",
             "token_path = \"a..b\"",
             "body = \"xml\"",

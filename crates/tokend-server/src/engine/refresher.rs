@@ -204,6 +204,7 @@ impl Engine {
             && !provider
                 .refresh_policy
                 .needs_refresh(&current.tokens, now, Duration::ZERO)
+            && !provider.refresh_policy.keepalive_due(&current.tokens, now)
         {
             // A reader refreshed it already.
             self.schedule(&current);

@@ -530,6 +530,47 @@ async fn start_up_schedules_from_summaries_and_opens_no_record() {
     assert_eq!(second.slots.len(), 1, "loaded on first use");
 }
 
+/// Issue 16. Invariant: with `keepalive_days`, the background refresher
+/// exercises a grant whose access token is still good once the keepalive
+/// runs out, so a refresh token that dies unused never does; not before.
+#[tokio::test(start_paused = true)]
+async fn keepalive_refreshes_an_idle_grant_before_it_dies_unused() {
+    let clock = Clock::system();
+    let store = Arc::new(FaultStore::new(MemoryStore::new()));
+    let provider = Arc::new(ScriptedProvider::new(clock.clone(), ScriptRotation::Strict));
+    let mut config = provider_config(Duration::ZERO, Duration::ZERO);
+    config.refresh_policy.keepalive = Some(Duration::from_secs(86_400));
+    let engine = Engine::new(
+        store,
+        vec![config],
+        provider.clone(),
+        clock.clone(),
+        EngineSettings {
+            background_refresh: true,
+            ..settings()
+        },
+    );
+    engine.start().await.unwrap();
+    let (access, refresh) = provider.issue();
+    engine
+        .install(import_expiring(
+            "idle",
+            &access,
+            Some(&refresh),
+            Duration::from_secs(90 * 86_400),
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(23 * 3600)).await;
+    assert_eq!(provider.calls(), 0, "nothing due before the keepalive");
+    tokio::time::sleep(Duration::from_secs(2 * 3600)).await;
+    assert!(provider.calls() >= 1, "the idle grant was exercised");
+    assert!(
+        !provider.live_refresh_tokens().contains(&refresh),
+        "and rotated"
+    );
+}
+
 /// Item 9. Invariant: a lease left by a killed run does not block refreshes
 /// after a restart, and that connection is refreshed at once (in doubt).
 #[tokio::test(start_paused = true)]
