@@ -294,3 +294,70 @@ async fn per_connection_endpoints_are_filled_from_install_params() {
         Some("127.0.0.1")
     );
 }
+
+/// Issue 16: parameters that differ between refresh and code exchange, a
+/// query string, extra headers, RFC 8707 `resource` kept on every request,
+/// and per-connection values in any of them, as the provider received them.
+#[tokio::test]
+async fn request_params_headers_and_query_reach_the_provider() {
+    let server = TestServer::start_with(Options {
+        provider_toml: Some(
+            r#"extra_params = { resource = "https://api.example.com/" }
+refresh_params = { scope = "read write" }
+exchange_params = { audience = "api" }
+query_params = { tenant = "{tenant}" }
+headers = { "X-Tenant" = "{tenant}", "X-Api-Version" = "2024-01" }"#
+                .into(),
+        ),
+        ..background_off()
+    })
+    .await;
+    let mut client = server.client().await;
+    let params = |t: &str| [("tenant".to_owned(), t.to_owned())].into_iter().collect();
+
+    let issued = server.sandbox.issue_tokens("acct-r", &["read"]);
+    let mut request = crate::harness::import_request("r", "acct-r", &issued, 0);
+    request.params = params("t1");
+    client.install(request).await.expect("installed");
+    client.get_token(get("r")).await.expect("refreshed");
+    let seen = server.sandbox.last_token_request().expect("a request");
+    let p = |k: &str| seen.params.get(k).map(String::as_str);
+    assert_eq!(p("grant_type"), Some("refresh_token"));
+    assert_eq!(p("refresh_token"), Some("[redacted]"));
+    assert_eq!(p("scope"), Some("read write"));
+    assert_eq!(p("resource"), Some("https://api.example.com/"));
+    assert_eq!(p("audience"), None, "exchange-only");
+    assert_eq!(seen.query.get("tenant").map(String::as_str), Some("t1"));
+    assert_eq!(seen.headers.get("x-tenant").map(String::as_str), Some("t1"));
+    assert_eq!(
+        seen.headers.get("x-api-version").map(String::as_str),
+        Some("2024-01")
+    );
+
+    let code = server.sandbox.issue_code("acct-c", &["read"], None, None);
+    client
+        .install(pb::InstallRequest {
+            provider: "sandbox".into(),
+            connection_id: "c".into(),
+            account_id: "acct-c".into(),
+            grant: Some(pb::install_request::Grant::AuthorizationCode(
+                pb::AuthorizationCode {
+                    code,
+                    redirect_uri: String::new(),
+                    code_verifier: String::new(),
+                },
+            )),
+            replace: false,
+            params: params("t2"),
+        })
+        .await
+        .expect("code exchanged");
+    let seen = server.sandbox.last_token_request().expect("a request");
+    let p = |k: &str| seen.params.get(k).map(String::as_str);
+    assert_eq!(p("grant_type"), Some("authorization_code"));
+    assert_eq!(p("audience"), Some("api"));
+    assert_eq!(p("scope"), None, "refresh-only");
+    assert_eq!(p("resource"), Some("https://api.example.com/"));
+    assert_eq!(seen.query.get("tenant").map(String::as_str), Some("t2"));
+    assert_eq!(seen.headers.get("x-tenant").map(String::as_str), Some("t2"));
+}

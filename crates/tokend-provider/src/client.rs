@@ -112,13 +112,11 @@ impl ProviderClient {
             .refresh_url
             .as_ref()
             .unwrap_or(&config.token_url);
-        self.token_request(
-            config,
-            url,
-            vec![("grant_type", "refresh_token"), ("refresh_token", rt)],
-            &[rt],
-        )
-        .await
+        let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", rt)];
+        for (k, v) in &config.request.refresh_params {
+            form.push((k, v));
+        }
+        self.token_request(config, url, form, &[rt]).await
     }
 
     /// Asks for a token with the client's own credentials (RFC 6749 §4.4),
@@ -155,6 +153,9 @@ impl ProviderClient {
             form.push(("code_verifier", v.expose_secret()));
             secrets.push(v.expose_secret());
         }
+        for (k, v) in &config.request.exchange_params {
+            form.push((k, v));
+        }
         self.token_request(config, &config.token_url, form, &secrets)
             .await
     }
@@ -179,10 +180,15 @@ impl ProviderClient {
                 form.push((k, v));
             }
         }
-        let mut request = self
-            .http
-            .post(url.clone())
-            .header("accept", "application/json");
+        let mut url = url.clone();
+        if !config.request.query_params.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(&config.request.query_params);
+        }
+        let mut request = self.http.post(url).header("accept", "application/json");
+        for (name, value) in &config.request.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
         match config.client_auth {
             ClientAuth::None => form.push(("client_id", &config.client_id)),
             ClientAuth::ClientSecretPost => {

@@ -66,6 +66,14 @@ pub struct RequestShape {
     /// `refresh_url`.
     pub token_url_template: Option<UrlTemplate>,
     pub refresh_url_template: Option<UrlTemplate>,
+    /// Sent with refreshes only, after `extra_params`.
+    pub refresh_params: Vec<(String, String)>,
+    /// Sent with code exchanges only.
+    pub exchange_params: Vec<(String, String)>,
+    /// Added to the token URL's query string.
+    pub query_params: Vec<(String, String)>,
+    /// Extra request headers.
+    pub headers: Vec<(String, String)>,
 }
 
 /// A URL with `{name}` placeholders, each filled from a connection
@@ -75,6 +83,13 @@ pub struct RequestShape {
 pub struct UrlTemplate {
     template: String,
     names: Vec<String>,
+}
+
+/// Whether `name: value` is a valid HTTP header (before any placeholder
+/// is filled: a filled value only adds hostname characters).
+pub fn valid_header(name: &str, value: &str) -> bool {
+    reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
+        && reqwest::header::HeaderValue::from_str(value).is_ok()
 }
 
 /// Longest connection parameter value (a DNS name's length).
@@ -133,12 +148,12 @@ impl UrlTemplate {
         &self.names
     }
 
-    /// The URL with every placeholder filled from `params`.
-    pub fn render(
+    /// The text with every placeholder filled from `params`.
+    pub fn fill(
         &self,
         params: &std::collections::BTreeMap<String, String>,
-    ) -> Result<reqwest::Url, String> {
-        let mut url = self.template.clone();
+    ) -> Result<String, String> {
+        let mut text = self.template.clone();
         for name in &self.names {
             let value = params
                 .get(name)
@@ -146,9 +161,18 @@ impl UrlTemplate {
             if !valid_param_value(value) {
                 return Err(format!("parameter {name:?} is not a hostname-safe value"));
             }
-            url = url.replace(&format!("{{{name}}}"), value);
+            text = text.replace(&format!("{{{name}}}"), value);
         }
-        url.parse()
+        Ok(text)
+    }
+
+    /// The URL with every placeholder filled from `params`.
+    pub fn render(
+        &self,
+        params: &std::collections::BTreeMap<String, String>,
+    ) -> Result<reqwest::Url, String> {
+        self.fill(params)?
+            .parse()
             .map_err(|e| format!("the filled-in URL is invalid: {e}"))
     }
 }
@@ -202,18 +226,36 @@ impl ProviderConfig {
 
     /// The parameters a connection must give at Install: the names of the
     /// URL templates' placeholders.
-    pub fn connection_params(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = [
+    pub fn connection_params(&self) -> Vec<String> {
+        let mut names: Vec<String> = [
             &self.request.token_url_template,
             &self.request.refresh_url_template,
         ]
         .into_iter()
         .flatten()
-        .flat_map(|t| t.names().iter().map(String::as_str))
+        .flat_map(|t| t.names().iter().cloned())
         .collect();
+        for (_, value) in self.param_lists().flat_map(|l| l.iter()) {
+            if let Ok(Some(t)) = UrlTemplate::parse(value) {
+                names.extend(t.names().iter().cloned());
+            }
+        }
         names.sort_unstable();
         names.dedup();
         names
+    }
+
+    /// Every list of parameters or headers whose values may hold
+    /// placeholders.
+    fn param_lists(&self) -> impl Iterator<Item = &Vec<(String, String)>> {
+        [
+            &self.extra_params,
+            &self.request.refresh_params,
+            &self.request.exchange_params,
+            &self.request.query_params,
+            &self.request.headers,
+        ]
+        .into_iter()
     }
 
     /// This provider as one connection sees it: its URL templates filled
@@ -222,8 +264,7 @@ impl ProviderConfig {
         &self,
         params: &std::collections::BTreeMap<String, String>,
     ) -> Result<std::borrow::Cow<'_, ProviderConfig>, String> {
-        if self.request.token_url_template.is_none() && self.request.refresh_url_template.is_none()
-        {
+        if self.connection_params().is_empty() {
             return Ok(std::borrow::Cow::Borrowed(self));
         }
         let mut config = self.clone();
@@ -233,6 +274,19 @@ impl ProviderConfig {
         if let Some(t) = &self.request.refresh_url_template {
             config.request.refresh_url = Some(t.render(params)?);
         }
+        let fill_all = |list: &mut Vec<(String, String)>| -> Result<(), String> {
+            for (_, value) in list.iter_mut() {
+                if let Some(t) = UrlTemplate::parse(value)? {
+                    *value = t.fill(params)?;
+                }
+            }
+            Ok(())
+        };
+        fill_all(&mut config.extra_params)?;
+        fill_all(&mut config.request.refresh_params)?;
+        fill_all(&mut config.request.exchange_params)?;
+        fill_all(&mut config.request.query_params)?;
+        fill_all(&mut config.request.headers)?;
         Ok(std::borrow::Cow::Owned(config))
     }
 }

@@ -15,7 +15,7 @@ mod trace_context;
 pub use client::{HttpSettings, ProviderClient, TokenGrant};
 pub use config::{
     ClientAuth, Dialect, GrantType, MAX_PARAM_LEN, ProviderConfig, RequestBody, RequestShape,
-    ResponseShape, UrlTemplate, valid_param_value,
+    ResponseShape, UrlTemplate, valid_header, valid_param_value,
 };
 pub use endpoint::TokenEndpoint;
 pub use reqwest::Url;

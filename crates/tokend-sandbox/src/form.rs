@@ -84,6 +84,25 @@ impl TokenForm {
         Ok(Self { fields })
     }
 
+    /// Every parameter, secret values replaced by `[redacted]`.
+    pub(crate) fn redacted(&self) -> std::collections::BTreeMap<String, String> {
+        self.fields
+            .iter()
+            .map(|(k, v)| {
+                let secret = matches!(
+                    k.as_str(),
+                    "refresh_token" | "code" | "code_verifier" | "client_secret" | "access_token"
+                ) || k.contains("token");
+                let v = if secret {
+                    "[redacted]".to_owned()
+                } else {
+                    v.clone()
+                };
+                (k.clone(), v)
+            })
+            .collect()
+    }
+
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.fields.get(name).map(String::as_str)
     }

@@ -68,6 +68,7 @@ async fn not_found() -> Response {
 /// OAuth error in the configured dialect instead of axum's plain-text rejection.
 async fn token(
     State(provider): State<Shared>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -79,7 +80,7 @@ async fn token(
             return response;
         }
     }
-    match handle_token(&provider, &headers, body) {
+    match handle_token(&provider, &uri, &headers, body) {
         Ok(granted) => token_response(dialect, &granted),
         Err(err) => {
             tracing::debug!(
@@ -94,6 +95,7 @@ async fn token(
 
 fn handle_token(
     provider: &Provider,
+    uri: &axum::http::Uri,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Granted, OAuthError> {
@@ -117,6 +119,20 @@ fn handle_token(
         _ => TokenForm::parse(headers, &body)?,
     };
 
+    provider.record_request(crate::SeenRequest {
+        params: form.redacted(),
+        query: form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
+        headers: headers
+            .iter()
+            .filter(|(name, _)| name.as_str().starts_with("x-"))
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+            })
+            .collect(),
+        basic_auth: headers.get(header::AUTHORIZATION).is_some(),
+    });
     let public = headers.get(header::AUTHORIZATION).is_none()
         && form.get("client_secret").is_none()
         && form

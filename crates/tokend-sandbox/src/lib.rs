@@ -113,6 +113,19 @@ impl Default for SandboxConfig {
     }
 }
 
+/// A token request as the sandbox saw it: body parameters and query
+/// parameters in name order, with the values of `refresh_token`, `code`,
+/// `code_verifier`, `client_secret`, `access_token` and the like replaced
+/// by `[redacted]`, and the headers whose name starts with `x-`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeenRequest {
+    pub params: std::collections::BTreeMap<String, String>,
+    pub query: std::collections::BTreeMap<String, String>,
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Whether HTTP Basic credentials came along.
+    pub basic_auth: bool,
+}
+
 /// A live token set, as minted by [`Sandbox::issue_tokens`] or `POST /sandbox/tokens`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IssuedTokens {
@@ -323,6 +336,12 @@ impl Sandbox {
     /// Drops every queued fault.
     pub fn clear_faults(&self) {
         self.provider.clear_faults();
+    }
+
+    /// What the last token request carried, its secrets redacted: for tests
+    /// of what a client sends.
+    pub fn last_token_request(&self) -> Option<SeenRequest> {
+        self.provider.last_request()
     }
 
     /// Provider-wide counters.

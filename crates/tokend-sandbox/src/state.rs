@@ -83,6 +83,7 @@ pub(crate) struct Provider {
     client_secret: String,
     dialect: Dialect,
     public_client: bool,
+    last_request: Mutex<Option<crate::SeenRequest>>,
     /// Where grants are kept across restarts, if anywhere.
     state_file: Option<std::path::PathBuf>,
     /// Serialises saves, so an older snapshot never lands after a newer.
@@ -222,6 +223,7 @@ impl Provider {
             client_secret: config.client_secret.clone(),
             dialect: config.dialect,
             public_client: config.public_client,
+            last_request: Mutex::new(None),
             state_file: config.state_file.clone(),
             saving: Mutex::new(()),
             inner: Mutex::new(Inner {
@@ -306,6 +308,20 @@ impl Provider {
             state_file: self.state_file.clone(),
             public_client: self.public_client,
         }
+    }
+
+    pub(crate) fn record_request(&self, seen: crate::SeenRequest) {
+        *self
+            .last_request
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(seen);
+    }
+
+    pub(crate) fn last_request(&self) -> Option<crate::SeenRequest> {
+        self.last_request
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// A public client's request: its id in the body, no secret anywhere.

@@ -297,6 +297,20 @@ pub struct ProviderSection {
     pub redirect_uri: Option<String>,
     #[serde(default)]
     pub extra_params: BTreeMap<String, String>,
+    /// Sent with refreshes only (e.g. a `scope` some providers want again).
+    #[serde(default)]
+    pub refresh_params: BTreeMap<String, String>,
+    /// Sent with code exchanges only.
+    #[serde(default)]
+    pub exchange_params: BTreeMap<String, String>,
+    /// Added to the token URL's query string.
+    #[serde(default)]
+    pub query_params: BTreeMap<String, String>,
+    /// Extra request headers (not Authorization, Content-Type, Host or
+    /// Content-Length). Values of these four tables may name
+    /// `{placeholders}` filled per connection, as URLs may.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
     pub default_lifetime_secs: Option<u64>,
     pub refresh_buffer_secs: Option<u64>,
     /// HubSpot's dated token endpoints: `api_version = "v3"` makes the
@@ -548,6 +562,39 @@ fn locate(text: &str, e: &toml::de::Error) -> String {
 }
 
 impl ProviderSection {
+    /// A table of parameters, each value's placeholders checked.
+    fn checked_params(
+        &self,
+        key: &str,
+        table: &BTreeMap<String, String>,
+    ) -> Result<Vec<(String, String)>, String> {
+        for (name, value) in table {
+            if name.is_empty() {
+                return Err(format!("{key} has an empty name"));
+            }
+            tokend_provider::UrlTemplate::parse(value).map_err(|e| format!("{key}.{name}: {e}"))?;
+        }
+        Ok(table.clone().into_iter().collect())
+    }
+
+    /// The extra headers, names and values checked, the ones tokend sets
+    /// itself refused.
+    fn checked_headers(&self) -> Result<Vec<(String, String)>, String> {
+        for (name, value) in &self.headers {
+            let lower = name.to_ascii_lowercase();
+            if matches!(
+                lower.as_str(),
+                "authorization" | "content-type" | "content-length" | "host" | "transfer-encoding"
+            ) {
+                return Err(format!("headers.{name}: tokend sets this header itself"));
+            }
+            if !tokend_provider::valid_header(name, value) {
+                return Err(format!("headers.{name}: not a valid HTTP header"));
+            }
+        }
+        self.checked_params("headers", &self.headers)
+    }
+
     fn resolve(
         &self,
         name: &str,
@@ -746,6 +793,16 @@ impl ProviderSection {
                 body,
                 token_url_template,
                 refresh_url_template,
+                refresh_params: self
+                    .checked_params("refresh_params", &self.refresh_params)
+                    .map_err(fail)?,
+                exchange_params: self
+                    .checked_params("exchange_params", &self.exchange_params)
+                    .map_err(fail)?,
+                query_params: self
+                    .checked_params("query_params", &self.query_params)
+                    .map_err(fail)?,
+                headers: self.checked_headers().map_err(fail)?,
             },
             response: tokend_provider::ResponseShape { token_path },
             grant: match self.grant {
@@ -920,6 +977,9 @@ mod tests {
         let refused = with_secret.providers(|_| Some("s".into())).unwrap_err();
         assert!(refused.to_string().contains("public client"), "{refused}");
         for bad in [
+            "headers = { Authorization = \"Bearer x\" }",
+            "headers = { \"bad name\" = \"x\" }",
+            "query_params = { t = \"{Bad}\" }",
             "api_version = \"v3\"",
             "keepalive_days = 0",
             "refresh_url = \"ftp://x/y\"",

@@ -215,12 +215,7 @@ fn connection_params(
 ) -> Result<std::collections::BTreeMap<String, String>> {
     let wanted: Vec<String> = engine
         .provider(provider)
-        .map(|p| {
-            p.connection_params()
-                .into_iter()
-                .map(str::to_owned)
-                .collect()
-        })
+        .map(|p| p.connection_params())
         .unwrap_or_default();
     let mut out = std::collections::BTreeMap::new();
     for (name, value) in params {
