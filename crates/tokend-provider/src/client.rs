@@ -195,12 +195,16 @@ impl ProviderClient {
                 form.push(("client_id", &config.client_id));
                 form.push(("client_secret", secret));
             }
-            ClientAuth::ClientSecretBasic => {
+            ClientAuth::ClientSecretBasic | ClientAuth::Both => {
                 let credentials =
                     format!("{}:{}", form_encode(&config.client_id), form_encode(secret));
                 let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
                 redact.push(encoded.clone());
                 request = request.header("authorization", format!("Basic {encoded}"));
+                if config.client_auth == ClientAuth::Both {
+                    form.push(("client_id", &config.client_id));
+                    form.push(("client_secret", secret));
+                }
             }
         }
         let secrets: Vec<&str> = redact.iter().map(String::as_str).collect();

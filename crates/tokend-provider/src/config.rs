@@ -15,6 +15,9 @@ pub enum ClientAuth {
     /// A public client (RFC 6749 §2.1; most MCP servers): `client_id` in
     /// the body and no secret.
     None,
+    /// Both HTTP Basic and the body fields, for the few providers that
+    /// demand it (against RFC 6749 §2.3.1).
+    Both,
 }
 
 /// How the provider words its errors.

@@ -446,3 +446,40 @@ async fn public_clients_send_no_secret() {
         }
     }
 }
+
+/// Issue 16: a provider that wants the client credentials in both HTTP
+/// Basic and the body gets them twice with `ClientAuth::Both`; either one
+/// alone is refused there.
+#[tokio::test]
+async fn credentials_in_both_places_when_the_provider_wants_them() {
+    let sandbox = Sandbox::start(SandboxConfig {
+        credentials_in_both: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = client(Duration::from_secs(5));
+    for (auth, ok) in [
+        (ClientAuth::Both, true),
+        (ClientAuth::ClientSecretBasic, false),
+        (ClientAuth::ClientSecretPost, false),
+    ] {
+        let cfg = config(&sandbox, auth, Dialect::Rfc6749);
+        let issued = sandbox.issue_tokens("acct", &[]);
+        let answer = c
+            .refresh(&cfg, &SecretString::from(issued.refresh_token))
+            .await;
+        assert_eq!(answer.is_ok(), ok, "{auth:?}");
+        let seen = sandbox.last_token_request().expect("seen");
+        assert_eq!(
+            seen.basic_auth,
+            auth != ClientAuth::ClientSecretPost,
+            "{auth:?}"
+        );
+        assert_eq!(
+            seen.params.get("client_secret").is_some(),
+            auth != ClientAuth::ClientSecretBasic,
+            "{auth:?}"
+        );
+    }
+}

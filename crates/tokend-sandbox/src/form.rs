@@ -176,7 +176,7 @@ pub(crate) fn client_credentials<'a>(
 ///
 /// RFC 6749 §2.3.1 has clients form-urlencode both parts before base64, so they are decoded
 /// here; clients that skip that step still work for credentials without `%` or `+` in them.
-fn parse_basic(value: &[u8]) -> Result<(String, String), OAuthError> {
+pub(crate) fn parse_basic(value: &[u8]) -> Result<(String, String), OAuthError> {
     const MALFORMED: &str = "malformed Basic authorization header";
     let value = std::str::from_utf8(value).map_err(|_| OAuthError::invalid_client(MALFORMED))?;
     let (scheme, encoded) = value

@@ -138,7 +138,23 @@ fn handle_token(
         && form
             .get("client_id")
             .is_some_and(|id| provider.is_public_client(id));
-    if !public {
+    if provider.wants_credentials_in_both() {
+        let (Some(basic), Some(id), Some(secret)) = (
+            headers.get(header::AUTHORIZATION),
+            form.get("client_id"),
+            form.get("client_secret"),
+        ) else {
+            return Err(OAuthError::invalid_client(
+                "client credentials are required in HTTP Basic and in the body",
+            ));
+        };
+        let (basic_id, basic_secret) = form::parse_basic(basic.as_bytes())?;
+        if !provider.authenticate(basic_id.as_bytes(), basic_secret.as_bytes())
+            || !provider.authenticate(id.as_bytes(), secret.as_bytes())
+        {
+            return Err(OAuthError::invalid_client("client authentication failed"));
+        }
+    } else if !public {
         let client = form::client_credentials(headers, &form)?;
         if !provider.authenticate(client.id.as_bytes(), client.secret.as_bytes()) {
             return Err(OAuthError::invalid_client("client authentication failed"));

@@ -97,6 +97,9 @@ pub struct SandboxConfig {
     /// Also accept the client as a public client (RFC 6749 §2.1): its
     /// `client_id` in the body and no secret at all. Default false.
     pub public_client: bool,
+    /// Demand the client credentials twice, in HTTP Basic and in the body
+    /// (as a few providers do, against RFC 6749 §2.3.1). Default false.
+    pub credentials_in_both: bool,
 }
 
 impl Default for SandboxConfig {
@@ -109,6 +112,7 @@ impl Default for SandboxConfig {
             dialect: Dialect::Rfc6749,
             state_file: None,
             public_client: false,
+            credentials_in_both: false,
         }
     }
 }

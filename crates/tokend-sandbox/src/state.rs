@@ -83,6 +83,7 @@ pub(crate) struct Provider {
     client_secret: String,
     dialect: Dialect,
     public_client: bool,
+    credentials_in_both: bool,
     last_request: Mutex<Option<crate::SeenRequest>>,
     /// Where grants are kept across restarts, if anywhere.
     state_file: Option<std::path::PathBuf>,
@@ -223,6 +224,7 @@ impl Provider {
             client_secret: config.client_secret.clone(),
             dialect: config.dialect,
             public_client: config.public_client,
+            credentials_in_both: config.credentials_in_both,
             last_request: Mutex::new(None),
             state_file: config.state_file.clone(),
             saving: Mutex::new(()),
@@ -307,7 +309,12 @@ impl Provider {
             dialect: self.dialect,
             state_file: self.state_file.clone(),
             public_client: self.public_client,
+            credentials_in_both: self.credentials_in_both,
         }
+    }
+
+    pub(crate) fn wants_credentials_in_both(&self) -> bool {
+        self.credentials_in_both
     }
 
     pub(crate) fn record_request(&self, seen: crate::SeenRequest) {

@@ -255,6 +255,8 @@ pub enum ClientAuthName {
     ClientSecretBasic,
     /// A public client: no secret.
     None,
+    /// HTTP Basic and the body fields both.
+    Both,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -736,6 +738,7 @@ impl ProviderSection {
             Some(ClientAuthName::ClientSecretBasic) => ClientAuth::ClientSecretBasic,
             Some(ClientAuthName::ClientSecretPost) => ClientAuth::ClientSecretPost,
             Some(ClientAuthName::None) => ClientAuth::None,
+            Some(ClientAuthName::Both) => ClientAuth::Both,
             None => defaults.client_auth,
         };
         let dialect = match self.dialect {
