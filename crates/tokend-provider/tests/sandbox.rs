@@ -477,7 +477,7 @@ async fn credentials_in_both_places_when_the_provider_wants_them() {
             "{auth:?}"
         );
         assert_eq!(
-            seen.params.get("client_secret").is_some(),
+            seen.params.contains_key("client_secret"),
             auth != ClientAuth::ClientSecretBasic,
             "{auth:?}"
         );
