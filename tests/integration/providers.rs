@@ -11,12 +11,20 @@ use tonic_types::StatusExt;
 use crate::harness::{Options, TestServer, background_off, connection, get, metadata, reason};
 
 async fn quirks(dialect: Dialect, provider_toml: &str) {
-    let name = format!("{dialect:?}");
-    let server = TestServer::start_with(Options {
-        sandbox: SandboxConfig {
+    quirks_with(
+        SandboxConfig {
             dialect,
             ..Default::default()
         },
+        provider_toml,
+    )
+    .await;
+}
+
+async fn quirks_with(sandbox: SandboxConfig, provider_toml: &str) {
+    let name = format!("{:?} {provider_toml}", sandbox.dialect);
+    let server = TestServer::start_with(Options {
+        sandbox,
         provider_toml: Some(provider_toml.to_owned()),
         ..background_off()
     })
@@ -104,6 +112,26 @@ async fn github_refusals_in_200_bodies() {
 #[tokio::test]
 async fn notion_json_bodies_with_basic_auth() {
     quirks(Dialect::Notion, "preset = \"notion\"").await;
+}
+
+#[tokio::test]
+async fn google_intuit_and_atlassian_presets() {
+    for preset in ["google", "intuit", "atlassian"] {
+        quirks(Dialect::Rfc6749, &format!("preset = \"{preset}\"")).await;
+    }
+}
+
+/// Xero keeps a rotated-out refresh token working for 30 minutes.
+#[tokio::test]
+async fn xero_preset_with_its_reuse_grace() {
+    quirks_with(
+        SandboxConfig {
+            rotation: tokend_sandbox::Rotation::Grace(1800),
+            ..Default::default()
+        },
+        "preset = \"xero\"",
+    )
+    .await;
 }
 
 #[tokio::test]

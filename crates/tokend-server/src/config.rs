@@ -170,11 +170,28 @@ pub enum Preset {
     Github,
     /// Notion: a JSON body with HTTP Basic, the workspace as `workspace_id`.
     Notion,
+    /// Google: refresh tokens die after six months unused (keepalive 150 days).
+    Google,
+    /// Xero: rotating refresh tokens with a 30-minute reuse grace, dead after
+    /// 60 days unused (keepalive 45 days).
+    Xero,
+    /// Intuit QuickBooks: a rolling 100-day refresh token that changes on
+    /// every refresh (keepalive 60 days).
+    Intuit,
+    /// Atlassian: rotating refresh tokens, dead after 90 days unused
+    /// (keepalive 60 days).
+    Atlassian,
+    /// Zendesk: one endpoint per subdomain (`params.subdomain`).
+    Zendesk,
+    /// Shopify: one endpoint per shop (`params.shop`), expiring offline tokens.
+    Shopify,
 }
 
 /// What a preset fills in where a `[providers.NAME]` table is silent.
 struct PresetDefaults {
     token_url: Option<&'static str>,
+    rotation_grace_secs: u64,
+    keepalive_days: Option<u64>,
     client_auth: ClientAuth,
     dialect: Dialect,
     default_lifetime_secs: u64,
@@ -187,6 +204,8 @@ impl PresetDefaults {
         use tokend_provider::RequestBody;
         let generic = PresetDefaults {
             token_url: None,
+            rotation_grace_secs: 0,
+            keepalive_days: None,
             client_auth: ClientAuth::ClientSecretBasic,
             dialect: Dialect::Rfc6749,
             default_lifetime_secs: 3600,
@@ -228,6 +247,40 @@ impl PresetDefaults {
                 token_url: Some("https://api.notion.com/v1/oauth/token"),
                 account_id_field: Some("workspace_id"),
                 body: RequestBody::Json,
+                ..generic
+            },
+            Some(Preset::Google) => PresetDefaults {
+                token_url: Some("https://oauth2.googleapis.com/token"),
+                client_auth: ClientAuth::ClientSecretPost,
+                keepalive_days: Some(150),
+                ..generic
+            },
+            Some(Preset::Xero) => PresetDefaults {
+                token_url: Some("https://identity.xero.com/connect/token"),
+                default_lifetime_secs: 1800,
+                rotation_grace_secs: 1800,
+                keepalive_days: Some(45),
+                ..generic
+            },
+            Some(Preset::Intuit) => PresetDefaults {
+                token_url: Some("https://oauth.platform.intuit.com/oauth2/v1/tokens/bearer"),
+                keepalive_days: Some(60),
+                ..generic
+            },
+            Some(Preset::Atlassian) => PresetDefaults {
+                token_url: Some("https://auth.atlassian.com/oauth/token"),
+                client_auth: ClientAuth::ClientSecretPost,
+                keepalive_days: Some(60),
+                ..generic
+            },
+            Some(Preset::Zendesk) => PresetDefaults {
+                token_url: Some("https://{subdomain}.zendesk.com/oauth/tokens"),
+                client_auth: ClientAuth::ClientSecretPost,
+                ..generic
+            },
+            Some(Preset::Shopify) => PresetDefaults {
+                token_url: Some("https://{shop}.myshopify.com/admin/oauth/access_token"),
+                client_auth: ClientAuth::ClientSecretPost,
                 ..generic
             },
         }
@@ -764,7 +817,7 @@ impl ProviderSection {
         if let Some(b) = self.refresh_buffer_secs {
             refresh_policy.buffer = Duration::from_secs(b);
         }
-        refresh_policy.keepalive = match self.keepalive_days {
+        refresh_policy.keepalive = match self.keepalive_days.or(defaults.keepalive_days) {
             Some(0) => return Err(fail("keepalive_days must be at least 1".into())),
             Some(days) if days > 3650 => {
                 return Err(fail("keepalive_days must be at most 3650".into()));
@@ -786,7 +839,10 @@ impl ProviderSection {
                 .account_id_field
                 .clone()
                 .or_else(|| defaults.account_id_field.map(str::to_owned)),
-            rotation_grace: Duration::from_secs(self.rotation_grace_secs.unwrap_or(0)),
+            rotation_grace: Duration::from_secs(
+                self.rotation_grace_secs
+                    .unwrap_or(defaults.rotation_grace_secs),
+            ),
             min_refresh_interval: self.min_refresh_interval_secs.map_or(
                 ProviderConfig::DEFAULT_MIN_REFRESH_INTERVAL,
                 Duration::from_secs,
@@ -957,6 +1013,44 @@ mod tests {
                 .refresh_policy
                 .keepalive,
             Some(Duration::from_secs(150 * 86_400))
+        );
+        let presets = parse(
+            r#"
+            [providers.google]
+            preset = "google"
+            client_id = "a"
+            client_secret_env = "S"
+            [providers.xero]
+            preset = "xero"
+            client_id = "a"
+            client_secret_env = "S"
+            [providers.zendesk]
+            preset = "zendesk"
+            client_id = "a"
+            client_secret_env = "S"
+            [providers.shopify]
+            preset = "shopify"
+            client_id = "a"
+            client_secret_env = "S"
+            "#,
+        );
+        let providers = presets.providers(|_| Some("s".to_owned())).unwrap();
+        let by = |n: &str| providers.iter().find(|p| p.name.as_str() == n).unwrap();
+        assert_eq!(
+            by("google").refresh_policy.keepalive,
+            Some(Duration::from_secs(150 * 86_400))
+        );
+        assert_eq!(by("xero").rotation_grace, Duration::from_secs(1800));
+        assert_eq!(by("zendesk").connection_params(), ["subdomain"]);
+        assert_eq!(by("shopify").connection_params(), ["shop"]);
+        let acme = [("subdomain".to_owned(), "acme".to_owned())].into();
+        assert_eq!(
+            by("zendesk")
+                .for_connection(&acme)
+                .unwrap()
+                .token_url
+                .as_str(),
+            "https://acme.zendesk.com/oauth/tokens"
         );
         let public = parse(
             r#"
