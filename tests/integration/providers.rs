@@ -389,3 +389,39 @@ headers = { "X-Tenant" = "{tenant}", "X-Api-Version" = "2024-01" }"#
     assert_eq!(seen.query.get("tenant").map(String::as_str), Some("t2"));
     assert_eq!(seen.headers.get("x-tenant").map(String::as_str), Some("t2"));
 }
+
+/// Issue 16: `revoke_on_delete` revokes a deleted connection's grant at the
+/// provider (RFC 7009); without it, deleting leaves the provider alone.
+#[tokio::test]
+async fn deleting_revokes_the_grant_when_configured() {
+    for revoke in [true, false] {
+        let toml = if revoke {
+            "revocation_url = \"http://127.0.0.1:SANDBOX_PORT/oauth/revoke\"\nrevoke_on_delete = true"
+        } else {
+            "revocation_url = \"http://127.0.0.1:SANDBOX_PORT/oauth/revoke\""
+        };
+        let server = TestServer::start_with(Options {
+            provider_toml: Some(toml.into()),
+            ..background_off()
+        })
+        .await;
+        let mut client = server.client().await;
+        let (_, issued) = server.import("gone", "acct-gone", 1800).await;
+        client
+            .delete_connection(pb::DeleteConnectionRequest {
+                connection_id: "gone".into(),
+            })
+            .await
+            .expect("deleted");
+        // Waited for when expected; otherwise given half a second to appear.
+        let wait = std::time::Duration::from_millis(if revoke { 5000 } else { 500 });
+        let revoked =
+            crate::harness::eventually(wait, || server.sandbox.stats().revocations == 1).await;
+        assert_eq!(revoked, revoke, "revoke_on_delete = {revoke}");
+        assert_eq!(
+            server.sandbox.access_token_is_live(&issued.access_token),
+            !revoke,
+            "the grant ends with the revocation"
+        );
+    }
+}

@@ -160,13 +160,17 @@ impl ProviderClient {
             .await
     }
 
-    async fn token_request(
+    /// A POST to `url` with `form`, the provider's extra parameters, query
+    /// parameters, headers and client authentication, in its body format;
+    /// and every secret it carries in every form it was sent (what an error
+    /// text must never show).
+    fn prepare<'a>(
         &self,
-        config: &ProviderConfig,
+        config: &'a ProviderConfig,
         url: &reqwest::Url,
-        mut form: Vec<(&str, &str)>,
+        mut form: Vec<(&'a str, &'a str)>,
         sent_secrets: &[&str],
-    ) -> Result<TokenGrant, ProviderError> {
+    ) -> (reqwest::RequestBuilder, Vec<String>) {
         let secret = config.client_secret.expose_secret();
         // Everything a provider might echo back in an error: each secret as
         // sent and as form-encoded on the wire (and the Basic credentials).
@@ -207,8 +211,6 @@ impl ProviderClient {
                 }
             }
         }
-        let secrets: Vec<&str> = redact.iter().map(String::as_str).collect();
-        let sent_at = self.clock.now();
         let request = crate::trace_context::with_current_trace(request);
         let request = match config.request.body {
             RequestBody::Form => request.form(&form),
@@ -222,6 +224,69 @@ impl ProviderClient {
                     .body(serde_json::Value::Object(object).to_string())
             }
         };
+        (request, redact)
+    }
+
+    /// Revokes `token` at the provider's revocation endpoint (RFC 7009),
+    /// `hint` saying what it is (`refresh_token`, `access_token`).
+    pub async fn revoke(
+        &self,
+        config: &ProviderConfig,
+        token: &SecretString,
+        hint: &str,
+    ) -> Result<(), ProviderError> {
+        let Some(url) = &config.request.revocation_url else {
+            return Err(ProviderError {
+                class: ErrorClass::ClientMisconfigured,
+                code: "no_revocation_url".into(),
+                message: "the provider has no revocation_url".into(),
+                http_status: None,
+                correlation_id: None,
+                retry_after: None,
+                salvage: None,
+            });
+        };
+        let t = token.expose_secret();
+        let (request, redact) = self.prepare(
+            config,
+            url,
+            vec![("token", t), ("token_type_hint", hint)],
+            &[t],
+        );
+        let response = request.send().await.map_err(|e| {
+            if e.is_timeout() {
+                transport_error("timeout", "revocation endpoint timed out")
+            } else {
+                transport_error("http_error", "revocation request failed")
+            }
+        })?;
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        let body = &body[..body.len().min(self.max_response_bytes)];
+        let secrets: Vec<&str> = redact.iter().map(String::as_str).collect();
+        Err(classify::classify(
+            config.dialect,
+            status,
+            body,
+            None,
+            None,
+            &secrets,
+        ))
+    }
+
+    async fn token_request<'a>(
+        &self,
+        config: &'a ProviderConfig,
+        url: &reqwest::Url,
+        form: Vec<(&'a str, &'a str)>,
+        sent_secrets: &[&str],
+    ) -> Result<TokenGrant, ProviderError> {
+        let (request, redact) = self.prepare(config, url, form, sent_secrets);
+        let secrets: Vec<&str> = redact.iter().map(String::as_str).collect();
+        let sent_at = self.clock.now();
         let mut response = request.send().await.map_err(|e| {
             if e.is_timeout() {
                 transport_error("timeout", "token endpoint timed out")

@@ -77,6 +77,10 @@ pub struct RequestShape {
     pub query_params: Vec<(String, String)>,
     /// Extra request headers.
     pub headers: Vec<(String, String)>,
+    /// RFC 7009 revocation endpoint.
+    pub revocation_url: Option<reqwest::Url>,
+    /// Revoke a connection's grant there when it is deleted.
+    pub revoke_on_delete: bool,
 }
 
 /// A URL with `{name}` placeholders, each filled from a connection

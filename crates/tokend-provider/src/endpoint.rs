@@ -26,6 +26,25 @@ pub trait TokenEndpoint: Send + Sync + 'static {
         code_verifier: Option<&SecretString>,
     ) -> Result<TokenGrant, ProviderError>;
 
+    /// Revokes a token (RFC 7009). An endpoint that cannot says so.
+    async fn revoke(
+        &self,
+        config: &ProviderConfig,
+        token: &SecretString,
+        hint: &str,
+    ) -> Result<(), ProviderError> {
+        let _ = (config, token, hint);
+        Err(ProviderError {
+            class: tokend_core::ErrorClass::ClientMisconfigured,
+            code: "unsupported".into(),
+            message: "this token endpoint cannot revoke".into(),
+            http_status: None,
+            correlation_id: None,
+            retry_after: None,
+            salvage: None,
+        })
+    }
+
     /// A token for the client itself (the `client_credentials` grant). An
     /// endpoint that cannot do it says so as a misconfiguration.
     async fn client_credentials(
@@ -70,5 +89,14 @@ impl TokenEndpoint for ProviderClient {
         config: &ProviderConfig,
     ) -> Result<TokenGrant, ProviderError> {
         ProviderClient::client_credentials(self, config).await
+    }
+
+    async fn revoke(
+        &self,
+        config: &ProviderConfig,
+        token: &SecretString,
+        hint: &str,
+    ) -> Result<(), ProviderError> {
+        ProviderClient::revoke(self, config, token, hint).await
     }
 }

@@ -483,3 +483,27 @@ async fn credentials_in_both_places_when_the_provider_wants_them() {
         );
     }
 }
+
+/// Issue 16: RFC 7009 revocation of a refresh token ends the grant.
+#[tokio::test]
+async fn revocation_ends_the_grant() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let mut cfg = config(&sandbox, ClientAuth::ClientSecretBasic, Dialect::Rfc6749);
+    cfg.request.revocation_url = Some(sandbox.revocation_url().parse().unwrap());
+    let c = client(Duration::from_secs(5));
+    let issued = sandbox.issue_tokens("acct", &[]);
+    c.revoke(
+        &cfg,
+        &SecretString::from(issued.refresh_token.clone()),
+        "refresh_token",
+    )
+    .await
+    .expect("revoked");
+    assert_eq!(sandbox.stats().revocations, 1);
+    assert!(!sandbox.access_token_is_live(&issued.access_token));
+    let e = c
+        .refresh(&cfg, &SecretString::from(issued.refresh_token))
+        .await
+        .unwrap_err();
+    assert_eq!(e.class, ErrorClass::Revoked);
+}

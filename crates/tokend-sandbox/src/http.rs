@@ -38,6 +38,10 @@ pub(crate) fn router(provider: Shared) -> Router {
             // The route-level limit overrides the router-wide one below.
             post(token).layer(DefaultBodyLimit::max(TOKEN_BODY_LIMIT)),
         )
+        .route(
+            "/oauth/revoke",
+            post(revoke).layer(DefaultBodyLimit::max(TOKEN_BODY_LIMIT)),
+        )
         .route("/api/me", get(api_me))
         .merge(control::routes())
         .fallback(not_found)
@@ -272,6 +276,32 @@ async fn apply_fault(dialect: Dialect, fault: FaultAction) -> Option<Response> {
         }
     };
     Some(response)
+}
+
+/// `POST /oauth/revoke` (RFC 7009): the client authenticates as at the token endpoint;
+/// any token, known or not, answers 200.
+async fn revoke(
+    State(provider): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let dialect = provider.dialect();
+    let revoked = (|| {
+        let body =
+            body.map_err(|_| OAuthError::invalid_request("request body could not be read"))?;
+        let form = TokenForm::parse(&headers, &body)?;
+        let client = form::client_credentials(&headers, &form)?;
+        if !provider.authenticate(client.id.as_bytes(), client.secret.as_bytes()) {
+            return Err(OAuthError::invalid_client("client authentication failed"));
+        }
+        let token = form.require("token", "token is required")?;
+        provider.revoke_token(token);
+        Ok(())
+    })();
+    match revoked {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(err) => err.into_response(dialect),
+    }
 }
 
 #[derive(Serialize)]

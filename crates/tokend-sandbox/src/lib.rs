@@ -196,6 +196,9 @@ pub struct Stats {
     pub faults_served: u64,
     pub api_calls_ok: u64,
     pub api_calls_rejected: u64,
+    /// `POST /oauth/revoke` requests a client authenticated (RFC 7009).
+    #[serde(default)]
+    pub revocations: u64,
 }
 
 /// Refresh counters of one account, attributed through the refresh token presented
@@ -362,6 +365,11 @@ impl Sandbox {
     /// Refresh counters of one account (all zero for an unknown account).
     pub fn account_stats(&self, account_id: &str) -> AccountStats {
         self.provider.account_stats(account_id)
+    }
+
+    /// The revocation endpoint (RFC 7009).
+    pub fn revocation_url(&self) -> String {
+        self.token_url().replace("/oauth/token", "/oauth/revoke")
     }
 
     /// Whether `/api/me` would accept this access token now (does not count as an API call).

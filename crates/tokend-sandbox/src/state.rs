@@ -607,6 +607,27 @@ impl Provider {
         self.lock().stats.api_calls_rejected += 1;
     }
 
+    /// RFC 7009: revoking a refresh token ends its whole grant (every token
+    /// of the account, as an uninstall does); revoking an access token ends
+    /// that token. Unknown tokens are ignored, as the RFC asks.
+    pub(crate) fn revoke_token(&self, token: &str) {
+        let account = {
+            let mut inner = self.lock();
+            inner.stats.revocations += 1;
+            if inner.access_tokens.remove(token).is_some() {
+                None
+            } else {
+                inner
+                    .refresh_tokens
+                    .get(token)
+                    .map(|r| r.account.to_string())
+            }
+        };
+        if let Some(account) = account {
+            self.revoke_account(&account);
+        }
+    }
+
     pub(crate) fn access_token_is_live(&self, token: &str) -> bool {
         let now = Instant::now();
         let inner = self.lock();

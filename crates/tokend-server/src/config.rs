@@ -368,6 +368,12 @@ pub struct ProviderSection {
     pub headers: BTreeMap<String, String>,
     pub default_lifetime_secs: Option<u64>,
     pub refresh_buffer_secs: Option<u64>,
+    /// RFC 7009 revocation endpoint.
+    pub revocation_url: Option<String>,
+    /// Revoke a connection's grant at `revocation_url` when it is deleted
+    /// [default: false].
+    #[serde(default)]
+    pub revoke_on_delete: bool,
     /// HubSpot's dated token endpoints: `api_version = "v3"` makes the
     /// preset's URL `https://api.hubapi.com/oauth/v3/token` [default: v1].
     pub api_version: Option<String>,
@@ -734,6 +740,18 @@ impl ProviderSection {
             }
             None => (None, None),
         };
+        let revocation_url = match self.revocation_url.as_deref() {
+            Some(u) => match parse_url("revocation_url", u)? {
+                (url, None) => Some(url),
+                (_, Some(_)) => {
+                    return Err(fail("revocation_url cannot name placeholders (yet)".into()));
+                }
+            },
+            None => None,
+        };
+        if self.revoke_on_delete && revocation_url.is_none() {
+            return Err(fail("revoke_on_delete needs a revocation_url".into()));
+        }
         let token_path: Vec<String> = match self.token_path.as_deref() {
             None | Some("") => Vec::new(),
             Some(path) => {
@@ -862,6 +880,8 @@ impl ProviderSection {
                     .checked_params("query_params", &self.query_params)
                     .map_err(fail)?,
                 headers: self.checked_headers().map_err(fail)?,
+                revocation_url,
+                revoke_on_delete: self.revoke_on_delete,
             },
             response: tokend_provider::ResponseShape { token_path },
             grant: match self.grant {
