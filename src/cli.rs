@@ -102,6 +102,21 @@ pub struct InstallArgs {
     expires_in: Option<i64>,
     #[arg(long = "scope")]
     scopes: Vec<String>,
+    /// A parameter of the provider's per-connection endpoint, NAME=VALUE
+    /// (e.g. --param subdomain=acme); repeat for several.
+    #[arg(long = "param", value_parser = parse_param)]
+    params: Vec<(String, String)>,
+    /// For a provider with grant = "client_credentials": install with no
+    /// code and no token; tokend asks for the first one itself.
+    #[arg(long, conflicts_with_all = ["code", "access_token"])]
+    client_credentials: bool,
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=VALUE"))?;
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 fn status_name(status: i32) -> &'static str {
@@ -315,24 +330,28 @@ pub async fn connections(args: &ClientArgs, command: ConnectionsCommand) -> anyh
 pub async fn install(args: &ClientArgs, install: InstallArgs) -> anyhow::Result<()> {
     let tokend = client(args).await?;
     let grant = match (install.code, install.access_token) {
-        (Some(code), None) => {
-            pb::install_request::Grant::AuthorizationCode(pb::AuthorizationCode {
+        _ if install.client_credentials => None,
+        (Some(code), None) => Some(pb::install_request::Grant::AuthorizationCode(
+            pb::AuthorizationCode {
                 code,
                 redirect_uri: install.redirect_uri.unwrap_or_default(),
                 code_verifier: install.code_verifier.unwrap_or_default(),
-            })
+            },
+        )),
+        (None, Some(access_token)) => {
+            Some(pb::install_request::Grant::TokenImport(pb::TokenImport {
+                access_token,
+                refresh_token: install.refresh_token.unwrap_or_default(),
+                expires_in_seconds: install.expires_in.unwrap_or(0),
+                scopes: install.scopes,
+                token_type: String::new(),
+            }))
         }
-        (None, Some(access_token)) => pb::install_request::Grant::TokenImport(pb::TokenImport {
-            access_token,
-            refresh_token: install.refresh_token.unwrap_or_default(),
-            expires_in_seconds: install.expires_in.unwrap_or(0),
-            scopes: install.scopes,
-            token_type: String::new(),
-        }),
         _ => {
-            return Err(
-                crate::exit::UsageError("give either --code or --access-token".into()).into(),
-            );
+            return Err(crate::exit::UsageError(
+                "give --code, --access-token or --client-credentials".into(),
+            )
+            .into());
         }
     };
     let r = tokend
@@ -340,9 +359,9 @@ pub async fn install(args: &ClientArgs, install: InstallArgs) -> anyhow::Result<
             provider: install.provider,
             connection_id: install.connection_id.unwrap_or_default(),
             account_id: install.account_id.unwrap_or_default(),
-            grant: Some(grant),
+            grant,
             replace: false,
-            params: Default::default(),
+            params: install.params.into_iter().collect(),
         })
         .await?;
     let c = r.connection.context("reply without a connection")?;

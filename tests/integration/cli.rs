@@ -561,3 +561,55 @@ fn check_config_lists_every_problem() {
         "configuration OK"
     );
 }
+
+/// Issue 16: `tokend install --param NAME=VALUE` fills a per-connection
+/// endpoint, and `--client-credentials` installs a client-credentials
+/// connection with no code and no token.
+#[tokio::test]
+async fn install_takes_params_and_client_credentials() {
+    let server = TestServer::start_with(crate::harness::Options {
+        provider_toml: Some(
+            "token_url = \"http://{host}:SANDBOX_PORT/oauth/token\"\ngrant = \"client_credentials\""
+                .into(),
+        ),
+        ..crate::harness::background_off()
+    })
+    .await;
+    let out = tokend(
+        &server,
+        &[
+            "install",
+            "--provider",
+            "sandbox",
+            "--connection-id",
+            "svc",
+            "--client-credentials",
+            "--param",
+            "host=127.0.0.1",
+        ],
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = crate::harness::connection(&mut server.client().await, "svc").await;
+    assert_eq!(c.params.get("host").map(String::as_str), Some("127.0.0.1"));
+    let bad = tokend(
+        &server,
+        &[
+            "install",
+            "--provider",
+            "sandbox",
+            "--connection-id",
+            "x",
+            "--client-credentials",
+            "--param",
+            "nonsense",
+        ],
+    )
+    .await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("NAME=VALUE"));
+}
