@@ -232,6 +232,7 @@ pub(crate) enum DialectArg {
     Slack,
     Github,
     Notion,
+    Microsoft,
 }
 
 impl SandboxOpts {
@@ -249,6 +250,7 @@ impl SandboxOpts {
                 DialectArg::Slack => Dialect::Slack,
                 DialectArg::Github => Dialect::Github,
                 DialectArg::Notion => Dialect::Notion,
+                DialectArg::Microsoft => Dialect::Microsoft,
             },
             state_file: self.sandbox_state.clone(),
             ..SandboxConfig::default()

@@ -425,3 +425,46 @@ async fn deleting_revokes_the_grant_when_configured() {
         );
     }
 }
+
+/// Issue 16: the microsoft preset against the sandbox speaking Microsoft's
+/// dialect (AADSTS numbers): the common quirks, and a grant that needs the
+/// user back says why: consent (AADSTS65001) or an interactive sign-in
+/// (AADSTS50076) required, each its own RECONNECT_REQUIRED cause.
+#[tokio::test]
+async fn microsoft_aadsts_codes_and_user_action_causes() {
+    quirks(Dialect::Microsoft, "preset = \"microsoft\"").await;
+    for (fault, cause, code) in [
+        (
+            Fault::ConsentRequired { count: 1 },
+            pb::ReconnectCause::ConsentRequired,
+            "CONSENT_REQUIRED",
+        ),
+        (
+            Fault::InteractionRequired { count: 1 },
+            pb::ReconnectCause::InteractionRequired,
+            "INTERACTION_REQUIRED",
+        ),
+    ] {
+        let server = TestServer::start_with(Options {
+            sandbox: SandboxConfig {
+                dialect: Dialect::Microsoft,
+                ..Default::default()
+            },
+            provider_toml: Some("preset = \"microsoft\"".into()),
+            ..background_off()
+        })
+        .await;
+        let mut client = server.client().await;
+        server.import("user", "acct-user", 0).await;
+        server.sandbox.inject(fault);
+        let err = client.get_token(get("user")).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{code}: {err}");
+        assert_eq!(reason(&err), "RECONNECT_REQUIRED", "{code}");
+        assert_eq!(metadata(&err, "cause").as_deref(), Some(code));
+        assert_eq!(
+            connection(&mut client, "user").await.reconnect_cause,
+            cause as i32,
+            "{code}"
+        );
+    }
+}

@@ -58,7 +58,7 @@ class ReconnectRequired(TokendError):
 
     @property
     def cause(self) -> str:
-        """REVOKED, ROTATION_LOST (lost in a refresh cut off by a crash) or NO_REFRESH_TOKEN."""
+        """REVOKED, ROTATION_LOST (lost in a refresh cut off by a crash), NO_REFRESH_TOKEN, CONSENT_REQUIRED or INTERACTION_REQUIRED."""
         return self.metadata.get("cause", "")
 
 

@@ -38,7 +38,7 @@ export class ReconnectRequired extends TokendError {
   get providerError(): string {
     return this.metadata["provider_error"] ?? "";
   }
-  /** REVOKED, ROTATION_LOST (lost in a refresh cut off by a crash) or NO_REFRESH_TOKEN. */
+  /** REVOKED, ROTATION_LOST (lost in a refresh cut off by a crash), NO_REFRESH_TOKEN, CONSENT_REQUIRED or INTERACTION_REQUIRED. */
   get cause(): string {
     return this.metadata["cause"] ?? "";
   }

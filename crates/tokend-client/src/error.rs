@@ -18,7 +18,9 @@ pub enum Error {
         provider_error: String,
         /// Why: `REVOKED` (the user or portal revoked the grant),
         /// `ROTATION_LOST` (lost in a refresh cut off by a crash), or
-        /// `NO_REFRESH_TOKEN`; empty from brokers that do not say.
+        /// `NO_REFRESH_TOKEN`, `CONSENT_REQUIRED` or `INTERACTION_REQUIRED`
+        /// (the user must consent or sign in again); empty from brokers that
+        /// do not say.
         cause: String,
     },
     #[error("connection {connection_id} not found")]

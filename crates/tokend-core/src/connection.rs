@@ -38,6 +38,13 @@ pub enum ReconnectCause {
     RotationLost,
     /// No refresh token to renew with.
     NoRefreshToken,
+    /// The grant stands but needs the user's (or an administrator's)
+    /// consent again, e.g. after new scopes (Microsoft AADSTS65001).
+    ConsentRequired,
+    /// The grant stands but the user must sign in interactively first:
+    /// multi-factor authentication or a conditional-access policy
+    /// (Microsoft AADSTS50076).
+    InteractionRequired,
 }
 
 impl ReconnectCause {
@@ -47,6 +54,8 @@ impl ReconnectCause {
             ReconnectCause::Revoked => "REVOKED",
             ReconnectCause::RotationLost => "ROTATION_LOST",
             ReconnectCause::NoRefreshToken => "NO_REFRESH_TOKEN",
+            ReconnectCause::ConsentRequired => "CONSENT_REQUIRED",
+            ReconnectCause::InteractionRequired => "INTERACTION_REQUIRED",
         }
     }
 }

@@ -25,6 +25,10 @@ const REVOKED: &[&str] = &[
     // GitHub
     "bad_refresh_token",
     "bad_verification_code",
+    // The grant needs the user back (Microsoft and OpenID Connect).
+    "consent_required",
+    "interaction_required",
+    "login_required",
 ];
 /// Error codes that say to slow down, whatever the HTTP status.
 const RATE_LIMITED: &[&str] = &["ratelimited", "rate_limited", "RATE_LIMITS"];
@@ -77,8 +81,13 @@ fn parse_body(dialect: Dialect, body: &[u8]) -> ErrorBody {
         string_field(&map, "correlationId").or_else(|| string_field(&map, "request_id"));
     // Each dialect prefers its own fields but understands the other's: many
     // providers mix them.
+    let rfc_code = match dialect {
+        Dialect::Microsoft => microsoft_code(&map).or(rfc_code),
+        _ => rfc_code,
+    };
+    let correlation_id = correlation_id.or_else(|| string_field(&map, "correlation_id"));
     let (code, message) = match dialect {
-        Dialect::Rfc6749 | Dialect::Slack | Dialect::Github => {
+        Dialect::Rfc6749 | Dialect::Slack | Dialect::Github | Dialect::Microsoft => {
             (rfc_code.or(hs_code), rfc_message.or(hs_message))
         }
         Dialect::Hubspot => (hs_code.or(rfc_code), hs_message.or(rfc_message)),
@@ -87,6 +96,17 @@ fn parse_body(dialect: Dialect, body: &[u8]) -> ErrorBody {
         code,
         message,
         correlation_id,
+    }
+}
+
+/// What Microsoft's first `AADSTS` number in `error_codes` says beyond the
+/// RFC 6749 code: consent or interaction required.
+fn microsoft_code(map: &serde_json::Map<String, Value>) -> Option<String> {
+    let first = map.get("error_codes")?.as_array()?.first()?.as_u64()?;
+    match first {
+        65001 | 65004 => Some("consent_required".into()),
+        50076 | 50079 | 50158 | 53003 => Some("interaction_required".into()),
+        _ => None,
     }
 }
 

@@ -31,6 +31,10 @@ pub enum Dialect {
     Slack,
     /// GitHub: refusals are HTTP 200 with `{"error":"bad_refresh_token",...}`.
     Github,
+    /// Microsoft identity platform: RFC 6749 codes refined by the `AADSTS`
+    /// number in `error_codes`: consent (65001, 65004) and interaction
+    /// (50076, 50079, 50158, 53003) required are their own codes.
+    Microsoft,
 }
 
 /// How tokend obtains a connection's tokens.

@@ -17,11 +17,12 @@ use crate::{
 /// What the request carried: the refresh token and the client secret.
 const SECRETS: &[&str] = &["rt-8f3e-SECRET-refresh", "cs-client-SECRET-77"];
 
-const DIALECTS: [Dialect; 4] = [
+const DIALECTS: [Dialect; 5] = [
     Dialect::Rfc6749,
     Dialect::Hubspot,
     Dialect::Slack,
     Dialect::Github,
+    Dialect::Microsoft,
 ];
 
 fn config(dialect: Dialect, token_path: Vec<String>) -> ProviderConfig {

@@ -154,6 +154,14 @@ enum FaultRequest {
         #[serde(default = "one")]
         count: u32,
     },
+    ConsentRequired {
+        #[serde(default = "one")]
+        count: u32,
+    },
+    InteractionRequired {
+        #[serde(default = "one")]
+        count: u32,
+    },
 }
 
 impl FaultRequest {
@@ -179,6 +187,8 @@ impl FaultRequest {
             },
             FaultRequest::MalformedBody { count } => Fault::MalformedBody { count },
             FaultRequest::InvalidClient { count } => Fault::InvalidClient { count },
+            FaultRequest::ConsentRequired { count } => Fault::ConsentRequired { count },
+            FaultRequest::InteractionRequired { count } => Fault::InteractionRequired { count },
         })
     }
 }

@@ -22,6 +22,11 @@ pub(crate) enum ErrorCode {
     RateLimited {
         retry_after_secs: u64,
     },
+    /// The grant stands, but the user must act first: consent again, or sign in
+    /// interactively.
+    UserAction {
+        consent: bool,
+    },
 }
 
 /// A token-endpoint error. `description` is static text so no token or secret can leak into it.
@@ -74,6 +79,18 @@ impl OAuthError {
         }
     }
 
+    pub(crate) fn user_action(consent: bool) -> Self {
+        Self {
+            code: ErrorCode::UserAction { consent },
+            status: StatusCode::BAD_REQUEST,
+            description: if consent {
+                "the user or administrator has not consented to use the application"
+            } else {
+                "the user must sign in interactively (multi-factor authentication)"
+            },
+        }
+    }
+
     pub(crate) fn rate_limited(retry_after_secs: u64) -> Self {
         Self {
             code: ErrorCode::RateLimited { retry_after_secs },
@@ -93,6 +110,22 @@ impl OAuthError {
             // RFC 6749 has no rate-limit code; `temporarily_unavailable` is its registered
             // transient-failure code, so generic clients classify it as retryable.
             ErrorCode::RateLimited { .. } => "temporarily_unavailable",
+            ErrorCode::UserAction { consent: true } => "consent_required",
+            ErrorCode::UserAction { consent: false } => "interaction_required",
+        }
+    }
+
+    /// Microsoft's `AADSTS` number for the failure.
+    fn aadsts(&self) -> u32 {
+        match self.code {
+            ErrorCode::InvalidGrant(_) => 70008,
+            ErrorCode::InvalidClient => 7_000_215,
+            ErrorCode::UserAction { consent: true } => 65001,
+            ErrorCode::UserAction { consent: false } => 50076,
+            ErrorCode::UnsupportedGrantType => 70003,
+            ErrorCode::InvalidRequest => 900_144,
+            ErrorCode::ServerError(_) => 90033,
+            ErrorCode::RateLimited { .. } => 90055,
         }
     }
 
@@ -108,6 +141,7 @@ impl OAuthError {
             ErrorCode::UnsupportedGrantType => ("BAD_GRANT_TYPE", "VALIDATION_ERROR"),
             ErrorCode::ServerError(_) => ("INTERNAL_ERROR", "INTERNAL_ERROR"),
             ErrorCode::RateLimited { .. } => ("RATE_LIMITS", "RATE_LIMITS"),
+            ErrorCode::UserAction { .. } => ("BAD_REFRESH_TOKEN", "INVALID_AUTHENTICATION"),
         }
     }
 
@@ -121,6 +155,7 @@ impl OAuthError {
             ErrorCode::UnsupportedGrantType => "invalid_grant_type",
             ErrorCode::ServerError(_) => "fatal_error",
             ErrorCode::RateLimited { .. } => "ratelimited",
+            ErrorCode::UserAction { .. } => "invalid_refresh_token",
         }
     }
 
@@ -134,6 +169,7 @@ impl OAuthError {
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
             ErrorCode::ServerError(_) => "server_error",
             ErrorCode::RateLimited { .. } => "rate_limited",
+            ErrorCode::UserAction { .. } => "bad_refresh_token",
         }
     }
 
@@ -164,6 +200,24 @@ impl OAuthError {
                 })),
             )
                 .into_response(),
+            Dialect::Microsoft => {
+                // Consent reads as invalid_grant with AADSTS65001; MFA has its own code.
+                let error = match self.code {
+                    ErrorCode::UserAction { consent: true } => "invalid_grant",
+                    _ => self.rfc6749_code(),
+                };
+                (
+                    status,
+                    Json(serde_json::json!({
+                        "error": error,
+                        "error_description": format!("AADSTS{}: {}", self.aadsts(), self.description),
+                        "error_codes": [self.aadsts()],
+                        "trace_id": secrets::uuid_like(),
+                        "correlation_id": secrets::uuid_like(),
+                    })),
+                )
+                    .into_response()
+            }
             Dialect::Rfc6749 | Dialect::Notion => (
                 self.status,
                 Json(Rfc6749Body {

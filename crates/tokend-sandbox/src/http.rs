@@ -201,7 +201,7 @@ fn token_response(dialect: Dialect, granted: &Granted) -> Response {
         account_id: &granted.account_id,
     };
     let mut response = match dialect {
-        Dialect::Rfc6749 | Dialect::Hubspot => Json(body).into_response(),
+        Dialect::Rfc6749 | Dialect::Hubspot | Dialect::Microsoft => Json(body).into_response(),
         // A user token, as Slack gives it when only user scopes were granted.
         Dialect::Slack => Json(serde_json::json!({
             "ok": true,
@@ -265,6 +265,8 @@ async fn apply_fault(dialect: Dialect, fault: FaultAction) -> Option<Response> {
         FaultAction::InvalidClient => {
             OAuthError::invalid_client("client authentication failed").into_response(dialect)
         }
+        FaultAction::ConsentRequired => OAuthError::user_action(true).into_response(dialect),
+        FaultAction::InteractionRequired => OAuthError::user_action(false).into_response(dialect),
         FaultAction::MalformedBody => {
             let mut response = Response::new(Body::from(TRUNCATED_TOKEN_RESPONSE));
             response.headers_mut().insert(

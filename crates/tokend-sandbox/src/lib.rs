@@ -76,6 +76,10 @@ pub enum Dialect {
     /// Notion: the request is a JSON body with HTTP Basic client authentication, the
     /// workspace comes as `workspace_id`; errors as RFC 6749.
     Notion,
+    /// Microsoft identity platform: RFC 6749 codes with `AADSTS` numbers in
+    /// `error_description` and `error_codes`, e.g. AADSTS70008 for an expired refresh
+    /// token, AADSTS65001 for missing consent, AADSTS50076 for required MFA.
+    Microsoft,
 }
 
 /// Settings of one sandbox provider.
@@ -158,6 +162,11 @@ pub enum Fault {
     MalformedBody { count: u32 },
     /// Answer 401 `invalid_client` as if the client credentials were wrong.
     InvalidClient { count: u32 },
+    /// Refuse the grant until the user consents again (Microsoft AADSTS65001).
+    ConsentRequired { count: u32 },
+    /// Refuse the grant until the user signs in interactively (MFA, conditional access:
+    /// Microsoft AADSTS50076).
+    InteractionRequired { count: u32 },
 }
 
 impl Fault {
@@ -168,7 +177,9 @@ impl Fault {
             | Fault::RateLimited { count, .. }
             | Fault::Latency { count, .. }
             | Fault::MalformedBody { count }
-            | Fault::InvalidClient { count } => *count,
+            | Fault::InvalidClient { count }
+            | Fault::ConsentRequired { count }
+            | Fault::InteractionRequired { count } => *count,
         }
     }
 
@@ -178,7 +189,9 @@ impl Fault {
             | Fault::RateLimited { count, .. }
             | Fault::Latency { count, .. }
             | Fault::MalformedBody { count }
-            | Fault::InvalidClient { count } => count,
+            | Fault::InvalidClient { count }
+            | Fault::ConsentRequired { count }
+            | Fault::InteractionRequired { count } => count,
         }
     }
 }

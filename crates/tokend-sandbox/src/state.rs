@@ -28,6 +28,8 @@ pub(crate) enum FaultAction {
     Latency(Duration),
     MalformedBody,
     InvalidClient,
+    ConsentRequired,
+    InteractionRequired,
 }
 
 /// Which grant an `invalid_grant` rejection concerns (HubSpot words the two differently).
@@ -661,6 +663,8 @@ impl Inner {
             Fault::Latency { delay, .. } => FaultAction::Latency(*delay),
             Fault::MalformedBody { .. } => FaultAction::MalformedBody,
             Fault::InvalidClient { .. } => FaultAction::InvalidClient,
+            Fault::ConsentRequired { .. } => FaultAction::ConsentRequired,
+            Fault::InteractionRequired { .. } => FaultAction::InteractionRequired,
         };
         // `inject` refuses zero counts, so the front fault always has at least one use left.
         let remaining = front.count_mut();

@@ -185,6 +185,11 @@ pub enum Preset {
     Zendesk,
     /// Shopify: one endpoint per shop (`params.shop`), expiring offline tokens.
     Shopify,
+    /// Microsoft identity platform (Entra ID), multi-tenant endpoint:
+    /// AADSTS codes; consent and interaction required are their own
+    /// RECONNECT_REQUIRED causes; refresh tokens die after 90 days unused
+    /// (keepalive 60 days).
+    Microsoft,
 }
 
 /// What a preset fills in where a `[providers.NAME]` table is silent.
@@ -278,6 +283,13 @@ impl PresetDefaults {
                 client_auth: ClientAuth::ClientSecretPost,
                 ..generic
             },
+            Some(Preset::Microsoft) => PresetDefaults {
+                token_url: Some("https://login.microsoftonline.com/common/oauth2/v2.0/token"),
+                client_auth: ClientAuth::ClientSecretPost,
+                dialect: Dialect::Microsoft,
+                keepalive_days: Some(60),
+                ..generic
+            },
             Some(Preset::Shopify) => PresetDefaults {
                 token_url: Some("https://{shop}.myshopify.com/admin/oauth/access_token"),
                 client_auth: ClientAuth::ClientSecretPost,
@@ -319,6 +331,7 @@ pub enum DialectName {
     Hubspot,
     Slack,
     Github,
+    Microsoft,
 }
 
 /// One `[providers.NAME]` table.
@@ -817,6 +830,7 @@ impl ProviderSection {
             Some(DialectName::Rfc6749) => Dialect::Rfc6749,
             Some(DialectName::Slack) => Dialect::Slack,
             Some(DialectName::Github) => Dialect::Github,
+            Some(DialectName::Microsoft) => Dialect::Microsoft,
             None => defaults.dialect,
         };
         let body = match self.body {

@@ -60,6 +60,8 @@ pub fn reconnect_cause(c: ReconnectCause) -> pb::ReconnectCause {
         ReconnectCause::Revoked => pb::ReconnectCause::Revoked,
         ReconnectCause::RotationLost => pb::ReconnectCause::RotationLost,
         ReconnectCause::NoRefreshToken => pb::ReconnectCause::NoRefreshToken,
+        ReconnectCause::ConsentRequired => pb::ReconnectCause::ConsentRequired,
+        ReconnectCause::InteractionRequired => pb::ReconnectCause::InteractionRequired,
     }
 }
 

@@ -140,6 +140,10 @@ impl Engine {
                 match c.reconnect_cause {
                     Some(tokend_core::ReconnectCause::RotationLost) => "rotation_lost",
                     Some(tokend_core::ReconnectCause::NoRefreshToken) => "no_refresh_token",
+                    Some(tokend_core::ReconnectCause::ConsentRequired) => "consent_required",
+                    Some(tokend_core::ReconnectCause::InteractionRequired) => {
+                        "interaction_required"
+                    }
                     _ => "revoked",
                 },
             ),
@@ -527,7 +531,12 @@ impl Engine {
         let cause = if lease.in_doubt {
             ReconnectCause::RotationLost
         } else {
-            ReconnectCause::Revoked
+            // A grant that needs the user back, not a dead one, says so.
+            match error.code.as_str() {
+                "consent_required" => ReconnectCause::ConsentRequired,
+                "interaction_required" => ReconnectCause::InteractionRequired,
+                _ => ReconnectCause::Revoked,
+            }
         };
         let result = self
             .mark_reconnect_required(

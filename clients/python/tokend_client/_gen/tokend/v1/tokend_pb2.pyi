@@ -30,6 +30,8 @@ class ReconnectCause(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RECONNECT_CAUSE_REVOKED: _ClassVar[ReconnectCause]
     RECONNECT_CAUSE_ROTATION_LOST: _ClassVar[ReconnectCause]
     RECONNECT_CAUSE_NO_REFRESH_TOKEN: _ClassVar[ReconnectCause]
+    RECONNECT_CAUSE_CONSENT_REQUIRED: _ClassVar[ReconnectCause]
+    RECONNECT_CAUSE_INTERACTION_REQUIRED: _ClassVar[ReconnectCause]
 
 class WatchEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -69,6 +71,8 @@ RECONNECT_CAUSE_UNSPECIFIED: ReconnectCause
 RECONNECT_CAUSE_REVOKED: ReconnectCause
 RECONNECT_CAUSE_ROTATION_LOST: ReconnectCause
 RECONNECT_CAUSE_NO_REFRESH_TOKEN: ReconnectCause
+RECONNECT_CAUSE_CONSENT_REQUIRED: ReconnectCause
+RECONNECT_CAUSE_INTERACTION_REQUIRED: ReconnectCause
 WATCH_EVENT_TYPE_UNSPECIFIED: WatchEventType
 WATCH_EVENT_TYPE_SNAPSHOT: WatchEventType
 WATCH_EVENT_TYPE_TOKEN_ROTATED: WatchEventType

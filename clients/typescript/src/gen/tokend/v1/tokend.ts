@@ -172,6 +172,17 @@ export enum ReconnectCause {
   RECONNECT_CAUSE_ROTATION_LOST = 2,
   /** RECONNECT_CAUSE_NO_REFRESH_TOKEN - The connection has no refresh token to renew with. */
   RECONNECT_CAUSE_NO_REFRESH_TOKEN = 3,
+  /**
+   * RECONNECT_CAUSE_CONSENT_REQUIRED - The grant stands, but the user (or an administrator) must consent
+   * again, e.g. to new scopes (Microsoft AADSTS65001).
+   */
+  RECONNECT_CAUSE_CONSENT_REQUIRED = 4,
+  /**
+   * RECONNECT_CAUSE_INTERACTION_REQUIRED - The grant stands, but the user must sign in interactively first:
+   * multi-factor authentication or a conditional-access policy (Microsoft
+   * AADSTS50076).
+   */
+  RECONNECT_CAUSE_INTERACTION_REQUIRED = 5,
   UNRECOGNIZED = -1,
 }
 
@@ -189,6 +200,12 @@ export function reconnectCauseFromJSON(object: any): ReconnectCause {
     case 3:
     case "RECONNECT_CAUSE_NO_REFRESH_TOKEN":
       return ReconnectCause.RECONNECT_CAUSE_NO_REFRESH_TOKEN;
+    case 4:
+    case "RECONNECT_CAUSE_CONSENT_REQUIRED":
+      return ReconnectCause.RECONNECT_CAUSE_CONSENT_REQUIRED;
+    case 5:
+    case "RECONNECT_CAUSE_INTERACTION_REQUIRED":
+      return ReconnectCause.RECONNECT_CAUSE_INTERACTION_REQUIRED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -206,6 +223,10 @@ export function reconnectCauseToJSON(object: ReconnectCause): string {
       return "RECONNECT_CAUSE_ROTATION_LOST";
     case ReconnectCause.RECONNECT_CAUSE_NO_REFRESH_TOKEN:
       return "RECONNECT_CAUSE_NO_REFRESH_TOKEN";
+    case ReconnectCause.RECONNECT_CAUSE_CONSENT_REQUIRED:
+      return "RECONNECT_CAUSE_CONSENT_REQUIRED";
+    case ReconnectCause.RECONNECT_CAUSE_INTERACTION_REQUIRED:
+      return "RECONNECT_CAUSE_INTERACTION_REQUIRED";
     case ReconnectCause.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
