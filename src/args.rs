@@ -233,6 +233,7 @@ pub(crate) enum DialectArg {
     Github,
     Notion,
     Microsoft,
+    Zoho,
 }
 
 impl SandboxOpts {
@@ -251,6 +252,7 @@ impl SandboxOpts {
                 DialectArg::Github => Dialect::Github,
                 DialectArg::Notion => Dialect::Notion,
                 DialectArg::Microsoft => Dialect::Microsoft,
+                DialectArg::Zoho => Dialect::Zoho,
             },
             state_file: self.sandbox_state.clone(),
             ..SandboxConfig::default()

@@ -134,6 +134,18 @@ async fn xero_preset_with_its_reuse_grace() {
     .await;
 }
 
+/// Zoho refuses a dead grant in an HTTP 200 body and throttles with
+/// "Access Denied" and no Retry-After. (The preset's URL names a data
+/// centre; here the sandbox's own URL stands in.)
+#[tokio::test]
+async fn zoho_dialect_200_refusals_and_access_denied_throttling() {
+    quirks(
+        Dialect::Zoho,
+        "dialect = \"zoho\"\nclient_auth = \"client_secret_post\"",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn hubspot_preset_keeps_its_dialect() {
     quirks(

@@ -83,13 +83,19 @@ fn parse_body(dialect: Dialect, body: &[u8]) -> ErrorBody {
     // providers mix them.
     let rfc_code = match dialect {
         Dialect::Microsoft => microsoft_code(&map).or(rfc_code),
+        // Zoho's throttling reads like a refusal.
+        Dialect::Zoho if rfc_code.as_deref() == Some("Access Denied") => {
+            Some("rate_limited".into())
+        }
         _ => rfc_code,
     };
     let correlation_id = correlation_id.or_else(|| string_field(&map, "correlation_id"));
     let (code, message) = match dialect {
-        Dialect::Rfc6749 | Dialect::Slack | Dialect::Github | Dialect::Microsoft => {
-            (rfc_code.or(hs_code), rfc_message.or(hs_message))
-        }
+        Dialect::Rfc6749
+        | Dialect::Slack
+        | Dialect::Github
+        | Dialect::Microsoft
+        | Dialect::Zoho => (rfc_code.or(hs_code), rfc_message.or(hs_message)),
         Dialect::Hubspot => (hs_code.or(rfc_code), hs_message.or(rfc_message)),
     };
     ErrorBody {

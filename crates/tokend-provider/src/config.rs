@@ -35,6 +35,9 @@ pub enum Dialect {
     /// number in `error_codes`: consent (65001, 65004) and interaction
     /// (50076, 50079, 50158, 53003) required are their own codes.
     Microsoft,
+    /// Zoho: `invalid_code` (in HTTP 200) is a dead grant; `"Access Denied"`
+    /// means throttled.
+    Zoho,
 }
 
 /// How tokend obtains a connection's tokens.

@@ -17,12 +17,13 @@ use crate::{
 /// What the request carried: the refresh token and the client secret.
 const SECRETS: &[&str] = &["rt-8f3e-SECRET-refresh", "cs-client-SECRET-77"];
 
-const DIALECTS: [Dialect; 5] = [
+const DIALECTS: [Dialect; 6] = [
     Dialect::Rfc6749,
     Dialect::Hubspot,
     Dialect::Slack,
     Dialect::Github,
     Dialect::Microsoft,
+    Dialect::Zoho,
 ];
 
 fn config(dialect: Dialect, token_path: Vec<String>) -> ProviderConfig {

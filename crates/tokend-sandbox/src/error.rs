@@ -174,9 +174,11 @@ impl OAuthError {
     }
 
     /// The HTTP status a dialect answers with: Slack and GitHub refuse with 200, and keep
-    /// 429 and server errors.
+    /// 429 and server errors; Zoho refuses a grant with 200 and throttles with 400.
     fn status_in(&self, dialect: Dialect) -> StatusCode {
         match (dialect, self.code) {
+            (Dialect::Zoho, ErrorCode::RateLimited { .. }) => StatusCode::BAD_REQUEST,
+            (Dialect::Zoho, ErrorCode::InvalidGrant(_)) => StatusCode::OK,
             (_, ErrorCode::RateLimited { .. } | ErrorCode::ServerError(_)) => self.status,
             (Dialect::Slack | Dialect::Github, _) => StatusCode::OK,
             _ => self.status,
@@ -200,6 +202,28 @@ impl OAuthError {
                 })),
             )
                 .into_response(),
+            Dialect::Zoho => match self.code {
+                ErrorCode::RateLimited { .. } => (
+                    status,
+                    Json(serde_json::json!({
+                        "error": "Access Denied",
+                        "error_description": "You have made too many requests continuously. Please try again after some time.",
+                        "status": "failure",
+                    })),
+                )
+                    .into_response(),
+                ErrorCode::InvalidGrant(_) => {
+                    (status, Json(serde_json::json!({ "error": "invalid_code" }))).into_response()
+                }
+                _ => (
+                    status,
+                    Json(serde_json::json!({
+                        "error": self.rfc6749_code(),
+                        "error_description": self.description,
+                    })),
+                )
+                    .into_response(),
+            },
             Dialect::Microsoft => {
                 // Consent reads as invalid_grant with AADSTS65001; MFA has its own code.
                 let error = match self.code {
@@ -250,7 +274,8 @@ impl OAuthError {
                     HeaderValue::from_static("Basic realm=\"tokend-sandbox\""),
                 );
             }
-            ErrorCode::RateLimited { retry_after_secs } => {
+            // Zoho says when to come back in no header.
+            ErrorCode::RateLimited { retry_after_secs } if dialect != Dialect::Zoho => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             _ => {}

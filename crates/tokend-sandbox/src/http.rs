@@ -201,7 +201,9 @@ fn token_response(dialect: Dialect, granted: &Granted) -> Response {
         account_id: &granted.account_id,
     };
     let mut response = match dialect {
-        Dialect::Rfc6749 | Dialect::Hubspot | Dialect::Microsoft => Json(body).into_response(),
+        Dialect::Rfc6749 | Dialect::Hubspot | Dialect::Microsoft | Dialect::Zoho => {
+            Json(body).into_response()
+        }
         // A user token, as Slack gives it when only user scopes were granted.
         Dialect::Slack => Json(serde_json::json!({
             "ok": true,

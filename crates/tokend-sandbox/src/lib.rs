@@ -80,6 +80,9 @@ pub enum Dialect {
     /// `error_description` and `error_codes`, e.g. AADSTS70008 for an expired refresh
     /// token, AADSTS65001 for missing consent, AADSTS50076 for required MFA.
     Microsoft,
+    /// Zoho: a dead refresh token is HTTP 200 `{"error":"invalid_code"}`, and throttling
+    /// is HTTP 400 `{"error":"Access Denied",...}` with no Retry-After.
+    Zoho,
 }
 
 /// Settings of one sandbox provider.

@@ -190,6 +190,10 @@ pub enum Preset {
     /// RECONNECT_REQUIRED causes; refresh tokens die after 90 days unused
     /// (keepalive 60 days).
     Microsoft,
+    /// Zoho: one accounts host per data centre (`params.dc`: `com`, `eu`,
+    /// `in`, `com.au`, ...); `invalid_code` in HTTP 200; "Access Denied"
+    /// means throttled.
+    Zoho,
 }
 
 /// What a preset fills in where a `[providers.NAME]` table is silent.
@@ -290,6 +294,12 @@ impl PresetDefaults {
                 keepalive_days: Some(60),
                 ..generic
             },
+            Some(Preset::Zoho) => PresetDefaults {
+                token_url: Some("https://accounts.zoho.{dc}/oauth/v2/token"),
+                client_auth: ClientAuth::ClientSecretPost,
+                dialect: Dialect::Zoho,
+                ..generic
+            },
             Some(Preset::Shopify) => PresetDefaults {
                 token_url: Some("https://{shop}.myshopify.com/admin/oauth/access_token"),
                 client_auth: ClientAuth::ClientSecretPost,
@@ -332,6 +342,7 @@ pub enum DialectName {
     Slack,
     Github,
     Microsoft,
+    Zoho,
 }
 
 /// One `[providers.NAME]` table.
@@ -831,6 +842,7 @@ impl ProviderSection {
             Some(DialectName::Slack) => Dialect::Slack,
             Some(DialectName::Github) => Dialect::Github,
             Some(DialectName::Microsoft) => Dialect::Microsoft,
+            Some(DialectName::Zoho) => Dialect::Zoho,
             None => defaults.dialect,
         };
         let body = match self.body {
@@ -1066,6 +1078,14 @@ mod tests {
             preset = "shopify"
             client_id = "a"
             client_secret_env = "S"
+            [providers.zoho]
+            preset = "zoho"
+            client_id = "a"
+            client_secret_env = "S"
+            [providers.microsoft]
+            preset = "microsoft"
+            client_id = "a"
+            client_secret_env = "S"
             "#,
         );
         let providers = presets.providers(|_| Some("s".to_owned())).unwrap();
@@ -1077,6 +1097,14 @@ mod tests {
         assert_eq!(by("xero").rotation_grace, Duration::from_secs(1800));
         assert_eq!(by("zendesk").connection_params(), ["subdomain"]);
         assert_eq!(by("shopify").connection_params(), ["shop"]);
+        assert_eq!(by("zoho").connection_params(), ["dc"]);
+        assert_eq!(by("zoho").dialect, Dialect::Zoho);
+        assert_eq!(by("microsoft").dialect, Dialect::Microsoft);
+        let eu = [("dc".to_owned(), "eu".to_owned())].into();
+        assert_eq!(
+            by("zoho").for_connection(&eu).unwrap().token_url.as_str(),
+            "https://accounts.zoho.eu/oauth/v2/token"
+        );
         let acme = [("subdomain".to_owned(), "acme".to_owned())].into();
         assert_eq!(
             by("zendesk")
