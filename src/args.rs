@@ -234,6 +234,7 @@ pub(crate) enum DialectArg {
     Notion,
     Microsoft,
     Zoho,
+    Salesforce,
 }
 
 impl SandboxOpts {
@@ -253,6 +254,7 @@ impl SandboxOpts {
                 DialectArg::Notion => Dialect::Notion,
                 DialectArg::Microsoft => Dialect::Microsoft,
                 DialectArg::Zoho => Dialect::Zoho,
+                DialectArg::Salesforce => Dialect::Salesforce,
             },
             state_file: self.sandbox_state.clone(),
             ..SandboxConfig::default()

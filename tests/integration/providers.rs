@@ -480,3 +480,39 @@ async fn microsoft_aadsts_codes_and_user_action_causes() {
         );
     }
 }
+
+/// Issue 16: the salesforce preset against the sandbox speaking Salesforce:
+/// answers without `expires_in` get the preset's 2-hour lifetime, the
+/// refresh token is kept (no rotation), and `instance_url` is kept as
+/// connection metadata.
+#[tokio::test]
+async fn salesforce_without_expires_in_keeps_instance_url() {
+    let sandbox = SandboxConfig {
+        dialect: Dialect::Salesforce,
+        rotation: tokend_sandbox::Rotation::Reuse,
+        ..Default::default()
+    };
+    quirks_with(sandbox.clone(), "preset = \"salesforce\"").await;
+    let server = TestServer::start_with(Options {
+        sandbox,
+        provider_toml: Some("preset = \"salesforce\"".into()),
+        ..background_off()
+    })
+    .await;
+    let mut client = server.client().await;
+    server.import("org", "00dorg", 0).await;
+    let token = client
+        .get_token(get("org"))
+        .await
+        .expect("refreshed")
+        .into_inner()
+        .token
+        .expect("token");
+    let ttl = token.expires_in_seconds;
+    assert!((7100..=7200).contains(&ttl), "the preset's lifetime: {ttl}");
+    let c = connection(&mut client, "org").await;
+    assert_eq!(
+        c.metadata.get("instance_url").map(String::as_str),
+        Some("https://00dorg.my.salesforce.com")
+    );
+}

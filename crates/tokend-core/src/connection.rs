@@ -138,6 +138,10 @@ pub struct Connection {
     /// Parameters given at Install that fill the provider's URL templates
     /// (`subdomain`, `shop`): hostname-safe values, never secret.
     pub params: std::collections::BTreeMap<String, String>,
+    /// What the provider's answers said about the connection beside the
+    /// tokens (Salesforce's `instance_url`), as the provider's
+    /// `metadata_fields` name it. Never secret.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 impl Connection {
@@ -217,6 +221,7 @@ mod tests {
             updated_at: Timestamp::from_unix_millis(0),
             install_fingerprint: None,
             params: Default::default(),
+            metadata: Default::default(),
         }
     }
 

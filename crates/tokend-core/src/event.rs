@@ -204,6 +204,7 @@ mod tests {
             updated_at: Timestamp::from_unix_millis(0),
             install_fingerprint: Some("f1".into()),
             params: Default::default(),
+            metadata: Default::default(),
         }
     }
 

@@ -37,6 +37,8 @@ pub struct TokenGrant {
     pub account_id: Option<String>,
     /// The provider's request id, for logs.
     pub correlation_id: Option<String>,
+    /// The answer's `metadata_fields` that were there.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// Talks to token endpoints. Cheap to clone: one connection pool shared.
@@ -398,6 +400,7 @@ pub(crate) fn interpret(
             tokens: parsed.tokens,
             account_id: parsed.account_id,
             correlation_id,
+            metadata: parsed.metadata,
         })
     } else {
         Err(classify::classify(

@@ -197,6 +197,9 @@ pub struct ResponseShape {
     /// The object holding the token fields, as a path of keys (Slack's user
     /// tokens: `["authed_user"]`); empty: the top level.
     pub token_path: Vec<String>,
+    /// Dotted fields of an answer kept as connection metadata (Salesforce's
+    /// `instance_url`): string or number values of up to 2,048 characters.
+    pub metadata_fields: Vec<String>,
 }
 
 /// One provider's settings. The client secret is a `SecretString`, so this

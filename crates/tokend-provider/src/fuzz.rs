@@ -41,7 +41,10 @@ fn config(dialect: Dialect, token_path: Vec<String>) -> ProviderConfig {
         rotation_grace: Duration::ZERO,
         min_refresh_interval: ProviderConfig::DEFAULT_MIN_REFRESH_INTERVAL,
         request: Default::default(),
-        response: crate::ResponseShape { token_path },
+        response: crate::ResponseShape {
+            token_path,
+            metadata_fields: vec!["instance_url".into()],
+        },
         grant: Default::default(),
         scopes: vec![],
     }

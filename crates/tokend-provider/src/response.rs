@@ -129,6 +129,7 @@ pub(crate) fn salvage_refresh_token(config: &ProviderConfig, body: &[u8]) -> Opt
 pub(crate) struct Parsed {
     pub tokens: TokenSet,
     pub account_id: Option<String>,
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// Parses a 2xx body. `sent_at` is when the request left: measuring the
@@ -180,6 +181,21 @@ pub(crate) fn parse(
             obtained_at: sent_at,
         },
         account_id: account,
+        metadata: config
+            .response
+            .metadata_fields
+            .iter()
+            .filter_map(|field| {
+                let value = match dotted(&fields, field).or_else(|| dotted(&json, field))? {
+                    Value::String(s) if s.len() <= 2048 && !s.chars().any(char::is_control) => {
+                        s.clone()
+                    }
+                    Value::Number(n) => n.to_string(),
+                    _ => return None,
+                };
+                Some((field.clone(), value))
+            })
+            .collect(),
     })
 }
 

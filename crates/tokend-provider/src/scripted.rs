@@ -244,6 +244,7 @@ fn grant(tokens: TokenSet) -> TokenGrant {
         tokens,
         account_id: None,
         correlation_id: None,
+        metadata: Default::default(),
     }
 }
 

@@ -330,6 +330,7 @@ async fn dialects_with_quirks_classify_every_answer() {
         cfg.request.body = case.body;
         cfg.response = ResponseShape {
             token_path: case.token_path.iter().map(|s| (*s).to_owned()).collect(),
+            metadata_fields: vec![],
         };
         cfg.account_id_field = case.account_field.map(str::to_owned);
         cfg.extra_params.clear();

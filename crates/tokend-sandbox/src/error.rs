@@ -242,7 +242,7 @@ impl OAuthError {
                 )
                     .into_response()
             }
-            Dialect::Rfc6749 | Dialect::Notion => (
+            Dialect::Rfc6749 | Dialect::Notion | Dialect::Salesforce => (
                 self.status,
                 Json(Rfc6749Body {
                     error: self.rfc6749_code(),

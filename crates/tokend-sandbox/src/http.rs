@@ -204,6 +204,17 @@ fn token_response(dialect: Dialect, granted: &Granted) -> Response {
         Dialect::Rfc6749 | Dialect::Hubspot | Dialect::Microsoft | Dialect::Zoho => {
             Json(body).into_response()
         }
+        Dialect::Salesforce => Json(serde_json::json!({
+            "access_token": body.access_token,
+            "refresh_token": body.refresh_token,
+            "signature": "c2FuZGJveA==",
+            "scope": body.scope,
+            "instance_url": format!("https://{}.my.salesforce.com", body.account_id),
+            "id": format!("https://login.salesforce.com/id/00D000000000001/{}", body.account_id),
+            "token_type": "Bearer",
+            "issued_at": "1700000000000",
+        }))
+        .into_response(),
         // A user token, as Slack gives it when only user scopes were granted.
         Dialect::Slack => Json(serde_json::json!({
             "ok": true,

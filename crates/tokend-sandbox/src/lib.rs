@@ -83,6 +83,9 @@ pub enum Dialect {
     /// Zoho: a dead refresh token is HTTP 200 `{"error":"invalid_code"}`, and throttling
     /// is HTTP 400 `{"error":"Access Denied",...}` with no Retry-After.
     Zoho,
+    /// Salesforce: answers carry no `expires_in`, but `instance_url` (the org's API
+    /// host), `id`, `issued_at` and `signature`; errors as RFC 6749.
+    Salesforce,
 }
 
 /// Settings of one sandbox provider.

@@ -194,11 +194,15 @@ pub enum Preset {
     /// `in`, `com.au`, ...); `invalid_code` in HTTP 200; "Access Denied"
     /// means throttled.
     Zoho,
+    /// Salesforce: no `expires_in` (sessions last 2 hours by default), no
+    /// rotation, and `instance_url` kept as connection metadata.
+    Salesforce,
 }
 
 /// What a preset fills in where a `[providers.NAME]` table is silent.
 struct PresetDefaults {
     token_url: Option<&'static str>,
+    metadata_fields: &'static [&'static str],
     rotation_grace_secs: u64,
     keepalive_days: Option<u64>,
     client_auth: ClientAuth,
@@ -213,6 +217,7 @@ impl PresetDefaults {
         use tokend_provider::RequestBody;
         let generic = PresetDefaults {
             token_url: None,
+            metadata_fields: &[],
             rotation_grace_secs: 0,
             keepalive_days: None,
             client_auth: ClientAuth::ClientSecretBasic,
@@ -300,6 +305,13 @@ impl PresetDefaults {
                 dialect: Dialect::Zoho,
                 ..generic
             },
+            Some(Preset::Salesforce) => PresetDefaults {
+                token_url: Some("https://login.salesforce.com/services/oauth2/token"),
+                client_auth: ClientAuth::ClientSecretPost,
+                default_lifetime_secs: 7200,
+                metadata_fields: &["instance_url"],
+                ..generic
+            },
             Some(Preset::Shopify) => PresetDefaults {
                 token_url: Some("https://{shop}.myshopify.com/admin/oauth/access_token"),
                 client_auth: ClientAuth::ClientSecretPost,
@@ -362,6 +374,9 @@ pub struct ProviderSection {
     /// `client_credentials` (no user, no refresh token) [default:
     /// authorization_code].
     pub grant: Option<GrantName>,
+    /// Dotted fields of a token answer kept as connection metadata
+    /// (`instance_url` for Salesforce) [default: the preset's].
+    pub metadata_fields: Option<Vec<String>>,
     /// Scopes asked for with the client_credentials grant.
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -909,7 +924,16 @@ impl ProviderSection {
                 revocation_url,
                 revoke_on_delete: self.revoke_on_delete,
             },
-            response: tokend_provider::ResponseShape { token_path },
+            response: tokend_provider::ResponseShape {
+                token_path,
+                metadata_fields: self.metadata_fields.clone().unwrap_or_else(|| {
+                    defaults
+                        .metadata_fields
+                        .iter()
+                        .map(|f| (*f).to_owned())
+                        .collect()
+                }),
+            },
             grant: match self.grant {
                 Some(GrantName::ClientCredentials) => tokend_provider::GrantType::ClientCredentials,
                 Some(GrantName::AuthorizationCode) | None => {

@@ -105,6 +105,11 @@ pub fn connection(c: &Connection, live: Live) -> pb::Connection {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
+        metadata: c
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 
@@ -140,6 +145,7 @@ pub fn connection_meta(id: &str, m: &ConnectionMeta) -> pb::Connection {
             .map_or(pb::ReconnectCause::Unspecified, reconnect_cause)
             as i32,
         params: Default::default(),
+        metadata: Default::default(),
     }
 }
 

@@ -48,6 +48,9 @@ struct StoredRecord {
     /// Added within schema 1: absent in older records (read as empty).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     params: BTreeMap<String, String>,
+    /// Added within schema 1: absent in older records (read as empty).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    metadata: BTreeMap<String, String>,
 }
 
 /// The stored bytes of `c`, its secret fields sealed with `keys`' active key.
@@ -82,6 +85,7 @@ pub fn encode(c: &Connection, keys: &Keyring) -> Vec<u8> {
         updated_at: c.updated_at,
         install_fingerprint: c.install_fingerprint.clone(),
         params: c.params.clone(),
+        metadata: c.metadata.clone(),
     };
     // Serializing plain strings, numbers and enums to JSON cannot fail.
     serde_json::to_vec(&doc).unwrap_or_default()
@@ -201,5 +205,6 @@ pub fn decode(key: &[u8], bytes: &[u8], keys: &Keyring) -> Result<Connection, St
         updated_at: doc.updated_at,
         install_fingerprint: doc.install_fingerprint,
         params: doc.params,
+        metadata: doc.metadata,
     })
 }

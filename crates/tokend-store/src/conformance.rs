@@ -47,6 +47,11 @@ pub fn record(id: &str, revision: u64) -> Connection {
         updated_at: Timestamp::from_unix_millis(2),
         install_fingerprint: Some("fp".into()),
         params: [("subdomain".to_owned(), "acme".to_owned())].into(),
+        metadata: [(
+            "instance_url".to_owned(),
+            "https://acme.my.example.com".to_owned(),
+        )]
+        .into(),
     }
 }
 
@@ -128,6 +133,7 @@ async fn round_trip_keeps_every_field(store: &impl Store) {
     );
     assert_eq!(back.install_fingerprint, r.install_fingerprint);
     assert_eq!(back.params, r.params);
+    assert_eq!(back.metadata, r.metadata);
     let missing = ConnectionId::new("missing").expect("id");
     assert!(store.get(&missing).await.expect("get").is_none());
 

@@ -221,6 +221,7 @@ impl Installer {
         }
 
         let now = engine.clock.now();
+        let mut metadata = std::collections::BTreeMap::new();
         let (tokens, provider_account) = match input.grant {
             InstallGrant::Code {
                 code,
@@ -235,6 +236,7 @@ impl Installer {
                         tracing::warn!(provider = %provider.name, error_class = e.class.as_str(), code = %e.code, "authorization code exchange failed");
                         ServiceError::code_exchange_failed(&provider.name, &e, engine.clock.now())
                     })?;
+                metadata = grant.metadata;
                 (grant.tokens, grant.account_id)
             }
             InstallGrant::ClientCredentials => {
@@ -246,6 +248,7 @@ impl Installer {
                         tracing::warn!(provider = %provider.name, error_class = e.class.as_str(), code = %e.code, "client_credentials token request failed");
                         ServiceError::code_exchange_failed(&provider.name, &e, engine.clock.now())
                     })?;
+                metadata = grant.metadata;
                 (grant.tokens, grant.account_id)
             }
             InstallGrant::Import {
@@ -329,6 +332,7 @@ impl Installer {
                 updated_at: now,
                 install_fingerprint: Some(fingerprint.clone()),
                 params: input.params.clone(),
+                metadata: metadata.clone(),
             };
             let written = if unreadable {
                 engine.store.replace_unreadable(&record).await

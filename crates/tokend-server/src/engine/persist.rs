@@ -28,7 +28,12 @@ fn apply(
     now: tokend_core::Timestamp,
 ) -> Connection {
     match grant {
-        Grant::Tokens(tokens) => base.with_refreshed_tokens(tokens.clone(), now),
+        Grant::Tokens(tokens, metadata) => {
+            let mut next = base.with_refreshed_tokens(tokens.clone(), now);
+            next.metadata
+                .extend(metadata.iter().map(|(k, v)| (k.clone(), v.clone())));
+            next
+        }
         Grant::RefreshTokenOnly(token) => {
             // The access token is unchanged, so the version is too; the
             // refresh token moves on and the replaced one is kept.
@@ -186,7 +191,7 @@ impl Engine {
         let now = self.clock.now();
         let next = slot.advance(Arc::new(next));
         match grant {
-            Grant::Tokens(_) => {
+            Grant::Tokens(..) => {
                 *lock(&slot.retry) = Default::default();
                 self.schedule(&next);
                 tracing::info!(

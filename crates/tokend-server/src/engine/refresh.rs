@@ -382,13 +382,14 @@ impl Engine {
                 let TokenGrant {
                     tokens,
                     correlation_id,
+                    metadata,
                     ..
                 } = grant;
                 let result = self
                     .commit(
                         slot,
                         record,
-                        Grant::Tokens(tokens),
+                        Grant::Tokens(tokens, metadata),
                         correlation_id,
                         Some(lease.fence),
                     )
@@ -516,7 +517,7 @@ impl Engine {
                         .commit(
                             slot,
                             latest,
-                            Grant::Tokens(grant.tokens),
+                            Grant::Tokens(grant.tokens, grant.metadata),
                             grant.correlation_id,
                             Some(lease.fence),
                         )

@@ -36,7 +36,8 @@ pub(crate) struct PendingGrant {
 #[derive(Clone)]
 pub(crate) enum Grant {
     /// A full, validated token set.
-    Tokens(TokenSet),
+    /// With the answer's metadata fields, merged into the connection's.
+    Tokens(TokenSet, std::collections::BTreeMap<String, String>),
     /// Only a new refresh token, read from a 2xx answer that failed
     /// validation: the access token stays what it was.
     RefreshTokenOnly(SecretString),

@@ -109,8 +109,15 @@ class ProviderError(_message.Message):
     def __init__(self, error_class: _Optional[_Union[ErrorClass, str]] = ..., code: _Optional[str] = ..., message: _Optional[str] = ..., correlation_id: _Optional[str] = ..., http_status: _Optional[int] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Connection(_message.Message):
-    __slots__ = ("connection_id", "provider", "account_id", "status", "version", "scopes", "token_type", "access_token_expires_at", "last_refresh_at", "last_error", "created_at", "updated_at", "next_refresh_at", "reconnect_cause", "params")
+    __slots__ = ("connection_id", "provider", "account_id", "status", "version", "scopes", "token_type", "access_token_expires_at", "last_refresh_at", "last_error", "created_at", "updated_at", "next_refresh_at", "reconnect_cause", "params", "metadata")
     class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +139,7 @@ class Connection(_message.Message):
     NEXT_REFRESH_AT_FIELD_NUMBER: _ClassVar[int]
     RECONNECT_CAUSE_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     connection_id: str
     provider: str
     account_id: str
@@ -147,7 +155,8 @@ class Connection(_message.Message):
     next_refresh_at: _timestamp_pb2.Timestamp
     reconnect_cause: ReconnectCause
     params: _containers.ScalarMap[str, str]
-    def __init__(self, connection_id: _Optional[str] = ..., provider: _Optional[str] = ..., account_id: _Optional[str] = ..., status: _Optional[_Union[ConnectionStatus, str]] = ..., version: _Optional[int] = ..., scopes: _Optional[_Iterable[str]] = ..., token_type: _Optional[str] = ..., access_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_refresh_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[_Union[ProviderError, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_refresh_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reconnect_cause: _Optional[_Union[ReconnectCause, str]] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, connection_id: _Optional[str] = ..., provider: _Optional[str] = ..., account_id: _Optional[str] = ..., status: _Optional[_Union[ConnectionStatus, str]] = ..., version: _Optional[int] = ..., scopes: _Optional[_Iterable[str]] = ..., token_type: _Optional[str] = ..., access_token_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_refresh_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[_Union[ProviderError, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_refresh_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reconnect_cause: _Optional[_Union[ReconnectCause, str]] = ..., params: _Optional[_Mapping[str, str]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class AccessToken(_message.Message):
     __slots__ = ("connection_id", "access_token", "token_type", "expires_at", "expires_in_seconds", "scopes", "account_id", "version")

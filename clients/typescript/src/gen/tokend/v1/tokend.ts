@@ -488,9 +488,20 @@ export interface Connection {
    * endpoints (e.g. "subdomain"). Never secret.
    */
   params: { [key: string]: string };
+  /**
+   * What the provider's answers said about the connection beside the tokens,
+   * as the provider's metadata_fields name it, e.g. Salesforce's
+   * "instance_url". Never secret.
+   */
+  metadata: { [key: string]: string };
 }
 
 export interface Connection_ParamsEntry {
+  key: string;
+  value: string;
+}
+
+export interface Connection_MetadataEntry {
   key: string;
   value: string;
 }
@@ -955,6 +966,7 @@ function createBaseConnection(): Connection {
     nextRefreshAt: undefined,
     reconnectCause: 0,
     params: {},
+    metadata: {},
   };
 }
 
@@ -1004,6 +1016,9 @@ export const Connection: MessageFns<Connection> = {
     }
     globalThis.Object.entries(message.params).forEach(([key, value]: [string, string]) => {
       Connection_ParamsEntry.encode({ key: key as any, value }, writer.uint32(122).fork()).join();
+    });
+    globalThis.Object.entries(message.metadata).forEach(([key, value]: [string, string]) => {
+      Connection_MetadataEntry.encode({ key: key as any, value }, writer.uint32(130).fork()).join();
     });
     return writer;
   },
@@ -1144,6 +1159,17 @@ export const Connection: MessageFns<Connection> = {
             }
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            const entry16 = Connection_MetadataEntry.decode(reader, reader.uint32());
+            if (entry16.value !== undefined) {
+              message.metadata[entry16.key] = entry16.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1226,6 +1252,20 @@ export const Connection: MessageFns<Connection> = {
           {},
         )
         : {},
+      metadata: isObject(object.metadata)
+        ? (globalThis.Object.entries(object.metadata) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
     };
   },
 
@@ -1282,6 +1322,15 @@ export const Connection: MessageFns<Connection> = {
         });
       }
     }
+    if (message.metadata) {
+      const entries = globalThis.Object.entries(message.metadata) as [string, string][];
+      if (entries.length > 0) {
+        obj.metadata = {};
+        entries.forEach(([k, v]) => {
+          obj.metadata[k] = v;
+        });
+      }
+    }
     return obj;
   },
 
@@ -1307,6 +1356,15 @@ export const Connection: MessageFns<Connection> = {
     message.nextRefreshAt = object.nextRefreshAt ?? undefined;
     message.reconnectCause = object.reconnectCause ?? 0;
     message.params = (globalThis.Object.entries(object.params ?? {}) as [string, string][]).reduce(
+      (acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.metadata = (globalThis.Object.entries(object.metadata ?? {}) as [string, string][]).reduce(
       (acc: { [key: string]: string }, [key, value]: [string, string]) => {
         if (value !== undefined) {
           acc[key] = globalThis.String(value);
@@ -1398,6 +1456,91 @@ export const Connection_ParamsEntry: MessageFns<Connection_ParamsEntry> = {
   },
   fromPartial(object: DeepPartial<Connection_ParamsEntry>): Connection_ParamsEntry {
     const message = createBaseConnection_ParamsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseConnection_MetadataEntry(): Connection_MetadataEntry {
+  return { key: "", value: "" };
+}
+
+export const Connection_MetadataEntry: MessageFns<Connection_MetadataEntry> = {
+  encode(message: Connection_MetadataEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Connection_MetadataEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConnection_MetadataEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Connection_MetadataEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: Connection_MetadataEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<Connection_MetadataEntry>): Connection_MetadataEntry {
+    return Connection_MetadataEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<Connection_MetadataEntry>): Connection_MetadataEntry {
+    const message = createBaseConnection_MetadataEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
     return message;
