@@ -235,6 +235,7 @@ pub(crate) enum DialectArg {
     Microsoft,
     Zoho,
     Salesforce,
+    Facebook,
 }
 
 impl SandboxOpts {
@@ -255,6 +256,7 @@ impl SandboxOpts {
                 DialectArg::Microsoft => Dialect::Microsoft,
                 DialectArg::Zoho => Dialect::Zoho,
                 DialectArg::Salesforce => Dialect::Salesforce,
+                DialectArg::Facebook => Dialect::Facebook,
             },
             state_file: self.sandbox_state.clone(),
             ..SandboxConfig::default()

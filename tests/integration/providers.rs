@@ -516,3 +516,39 @@ async fn salesforce_without_expires_in_keeps_instance_url() {
         Some("https://00dorg.my.salesforce.com")
     );
 }
+
+/// Issue 16: Facebook renews a long-lived token by exchanging the current
+/// access token (`fb_exchange_token`); there is no refresh token. Its errors
+/// are nested objects: code 190 is a dead token (RECONNECT_REQUIRED), code 4
+/// throttling.
+#[tokio::test]
+async fn facebook_renews_by_exchanging_the_access_token() {
+    quirks(Dialect::Facebook, "preset = \"facebook\"").await;
+    let server = TestServer::start_with(Options {
+        sandbox: SandboxConfig {
+            dialect: Dialect::Facebook,
+            ..Default::default()
+        },
+        provider_toml: Some("preset = \"facebook\"".into()),
+        ..background_off()
+    })
+    .await;
+    let mut client = server.client().await;
+    let (_, issued) = server.import("page", "acct-page", 0).await;
+    let token = client
+        .get_token(get("page"))
+        .await
+        .expect("exchanged")
+        .into_inner()
+        .token
+        .expect("token");
+    assert_ne!(token.access_token, issued.access_token);
+    assert!(server.sandbox.access_token_is_live(&token.access_token));
+    let seen = server.sandbox.last_token_request().expect("seen");
+    assert_eq!(
+        seen.params.get("grant_type").map(String::as_str),
+        Some("fb_exchange_token")
+    );
+    assert!(seen.params.contains_key("fb_exchange_token"));
+    assert!(!seen.params.contains_key("refresh_token"));
+}

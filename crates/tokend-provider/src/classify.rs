@@ -73,6 +73,11 @@ fn parse_body(dialect: Dialect, body: &[u8]) -> ErrorBody {
             correlation_id: None,
         };
     };
+    if dialect == Dialect::Facebook
+        && let Some(Value::Object(error)) = map.get("error")
+    {
+        return facebook_error(error);
+    }
     let rfc_code = string_field(&map, "error");
     let rfc_message = string_field(&map, "error_description");
     let hs_code = string_field(&map, "status").filter(|s| s != "error");
@@ -95,13 +100,30 @@ fn parse_body(dialect: Dialect, body: &[u8]) -> ErrorBody {
         | Dialect::Slack
         | Dialect::Github
         | Dialect::Microsoft
-        | Dialect::Zoho => (rfc_code.or(hs_code), rfc_message.or(hs_message)),
+        | Dialect::Zoho
+        | Dialect::Facebook => (rfc_code.or(hs_code), rfc_message.or(hs_message)),
         Dialect::Hubspot => (hs_code.or(rfc_code), hs_message.or(rfc_message)),
     };
     ErrorBody {
         code,
         message,
         correlation_id,
+    }
+}
+
+/// Facebook's nested error object: its numeric code read as the RFC code it
+/// means.
+fn facebook_error(error: &serde_json::Map<String, Value>) -> ErrorBody {
+    let code = error.get("code").and_then(Value::as_i64).map(|c| match c {
+        190 | 102 | 463 => "invalid_grant".to_owned(),
+        4 | 17 | 32 | 613 | 80004 => "rate_limited".to_owned(),
+        1 | 101 => "invalid_client".to_owned(),
+        other => format!("facebook_{other}"),
+    });
+    ErrorBody {
+        code,
+        message: string_field(error, "message"),
+        correlation_id: string_field(error, "fbtrace_id"),
     }
 }
 

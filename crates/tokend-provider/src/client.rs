@@ -114,7 +114,17 @@ impl ProviderClient {
             .refresh_url
             .as_ref()
             .unwrap_or(&config.token_url);
-        let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", rt)];
+        let grant_type = config
+            .request
+            .refresh_grant_type
+            .as_deref()
+            .unwrap_or("refresh_token");
+        let param = config
+            .request
+            .refresh_token_param
+            .as_deref()
+            .unwrap_or("refresh_token");
+        let mut form = vec![("grant_type", grant_type), (param, rt)];
         for (k, v) in &config.request.refresh_params {
             form.push((k, v));
         }

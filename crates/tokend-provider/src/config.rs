@@ -38,6 +38,9 @@ pub enum Dialect {
     /// Zoho: `invalid_code` (in HTTP 200) is a dead grant; `"Access Denied"`
     /// means throttled.
     Zoho,
+    /// Facebook's Graph API: `{"error":{"type":"OAuthException","code":190}}`;
+    /// code 190 is a dead token, 4/17/32/613 throttling.
+    Facebook,
 }
 
 /// How tokend obtains a connection's tokens.
@@ -88,6 +91,14 @@ pub struct RequestShape {
     pub revocation_url: Option<reqwest::Url>,
     /// Revoke a connection's grant there when it is deleted.
     pub revoke_on_delete: bool,
+    /// Renew by presenting the current access token instead of a refresh
+    /// token (Facebook's `fb_exchange_token`): long-lived tokens, no refresh
+    /// token.
+    pub refresh_with_access_token: bool,
+    /// The refresh request's `grant_type` [default: `refresh_token`].
+    pub refresh_grant_type: Option<String>,
+    /// The parameter carrying the presented token [default: `refresh_token`].
+    pub refresh_token_param: Option<String>,
 }
 
 /// A URL with `{name}` placeholders, each filled from a connection

@@ -34,15 +34,7 @@ pub trait TokenEndpoint: Send + Sync + 'static {
         hint: &str,
     ) -> Result<(), ProviderError> {
         let _ = (config, token, hint);
-        Err(ProviderError {
-            class: tokend_core::ErrorClass::ClientMisconfigured,
-            code: "unsupported".into(),
-            message: "this token endpoint cannot revoke".into(),
-            http_status: None,
-            correlation_id: None,
-            retry_after: None,
-            salvage: None,
-        })
+        Err(unsupported("this token endpoint cannot revoke"))
     }
 
     /// A token for the client itself (the `client_credentials` grant). An
@@ -52,15 +44,22 @@ pub trait TokenEndpoint: Send + Sync + 'static {
         config: &ProviderConfig,
     ) -> Result<TokenGrant, ProviderError> {
         let _ = config;
-        Err(ProviderError {
-            class: tokend_core::ErrorClass::ClientMisconfigured,
-            code: "unsupported_grant_type".into(),
-            message: "this token endpoint does not do the client_credentials grant".into(),
-            http_status: None,
-            correlation_id: None,
-            retry_after: None,
-            salvage: None,
-        })
+        Err(unsupported(
+            "this token endpoint does not do the client_credentials grant",
+        ))
+    }
+}
+
+/// What an endpoint that cannot do something answers: a misconfiguration.
+fn unsupported(message: &str) -> ProviderError {
+    ProviderError {
+        class: tokend_core::ErrorClass::ClientMisconfigured,
+        code: "unsupported".into(),
+        message: message.into(),
+        http_status: None,
+        correlation_id: None,
+        retry_after: None,
+        salvage: None,
     }
 }
 

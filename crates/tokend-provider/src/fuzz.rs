@@ -17,13 +17,14 @@ use crate::{
 /// What the request carried: the refresh token and the client secret.
 const SECRETS: &[&str] = &["rt-8f3e-SECRET-refresh", "cs-client-SECRET-77"];
 
-const DIALECTS: [Dialect; 6] = [
+const DIALECTS: [Dialect; 7] = [
     Dialect::Rfc6749,
     Dialect::Hubspot,
     Dialect::Slack,
     Dialect::Github,
     Dialect::Microsoft,
     Dialect::Zoho,
+    Dialect::Facebook,
 ];
 
 fn config(dialect: Dialect, token_path: Vec<String>) -> ProviderConfig {

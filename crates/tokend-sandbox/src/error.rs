@@ -177,7 +177,9 @@ impl OAuthError {
     /// 429 and server errors; Zoho refuses a grant with 200 and throttles with 400.
     fn status_in(&self, dialect: Dialect) -> StatusCode {
         match (dialect, self.code) {
-            (Dialect::Zoho, ErrorCode::RateLimited { .. }) => StatusCode::BAD_REQUEST,
+            (Dialect::Zoho | Dialect::Facebook, ErrorCode::RateLimited { .. }) => {
+                StatusCode::BAD_REQUEST
+            }
             (Dialect::Zoho, ErrorCode::InvalidGrant(_)) => StatusCode::OK,
             (_, ErrorCode::RateLimited { .. } | ErrorCode::ServerError(_)) => self.status,
             (Dialect::Slack | Dialect::Github, _) => StatusCode::OK,
@@ -202,6 +204,28 @@ impl OAuthError {
                 })),
             )
                 .into_response(),
+            Dialect::Facebook => {
+                let (code, subcode) = match self.code {
+                    ErrorCode::InvalidGrant(_) | ErrorCode::UserAction { .. } => (190, 463),
+                    ErrorCode::InvalidClient => (101, 0),
+                    ErrorCode::RateLimited { .. } => (4, 0),
+                    ErrorCode::ServerError(_) => (2, 0),
+                    ErrorCode::InvalidRequest | ErrorCode::UnsupportedGrantType => (100, 0),
+                };
+                (
+                    status,
+                    Json(serde_json::json!({
+                        "error": {
+                            "message": self.description,
+                            "type": "OAuthException",
+                            "code": code,
+                            "error_subcode": subcode,
+                            "fbtrace_id": secrets::uuid_like(),
+                        }
+                    })),
+                )
+                    .into_response()
+            }
             Dialect::Zoho => match self.code {
                 ErrorCode::RateLimited { .. } => (
                     status,
@@ -275,7 +299,9 @@ impl OAuthError {
                 );
             }
             // Zoho says when to come back in no header.
-            ErrorCode::RateLimited { retry_after_secs } if dialect != Dialect::Zoho => {
+            ErrorCode::RateLimited { retry_after_secs }
+                if !matches!(dialect, Dialect::Zoho | Dialect::Facebook) =>
+            {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             }
             _ => {}

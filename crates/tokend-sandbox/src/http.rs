@@ -176,6 +176,10 @@ fn handle_token(
             Ok(provider.refresh(refresh_token)?)
         }
         Some("client_credentials") => Ok(provider.client_credentials(form.get("scope"))),
+        Some("fb_exchange_token") => {
+            let token = form.require("fb_exchange_token", "fb_exchange_token is required")?;
+            Ok(provider.exchange_access_token(token)?)
+        }
         _ => Err(OAuthError::unsupported_grant_type()),
     }
 }
@@ -204,6 +208,12 @@ fn token_response(dialect: Dialect, granted: &Granted) -> Response {
         Dialect::Rfc6749 | Dialect::Hubspot | Dialect::Microsoft | Dialect::Zoho => {
             Json(body).into_response()
         }
+        Dialect::Facebook => Json(serde_json::json!({
+            "access_token": body.access_token,
+            "token_type": "bearer",
+            "expires_in": body.expires_in,
+        }))
+        .into_response(),
         Dialect::Salesforce => Json(serde_json::json!({
             "access_token": body.access_token,
             "refresh_token": body.refresh_token,

@@ -86,6 +86,10 @@ pub enum Dialect {
     /// Salesforce: answers carry no `expires_in`, but `instance_url` (the org's API
     /// host), `id`, `issued_at` and `signature`; errors as RFC 6749.
     Salesforce,
+    /// Facebook (Graph API): long-lived access tokens renewed by exchanging the current
+    /// one (`grant_type=fb_exchange_token`), no refresh tokens; errors as
+    /// `{"error":{"message":...,"type":"OAuthException","code":190,...}}`.
+    Facebook,
 }
 
 /// Settings of one sandbox provider.

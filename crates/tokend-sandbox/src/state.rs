@@ -501,6 +501,25 @@ impl Provider {
         Ok(inner.mint(account_id, scopes, epoch, fresh, rotate, now))
     }
 
+    /// `grant_type=fb_exchange_token`: a live access token buys a new one for the same
+    /// account and scopes (no refresh token); a dead or unknown one is refused.
+    pub(crate) fn exchange_access_token(&self, token: &str) -> Result<Granted, GrantError> {
+        let fresh = Fresh::generate();
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let live = inner
+            .access_tokens
+            .get(token)
+            .filter(|r| r.is_live(now, &inner.accounts))
+            .map(|r| (Arc::clone(&r.account), Arc::clone(&r.scopes), r.epoch));
+        let Some((account, scopes, epoch)) = live else {
+            inner.stats.invalid_grant += 1;
+            return Err(UNKNOWN_REFRESH);
+        };
+        inner.stats.refresh_grants_ok += 1;
+        Ok(inner.mint(account, scopes, epoch, fresh, false, now))
+    }
+
     /// `grant_type=client_credentials` (RFC 6749 §4.4): an access token for the client itself
     /// (its account is the client id), with the scopes asked for and no refresh token.
     pub(crate) fn client_credentials(&self, scope: Option<&str>) -> Granted {

@@ -197,11 +197,17 @@ pub enum Preset {
     /// Salesforce: no `expires_in` (sessions last 2 hours by default), no
     /// rotation, and `instance_url` kept as connection metadata.
     Salesforce,
+    /// Facebook (and Instagram through it): 60-day tokens renewed by
+    /// exchanging the current one (`fb_exchange_token`), monthly
+    /// (keepalive 30 days).
+    Facebook,
 }
 
 /// What a preset fills in where a `[providers.NAME]` table is silent.
 struct PresetDefaults {
     token_url: Option<&'static str>,
+    /// Renew by exchanging the access token: (grant_type, parameter).
+    exchange: Option<(&'static str, &'static str)>,
     metadata_fields: &'static [&'static str],
     rotation_grace_secs: u64,
     keepalive_days: Option<u64>,
@@ -217,6 +223,7 @@ impl PresetDefaults {
         use tokend_provider::RequestBody;
         let generic = PresetDefaults {
             token_url: None,
+            exchange: None,
             metadata_fields: &[],
             rotation_grace_secs: 0,
             keepalive_days: None,
@@ -305,6 +312,15 @@ impl PresetDefaults {
                 dialect: Dialect::Zoho,
                 ..generic
             },
+            Some(Preset::Facebook) => PresetDefaults {
+                token_url: Some("https://graph.facebook.com/v19.0/oauth/access_token"),
+                exchange: Some(("fb_exchange_token", "fb_exchange_token")),
+                client_auth: ClientAuth::ClientSecretPost,
+                dialect: Dialect::Facebook,
+                default_lifetime_secs: 5_184_000,
+                keepalive_days: Some(30),
+                ..generic
+            },
             Some(Preset::Salesforce) => PresetDefaults {
                 token_url: Some("https://login.salesforce.com/services/oauth2/token"),
                 client_auth: ClientAuth::ClientSecretPost,
@@ -319,6 +335,13 @@ impl PresetDefaults {
             },
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefreshWith {
+    RefreshToken,
+    AccessToken,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -355,6 +378,7 @@ pub enum DialectName {
     Github,
     Microsoft,
     Zoho,
+    Facebook,
 }
 
 /// One `[providers.NAME]` table.
@@ -407,6 +431,15 @@ pub struct ProviderSection {
     pub headers: BTreeMap<String, String>,
     pub default_lifetime_secs: Option<u64>,
     pub refresh_buffer_secs: Option<u64>,
+    /// `refresh_token` (the usual) or `access_token`: renew by presenting the
+    /// current access token (Facebook's long-lived tokens).
+    pub refresh_with: Option<RefreshWith>,
+    /// The refresh request's `grant_type` [default: refresh_token, or the
+    /// preset's].
+    pub refresh_grant_type: Option<String>,
+    /// The parameter carrying the presented token [default: refresh_token,
+    /// or the preset's].
+    pub refresh_token_param: Option<String>,
     /// RFC 7009 revocation endpoint.
     pub revocation_url: Option<String>,
     /// Revoke a connection's grant at `revocation_url` when it is deleted
@@ -858,6 +891,7 @@ impl ProviderSection {
             Some(DialectName::Github) => Dialect::Github,
             Some(DialectName::Microsoft) => Dialect::Microsoft,
             Some(DialectName::Zoho) => Dialect::Zoho,
+            Some(DialectName::Facebook) => Dialect::Facebook,
             None => defaults.dialect,
         };
         let body = match self.body {
@@ -923,6 +957,19 @@ impl ProviderSection {
                 headers: self.checked_headers().map_err(fail)?,
                 revocation_url,
                 revoke_on_delete: self.revoke_on_delete,
+                refresh_with_access_token: match self.refresh_with {
+                    Some(RefreshWith::AccessToken) => true,
+                    Some(RefreshWith::RefreshToken) => false,
+                    None => defaults.exchange.is_some(),
+                },
+                refresh_grant_type: self
+                    .refresh_grant_type
+                    .clone()
+                    .or_else(|| defaults.exchange.map(|(g, _)| g.to_owned())),
+                refresh_token_param: self
+                    .refresh_token_param
+                    .clone()
+                    .or_else(|| defaults.exchange.map(|(_, p)| p.to_owned())),
             },
             response: tokend_provider::ResponseShape {
                 token_path,

@@ -321,7 +321,13 @@ impl Engine {
         // The client_credentials grant has no refresh token: the client's
         // own credentials get the next token.
         let client_credentials = provider.grant == tokend_provider::GrantType::ClientCredentials;
-        let refresh_token = record.tokens.refresh_token.clone();
+        // What is presented: the refresh token, or for providers that renew
+        // long-lived tokens by exchanging them, the access token itself.
+        let refresh_token = if provider.request.refresh_with_access_token {
+            Some(record.tokens.access_token.clone())
+        } else {
+            record.tokens.refresh_token.clone()
+        };
         if refresh_token.is_none() && !client_credentials {
             let error = LastError {
                 class: ErrorClass::Revoked,
