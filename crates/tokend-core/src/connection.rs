@@ -25,6 +25,13 @@ impl Status {
             Status::ReconnectRequired => "reconnect_required",
         }
     }
+
+    /// The status [`Status::as_str`] names, if it names one.
+    pub fn parse(s: &str) -> Option<Status> {
+        [Status::Active, Status::ReconnectRequired]
+            .into_iter()
+            .find(|status| status.as_str() == s)
+    }
 }
 
 /// Why a connection became `ReconnectRequired`.
@@ -195,6 +202,15 @@ mod tests {
     use secrecy::ExposeSecret;
 
     use super::*;
+
+    #[test]
+    fn status_names_parse_back() {
+        for status in [Status::Active, Status::ReconnectRequired] {
+            assert_eq!(Status::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(Status::parse("ACTIVE"), None);
+        assert_eq!(Status::parse(""), None);
+    }
 
     fn conn() -> Connection {
         Connection {

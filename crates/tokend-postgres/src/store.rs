@@ -512,11 +512,7 @@ impl Store for PostgresStore {
         let mut census = Census::default();
         for row in &rows {
             let provider = ProviderName::new(row.get::<_, &str>(0));
-            let status = match row.get::<_, &str>(1) {
-                "active" => Some(Status::Active),
-                "reconnect_required" => Some(Status::ReconnectRequired),
-                _ => None,
-            };
+            let status = Status::parse(row.get::<_, &str>(1));
             let n: i64 = row.get(2);
             if let (Ok(provider), Some(status)) = (provider, status) {
                 census.0.insert((provider, status), n.max(0) as u64);

@@ -151,11 +151,7 @@ pub(crate) async fn index(
         after: ConnectionId::new(filters.after.as_str()).ok(),
         limit: PAGE + 1,
         provider: ProviderName::new(filters.provider.as_str()).ok(),
-        status: match filters.status.as_str() {
-            "active" => Some(Status::Active),
-            "reconnect_required" => Some(Status::ReconnectRequired),
-            _ => None,
-        },
+        status: Status::parse(&filters.status),
         prefix: (!filters.q.is_empty()).then(|| filters.q.clone()),
     };
     let mut rows = match engine.list(&query).await {

@@ -175,11 +175,7 @@ pub(crate) fn census(index: &sled::Tree) -> Result<Census, StoreError> {
         let provider = std::str::from_utf8(provider)
             .ok()
             .and_then(|p| ProviderName::new(p).ok());
-        let status = match status {
-            b"active" => Some(Status::Active),
-            b"reconnect_required" => Some(Status::ReconnectRequired),
-            _ => None,
-        };
+        let status = std::str::from_utf8(status).ok().and_then(Status::parse);
         if let (Some(provider), Some(status)) = (provider, status) {
             census.0.insert((provider, status), read_count(Some(value)));
         }

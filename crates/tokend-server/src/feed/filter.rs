@@ -51,14 +51,12 @@ impl EventFilter {
         let statuses = statuses
             .iter()
             .map(|s| {
-                match s
-                    .trim_start_matches("CONNECTION_STATUS_")
-                    .to_ascii_lowercase()
-                    .as_str()
-                {
-                    "active" => Ok(Status::Active),
-                    "reconnect_required" => Ok(Status::ReconnectRequired),
-                    _ => Err(FilterError {
+                match Status::parse(
+                    &s.trim_start_matches("CONNECTION_STATUS_")
+                        .to_ascii_lowercase(),
+                ) {
+                    Some(status) => Ok(status),
+                    None => Err(FilterError {
                         field: "statuses",
                         description: format!(
                             "unknown status {s:?}; known: active, reconnect_required"
