@@ -79,6 +79,10 @@ pub(crate) enum Command {
     /// Apply the PostgreSQL schema migrations this build needs (`[store]
     /// kind = "postgres"`); safe to run from several replicas at once.
     Migrate(MigrateArgs),
+    /// Register tokend at an authorization server that asks clients to
+    /// register themselves (RFC 7591, as MCP servers do), and print the
+    /// provider section for the config file.
+    RegisterClient(crate::register::RegisterArgs),
     /// Move connections between stores (sled and PostgreSQL).
     #[command(subcommand)]
     Store(crate::store_copy::StoreCommand),

@@ -8,6 +8,7 @@ mod backup;
 mod cli;
 mod events_cli;
 mod exit;
+mod register;
 mod settings;
 mod store;
 mod store_copy;
@@ -76,6 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Backup(args) => backup::backup(args).await,
             Command::Restore(args) => backup::restore(args),
             Command::Store(command) => store_copy::run(command).await,
+            Command::RegisterClient(args) => register::register(args).await,
             Command::Migrate(args) => {
                 let settings = settings::Settings::resolve(settings::Flags {
                     config: args.config.as_deref(),

@@ -613,3 +613,133 @@ async fn install_takes_params_and_client_credentials() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("NAME=VALUE"));
 }
+
+/// Issue 16: `tokend register-client` finds an MCP-style server's
+/// registration endpoint through its metadata (RFC 8414), registers
+/// (RFC 7591), keeps the issued secret in a new 0600 file and prints a
+/// provider section that the real config loader takes and that refreshes at
+/// the server. A public registration needs no secret file; an existing
+/// secret file is never overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_client_registers_and_prints_a_working_provider_section() {
+    use secrecy::SecretString;
+    use std::os::unix::fs::PermissionsExt;
+    let sandbox = tokend_sandbox::Sandbox::start(tokend_sandbox::SandboxConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: Vec<String>| async move {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"));
+        command.arg("register-client").args(args);
+        tokio::task::spawn_blocking(move || command.output().expect("tokend runs"))
+            .await
+            .expect("join")
+    };
+    let secret_file = dir.path().join("mcp.secret");
+    let confidential = run(vec![
+        "--issuer".into(),
+        sandbox.base_url(),
+        "--provider".into(),
+        "mcp".into(),
+        "--redirect-uri".into(),
+        "http://localhost:3000/callback".into(),
+        "--secret-file".into(),
+        secret_file.display().to_string(),
+    ])
+    .await;
+    assert!(
+        confidential.status.success(),
+        "{}",
+        String::from_utf8_lossy(&confidential.stderr)
+    );
+    let section = stdout(&confidential);
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    assert!(!secret.is_empty());
+    assert!(
+        !section.contains(&secret),
+        "the secret never reaches stdout"
+    );
+    assert_eq!(
+        std::fs::metadata(&secret_file)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(
+        section.contains("client_auth = \"client_secret_basic\""),
+        "{section}"
+    );
+    assert!(section.contains("revocation_url"), "{section}");
+
+    let public = run(vec![
+        "--issuer".into(),
+        sandbox.base_url(),
+        "--provider".into(),
+        "mcp-public".into(),
+        "--redirect-uri".into(),
+        "http://localhost:3000/callback".into(),
+        "--auth-method".into(),
+        "none".into(),
+    ])
+    .await;
+    assert!(
+        public.status.success(),
+        "{}",
+        String::from_utf8_lossy(&public.stderr)
+    );
+    let public_section = stdout(&public);
+    assert!(
+        public_section.contains("client_auth = \"none\""),
+        "{public_section}"
+    );
+
+    // Both sections, as printed, resolve and refresh at the server.
+    let config = tokend_server::config::FileConfig::parse(
+        &format!("{section}\n{public_section}"),
+        std::path::Path::new("registered.toml"),
+    )
+    .expect("the printed sections parse");
+    let providers = config
+        .providers(|_| None)
+        .expect("the printed sections resolve");
+    assert_eq!(providers.len(), 2);
+    let client = tokend_provider::ProviderClient::new(
+        &tokend_provider::HttpSettings::default(),
+        tokend_core::Clock::system(),
+    )
+    .unwrap();
+    for provider in &providers {
+        assert!(provider.client_id.starts_with("dyn-"), "{provider:?}");
+        let issued = sandbox.issue_tokens("acct", &[]);
+        client
+            .refresh(provider, &SecretString::from(issued.refresh_token))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:?}", provider.name.as_str()));
+    }
+
+    // The secret file is never overwritten; a confidential registration
+    // without one is refused before anything is registered.
+    for args in [
+        vec![
+            "--secret-file".to_owned(),
+            secret_file.display().to_string(),
+        ],
+        vec![],
+    ] {
+        let mut all = vec![
+            "--issuer".to_owned(),
+            sandbox.base_url(),
+            "--provider".into(),
+            "again".into(),
+            "--redirect-uri".into(),
+            "http://localhost:3000/callback".into(),
+        ];
+        all.extend(args);
+        let refused = run(all).await;
+        assert_eq!(refused.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("--secret-file"));
+    }
+    assert_eq!(std::fs::read_to_string(&secret_file).unwrap(), secret);
+}

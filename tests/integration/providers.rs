@@ -146,6 +146,22 @@ async fn zoho_dialect_200_refusals_and_access_denied_throttling() {
     .await;
 }
 
+/// The per-tenant presets, with everything but their host: the sandbox's
+/// URL stands in for `https://{subdomain}.zendesk.com`,
+/// `https://{shop}.myshopify.com` and `https://accounts.zoho.{dc}` (the
+/// templates themselves run through the engine in
+/// `per_connection_endpoints_are_filled_from_install_params`).
+#[tokio::test]
+async fn zendesk_shopify_and_zoho_presets() {
+    for (preset, dialect) in [
+        ("zendesk", Dialect::Rfc6749),
+        ("shopify", Dialect::Rfc6749),
+        ("zoho", Dialect::Zoho),
+    ] {
+        quirks(dialect, &format!("preset = \"{preset}\"")).await;
+    }
+}
+
 #[tokio::test]
 async fn hubspot_preset_keeps_its_dialect() {
     quirks(

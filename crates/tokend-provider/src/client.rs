@@ -45,6 +45,8 @@ pub struct TokenGrant {
 #[derive(Clone)]
 pub struct ProviderClient {
     http: reqwest::Client,
+    /// Timeouts, for the clients of providers with their own TLS settings.
+    settings: HttpSettings,
     max_response_bytes: usize,
     clock: Clock,
 }
@@ -56,9 +58,10 @@ const CORRELATION_HEADERS: &[&str] = &[
     "x-request-id",
 ];
 
-fn transport_error(code: &str, message: &str) -> ProviderError {
+/// An error tokend raises itself, before or instead of a provider's answer.
+fn local_error(class: ErrorClass, code: &str, message: &str) -> ProviderError {
     ProviderError {
-        class: ErrorClass::Transient,
+        class,
         code: code.into(),
         message: message.into(),
         http_status: None,
@@ -66,6 +69,15 @@ fn transport_error(code: &str, message: &str) -> ProviderError {
         retry_after: None,
         salvage: None,
     }
+}
+
+/// The client's own setup is wrong: retrying will not help.
+fn misconfigured(code: &str, message: &str) -> ProviderError {
+    local_error(ErrorClass::ClientMisconfigured, code, message)
+}
+
+fn transport_error(code: &str, message: &str) -> ProviderError {
+    local_error(ErrorClass::Transient, code, message)
 }
 
 /// Percent-encodes per `application/x-www-form-urlencoded`, as RFC 6749
@@ -86,20 +98,39 @@ fn form_encode(s: &str) -> String {
 
 impl ProviderClient {
     pub fn new(settings: &HttpSettings, clock: Clock) -> Result<Self, ProviderError> {
-        let http = reqwest::Client::builder()
+        let http = Self::builder(settings)
+            .build()
+            .map_err(|_| transport_error("client_setup", "cannot build the HTTP client"))?;
+        Ok(Self {
+            http,
+            settings: settings.clone(),
+            max_response_bytes: settings.max_response_bytes,
+            clock,
+        })
+    }
+
+    fn builder(settings: &HttpSettings) -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.request_timeout)
             // A token endpoint that redirects would make us re-send secrets
             // somewhere else; treat it as an error instead.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("tokend/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|_| transport_error("client_setup", "cannot build the HTTP client"))?;
-        Ok(Self {
-            http,
-            max_response_bytes: settings.max_response_bytes,
-            clock,
-        })
+    }
+
+    /// The HTTP client for `config`'s provider: the shared one, or one with
+    /// the provider's client certificate and roots.
+    fn http_for(&self, config: &ProviderConfig) -> Result<reqwest::Client, ProviderError> {
+        match &config.request.tls {
+            None => Ok(self.http.clone()),
+            Some(tls) => tls.client(|| Self::builder(&self.settings)).map_err(|_| {
+                misconfigured(
+                    "tls_setup",
+                    "cannot build the HTTP client with the provider's TLS settings",
+                )
+            }),
+        }
     }
 
     /// Exchanges a refresh token for a new token set.
@@ -180,9 +211,10 @@ impl ProviderClient {
         &self,
         config: &'a ProviderConfig,
         url: &reqwest::Url,
-        mut form: Vec<(&'a str, &'a str)>,
+        form: Vec<(&'a str, &'a str)>,
         sent_secrets: &[&str],
-    ) -> (reqwest::RequestBuilder, Vec<String>) {
+    ) -> Result<(reqwest::RequestBuilder, Vec<String>), ProviderError> {
+        let mut form: Vec<(&str, &str)> = form;
         let secret = config.client_secret.expose_secret();
         // Everything a provider might echo back in an error: each secret as
         // sent and as form-encoded on the wire (and the Basic credentials).
@@ -196,17 +228,36 @@ impl ProviderClient {
                 form.push((k, v));
             }
         }
+        let audience = url.as_str();
         let mut url = url.clone();
         if !config.request.query_params.is_empty() {
             url.query_pairs_mut()
                 .extend_pairs(&config.request.query_params);
         }
-        let mut request = self.http.post(url).header("accept", "application/json");
+        let mut request = self
+            .http_for(config)?
+            .post(url)
+            .header("accept", "application/json");
+        let assertion;
         for (name, value) in &config.request.headers {
             request = request.header(name.as_str(), value.as_str());
         }
         match config.client_auth {
-            ClientAuth::None => form.push(("client_id", &config.client_id)),
+            ClientAuth::None | ClientAuth::TlsClientAuth => {
+                form.push(("client_id", &config.client_id));
+            }
+            ClientAuth::PrivateKeyJwt => {
+                let signer = config.request.client_assertion.as_ref().ok_or_else(|| {
+                    misconfigured("no_signing_key", "private_key_jwt needs a private key")
+                })?;
+                assertion = signer
+                    .sign(&config.client_id, audience, self.clock.now())
+                    .map_err(|m| misconfigured("client_assertion", &m))?;
+                redact.push(assertion.clone());
+                form.push(("client_id", &config.client_id));
+                form.push(("client_assertion_type", crate::ASSERTION_TYPE));
+                form.push(("client_assertion", &assertion));
+            }
             ClientAuth::ClientSecretPost => {
                 form.push(("client_id", &config.client_id));
                 form.push(("client_secret", secret));
@@ -236,7 +287,7 @@ impl ProviderClient {
                     .body(serde_json::Value::Object(object).to_string())
             }
         };
-        (request, redact)
+        Ok((request, redact))
     }
 
     /// Revokes `token` at the provider's revocation endpoint (RFC 7009),
@@ -248,15 +299,10 @@ impl ProviderClient {
         hint: &str,
     ) -> Result<(), ProviderError> {
         let Some(url) = &config.request.revocation_url else {
-            return Err(ProviderError {
-                class: ErrorClass::ClientMisconfigured,
-                code: "no_revocation_url".into(),
-                message: "the provider has no revocation_url".into(),
-                http_status: None,
-                correlation_id: None,
-                retry_after: None,
-                salvage: None,
-            });
+            return Err(misconfigured(
+                "no_revocation_url",
+                "the provider has no revocation_url",
+            ));
         };
         let t = token.expose_secret();
         let (request, redact) = self.prepare(
@@ -264,7 +310,7 @@ impl ProviderClient {
             url,
             vec![("token", t), ("token_type_hint", hint)],
             &[t],
-        );
+        )?;
         let response = request.send().await.map_err(|e| {
             if e.is_timeout() {
                 transport_error("timeout", "revocation endpoint timed out")
@@ -296,7 +342,7 @@ impl ProviderClient {
         form: Vec<(&'a str, &'a str)>,
         sent_secrets: &[&str],
     ) -> Result<TokenGrant, ProviderError> {
-        let (request, redact) = self.prepare(config, url, form, sent_secrets);
+        let (request, redact) = self.prepare(config, url, form, sent_secrets)?;
         let secrets: Vec<&str> = redact.iter().map(String::as_str).collect();
         let sent_at = self.clock.now();
         let mut response = request.send().await.map_err(|e| {

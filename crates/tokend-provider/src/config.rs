@@ -18,6 +18,13 @@ pub enum ClientAuth {
     /// Both HTTP Basic and the body fields, for the few providers that
     /// demand it (against RFC 6749 §2.3.1).
     Both,
+    /// A JWT signed with the client's private key (RFC 7523 §2.2,
+    /// `private_key_jwt`): `client_assertion` in the body, no secret; the
+    /// key is [`RequestShape::client_assertion`].
+    PrivateKeyJwt,
+    /// Mutual TLS (RFC 8705 §2): the client certificate of
+    /// [`RequestShape::tls`] authenticates; `client_id` in the body.
+    TlsClientAuth,
 }
 
 /// How the provider words its errors.
@@ -99,6 +106,11 @@ pub struct RequestShape {
     pub refresh_grant_type: Option<String>,
     /// The parameter carrying the presented token [default: `refresh_token`].
     pub refresh_token_param: Option<String>,
+    /// Signs the client assertions of [`ClientAuth::PrivateKeyJwt`].
+    pub client_assertion: Option<crate::AssertionSigner>,
+    /// A client certificate (mutual TLS) and private roots for this
+    /// provider's endpoints.
+    pub tls: Option<crate::ClientTls>,
 }
 
 /// A URL with `{name}` placeholders, each filled from a connection

@@ -2,16 +2,20 @@
 //! code-exchange calls over reqwest, token-response validation, and the
 //! classification of every failure into one `ErrorClass`.
 
+mod assertion;
 mod classify;
 mod client;
 mod config;
 mod endpoint;
 #[cfg(test)]
 mod fuzz;
+pub mod registration;
 mod response;
 pub mod scripted;
+mod tls;
 mod trace_context;
 
+pub use assertion::{ASSERTION_TYPE, AssertionSigner};
 pub use client::{HttpSettings, ProviderClient, TokenGrant};
 pub use config::{
     ClientAuth, Dialect, GrantType, MAX_PARAM_LEN, ProviderConfig, RequestBody, RequestShape,
@@ -19,6 +23,7 @@ pub use config::{
 };
 pub use endpoint::TokenEndpoint;
 pub use reqwest::Url;
+pub use tls::ClientTls;
 
 use std::time::Duration;
 

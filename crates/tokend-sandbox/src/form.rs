@@ -91,7 +91,12 @@ impl TokenForm {
             .map(|(k, v)| {
                 let secret = matches!(
                     k.as_str(),
-                    "refresh_token" | "code" | "code_verifier" | "client_secret" | "access_token"
+                    "refresh_token"
+                        | "code"
+                        | "code_verifier"
+                        | "client_secret"
+                        | "access_token"
+                        | "client_assertion"
                 ) || k.contains("token");
                 let v = if secret {
                     "[redacted]".to_owned()

@@ -43,6 +43,11 @@ pub(crate) fn router(provider: Shared) -> Router {
             post(revoke).layer(DefaultBodyLimit::max(TOKEN_BODY_LIMIT)),
         )
         .route("/api/me", get(api_me))
+        .route("/.well-known/oauth-authorization-server", get(metadata))
+        .route(
+            "/oauth/register",
+            post(register).layer(DefaultBodyLimit::max(TOKEN_BODY_LIMIT)),
+        )
         .merge(control::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(CONTROL_BODY_LIMIT))
@@ -72,6 +77,7 @@ async fn not_found() -> Response {
 /// OAuth error in the configured dialect instead of axum's plain-text rejection.
 async fn token(
     State(provider): State<Shared>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<crate::client_auth::PeerCert>,
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -84,7 +90,7 @@ async fn token(
             return response;
         }
     }
-    match handle_token(&provider, &uri, &headers, body) {
+    match handle_token(&provider, peer, &uri, &headers, body) {
         Ok(granted) => token_response(dialect, &granted),
         Err(err) => {
             tracing::debug!(
@@ -99,6 +105,7 @@ async fn token(
 
 fn handle_token(
     provider: &Provider,
+    peer: crate::client_auth::PeerCert,
     uri: &axum::http::Uri,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -142,7 +149,18 @@ fn handle_token(
         && form
             .get("client_id")
             .is_some_and(|id| provider.is_public_client(id));
-    if provider.wants_credentials_in_both() {
+    if let Some(assertion) = form.get("client_assertion") {
+        authenticate_assertion(provider, uri, headers, &form, assertion)?;
+    } else if headers.get(header::AUTHORIZATION).is_none()
+        && form.get("client_secret").is_none()
+        && form.get("client_id").is_some_and(|id| {
+            secrets::constant_time_eq(id.as_bytes(), provider.client_id().as_bytes())
+        })
+        && provider.tls_client_matches(peer.0)
+    {
+        // RFC 8705 §2.1: the certificate the TLS handshake verified is the
+        // client's credential.
+    } else if provider.wants_credentials_in_both() {
         let (Some(basic), Some(id), Some(secret)) = (
             headers.get(header::AUTHORIZATION),
             form.get("client_id"),
@@ -182,6 +200,45 @@ fn handle_token(
         }
         _ => Err(OAuthError::unsupported_grant_type()),
     }
+}
+
+/// RFC 7523 §3: a signed assertion in place of a secret, for the
+/// registered client, addressed to this very endpoint.
+fn authenticate_assertion(
+    provider: &Provider,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    form: &TokenForm,
+    assertion: &str,
+) -> Result<(), OAuthError> {
+    if form.get("client_assertion_type") != Some(crate::client_auth::ASSERTION_TYPE) {
+        return Err(OAuthError::invalid_client(
+            "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        ));
+    }
+    if headers.get(header::AUTHORIZATION).is_some() || form.get("client_secret").is_some() {
+        return Err(OAuthError::invalid_request(
+            "use one client authentication method",
+        ));
+    }
+    let Some(verifier) = provider.assertion_verifier() else {
+        return Err(OAuthError::invalid_client(
+            "the client has no key registered for private_key_jwt",
+        ));
+    };
+    if form
+        .get("client_id")
+        .is_some_and(|id| id != provider.client_id())
+    {
+        return Err(OAuthError::invalid_client("client authentication failed"));
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(axum::http::uri::Authority::as_str))
+        .unwrap_or_default();
+    let audience = format!("{}://{host}{}", provider.scheme(), uri.path());
+    verifier.verify(assertion, provider.client_id(), &audience)
 }
 
 #[derive(Serialize)]
@@ -327,6 +384,90 @@ async fn revoke(
         Ok(()) => StatusCode::OK.into_response(),
         Err(err) => err.into_response(dialect),
     }
+}
+
+/// The issuer: this sandbox's own origin, as the client reached it.
+fn issuer(provider: &Provider, headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    format!("{}://{host}", provider.scheme())
+}
+
+/// `GET /.well-known/oauth-authorization-server` (RFC 8414).
+async fn metadata(State(provider): State<Shared>, headers: HeaderMap) -> Response {
+    let issuer = issuer(&provider, &headers);
+    Json(serde_json::json!({
+        "issuer": issuer,
+        "authorization_endpoint": format!("{issuer}/oauth/authorize"),
+        "token_endpoint": format!("{issuer}/oauth/token"),
+        "revocation_endpoint": format!("{issuer}/oauth/revoke"),
+        "registration_endpoint": format!("{issuer}/oauth/register"),
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "code_challenge_methods_supported": ["S256"],
+    }))
+    .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct Registration {
+    #[serde(default)]
+    redirect_uris: Vec<String>,
+    token_endpoint_auth_method: Option<String>,
+    #[serde(default)]
+    grant_types: Vec<String>,
+    client_name: Option<String>,
+}
+
+/// `POST /oauth/register` (RFC 7591 §3): a new client, public or with a
+/// secret, usable at the token endpoint from then on.
+async fn register(State(provider): State<Shared>, body: Result<Bytes, BytesRejection>) -> Response {
+    let refuse = |code: &str, description: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": code, "error_description": description })),
+        )
+            .into_response()
+    };
+    let Ok(body) = body else {
+        return refuse("invalid_client_metadata", "the body could not be read");
+    };
+    let Ok(asked) = serde_json::from_slice::<Registration>(&body) else {
+        return refuse("invalid_client_metadata", "the body is not client metadata");
+    };
+    let method = asked
+        .token_endpoint_auth_method
+        .as_deref()
+        .unwrap_or("client_secret_basic");
+    if !["client_secret_basic", "client_secret_post", "none"].contains(&method) {
+        return refuse(
+            "invalid_client_metadata",
+            "token_endpoint_auth_method is not supported",
+        );
+    }
+    if asked.grant_types.iter().any(|g| g == "authorization_code") && asked.redirect_uris.is_empty()
+    {
+        return refuse(
+            "invalid_redirect_uri",
+            "authorization_code clients need redirect_uris",
+        );
+    }
+    let (client_id, client_secret) = provider.register_client(method != "none");
+    let mut answer = serde_json::json!({
+        "client_id": client_id,
+        "client_id_issued_at": 0,
+        "token_endpoint_auth_method": method,
+        "redirect_uris": asked.redirect_uris,
+        "grant_types": asked.grant_types,
+        "client_name": asked.client_name,
+    });
+    if let Some(secret) = client_secret {
+        answer["client_secret"] = secret.into();
+        answer["client_secret_expires_at"] = 0.into();
+    }
+    (StatusCode::CREATED, Json(answer)).into_response()
 }
 
 #[derive(Serialize)]

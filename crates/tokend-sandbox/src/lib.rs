@@ -18,6 +18,7 @@
 //! # }
 //! ```
 
+mod client_auth;
 mod control;
 mod error;
 mod form;
@@ -31,13 +32,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::state::Provider;
+
+pub use crate::client_auth::TlsSettings;
 
 /// How long [`Sandbox::shutdown`] waits for in-flight requests before aborting the server task.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -114,6 +116,22 @@ pub struct SandboxConfig {
     /// Demand the client credentials twice, in HTTP Basic and in the body
     /// (as a few providers do, against RFC 6749 §2.3.1). Default false.
     pub credentials_in_both: bool,
+    /// Also accept `private_key_jwt` client assertions (RFC 7523) signed by
+    /// this key. Default none.
+    pub client_assertion_key: Option<AssertionKey>,
+    /// Also accept mutual-TLS client authentication (RFC 8705) from the
+    /// client certificate with this SHA-256 fingerprint (of its DER), on a
+    /// sandbox started with [`Sandbox::start_tls`]. Default none.
+    pub tls_client_cert_sha256: Option<[u8; 32]>,
+}
+
+/// A client's registered public key for `private_key_jwt`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssertionKey {
+    /// The JOSE algorithm (`ES256`, `RS256`...).
+    pub algorithm: String,
+    /// The PEM public key.
+    pub public_key_pem: String,
 }
 
 impl Default for SandboxConfig {
@@ -127,6 +145,8 @@ impl Default for SandboxConfig {
             state_file: None,
             public_client: false,
             credentials_in_both: false,
+            client_assertion_key: None,
+            tls_client_cert_sha256: None,
         }
     }
 }
@@ -267,18 +287,30 @@ impl Sandbox {
         config: SandboxConfig,
     ) -> std::io::Result<Sandbox> {
         let addr = listener.local_addr()?;
-        let provider = Arc::new(Provider::load(&config)?);
+        let provider = Arc::new(Provider::load(&config, "http")?);
+        Ok(Self::serve(
+            client_auth::PlainListener(listener),
+            provider,
+            addr,
+            base_url_for(addr),
+        ))
+    }
+
+    /// Serves `provider` on `listener` until shut down.
+    fn serve<L>(listener: L, provider: Arc<Provider>, addr: SocketAddr, base_url: String) -> Sandbox
+    where
+        L: axum::serve::Listener,
+        L::Addr: fmt::Debug,
+        for<'a> client_auth::PeerCert:
+            axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+    {
         let router = http::router(Arc::clone(&provider));
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-
-        // Token responses are small; without TCP_NODELAY a client that writes headers and body
-        // separately can meet Nagle + delayed ACK and lose ~40 ms per request in benchmarks.
-        let listener = listener.tap_io(|stream| {
-            if let Err(err) = stream.set_nodelay(true) {
-                tracing::trace!(%err, "sandbox: could not set TCP_NODELAY");
-            }
-        });
-        let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<client_auth::PeerCert>(),
+        )
+        .with_graceful_shutdown(async move {
             // Both an explicit send and a dropped sender mean "stop".
             let _ = shutdown_rx.await;
         });
@@ -288,14 +320,30 @@ impl Sandbox {
             }
         });
         tracing::debug!(%addr, "sandbox provider listening");
-
-        Ok(Sandbox {
+        Sandbox {
             provider,
             addr,
-            base_url: base_url_for(addr),
+            base_url,
             shutdown: Some(shutdown_tx),
             task: Some(task),
-        })
+        }
+    }
+
+    /// Starts a provider that speaks HTTPS on `127.0.0.1` with an ephemeral
+    /// port, asking clients for a certificate signed by
+    /// `tls.client_ca_pem` (for `tls_client_cert_sha256`). Its URLs are
+    /// `https://127.0.0.1:PORT/...`: the server certificate must name that
+    /// address.
+    ///
+    /// # Errors
+    /// When the socket cannot be bound, or the PEM material does not parse.
+    pub async fn start_tls(config: SandboxConfig, tls: TlsSettings) -> std::io::Result<Sandbox> {
+        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = tcp.local_addr()?;
+        let listener = client_auth::TlsListener::new(tcp, &tls)?;
+        let provider = Arc::new(Provider::load(&config, "https")?);
+        let base_url = base_url_for(addr).replacen("http://", "https://", 1);
+        Ok(Self::serve(listener, provider, addr, base_url))
     }
 
     /// The socket address the provider listens on.

@@ -86,6 +86,15 @@ pub(crate) struct Provider {
     dialect: Dialect,
     public_client: bool,
     credentials_in_both: bool,
+    /// The `private_key_jwt` key, and its verifier.
+    assertion_key: Option<crate::AssertionKey>,
+    assertion: Option<crate::client_auth::AssertionVerifier>,
+    tls_client_cert: Option<[u8; 32]>,
+    /// `http` or `https`: the scheme of this provider's own URLs.
+    scheme: &'static str,
+    /// Clients registered dynamically (RFC 7591): id → secret (none: a
+    /// public client).
+    registered: Mutex<HashMap<String, Option<String>>>,
     last_request: Mutex<Option<crate::SeenRequest>>,
     /// Where grants are kept across restarts, if anywhere.
     state_file: Option<std::path::PathBuf>,
@@ -183,8 +192,13 @@ fn scope_list(scopes: &[&str]) -> Arc<[String]> {
 
 impl Provider {
     /// A provider with the grants of `config.state_file`, if it exists.
-    pub(crate) fn load(config: &SandboxConfig) -> std::io::Result<Self> {
-        let provider = Self::new(config);
+    pub(crate) fn load(config: &SandboxConfig, scheme: &'static str) -> std::io::Result<Self> {
+        let mut provider = Self::new(config);
+        provider.scheme = scheme;
+        if let Some(key) = &config.client_assertion_key {
+            provider.assertion = Some(crate::client_auth::AssertionVerifier::new(key)?);
+            provider.assertion_key = Some(key.clone());
+        }
         let Some(path) = &config.state_file else {
             return Ok(provider);
         };
@@ -227,6 +241,11 @@ impl Provider {
             dialect: config.dialect,
             public_client: config.public_client,
             credentials_in_both: config.credentials_in_both,
+            assertion_key: None,
+            assertion: None,
+            tls_client_cert: config.tls_client_cert_sha256,
+            scheme: "http",
+            registered: Mutex::new(HashMap::new()),
             last_request: Mutex::new(None),
             state_file: config.state_file.clone(),
             saving: Mutex::new(()),
@@ -312,7 +331,32 @@ impl Provider {
             state_file: self.state_file.clone(),
             public_client: self.public_client,
             credentials_in_both: self.credentials_in_both,
+            client_assertion_key: self.assertion_key.clone(),
+            tls_client_cert_sha256: self.tls_client_cert,
         }
+    }
+
+    /// The verifier of `private_key_jwt` assertions, if a key is registered.
+    pub(crate) fn assertion_verifier(&self) -> Option<&crate::client_auth::AssertionVerifier> {
+        self.assertion.as_ref()
+    }
+
+    /// Whether a connection's client certificate is the registered one.
+    pub(crate) fn tls_client_matches(&self, peer: Option<[u8; 32]>) -> bool {
+        match (self.tls_client_cert, peer) {
+            (Some(registered), Some(presented)) => {
+                secrets::constant_time_eq(&registered, &presented)
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    pub(crate) fn scheme(&self) -> &'static str {
+        self.scheme
     }
 
     pub(crate) fn wants_credentials_in_both(&self) -> bool {
@@ -335,8 +379,27 @@ impl Provider {
 
     /// A public client's request: its id in the body, no secret anywhere.
     pub(crate) fn is_public_client(&self, client_id: &str) -> bool {
-        self.public_client
-            && secrets::constant_time_eq(client_id.as_bytes(), self.client_id.as_bytes())
+        let registered_public = matches!(
+            self.registered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(client_id),
+            Some(None)
+        );
+        registered_public
+            || (self.public_client
+                && secrets::constant_time_eq(client_id.as_bytes(), self.client_id.as_bytes()))
+    }
+
+    /// Registers a new client (RFC 7591), with a secret or public.
+    pub(crate) fn register_client(&self, confidential: bool) -> (String, Option<String>) {
+        let id = format!("dyn-{}", secrets::uuid_like());
+        let secret = confidential.then(|| secrets::credential("dsec"));
+        self.registered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone(), secret.clone());
+        (id, secret)
     }
 
     pub(crate) fn set_rotation(&self, rotation: Rotation) {
@@ -351,6 +414,15 @@ impl Provider {
     pub(crate) fn authenticate(&self, client_id: &[u8], client_secret: &[u8]) -> bool {
         let id_ok = secrets::constant_time_eq(client_id, self.client_id.as_bytes());
         let secret_ok = secrets::constant_time_eq(client_secret, self.client_secret.as_bytes());
+        if let Ok(id) = std::str::from_utf8(client_id)
+            && let Some(Some(registered)) = self
+                .registered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(id)
+        {
+            return secrets::constant_time_eq(client_secret, registered.as_bytes());
+        }
         id_ok & secret_ok
     }
 
@@ -785,7 +857,7 @@ mod tests {
             state_file: Some(dir.join("state.json")),
             ..SandboxConfig::default()
         };
-        let before = Provider::load(&config).unwrap();
+        let before = Provider::load(&config, "http").unwrap();
         let kept = before.issue_tokens("acct-kept", &["crm"]);
         let revoked = before.issue_tokens("acct-gone", &[]);
         before.revoke_account("acct-gone");
@@ -793,7 +865,7 @@ mod tests {
 
         let text = std::fs::read_to_string(dir.join("state.json")).unwrap();
         assert!(!text.contains(&kept.refresh_token), "{text}");
-        let after = Provider::load(&config).unwrap();
+        let after = Provider::load(&config, "http").unwrap();
         let granted = after.refresh(&kept.refresh_token).expect("still valid");
         assert_eq!(&*granted.account_id, "acct-kept");
         assert!(after.refresh(&kept.refresh_token).is_err(), "rotated out");
@@ -804,7 +876,7 @@ mod tests {
         // The rotated-in token survives the next restart.
         let next = granted.refresh_token.unwrap();
         drop(after);
-        let again = Provider::load(&config).unwrap();
+        let again = Provider::load(&config, "http").unwrap();
         again.refresh(&next).expect("the new token survived too");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -367,6 +367,10 @@ pub enum ClientAuthName {
     None,
     /// HTTP Basic and the body fields both.
     Both,
+    /// A JWT signed with the client's private key (RFC 7523).
+    PrivateKeyJwt,
+    /// Mutual TLS with the client certificate (RFC 8705).
+    TlsClientAuth,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -410,6 +414,23 @@ pub struct ProviderSection {
     /// Path of a file holding the client secret (trailing newline ignored).
     pub client_secret_file: Option<PathBuf>,
     pub client_auth: Option<ClientAuthName>,
+    /// `private_key_jwt`: the PEM private key that signs client assertions,
+    /// from an environment variable or a 0600 file.
+    pub private_key_env: Option<String>,
+    pub private_key_file: Option<PathBuf>,
+    /// The assertion's JOSE algorithm [default: RS256].
+    pub jwt_algorithm: Option<String>,
+    /// The assertion header's `kid`, when the provider holds several keys.
+    pub jwt_key_id: Option<String>,
+    /// The assertion's `aud` [default: the URL the request goes to].
+    pub jwt_audience: Option<String>,
+    /// Mutual TLS: the client certificate chain (PEM) and its private key
+    /// (a 0600 PEM file), presented to this provider's endpoints.
+    pub tls_client_cert_file: Option<PathBuf>,
+    pub tls_client_key_file: Option<PathBuf>,
+    /// Roots (PEM) that sign this provider's endpoints, trusted instead of
+    /// the system's.
+    pub tls_ca_file: Option<PathBuf>,
     pub dialect: Option<DialectName>,
     /// Sent with every token request (HubSpot requires it on refresh too).
     pub redirect_uri: Option<String>,
@@ -695,6 +716,83 @@ fn locate(text: &str, e: &toml::de::Error) -> String {
 }
 
 impl ProviderSection {
+    /// The `private_key_jwt` signer: a key is required by that method and
+    /// refused by every other.
+    fn client_assertion(
+        &self,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<tokend_provider::AssertionSigner>, String> {
+        let wanted = matches!(self.client_auth, Some(ClientAuthName::PrivateKeyJwt));
+        let given = self.private_key_env.is_some() || self.private_key_file.is_some();
+        if !wanted {
+            if given
+                || self.jwt_algorithm.is_some()
+                || self.jwt_key_id.is_some()
+                || self.jwt_audience.is_some()
+            {
+                return Err(
+                    "private_key_* and jwt_* are for client_auth = \"private_key_jwt\"".into(),
+                );
+            }
+            return Ok(None);
+        }
+        let pem = read_secret(
+            "private_key",
+            self.private_key_env.as_deref(),
+            self.private_key_file.as_deref(),
+            self.allow_readable_secret_file,
+            env,
+        )?;
+        tokend_provider::AssertionSigner::from_pem(
+            pem.as_bytes(),
+            self.jwt_algorithm.as_deref().unwrap_or("RS256"),
+            self.jwt_key_id.clone(),
+            self.jwt_audience.clone(),
+        )
+        .map(Some)
+    }
+
+    /// The provider's TLS settings: a client certificate (required by
+    /// `tls_client_auth`, allowed with any method) and private roots.
+    fn tls(&self) -> Result<Option<tokend_provider::ClientTls>, String> {
+        let read = |key: &str, path: &Path| {
+            std::fs::read(path).map_err(|e| format!("cannot read {key} {}: {e}", path.display()))
+        };
+        let identity = match (&self.tls_client_cert_file, &self.tls_client_key_file) {
+            (Some(cert), Some(key)) => {
+                let key = read_secret(
+                    "tls_client_key",
+                    None,
+                    Some(key),
+                    self.allow_readable_secret_file,
+                    &|_| None,
+                )?;
+                Some((read("tls_client_cert_file", cert)?, key.into_bytes()))
+            }
+            (None, None) => None,
+            _ => {
+                return Err(
+                    "set both tls_client_cert_file and tls_client_key_file, or neither".into(),
+                );
+            }
+        };
+        if matches!(self.client_auth, Some(ClientAuthName::TlsClientAuth)) && identity.is_none() {
+            return Err("client_auth = \"tls_client_auth\" needs tls_client_cert_file and tls_client_key_file".into());
+        }
+        let roots = match &self.tls_ca_file {
+            Some(path) => Some(read("tls_ca_file", path)?),
+            None => None,
+        };
+        if identity.is_none() && roots.is_none() {
+            return Ok(None);
+        }
+        tokend_provider::ClientTls::from_pem(
+            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+            roots.as_deref(),
+        )
+        .map(Some)
+    }
+
     /// A table of parameters, each value's placeholders checked.
     fn checked_params(
         &self,
@@ -851,12 +949,28 @@ impl ProviderSection {
                 "token_url is plain http:// to another host: the client secret and refresh tokens cross the network in the clear"
             );
         }
-        let public = matches!(self.client_auth, Some(ClientAuthName::None));
+        let public = matches!(
+            self.client_auth,
+            Some(
+                ClientAuthName::None
+                    | ClientAuthName::PrivateKeyJwt
+                    | ClientAuthName::TlsClientAuth
+            )
+        );
         let client_secret = if public {
             if self.client_secret_env.is_some() || self.client_secret_file.is_some() {
-                return Err(fail(
-                    "client_auth = \"none\" is a public client: give it no client secret".into(),
-                ));
+                let method = match self.client_auth {
+                    Some(ClientAuthName::PrivateKeyJwt) => {
+                        "private_key_jwt\" signs with a private key"
+                    }
+                    Some(ClientAuthName::TlsClientAuth) => {
+                        "tls_client_auth\" presents a certificate"
+                    }
+                    _ => "none\" is a public client",
+                };
+                return Err(fail(format!(
+                    "client_auth = \"{method}: give it no client secret"
+                )));
             }
             String::new()
         } else {
@@ -872,6 +986,8 @@ impl ProviderSection {
         if client_secret.is_empty() && !public {
             return Err(fail("the client secret is empty".into()));
         }
+        let client_assertion = self.client_assertion(env).map_err(fail)?;
+        let tls = self.tls().map_err(fail)?;
         let mut extra_params: Vec<(String, String)> =
             self.extra_params.clone().into_iter().collect();
         if let Some(uri) = &self.redirect_uri {
@@ -882,6 +998,8 @@ impl ProviderSection {
             Some(ClientAuthName::ClientSecretPost) => ClientAuth::ClientSecretPost,
             Some(ClientAuthName::None) => ClientAuth::None,
             Some(ClientAuthName::Both) => ClientAuth::Both,
+            Some(ClientAuthName::PrivateKeyJwt) => ClientAuth::PrivateKeyJwt,
+            Some(ClientAuthName::TlsClientAuth) => ClientAuth::TlsClientAuth,
             None => defaults.client_auth,
         };
         let dialect = match self.dialect {
@@ -970,6 +1088,8 @@ impl ProviderSection {
                     .refresh_token_param
                     .clone()
                     .or_else(|| defaults.exchange.map(|(_, p)| p.to_owned())),
+                client_assertion,
+                tls,
             },
             response: tokend_provider::ResponseShape {
                 token_path,
@@ -1052,6 +1172,112 @@ mod tests {
     /// Issue 16: the presets with quirks fill in their endpoint, dialect,
     /// body and account field; a table's own keys win; a separate
     /// refresh_url and a nested token path are read and checked.
+    /// Issue 16: `private_key_jwt` and mutual TLS read their keys from 0600
+    /// files (or the environment), never from the config; each method's
+    /// material is required by it and refused elsewhere.
+    #[test]
+    fn private_key_jwt_and_mutual_tls_read_their_keys_from_files() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["tokend".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let write = |name: &str, text: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            path.display().to_string()
+        };
+        let key_file = write("key.pem", &key.serialize_pem(), 0o600);
+        let cert_file = write("cert.pem", &cert.pem(), 0o644);
+        let open_key = write("open-key.pem", &key.serialize_pem(), 0o644);
+        let ok = parse(&format!(
+            r#"
+            [providers.jwt]
+            token_url = "https://id.example.com/token"
+            client_id = "tokend"
+            client_auth = "private_key_jwt"
+            private_key_file = "{key_file}"
+            jwt_algorithm = "ES256"
+            jwt_key_id = "k1"
+            [providers.mtls]
+            token_url = "https://id.example.com/token"
+            client_id = "tokend"
+            client_auth = "tls_client_auth"
+            tls_client_cert_file = "{cert_file}"
+            tls_client_key_file = "{key_file}"
+            tls_ca_file = "{cert_file}"
+            "#
+        ));
+        let providers = ok.providers(|_| None).unwrap();
+        let jwt = providers.iter().find(|p| p.name.as_str() == "jwt").unwrap();
+        assert_eq!(jwt.client_auth, ClientAuth::PrivateKeyJwt);
+        assert!(jwt.request.client_assertion.is_some());
+        let mtls = providers
+            .iter()
+            .find(|p| p.name.as_str() == "mtls")
+            .unwrap();
+        assert_eq!(mtls.client_auth, ClientAuth::TlsClientAuth);
+        assert!(mtls.request.tls.as_ref().unwrap().has_client_certificate());
+        let shown = format!("{providers:?}");
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+
+        let head = "token_url = \"https://id.example.com/token\"\nclient_id = \"tokend\"";
+        for (body, expected) in [
+            (
+                "client_auth = \"private_key_jwt\"".to_owned(),
+                "private_key",
+            ),
+            (
+                format!(
+                    "client_auth = \"private_key_jwt\"\nprivate_key_file = \"{key_file}\"\njwt_algorithm = \"RS256\""
+                ),
+                "not a PEM",
+            ),
+            (
+                format!(
+                    "client_auth = \"private_key_jwt\"\nprivate_key_file = \"{open_key}\"\njwt_algorithm = \"ES256\""
+                ),
+                "readable by group or others",
+            ),
+            (
+                format!(
+                    "client_auth = \"private_key_jwt\"\nprivate_key_file = \"{key_file}\"\njwt_algorithm = \"HS256\""
+                ),
+                "not one of",
+            ),
+            (
+                format!(
+                    "client_auth = \"private_key_jwt\"\nprivate_key_file = \"{key_file}\"\nclient_secret_env = \"S\""
+                ),
+                "give it no client secret",
+            ),
+            (
+                format!("client_secret_env = \"S\"\nprivate_key_file = \"{key_file}\""),
+                "are for client_auth",
+            ),
+            (
+                "client_auth = \"tls_client_auth\"".to_owned(),
+                "needs tls_client_cert_file",
+            ),
+            (
+                format!("client_secret_env = \"S\"\ntls_client_cert_file = \"{cert_file}\""),
+                "set both",
+            ),
+            (
+                format!("client_secret_env = \"S\"\ntls_ca_file = \"{key_file}\""),
+                "roots",
+            ),
+        ] {
+            let cfg = parse(&format!("[providers.p]\n{head}\n{body}\n"));
+            let err = cfg.providers(|_| Some("s".into())).unwrap_err().to_string();
+            assert!(err.contains(expected), "{body}: {err}");
+            assert!(!err.contains("PRIVATE KEY"), "{err}");
+        }
+    }
+
     #[test]
     fn quirky_presets_and_request_and_response_shapes() {
         use tokend_provider::RequestBody;
