@@ -271,3 +271,157 @@ async fn errors_are_typed() {
         Err(Error::Transport { .. })
     ));
 }
+
+/// Issue 17: after a revocation, the middleware's error says
+/// ReconnectRequired without a downcast, and the client's cache no longer
+/// hands out the revoked connection's token; a watch that hears the
+/// revocation empties the cache too.
+#[tokio::test]
+async fn a_revoked_connection_leaves_no_cached_token_and_a_plain_error() {
+    use tokend_client::middleware::MiddlewareErrorExt as _;
+    let server = TestServer::start_with(background_off()).await;
+    server.import("revoked", "acct-revoked", 1800).await;
+    server.import("watched", "acct-watched", 1800).await;
+    let tokend = client(&server).await;
+    tokend.token("revoked").await.expect("cached");
+    tokend.token("watched").await.expect("cached");
+    let (url, _) = always_401().await;
+    let http = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(TokendAuth::new(tokend.clone(), "revoked"))
+        .build();
+    server.sandbox.revoke_account("acct-revoked");
+    let err = http.get(&url).send().await.unwrap_err();
+    assert!(err.is_reconnect_required(), "{err}");
+    assert!(
+        matches!(err.tokend(), Some(Error::ReconnectRequired { cause, .. }) if cause == "REVOKED"),
+        "{err}"
+    );
+    let again = tokend.token("revoked").await.unwrap_err();
+    assert!(
+        matches!(again, Error::ReconnectRequired { .. }),
+        "the revoked token is not served from the cache: {again:?}"
+    );
+
+    // A watch hears the revocation (another caller's refresh) and the
+    // cached token goes at once.
+    let mut events = tokend.watch("watched");
+    let first = events.next().await.unwrap().unwrap();
+    assert!(!first.reconnect_required());
+    server.sandbox.revoke_account("acct-watched");
+    let other = client(&server).await;
+    other
+        .force_refresh("watched", Rejected::Unconditional)
+        .await
+        .unwrap_err();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("an event")
+            .unwrap()
+            .unwrap();
+        if event.reconnect_required() {
+            break;
+        }
+    }
+    let err = tokend.token("watched").await.unwrap_err();
+    assert!(
+        matches!(err, Error::ReconnectRequired { .. }),
+        "the watch emptied the cache: {err:?}"
+    );
+}
+
+/// Issue 17: the tower layer, on a hyper client over real HTTP: a worker
+/// through 1-second tokens (at least 5 expiries) with 0 failed requests; a
+/// POST that gets a 401 is not replayed unless opted in; a revoked
+/// connection's error says ReconnectRequired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tower_layer_refreshes_and_retries_like_the_middleware() {
+    use http_body_util::{BodyExt as _, Full};
+    use tokend_client::layer::TokendAuthLayer;
+    use tower::{Service as _, ServiceBuilder, ServiceExt as _};
+    let server = TestServer::start_with(Options {
+        sandbox: SandboxConfig {
+            access_token_lifetime: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    server.import("hyper", "acct-hyper", 1).await;
+    let tokend = client(&server).await;
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<bytes::Bytes>>();
+    let layer =
+        |replay: bool| TokendAuthLayer::new(tokend.clone(), "hyper").replay_non_idempotent(replay);
+    let mut authed = ServiceBuilder::new()
+        .layer(layer(false))
+        .service(hyper.clone());
+    let request = |method: &str, url: &str| {
+        http::Request::builder()
+            .method(method)
+            .uri(url)
+            .body(Full::new(bytes::Bytes::from_static(b"{}")))
+            .unwrap()
+    };
+
+    let started = tokio::time::Instant::now();
+    let (mut ok, mut failed) = (0, 0);
+    while started.elapsed() < Duration::from_secs(6) {
+        let response = authed
+            .ready()
+            .await
+            .unwrap()
+            .call(request("GET", &server.sandbox.api_url()))
+            .await;
+        match response {
+            Ok(r) if r.status().is_success() => {
+                r.into_body().collect().await.unwrap();
+                ok += 1;
+            }
+            _ => failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(failed, 0, "{ok} ok, {failed} failed");
+    let stats = server.sandbox.account_stats("acct-hyper");
+    assert!(
+        stats.refresh_grants_ok >= 5,
+        "at least 5 expiries: {stats:?}"
+    );
+
+    let (url, hits) = always_401().await;
+    let r = authed
+        .ready()
+        .await
+        .unwrap()
+        .call(request("POST", &url))
+        .await
+        .expect("the 401 comes back");
+    assert_eq!(r.status(), 401);
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "a POST is not replayed");
+    let mut replaying = ServiceBuilder::new()
+        .layer(layer(true))
+        .service(hyper.clone());
+    let err = replaying
+        .ready()
+        .await
+        .unwrap()
+        .call(request("POST", &url))
+        .await
+        .unwrap_err();
+    assert_eq!(hits.load(Ordering::SeqCst), 3, "opted in: replayed once");
+    assert!(
+        matches!(err.tokend(), Some(Error::StillUnauthorized { .. })),
+        "{err}"
+    );
+
+    server.sandbox.revoke_account("acct-hyper");
+    let err = authed
+        .ready()
+        .await
+        .unwrap()
+        .call(request("GET", &url))
+        .await
+        .unwrap_err();
+    assert!(err.is_reconnect_required(), "{err}");
+}

@@ -11,6 +11,7 @@
 
 mod error;
 pub mod events;
+pub mod layer;
 pub mod middleware;
 mod watch;
 
@@ -210,7 +211,16 @@ pub fn endpoint_url(endpoint: &str, tls: bool) -> String {
 /// mutex is the singleflight (one broker call per connection at a time).
 /// Bounded: the least recently used connection's slot goes first (a caller
 /// still holding it finishes with it; the next call starts a new one).
-type Cache = Mutex<lru::LruCache<String, Arc<tokio::sync::Mutex<Option<Token>>>>>;
+pub(crate) type Cache = Mutex<lru::LruCache<String, Arc<tokio::sync::Mutex<Option<Token>>>>>;
+
+/// Drops a connection's cached token: after the broker said its grant is
+/// gone (or the connection is), the cached token must not be handed out.
+pub(crate) fn forget(cache: &Cache, connection_id: &str) {
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop(connection_id);
+}
 
 /// A tokend client. Cheap to clone; clones share the channel and the cache.
 #[derive(Clone)]
@@ -283,7 +293,8 @@ impl Client {
                 let request = request.clone();
                 async move { c.get_token(request).await }
             })
-            .await?;
+            .await
+            .map_err(|e| self.forget_if_gone(connection_id, e))?;
         let token = r.token.ok_or_else(|| Error::Other {
             code: tonic::Code::Internal,
             message: "reply without a token".into(),
@@ -299,6 +310,15 @@ impl Client {
         let slot = Arc::default();
         cache.put(connection_id.to_owned(), Arc::clone(&slot));
         slot
+    }
+
+    /// Passes `e` on, first dropping the connection's cached token when `e`
+    /// says the grant or the connection is gone.
+    fn forget_if_gone(&self, connection_id: &str, e: Error) -> Error {
+        if matches!(e, Error::ReconnectRequired { .. } | Error::NotFound { .. }) {
+            forget(&self.cache, connection_id);
+        }
+        e
     }
 
     /// How many connections' tokens are cached now.
@@ -323,9 +343,18 @@ impl Client {
         {
             return Ok(t.clone());
         }
-        let token = self.get_token(connection_id, Duration::ZERO).await?;
-        *cached = Some(token.clone());
-        Ok(token)
+        match self.get_token(connection_id, Duration::ZERO).await {
+            Ok(token) => {
+                *cached = Some(token.clone());
+                Ok(token)
+            }
+            Err(e) => {
+                // Callers already waiting on this slot must not find the
+                // old token either.
+                *cached = None;
+                Err(e)
+            }
+        }
     }
 
     /// Replaces a token the upstream API rejected. Returns the new token and
@@ -350,12 +379,32 @@ impl Client {
             rejected,
         };
         let received_by = Instant::now();
-        let r = self
+        let r = match self
             .call(|mut c| {
                 let request = request.clone();
                 async move { c.force_refresh(request).await }
             })
-            .await?;
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                let gone = matches!(e, Error::ReconnectRequired { .. } | Error::NotFound { .. });
+                if gone {
+                    // Empty the slot under its lock, so a caller already
+                    // waiting in `token` does not get the old token.
+                    let slot = self
+                        .cache
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(connection_id)
+                        .cloned();
+                    if let Some(slot) = slot {
+                        *slot.lock().await = None;
+                    }
+                }
+                return Err(self.forget_if_gone(connection_id, e));
+            }
+        };
         let token = Token::from_pb(
             r.token.ok_or_else(|| Error::Other {
                 code: tonic::Code::Internal,
@@ -414,10 +463,7 @@ impl Client {
             async move { c.delete_connection(request).await }
         })
         .await?;
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop(connection_id);
+        forget(&self.cache, connection_id);
         Ok(())
     }
 
@@ -426,7 +472,11 @@ impl Client {
     /// current state again. It ends after `Deleted`, or with the error that
     /// made resubscribing pointless (not found, permission denied, ...).
     pub fn watch(&self, connection_id: &str) -> watch::WatchStream {
-        watch::WatchStream::start(self.inner.clone(), connection_id.to_owned())
+        watch::WatchStream::start(
+            self.inner.clone(),
+            connection_id.to_owned(),
+            Arc::downgrade(&self.cache),
+        )
     }
 
     /// Every event of every connection this caller may see, as `filter`

@@ -39,12 +39,35 @@ impl TokendAuth {
         self.replay_non_idempotent = yes;
         self
     }
+}
 
-    fn may_replay(&self, method: &Method) -> bool {
-        matches!(
-            *method,
-            Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
-        ) || self.replay_non_idempotent
+/// Whether a request may be sent twice: idempotent methods (RFC 9110
+/// §9.2.2), or any when the caller opted in.
+pub(crate) fn may_replay(method: &Method, replay_non_idempotent: bool) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS
+    ) || replay_non_idempotent
+}
+
+/// Reaches tokend's typed error inside a `reqwest_middleware::Error`
+/// without downcasting by hand.
+pub trait MiddlewareErrorExt {
+    /// The tokend error this is, if any (`ReconnectRequired`, `Unavailable`...).
+    fn tokend(&self) -> Option<&Error>;
+
+    /// Whether the connection needs its user back (the grant is revoked).
+    fn is_reconnect_required(&self) -> bool {
+        matches!(self.tokend(), Some(Error::ReconnectRequired { .. }))
+    }
+}
+
+impl MiddlewareErrorExt for reqwest_middleware::Error {
+    fn tokend(&self) -> Option<&Error> {
+        match self {
+            reqwest_middleware::Error::Middleware(e) => e.downcast_ref::<Error>(),
+            reqwest_middleware::Error::Reqwest(_) => None,
+        }
     }
 }
 
@@ -80,7 +103,7 @@ impl Middleware for TokendAuth {
             .map_err(reqwest_middleware::Error::middleware)?;
         authorize(&mut request, &token)?;
         // A streaming body cannot be cloned, so cannot be replayed either.
-        let replay = if self.may_replay(request.method()) {
+        let replay = if may_replay(request.method(), self.replay_non_idempotent) {
             request.try_clone()
         } else {
             None

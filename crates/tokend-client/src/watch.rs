@@ -56,9 +56,15 @@ pub struct WatchStream {
 }
 
 impl WatchStream {
-    pub(crate) fn start(client: Inner, connection_id: String) -> Self {
+    /// Events of `connection_id`; one saying the grant or the connection
+    /// is gone also drops the client's cached token (`cache`).
+    pub(crate) fn start(
+        client: Inner,
+        connection_id: String,
+        cache: std::sync::Weak<crate::Cache>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(16);
-        let task = tokio::spawn(run(client, connection_id, tx));
+        let task = tokio::spawn(run(client, connection_id, tx, cache));
         WatchStream { rx, task }
     }
 }
@@ -81,6 +87,7 @@ async fn run(
     mut client: Inner,
     connection_id: String,
     tx: mpsc::Sender<Result<WatchEvent, Error>>,
+    cache: std::sync::Weak<crate::Cache>,
 ) {
     let mut delay = Duration::from_millis(100);
     loop {
@@ -108,7 +115,13 @@ async fn run(
                         continue;
                     };
                     let deleted = kind == WatchEventKind::Deleted;
-                    if tx.send(Ok(WatchEvent { kind, connection })).await.is_err() || deleted {
+                    let event = WatchEvent { kind, connection };
+                    if (deleted || event.reconnect_required())
+                        && let Some(cache) = cache.upgrade()
+                    {
+                        crate::forget(&cache, &connection_id);
+                    }
+                    if tx.send(Ok(event)).await.is_err() || deleted {
                         return;
                     }
                 }
