@@ -1,154 +1,30 @@
-// The TypeScript client against a live tokend with the sandbox provider: get
-// a token, force a refresh, hear RECONNECT_REQUIRED on the watch stream, and
-// follow the event feed (watchAll) across a resume and a server restart.
+// Client.watchAll, the durable event feed: live events and the cursor,
+// resuming after a saved cursor, server-side filters, typed errors for bad
+// cursors, and reconnecting across broker restarts without losing or
+// repeating an event. Also: a RECONNECT_REQUIRED event evicts the cached token.
 
-import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, ChildProcess } from "node:child_process";
-import { mkdtempSync } from "node:fs";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { after, before, test } from "node:test";
 
 import {
   Client,
-  ConnectionEvent,
-  ConnectionStatus,
+  type ConnectionEvent,
   CursorExpired,
   EventStream,
-  EventType,
   InvalidArgument,
-  NotFound,
-  ReconnectCause,
   ReconnectRequired,
-  grpcTarget,
-} from "../index";
+} from "@tokend/client";
 
-const binary = process.env.TOKEND_BIN ?? resolve(__dirname, "../../../../target/debug/tokend");
-let server: ChildProcess;
+import { Broker, sleep } from "./harness.mjs";
+
+let broker: Broker;
 let client: Client;
-let target: string;
-let sandbox: string;
-
-function freePort(): Promise<number> {
-  return new Promise((ok) => {
-    const s = createServer();
-    s.listen(0, "127.0.0.1", () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => ok(port));
-    });
-  });
-}
-
-async function post(path: string, body: object, base = sandbox): Promise<any> {
-  const r = await fetch(base + path, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify(body),
-  });
-  const text = await r.text();
-  return text ? JSON.parse(text) : {};
-}
-
-async function install(account: string, via = client, base = sandbox): Promise<{ id: string; issued: any }> {
-  const issued = await post("/sandbox/tokens", { account_id: account, scopes: ["crm"] }, base);
-  await via.installImport({
-    provider: "sandbox",
-    accountId: account,
-    accessToken: issued.access_token,
-    refreshToken: issued.refresh_token,
-    expiresInSeconds: 1800,
-  });
-  return { id: `sandbox-${account}`, issued };
-}
-
-function startServer(grpcPort: number, httpPort: number, dataDir: string): ChildProcess {
-  return spawn(
-    binary,
-    ["serve", "--sandbox", "--listen", `127.0.0.1:${grpcPort}`, "--sandbox-listen", `127.0.0.1:${httpPort}`, "--data-dir", dataDir],
-    { stdio: "ignore" },
-  );
-}
-
-async function waitReady(via: Client): Promise<void> {
-  for (let i = 0; ; i++) {
-    try {
-      await via.getToken("warmup");
-    } catch (e) {
-      if (e instanceof NotFound) return;
-      if (i > 400) throw e;
-      await sleep(50);
-    }
-  }
-}
-
-function stop(proc: ChildProcess): Promise<void> {
-  return new Promise((ok) => {
-    if (proc.exitCode !== null || proc.signalCode !== null) return ok();
-    proc.once("exit", () => ok());
-    proc.kill("SIGTERM");
-  });
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 before(async () => {
-  const [grpcPort, httpPort] = [await freePort(), await freePort()];
-  sandbox = `http://127.0.0.1:${httpPort}`;
-  server = startServer(grpcPort, httpPort, mkdtempSync(join(tmpdir(), "tokend-ts-")));
-  target = `127.0.0.1:${grpcPort}`;
-  client = new Client(target);
-  await waitReady(client);
+  broker = await Broker.start();
+  client = broker.client();
 });
-
-after(() => {
-  client.close();
-  server.kill("SIGTERM");
-});
-
-test("get a token and force a refresh", async () => {
-  const { id, issued } = await install("ts-1");
-  const t = await client.getToken(id);
-  assert.equal(t.accessToken, issued.access_token);
-  assert.ok(t.expiresInSeconds > 1700);
-  const { token: fresh, refreshed } = await client.forceRefresh(id, { version: t.version });
-  assert.ok(refreshed);
-  assert.equal(fresh.version, t.version + 1);
-  const again = await client.forceRefresh(id, { version: t.version });
-  assert.equal(again.refreshed, false);
-  assert.equal(again.token.accessToken, fresh.accessToken);
-});
-
-test("endpoints may be host:port or URLs", async () => {
-  assert.deepEqual(grpcTarget("http://h:1"), ["h:1", false]);
-  assert.deepEqual(grpcTarget("https://h:1/"), ["h:1", true]);
-  assert.deepEqual(grpcTarget("h:1"), ["h:1", false]);
-  const viaUrl = new Client(`http://${target}`);
-  await assert.rejects(viaUrl.getToken("ts-not-there"), NotFound);
-  viaUrl.close();
-});
-
-test("errors are typed", async () => {
-  await assert.rejects(client.getToken("ts-missing"), NotFound);
-  await assert.rejects(client.getToken("not valid"), (e: unknown) => e instanceof InvalidArgument && e.field === "connection_id");
-});
-
-test("the watch stream reports RECONNECT_REQUIRED", async () => {
-  const { id } = await install("ts-2");
-  const events = client.watch(id);
-  const first = await events.next();
-  assert.equal(first.value?.kind, "snapshot");
-  await post("/sandbox/revoke", { account_id: "ts-2" });
-  await assert.rejects(client.forceRefresh(id), (e: unknown) => e instanceof ReconnectRequired && e.providerError === "invalid_grant" && e.cause === "REVOKED");
-  for await (const e of events) {
-    if (e.kind === "status_changed") {
-      assert.ok(e.reconnectRequired);
-      assert.equal(e.connection.lastError?.code, "invalid_grant");
-      break;
-    }
-  }
-  await events.return(undefined);
-});
+after(() => broker.close());
 
 /**
  * Iterates an EventStream in the background, as a consumer would, so a test
@@ -215,9 +91,9 @@ async function nextWithin(stream: EventStream, ms = 10_000): Promise<ConnectionE
   }
 }
 
-async function installMany(accounts: string[], via = client, base = sandbox): Promise<string[]> {
+async function installMany(accounts: string[], via = client, on = broker): Promise<string[]> {
   const ids = [];
-  for (const a of accounts) ids.push((await install(a, via, base)).id);
+  for (const a of accounts) ids.push((await on.install(via, a)).id);
   return ids;
 }
 
@@ -230,7 +106,7 @@ test("watchAll delivers live events and moves the cursor", async () => {
   await feed.quiet();
   assert.deepEqual(
     events.map((e) => e.eventType),
-    [EventType.EVENT_TYPE_INSTALLED, EventType.EVENT_TYPE_INSTALLED, EventType.EVENT_TYPE_INSTALLED],
+    ["INSTALLED", "INSTALLED", "INSTALLED"],
   );
   assert.deepEqual(
     events.map((e) => e.connectionId),
@@ -267,7 +143,7 @@ test("watchAll resumes after a saved cursor", async () => {
     events.map((e) => e.connectionId),
     later,
   );
-  assert.ok(events.every((e) => e.eventType === EventType.EVENT_TYPE_INSTALLED));
+  assert.ok(events.every((e) => e.eventType === "INSTALLED"));
   assert.ok(events[0].sequence < events[1].sequence);
   assert.equal(resumed.cursor, events[1].cursor);
   await again.close();
@@ -279,22 +155,26 @@ test("watchAll filters server-side", async () => {
     client.watchAll({ eventTypes: ["reconnect_required"], connectionIdPrefixes: ["sandbox-ts-filter-a"] }),
   ).started();
   const byStatus = await new Collector(
-    client.watchAll({ statuses: ["reconnect_required"], connectionIdPrefixes: ["sandbox-ts-filter-"], providers: ["sandbox"] }),
+    client.watchAll({
+      statuses: ["reconnect_required"],
+      connectionIdPrefixes: ["sandbox-ts-filter-"],
+      providers: ["sandbox"],
+    }),
   ).started();
   await installMany(["ts-filter-a2"]); // INSTALLED: filtered out
   for (const [account, id] of [
     ["ts-filter-b1", rrB],
     ["ts-filter-a1", rrA],
   ]) {
-    await post("/sandbox/revoke", { account_id: account });
+    await broker.revoke(account);
     await assert.rejects(client.forceRefresh(id), ReconnectRequired);
   }
   const [event] = await onlyA.take(1);
   await onlyA.quiet();
   assert.equal(event.connectionId, rrA);
-  assert.equal(event.eventType, EventType.EVENT_TYPE_RECONNECT_REQUIRED);
-  assert.equal(event.cause, ReconnectCause.RECONNECT_CAUSE_REVOKED);
-  assert.equal(event.connection?.status, ConnectionStatus.CONNECTION_STATUS_RECONNECT_REQUIRED);
+  assert.equal(event.eventType, "RECONNECT_REQUIRED");
+  assert.equal(event.cause, "REVOKED");
+  assert.equal(event.connection?.status, "RECONNECT_REQUIRED");
   assert.equal(event.connection?.lastError?.code, "invalid_grant");
   const events = await byStatus.take(2);
   await byStatus.quiet();
@@ -302,7 +182,7 @@ test("watchAll filters server-side", async () => {
     events.map((e) => e.connectionId),
     [rrB, rrA],
   );
-  assert.ok(events.every((e) => e.eventType === EventType.EVENT_TYPE_RECONNECT_REQUIRED));
+  assert.ok(events.every((e) => e.eventType === "RECONNECT_REQUIRED"));
   await onlyA.close();
   await byStatus.close();
   assert.throws(() => client.watchAll({ eventTypes: ["no_such_type" as "installed"] }), RangeError);
@@ -347,48 +227,55 @@ test("watchAll raises typed errors for bad cursors", async () => {
 });
 
 test("watchAll reconnects across a server restart", async () => {
-  const [grpcPort, httpPort] = [await freePort(), await freePort()];
-  const dataDir = mkdtempSync(join(tmpdir(), "tokend-ts-restart-"));
-  const base = `http://127.0.0.1:${httpPort}`;
-  let proc = startServer(grpcPort, httpPort, dataDir);
-  const own = new Client(`127.0.0.1:${grpcPort}`);
+  const server = await Broker.start();
+  const own = server.client();
   try {
-    await waitReady(own);
     const stream = own.watchAll();
     const feed = await new Collector(stream).started();
-    const [before] = await installMany(["ts-restart-1"], own, base);
+    const [before] = await installMany(["ts-restart-1"], own, server);
     const [first] = await feed.take(1);
     assert.equal(first.connectionId, before);
-    await stop(proc);
-    await sleep(300); // the stream notices, and fails to reconnect for a while
-    proc = startServer(grpcPort, httpPort, dataDir);
-    await waitReady(own);
-    const [after] = await installMany(["ts-restart-2"], own, base);
+    await server.restart(300); // the stream notices, and fails to reconnect for a while
+    const [after] = await installMany(["ts-restart-2"], own, server);
     const [second] = await feed.take(1, 15_000);
     await feed.quiet();
     assert.equal(second.connectionId, after);
-    assert.equal(second.eventType, EventType.EVENT_TYPE_INSTALLED);
+    assert.equal(second.eventType, "INSTALLED");
     assert.ok(second.sequence > first.sequence);
     assert.equal(stream.cursor, second.cursor);
+    assert.ok(stream.reconnectCount >= 1);
     await feed.close();
 
     // A consumer that is not reading while the server restarts: the events
     // written while it was away come on its next read, resumed from its
     // cursor, none lost, none repeated.
     const idle = own.watchAll({ resumeAfter: second.cursor });
-    const [third] = await installMany(["ts-restart-3"], own, base);
+    const [third] = await installMany(["ts-restart-3"], own, server);
     assert.equal((await nextWithin(idle))?.connectionId, third);
-    await stop(proc);
-    proc = startServer(grpcPort, httpPort, dataDir);
-    await waitReady(own);
-    const missed = await installMany(["ts-restart-4", "ts-restart-5"], own, base);
+    await server.restart(0);
+    const missed = await installMany(["ts-restart-4", "ts-restart-5"], own, server);
     assert.equal((await nextWithin(idle))?.connectionId, missed[0]);
     assert.equal((await nextWithin(idle))?.connectionId, missed[1]);
     const rest = new Collector(idle);
     await rest.quiet();
     await rest.close();
   } finally {
-    own.close();
-    await stop(proc);
+    await server.close();
   }
+});
+
+test("a RECONNECT_REQUIRED event on the feed evicts the cached token", async () => {
+  const [id] = await installMany(["ts-evict"]);
+  await client.token(id);
+  const feed = await new Collector(client.watchAll({ connectionIdPrefixes: [id] })).started();
+  const n = client.cachedConnections;
+  await broker.revoke("ts-evict");
+  await assert.rejects(broker.client().forceRefresh(id), ReconnectRequired);
+  const [event] = await feed.take(1);
+  assert.equal(event.eventType, "RECONNECT_REQUIRED");
+  assert.equal(event.cause, "REVOKED");
+  assert.equal(event.connection?.status, "RECONNECT_REQUIRED");
+  assert.equal(client.cachedConnections, n - 1);
+  await assert.rejects(client.token(id), ReconnectRequired);
+  await feed.close();
 });
