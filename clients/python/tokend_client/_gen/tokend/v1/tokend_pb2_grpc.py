@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from tokend.v1 import tokend_pb2 as tokend_dot_v1_dot_tokend__pb2
+from tokend_client._gen.tokend.v1 import tokend_pb2 as tokend_dot_v1_dot_tokend__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
