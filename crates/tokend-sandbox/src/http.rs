@@ -232,12 +232,7 @@ fn authenticate_assertion(
     {
         return Err(OAuthError::invalid_client("client authentication failed"));
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| uri.authority().map(axum::http::uri::Authority::as_str))
-        .unwrap_or_default();
-    let audience = format!("{}://{host}{}", provider.scheme(), uri.path());
+    let audience = format!("{}{}", origin(provider, uri, headers), uri.path());
     verifier.verify(assertion, provider.client_id(), &audience)
 }
 
@@ -386,18 +381,24 @@ async fn revoke(
     }
 }
 
-/// The issuer: this sandbox's own origin, as the client reached it.
-fn issuer(provider: &Provider, headers: &HeaderMap) -> String {
+/// This sandbox's origin as the client reached it (`http://127.0.0.1:PORT`):
+/// its issuer, and the base of the audience its assertions must name.
+fn origin(provider: &Provider, uri: &axum::http::Uri, headers: &HeaderMap) -> String {
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(axum::http::uri::Authority::as_str))
         .unwrap_or("127.0.0.1");
     format!("{}://{host}", provider.scheme())
 }
 
 /// `GET /.well-known/oauth-authorization-server` (RFC 8414).
-async fn metadata(State(provider): State<Shared>, headers: HeaderMap) -> Response {
-    let issuer = issuer(&provider, &headers);
+async fn metadata(
+    State(provider): State<Shared>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let issuer = origin(&provider, &uri, &headers);
     Json(serde_json::json!({
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}/oauth/authorize"),
