@@ -45,7 +45,13 @@ if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   apt_start=$(date +%s)
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+    # A mirror past a point release no longer has the pinned version: take
+    # its candidate. A plugin of another version then shows as stub drift
+    # below, which is the signal to regenerate.
+    echo "pinned versions unavailable; installing the mirror's candidates"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]%%=*}" >/dev/null
+  fi
   echo "apt-get install took $(($(date +%s) - apt_start)) s"
 fi
 command -v buf >/dev/null || python3 -m pip install --quiet --disable-pip-version-check buf-bin==1.75.0
