@@ -68,6 +68,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// The grant or the connection is gone: its cached token must go too.
+    pub(crate) fn means_gone(&self) -> bool {
+        matches!(
+            self,
+            Error::ReconnectRequired { .. } | Error::NotFound { .. }
+        )
+    }
+
     /// Maps a status from tokend.
     pub fn from_status(status: &tonic::Status) -> Self {
         let info = status.get_details_error_info();

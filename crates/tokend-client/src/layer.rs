@@ -162,7 +162,7 @@ where
             let token = auth.client.token(&connection_id).await?;
             let replay = may_replay(request.method(), auth.replay_non_idempotent);
             let (parts, body) = request.into_parts();
-            let (first, again) = if replay {
+            let (mut first, again) = if replay {
                 let bytes = body
                     .collect()
                     .await
@@ -173,7 +173,6 @@ where
             } else {
                 (Request::from_parts(parts, body), None)
             };
-            let mut first = first;
             authorize(&mut first, &token)?;
             let response = inner.call(first).await.map_err(AuthError::Service)?;
             if !rejected(&response) {

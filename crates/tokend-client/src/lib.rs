@@ -315,7 +315,7 @@ impl Client {
     /// Passes `e` on, first dropping the connection's cached token when `e`
     /// says the grant or the connection is gone.
     fn forget_if_gone(&self, connection_id: &str, e: Error) -> Error {
-        if matches!(e, Error::ReconnectRequired { .. } | Error::NotFound { .. }) {
+        if e.means_gone() {
             forget(&self.cache, connection_id);
         }
         e
@@ -388,8 +388,7 @@ impl Client {
         {
             Ok(r) => r,
             Err(e) => {
-                let gone = matches!(e, Error::ReconnectRequired { .. } | Error::NotFound { .. });
-                if gone {
+                if e.means_gone() {
                     // Empty the slot under its lock, so a caller already
                     // waiting in `token` does not get the old token.
                     let slot = self
