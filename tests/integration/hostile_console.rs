@@ -1,0 +1,1 @@
+//! The console login: rate limit, audit, Host check (issue 24, item 9).

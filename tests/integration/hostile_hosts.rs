@@ -1,0 +1,1 @@
+//! Templated hosts cannot be steered (issue 24, item 1).

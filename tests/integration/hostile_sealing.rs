@@ -1,0 +1,1 @@
+//! Tampered stored metadata cannot redirect a refresh token (issue 24, item 2).

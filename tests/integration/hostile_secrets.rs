@@ -1,0 +1,1 @@
+//! Provider error bodies never echo a secret (issue 24, item 10).

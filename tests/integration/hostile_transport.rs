@@ -1,0 +1,1 @@
+//! Transport lockout and starvation (issue 24, items 3, 4 and 11).
