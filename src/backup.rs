@@ -161,17 +161,94 @@ fn write_atomically(path: &Path, header: &Header, lines: &[Line]) -> anyhow::Res
     Ok(())
 }
 
-/// `tokend restore --from FILE --data-dir DIR`.
+/// The shortest record line a backup can hold:
+/// `{"connection_id":"","sealed":""}` and its newline.
+const MIN_RECORD_LINE: u64 = 33;
+
+/// `tokend restore --from FILE --data-dir DIR`. Everything is checked
+/// before anything is written: the header against the file's size, every
+/// record against the key file. A new data dir is built aside and renamed
+/// into place, so a refused or failed restore leaves none behind.
 pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let file = std::fs::File::open(&args.from)
-        .with_context(|| format!("cannot open {}", args.from.display()))?;
+    crate::private_fs::private_umask();
+    let records = read_backup(&args.from)?;
+    let key_path = args.key_file.clone().unwrap_or_else(|| {
+        args.data_dir
+            .join(tokend_store::crypto::keys::KEY_FILE_NAME)
+    });
+    let keys = tokend_store::crypto::KeyFile::load(&key_path)
+        .and_then(|f| f.keyring())
+        .with_context(|| {
+            format!(
+                "no usable key file at {} (restore needs the key file the backed-up server used)",
+                key_path.display()
+            )
+        })?;
+    let does_not_open = || {
+        format!(
+            "the backup does not open with {}: is it the key file the backed-up server used?",
+            key_path.display()
+        )
+    };
+    for (id, sealed) in &records {
+        let record = tokend_store::backend::decode(id.as_bytes(), sealed, &keys)
+            .with_context(does_not_open)?;
+        anyhow::ensure!(
+            record.id.as_str() == id,
+            "{}: record {id} holds the connection {}",
+            args.from.display(),
+            record.id
+        );
+    }
+    let new_dir = if args.data_dir.exists() {
+        None
+    } else {
+        Some(
+            crate::private_fs::NewDir::create(&args.data_dir)
+                .with_context(|| format!("cannot create {}", args.data_dir.display()))?,
+        )
+    };
+    let dir = new_dir
+        .as_ref()
+        .map_or(args.data_dir.as_path(), |d| d.path());
+    let store = tokend_store::SledStore::open(dir, keys)
+        .with_context(|| format!("cannot open the database in {}", args.data_dir.display()))?;
+    if !store.is_empty() && !args.force {
+        anyhow::bail!(UsageError(format!(
+            "{} already holds connections; pass --force to write the backup's records over them",
+            args.data_dir.display()
+        )));
+    }
+    let written = store.import_sealed(&records).with_context(does_not_open)?;
+    drop(store);
+    if let Some(new_dir) = new_dir {
+        new_dir
+            .commit()
+            .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    }
+    println!(
+        "restored {written} connections into {}",
+        args.data_dir.display()
+    );
+    Ok(())
+}
+
+/// A backup's records, its header checked against the file
+/// before anything is allocated from it.
+fn read_backup(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let size = file
+        .metadata()
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
     let mut reader = std::io::BufReader::new(file).lines();
     let header: Header = reader
         .next()
         .transpose()?
         .and_then(|l| serde_json::from_str(&l).ok())
         .filter(|h: &Header| h.kind == KIND)
-        .ok_or_else(|| UsageError(format!("{} is not a tokend backup", args.from.display())))?;
+        .ok_or_else(|| UsageError(format!("{} is not a tokend backup", path.display())))?;
     if header.version != VERSION {
         anyhow::bail!(UsageError(format!(
             "backup layout {} is not supported by this tokend (it reads {VERSION})",
@@ -185,55 +262,40 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             tokend_store::FORMAT_VERSION
         )));
     }
+    // The header is the file's word, not a fact: a count the file cannot
+    // hold is refused before it sizes anything.
+    let room = size / MIN_RECORD_LINE;
+    if !u64::try_from(header.records).is_ok_and(|n| n <= room) {
+        anyhow::bail!(UsageError(format!(
+            "{}: the header claims {} records, but {size} bytes hold at most {room}: the file is damaged or not a tokend backup",
+            path.display(),
+            header.records
+        )));
+    }
     let mut records = Vec::with_capacity(header.records);
     for (n, line) in reader.enumerate() {
         let line = line?;
-        let parsed: Line = serde_json::from_str(&line)
-            .with_context(|| format!("{}: record {} is unreadable", args.from.display(), n + 1))?;
+        if n == header.records {
+            anyhow::bail!(UsageError(format!(
+                "{} holds more records than its header's {}",
+                path.display(),
+                header.records
+            )));
+        }
+        let unreadable = || format!("{}: record {} is unreadable", path.display(), n + 1);
+        let parsed: Line = serde_json::from_str(&line).with_context(unreadable)?;
         let sealed = base64::engine::general_purpose::STANDARD
             .decode(parsed.sealed)
-            .with_context(|| format!("{}: record {} is unreadable", args.from.display(), n + 1))?;
+            .with_context(unreadable)?;
         records.push((parsed.connection_id, sealed));
     }
     if records.len() != header.records {
         anyhow::bail!(
             "{} is truncated: {} of {} records",
-            args.from.display(),
+            path.display(),
             records.len(),
             header.records
         );
     }
-    let key_path = args.key_file.clone().unwrap_or_else(|| {
-        args.data_dir
-            .join(tokend_store::crypto::keys::KEY_FILE_NAME)
-    });
-    let keys = tokend_store::crypto::KeyFile::load(&key_path)
-        .and_then(|f| f.keyring())
-        .with_context(|| {
-            format!(
-                "no usable key file at {} (restore needs the key file the backed-up server used)",
-                key_path.display()
-            )
-        })?;
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
-    let store = tokend_store::SledStore::open(&args.data_dir, keys)
-        .with_context(|| format!("cannot open the database in {}", args.data_dir.display()))?;
-    if !store.is_empty() && !args.force {
-        anyhow::bail!(UsageError(format!(
-            "{} already holds connections; pass --force to write the backup's records over them",
-            args.data_dir.display()
-        )));
-    }
-    let written = store.import_sealed(&records).with_context(|| {
-        format!(
-            "the backup does not open with {}: is it the key file the backed-up server used?",
-            key_path.display()
-        )
-    })?;
-    println!(
-        "restored {written} connections into {}",
-        args.data_dir.display()
-    );
-    Ok(())
+    Ok(records)
 }

@@ -8,6 +8,7 @@ mod backup;
 mod cli;
 mod events_cli;
 mod exit;
+mod private_fs;
 mod register;
 mod settings;
 mod store;
@@ -127,6 +128,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         admin,
         file,
     } = settings::Settings::resolve(args.flags())?;
+    // A value out of its range stops serve here, as check-config refuses
+    // it, before anything is bound or created.
+    file.check_ranges()?;
     let admin = match admin {
         settings::Admin::Off => None,
         settings::Admin::At(addr) => Some(
@@ -144,10 +148,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut providers = file.providers(|var| std::env::var(var).ok())?;
     let limits = file.limits()?;
-    let events = file.events.resolve().map_err(anyhow::Error::msg)?;
+    let audit = file.audit_options()?;
+    let cache_capacity = file.cache_capacity()?;
+    let refresh_concurrency = file
+        .refresh_concurrency()?
+        .unwrap_or(tokend_server::EngineSettings::default().background_concurrency);
+    // Configuration mistakes, like the others: exit code 2.
+    let invalid = tokend_server::config::ConfigError::Invalid;
+    let events = file.events.resolve().map_err(invalid)?;
     let webhooks = file
         .webhooks(&|var| std::env::var(var).ok())
-        .map_err(anyhow::Error::msg)?;
+        .map_err(invalid)?;
 
     // SAFETY: umask only swaps the process's file-creation mask. Set before
     // the data dir or any file in it is created: everything tokend writes
@@ -166,14 +177,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .node
         .clone()
         .unwrap_or_else(|| store::default_node(file.store.kind, listen.port()));
-    let refresh_concurrency = file
-        .refresh_concurrency()?
-        .unwrap_or(tokend_server::EngineSettings::default().background_concurrency);
-    let lease_ttl = match file.store.refresh_lease_secs {
-        Some(0) => anyhow::bail!("[store] refresh_lease_secs must be at least 1"),
-        Some(secs) => std::time::Duration::from_secs(secs),
-        None => tokend_server::EngineSettings::default().lease_ttl,
-    };
+    let lease_ttl = file.store.refresh_lease_secs.map_or(
+        tokend_server::EngineSettings::default().lease_ttl,
+        std::time::Duration::from_secs,
+    );
     let sandbox = if args.sandbox {
         let listener = tokio::net::TcpListener::bind(args.sandbox_opts.sandbox_listen)
             .await
@@ -217,13 +224,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 node,
                 lease_ttl,
                 background_concurrency: refresh_concurrency,
-                cache_capacity: file.cache_capacity()?,
+                cache_capacity,
                 ..Default::default()
             },
             providers,
             http: file.http_settings(),
             identities: file.identities.clone(),
-            audit: file.audit_options()?,
+            audit,
             audit_log: Some(
                 file.audit_log
                     .clone()

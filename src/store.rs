@@ -43,17 +43,25 @@ pub(crate) fn pg_options(
             "[store] kind = \"postgres\" needs the database URL in the environment variable {var}"
         )
     })?;
+    use tokend_server::ranges as r;
     let mut options = PgOptions::new(SecretString::from(url));
-    if let Some(n) = section.pool_size {
-        anyhow::ensure!(n > 0, "[store] pool_size must be at least 1");
+    let usage = crate::exit::UsageError;
+    if let Some(n) = r::STORE_POOL_SIZE
+        .check_opt(section.pool_size)
+        .map_err(usage)?
+    {
         options.pool_size = n;
     }
-    if let Some(ms) = section.statement_timeout_ms {
-        anyhow::ensure!(ms > 0, "[store] statement_timeout_ms must be positive");
+    if let Some(ms) = r::STORE_STATEMENT_TIMEOUT_MS
+        .check_opt(section.statement_timeout_ms)
+        .map_err(usage)?
+    {
         options.statement_timeout = Duration::from_millis(ms);
     }
-    if let Some(ms) = section.connect_timeout_ms {
-        anyhow::ensure!(ms > 0, "[store] connect_timeout_ms must be positive");
+    if let Some(ms) = r::STORE_CONNECT_TIMEOUT_MS
+        .check_opt(section.connect_timeout_ms)
+        .map_err(usage)?
+    {
         options.connect_timeout = Duration::from_millis(ms);
     }
     options.tls = match section.tls.as_deref() {

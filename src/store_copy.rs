@@ -10,7 +10,7 @@
 //! you. The target starts a new event log: cursors of the old one answer
 //! `CURSOR_EXPIRED`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use secrecy::{ExposeSecret as _, SecretString};
@@ -20,7 +20,7 @@ use tokend_store::{
     crypto::{KeyFile, Keyring, keys::KEY_FILE_NAME},
 };
 
-use crate::exit::UsageError;
+use crate::{exit::UsageError, private_fs::NewDir};
 
 #[derive(clap::Args)]
 pub(crate) struct CopyArgs {
@@ -139,15 +139,20 @@ fn pg_options(url: &SecretString) -> PgOptions {
     options
 }
 
-async fn open(spec: &Spec, keys: Keyring, target: bool) -> anyhow::Result<Side> {
+/// Opens one side; a sled target that does not exist yet is opened where
+/// it is being built (`building`).
+async fn open(
+    spec: &Spec,
+    keys: Keyring,
+    target: bool,
+    building: Option<&Path>,
+) -> anyhow::Result<Side> {
     match spec {
         Spec::Sled(dir) => {
             if !target && !dir.exists() {
                 bail!(UsageError(format!("{} does not exist", dir.display())));
             }
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            let store = SledStore::open(dir, keys)
+            let store = SledStore::open(building.unwrap_or(dir), keys)
                 .with_context(|| format!("cannot open the database in {}", dir.display()))?;
             Ok(Side::Sled(store))
         }
@@ -200,6 +205,26 @@ fn load_keys(
     Ok(move || Ok(KeyFile::parse(json.as_bytes())?.keyring()?))
 }
 
+/// Checks that every source record opens with the keys before the target
+/// is touched, so wrong keys refuse the copy with nothing written.
+async fn check_every_record_opens(source: &Side, keys: &Keyring) -> anyhow::Result<()> {
+    let mut after: Option<String> = None;
+    loop {
+        let page = source.store().export_sealed(after.as_deref(), 500).await?;
+        let Some((last, _)) = page.records.last() else {
+            return Ok(());
+        };
+        for (id, sealed) in &page.records {
+            tokend_store::backend::decode(id.as_bytes(), sealed, keys).with_context(|| {
+                format!(
+                    "{id} does not open with the keys given: are they the keys that sealed the records?"
+                )
+            })?;
+        }
+        after = Some(last.clone());
+    }
+}
+
 pub(crate) async fn run(command: StoreCommand) -> anyhow::Result<()> {
     let StoreCommand::Copy(args) = command;
     let from = Spec::parse(&args.from)?;
@@ -210,9 +235,21 @@ pub(crate) async fn run(command: StoreCommand) -> anyhow::Result<()> {
             UsageError("--from and --to are the same data dir".into())
         );
     }
+    // Everything created from here on is private (0700 dirs, 0600 files),
+    // whatever the umask.
+    crate::private_fs::private_umask();
     let keys = load_keys(&args, [&from, &to])?;
-    let source = open(&from, keys()?, false).await?;
-    let target = open(&to, keys()?, true).await?;
+    let source = open(&from, keys()?, false, None).await?;
+    check_every_record_opens(&source, &keys()?).await?;
+    // A new sled target is built aside and renamed into place once
+    // verified: a copy that fails leaves no data dir behind.
+    let new_dir = match &to {
+        Spec::Sled(dir) if !dir.exists() => {
+            Some(NewDir::create(dir).with_context(|| format!("cannot create {}", dir.display()))?)
+        }
+        _ => None,
+    };
+    let target = open(&to, keys()?, true, new_dir.as_ref().map(NewDir::path)).await?;
     let already = target.count().await?;
     if already > 0 {
         bail!(UsageError(format!(
@@ -271,6 +308,12 @@ pub(crate) async fn run(command: StoreCommand) -> anyhow::Result<()> {
             same,
             "{id} differs between source and target after the copy"
         );
+    }
+    if let Some(new_dir) = new_dir {
+        drop(target);
+        new_dir
+            .commit()
+            .context("cannot move the copy into place")?;
     }
     println!(
         "copied {} connection(s) from {} to {}; verified: {} on each side, every record read back and equal",

@@ -34,13 +34,13 @@ pub enum ConfigError {
 }
 
 /// The most background refreshes allowed at once.
-pub const MAX_REFRESH_CONCURRENCY: usize = 1024;
+pub const MAX_REFRESH_CONCURRENCY: usize = crate::ranges::REFRESH_CONCURRENCY.max as usize;
 
 /// The smallest connection cache accepted.
-pub const MIN_CACHE_CAPACITY: usize = 1_000;
+pub const MIN_CACHE_CAPACITY: usize = crate::ranges::CACHE_CAPACITY.min as usize;
 
 /// The smallest audit file size accepted before rotation.
-pub const MIN_AUDIT_BYTES: u64 = 64 << 10;
+pub const MIN_AUDIT_BYTES: u64 = crate::ranges::AUDIT_MAX_BYTES.min;
 
 /// The file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -491,42 +491,80 @@ pub const HUBSPOT_TOKEN_URL: &str = "https://api.hubapi.com/oauth/v1/token";
 impl FileConfig {
     /// Background refreshes at once, checked: 1 to 1,024.
     pub fn refresh_concurrency(&self) -> Result<Option<usize>, ConfigError> {
-        match self.refresh_concurrency {
-            Some(n) if !(1..=MAX_REFRESH_CONCURRENCY).contains(&n) => {
-                Err(ConfigError::Invalid(format!(
-                    "refresh_concurrency = {n} must be between 1 and {MAX_REFRESH_CONCURRENCY}"
-                )))
-            }
-            n => Ok(n),
-        }
+        crate::ranges::REFRESH_CONCURRENCY
+            .check_opt(self.refresh_concurrency)
+            .map_err(ConfigError::Invalid)
     }
 
     /// Connections kept in memory at most, checked: at least 1,000 (a
     /// smaller cache would re-read the store on almost every call).
     pub fn cache_capacity(&self) -> Result<usize, ConfigError> {
-        match self.cache_capacity {
-            Some(n) if n < MIN_CACHE_CAPACITY => Err(ConfigError::Invalid(format!(
-                "cache_capacity = {n} must be at least {MIN_CACHE_CAPACITY}"
-            ))),
-            Some(n) => Ok(n),
-            None => Ok(crate::engine::DEFAULT_CACHE_CAPACITY),
-        }
+        Ok(crate::ranges::CACHE_CAPACITY
+            .check_opt(self.cache_capacity)
+            .map_err(ConfigError::Invalid)?
+            .unwrap_or(crate::engine::DEFAULT_CACHE_CAPACITY))
     }
 
     /// The audit log's rotation and stdout copy, defaults filled in.
     pub fn audit_options(&self) -> Result<crate::audit::AuditOptions, ConfigError> {
+        use crate::ranges as r;
         let defaults = crate::audit::AuditOptions::default();
-        let max_bytes = self.audit_max_bytes.unwrap_or(defaults.max_bytes);
-        if max_bytes < MIN_AUDIT_BYTES {
-            return Err(ConfigError::Invalid(format!(
-                "audit_max_bytes = {max_bytes} is below {MIN_AUDIT_BYTES}: a file would hold a handful of lines"
-            )));
-        }
+        let max_bytes = r::AUDIT_MAX_BYTES.check_opt(self.audit_max_bytes);
+        let keep = r::AUDIT_KEEP.check_opt(self.audit_keep);
+        let (max_bytes, keep) = match (max_bytes, keep) {
+            (Ok(max_bytes), Ok(keep)) => (max_bytes, keep),
+            (a, b) => {
+                let problems: Vec<String> = [a.err(), b.err()].into_iter().flatten().collect();
+                return Err(ConfigError::Invalid(problems.join("; ")));
+            }
+        };
         Ok(crate::audit::AuditOptions {
-            max_bytes,
-            keep: self.audit_keep.unwrap_or(defaults.keep),
+            max_bytes: max_bytes.unwrap_or(defaults.max_bytes),
+            keep: keep.unwrap_or(defaults.keep),
             stdout: self.audit_stdout,
         })
+    }
+
+    /// The ranges of the numeric keys that no section resolver reads:
+    /// `[http]`, `[store]` and `[[identities]]`. `serve` stops at these as
+    /// `check-config` does.
+    pub fn check_ranges(&self) -> Result<(), ConfigError> {
+        use crate::ranges as r;
+        let (http, store) = (&self.http, &self.store);
+        let wide = |v: Option<usize>| v.map(|v| v as u64);
+        let checks = [
+            (r::HTTP_CONNECT_TIMEOUT_SECS, http.connect_timeout_secs),
+            (r::HTTP_REQUEST_TIMEOUT_SECS, http.request_timeout_secs),
+            (r::HTTP_MAX_RESPONSE_BYTES, wide(http.max_response_bytes)),
+            (r::STORE_POOL_SIZE, wide(store.pool_size)),
+            (r::STORE_STATEMENT_TIMEOUT_MS, store.statement_timeout_ms),
+            (r::STORE_CONNECT_TIMEOUT_MS, store.connect_timeout_ms),
+            (r::STORE_REFRESH_LEASE_SECS, store.refresh_lease_secs),
+        ];
+        let mut problems: Vec<String> = checks
+            .into_iter()
+            .filter_map(|(range, v)| range.check_opt(v).err())
+            .collect();
+        for identity in &self.identities {
+            for e in [
+                r::IDENTITY_REQUESTS_PER_SECOND
+                    .check(identity.requests_per_second)
+                    .err(),
+                r::IDENTITY_MAX_WATCH_STREAMS
+                    .check(identity.max_watch_streams)
+                    .err(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                problems.push(format!("identity {}: {e}", identity.name));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems.join("; ")))
+        }
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -575,6 +613,9 @@ impl FileConfig {
             }
         }
         if let Err(e) = self.limits() {
+            problems.push(e.to_string());
+        }
+        if let Err(e) = self.check_ranges() {
             problems.push(e.to_string());
         }
         if let Err(e) = self.events.resolve() {
@@ -1017,25 +1058,41 @@ impl ProviderSection {
             Some(BodyName::Json) => tokend_provider::RequestBody::Json,
             None => defaults.body,
         };
-        let default_lifetime = Duration::from_secs(
-            self.default_lifetime_secs
-                .unwrap_or(defaults.default_lifetime_secs),
-        );
-        if default_lifetime.is_zero() {
-            return Err(fail("default_lifetime_secs must be positive".into()));
-        }
-        let mut refresh_policy = RefreshPolicy::default();
-        if let Some(b) = self.refresh_buffer_secs {
-            refresh_policy.buffer = Duration::from_secs(b);
-        }
-        refresh_policy.keepalive = match self.keepalive_days.or(defaults.keepalive_days) {
-            Some(0) => return Err(fail("keepalive_days must be at least 1".into())),
-            Some(days) if days > 3650 => {
-                return Err(fail("keepalive_days must be at most 3650".into()));
-            }
-            Some(days) => Some(Duration::from_secs(days * 86_400)),
-            None => None,
+        let secs = |range: crate::ranges::Range, v: Option<u64>| {
+            range.check_opt(v).map(|v| v.map(Duration::from_secs))
         };
+        let default_lifetime = secs(
+            crate::ranges::PROVIDER_DEFAULT_LIFETIME_SECS,
+            self.default_lifetime_secs,
+        )
+        .map_err(fail)?
+        .unwrap_or(Duration::from_secs(defaults.default_lifetime_secs));
+        let mut refresh_policy = RefreshPolicy::default();
+        if let Some(b) = secs(
+            crate::ranges::PROVIDER_REFRESH_BUFFER_SECS,
+            self.refresh_buffer_secs,
+        )
+        .map_err(fail)?
+        {
+            refresh_policy.buffer = b;
+        }
+        refresh_policy.keepalive = crate::ranges::PROVIDER_KEEPALIVE_DAYS
+            .check_opt(self.keepalive_days)
+            .map_err(fail)?
+            .or(defaults.keepalive_days)
+            .map(|days| Duration::from_secs(days * 86_400));
+        let rotation_grace = secs(
+            crate::ranges::PROVIDER_ROTATION_GRACE_SECS,
+            self.rotation_grace_secs,
+        )
+        .map_err(fail)?
+        .unwrap_or(Duration::from_secs(defaults.rotation_grace_secs));
+        let min_refresh_interval = secs(
+            crate::ranges::PROVIDER_MIN_REFRESH_INTERVAL_SECS,
+            self.min_refresh_interval_secs,
+        )
+        .map_err(fail)?
+        .unwrap_or(ProviderConfig::DEFAULT_MIN_REFRESH_INTERVAL);
         Ok(ProviderConfig {
             name: provider_name,
             token_url,
@@ -1050,14 +1107,8 @@ impl ProviderSection {
                 .account_id_field
                 .clone()
                 .or_else(|| defaults.account_id_field.map(str::to_owned)),
-            rotation_grace: Duration::from_secs(
-                self.rotation_grace_secs
-                    .unwrap_or(defaults.rotation_grace_secs),
-            ),
-            min_refresh_interval: self.min_refresh_interval_secs.map_or(
-                ProviderConfig::DEFAULT_MIN_REFRESH_INTERVAL,
-                Duration::from_secs,
-            ),
+            rotation_grace,
+            min_refresh_interval,
             request: tokend_provider::RequestShape {
                 refresh_url,
                 body,
@@ -1559,7 +1610,7 @@ mod tests {
         );
         assert!(all.contains("provider b: token_url is required"), "{all}");
         assert!(
-            all.contains("limits.max_concurrent_streams must be positive"),
+            all.contains("limits.max_concurrent_streams = 0 is out of range"),
             "{all}"
         );
         assert!(all.contains("identity svc"), "{all}");

@@ -18,6 +18,7 @@ mod hub;
 pub mod limits;
 mod malformed;
 pub mod metrics;
+pub mod ranges;
 mod scheduler;
 pub(crate) mod service;
 mod trace_context;

@@ -135,84 +135,63 @@ pub struct LimitsSection {
 }
 
 impl LimitsSection {
-    /// The limits, defaults filled in. Zero is refused where it would stop
-    /// the server from serving anything.
+    /// The limits, defaults filled in. A value outside its range
+    /// ([`crate::ranges`]) is refused, every such key named.
     pub fn resolve(&self) -> Result<Limits, String> {
+        use crate::ranges as r;
         let d = Limits::default();
-        let positive = |name: &str, v: u64| {
-            if v == 0 {
-                Err(format!("limits.{name} must be positive"))
-            } else {
-                Ok(v)
-            }
-        };
-        let ms = |name: &str, v: Option<u64>, default: Duration| {
-            v.map_or(Ok(default), |v| {
-                positive(name, v).map(Duration::from_millis)
+        let mut problems = Vec::new();
+        let mut check = |range: r::Range, v: Option<u64>| {
+            range.check_opt(v).unwrap_or_else(|e| {
+                problems.push(e);
+                None
             })
         };
-        let secs = |name: &str, v: Option<u64>, default: Duration| {
-            v.map_or(Ok(default), |v| positive(name, v).map(Duration::from_secs))
-        };
-        let count = |name: &str, v: Option<usize>, default: usize| {
-            v.map_or(Ok(default), |v| positive(name, v as u64).map(|_| v))
-        };
+        let wide = |v: Option<usize>| v.map(|v| v as u64);
+        let max_connections = check(r::MAX_CONNECTIONS, wide(self.max_connections));
+        let streams = check(
+            r::MAX_CONCURRENT_STREAMS,
+            self.max_concurrent_streams.map(u64::from),
+        );
+        let pending = check(r::MAX_PENDING_REQUESTS, wide(self.max_pending_requests));
+        let buffered = check(
+            r::MAX_BUFFERED_REQUEST_BYTES,
+            wide(self.max_buffered_request_bytes),
+        );
+        let body_ms = check(r::REQUEST_BODY_TIMEOUT_MS, self.request_body_timeout_ms);
+        let handshake_ms = check(r::HANDSHAKE_TIMEOUT_MS, self.handshake_timeout_ms);
+        let interval = check(r::KEEPALIVE_INTERVAL_SECS, self.keepalive_interval_secs);
+        let timeout = check(r::KEEPALIVE_TIMEOUT_SECS, self.keepalive_timeout_secs);
+        let headers = check(
+            r::MAX_HEADER_LIST_SIZE,
+            self.max_header_list_size.map(u64::from),
+        );
+        let watch = check(
+            r::OPEN_WATCH_STREAMS_PER_PEER,
+            wide(self.open_watch_streams_per_peer),
+        );
+        let rate = check(
+            r::OPEN_REQUESTS_PER_SECOND_PER_PEER,
+            self.open_requests_per_second_per_peer.map(u64::from),
+        );
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        // Every value is now within a range that fits its type.
+        let count = |v: Option<u64>, default: usize| v.map_or(default, |v| v as usize);
+        let small = |v: Option<u64>, default: u32| v.map_or(default, |v| v as u32);
         Ok(Limits {
-            max_connections: self
-                .max_connections
-                .map(|v| count("max_connections", Some(v), v))
-                .transpose()?,
-            max_concurrent_streams: count(
-                "max_concurrent_streams",
-                self.max_concurrent_streams.map(|v| v as usize),
-                d.max_concurrent_streams as usize,
-            )? as u32,
-            max_pending_requests: count(
-                "max_pending_requests",
-                self.max_pending_requests,
-                d.max_pending_requests,
-            )?,
-            max_buffered_request_bytes: count(
-                "max_buffered_request_bytes",
-                self.max_buffered_request_bytes,
-                d.max_buffered_request_bytes,
-            )?
-            .max(crate::MAX_REQUEST_BYTES),
-            request_body_timeout: ms(
-                "request_body_timeout_ms",
-                self.request_body_timeout_ms,
-                d.request_body_timeout,
-            )?,
-            handshake_timeout: ms(
-                "handshake_timeout_ms",
-                self.handshake_timeout_ms,
-                d.handshake_timeout,
-            )?,
-            keepalive_interval: secs(
-                "keepalive_interval_secs",
-                self.keepalive_interval_secs,
-                d.keepalive_interval,
-            )?,
-            keepalive_timeout: secs(
-                "keepalive_timeout_secs",
-                self.keepalive_timeout_secs,
-                d.keepalive_timeout,
-            )?,
-            max_header_list_size: count(
-                "max_header_list_size",
-                self.max_header_list_size.map(|v| v as usize),
-                d.max_header_list_size as usize,
-            )? as u32,
-            open_watch_streams_per_peer: count(
-                "open_watch_streams_per_peer",
-                self.open_watch_streams_per_peer,
-                d.open_watch_streams_per_peer,
-            )?,
-            open_requests_per_second_per_peer: count(
-                "open_requests_per_second_per_peer",
-                self.open_requests_per_second_per_peer.map(|v| v as usize),
-                d.open_requests_per_second_per_peer as usize,
-            )? as u32,
+            max_connections: max_connections.map(|v| v as usize),
+            max_concurrent_streams: small(streams, d.max_concurrent_streams),
+            max_pending_requests: count(pending, d.max_pending_requests),
+            max_buffered_request_bytes: count(buffered, d.max_buffered_request_bytes),
+            request_body_timeout: body_ms.map_or(d.request_body_timeout, Duration::from_millis),
+            handshake_timeout: handshake_ms.map_or(d.handshake_timeout, Duration::from_millis),
+            keepalive_interval: interval.map_or(d.keepalive_interval, Duration::from_secs),
+            keepalive_timeout: timeout.map_or(d.keepalive_timeout, Duration::from_secs),
+            max_header_list_size: small(headers, d.max_header_list_size),
+            open_watch_streams_per_peer: count(watch, d.open_watch_streams_per_peer),
+            open_requests_per_second_per_peer: small(rate, d.open_requests_per_second_per_peer),
             enforce: true,
         })
     }
@@ -240,7 +219,7 @@ mod tests {
     }
 
     #[test]
-    fn the_section_fills_in_defaults_and_refuses_zero() {
+    fn the_section_fills_in_defaults_and_refuses_values_out_of_range() {
         let limits = LimitsSection::default().resolve().unwrap();
         assert_eq!(limits, Limits::default());
         let set = LimitsSection {
@@ -258,6 +237,9 @@ mod tests {
         }
         .resolve()
         .unwrap_err();
-        assert_eq!(err, "limits.max_concurrent_streams must be positive");
+        assert_eq!(
+            err,
+            "limits.max_concurrent_streams = 0 is out of range: allowed 1 to 10000"
+        );
     }
 }

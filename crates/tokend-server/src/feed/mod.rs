@@ -62,16 +62,22 @@ pub struct EventsSection {
 
 impl EventsSection {
     pub fn resolve(&self) -> Result<EventSettings, String> {
+        use crate::ranges as r;
         let d = EventSettings::default();
-        let settings = EventSettings {
-            retention: self.retention_secs.map_or(d.retention, Duration::from_secs),
-            max_events: self.max_events.unwrap_or(d.max_events),
-            ..d
-        };
-        if settings.retention.is_zero() || settings.max_events == 0 {
-            return Err("[events]: retention_secs and max_events must be positive".into());
+        let retention = r::EVENTS_RETENTION_SECS.check_opt(self.retention_secs);
+        let max_events = r::EVENTS_MAX_EVENTS.check_opt(self.max_events);
+        match (retention, max_events) {
+            (Ok(retention), Ok(max_events)) => Ok(EventSettings {
+                retention: retention.map_or(d.retention, Duration::from_secs),
+                max_events: max_events.unwrap_or(d.max_events),
+                ..d
+            }),
+            (a, b) => Err([a.err(), b.err()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("; ")),
         }
-        Ok(settings)
     }
 }
 

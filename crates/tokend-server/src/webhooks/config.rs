@@ -91,21 +91,34 @@ pub fn resolve(
                 &f.statuses,
             )
             .map_err(|e| fail(format!("filter.{}: {}", e.field, e.description)))?;
-            let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
-            let retry_initial = s
-                .retry_initial_ms
+            use crate::ranges as r;
+            let secs = |range: r::Range, v: Option<u64>, d: Duration| -> Result<Duration, String> {
+                Ok(range
+                    .check_opt(v)
+                    .map_err(fail)?
+                    .map_or(d, Duration::from_secs))
+            };
+            let retry_initial = r::WEBHOOK_RETRY_INITIAL_MS
+                .check_opt(s.retry_initial_ms)
+                .map_err(fail)?
                 .map_or(WebhookConfig::DEFAULT_RETRY_INITIAL, Duration::from_millis);
-            let retry_max = secs(s.retry_max_secs, WebhookConfig::DEFAULT_RETRY_MAX);
-            if retry_initial.is_zero() || retry_max < retry_initial {
+            let retry_max = secs(
+                r::WEBHOOK_RETRY_MAX_SECS,
+                s.retry_max_secs,
+                WebhookConfig::DEFAULT_RETRY_MAX,
+            )?;
+            if retry_max < retry_initial {
                 return Err(fail(
-                    "retry_initial_ms must be positive and at most retry_max_secs".into(),
+                    "retry_initial_ms must be at most retry_max_secs".into(),
                 ));
             }
             let defaults = SenderSettings::default();
-            let timeout = secs(s.timeout_secs, defaults.timeout);
-            if timeout.is_zero() {
-                return Err(fail("timeout_secs must be positive".into()));
-            }
+            let timeout = secs(r::WEBHOOK_TIMEOUT_SECS, s.timeout_secs, defaults.timeout)?;
+            let failing_after = secs(
+                r::WEBHOOK_FAILING_AFTER_SECS,
+                s.failing_after_secs,
+                WebhookConfig::DEFAULT_FAILING_AFTER,
+            )?;
             Ok(Arc::new(WebhookConfig {
                 name: name.to_owned(),
                 url,
@@ -116,7 +129,7 @@ pub fn resolve(
                     connect_timeout: defaults.connect_timeout.min(timeout),
                     ..defaults
                 },
-                failing_after: secs(s.failing_after_secs, WebhookConfig::DEFAULT_FAILING_AFTER),
+                failing_after,
                 retry_initial,
                 retry_max,
             }))
