@@ -56,10 +56,16 @@ fn problems_of(text: &str) -> Result<Vec<String>, String> {
 /// same checks `serve` runs.
 #[test]
 fn every_numeric_key_is_refused_outside_its_range_and_accepted_inside() {
+    // Every failure, so one run lists every key that misbehaves.
+    let mut refused_inside = Vec::new();
+    let mut accepted_outside = Vec::new();
+    let mut badly_refused = Vec::new();
     for range in ALL {
         for value in [range.min, range.max] {
             let text = file_setting(range, value.into());
-            assert_eq!(problems_of(&text), Ok(vec![]), "{text}");
+            if problems_of(&text) != Ok(vec![]) {
+                refused_inside.push(format!("{} = {value}: {:?}", range.key, problems_of(&text)));
+            }
         }
         let mut outside = vec![u128::from(range.max) + 1, u128::from(u64::MAX)];
         if range.min > 0 {
@@ -72,23 +78,29 @@ fn every_numeric_key_is_refused_outside_its_range_and_accepted_inside() {
                 // A value beyond the field's type (2^64 - 1 in a u32) is
                 // refused by the parser, which names the line and column.
                 Err(parse) => {
-                    assert!(
-                        parse.contains("invalid") && parse.contains(&format!("{value}")),
-                        "{text}: {parse}"
-                    );
+                    if !(parse.contains("invalid") && parse.contains(&format!("{value}"))) {
+                        badly_refused.push(format!("{} = {value}: {parse}", range.key));
+                    }
                     continue;
                 }
             };
-            assert_eq!(problems.len(), 1, "{text}: {problems:?}");
             let wanted = format!(
                 "{} = {value} is out of range: allowed {} to {}",
                 range.name(),
                 range.min,
                 range.max
             );
-            assert!(problems[0].contains(&wanted), "{text}: {problems:?}");
+            if problems.is_empty() {
+                accepted_outside.push(format!("{} = {value}", range.key));
+            } else if problems.len() != 1 || !problems[0].contains(&wanted) {
+                badly_refused.push(format!("{} = {value}: {problems:?}", range.key));
+            }
         }
     }
+    assert!(
+        refused_inside.is_empty() && accepted_outside.is_empty() && badly_refused.is_empty(),
+        "accepted out of range: {accepted_outside:#?}\nrefused without naming key, value and range: {badly_refused:#?}\nrefused within range: {refused_inside:#?}"
+    );
 }
 
 /// The numeric fields of `struct_name` as written in `source`.
