@@ -352,13 +352,13 @@ async fn a_refused_restore_or_copy_writes_nothing() {
         !out.status.success(),
         "restore with the wrong keys: {stderr}"
     );
-    assert!(stderr.contains("does not open"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(
         !target.exists(),
         "a refused restore created {}",
         target.display()
     );
+    assert!(stderr.contains("does not open"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 
     let target = dir.path().join("copied");
     let out = tokend()
@@ -371,11 +371,11 @@ async fn a_refused_restore_or_copy_writes_nothing() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "copy with the wrong keys: {stderr}");
-    assert!(stderr.contains("does not open"), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(
         !target.exists(),
         "a refused copy created {}",
         target.display()
     );
+    assert!(stderr.contains("does not open"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
