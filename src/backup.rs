@@ -140,14 +140,25 @@ fn write_atomically(path: &Path, header: &Header, lines: &[Line]) -> anyhow::Res
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(".tmp");
     let tmp = path.with_file_name(name);
+    // A fresh file, never one left behind (whose mode, or a symlink in
+    // its place, would be kept): 0600 whatever the umask.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
     let file = options.open(&tmp)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     let mut out = std::io::BufWriter::new(file);
     serde_json::to_writer(&mut out, header)?;
     out.write_all(b"\n")?;

@@ -12,8 +12,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokend_store::Store as _;
-
 use crate::harness::TestServer;
 
 fn tokend() -> Command {
@@ -224,8 +222,10 @@ fn assert_private(root: &Path, context: &str) {
     }
 }
 
-/// A stopped server's data dir holding three connections, its keys as
-/// `TOKEND_KEYS` JSON, and a backup file of it as `tokend backup` writes.
+/// A server holding three connections, and `tokend backup` of it in
+/// `backup`, run with `umask` 000 (over a stale, world-readable temp file
+/// of an earlier run); returned stopped, with its keys as `TOKEND_KEYS`
+/// JSON.
 async fn three_connections(backup: &Path) -> (TestServer, String) {
     let mut server = TestServer::start().await;
     for i in 0..3 {
@@ -233,29 +233,31 @@ async fn three_connections(backup: &Path) -> (TestServer, String) {
             .import(&format!("cfg-{i}"), &format!("acct-{i}"), 1800)
             .await;
     }
+    let mut stale = backup.as_os_str().to_owned();
+    stale.push(".tmp");
+    std::fs::write(&stale, b"stale").unwrap();
+    std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut command = tokend();
+    with_open_umask(&mut command)
+        .arg("backup")
+        .arg("--to")
+        .arg(backup)
+        .env("TOKEND_ENDPOINT", server.endpoint())
+        .env_remove("TOKEND_API_KEY");
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(backup).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the backup file"
+    );
     server.stop().await;
-    let store = server.open_store();
-    let page = store.export_sealed(None, 100).await.unwrap();
-    assert_eq!(page.records.len(), 3);
-    let mut text = serde_json::json!({
-        "kind": "tokend backup",
-        "version": 1,
-        "format_version": tokend_store::FORMAT_VERSION,
-        "records": 3,
-        "created_at": "2026-01-01T00:00:00Z",
-    })
-    .to_string();
-    text.push('\n');
-    for (id, sealed) in &page.records {
-        use base64::Engine as _;
-        let line = serde_json::json!({
-            "connection_id": id,
-            "sealed": base64::engine::general_purpose::STANDARD.encode(sealed),
-        });
-        text.push_str(&format!("{line}\n"));
-    }
-    drop(store);
-    std::fs::write(backup, text).unwrap();
     let keys = server.keys_json();
     (server, keys)
 }
