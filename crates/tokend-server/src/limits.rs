@@ -177,11 +177,15 @@ impl LimitsSection {
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
-        // Every value is now within a range that fits its type.
-        let count = |v: Option<u64>, default: usize| v.map_or(default, |v| v as usize);
-        let small = |v: Option<u64>, default: u32| v.map_or(default, |v| v as u32);
+        // Every value is now within its range, which fits its type.
+        let count = |v: Option<u64>, default: usize| {
+            v.map_or(default, |v| usize::try_from(v).unwrap_or(usize::MAX))
+        };
+        let small = |v: Option<u64>, default: u32| {
+            v.map_or(default, |v| u32::try_from(v).unwrap_or(u32::MAX))
+        };
         Ok(Limits {
-            max_connections: max_connections.map(|v| v as usize),
+            max_connections: max_connections.map(|v| count(Some(v), 0)),
             max_concurrent_streams: small(streams, d.max_concurrent_streams),
             max_pending_requests: count(pending, d.max_pending_requests),
             max_buffered_request_bytes: count(buffered, d.max_buffered_request_bytes),
