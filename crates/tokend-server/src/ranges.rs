@@ -3,10 +3,11 @@
 //! and the range named, by `tokend check-config` and `tokend serve` alike:
 //! both go through the same resolvers, which check here.
 //!
-//! Adding a numeric key takes one line here (`pub const`, listed in
-//! [`ALL`]) and one `check`/`check_opt` where the key is resolved; the
-//! test `every_numeric_key_of_the_schema_has_a_range` fails until both
-//! are there.
+//! Adding a numeric key takes a `pub const` here, listed in [`ALL`], and
+//! one `check`/`check_opt` where the key is resolved. The tests fail until
+//! both are there: `every_numeric_key_of_the_schema_has_a_range` reads the
+//! section structs, and `every_numeric_key_is_refused_outside_its_range_and_accepted_inside`
+//! writes each key of [`ALL`] into a file and asks `FileConfig::problems`.
 
 use std::fmt::Display;
 
