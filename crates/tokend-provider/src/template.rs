@@ -276,10 +276,7 @@ impl UrlTemplate {
         if suffix.contains('{') {
             return refuse("is left of another placeholder");
         }
-        if !suffix
-            .split('.')
-            .all(|l| valid_label(l) || l.starts_with("xn--"))
-        {
+        if !suffix.split('.').all(valid_label) {
             return refuse(&format!("is left of {suffix:?}, which is not a DNS name"));
         }
         if suffix
