@@ -569,7 +569,7 @@ fn check_config_lists_every_problem() {
 async fn install_takes_params_and_client_credentials() {
     let server = TestServer::start_with(crate::harness::Options {
         provider_toml: Some(
-            "token_url = \"http://{host}:SANDBOX_PORT/oauth/token\"\ngrant = \"client_credentials\""
+            "token_url = \"http://{host}:SANDBOX_PORT/oauth/token\"\ngrant = \"client_credentials\"\nparam_values = { host = [\"127.0.0.1\"] }"
                 .into(),
         ),
         ..crate::harness::background_off()

@@ -272,7 +272,10 @@ async fn an_install_without_a_grant_names_the_field() {
 #[tokio::test]
 async fn per_connection_endpoints_are_filled_from_install_params() {
     let mut server = TestServer::start_with(Options {
-        provider_toml: Some("token_url = \"http://{host}:SANDBOX_PORT/oauth/token\"".into()),
+        // A placeholder that is the whole host takes only listed values.
+        provider_toml: Some(
+            "token_url = \"http://{host}:SANDBOX_PORT/oauth/token\"\nparam_values = { host = [\"127.0.0.1\", \"localhost\"] }".into(),
+        ),
         ..background_off()
     })
     .await;
@@ -324,6 +327,7 @@ async fn per_connection_endpoints_are_filled_from_install_params() {
         (vec![("host", "evil.example:443")], "a port"),
         (vec![("host", "-x")], "a leading dash"),
         (vec![("host", "a..b")], "an empty label"),
+        (vec![("host", "evil.example")], "an unlisted host"),
         (
             vec![("host", "127.0.0.1"), ("region", "eu")],
             "an unknown name",
@@ -331,7 +335,12 @@ async fn per_connection_endpoints_are_filled_from_install_params() {
     ] {
         let err = client.install(install("bad", &params)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{why}: {err}");
-        assert_eq!(crate::harness::bad_fields(&err), ["params"], "{why}");
+        let field = if why == "an unknown name" {
+            "params.region"
+        } else {
+            "params.host"
+        };
+        assert_eq!(crate::harness::bad_fields(&err), [field], "{why}");
     }
 
     // Kept with the connection: refreshed at the same endpoint after a restart.

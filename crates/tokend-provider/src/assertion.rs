@@ -95,6 +95,17 @@ impl AssertionSigner {
         Ok(signer)
     }
 
+    /// This signer with `audience` as the `aud` claim: a provider's
+    /// per-connection `jwt_audience`, filled from the connection's
+    /// parameters.
+    #[must_use]
+    pub fn with_audience(&self, audience: String) -> Self {
+        Self {
+            audience: Some(audience),
+            ..self.clone()
+        }
+    }
+
     /// A fresh assertion for `client_id` at `token_url`: `iss` and `sub` the
     /// client, a random `jti`, valid for a minute from `now`.
     ///

@@ -1,9 +1,11 @@
 //! What tokend needs to know about one OAuth provider.
 
-use std::{fmt, time::Duration};
+use std::{borrow::Cow, collections::BTreeMap, fmt, time::Duration};
 
 use secrecy::SecretString;
 use tokend_core::{ProviderName, RefreshPolicy};
+
+use crate::template::{MAX_PARAM_LEN, UrlPlace, UrlTemplate, valid_label, valid_param_value};
 
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +88,14 @@ pub struct RequestShape {
     /// `refresh_url`.
     pub token_url_template: Option<UrlTemplate>,
     pub refresh_url_template: Option<UrlTemplate>,
+    /// A per-connection `aud` for client assertions, filled like the URLs
+    /// (and under the same host rule) into [`Self::client_assertion`].
+    pub jwt_audience_template: Option<UrlTemplate>,
+    /// The values a connection parameter may take, where the provider
+    /// lists them (Zoho's `dc`: `com`, `eu`, `com.au`...). A listed
+    /// parameter may stand anywhere in a host; one not listed may only be
+    /// one DNS label left of a fixed registrable domain.
+    pub param_values: BTreeMap<String, Vec<String>>,
     /// Sent with refreshes only, after `extra_params`.
     pub refresh_params: Vec<(String, String)>,
     /// Sent with code exchanges only.
@@ -113,105 +123,11 @@ pub struct RequestShape {
     pub tls: Option<crate::ClientTls>,
 }
 
-/// A URL with `{name}` placeholders, each filled from a connection
-/// parameter: a hostname-safe value (letters, digits, `-` and `.`), so no
-/// value can change the URL's scheme, host boundary or path.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UrlTemplate {
-    template: String,
-    names: Vec<String>,
-}
-
 /// Whether `name: value` is a valid HTTP header (before any placeholder
 /// is filled: a filled value only adds hostname characters).
 pub fn valid_header(name: &str, value: &str) -> bool {
     reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_ok()
         && reqwest::header::HeaderValue::from_str(value).is_ok()
-}
-
-/// Longest connection parameter value (a DNS name's length).
-pub const MAX_PARAM_LEN: usize = 253;
-
-/// Whether `value` may fill a URL placeholder: 1 to 253 letters, digits,
-/// `-` and `.`, starting and ending with a letter or digit, no `..`.
-pub fn valid_param_value(value: &str) -> bool {
-    let b = value.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_PARAM_LEN
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'.')
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && !value.contains("..")
-}
-
-impl UrlTemplate {
-    /// `None` when `template` has no placeholder; an error for an unclosed
-    /// or empty one, or one whose name is not `[a-z0-9_]`.
-    pub fn parse(template: &str) -> Result<Option<UrlTemplate>, String> {
-        let mut names = Vec::new();
-        let mut rest = template;
-        while let Some(open) = rest.find('{') {
-            let after = &rest[open + 1..];
-            let close = after
-                .find('}')
-                .ok_or_else(|| format!("unclosed {{ in {template:?}"))?;
-            let name = &after[..close];
-            if name.is_empty()
-                || !name
-                    .bytes()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
-            {
-                return Err(format!(
-                    "placeholder {{{name}}} must be a name of a-z, 0-9 and _"
-                ));
-            }
-            if !names.iter().any(|n| n == name) {
-                names.push(name.to_owned());
-            }
-            rest = &after[close + 1..];
-        }
-        if rest.contains('}') || names.is_empty() && template.contains('}') {
-            return Err(format!("unmatched }} in {template:?}"));
-        }
-        Ok((!names.is_empty()).then(|| UrlTemplate {
-            template: template.to_owned(),
-            names,
-        }))
-    }
-
-    /// The placeholders' names.
-    pub fn names(&self) -> &[String] {
-        &self.names
-    }
-
-    /// The text with every placeholder filled from `params`.
-    pub fn fill(
-        &self,
-        params: &std::collections::BTreeMap<String, String>,
-    ) -> Result<String, String> {
-        let mut text = self.template.clone();
-        for name in &self.names {
-            let value = params
-                .get(name)
-                .ok_or_else(|| format!("the connection has no parameter {name:?}"))?;
-            if !valid_param_value(value) {
-                return Err(format!("parameter {name:?} is not a hostname-safe value"));
-            }
-            text = text.replace(&format!("{{{name}}}"), value);
-        }
-        Ok(text)
-    }
-
-    /// The URL with every placeholder filled from `params`.
-    pub fn render(
-        &self,
-        params: &std::collections::BTreeMap<String, String>,
-    ) -> Result<reqwest::Url, String> {
-        self.fill(params)?
-            .parse()
-            .map_err(|e| format!("the filled-in URL is invalid: {e}"))
-    }
 }
 
 /// Where a provider's token answer keeps its fields.
@@ -267,14 +183,10 @@ impl ProviderConfig {
     /// The parameters a connection must give at Install: the names of the
     /// URL templates' placeholders.
     pub fn connection_params(&self) -> Vec<String> {
-        let mut names: Vec<String> = [
-            &self.request.token_url_template,
-            &self.request.refresh_url_template,
-        ]
-        .into_iter()
-        .flatten()
-        .flat_map(|t| t.names().iter().cloned())
-        .collect();
+        let mut names: Vec<String> = self
+            .url_templates()
+            .flat_map(|(_, t)| t.names().iter().cloned())
+            .collect();
         for (_, value) in self.param_lists().flat_map(|l| l.iter()) {
             if let Ok(Some(t)) = UrlTemplate::parse(value) {
                 names.extend(t.names().iter().cloned());
@@ -283,6 +195,98 @@ impl ProviderConfig {
         names.sort_unstable();
         names.dedup();
         names
+    }
+
+    /// Every template of a URL (or an audience) that a secret or a signed
+    /// assertion goes with, by its config key.
+    fn url_templates(&self) -> impl Iterator<Item = (&'static str, &UrlTemplate)> {
+        [
+            ("token_url", &self.request.token_url_template),
+            ("refresh_url", &self.request.refresh_url_template),
+            ("jwt_audience", &self.request.jwt_audience_template),
+        ]
+        .into_iter()
+        .filter_map(|(key, t)| t.as_ref().map(|t| (key, t)))
+    }
+
+    /// Whether placeholder `name` stands in the host of some URL.
+    fn in_a_host(&self, name: &str) -> bool {
+        self.url_templates().any(|(_, t)| {
+            t.places().map_or(true, |p| {
+                p.iter()
+                    .any(|&(n, place)| n == name && place == UrlPlace::Host)
+            })
+        })
+    }
+
+    /// Whether `value` may fill placeholder `name`: one of the listed
+    /// values where the provider lists them; otherwise one DNS label where
+    /// `name` is in a host, a hostname-safe value elsewhere. The error says
+    /// what is allowed and never quotes the value.
+    pub fn check_param(&self, name: &str, value: &str) -> Result<(), String> {
+        if let Some(values) = self.request.param_values.get(name) {
+            if values.iter().any(|v| v == value) {
+                return Ok(());
+            }
+            return Err(format!("must be one of {}", values.join(", ")));
+        }
+        if !valid_param_value(value) {
+            return Err(format!(
+                "must be 1 to {MAX_PARAM_LEN} letters, digits, '-' or '.', starting and ending with a letter or digit"
+            ));
+        }
+        if self.in_a_host(name) && !valid_label(value) {
+            return Err("must be one DNS label (1 to 63 letters, digits or '-', no dot): it names a host under the provider's domain".into());
+        }
+        Ok(())
+    }
+
+    /// The configuration's check of its templates: each placeholder of a
+    /// URL in the host, path or query; none able to choose a host's
+    /// registrable domain unless its values are listed; each list for a
+    /// parameter some template names, of values that fill every URL into
+    /// a valid one.
+    pub fn check_templates(&self) -> Result<(), String> {
+        let listed = &self.request.param_values;
+        for (key, t) in self.url_templates() {
+            t.check_host(|n| listed.contains_key(n))
+                .map_err(|e| format!("{key}: {e}"))?;
+        }
+        let names = self.connection_params();
+        for (name, values) in listed {
+            if !names.contains(name) {
+                return Err(format!("param_values.{name}: no template names {{{name}}}"));
+            }
+            if values.is_empty() {
+                return Err(format!("param_values.{name} is empty"));
+            }
+            if let Some(bad) = values.iter().find(|v| !valid_param_value(v)) {
+                return Err(format!(
+                    "param_values.{name}: {bad:?} must be letters, digits, '-' and '.', starting and ending with a letter or digit"
+                ));
+            }
+        }
+        // Every listed value, with the first of every other list (or a
+        // sample label), makes a valid URL.
+        for (key, t) in self.url_templates() {
+            let sample: BTreeMap<String, String> = t
+                .names()
+                .iter()
+                .map(|n| {
+                    let v = listed.get(n).and_then(|v| v.first());
+                    (n.clone(), v.map_or("sample", String::as_str).to_owned())
+                })
+                .collect();
+            for name in t.names() {
+                for value in listed.get(name).into_iter().flatten() {
+                    let mut params = sample.clone();
+                    params.insert(name.clone(), value.clone());
+                    t.render(&params)
+                        .map_err(|e| format!("{key} with param_values.{name} = {value:?}: {e}"))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every list of parameters or headers whose values may hold
@@ -298,14 +302,24 @@ impl ProviderConfig {
         .into_iter()
     }
 
-    /// This provider as one connection sees it: its URL templates filled
-    /// from `params`. Borrowed when there is nothing to fill.
+    /// This provider as one connection sees it: its templates filled from
+    /// `params`, each value checked first ([`Self::check_param`]), so a
+    /// connection stored before a rule or a list changed is refused, not
+    /// sent anywhere. Borrowed when there is nothing to fill.
     pub fn for_connection(
         &self,
-        params: &std::collections::BTreeMap<String, String>,
-    ) -> Result<std::borrow::Cow<'_, ProviderConfig>, String> {
-        if self.connection_params().is_empty() {
-            return Ok(std::borrow::Cow::Borrowed(self));
+        params: &BTreeMap<String, String>,
+    ) -> Result<Cow<'_, ProviderConfig>, String> {
+        let wanted = self.connection_params();
+        if wanted.is_empty() {
+            return Ok(Cow::Borrowed(self));
+        }
+        for name in &wanted {
+            let value = params
+                .get(name)
+                .ok_or_else(|| format!("the connection has no parameter {name:?}"))?;
+            self.check_param(name, value)
+                .map_err(|e| format!("parameter {name:?} {e}"))?;
         }
         let mut config = self.clone();
         if let Some(t) = &self.request.token_url_template {
@@ -313,6 +327,13 @@ impl ProviderConfig {
         }
         if let Some(t) = &self.request.refresh_url_template {
             config.request.refresh_url = Some(t.render(params)?);
+        }
+        if let (Some(t), Some(signer)) = (
+            &self.request.jwt_audience_template,
+            &self.request.client_assertion,
+        ) {
+            config.request.client_assertion =
+                Some(signer.with_audience(t.render(params)?.to_string()));
         }
         let fill_all = |list: &mut Vec<(String, String)>| -> Result<(), String> {
             for (_, value) in list.iter_mut() {
@@ -327,7 +348,7 @@ impl ProviderConfig {
         fill_all(&mut config.request.exchange_params)?;
         fill_all(&mut config.request.query_params)?;
         fill_all(&mut config.request.headers)?;
-        Ok(std::borrow::Cow::Owned(config))
+        Ok(Cow::Owned(config))
     }
 }
 
@@ -351,55 +372,5 @@ impl fmt::Debug for ProviderConfig {
             .field("grant", &self.grant)
             .field("scopes", &self.scopes)
             .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use super::*;
-
-    #[test]
-    fn url_templates_parse_fill_and_refuse_injection() {
-        assert_eq!(UrlTemplate::parse("https://x.example/t").unwrap(), None);
-        let t = UrlTemplate::parse("https://{subdomain}.zendesk.com/oauth/tokens?r={region}")
-            .unwrap()
-            .unwrap();
-        assert_eq!(t.names(), ["subdomain", "region"]);
-        let params: BTreeMap<String, String> = [
-            ("subdomain".to_owned(), "acme".to_owned()),
-            ("region".to_owned(), "eu-1".to_owned()),
-        ]
-        .into();
-        assert_eq!(
-            t.render(&params).unwrap().as_str(),
-            "https://acme.zendesk.com/oauth/tokens?r=eu-1"
-        );
-        for bad in ["{", "x}", "{}", "{Sub}", "https://{a b}.x"] {
-            assert!(UrlTemplate::parse(bad).is_err(), "{bad}");
-        }
-        let mut evil = params.clone();
-        evil.insert("subdomain".into(), "evil.com/x?".into());
-        assert!(t.render(&evil).is_err());
-        evil.remove("subdomain");
-        assert!(t.render(&evil).is_err(), "a missing parameter");
-        for ok in ["a", "acme", "my-shop", "127.0.0.1", "eu.acme"] {
-            assert!(valid_param_value(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "-a",
-            "a-",
-            "a..b",
-            "a/b",
-            "a@b",
-            "a:1",
-            "a b",
-            "é",
-            &"a".repeat(254),
-        ] {
-            assert!(!valid_param_value(bad), "{bad}");
-        }
     }
 }

@@ -12,17 +12,22 @@ mod fuzz;
 pub mod registration;
 mod response;
 pub mod scripted;
+mod template;
 mod tls;
 mod trace_context;
 
 pub use assertion::{ASSERTION_TYPE, AssertionSigner};
 pub use client::{HttpSettings, ProviderClient, TokenGrant};
 pub use config::{
-    ClientAuth, Dialect, GrantType, MAX_PARAM_LEN, ProviderConfig, RequestBody, RequestShape,
-    ResponseShape, UrlTemplate, valid_header, valid_param_value,
+    ClientAuth, Dialect, GrantType, ProviderConfig, RequestBody, RequestShape, ResponseShape,
+    valid_header,
 };
 pub use endpoint::TokenEndpoint;
 pub use reqwest::Url;
+pub use template::{
+    MAX_LABEL_LEN, MAX_PARAM_LEN, UrlPlace, UrlTemplate, encode_component,
+    fixes_registrable_domain, valid_label, valid_param_value,
+};
 pub use tls::ClientTls;
 
 use std::time::Duration;

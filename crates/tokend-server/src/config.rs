@@ -216,7 +216,14 @@ struct PresetDefaults {
     default_lifetime_secs: u64,
     account_id_field: Option<&'static str>,
     body: tokend_provider::RequestBody,
+    /// The values each listed connection parameter may take.
+    param_values: &'static [(&'static str, &'static [&'static str])],
 }
+
+/// Zoho's data centres, each an accounts host `accounts.zoho.{dc}`
+/// (Zoho's "Multi DC" page). Canada's is `accounts.zohocloud.ca`, which
+/// this template cannot name: configure it as a provider of its own.
+pub const ZOHO_DATA_CENTRES: &[&str] = &["com", "eu", "in", "com.au", "jp", "com.cn", "sa"];
 
 impl PresetDefaults {
     fn of(preset: Option<Preset>) -> Self {
@@ -232,6 +239,7 @@ impl PresetDefaults {
             default_lifetime_secs: 3600,
             account_id_field: None,
             body: RequestBody::Form,
+            param_values: &[],
         };
         match preset {
             None => generic,
@@ -310,6 +318,7 @@ impl PresetDefaults {
                 token_url: Some("https://accounts.zoho.{dc}/oauth/v2/token"),
                 client_auth: ClientAuth::ClientSecretPost,
                 dialect: Dialect::Zoho,
+                param_values: &[("dc", ZOHO_DATA_CENTRES)],
                 ..generic
             },
             Some(Preset::Facebook) => PresetDefaults {
@@ -450,6 +459,13 @@ pub struct ProviderSection {
     /// `{placeholders}` filled per connection, as URLs may.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// The values a connection parameter may take (`dc = ["com", "eu"]`),
+    /// added to the preset's. A placeholder whose values are listed may
+    /// stand anywhere in a host (`https://accounts.zoho.{dc}/...`); one
+    /// not listed only as one DNS label left of a fixed registrable domain
+    /// (`https://{subdomain}.zendesk.com/...`).
+    #[serde(default)]
+    pub param_values: BTreeMap<String, Vec<String>>,
     pub default_lifetime_secs: Option<u64>,
     pub refresh_buffer_secs: Option<u64>,
     /// `refresh_token` (the usual) or `access_token`: renew by presenting the
@@ -784,11 +800,16 @@ impl ProviderSection {
             self.allow_readable_secret_file,
             env,
         )?;
+        // A per-connection audience is filled in for each connection.
+        let audience = self
+            .jwt_audience
+            .clone()
+            .filter(|a| !matches!(tokend_provider::UrlTemplate::parse(a), Ok(Some(_))));
         tokend_provider::AssertionSigner::from_pem(
             pem.as_bytes(),
             self.jwt_algorithm.as_deref().unwrap_or("RS256"),
             self.jwt_key_id.clone(),
-            self.jwt_audience.clone(),
+            audience,
         )
         .map(Some)
     }
@@ -917,6 +938,8 @@ impl ProviderSection {
                 .map_err(|e| fail(format!("invalid {key}: {e}")))?;
             let sample = match &template {
                 Some(t) => {
+                    t.places()
+                        .map_err(|e| fail(format!("invalid {key}: {e}")))?;
                     let params = t
                         .names()
                         .iter()
@@ -1028,6 +1051,12 @@ impl ProviderSection {
             return Err(fail("the client secret is empty".into()));
         }
         let client_assertion = self.client_assertion(env).map_err(fail)?;
+        let jwt_audience_template = match self.jwt_audience.as_deref() {
+            Some(a) => tokend_provider::UrlTemplate::parse(a)
+                .map_err(|e| fail(format!("invalid jwt_audience: {e}")))?,
+            None => None,
+        };
+        let param_values = self.param_values(&defaults).map_err(fail)?;
         let tls = self.tls().map_err(fail)?;
         let mut extra_params: Vec<(String, String)> =
             self.extra_params.clone().into_iter().collect();
@@ -1093,7 +1122,7 @@ impl ProviderSection {
         )
         .map_err(fail)?
         .unwrap_or(ProviderConfig::DEFAULT_MIN_REFRESH_INTERVAL);
-        Ok(ProviderConfig {
+        let mut config = ProviderConfig {
             name: provider_name,
             token_url,
             client_id: self.client_id.clone(),
@@ -1114,6 +1143,8 @@ impl ProviderSection {
                 body,
                 token_url_template,
                 refresh_url_template,
+                jwt_audience_template,
+                param_values,
                 refresh_params: self
                     .checked_params("refresh_params", &self.refresh_params)
                     .map_err(fail)?,
@@ -1159,7 +1190,44 @@ impl ProviderSection {
                 }
             },
             scopes: self.scopes.clone(),
-        })
+        };
+        // A preset's list for a placeholder the file's own URL dropped.
+        let names = config.connection_params();
+        config
+            .request
+            .param_values
+            .retain(|name, _| names.contains(name) || self.param_values.contains_key(name));
+        config.check_templates().map_err(fail)?;
+        Ok(config)
+    }
+
+    /// `param_values`: the preset's lists, extended by the file's.
+    fn param_values(
+        &self,
+        defaults: &PresetDefaults,
+    ) -> Result<BTreeMap<String, Vec<String>>, String> {
+        let mut lists: BTreeMap<String, Vec<String>> = defaults
+            .param_values
+            .iter()
+            .map(|(name, values)| {
+                let values = values.iter().map(|v| (*v).to_owned()).collect();
+                ((*name).to_owned(), values)
+            })
+            .collect();
+        for (name, values) in &self.param_values {
+            if values.is_empty() {
+                return Err(format!(
+                    "param_values.{name} is empty: list the values, or leave the key out"
+                ));
+            }
+            let list = lists.entry(name.clone()).or_default();
+            for value in values {
+                if !list.contains(value) {
+                    list.push(value.clone());
+                }
+            }
+        }
+        Ok(lists)
     }
 }
 
@@ -1677,3 +1745,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "config_hosts_tests.rs"]
+mod hosts_tests;

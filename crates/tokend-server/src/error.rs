@@ -19,7 +19,8 @@ pub const ERROR_DOMAIN: &str = "tokend.dev";
 pub enum ServiceError {
     #[error("invalid {field}: {description}")]
     InvalidArgument {
-        field: &'static str,
+        /// The field's name, or a path into a map (`params.dc`).
+        field: std::borrow::Cow<'static, str>,
         description: String,
     },
     #[error("connection {0} not found")]
@@ -166,9 +167,12 @@ impl From<Failure> for ServiceError {
 }
 
 impl ServiceError {
-    pub fn invalid(field: &'static str, description: impl Into<String>) -> Self {
+    pub fn invalid(
+        field: impl Into<std::borrow::Cow<'static, str>>,
+        description: impl Into<String>,
+    ) -> Self {
         ServiceError::InvalidArgument {
-            field,
+            field: field.into(),
             description: description.into(),
         }
     }
@@ -229,9 +233,9 @@ impl ServiceError {
             ServiceError::InvalidArgument { field, description } => {
                 let mut d = info(
                     "INVALID_ARGUMENT",
-                    HashMap::from([("field".into(), (*field).into())]),
+                    HashMap::from([("field".into(), field.to_string())]),
                 );
-                d.add_bad_request_violation(*field, description.clone());
+                d.add_bad_request_violation(field.to_string(), description.clone());
                 (Code::InvalidArgument, d)
             }
             ServiceError::MalformedRequest(detail) => {

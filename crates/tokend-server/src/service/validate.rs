@@ -205,29 +205,37 @@ pub(super) fn install_input(engine: &Engine, req: pb::InstallRequest) -> Result<
     })
 }
 
-/// Exactly the parameters the provider's URL templates name, each a
-/// hostname-safe value: no value can change a URL's scheme, host boundary
-/// or path.
+/// Exactly the parameters the provider's templates name, each a value the
+/// provider takes there (`ProviderConfig::check_param`): one of its listed
+/// values, or one DNS label in a host, so no value can choose the domain a
+/// secret is sent to, nor change a URL's scheme, host boundary or path.
+/// The field named is `params.NAME`, and the value is never quoted.
 fn connection_params(
     engine: &Engine,
     provider: &tokend_core::ProviderName,
     params: std::collections::HashMap<String, String>,
 ) -> Result<std::collections::BTreeMap<String, String>> {
-    let wanted: Vec<String> = engine
-        .provider(provider)
-        .map(|p| p.connection_params())
-        .unwrap_or_default();
+    let config = engine.provider(provider);
+    let wanted: Vec<String> = config.map(|p| p.connection_params()).unwrap_or_default();
     let mut out = std::collections::BTreeMap::new();
+    // In name order, so the same request always names the same field.
+    let mut params: Vec<(String, String)> = params.into_iter().collect();
+    params.sort_unstable();
     for (name, value) in params {
-        // The name is the caller's: shown only when it is a plain name.
-        let shown = if name.len() <= 64 && name.bytes().all(|b| b.is_ascii_graphic()) {
-            name.as_str()
-        } else {
-            "(unprintable)"
-        };
         if !wanted.contains(&name) {
+            // The name is the caller's: shown only when it is a plain name.
+            let plain = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            let (field, shown): (std::borrow::Cow<'static, str>, &str) = if plain {
+                (format!("params.{name}").into(), name.as_str())
+            } else {
+                ("params".into(), "(unprintable)")
+            };
             return Err(ServiceError::invalid(
-                "params",
+                field,
                 if wanted.is_empty() {
                     format!("{shown}: provider {provider} takes no connection parameters")
                 } else {
@@ -238,20 +246,19 @@ fn connection_params(
                 },
             ));
         }
-        if !tokend_provider::valid_param_value(&value) {
+        if let Some(config) = config
+            && let Err(e) = config.check_param(&name, &value)
+        {
             return Err(ServiceError::invalid(
-                "params",
-                format!(
-                    "{shown}: must be 1 to {} letters, digits, '-' or '.', starting and ending with a letter or digit",
-                    tokend_provider::MAX_PARAM_LEN
-                ),
+                format!("params.{name}"),
+                format!("{name}: {e}"),
             ));
         }
         out.insert(name, value);
     }
     if let Some(missing) = wanted.iter().find(|n| !out.contains_key(*n)) {
         return Err(ServiceError::invalid(
-            "params",
+            format!("params.{missing}"),
             format!("{missing}: required by provider {provider}'s endpoint"),
         ));
     }
