@@ -65,6 +65,13 @@ pub struct RestoreArgs {
     /// the backup replace those with the same id).
     #[arg(long)]
     force: bool,
+    /// Restore a backup taken before on-disk format 4, whose records do not
+    /// bind their provider, account and params to their tokens (anyone who
+    /// could edit the file could have repointed a refresh token): only a
+    /// file kept where no one could change it. Its records are re-sealed
+    /// with the binding on the way in.
+    #[arg(long)]
+    trust_unbound_backup: bool,
 }
 
 /// `tokend backup --to FILE`: streams every record from the running server
@@ -185,6 +192,14 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             tokend_store::FORMAT_VERSION
         )));
     }
+    let unbound = header.format_version < tokend_store::BOUND_FORMAT;
+    if unbound && !args.trust_unbound_backup {
+        anyhow::bail!(UsageError(format!(
+            "{} holds on-disk format {}, from before records bound their provider, account and params to their tokens: an edited copy could send a refresh token to another host. If the file was kept where no one could change it, restore it with --trust-unbound-backup (its records are re-sealed with the binding)",
+            args.from.display(),
+            header.format_version
+        )));
+    }
     let mut records = Vec::with_capacity(header.records);
     for (n, line) in reader.enumerate() {
         let line = line?;
@@ -207,14 +222,29 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         args.data_dir
             .join(tokend_store::crypto::keys::KEY_FILE_NAME)
     });
-    let keys = tokend_store::crypto::KeyFile::load(&key_path)
-        .and_then(|f| f.keyring())
-        .with_context(|| {
-            format!(
-                "no usable key file at {} (restore needs the key file the backed-up server used)",
-                key_path.display()
-            )
-        })?;
+    let keyring = || tokend_store::crypto::KeyFile::load(&key_path).and_then(|f| f.keyring());
+    let keys = keyring().with_context(|| {
+        format!(
+            "no usable key file at {} (restore needs the key file the backed-up server used)",
+            key_path.display()
+        )
+    })?;
+    let does_not_open = || {
+        format!(
+            "the backup does not open with {}: is it the key file the backed-up server used, and the file as it was written?",
+            key_path.display()
+        )
+    };
+    if unbound {
+        for (id, sealed) in &mut records {
+            if let Some(bound) = tokend_store::backend::upgrade(id.as_bytes(), sealed, &keys)
+                .with_context(does_not_open)?
+            {
+                *sealed = bound;
+            }
+        }
+    }
+    let keys = keyring()?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     let store = tokend_store::SledStore::open(&args.data_dir, keys)
@@ -225,12 +255,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             args.data_dir.display()
         )));
     }
-    let written = store.import_sealed(&records).with_context(|| {
-        format!(
-            "the backup does not open with {}: is it the key file the backed-up server used?",
-            key_path.display()
-        )
-    })?;
+    let written = store.import_sealed(&records).with_context(does_not_open)?;
     println!(
         "restored {written} connections into {}",
         args.data_dir.display()
