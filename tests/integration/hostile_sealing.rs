@@ -343,6 +343,7 @@ async fn an_edited_backup_cannot_send_a_refresh_token_elsewhere() {
     for id in [REPOINTED, REHOSTED, BYSTANDER] {
         assert_eq!(broker.refreshes(id), 1, "{id}");
     }
+    assert!(broker.proxy.reached(ATTACKER).is_empty());
 }
 
 /// Guards issue 24 item 2 against a database writer: records repointed in
@@ -416,5 +417,5 @@ async fn a_database_writer_cannot_send_a_refresh_token_elsewhere() {
         [0, 0, 1],
         "only the bystander's refresh reached the sandbox"
     );
-    assert!(broker.proxy.seen().is_empty());
+    assert!(broker.proxy.reached(ATTACKER).is_empty());
 }
