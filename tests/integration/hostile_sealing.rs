@@ -419,3 +419,125 @@ async fn a_database_writer_cannot_send_a_refresh_token_elsewhere() {
     );
     assert!(broker.proxy.reached(ATTACKER).is_empty());
 }
+
+/// A backup file holding `records` as `tokend backup` writes one, with the
+/// header's store format `format_version`.
+fn write_backup(path: &Path, format_version: u32, records: &[(&str, Vec<u8>)]) {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut text = serde_json::json!({
+        "kind": "tokend backup",
+        "version": 1,
+        "format_version": format_version,
+        "records": records.len(),
+        "created_at": "2026-01-01T00:00:00Z",
+    })
+    .to_string();
+    for (id, sealed) in records {
+        text.push('\n');
+        text.push_str(
+            &serde_json::json!({"connection_id": id, "sealed": b64.encode(sealed)}).to_string(),
+        );
+    }
+    text.push('\n');
+    std::fs::write(path, text).expect("backup");
+}
+
+/// Guards the upgrade path of issue 24 item 2 through backups: a backup
+/// from before the binding (format 3, records sealed unbound) is refused
+/// by `tokend restore` unless the operator vouches for the file with
+/// `--trust-unbound-backup`; then its records are re-sealed under the
+/// binding on the way in, every field intact. A record forged in the old
+/// form under a key made with the binding is refused even then, and
+/// nothing is written.
+#[test]
+fn an_old_backup_is_restored_only_when_trusted_and_comes_back_bound() {
+    use secrecy::ExposeSecret as _;
+    use tokend_store::{Store as _, crypto::KeyFile};
+    let dir = tempfile::tempdir().expect("dir");
+    let restore = |backup: &Path, data: &Path, keys: &Path, trust: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tokend"));
+        command
+            .arg("restore")
+            .arg("--from")
+            .arg(backup)
+            .arg("--data-dir")
+            .arg(data)
+            .arg("--key-file")
+            .arg(keys)
+            .env_remove("TOKEND_KEYS");
+        if trust {
+            command.arg("--trust-unbound-backup");
+        }
+        command.output().expect("restore")
+    };
+    // A key file from before the binding (no `bound` flag).
+    let mut old_keys = KeyFile::generate();
+    old_keys.keys[0].bound = false;
+    let old_key_path = dir.path().join("old.keys");
+    old_keys.save(&old_key_path).expect("key file");
+    let record = tokend_store::conformance::record("from-2025", 4);
+    let unbound =
+        tokend_store::backend::encode_unbound(&record, &old_keys.keyring().expect("keys"));
+    let backup = dir.path().join("old.backup");
+    write_backup(&backup, 3, &[("from-2025", unbound)]);
+
+    let data = dir.path().join("data");
+    let untrusted = restore(&backup, &data, &old_key_path, false);
+    assert_eq!(untrusted.status.code(), Some(2), "{}", stderr(&untrusted));
+    assert!(
+        stderr(&untrusted).contains("--trust-unbound-backup"),
+        "{}",
+        stderr(&untrusted)
+    );
+    assert!(!data.join("db").exists(), "nothing written");
+
+    let trusted = restore(&backup, &data, &old_key_path, true);
+    assert!(trusted.status.success(), "{}", stderr(&trusted));
+    let store = tokend_store::SledStore::open(&data, old_keys.keyring().expect("keys"))
+        .expect("restored store");
+    let page = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(async {
+            let back = store.get(&record.id).await.expect("opens").expect("kept");
+            let page = store.export_sealed(None, 10).await.expect("export");
+            (back, page)
+        });
+    let (back, page) = page;
+    assert_eq!(
+        (&back.provider, &back.params),
+        (&record.provider, &record.params)
+    );
+    assert_eq!(
+        back.tokens
+            .refresh_token
+            .as_ref()
+            .map(|t| t.expose_secret().to_owned()),
+        record
+            .tokens
+            .refresh_token
+            .as_ref()
+            .map(|t| t.expose_secret().to_owned())
+    );
+    let stored: serde_json::Value = serde_json::from_slice(&page.records[0].1).expect("json");
+    assert_eq!(stored["schema"], 2, "re-sealed under the binding");
+    drop(store);
+
+    // Forged in the old form under a key made with the binding: refused.
+    let new_keys = KeyFile::generate();
+    let new_key_path = dir.path().join("new.keys");
+    new_keys.save(&new_key_path).expect("key file");
+    let mut forged = record.clone();
+    forged.params = [("subdomain".to_owned(), ATTACKER.to_owned())].into();
+    let forged = tokend_store::backend::encode_unbound(&forged, &new_keys.keyring().expect("keys"));
+    let backup = dir.path().join("forged.backup");
+    write_backup(&backup, 3, &[("from-2025", forged)]);
+    let other = dir.path().join("other");
+    let refused = restore(&backup, &other, &new_key_path, true);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("does not open"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(!other.join("db").exists(), "nothing written");
+}
