@@ -171,8 +171,9 @@ fn check_format(
 /// Stops at the first record that does not open, and the format stays
 /// old: a wrong key file must not leave every record unreadable for good,
 /// and a record forged in the old form (under a key made with the binding,
-/// or after a reset stamp) must not be let in. Records re-sealed before it
-/// stay valid; the next open goes on from there.
+/// or after a reset stamp) must not be let in. The pending batch is
+/// dropped; earlier batches stay valid (bound records), and the next open
+/// goes on from there.
 fn reseal_unbound(records: &sled::Tree, keys: &Keyring) -> Result<usize, StoreError> {
     let mut resealed = 0;
     let mut batch = sled::Batch::default();
@@ -187,7 +188,6 @@ fn reseal_unbound(records: &sled::Tree, keys: &Keyring) -> Result<usize, StoreEr
                 in_batch += 1;
             }
             Err(e) => {
-                records.apply_batch(batch).map_err(backend)?;
                 return Err(StoreError::Backend(format!(
                     "the upgrade to on-disk format {BOUND_FORMAT} re-seals every record, and one does not open ({e}); start with the key file (or TOKEND_KEYS) that sealed it, or remove that connection with the tokend that wrote it"
                 )));
