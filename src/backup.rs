@@ -65,6 +65,13 @@ pub struct RestoreArgs {
     /// the backup replace those with the same id).
     #[arg(long)]
     force: bool,
+    /// Restore a backup taken before on-disk format 4, whose records do not
+    /// bind their provider, account and params to their tokens (anyone who
+    /// could edit the file could have repointed a refresh token): only a
+    /// file kept where no one could change it. Its records are re-sealed
+    /// with the binding on the way in.
+    #[arg(long)]
+    trust_unbound_backup: bool,
 }
 
 /// `tokend backup --to FILE`: streams every record from the running server
@@ -182,14 +189,21 @@ const MIN_RECORD_LINE: u64 = 33;
 /// into place, so a refused or failed restore leaves none behind.
 pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     crate::private_fs::private_umask();
-    let records = read_backup(&args.from)?;
+    let (header, mut records) = read_backup(&args.from)?;
+    let unbound = header.format_version < tokend_store::BOUND_FORMAT;
+    if unbound && !args.trust_unbound_backup {
+        anyhow::bail!(UsageError(format!(
+            "{} holds on-disk format {}, from before records bound their provider, account and params to their tokens: an edited copy could send a refresh token to another host. If the file was kept where no one could change it, restore it with --trust-unbound-backup (its records are re-sealed with the binding)",
+            args.from.display(),
+            header.format_version
+        )));
+    }
     let key_path = args.key_file.clone().unwrap_or_else(|| {
         args.data_dir
             .join(tokend_store::crypto::keys::KEY_FILE_NAME)
     });
-    let keys = tokend_store::crypto::KeyFile::load(&key_path)
-        .and_then(|f| f.keyring())
-        .with_context(|| {
+    let keyring = || tokend_store::crypto::KeyFile::load(&key_path).and_then(|f| f.keyring());
+    let keys = keyring().with_context(|| {
             format!(
                 "no usable key file at {} (restore needs the key file the backed-up server used)",
                 key_path.display()
@@ -197,10 +211,19 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         })?;
     let does_not_open = || {
         format!(
-            "the backup does not open with {}: is it the key file the backed-up server used?",
+            "the backup does not open with {}: is it the key file the backed-up server used, and the file as it was written?",
             key_path.display()
         )
     };
+    if unbound {
+        for (id, sealed) in &mut records {
+            if let Some(bound) = tokend_store::backend::upgrade(id.as_bytes(), sealed, &keys)
+                .with_context(does_not_open)?
+            {
+                *sealed = bound;
+            }
+        }
+    }
     for (id, sealed) in &records {
         let record = tokend_store::backend::decode(id.as_bytes(), sealed, &keys)
             .with_context(does_not_open)?;
@@ -246,7 +269,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
 
 /// A backup's records, its header checked against the file
 /// before anything is allocated from it.
-fn read_backup(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+fn read_backup(path: &Path) -> anyhow::Result<(Header, Vec<(String, Vec<u8>)>)> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let size = file
@@ -308,5 +331,5 @@ fn read_backup(path: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
             header.records
         );
     }
-    Ok(records)
+    Ok((header, records))
 }

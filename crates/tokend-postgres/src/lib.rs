@@ -11,6 +11,7 @@
 //! The committed end of the log reaches every replica through
 //! `LISTEN/NOTIFY`, with a periodic read as a fallback (`listen.rs`).
 
+mod binding;
 mod listen;
 pub mod migrate;
 mod options;
@@ -111,8 +112,9 @@ impl Drop for Inner {
 }
 
 impl PostgresStore {
-    /// Connects, checks the schema version (see [`migrate`]) and starts
-    /// following the event log. Fails when the database is unreachable or
+    /// Connects, checks the schema version (see [`migrate`]), re-seals
+    /// records sealed before the binding (`binding.rs`, once per database)
+    /// and starts following the event log. Fails when the database is unreachable or
     /// its schema is not the one this build needs.
     pub async fn connect(options: &PgOptions, keys: Keyring) -> Result<Self, PgError> {
         let config = options.driver_config()?;
@@ -132,8 +134,9 @@ impl PostgresStore {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| PgError::Pool(e.to_string()))?;
-        let client = pool.get().await?;
+        let mut client = pool.get().await?;
         migrate::check(&client).await?;
+        binding::upgrade_records(&mut client, &keys).await?;
         let row = client
             .query_one("SELECT log_id, last_seq FROM tokend_log", &[])
             .await?;

@@ -36,13 +36,18 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "status index",
         sql: include_str!("migrations/0004_status_index.sql"),
     },
+    Migration {
+        version: 5,
+        name: "sealing binding",
+        sql: include_str!("migrations/0005_sealing_binding.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].version;
 
 /// Held while migrating, so replicas started together migrate once.
-const MIGRATION_LOCK: i64 = 0x746f_6b65_6e64_0001;
+pub(crate) const MIGRATION_LOCK: i64 = 0x746f_6b65_6e64_0001;
 
 const SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS tokend_schema (
     version    integer PRIMARY KEY,

@@ -300,3 +300,135 @@ async fn a_plaintext_client_is_refused_by_a_server_requiring_tls() {
         }
     }
 }
+
+/// Keys as a key file made before the binding holds them.
+fn pre_binding_keys() -> tokend_store::crypto::KeyFile {
+    let mut file = tokend_store::crypto::KeyFile::generate();
+    file.keys[0].bound = false;
+    file
+}
+
+/// The stored document of `id`, as JSON.
+async fn stored_json(client: &tokio_postgres::Client, id: &str) -> serde_json::Value {
+    let bytes: Vec<u8> = client
+        .query_one(
+            "SELECT sealed FROM tokend_connections WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .expect("row")
+        .get(0);
+    serde_json::from_slice(&bytes).expect("json")
+}
+
+async fn binding(client: &tokio_postgres::Client) -> i32 {
+    client
+        .query_one("SELECT binding FROM tokend_sealing", &[])
+        .await
+        .expect("marker")
+        .get(0)
+}
+
+/// Guards issue 24 item 2 on PostgreSQL: records sealed before the binding
+/// (schema 4 and older) are re-sealed by the first connect, with a wrong
+/// key file refused first (nothing re-sealed, the marker left at 1); after
+/// the upgrade a record written back in the old form (a downgrade) or
+/// repointed to another provider or host by a database writer is `Corrupt`
+/// for that connection only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_bound_at_connect_and_a_database_writer_cannot_repoint_one() {
+    let url = tokend_pgtest::cluster().database("binding");
+    let options = options(url);
+    let mut client = connect_one(&options).await.expect("client");
+    migrate::migrate_to(&mut client, 4)
+        .await
+        .expect("the schema before the binding");
+    let keys = pre_binding_keys();
+    let ring = keys.keyring().expect("keys");
+    let records: Vec<_> = ["victim", "bystander", "third"]
+        .iter()
+        .map(|id| conformance::record(id, 2))
+        .collect();
+    let mut unbound = Vec::new();
+    for r in &records {
+        let sealed = tokend_store::backend::encode_unbound(r, &ring);
+        client
+            .execute(
+                "INSERT INTO tokend_connections (id, provider, status, incarnation, revision, sealed)
+                 VALUES ($1, 'sandbox', 'active', $2, 2, $3)",
+                &[&r.id.as_str(), &(r.incarnation as i64), &sealed],
+            )
+            .await
+            .expect("old record");
+        unbound.push(sealed);
+    }
+    assert_eq!(
+        PostgresStore::migrate(&options).await.expect("migrate"),
+        vec![5]
+    );
+    assert_eq!(binding(&client).await, 1);
+    let wrong = PostgresStore::connect(&options, Keyring::ephemeral()).await;
+    assert!(
+        matches!(&wrong, Err(PgError::Config(m)) if m.contains("does not open")),
+        "{:?}",
+        wrong.err()
+    );
+    assert_eq!(
+        binding(&client).await,
+        1,
+        "nothing upgraded with wrong keys"
+    );
+    assert_eq!(stored_json(&client, "victim").await["schema"], 1);
+
+    let store = PostgresStore::connect(&options, keys.keyring().expect("keys"))
+        .await
+        .expect("connect upgrades");
+    assert_eq!(binding(&client).await, 2);
+    for r in &records {
+        assert_eq!(stored_json(&client, r.id.as_str()).await["schema"], 2);
+        let back = store.get(&r.id).await.expect("get").expect("kept");
+        assert_eq!((back.revision, &back.params), (r.revision, &r.params));
+    }
+    // A second replica finds the work done.
+    PostgresStore::connect(&options, keys.keyring().expect("keys"))
+        .await
+        .expect("second replica");
+
+    // The downgrade: the old form written back.
+    client
+        .execute(
+            "UPDATE tokend_connections SET sealed = $2 WHERE id = $1",
+            &[&"victim", &unbound[0]],
+        )
+        .await
+        .expect("downgrade");
+    let err = store.get(&records[0].id).await.expect_err("refused");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    // A database writer repoints the third connection's provider and host.
+    client
+        .execute(
+            "UPDATE tokend_connections SET provider = 'attacker',
+               sealed = convert_to(replace(replace(convert_from(sealed, 'UTF8'),
+                 '\"provider\":\"sandbox\"', '\"provider\":\"attacker\"'),
+                 '\"subdomain\":\"acme\"', '\"subdomain\":\"attacker\"'), 'UTF8')
+             WHERE id = 'third'",
+            &[],
+        )
+        .await
+        .expect("repoint");
+    assert_eq!(stored_json(&client, "third").await["provider"], "attacker");
+    let err = store.get(&records[2].id).await.expect_err("refused");
+    assert!(
+        matches!(&err, StoreError::Corrupt { reason, .. } if reason.contains("does not decrypt")),
+        "{err}"
+    );
+    assert!(store.get(&records[1].id).await.expect("get").is_some());
+    let listed = store
+        .list(&tokend_store::ListQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1, "only the bystander opens");
+}

@@ -31,11 +31,11 @@ pub use summary::{Census, Summary};
 pub mod backend {
     pub use crate::{
         check_advances, check_delete, check_put,
-        codec::{decode, encode, key_ids, summary},
+        codec::{decode, encode, encode_unbound, key_ids, summary, upgrade},
         comparable, matches,
     };
 }
-pub use sled_store::{FORMAT_VERSION, SledStore, Tuning};
+pub use sled_store::{BOUND_FORMAT, FORMAT_VERSION, SledStore, Tuning};
 
 /// Errors of the storage layer. Backend types (sled, SQL drivers) never
 /// appear here, so the layers above stay backend-agnostic. `Clone`, so one

@@ -80,7 +80,15 @@ struct Inner {
 /// their events, so it must refuse such a dir).
 /// 3: the index tree (a build without it would change records without
 /// their summaries).
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: every record's sealed fields bound to its provider, account, params
+/// and metadata (codec schema 2). Older records are re-sealed at open, and
+/// from then on a record sealed the old way is unreadable: rewriting one in
+/// the weaker form (from an old backup, say) gains nothing.
+pub const FORMAT_VERSION: u32 = 4;
+
+/// The first format whose records bind their routing fields: backups of an
+/// older one hold records that must be re-sealed on the way in.
+pub const BOUND_FORMAT: u32 = 4;
 
 const LOG_ID_KEY: &[u8] = b"log_id";
 const LAST_SEQ_KEY: &[u8] = b"last_seq";
@@ -106,6 +114,7 @@ fn check_format(
     records: &sled::Tree,
     index: &sled::Tree,
     dir: &Path,
+    keys: &Keyring,
 ) -> Result<(), StoreError> {
     let found = match format_version(db)? {
         Some(v) => v,
@@ -127,8 +136,20 @@ fn check_format(
         // 2 → 3: the index is built from the records, without opening a
         // token; a rebuild cut off by a crash starts again (the stamp is
         // written last).
+        // 3 → 4: every record is re-sealed under the binding (the summaries
+        // do not change); one cut off by a crash starts again, skipping the
+        // records already re-sealed.
         let started = std::time::Instant::now();
-        let indexed = crate::sled_index::rebuild(records, index)?;
+        let indexed = if found < 3 {
+            crate::sled_index::rebuild(records, index)?
+        } else {
+            0
+        };
+        let resealed = if found < BOUND_FORMAT {
+            reseal_unbound(records, keys)?
+        } else {
+            0
+        };
         db.flush().map_err(backend)?;
         stamp(db, FORMAT_VERSION)?;
         tracing::info!(
@@ -136,11 +157,51 @@ fn check_format(
             to = FORMAT_VERSION,
             dir = %dir.display(),
             indexed,
+            resealed,
             took_ms = started.elapsed().as_millis() as u64,
             "on-disk format migrated"
         );
     }
     Ok(())
+}
+
+/// Re-seals every record sealed before the binding (format 3 and older)
+/// under it, at open, before anything else can write. Returns how many.
+///
+/// Stops at the first record that does not open, and the format stays
+/// old: a wrong key file must not leave every record unreadable for good,
+/// and a record forged in the old form (under a key made with the binding,
+/// or after a reset stamp) must not be let in. The pending batch is
+/// dropped; earlier batches stay valid (bound records), and the next open
+/// goes on from there.
+fn reseal_unbound(records: &sled::Tree, keys: &Keyring) -> Result<usize, StoreError> {
+    let mut resealed = 0;
+    let mut batch = sled::Batch::default();
+    let mut in_batch = 0;
+    for item in records.iter() {
+        let (key, bytes) = item.map_err(backend)?;
+        match codec::upgrade(&key, &bytes, keys) {
+            Ok(None) => {}
+            Ok(Some(bound)) => {
+                batch.insert(key, bound);
+                resealed += 1;
+                in_batch += 1;
+            }
+            Err(e) => {
+                return Err(StoreError::Backend(format!(
+                    "the upgrade to on-disk format {BOUND_FORMAT} re-seals every record, and one does not open ({e}); start with the key file (or TOKEND_KEYS) that sealed it, or remove that connection with the tokend that wrote it"
+                )));
+            }
+        }
+        if in_batch == 1000 {
+            records
+                .apply_batch(std::mem::take(&mut batch))
+                .map_err(backend)?;
+            in_batch = 0;
+        }
+    }
+    records.apply_batch(batch).map_err(backend)?;
+    Ok(resealed)
 }
 
 fn stamp(db: &sled::Db, version: u32) -> Result<(), StoreError> {
@@ -279,7 +340,7 @@ impl SledStore {
         let records = db.open_tree("connections").map_err(backend)?;
         let leases = db.open_tree("refresh_leases").map_err(backend)?;
         let index = db.open_tree("index").map_err(backend)?;
-        check_format(&db, &records, &index, dir)?;
+        check_format(&db, &records, &index, dir, &keys)?;
         let events = db.open_tree("events").map_err(backend)?;
         let event_meta = db.open_tree("event_meta").map_err(backend)?;
         let cursors = db.open_tree("event_cursors").map_err(backend)?;

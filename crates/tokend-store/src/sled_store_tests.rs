@@ -501,3 +501,197 @@ async fn a_dropped_store_reopens_at_once() {
             .unwrap();
     }
 }
+
+/// Keys as a key file made before the binding holds them.
+fn pre_binding_key_file() -> KeyFile {
+    let mut file = KeyFile::generate();
+    file.keys[0].bound = false;
+    file
+}
+
+/// The stored document of `id`, as JSON.
+fn stored_json(store: &SledStore, id: &str) -> serde_json::Value {
+    serde_json::from_slice(&store.inner.records.get(id.as_bytes()).unwrap().unwrap()).unwrap()
+}
+
+/// Guards issue 24 item 2: a record whose provider, account or params were
+/// rewritten in the store (a database writer, an edited copy) is
+/// unreadable, `Corrupt` for that connection only: it is never handed to
+/// the engine with the new route, and the others are unaffected.
+#[tokio::test]
+async fn a_repointed_record_is_an_error_for_that_record_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), Keyring::ephemeral()).unwrap();
+    for id in ["victim", "bystander"] {
+        store
+            .put(&crate::conformance::record(id, 1), None, None)
+            .await
+            .unwrap();
+    }
+    let original = store.inner.records.get(b"victim").unwrap().unwrap();
+    for (field, value) in [
+        ("provider", serde_json::json!("attacker")),
+        ("account_id", serde_json::json!("acct-bystander")),
+        (
+            "params",
+            serde_json::json!({"subdomain": "attacker.example"}),
+        ),
+    ] {
+        let mut doc: serde_json::Value = serde_json::from_slice(&original).unwrap();
+        doc[field] = value;
+        store
+            .inner
+            .records
+            .insert(b"victim", serde_json::to_vec(&doc).unwrap())
+            .unwrap();
+        let err = store
+            .get(&ConnectionId::new("victim").unwrap())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt { reason, .. } if reason.contains("does not decrypt")),
+            "{field}: {err}"
+        );
+        let listed = store
+            .list(&ListQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1, "{field}: the victim is skipped");
+        assert_eq!(listed[0].id.as_str(), "bystander");
+    }
+}
+
+/// Guards issue 24 item 2's upgrade: a format-3 data dir (records sealed
+/// without the binding) is re-sealed at open with every field intact, and
+/// from then on the old form is refused: an unbound record written back
+/// later (from an old backup) is `Corrupt`, the others unaffected. A key
+/// made with the binding never opens the old form, so even a reset format
+/// stamp cannot bring a forged unbound record back in: the upgrade stops
+/// there, lets nothing in, and the record stays unreadable.
+#[tokio::test]
+async fn a_format_3_dir_is_resealed_at_open_and_the_unbound_form_refused_after() {
+    use secrecy::ExposeSecret;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = pre_binding_key_file();
+    let records: Vec<_> = (0..5)
+        .map(|i| crate::conformance::record(&format!("old-{i}"), 2))
+        .collect();
+    let unbound: Vec<_> = {
+        let store = SledStore::open(dir.path(), keys.keyring().unwrap()).unwrap();
+        let ring = keys.keyring().unwrap();
+        let mut unbound = Vec::new();
+        for r in &records {
+            store.put(r, None, None).await.unwrap();
+            // As format 3 sealed it.
+            let bytes = codec::encode_unbound(r, &ring);
+            store
+                .inner
+                .records
+                .insert(r.id.as_str().as_bytes(), bytes.clone())
+                .unwrap();
+            unbound.push(bytes);
+        }
+        stamp(&store.inner.db, 3).unwrap();
+        assert!(
+            store.get(&records[0].id).await.is_err(),
+            "this build refuses the unbound form outside the upgrade"
+        );
+        unbound
+    };
+    let store = SledStore::open(dir.path(), keys.keyring().unwrap()).expect("format 3 migrates");
+    assert_eq!(format_version(&store.inner.db).unwrap(), Some(4));
+    for r in &records {
+        assert_eq!(stored_json(&store, r.id.as_str())["schema"], 2);
+        let back = store.get(&r.id).await.unwrap().expect("kept");
+        assert_eq!((back.revision, &back.params), (r.revision, &r.params));
+        assert_eq!(
+            back.tokens.refresh_token.unwrap().expose_secret(),
+            r.tokens.refresh_token.as_ref().unwrap().expose_secret()
+        );
+    }
+    // The downgrade: old-0's unbound bytes written back.
+    store
+        .inner
+        .records
+        .insert(b"old-0", unbound[0].clone())
+        .unwrap();
+    let err = store.get(&records[0].id).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(store.get(&records[1].id).await.unwrap().is_some());
+    drop(store);
+
+    // A key made with the binding, and a forged unbound record under it
+    // with the stamp reset: the upgrade leaves it unreadable.
+    let dir = tempfile::tempdir().unwrap();
+    let keys = KeyFile::generate();
+    let store = SledStore::open(dir.path(), keys.keyring().unwrap()).unwrap();
+    for r in &records[..2] {
+        store.put(r, None, None).await.unwrap();
+    }
+    let mut forged = records[0].clone();
+    forged.params = [("subdomain".to_owned(), "attacker.example".to_owned())].into();
+    store
+        .inner
+        .records
+        .insert(
+            b"old-0",
+            codec::encode_unbound(&forged, &keys.keyring().unwrap()),
+        )
+        .unwrap();
+    stamp(&store.inner.db, 3).unwrap();
+    drop(store);
+    let refused = SledStore::open(dir.path(), keys.keyring().unwrap())
+        .err()
+        .expect("the forged record stops the upgrade")
+        .to_string();
+    assert!(refused.contains("made after the binding"), "{refused}");
+    // Removed (as the message says), the rest upgrades and serves.
+    {
+        let db = open_db(dir.path(), LOCK_WAIT).unwrap();
+        db.open_tree("connections")
+            .unwrap()
+            .remove(b"old-0")
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledStore::open(dir.path(), keys.keyring().unwrap()).expect("opens");
+    assert!(store.get(&records[0].id).await.unwrap().is_none());
+    assert!(store.get(&records[1].id).await.unwrap().is_some());
+}
+
+/// Guards the upgrade against a wrong key file (a fresh one has key id 1
+/// too): re-sealing needs the keys that sealed the records, so an open
+/// with others is refused before anything is written (the format stays 3,
+/// the records as they were), instead of leaving every record unreadable
+/// for good; the right keys then upgrade it.
+#[tokio::test]
+async fn the_upgrade_is_refused_without_every_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = pre_binding_key_file();
+    let r = crate::conformance::record("old", 1);
+    let bytes = {
+        let store = SledStore::open(dir.path(), keys.keyring().unwrap()).unwrap();
+        store.put(&r, None, None).await.unwrap();
+        let bytes = codec::encode_unbound(&r, &keys.keyring().unwrap());
+        store.inner.records.insert(b"old", bytes.clone()).unwrap();
+        stamp(&store.inner.db, 3).unwrap();
+        bytes
+    };
+    let refused = SledStore::open(dir.path(), Keyring::ephemeral())
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(refused.contains("does not open"), "{refused}");
+    {
+        let db = open_db(dir.path(), LOCK_WAIT).unwrap();
+        assert_eq!(format_version(&db).unwrap(), Some(3));
+        let kept = db.open_tree("connections").unwrap().get(b"old").unwrap();
+        assert_eq!(kept.as_deref(), Some(bytes.as_slice()));
+    }
+    let store = SledStore::open(dir.path(), keys.keyring().unwrap()).expect("the right keys");
+    assert!(store.get(&r.id).await.unwrap().is_some());
+    assert_eq!(format_version(&store.inner.db).unwrap(), Some(4));
+}

@@ -1,6 +1,7 @@
 //! Envelope encryption of secret fields at rest: XChaCha20-Poly1305, a fresh
 //! random 192-bit nonce per write, the key id beside every ciphertext, and
-//! the connection id and field name bound as associated data.
+//! associated data the caller builds (the codec binds the connection id, the
+//! field name and every stored field that decides where the secret goes).
 
 pub mod keys;
 
@@ -25,7 +26,9 @@ pub enum KeyError {
     Invalid(String),
     #[error("field {field} is sealed with unknown key {key_id}")]
     UnknownKey { field: String, key_id: u32 },
-    #[error("field {field} does not decrypt: tampered, or copied from another record")]
+    #[error(
+        "field {field} does not decrypt: tampered (its ciphertext, or a stored field bound to it such as the provider, account or parameters), or copied from another record"
+    )]
     Tampered { field: String },
 }
 
@@ -53,12 +56,21 @@ pub struct KeyEntry {
     pub id: u32,
     /// Base64 of 32 random bytes.
     pub key: String,
+    /// Made by a tokend that binds every sealed field to its record's route
+    /// (on-disk format 4): nothing it sealed is of the old, unbound form, so
+    /// it never opens one, whatever a data dir's or database's upgrade
+    /// marker says. Absent (false) in key files made before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bound: bool,
 }
 
 /// Loaded keys. Its `Debug` shows key ids only.
 pub struct Keyring {
     ciphers: BTreeMap<u32, XChaCha20Poly1305>,
     active: u32,
+    /// Keys made with the binding (`KeyEntry::bound`), which never open an
+    /// unbound field.
+    bound: Vec<u32>,
 }
 
 impl fmt::Debug for Keyring {
@@ -70,7 +82,10 @@ impl fmt::Debug for Keyring {
     }
 }
 
-fn associated_data(connection_id: &str, field: &str) -> Vec<u8> {
+/// The associated data of records sealed before binding 2 (on-disk format 3
+/// and older): the connection id and the field name only. Read while
+/// upgrading such records, never written.
+pub fn unbound_associated_data(connection_id: &str, field: &str) -> Vec<u8> {
     // Length-prefixed so ("ab", "c") and ("a", "bc") differ.
     let mut aad = Vec::with_capacity(connection_id.len() + field.len() + 16);
     aad.extend_from_slice(&(connection_id.len() as u64).to_le_bytes());
@@ -87,6 +102,7 @@ impl KeyFile {
             keys: vec![KeyEntry {
                 id: 1,
                 key: B64.encode(XChaCha20Poly1305::generate_key(&mut OsRng)),
+                bound: true,
             }],
         }
     }
@@ -97,6 +113,7 @@ impl KeyFile {
         self.keys.push(KeyEntry {
             id,
             key: B64.encode(XChaCha20Poly1305::generate_key(&mut OsRng)),
+            bound: true,
         });
         self.active = id;
         id
@@ -167,6 +184,7 @@ impl KeyFile {
         Ok(Keyring {
             ciphers,
             active: self.active,
+            bound: self.keys.iter().filter(|k| k.bound).map(|k| k.id).collect(),
         })
     }
 }
@@ -183,16 +201,22 @@ impl Keyring {
         self.active
     }
 
+    /// Whether key `key_id` was made with the binding, so nothing it
+    /// sealed is of the old, unbound form.
+    pub fn made_with_binding(&self, key_id: u32) -> bool {
+        self.bound.contains(&key_id)
+    }
+
     /// Every key this keyring can open, in id order.
     pub fn key_ids(&self) -> Vec<u32> {
         self.ciphers.keys().copied().collect()
     }
 
-    /// Encrypts `plaintext` as field `field` of connection `connection_id`.
-    pub fn seal(&self, connection_id: &str, field: &str, plaintext: &[u8]) -> Sealed {
+    /// Encrypts `plaintext`, bound to the associated data `aad`: it opens
+    /// only with the same `aad`.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Sealed {
         let cipher = &self.ciphers[&self.active];
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let aad = associated_data(connection_id, field);
         // Encryption with a valid key and nonce only fails for messages
         // beyond 256 GiB; tokens are a few KiB.
         let ciphertext = cipher
@@ -200,7 +224,7 @@ impl Keyring {
                 &nonce,
                 Payload {
                     msg: plaintext,
-                    aad: &aad,
+                    aad,
                 },
             )
             .unwrap_or_default();
@@ -211,13 +235,9 @@ impl Keyring {
         }
     }
 
-    /// Decrypts a field, checking it belongs to this connection and field.
-    pub fn open(
-        &self,
-        connection_id: &str,
-        field: &str,
-        sealed: &Sealed,
-    ) -> Result<Vec<u8>, KeyError> {
+    /// Decrypts field `field` (named in errors only), checking it was
+    /// sealed with the associated data `aad`.
+    pub fn open(&self, field: &str, aad: &[u8], sealed: &Sealed) -> Result<Vec<u8>, KeyError> {
         let cipher = self
             .ciphers
             .get(&sealed.k)
@@ -233,13 +253,12 @@ impl Keyring {
             return Err(tampered());
         }
         let ciphertext = B64.decode(&sealed.c).map_err(|_| tampered())?;
-        let aad = associated_data(connection_id, field);
         cipher
             .decrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
                     msg: &ciphertext,
-                    aad: &aad,
+                    aad,
                 },
             )
             .map_err(|_| tampered())
@@ -261,15 +280,21 @@ pub fn load_or_create_key_file(path: &Path) -> Result<(KeyFile, bool), KeyError>
 mod tests {
     use super::*;
 
+    /// The associated data these tests bind: connection and field only.
+    fn ad(connection_id: &str, field: &str) -> Vec<u8> {
+        unbound_associated_data(connection_id, field)
+    }
+
     #[test]
     fn seal_and_open_round_trip_with_fresh_nonces() {
         let ring = Keyring::ephemeral();
-        let a = ring.seal("conn-1", "access_token", b"secret-token");
-        let b = ring.seal("conn-1", "access_token", b"secret-token");
+        let a = ring.seal(&ad("conn-1", "access_token"), b"secret-token");
+        let b = ring.seal(&ad("conn-1", "access_token"), b"secret-token");
         assert_ne!(a.n, b.n, "a fresh nonce per write");
         assert_ne!(a.c, b.c);
         assert_eq!(
-            ring.open("conn-1", "access_token", &a).unwrap(),
+            ring.open("access_token", &ad("conn-1", "access_token"), &a)
+                .unwrap(),
             b"secret-token"
         );
         assert!(!a.c.contains("secret-token"));
@@ -278,13 +303,13 @@ mod tests {
     #[test]
     fn ciphertexts_are_bound_to_their_connection_and_field() {
         let ring = Keyring::ephemeral();
-        let a = ring.seal("conn-1", "refresh_token", b"rt");
+        let a = ring.seal(&ad("conn-1", "refresh_token"), b"rt");
         assert!(matches!(
-            ring.open("conn-2", "refresh_token", &a),
+            ring.open("refresh_token", &ad("conn-2", "refresh_token"), &a),
             Err(KeyError::Tampered { .. })
         ));
         assert!(matches!(
-            ring.open("conn-1", "access_token", &a),
+            ring.open("access_token", &ad("conn-1", "access_token"), &a),
             Err(KeyError::Tampered { .. })
         ));
     }
@@ -292,21 +317,21 @@ mod tests {
     #[test]
     fn tampering_is_detected_not_panicked_on() {
         let ring = Keyring::ephemeral();
-        let mut a = ring.seal("c", "f", b"value");
+        let mut a = ring.seal(&ad("c", "f"), b"value");
         let mut bytes = B64.decode(&a.c).unwrap();
         bytes[0] ^= 1;
         a.c = B64.encode(bytes);
         assert!(matches!(
-            ring.open("c", "f", &a),
+            ring.open("f", &ad("c", "f"), &a),
             Err(KeyError::Tampered { .. })
         ));
         a.n = "short".into();
-        assert!(ring.open("c", "f", &a).is_err());
+        assert!(ring.open("f", &ad("c", "f"), &a).is_err());
         a.n = "!!!".into();
-        assert!(ring.open("c", "f", &a).is_err());
+        assert!(ring.open("f", &ad("c", "f"), &a).is_err());
         a.k = 99;
         assert!(matches!(
-            ring.open("c", "f", &a),
+            ring.open("f", &ad("c", "f"), &a),
             Err(KeyError::UnknownKey { key_id: 99, .. })
         ));
     }
@@ -314,12 +339,12 @@ mod tests {
     #[test]
     fn rotation_keeps_old_keys_for_decryption() {
         let mut file = KeyFile::generate();
-        let old = file.keyring().unwrap().seal("c", "f", b"v");
+        let old = file.keyring().unwrap().seal(&ad("c", "f"), b"v");
         assert_eq!(file.rotate(), 2);
         let ring = file.keyring().unwrap();
         assert_eq!(ring.active_key_id(), 2);
-        assert_eq!(ring.open("c", "f", &old).unwrap(), b"v");
-        assert_eq!(ring.seal("c", "f", b"v").k, 2);
+        assert_eq!(ring.open("f", &ad("c", "f"), &old).unwrap(), b"v");
+        assert_eq!(ring.seal(&ad("c", "f"), b"v").k, 2);
         assert!(!format!("{ring:?}").contains(&file.keys[0].key));
     }
 
