@@ -107,6 +107,17 @@ pub enum ServiceError {
         detail: &'static str,
         oldest_cursor: String,
     },
+    /// A watch stream's client took nothing for the whole stall grace: the
+    /// stream was cut off. It resumes after `cursor` (WatchConnections) or
+    /// with a fresh snapshot (WatchConnection).
+    #[error(
+        "this watch stream's client read nothing for {}: the stream was cut off; resume after the last cursor received",
+        humanize(*stalled)
+    )]
+    SubscriberTooSlow {
+        cursor: Option<String>,
+        stalled: Duration,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The store failed while persisting a refresh; the grant is kept and
@@ -327,6 +338,17 @@ impl ServiceError {
                     ]),
                 ),
             ),
+            ServiceError::SubscriberTooSlow { cursor, .. } => {
+                let mut d = info(
+                    "SUBSCRIBER_TOO_SLOW",
+                    cursor
+                        .iter()
+                        .map(|c| ("cursor".to_owned(), c.clone()))
+                        .collect(),
+                );
+                d.set_retry_info(Some(Duration::from_secs(1)));
+                (Code::Unavailable, d)
+            }
             ServiceError::ShuttingDown => {
                 let mut d = info("SHUTTING_DOWN", HashMap::new());
                 d.set_retry_info(Some(Duration::from_secs(1)));

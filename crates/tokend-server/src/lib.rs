@@ -253,7 +253,8 @@ pub async fn run_with_tasks(
             feed,
             webhooks,
             audit_log,
-        ))
+        )
+        .with_stream_limits(&limits))
         .max_decoding_message_size(MAX_REQUEST_BYTES),
         move |request| authenticator.intercept(request, &refusals, &refusal_clock),
     );
