@@ -292,7 +292,12 @@ async fn the_server_wide_watch_stream_cap_holds_across_connections() {
     for _ in 0..3 {
         let mut client = tokend.client().await;
         for _ in 0..2 {
-            streams.push(client.watch_connections(watch()).await.expect("under the cap"));
+            streams.push(
+                client
+                    .watch_connections(watch())
+                    .await
+                    .expect("under the cap"),
+            );
         }
     }
     let mut late = tokend.client().await;
@@ -540,7 +545,10 @@ async fn a_tenants_checkpoints_do_not_follow_other_tenants_activity() {
     busy_writer.await.unwrap();
 
     let checkpoint = pb::EventType::Checkpoint as i32;
-    let quiet_checkpoints = quiet.iter().filter(|(_, m)| m.event_type == checkpoint).count();
+    let quiet_checkpoints = quiet
+        .iter()
+        .filter(|(_, m)| m.event_type == checkpoint)
+        .count();
     assert!(
         quiet_checkpoints >= 3,
         "checkpoints come on the beat even when nothing happens: {quiet_checkpoints}"
@@ -570,7 +578,10 @@ async fn a_tenants_checkpoints_do_not_follow_other_tenants_activity() {
             pair[1] - pair[0]
         );
     }
-    let busy_checkpoints = busy.iter().filter(|(_, m)| m.event_type == checkpoint).count();
+    let busy_checkpoints = busy
+        .iter()
+        .filter(|(_, m)| m.event_type == checkpoint)
+        .count();
     assert!(
         busy_checkpoints <= quiet_checkpoints + 1,
         "{busy_checkpoints} checkpoints while busy, {quiet_checkpoints} while quiet"
@@ -604,7 +615,11 @@ async fn a_tenants_checkpoints_do_not_follow_other_tenants_activity() {
     // A plain cursor is refused to a tenant: it could ask about any
     // position of the log.
     let admin_first = everything.next().await.unwrap().unwrap();
-    assert_eq!(admin_first.cursor.len(), 22, "the admin's cursors stay plain");
+    assert_eq!(
+        admin_first.cursor.len(),
+        22,
+        "the admin's cursors stay plain"
+    );
     let err = tenant
         .watch_connections(pb::WatchConnectionsRequest {
             resume_after: admin_first.cursor,

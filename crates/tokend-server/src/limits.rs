@@ -155,11 +155,7 @@ pub const WATCH_BUFFER_BYTES_RANGE: std::ops::RangeInclusive<u64> = 4096..=(16 <
 pub const WATCH_STALL_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=3_600_000;
 
 /// `value` of key `limits.{name}`, refused (naming the key) outside `range`.
-fn within(
-    name: &str,
-    value: u64,
-    range: &std::ops::RangeInclusive<u64>,
-) -> Result<u64, String> {
+fn within(name: &str, value: u64, range: &std::ops::RangeInclusive<u64>) -> Result<u64, String> {
     if range.contains(&value) {
         Ok(value)
     } else {

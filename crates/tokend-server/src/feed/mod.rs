@@ -237,12 +237,10 @@ impl Feed {
     /// cursor in the form the reader is shown cursors.
     pub fn service_error(&self, e: FeedError, sealed: bool) -> crate::ServiceError {
         match e {
-            FeedError::Expired { detail, oldest } if sealed => {
-                crate::ServiceError::CursorExpired {
-                    detail,
-                    oldest_cursor: self.cursor_for(oldest.seq, true),
-                }
-            }
+            FeedError::Expired { detail, oldest } if sealed => crate::ServiceError::CursorExpired {
+                detail,
+                oldest_cursor: self.cursor_for(oldest.seq, true),
+            },
             e => e.into(),
         }
     }

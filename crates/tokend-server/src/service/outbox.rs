@@ -284,6 +284,7 @@ impl<T: Outgoing> Drop for Receiver<T> {
 #[cfg(test)]
 mod tests {
     use futures::StreamExt;
+    use prost::Message as _;
 
     use super::*;
 
