@@ -637,3 +637,46 @@ async fn a_tenants_checkpoints_do_not_follow_other_tenants_activity() {
     assert_eq!(sequences.len(), 41, "the admin sees every event");
     assert!(sequences.windows(2).all(|w| w[0] < w[1]), "{sequences:?}");
 }
+
+/// Issue 24, item 5. Invariant: the new watch-stream keys have ranges, and
+/// `check-config` and `serve` both refuse a value outside one, naming the
+/// key, without panicking.
+#[test]
+fn watch_stream_keys_out_of_range_are_refused_by_check_config_and_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    for (line, key) in [
+        (
+            "watch_stall_timeout_ms = 0",
+            "limits.watch_stall_timeout_ms",
+        ),
+        ("watch_buffer_bytes = 1024", "limits.watch_buffer_bytes"),
+        ("max_watch_streams = 0", "limits.max_watch_streams"),
+    ] {
+        let config = dir.path().join("tokend.toml");
+        std::fs::write(&config, format!("[limits]\n{line}\n")).unwrap();
+        let check = Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .env_remove("TOKEND_LISTEN")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&check.stderr);
+        assert_eq!(check.status.code(), Some(2), "{line}: {err}");
+        assert!(err.contains(key) && err.contains("out of range"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        let serve = Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env_remove("TOKEND_KEYS")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&serve.stderr);
+        assert!(!serve.status.success(), "{line}: serve started");
+        assert!(err.contains(key), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
