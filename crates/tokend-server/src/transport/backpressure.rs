@@ -35,9 +35,10 @@ impl WriteState {
         self.blocked.store(true, Ordering::SeqCst);
     }
 
-    /// The socket took bytes again: wakes the streams that waited.
+    /// The socket took bytes again: wakes the streams that waited. One
+    /// plain load on every write while nothing is blocked.
     pub(crate) fn set_writable(&self) {
-        if self.blocked.swap(false, Ordering::SeqCst) {
+        if self.blocked.load(Ordering::Relaxed) && self.blocked.swap(false, Ordering::SeqCst) {
             self.wake();
         }
     }
