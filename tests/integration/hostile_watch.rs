@@ -412,6 +412,12 @@ async fn a_slow_subscriber_is_cut_off_with_its_cursor_and_resumes_with_no_gap() 
         tonic_types::StatusExt::get_details_retry_info(&status).is_some(),
         "RetryInfo"
     );
+    eprintln!(
+        "slow subscriber cut off after {} of {EVENTS} events: {} / {}",
+        seen.len(),
+        status.code(),
+        harness::reason(&status)
+    );
     assert!(
         !seen.is_empty() && seen.len() < EVENTS,
         "cut off part way: {} of {EVENTS}",
@@ -585,6 +591,9 @@ async fn a_tenants_checkpoints_do_not_follow_other_tenants_activity() {
         .iter()
         .filter(|(_, m)| m.event_type == checkpoint)
         .count();
+    eprintln!(
+        "tenant checkpoints: {quiet_checkpoints} with no foreign event, {busy_checkpoints} with 40 foreign events, all with sequence 0 and distinct sealed cursors"
+    );
     assert!(
         busy_checkpoints <= quiet_checkpoints + 1,
         "{busy_checkpoints} checkpoints while busy, {quiet_checkpoints} while quiet"
