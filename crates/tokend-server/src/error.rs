@@ -111,7 +111,7 @@ pub enum ServiceError {
     /// stream was cut off. It resumes after `cursor` (WatchConnections) or
     /// with a fresh snapshot (WatchConnection).
     #[error(
-        "this watch stream's client read nothing for {}: the stream was cut off; resume after the last cursor received",
+        "this watch stream's client read nothing for {}: the stream was cut off; resume after the last cursor received (WatchConnection: subscribe again)",
         humanize(*stalled)
     )]
     SubscriberTooSlow {
@@ -542,6 +542,14 @@ mod tests {
                 },
                 Code::ResourceExhausted,
                 "TOO_MANY_WATCH_STREAMS",
+            ),
+            (
+                ServiceError::SubscriberTooSlow {
+                    cursor: Some("c".into()),
+                    stalled: Duration::from_secs(30),
+                },
+                Code::Unavailable,
+                "SUBSCRIBER_TOO_SLOW",
             ),
         ];
         for (error, code, reason) in cases {
