@@ -645,6 +645,10 @@ impl Store for PostgresStore {
         true
     }
 
+    fn sealing_keys(&self) -> Option<std::sync::Arc<tokend_store::crypto::Keyring>> {
+        Some(self.keys())
+    }
+
     async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
         let client = self.client().await?;
         let row = client

@@ -108,6 +108,17 @@ pub enum ServiceError {
         detail: &'static str,
         oldest_cursor: String,
     },
+    /// A watch stream's client took nothing for the whole stall grace: the
+    /// stream was cut off. It resumes after `cursor` (WatchConnections) or
+    /// with a fresh snapshot (WatchConnection).
+    #[error(
+        "this watch stream's client read nothing for {}: the stream was cut off; resume after the last cursor received (WatchConnection: subscribe again)",
+        humanize(*stalled)
+    )]
+    SubscriberTooSlow {
+        cursor: Option<String>,
+        stalled: Duration,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The store failed while persisting a refresh; the grant is kept and
@@ -331,6 +342,17 @@ impl ServiceError {
                     ]),
                 ),
             ),
+            ServiceError::SubscriberTooSlow { cursor, .. } => {
+                let mut d = info(
+                    "SUBSCRIBER_TOO_SLOW",
+                    cursor
+                        .iter()
+                        .map(|c| ("cursor".to_owned(), c.clone()))
+                        .collect(),
+                );
+                d.set_retry_info(Some(Duration::from_secs(1)));
+                (Code::Unavailable, d)
+            }
             ServiceError::ShuttingDown => {
                 let mut d = info("SHUTTING_DOWN", HashMap::new());
                 d.set_retry_info(Some(Duration::from_secs(1)));
@@ -524,6 +546,14 @@ mod tests {
                 },
                 Code::ResourceExhausted,
                 "TOO_MANY_WATCH_STREAMS",
+            ),
+            (
+                ServiceError::SubscriberTooSlow {
+                    cursor: Some("c".into()),
+                    stalled: Duration::from_secs(30),
+                },
+                Code::Unavailable,
+                "SUBSCRIBER_TOO_SLOW",
             ),
         ];
         for (error, code, reason) in cases {

@@ -249,12 +249,10 @@ pub async fn run_with_tasks(
     let refusal_clock = clock.clone();
     let edge = malformed::EdgeRefusalsLayer::new(audit_log.clone(), clock.clone());
     let token_service = tonic::service::interceptor::InterceptedService::new(
-        TokenServiceServer::new(service::TokenServiceImpl::new(
-            Arc::clone(&engine),
-            feed,
-            webhooks,
-            audit_log,
-        ))
+        TokenServiceServer::new(
+            service::TokenServiceImpl::new(Arc::clone(&engine), feed, webhooks, audit_log)
+                .with_stream_limits(&limits),
+        )
         .max_decoding_message_size(MAX_REQUEST_BYTES),
         move |request| authenticator.intercept(request, &refusals, &refusal_clock),
     );

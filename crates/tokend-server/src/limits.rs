@@ -43,6 +43,15 @@ pub struct Limits {
     /// one connection, so this is high: it keeps one connection from taking
     /// the whole server (~15-20k cached GetToken/s on 2 cores).
     pub open_requests_per_second_per_peer: u32,
+    /// Watch streams (WatchConnection and WatchConnections) open at once
+    /// over all callers: with `watch_buffer_bytes`, what they may buffer.
+    pub max_watch_streams: usize,
+    /// Encoded bytes one watch stream may queue for a client that has not
+    /// taken them yet.
+    pub watch_buffer_bytes: usize,
+    /// How long a watch stream's queue may stay full (its client reading
+    /// nothing) before the stream is cut off with its last cursor.
+    pub watch_stall_timeout: Duration,
     /// Whether the bounds above are enforced at all. Only benchmarks that
     /// measure what the bounds cost turn this off; the file cannot.
     pub enforce: bool,
@@ -62,6 +71,9 @@ impl Default for Limits {
             max_header_list_size: 16 << 10,
             open_watch_streams_per_peer: 64,
             open_requests_per_second_per_peer: 5000,
+            max_watch_streams: 1024,
+            watch_buffer_bytes: 16 << 10,
+            watch_stall_timeout: Duration::from_secs(30),
             enforce: true,
         }
     }
@@ -132,8 +144,12 @@ pub struct LimitsSection {
     pub max_header_list_size: Option<u32>,
     pub open_watch_streams_per_peer: Option<usize>,
     pub open_requests_per_second_per_peer: Option<u32>,
+    pub max_watch_streams: Option<usize>,
+    pub watch_buffer_bytes: Option<usize>,
+    pub watch_stall_timeout_ms: Option<u64>,
 }
 
+/// The ranges of the watch-stream keys (`[limits]`).
 impl LimitsSection {
     /// The limits, defaults filled in. A value outside its range
     /// ([`crate::ranges`]) is refused, every such key named.
@@ -174,6 +190,9 @@ impl LimitsSection {
             r::OPEN_REQUESTS_PER_SECOND_PER_PEER,
             self.open_requests_per_second_per_peer.map(u64::from),
         );
+        let max_watch = check(r::MAX_WATCH_STREAMS, wide(self.max_watch_streams));
+        let watch_buffer = check(r::WATCH_BUFFER_BYTES, wide(self.watch_buffer_bytes));
+        let stall_ms = check(r::WATCH_STALL_TIMEOUT_MS, self.watch_stall_timeout_ms);
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
@@ -196,6 +215,9 @@ impl LimitsSection {
             max_header_list_size: small(headers, d.max_header_list_size),
             open_watch_streams_per_peer: count(watch, d.open_watch_streams_per_peer),
             open_requests_per_second_per_peer: small(rate, d.open_requests_per_second_per_peer),
+            max_watch_streams: count(max_watch, d.max_watch_streams),
+            watch_buffer_bytes: count(watch_buffer, d.watch_buffer_bytes),
+            watch_stall_timeout: stall_ms.map_or(d.watch_stall_timeout, Duration::from_millis),
             enforce: true,
         })
     }
@@ -245,5 +267,74 @@ mod tests {
             err,
             "limits.max_concurrent_streams = 0 is out of range: allowed 1 to 10000"
         );
+    }
+
+    /// Invariant: the watch-stream keys have a default and a range, and a
+    /// value outside it is refused with the key named.
+    #[test]
+    fn the_watch_stream_keys_are_range_checked() {
+        let d = Limits::default();
+        assert_eq!(d.max_watch_streams, 1024);
+        assert_eq!(d.watch_buffer_bytes, 16 << 10);
+        assert_eq!(d.watch_stall_timeout, Duration::from_secs(30));
+        let set = LimitsSection {
+            max_watch_streams: Some(1),
+            watch_buffer_bytes: Some(16 << 20),
+            watch_stall_timeout_ms: Some(100),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(set.max_watch_streams, 1);
+        assert_eq!(set.watch_buffer_bytes, 16 << 20);
+        assert_eq!(set.watch_stall_timeout, Duration::from_millis(100));
+        for (section, key) in [
+            (
+                LimitsSection {
+                    max_watch_streams: Some(0),
+                    ..Default::default()
+                },
+                "limits.max_watch_streams = 0",
+            ),
+            (
+                LimitsSection {
+                    max_watch_streams: Some(1_000_001),
+                    ..Default::default()
+                },
+                "limits.max_watch_streams = 1000001",
+            ),
+            (
+                LimitsSection {
+                    watch_buffer_bytes: Some(4095),
+                    ..Default::default()
+                },
+                "limits.watch_buffer_bytes = 4095",
+            ),
+            (
+                LimitsSection {
+                    watch_buffer_bytes: Some((16 << 20) + 1),
+                    ..Default::default()
+                },
+                "limits.watch_buffer_bytes = 16777217",
+            ),
+            (
+                LimitsSection {
+                    watch_stall_timeout_ms: Some(99),
+                    ..Default::default()
+                },
+                "limits.watch_stall_timeout_ms = 99",
+            ),
+            (
+                LimitsSection {
+                    watch_stall_timeout_ms: Some(u64::MAX),
+                    ..Default::default()
+                },
+                "limits.watch_stall_timeout_ms = 18446744073709551615",
+            ),
+        ] {
+            let err = section.resolve().unwrap_err();
+            assert!(err.starts_with(key), "{err}");
+            assert!(err.contains("out of range"), "{err}");
+        }
     }
 }

@@ -110,6 +110,13 @@ pub const OPEN_WATCH_STREAMS_PER_PEER: Range =
     Range::new("limits.open_watch_streams_per_peer", 1, 100_000);
 pub const OPEN_REQUESTS_PER_SECOND_PER_PEER: Range =
     Range::new("limits.open_requests_per_second_per_peer", 1, 100_000_000);
+/// Watch streams of both RPCs open at once, over all callers.
+pub const MAX_WATCH_STREAMS: Range = Range::new("limits.max_watch_streams", 1, 1_000_000);
+/// Encoded bytes one watch stream may queue for its client.
+pub const WATCH_BUFFER_BYTES: Range = Range::new("limits.watch_buffer_bytes", 4 * KIB, 16 * MIB);
+/// How long a full watch outbox is tolerated before the stream is cut.
+pub const WATCH_STALL_TIMEOUT_MS: Range =
+    Range::new("limits.watch_stall_timeout_ms", 100, HOUR * 1000);
 
 // [events]: the event log's retention (`crate::feed`).
 pub const EVENTS_RETENTION_SECS: Range = Range::new("events.retention_secs", MINUTE, 3650 * DAY);
@@ -171,6 +178,9 @@ pub const ALL: &[Range] = &[
     MAX_HEADER_LIST_SIZE,
     OPEN_WATCH_STREAMS_PER_PEER,
     OPEN_REQUESTS_PER_SECOND_PER_PEER,
+    MAX_WATCH_STREAMS,
+    WATCH_BUFFER_BYTES,
+    WATCH_STALL_TIMEOUT_MS,
     EVENTS_RETENTION_SECS,
     EVENTS_MAX_EVENTS,
     STORE_POOL_SIZE,

@@ -248,6 +248,10 @@ impl<S: Store> Store for FaultStore<S> {
         self.inner.shared()
     }
 
+    fn sealing_keys(&self) -> Option<std::sync::Arc<crate::crypto::Keyring>> {
+        self.inner.sealing_keys()
+    }
+
     async fn claim_reader(
         &self,
         name: &str,

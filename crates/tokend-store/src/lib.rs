@@ -287,6 +287,14 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// The keys this store seals records with, to seal other values a
+    /// reader must not read either (the event cursors handed to callers
+    /// limited to some connections). Every replica of a shared store holds
+    /// the same keys. `None` for a store that seals nothing.
+    fn sealing_keys(&self) -> Option<std::sync::Arc<crypto::Keyring>> {
+        None
+    }
+
     /// Up to `limit` stored records exactly as kept (tokens sealed), in id
     /// order after `after`, with the store's format version: what a backup
     /// holds. Stores that keep nothing sealed (the in-memory one) refuse.

@@ -976,6 +976,10 @@ impl Store for SledStore {
         self.inner.watermark.subscribe()
     }
 
+    fn sealing_keys(&self) -> Option<Arc<Keyring>> {
+        Some(self.inner.keys())
+    }
+
     async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
         self.blocking(|inner| {
             let last = inner.watermark.get();

@@ -133,6 +133,16 @@ impl Reader {
             }
         }
     }
+
+    /// Whether this reader sees every connection's events. One that does
+    /// not must learn nothing of the others' activity: it gets sealed
+    /// cursors, no sequence numbers, and checkpoints on a fixed beat.
+    pub fn sees_everything(&self) -> bool {
+        match self {
+            Reader::Operator => true,
+            Reader::Caller(caller) => caller.may_everywhere(Permission::Tokens),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,11 +18,11 @@ use std::{
 };
 
 use tokend_core::{Clock, Event};
-use tokend_store::{Store, StoreError};
+use tokend_store::{Store, StoreError, crypto::Keyring};
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use cursor::Cursor;
+pub use cursor::{Cursor, Presented};
 pub use filter::{EventFilter, Reader};
 
 /// How long events are kept and how the feed paces itself (`[events]`).
@@ -123,6 +123,8 @@ pub struct Feed {
     /// The last sequence number the tailer has made readable.
     tail: watch::Sender<u64>,
     settings: EventSettings,
+    /// Seals cursors when the store has no keys (the in-memory store).
+    fallback_keys: Arc<Keyring>,
 }
 
 impl Feed {
@@ -142,6 +144,7 @@ impl Feed {
             recent: RwLock::new(VecDeque::new()),
             tail: watch::Sender::new(bounds.last),
             settings: settings.clone(),
+            fallback_keys: Arc::new(Keyring::ephemeral()),
         });
         tasks.spawn(Arc::clone(&feed).tail_log(cancel.clone()));
         tasks.spawn(retention::prune_periodically(
@@ -179,6 +182,72 @@ impl Feed {
         Cursor {
             log_id: self.log_id,
             seq,
+        }
+    }
+
+    /// The keys cursors are sealed with: the store's own, which every
+    /// replica shares and key rotation keeps current.
+    fn keys(&self) -> Arc<Keyring> {
+        self.store
+            .sealing_keys()
+            .unwrap_or_else(|| Arc::clone(&self.fallback_keys))
+    }
+
+    /// The cursor after `seq` as a reader is shown it: plain, or `sealed`
+    /// for one limited to some connections (see `cursor.rs`).
+    pub fn cursor_for(&self, seq: u64, sealed: bool) -> String {
+        let cursor = self.cursor(seq);
+        if sealed {
+            cursor.seal(&self.keys())
+        } else {
+            cursor.encode()
+        }
+    }
+
+    /// The position a presented cursor stands for. A reader limited to some
+    /// connections (`sealed`) must hand back a sealed cursor: a plain one
+    /// would let it ask about any position of the log.
+    pub async fn open(
+        &self,
+        presented: Presented,
+        sealed: bool,
+    ) -> Result<Cursor, crate::ServiceError> {
+        use crate::ServiceError;
+        match presented {
+            Presented::Plain(c) if !sealed => Ok(c),
+            Presented::Plain(_) => Err(ServiceError::invalid(
+                "resume_after",
+                "a plain cursor: a caller limited to some connections resumes with the cursors tokend sent it",
+            )),
+            Presented::Sealed(bytes) => match Cursor::open(&bytes, &self.keys()) {
+                Ok(c) => Ok(c),
+                Err(cursor::Unreadable::Forged) => Err(ServiceError::invalid(
+                    "resume_after",
+                    "not a cursor tokend issued (pass a ConnectionEvent's cursor unchanged)",
+                )),
+                Err(cursor::Unreadable::RetiredKey) => {
+                    let bounds = self.store.event_bounds().await?;
+                    Err(self.service_error(
+                        FeedError::Expired {
+                            detail: "it was sealed with a key that has since been retired",
+                            oldest: self.cursor(bounds.oldest - 1),
+                        },
+                        sealed,
+                    ))
+                }
+            },
+        }
+    }
+
+    /// `e` as the reader is told it: an expired position names the oldest
+    /// cursor in the form the reader is shown cursors.
+    pub fn service_error(&self, e: FeedError, sealed: bool) -> crate::ServiceError {
+        match e {
+            FeedError::Expired { detail, oldest } if sealed => crate::ServiceError::CursorExpired {
+                detail,
+                oldest_cursor: self.cursor_for(oldest.seq, true),
+            },
+            e => e.into(),
         }
     }
 

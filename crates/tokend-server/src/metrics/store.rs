@@ -171,6 +171,10 @@ impl Store for MeteredStore {
         self.inner.shared()
     }
 
+    fn sealing_keys(&self) -> Option<Arc<tokend_store::crypto::Keyring>> {
+        self.inner.sealing_keys()
+    }
+
     async fn export_sealed(
         &self,
         after: Option<&str>,

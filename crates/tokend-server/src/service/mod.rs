@@ -2,6 +2,8 @@
 //! (`validate.rs`), calls the engine, converts results, and audits. Errors
 //! leave through `ServiceError::to_status` only.
 
+mod outbox;
+mod streams;
 mod validate;
 mod watch;
 mod watch_all;
@@ -10,7 +12,7 @@ use std::{pin::Pin, sync::Arc};
 
 use tokend_proto::v1::{self as pb, token_service_server::TokenService};
 use tokend_store::ListQuery;
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -33,6 +35,8 @@ pub struct TokenServiceImpl {
     webhooks: Arc<Webhooks>,
     /// Where every call is recorded.
     audit_log: crate::audit::AuditLog,
+    /// The server-wide watch-stream cap and each stream's buffer bounds.
+    streams: streams::StreamBounds,
 }
 
 impl TokenServiceImpl {
@@ -47,7 +51,14 @@ impl TokenServiceImpl {
             feed,
             webhooks,
             audit_log,
+            streams: streams::StreamBounds::default(),
         }
+    }
+
+    /// Applies `limits`' watch-stream bounds (the defaults otherwise).
+    pub fn with_stream_limits(mut self, limits: &crate::limits::Limits) -> Self {
+        self.streams = streams::StreamBounds::new(limits);
+        self
     }
 }
 
@@ -227,38 +238,55 @@ impl TokenServiceImpl {
         caller: &Arc<Caller>,
         request: Request<pb::WatchConnectionRequest>,
     ) -> Result<Response<WatchStream>> {
+        let gate = crate::transport::backpressure::of_request(&request);
         let id = connection_id(&request.into_inner().connection_id)?;
         caller.authorize(Permission::Tokens, Some(&id))?;
         let permit = (
             caller.open_watch_stream()?,
+            self.streams.open()?,
             crate::metrics::Subscriber::start(self.engine.metrics(), "watch_connection"),
         );
-        let rx = watch::WatchTask::start(&self.engine, id, permit).await?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let rx =
+            watch::WatchTask::start(&self.engine, id, self.streams.outbox, gate, permit).await?;
+        Ok(Response::new(Box::pin(rx)))
     }
 
     async fn watch_connections_inner(
         &self,
         caller: &Arc<Caller>,
         req: pb::WatchConnectionsRequest,
+        gate: Option<Arc<crate::transport::backpressure::WriteState>>,
     ) -> Result<Response<FeedStream>> {
         caller.authorize(Permission::Tokens, None)?;
         let (filter, cursor) = validate::watch_all(&req)?;
         let permit = (
             caller.open_watch_stream()?,
+            self.streams.open()?,
             crate::metrics::Subscriber::start(self.engine.metrics(), "watch_connections"),
         );
-        let position = self.feed.start_position(cursor, req.from_oldest).await?;
+        let reader = Reader::Caller(Arc::clone(caller));
+        let sealed = !reader.sees_everything();
+        let cursor = match cursor {
+            Some(presented) => Some(self.feed.open(presented, sealed).await?),
+            None => None,
+        };
+        let position = self
+            .feed
+            .start_position(cursor, req.from_oldest)
+            .await
+            .map_err(|e| self.feed.service_error(e, sealed))?;
         let rx = watch_all::FeedTask::start(
             Arc::clone(&self.feed),
-            Reader::Caller(Arc::clone(caller)),
+            reader,
             filter,
             position,
             self.engine.tasks(),
             self.engine.shutdown_token().clone(),
+            self.streams.outbox,
+            gate,
             permit,
         );
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(rx)))
     }
 
     fn list_webhooks_inner(&self, caller: &Caller) -> Result<pb::ListWebhooksResponse> {
@@ -402,7 +430,8 @@ impl TokenService for TokenServiceImpl {
         let result = match check_size(request.get_ref()) {
             Err(e) => Err(e),
             Ok(()) => {
-                self.watch_connections_inner(&caller, request.into_inner())
+                let gate = crate::transport::backpressure::of_request(&request);
+                self.watch_connections_inner(&caller, request.into_inner(), gate)
                     .await
             }
         };

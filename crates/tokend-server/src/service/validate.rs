@@ -359,7 +359,7 @@ pub(super) fn list_params(req: &pb::ListConnectionsRequest) -> Result<ListParams
 /// A `WatchConnections` request: its filter and where to start.
 pub(super) fn watch_all(
     req: &pb::WatchConnectionsRequest,
-) -> Result<(crate::feed::EventFilter, Option<crate::feed::Cursor>)> {
+) -> Result<(crate::feed::EventFilter, Option<crate::feed::Presented>)> {
     let f = req.filter.clone().unwrap_or_default();
     let types = f
         .event_types
@@ -408,7 +408,7 @@ pub(super) fn watch_all(
     })?;
     let cursor = match req.resume_after.as_str() {
         "" => None,
-        raw => Some(crate::feed::Cursor::decode(raw).ok_or_else(|| {
+        raw => Some(crate::feed::Presented::decode(raw).ok_or_else(|| {
             ServiceError::invalid(
                 "resume_after",
                 "not a cursor tokend issued (pass a ConnectionEvent's cursor unchanged)",

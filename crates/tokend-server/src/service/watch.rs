@@ -6,30 +6,28 @@ use std::sync::Arc;
 
 use tokend_core::{Connection, ConnectionId};
 use tokend_proto::v1 as pb;
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;
 
+use super::outbox::{self, OutboxBounds, Receiver, Sender};
+use crate::transport::backpressure::WriteState;
 use crate::{
     ServiceError, convert,
     engine::Engine,
     hub::{EventKind, Subscription},
 };
 
-/// Messages buffered per stream before the task waits for the client.
-const STREAM_BUFFER: usize = 16;
-
 /// One watch stream's task and everything it holds. Each field is released
 /// by drop when the task ends, however it ends: the hub subscription frees
-/// the channel and `permit` frees the caller's stream slot.
-pub(super) struct WatchTask<P: Send + Sync + 'static> {
+/// the channel. The stream's slots are held by the outbox's receiver, the
+/// response body, until HTTP/2 is done with it.
+pub(super) struct WatchTask {
     engine: Arc<Engine>,
     id: ConnectionId,
     events: Subscription,
     /// The newest state sent; watchers see no event older than it.
     last_seen: Arc<Connection>,
-    tx: mpsc::Sender<Result<pb::WatchConnectionResponse, Status>>,
-    /// The caller's watch-stream slot.
-    _permit: P,
+    tx: Sender<pb::WatchConnectionResponse>,
 }
 
 /// What the next message ends with.
@@ -39,24 +37,25 @@ enum Next {
     Stop,
 }
 
-impl<P: Send + Sync + 'static> WatchTask<P> {
+impl WatchTask {
     /// Subscribes, reads the current state and starts the stream. The
     /// subscription comes first, so no change can fall between the two.
     pub(super) async fn start(
         engine: &Arc<Engine>,
         id: ConnectionId,
-        permit: P,
-    ) -> Result<mpsc::Receiver<Result<pb::WatchConnectionResponse, Status>>, ServiceError> {
+        bounds: OutboxBounds,
+        gate: Option<Arc<WriteState>>,
+        permit: impl Send + Sync + 'static,
+    ) -> Result<Receiver<pb::WatchConnectionResponse>, ServiceError> {
         let events = engine.subscribe(&id);
         let current = engine.cached(&id).await?;
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (tx, rx) = outbox::outbox(bounds, gate, permit);
         let task = WatchTask {
             engine: Arc::clone(engine),
             id,
             events,
             last_seen: current,
             tx,
-            _permit: permit,
         };
         engine.tasks().spawn(task.run());
         Ok(rx)
@@ -112,6 +111,8 @@ impl<P: Send + Sync + 'static> WatchTask<P> {
         out: Result<pb::WatchConnectionResponse, Status>,
         shutdown: &tokio_util::sync::CancellationToken,
     ) -> bool {
+        // A client that reads nothing for the stall grace is cut off; it
+        // resubscribes and gets a fresh snapshot.
         tokio::select! {
             sent = self.tx.send(out) => sent.is_ok(),
             _ = shutdown.cancelled() => false,

@@ -3,42 +3,53 @@
 //! by the engine's tracker that ends at shutdown or when the client goes
 //! away.
 //!
-//! The task holds only its position. A client that reads slowly makes its
-//! own `send` wait; the feed serves it from the ring or the log when it
-//! resumes, so it is never dropped and never delays anyone else.
+//! The task holds only its position and one small batch. A client that
+//! reads slowly makes its own `send` wait; the feed serves it from the ring
+//! or the log when it resumes, so it never delays anyone else. A client
+//! that reads nothing for the stall timeout is cut off with the cursor of
+//! the last message it was handed (`outbox.rs`), and resumes from there.
+//!
+//! A caller limited to some connections learns nothing of the others'
+//! activity from its stream: its cursors are sealed (`feed/cursor.rs`), its
+//! events carry no sequence number, and its checkpoints come on a fixed
+//! beat (each `checkpoint_interval` without another message), never
+//! because the log moved.
 
 use std::sync::Arc;
 
 use tokend_proto::v1 as pb;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use super::outbox::{self, OutboxBounds, Receiver, Sender};
+use crate::transport::backpressure::WriteState;
 use crate::{
-    ServiceError, convert,
+    convert,
     feed::{EventFilter, Feed, FeedError, Reader},
 };
 
-/// Messages buffered per stream before the task waits for the client.
-const STREAM_BUFFER: usize = 64;
-/// Events taken from the feed at once.
-const BATCH: usize = 256;
+/// Events taken from the feed at once: what a stalled task holds besides
+/// its outbox.
+const BATCH: usize = 64;
 
 type Message = Result<pb::ConnectionEvent, Status>;
 
-pub(super) struct FeedTask<P: Send + Sync + 'static> {
+pub(super) struct FeedTask {
     feed: Arc<Feed>,
     reader: Reader,
+    /// The reader is limited to some connections: sealed cursors, no
+    /// sequence numbers, checkpoints on a fixed beat.
+    sealed: bool,
     filter: EventFilter,
     /// The last sequence number this stream is done with.
     position: u64,
-    tx: mpsc::Sender<Message>,
+    tx: Sender<pb::ConnectionEvent>,
     cancel: CancellationToken,
-    /// The caller's watch-stream slot.
-    _permit: P,
 }
 
-impl<P: Send + Sync + 'static> FeedTask<P> {
+impl FeedTask {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn start(
         feed: Arc<Feed>,
         reader: Reader,
@@ -46,17 +57,19 @@ impl<P: Send + Sync + 'static> FeedTask<P> {
         position: u64,
         tasks: &tokio_util::task::TaskTracker,
         cancel: CancellationToken,
-        permit: P,
-    ) -> mpsc::Receiver<Message> {
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        bounds: OutboxBounds,
+        gate: Option<Arc<WriteState>>,
+        permit: impl Send + Sync + 'static,
+    ) -> Receiver<pb::ConnectionEvent> {
+        let (tx, rx) = outbox::outbox(bounds, gate, permit);
         let task = FeedTask {
             feed,
+            sealed: !reader.sees_everything(),
             reader,
             filter,
             position,
             tx,
             cancel,
-            _permit: permit,
         };
         tasks.spawn(task.run());
         rx
@@ -64,8 +77,8 @@ impl<P: Send + Sync + 'static> FeedTask<P> {
 
     fn checkpoint(&self, caught_up: bool) -> Message {
         Ok(convert::checkpoint(
-            self.position,
-            self.feed.cursor(self.position).encode(),
+            if self.sealed { 0 } else { self.position },
+            self.feed.cursor_for(self.position, self.sealed),
             caught_up,
         ))
     }
@@ -81,22 +94,34 @@ impl<P: Send + Sync + 'static> FeedTask<P> {
         let mut reported = self.position;
         let mut last_sent = Instant::now();
         loop {
+            // A sealed reader's next checkpoint is due on the beat; waiting
+            // for the feed ends by then.
+            let wait = if self.sealed {
+                (last_sent + interval).saturating_duration_since(Instant::now())
+            } else {
+                interval
+            };
             let batch = tokio::select! {
                 _ = self.tx.closed() => return,
-                batch = self.feed.next(self.position, BATCH, interval, &self.cancel) => batch,
+                batch = self.feed.next(self.position, BATCH, wait, &self.cancel) => batch,
             };
             let events = match batch {
                 Ok(events) => events,
                 Err(FeedError::ShuttingDown) => return,
                 Err(e) => {
-                    let _ = self.send(Err(ServiceError::from(e).to_status())).await;
+                    let status = self.feed.service_error(e, self.sealed).to_status();
+                    let _ = self.send(Err(status)).await;
                     return;
                 }
             };
             for event in events {
                 self.position = event.seq;
                 if self.filter.matches(&event) && self.reader.may_see(&event.connection_id) {
-                    let message = convert::event(&event, self.feed.cursor(event.seq).encode());
+                    let mut message =
+                        convert::event(&event, self.feed.cursor_for(event.seq, self.sealed));
+                    if self.sealed {
+                        message.sequence = 0;
+                    }
                     if !self.send(Ok(message)).await {
                         return;
                     }
@@ -112,8 +137,11 @@ impl<P: Send + Sync + 'static> FeedTask<P> {
                 reported = self.position;
                 last_sent = Instant::now();
             }
-            // Events the filter left out still move the cursor on.
-            if self.position > reported && last_sent.elapsed() >= interval {
+            // Events the filter left out still move the cursor on. A sealed
+            // reader gets its checkpoint on the beat whether or not the log
+            // moved, so neither its timing nor its (sealed) cursor says.
+            let moved = self.position > reported || self.sealed;
+            if moved && last_sent.elapsed() >= interval {
                 if !self.send(self.checkpoint(false)).await {
                     return;
                 }
@@ -123,8 +151,9 @@ impl<P: Send + Sync + 'static> FeedTask<P> {
         }
     }
 
-    /// False when the client is gone or the server is stopping: a client
-    /// that stops reading must not hold shutdown up.
+    /// False when the client is gone, too slow (cut off with its last
+    /// cursor), or the server is stopping: a client that stops reading must
+    /// not hold shutdown up.
     async fn send(&self, message: Message) -> bool {
         tokio::select! {
             sent = self.tx.send(message) => sent.is_ok(),

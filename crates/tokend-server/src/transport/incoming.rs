@@ -115,6 +115,8 @@ pub(crate) struct Conn {
     /// Armed until [`HANDSHAKE_BYTES`] were read.
     deadline: Option<Pin<Box<Sleep>>>,
     read: usize,
+    /// Whether the peer takes what is written (`backpressure.rs`).
+    write: super::backpressure::Registration,
 }
 
 impl Conn {
@@ -124,13 +126,25 @@ impl Conn {
         handshake_timeout: Option<Duration>,
     ) -> Self {
         let info = stream.connect_info();
+        let write = super::backpressure::Registration::new(info.local_addr(), info.remote_addr());
         Conn {
             stream,
             info,
             _slot: slot,
             deadline: handshake_timeout.map(|t| Box::pin(tokio::time::sleep(t))),
             read: 0,
+            write,
         }
+    }
+
+    /// Records whether the socket took the bytes.
+    fn wrote(&self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match &polled {
+            Poll::Pending => self.write.state.set_blocked(),
+            Poll::Ready(Ok(n)) if *n > 0 => self.write.state.set_writable(),
+            Poll::Ready(_) => {}
+        }
+        polled
     }
 }
 
@@ -181,7 +195,8 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.wrote(polled)
     }
 
     fn poll_write_vectored(
@@ -189,7 +204,8 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.wrote(polled)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -3,5 +3,6 @@
 //! layer with its body deadline and byte budget. The numbers come from
 //! [`crate::limits::Limits`].
 
+pub(crate) mod backpressure;
 pub(crate) mod body;
 pub(crate) mod incoming;
