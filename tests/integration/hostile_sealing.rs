@@ -60,12 +60,16 @@ impl Broker {
         };
         let template = sandbox.token_url().replacen("127.0.0.1", "{host}", 1);
         assert!(template.contains("{host}"), "{template}");
+        // Both hosts are listed values of `host` (two data centres an
+        // operator allows), so the host rule of item 1 would let a stored
+        // `host` of either through: only the binding stops a repointed one.
         std::fs::write(
             dir.path().join("tokend.toml"),
             format!(
                 "{store}[providers.sandbox]\npreset = \"sandbox\"\ntoken_url = \"{template}\"\n\
                  client_id = \"{client}\"\nclient_secret_env = \"SANDBOX_CLIENT_SECRET\"\n\
-                 min_refresh_interval_secs = 0\n\n\
+                 min_refresh_interval_secs = 0\n\
+                 param_values = {{ host = [\"127.0.0.1\", \"{ATTACKER}\"] }}\n\n\
                  [providers.elsewhere]\npreset = \"sandbox\"\n\
                  token_url = \"https://{ATTACKER}/token\"\n\
                  client_id = \"{client}\"\nclient_secret_env = \"SANDBOX_CLIENT_SECRET\"\n\
