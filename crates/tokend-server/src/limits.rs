@@ -43,6 +43,11 @@ pub struct Limits {
     /// one connection, so this is high: it keeps one connection from taking
     /// the whole server (~15-20k cached GetToken/s on 2 cores).
     pub open_requests_per_second_per_peer: u32,
+    /// Installs one caller (an identity; in open mode, a client connection)
+    /// may have running at once. An install runs in the engine until the
+    /// provider answers, even after its caller gives up, and holds its
+    /// caller's slot until then. Between 1 and [`MAX_INSTALLS_PER_CALLER`].
+    pub max_installs_per_caller: usize,
     /// Whether the bounds above are enforced at all. Only benchmarks that
     /// measure what the bounds cost turn this off; the file cannot.
     pub enforce: bool,
@@ -62,10 +67,19 @@ impl Default for Limits {
             max_header_list_size: 16 << 10,
             open_watch_streams_per_peer: 64,
             open_requests_per_second_per_peer: 5000,
+            max_installs_per_caller: DEFAULT_INSTALLS_PER_CALLER,
             enforce: true,
         }
     }
 }
+
+/// Installs one caller may have running, unless configured: enough for a
+/// busy onboarding flow, few enough that abandoned installs to a provider
+/// that never answers hold few sockets.
+pub const DEFAULT_INSTALLS_PER_CALLER: usize = 16;
+
+/// The highest `max_installs_per_caller` accepted.
+pub const MAX_INSTALLS_PER_CALLER: usize = 10_000;
 
 /// Connections allowed when nothing is configured and the descriptor limit
 /// is high.
@@ -132,6 +146,7 @@ pub struct LimitsSection {
     pub max_header_list_size: Option<u32>,
     pub open_watch_streams_per_peer: Option<usize>,
     pub open_requests_per_second_per_peer: Option<u32>,
+    pub max_installs_per_caller: Option<usize>,
 }
 
 impl LimitsSection {
@@ -156,6 +171,15 @@ impl LimitsSection {
         };
         let count = |name: &str, v: Option<usize>, default: usize| {
             v.map_or(Ok(default), |v| positive(name, v as u64).map(|_| v))
+        };
+        let max_installs_per_caller = match self.max_installs_per_caller {
+            None => d.max_installs_per_caller,
+            Some(n) if (1..=MAX_INSTALLS_PER_CALLER).contains(&n) => n,
+            Some(n) => {
+                return Err(format!(
+                    "limits.max_installs_per_caller must be between 1 and {MAX_INSTALLS_PER_CALLER}, got {n}"
+                ));
+            }
         };
         Ok(Limits {
             max_connections: self
@@ -213,6 +237,7 @@ impl LimitsSection {
                 self.open_requests_per_second_per_peer.map(|v| v as usize),
                 d.open_requests_per_second_per_peer as usize,
             )? as u32,
+            max_installs_per_caller,
             enforce: true,
         })
     }
@@ -259,5 +284,33 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert_eq!(err, "limits.max_concurrent_streams must be positive");
+    }
+
+    /// Issue 24, install cap. Invariant: the key has one default and a
+    /// documented range; a value outside it is refused with the key named.
+    #[test]
+    fn the_install_cap_has_a_default_and_a_range() {
+        let resolved = |n| {
+            LimitsSection {
+                max_installs_per_caller: n,
+                ..Default::default()
+            }
+            .resolve()
+        };
+        assert_eq!(
+            resolved(None).unwrap().max_installs_per_caller,
+            DEFAULT_INSTALLS_PER_CALLER
+        );
+        assert_eq!(resolved(Some(1)).unwrap().max_installs_per_caller, 1);
+        assert_eq!(
+            resolved(Some(MAX_INSTALLS_PER_CALLER))
+                .unwrap()
+                .max_installs_per_caller,
+            MAX_INSTALLS_PER_CALLER
+        );
+        for bad in [0, MAX_INSTALLS_PER_CALLER + 1] {
+            let err = resolved(Some(bad)).unwrap_err();
+            assert!(err.contains("limits.max_installs_per_caller"), "{err}");
+        }
     }
 }
