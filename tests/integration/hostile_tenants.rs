@@ -651,3 +651,57 @@ async fn hostile_tenants_abandoned_installs_are_capped_per_caller() {
     }
     assert!(freed, "the slots came back once the installs ended");
 }
+
+/// Issue 24, install cap. Invariant: `max_installs_per_caller` outside
+/// 1..=10000 is refused, with the key named, by `check-config` and by
+/// `serve` (which then never listens); a value inside it is accepted.
+#[test]
+fn hostile_tenants_the_install_cap_key_is_range_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokend = |args: &[&str], config: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env_remove("TOKEND_LISTEN")
+            .output()
+            .unwrap()
+    };
+    for bad in ["0", "10001"] {
+        let config = dir.path().join(format!("bad-{bad}.toml"));
+        std::fs::write(
+            &config,
+            format!("[limits]\nmax_installs_per_caller = {bad}\n"),
+        )
+        .unwrap();
+        let out = tokend(&["check-config"], &config);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("limits.max_installs_per_caller must be between 1 and 10000"),
+            "{err}"
+        );
+        let data = dir.path().join(format!("data-{bad}"));
+        let out = tokend(
+            &[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+            &config,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "serve refuses {bad}: {err}");
+        assert!(err.contains("limits.max_installs_per_caller"), "{err}");
+    }
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[limits]\nmax_installs_per_caller = 64\n").unwrap();
+    let out = tokend(&["check-config"], &good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
