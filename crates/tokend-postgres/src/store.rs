@@ -42,7 +42,7 @@ fn db(e: tokio_postgres::Error) -> StoreError {
 /// One page of a listing within an id range: `$1` the last id already
 /// listed ("" for none), `$5` the id prefix ("" for none) and `$6` the
 /// first id past it. Both bounds are index conditions on the primary key.
-const LIST_RANGE: &str = "SELECT id, sealed FROM tokend_connections
+pub(crate) const LIST_RANGE: &str = "SELECT id, sealed FROM tokend_connections
      WHERE id > $1 AND id >= $5 AND id < $6
        AND ($2::text IS NULL OR provider = $2)
        AND ($3::text IS NULL OR status = $3)
@@ -62,7 +62,7 @@ const LIST_FROM: &str = "SELECT id, sealed FROM tokend_connections
 /// order (COLLATE "C"): its last ASCII byte below 0x7f incremented, what
 /// follows dropped. `None` when there is none (an empty prefix, say): the
 /// range is then open above.
-fn prefix_end(prefix: &str) -> Option<String> {
+pub(crate) fn prefix_end(prefix: &str) -> Option<String> {
     let mut bytes = prefix.as_bytes().to_vec();
     while let Some(last) = bytes.pop() {
         if last < 0x7f {
