@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokend_core::{Connection, ConnectionId, Event, Status, Timestamp};
+use tokend_core::{Status, Timestamp};
 use tokend_proto::v1::{self as pb, token_service_client::TokenServiceClient};
 use tokend_sandbox::Fault;
 use tokend_server::{
@@ -16,11 +16,8 @@ use tokend_server::{
     auth::{Grant, IdentityConfig, Permission, sha256_hex},
     config::sandbox_provider,
 };
-use tokend_store::{
-    Census, Expected, Lease, ListQuery, LogBounds, SavedCursor, SealedPage, SledStore, Store,
-    StoreError, Summary,
-};
-use tokio::sync::{oneshot, watch};
+use tokend_store::{SledStore, Store};
+use tokio::sync::oneshot;
 use tonic::{Code, Request, transport::Channel};
 use tonic_types::StatusExt;
 
@@ -50,100 +47,8 @@ fn identity(
 
 // ---- Item 6: a narrow listing reads only what it may see -----------------
 
-/// A store that counts the records its listings return (what the server
-/// reads and decrypts to answer ListConnections) and delegates the rest.
-struct CountingStore {
-    inner: Arc<SledStore>,
-    listed: AtomicU64,
-    gets: AtomicU64,
-}
-
-#[tonic::async_trait]
-impl Store for CountingStore {
-    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
-        self.gets.fetch_add(1, Ordering::Relaxed);
-        self.inner.get(id).await
-    }
-    async fn put(
-        &self,
-        record: &Connection,
-        expected: Option<u64>,
-        fence: Option<u64>,
-    ) -> Result<(), StoreError> {
-        self.inner.put(record, expected, fence).await
-    }
-    async fn replace_unreadable(&self, record: &Connection) -> Result<(), StoreError> {
-        self.inner.replace_unreadable(record).await
-    }
-    async fn delete(&self, id: &ConnectionId, expected: Expected) -> Result<bool, StoreError> {
-        self.inner.delete(id, expected).await
-    }
-    async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {
-        let page = self.inner.list(query).await?;
-        self.listed.fetch_add(page.len() as u64, Ordering::Relaxed);
-        Ok(page)
-    }
-    async fn summaries(
-        &self,
-        after: Option<&ConnectionId>,
-        limit: usize,
-    ) -> Result<Vec<Summary>, StoreError> {
-        self.inner.summaries(after, limit).await
-    }
-    async fn census(&self) -> Result<Census, StoreError> {
-        self.inner.census().await
-    }
-    async fn try_acquire_refresh_lease(
-        &self,
-        id: &ConnectionId,
-        holder: &str,
-        ttl: Duration,
-        now: Timestamp,
-    ) -> Result<Option<Lease>, StoreError> {
-        self.inner
-            .try_acquire_refresh_lease(id, holder, ttl, now)
-            .await
-    }
-    async fn release_refresh_lease(&self, lease: &Lease, in_doubt: bool) -> Result<(), StoreError> {
-        self.inner.release_refresh_lease(lease, in_doubt).await
-    }
-    async fn release_abandoned_leases(
-        &self,
-        node_prefix: &str,
-    ) -> Result<Vec<ConnectionId>, StoreError> {
-        self.inner.release_abandoned_leases(node_prefix).await
-    }
-    async fn read_events(
-        &self,
-        after: u64,
-        up_to: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.inner.read_events(after, up_to, limit).await
-    }
-    fn event_watermark(&self) -> watch::Receiver<u64> {
-        self.inner.event_watermark()
-    }
-    async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
-        self.inner.event_bounds().await
-    }
-    async fn prune_events(&self, older_than: Timestamp, keep: u64) -> Result<u64, StoreError> {
-        self.inner.prune_events(older_than, keep).await
-    }
-    async fn load_cursor(&self, name: &str) -> Result<Option<SavedCursor>, StoreError> {
-        self.inner.load_cursor(name).await
-    }
-    async fn save_cursor(&self, name: &str, cursor: &SavedCursor) -> Result<(), StoreError> {
-        self.inner.save_cursor(name, cursor).await
-    }
-    async fn export_sealed(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<SealedPage, StoreError> {
-        self.inner.export_sealed(after, limit).await
-    }
-}
+mod counting_store;
+use counting_store::CountingStore;
 
 /// Connections in the crowded store: tenant B's crowd, and tenant A's few.
 const CROWD: usize = 20_000;
@@ -218,7 +123,6 @@ async fn hostile_tenants_a_narrow_listing_reads_only_its_own_prefixes() {
     let store = Arc::new(CountingStore {
         inner: Arc::new(crowded_store(dir.path())),
         listed: AtomicU64::new(0),
-        gets: AtomicU64::new(0),
     });
     eprintln!("{CROWD} connections written in {:?}", built.elapsed());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
