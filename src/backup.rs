@@ -204,11 +204,11 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     });
     let keyring = || tokend_store::crypto::KeyFile::load(&key_path).and_then(|f| f.keyring());
     let keys = keyring().with_context(|| {
-            format!(
-                "no usable key file at {} (restore needs the key file the backed-up server used)",
-                key_path.display()
-            )
-        })?;
+        format!(
+            "no usable key file at {} (restore needs the key file the backed-up server used)",
+            key_path.display()
+        )
+    })?;
     let does_not_open = || {
         format!(
             "the backup does not open with {}: is it the key file the backed-up server used, and the file as it was written?",

@@ -39,6 +39,41 @@ fn db(e: tokio_postgres::Error) -> StoreError {
 
 /// The statement for `sql`, prepared once per pooled connection: every
 /// later use saves the round trip of preparing it again.
+/// One page of a listing within an id range: `$1` the last id already
+/// listed ("" for none), `$5` the id prefix ("" for none) and `$6` the
+/// first id past it. Both bounds are index conditions on the primary key.
+pub(crate) const LIST_RANGE: &str = "SELECT id, sealed FROM tokend_connections
+     WHERE id > $1 AND id >= $5 AND id < $6
+       AND ($2::text IS NULL OR provider = $2)
+       AND ($3::text IS NULL OR status = $3)
+       AND starts_with(id, $5)
+     ORDER BY id LIMIT $4";
+
+/// [`LIST_RANGE`] for a prefix with no upper bound (none, or one whose
+/// bytes cannot be incremented).
+const LIST_FROM: &str = "SELECT id, sealed FROM tokend_connections
+     WHERE id > $1 AND id >= $5
+       AND ($2::text IS NULL OR provider = $2)
+       AND ($3::text IS NULL OR status = $3)
+       AND starts_with(id, $5)
+     ORDER BY id LIMIT $4";
+
+/// The smallest string above every string starting with `prefix`, in byte
+/// order (COLLATE "C"): its last ASCII byte below 0x7f incremented, what
+/// follows dropped. `None` when there is none (an empty prefix, say): the
+/// range is then open above.
+pub(crate) fn prefix_end(prefix: &str) -> Option<String> {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            // Only whole multi-byte characters were dropped.
+            return String::from_utf8(bytes).ok();
+        }
+    }
+    None
+}
+
 async fn prep(client: &Client, sql: &str) -> Result<Statement, StoreError> {
     client.prepare_cached(sql).await.map_err(db)
 }
@@ -421,37 +456,47 @@ impl Store for PostgresStore {
         Ok(true)
     }
 
+    /// An id prefix is a range of the primary key (`id >= prefix AND id <
+    /// end`, ids in `C` collation), so a narrow listing reads only its own
+    /// rows however many others there are.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {
         let client = self.client().await?;
         let keys = self.keys();
         let provider = query.provider.as_ref().map(|p| p.as_str().to_owned());
         let status = query.status.map(Status::as_str);
-        let mut after = query.after.as_ref().map(|a| a.as_str().to_owned());
+        let prefix = query.prefix.clone().unwrap_or_default();
+        let end = prefix_end(&prefix);
+        // Every id is longer than "", so `id > ''` holds for all.
+        let mut after = query
+            .after
+            .as_ref()
+            .map_or_else(String::new, |a| a.as_str().to_owned());
+        let statement = prep(&client, if end.is_some() { LIST_RANGE } else { LIST_FROM }).await?;
         let mut out = Vec::new();
         while out.len() < query.limit {
-            let rows = client
-                .query(
-                    &prep(
-                        &client,
-                        "SELECT id, sealed FROM tokend_connections
-                     WHERE ($1::text IS NULL OR id > $1)
-                       AND ($2::text IS NULL OR provider = $2)
-                       AND ($3::text IS NULL OR status = $3)
-                       AND ($5::text IS NULL OR starts_with(id, $5))
-                     ORDER BY id LIMIT $4",
-                    )
-                    .await?,
-                    &[&after, &provider, &status, &PAGE, &query.prefix],
-                )
-                .await
-                .map_err(db)?;
-            let full = rows.len() as i64 == PAGE;
+            let want = PAGE.min(i64::try_from(query.limit - out.len()).unwrap_or(PAGE));
+            let rows = match &end {
+                Some(end) => {
+                    client
+                        .query(
+                            &statement,
+                            &[&after, &provider, &status, &want, &prefix, end],
+                        )
+                        .await
+                }
+                None => {
+                    client
+                        .query(&statement, &[&after, &provider, &status, &want, &prefix])
+                        .await
+                }
+            }
+            .map_err(db)?;
+            let full = rows.len() as i64 == want;
             for row in &rows {
                 let id: &str = row.get(0);
-                after = Some(id.to_owned());
+                after = id.to_owned();
                 match decode(id.as_bytes(), row.get(1), &keys) {
-                    Ok(c) if out.len() < query.limit => out.push(c),
-                    Ok(_) => break,
+                    Ok(c) => out.push(c),
                     Err(e) => tracing::error!(error = %e, "skipping unreadable connection record"),
                 }
             }

@@ -432,3 +432,58 @@ async fn records_are_bound_at_connect_and_a_database_writer_cannot_repoint_one()
         .expect("list");
     assert_eq!(listed.len(), 1, "only the bystander opens");
 }
+
+/// Issue 24, item 6. Invariants: the first id past a prefix is computed
+/// byte-wise (ASCII incremented, nothing for an empty prefix), and a
+/// prefix listing's bounds are conditions of the primary key's index, so
+/// PostgreSQL reads the range only, not the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefix_listing_is_a_range_of_the_primary_key() {
+    use crate::store::{LIST_RANGE, prefix_end};
+    assert_eq!(prefix_end("tenant-a-").as_deref(), Some("tenant-a."));
+    assert_eq!(prefix_end("az").as_deref(), Some("a{"));
+    assert_eq!(prefix_end("a\u{7f}").as_deref(), Some("b"));
+    assert_eq!(prefix_end("a\u{e9}").as_deref(), Some("b"));
+    assert_eq!(prefix_end(""), None);
+
+    let (store, options) = fresh_store("prefix_range").await;
+    for i in 0..300 {
+        let id = format!("tenant-{}-{i:03}", if i % 10 == 0 { 'a' } else { 'b' });
+        store
+            .put(&conformance::record(&id, 1), None, None)
+            .await
+            .expect("create");
+    }
+    let client = connect_one(&options).await.expect("client");
+    client
+        .batch_execute("ANALYZE tokend_connections; SET enable_seqscan = off")
+        .await
+        .expect("analyze");
+    let plan: Vec<String> = client
+        .query(
+            &format!("EXPLAIN {LIST_RANGE}"),
+            &[
+                &"",
+                &None::<String>,
+                &None::<String>,
+                &100i64,
+                &"tenant-a-",
+                &"tenant-a.",
+            ],
+        )
+        .await
+        .expect("explain")
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .collect();
+    let plan = plan.join("\n");
+    let cond = plan
+        .lines()
+        .find(|l| l.contains("Index Cond"))
+        .unwrap_or_else(|| panic!("no index condition: {plan}"));
+    assert!(
+        cond.contains("id >=") && cond.contains("id <"),
+        "the prefix's bounds are index conditions: {plan}"
+    );
+    assert!(plan.contains("tokend_connections_pkey"), "{plan}");
+}

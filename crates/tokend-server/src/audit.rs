@@ -3,8 +3,9 @@
 //!
 //! A flood cannot be turned against the disk: unvalidated fields are cut
 //! to 128 bytes, and a refusal repeated by the same caller from the same
-//! address within one interval is written once, then once more at the end
-//! of the interval with the count (`repeated`).
+//! address for the same connection within one interval is written once,
+//! then once more at the end of the interval with the count (`repeated`).
+//! Each distinct connection a caller is refused is named at least once.
 
 use std::{
     collections::HashMap,
@@ -100,12 +101,15 @@ impl Default for AuditOptions {
 /// counted in one overflow line.
 const MAX_TRACKED: usize = 4096;
 
-/// What makes two refusals "the same".
+/// What makes two refusals "the same". The targeted connection is part
+/// of it: a probe of another tenant's connections leaves one line per
+/// connection probed, not one for the first.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct Key {
     caller: String,
     peer: Option<IpAddr>,
     rpc: &'static str,
+    connection_id: Option<String>,
     outcome: String,
     reason: Option<String>,
 }
@@ -271,6 +275,7 @@ impl AuditLog {
                 caller: record.caller.clone(),
                 peer,
                 rpc: record.rpc,
+                connection_id: record.connection_id.clone(),
                 outcome: record.outcome.clone(),
                 reason: record.reason.clone(),
             };
@@ -443,7 +448,7 @@ impl Writer {
                 ts,
                 caller: key.caller,
                 rpc: key.rpc,
-                connection_id: None,
+                connection_id: key.connection_id,
                 outcome: key.outcome,
                 reason: key.reason,
                 peer: key.peer.map(|p| p.to_string()),
@@ -563,6 +568,46 @@ mod tests {
         assert_eq!(from_7, 2, "a first line and a summary line: {text}");
         let ok = lines.iter().filter(|l| l["outcome"] == "ok").count();
         assert_eq!(ok, 2, "successful calls are never aggregated");
+    }
+
+    /// Issue 24, item 7. Invariant: refusals for different connections are
+    /// never folded together: each connection probed is named in its own
+    /// line, and repeats of one are counted on a summary line naming it.
+    #[test]
+    fn each_refused_connection_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (log, writer) = AuditLog::open_with(
+            &path,
+            &AuditOptions::default(),
+            Duration::from_secs(3600),
+            tokend_core::Clock::system(),
+        )
+        .unwrap();
+        let now = Timestamp::from_unix_millis(1_000);
+        let denied = || Err(("permission_denied", "PERMISSION_DENIED".to_owned()));
+        for id in ["tenant-b-1", "tenant-b-2", "tenant-b-1", "tenant-b-1"] {
+            log.record(now, "tenant-a", "GetToken", Some(id), denied());
+        }
+        drop(log);
+        writer.join();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let first = |id: &str| {
+            lines
+                .iter()
+                .filter(|l| l["connection_id"] == id && l["repeated"].is_null())
+                .count()
+        };
+        assert_eq!(first("tenant-b-1"), 1, "{text}");
+        assert_eq!(first("tenant-b-2"), 1, "{text}");
+        let summary: Vec<_> = lines.iter().filter(|l| !l["repeated"].is_null()).collect();
+        assert_eq!(summary.len(), 1, "{text}");
+        assert_eq!(summary[0]["connection_id"], "tenant-b-1");
+        assert_eq!(summary[0]["repeated"], 2);
     }
 
     /// Issue 15. Invariants: the file is rotated at `max_bytes` (a line

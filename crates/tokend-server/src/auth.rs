@@ -84,6 +84,22 @@ pub struct Caller {
     limiter: DefaultDirectRateLimiter,
     max_watch_streams: usize,
     open_watch_streams: AtomicUsize,
+    /// Installs this caller may have running at once (`[limits]
+    /// max_installs_per_caller`), and how many it has.
+    max_installs: usize,
+    running_installs: AtomicUsize,
+}
+
+/// Which connections a permission reaches: what a listing walks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Every connection.
+    All,
+    /// The ids starting with one of `prefixes`, and the exact `ids`.
+    Only {
+        prefixes: Vec<String>,
+        ids: Vec<String>,
+    },
 }
 
 /// Which connections a grant entry matches.
@@ -129,7 +145,7 @@ struct Compiled {
 }
 
 impl Caller {
-    fn new(config: &IdentityConfig) -> Self {
+    fn new(config: &IdentityConfig, max_installs: usize) -> Self {
         let rate = NonZeroU32::new(config.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
         Caller {
             name: config.name.clone(),
@@ -148,6 +164,8 @@ impl Caller {
             limiter: RateLimiter::direct(Quota::per_second(rate)),
             max_watch_streams: config.max_watch_streams,
             open_watch_streams: AtomicUsize::new(0),
+            max_installs: max_installs.max(1),
+            running_installs: AtomicUsize::new(0),
         }
     }
 
@@ -155,18 +173,21 @@ impl Caller {
     /// client connection: any process on this machine, allowed everything
     /// (the server then listens on loopback only), with its own rate and
     /// watch-stream limits so one process cannot starve the others.
-    fn local(requests_per_second: u32, max_watch_streams: usize) -> Self {
-        Self::new(&IdentityConfig {
-            name: "local".into(),
-            api_key_sha256: None,
-            cert_sha256: None,
-            grants: vec![Grant {
-                permissions: vec![Permission::Admin],
-                connections: vec!["*".into()],
-            }],
-            requests_per_second,
-            max_watch_streams,
-        })
+    fn local(requests_per_second: u32, max_watch_streams: usize, max_installs: usize) -> Self {
+        Self::new(
+            &IdentityConfig {
+                name: "local".into(),
+                api_key_sha256: None,
+                cert_sha256: None,
+                grants: vec![Grant {
+                    permissions: vec![Permission::Admin],
+                    connections: vec!["*".into()],
+                }],
+                requests_per_second,
+                max_watch_streams,
+            },
+            max_installs,
+        )
     }
 
     /// Whether this caller may use `permission` on connection `id` (`None`:
@@ -179,6 +200,26 @@ impl Caller {
                     Some(id) => g.patterns.iter().any(|p| p.matches(id)),
                 }
         })
+    }
+
+    /// Which connections `permission` reaches for this caller, from the
+    /// grants that hold it.
+    pub fn reach(&self, permission: Permission) -> Reach {
+        let mut prefixes = Vec::new();
+        let mut ids = Vec::new();
+        for grant in &self.grants {
+            if !grant.permissions.iter().any(|p| p.allows(permission)) {
+                continue;
+            }
+            for pattern in &grant.patterns {
+                match pattern {
+                    Pattern::All => return Reach::All,
+                    Pattern::Prefix(p) => prefixes.push(p.clone()),
+                    Pattern::Exact(e) => ids.push(e.clone()),
+                }
+            }
+        }
+        Reach::Only { prefixes, ids }
     }
 
     /// Whether this caller holds `permission` over every connection.
@@ -215,6 +256,31 @@ impl Caller {
             });
         }
         Ok(WatchSlot(Arc::clone(self)))
+    }
+
+    /// Reserves one of this caller's install slots; the guard frees it.
+    /// The engine-owned install task holds it, so a caller that gives up
+    /// on its installs (while the provider does not answer) gets its slots
+    /// back only as they finish, not by walking away.
+    pub fn start_install(self: &Arc<Self>) -> Result<InstallSlot, ServiceError> {
+        let running = self.running_installs.fetch_add(1, Ordering::SeqCst);
+        if running >= self.max_installs {
+            self.running_installs.fetch_sub(1, Ordering::SeqCst);
+            return Err(ServiceError::TooManyInstalls {
+                caller: self.name.clone(),
+                max: self.max_installs,
+            });
+        }
+        Ok(InstallSlot(Arc::clone(self)))
+    }
+}
+
+/// A caller's running install; dropping it frees the slot.
+pub struct InstallSlot(Arc<Caller>);
+
+impl Drop for InstallSlot {
+    fn drop(&mut self) {
+        self.0.running_installs.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -256,6 +322,7 @@ struct OpenPeers {
     everyone: Option<Arc<Caller>>,
     requests_per_second: u32,
     max_watch_streams: usize,
+    max_installs: usize,
 }
 
 /// Peers remembered before the ones no request or watch stream holds are
@@ -281,6 +348,7 @@ impl OpenPeers {
                     Arc::new(Caller::local(
                         self.requests_per_second,
                         self.max_watch_streams,
+                        self.max_installs,
                     ))
                 })
                 .clone(),
@@ -321,6 +389,11 @@ impl Authenticator {
     ) -> Result<Self, AuthConfigError> {
         let mut by_api_key = HashMap::new();
         let mut by_cert = HashMap::new();
+        let max_installs = if limits.enforce {
+            limits.max_installs_per_caller
+        } else {
+            usize::MAX
+        };
         for config in identities {
             let fail = |reason: &str| AuthConfigError::Invalid {
                 name: config.name.clone(),
@@ -333,7 +406,7 @@ impl Authenticator {
             if config.grants.is_empty() {
                 return Err(fail("has no grants"));
             }
-            let caller = Arc::new(Caller::new(config));
+            let caller = Arc::new(Caller::new(config, max_installs));
             if let Some(h) = &config.api_key_sha256 {
                 if !hex(h) {
                     return Err(fail("api_key_sha256 must be 64 hex digits"));
@@ -365,9 +438,10 @@ impl Authenticator {
                 Arc::new(OpenPeers {
                     peers: DashMap::new(),
                     everyone: (!limits.enforce)
-                        .then(|| Arc::new(Caller::local(u32::MAX, usize::MAX))),
+                        .then(|| Arc::new(Caller::local(u32::MAX, usize::MAX, usize::MAX))),
                     requests_per_second: limits.open_requests_per_second_per_peer,
                     max_watch_streams: limits.open_watch_streams_per_peer,
+                    max_installs,
                 })
             }),
         })
@@ -506,20 +580,23 @@ mod tests {
 
     #[test]
     fn grants_are_permission_and_prefix_scoped() {
-        let caller = Caller::new(&identity(vec![
-            Grant {
-                permissions: vec![Permission::Tokens],
-                connections: vec!["tenant-a-".into()],
-            },
-            Grant {
-                permissions: vec![Permission::Install],
-                connections: vec!["tenant-a-new-*".into()],
-            },
-            Grant {
-                permissions: vec![Permission::Admin],
-                connections: vec!["sandbox-a".into()],
-            },
-        ]));
+        let caller = Caller::new(
+            &identity(vec![
+                Grant {
+                    permissions: vec![Permission::Tokens],
+                    connections: vec!["tenant-a-".into()],
+                },
+                Grant {
+                    permissions: vec![Permission::Install],
+                    connections: vec!["tenant-a-new-*".into()],
+                },
+                Grant {
+                    permissions: vec![Permission::Admin],
+                    connections: vec!["sandbox-a".into()],
+                },
+            ]),
+            4,
+        );
         // Issue 10, item 8: whole ids, or prefixes that say so.
         assert!(caller.may(Permission::Admin, Some(&id("sandbox-a"))));
         assert!(!caller.may(Permission::Tokens, Some(&id("sandbox-ab9"))));
@@ -529,24 +606,116 @@ mod tests {
         assert!(!caller.may(Permission::Install, Some(&id("tenant-a-1"))));
         assert!(caller.may(Permission::Install, Some(&id("tenant-a-new-9"))));
         assert!(!caller.may(Permission::Admin, Some(&id("tenant-a-1"))));
-        let admin = Caller::new(&identity(vec![Grant {
-            permissions: vec![Permission::Admin],
-            connections: vec!["*".into()],
-        }]));
+        let admin = Caller::new(
+            &identity(vec![Grant {
+                permissions: vec![Permission::Admin],
+                connections: vec!["*".into()],
+            }]),
+            4,
+        );
         assert!(admin.may(Permission::Tokens, Some(&id("anything"))));
         assert!(admin.may(Permission::Install, None));
     }
 
     #[test]
     fn watch_slots_are_bounded_and_freed() {
-        let caller = Arc::new(Caller::new(&identity(vec![Grant {
-            permissions: vec![Permission::Tokens],
-            connections: vec!["*".into()],
-        }])));
+        let caller = Arc::new(Caller::new(
+            &identity(vec![Grant {
+                permissions: vec![Permission::Tokens],
+                connections: vec!["*".into()],
+            }]),
+            4,
+        ));
         let slot = caller.open_watch_stream().unwrap();
         assert!(caller.open_watch_stream().is_err());
         drop(slot);
         assert!(caller.open_watch_stream().is_ok());
+    }
+
+    /// Issue 24, install cap. Invariant: a caller has at most its cap of
+    /// installs running; a refusal is RESOURCE_EXHAUSTED with RetryInfo, and
+    /// each slot comes back when the install holding it ends.
+    #[test]
+    fn install_slots_are_bounded_and_freed() {
+        let caller = Arc::new(Caller::new(
+            &identity(vec![Grant {
+                permissions: vec![Permission::Install],
+                connections: vec!["*".into()],
+            }]),
+            2,
+        ));
+        let first = caller.start_install().unwrap();
+        let _second = caller.start_install().unwrap();
+        let refused = caller.start_install().err().expect("a third is refused");
+        let status = refused.to_status();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            tonic_types::StatusExt::get_details_retry_info(&status).is_some(),
+            "RetryInfo"
+        );
+        drop(first);
+        assert!(
+            caller.start_install().is_ok(),
+            "a finished install frees its slot"
+        );
+        let open = Authenticator::new(
+            &[],
+            &crate::limits::Limits {
+                max_installs_per_caller: 1,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let peer = open
+            .local
+            .as_ref()
+            .unwrap()
+            .caller(Some("127.0.0.1:5000".parse().unwrap()));
+        let other = open
+            .local
+            .as_ref()
+            .unwrap()
+            .caller(Some("127.0.0.1:5001".parse().unwrap()));
+        let _held = peer.start_install().unwrap();
+        assert!(
+            peer.start_install().is_err(),
+            "open mode: per client connection"
+        );
+        assert!(
+            other.start_install().is_ok(),
+            "another client connection has its own"
+        );
+    }
+
+    /// Issue 24, item 6. Invariant: a listing reaches exactly the prefixes
+    /// and ids of the grants that hold the permission; `*` reaches all.
+    #[test]
+    fn reach_is_the_grants_patterns_for_the_permission() {
+        let caller = Caller::new(
+            &identity(vec![
+                Grant {
+                    permissions: vec![Permission::Tokens],
+                    connections: vec!["tenant-a-*".into(), "shared-1".into()],
+                },
+                Grant {
+                    permissions: vec![Permission::Install],
+                    connections: vec!["*".into()],
+                },
+                Grant {
+                    permissions: vec![Permission::Admin],
+                    connections: vec!["ops-".into()],
+                },
+            ]),
+            4,
+        );
+        assert_eq!(
+            caller.reach(Permission::Tokens),
+            Reach::Only {
+                prefixes: vec!["tenant-a-".into(), "ops-".into()],
+                ids: vec!["shared-1".into()],
+            }
+        );
+        assert_eq!(caller.reach(Permission::Install), Reach::All);
     }
 
     #[test]

@@ -93,6 +93,10 @@ pub enum ServiceError {
     RateLimited { caller: String },
     #[error("caller {caller} already has {max} watch streams open")]
     TooManyWatchStreams { caller: String, max: usize },
+    /// The caller already has its cap of installs running (they finish in
+    /// the engine even when the caller gave up on them).
+    #[error("caller {caller} already has {max} installs running; retry when one finishes")]
+    TooManyInstalls { caller: String, max: usize },
     /// A server-wide transport bound ([`crate::limits::Limits`]) is reached.
     #[error("the server is at its {limit} limit; retry shortly")]
     Overloaded { limit: &'static str },
@@ -398,6 +402,17 @@ impl ServiceError {
                     ]),
                 ),
             ),
+            ServiceError::TooManyInstalls { caller, max } => {
+                let mut d = info(
+                    "TOO_MANY_INSTALLS",
+                    HashMap::from([
+                        ("caller".into(), caller.clone()),
+                        ("max_installs".into(), max.to_string()),
+                    ]),
+                );
+                d.set_retry_info(Some(Duration::from_secs(1)));
+                (Code::ResourceExhausted, d)
+            }
             ServiceError::Overloaded { limit } => {
                 let mut d = info(
                     "SERVER_OVERLOADED",
@@ -554,6 +569,14 @@ mod tests {
                 },
                 Code::Unavailable,
                 "SUBSCRIBER_TOO_SLOW",
+            ),
+            (
+                ServiceError::TooManyInstalls {
+                    caller: "svc".into(),
+                    max: 16,
+                },
+                Code::ResourceExhausted,
+                "TOO_MANY_INSTALLS",
             ),
         ];
         for (error, code, reason) in cases {

@@ -52,6 +52,11 @@ pub struct Limits {
     /// How long a watch stream's queue may stay full (its client reading
     /// nothing) before the stream is cut off with its last cursor.
     pub watch_stall_timeout: Duration,
+    /// Installs one caller (an identity; in open mode, a client connection)
+    /// may have running at once. An install runs in the engine until the
+    /// provider answers, even after its caller gives up, and holds its
+    /// caller's slot until then. Between 1 and [`MAX_INSTALLS_PER_CALLER`].
+    pub max_installs_per_caller: usize,
     /// Whether the bounds above are enforced at all. Only benchmarks that
     /// measure what the bounds cost turn this off; the file cannot.
     pub enforce: bool,
@@ -74,10 +79,20 @@ impl Default for Limits {
             max_watch_streams: 1024,
             watch_buffer_bytes: 16 << 10,
             watch_stall_timeout: Duration::from_secs(30),
+            max_installs_per_caller: DEFAULT_INSTALLS_PER_CALLER,
             enforce: true,
         }
     }
 }
+
+/// Installs one caller may have running, unless configured: enough for a
+/// busy onboarding flow, few enough that abandoned installs to a provider
+/// that never answers hold few sockets.
+pub const DEFAULT_INSTALLS_PER_CALLER: usize = 16;
+
+/// The highest `max_installs_per_caller` accepted
+/// ([`crate::ranges::MAX_INSTALLS_PER_CALLER`]).
+pub const MAX_INSTALLS_PER_CALLER: usize = 10_000;
 
 /// Connections allowed when nothing is configured and the descriptor limit
 /// is high.
@@ -147,6 +162,7 @@ pub struct LimitsSection {
     pub max_watch_streams: Option<usize>,
     pub watch_buffer_bytes: Option<usize>,
     pub watch_stall_timeout_ms: Option<u64>,
+    pub max_installs_per_caller: Option<usize>,
 }
 
 /// The ranges of the watch-stream keys (`[limits]`).
@@ -193,6 +209,10 @@ impl LimitsSection {
         let max_watch = check(r::MAX_WATCH_STREAMS, wide(self.max_watch_streams));
         let watch_buffer = check(r::WATCH_BUFFER_BYTES, wide(self.watch_buffer_bytes));
         let stall_ms = check(r::WATCH_STALL_TIMEOUT_MS, self.watch_stall_timeout_ms);
+        let installs = check(
+            r::MAX_INSTALLS_PER_CALLER,
+            wide(self.max_installs_per_caller),
+        );
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
@@ -218,6 +238,7 @@ impl LimitsSection {
             max_watch_streams: count(max_watch, d.max_watch_streams),
             watch_buffer_bytes: count(watch_buffer, d.watch_buffer_bytes),
             watch_stall_timeout: stall_ms.map_or(d.watch_stall_timeout, Duration::from_millis),
+            max_installs_per_caller: count(installs, d.max_installs_per_caller),
             enforce: true,
         })
     }
@@ -335,6 +356,34 @@ mod tests {
             let err = section.resolve().unwrap_err();
             assert!(err.starts_with(key), "{err}");
             assert!(err.contains("out of range"), "{err}");
+        }
+    }
+
+    /// Issue 24, install cap. Invariant: the key has one default and a
+    /// documented range; a value outside it is refused with the key named.
+    #[test]
+    fn the_install_cap_has_a_default_and_a_range() {
+        let resolved = |n| {
+            LimitsSection {
+                max_installs_per_caller: n,
+                ..Default::default()
+            }
+            .resolve()
+        };
+        assert_eq!(
+            resolved(None).unwrap().max_installs_per_caller,
+            DEFAULT_INSTALLS_PER_CALLER
+        );
+        assert_eq!(resolved(Some(1)).unwrap().max_installs_per_caller, 1);
+        assert_eq!(
+            resolved(Some(MAX_INSTALLS_PER_CALLER))
+                .unwrap()
+                .max_installs_per_caller,
+            MAX_INSTALLS_PER_CALLER
+        );
+        for bad in [0, MAX_INSTALLS_PER_CALLER + 1] {
+            let err = resolved(Some(bad)).unwrap_err();
+            assert!(err.contains("limits.max_installs_per_caller"), "{err}");
         }
     }
 }

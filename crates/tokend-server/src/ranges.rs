@@ -117,6 +117,12 @@ pub const WATCH_BUFFER_BYTES: Range = Range::new("limits.watch_buffer_bytes", 4 
 /// How long a full watch outbox is tolerated before the stream is cut.
 pub const WATCH_STALL_TIMEOUT_MS: Range =
     Range::new("limits.watch_stall_timeout_ms", 100, HOUR * 1000);
+/// Installs one caller may have running at once.
+pub const MAX_INSTALLS_PER_CALLER: Range = Range::new(
+    "limits.max_installs_per_caller",
+    1,
+    crate::limits::MAX_INSTALLS_PER_CALLER as u64,
+);
 
 // [events]: the event log's retention (`crate::feed`).
 pub const EVENTS_RETENTION_SECS: Range = Range::new("events.retention_secs", MINUTE, 3650 * DAY);
@@ -181,6 +187,7 @@ pub const ALL: &[Range] = &[
     MAX_WATCH_STREAMS,
     WATCH_BUFFER_BYTES,
     WATCH_STALL_TIMEOUT_MS,
+    MAX_INSTALLS_PER_CALLER,
     EVENTS_RETENTION_SECS,
     EVENTS_MAX_EVENTS,
     STORE_POOL_SIZE,

@@ -14,6 +14,8 @@ use tokend_core::{
 use crate::{Expected, ListQuery, SavedCursor, Store, StoreError};
 use tokend_core::EventType;
 
+mod listing;
+
 /// A record with every field set, for tests.
 pub fn record(id: &str, revision: u64) -> Connection {
     Connection {
@@ -81,6 +83,7 @@ where
     deletes(&make().await).await;
     a_recreated_connection_refuses_writes_based_on_the_deleted_one(&make().await).await;
     lists_in_id_order_with_paging_and_filters(&make().await).await;
+    listing::an_id_prefix_lists_exactly_its_range(&make().await).await;
     summaries_and_census_follow_every_change(&make().await).await;
     concurrent_writers_exactly_one_wins(Arc::new(make().await)).await;
     refresh_leases(&make().await).await;

@@ -147,15 +147,28 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
+    /// An id prefix is a range of the map: from the prefix (or past
+    /// `after`) to the first id that does not start with it.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {
         let records = lock(&self.records);
-        let start = match &query.after {
-            Some(after) => Bound::Excluded(after.clone()),
-            None => Bound::Unbounded,
+        let prefix = query.prefix.as_deref().filter(|p| !p.is_empty());
+        let from = match prefix.map(ConnectionId::new) {
+            None => None,
+            Some(Ok(from)) => Some(from),
+            // Every prefix of a valid id is itself a valid id: no id
+            // starts with this one.
+            Some(Err(_)) => return Ok(Vec::new()),
+        };
+        let start = match (&query.after, from) {
+            (Some(after), Some(from)) if from > *after => Bound::Included(from),
+            (Some(after), _) => Bound::Excluded(after.clone()),
+            (None, Some(from)) => Bound::Included(from),
+            (None, None) => Bound::Unbounded,
         };
         Ok(records
             .range((start, Bound::Unbounded))
             .map(|(_, c)| c)
+            .take_while(|c| prefix.is_none_or(|p| c.id.as_str().starts_with(p)))
             .filter(|c| matches(query, c))
             .take(query.limit)
             .cloned()

@@ -142,13 +142,17 @@ impl Drop for GateGuard {
 }
 
 impl Installer {
+    /// Runs `input` in an engine-owned task, which keeps `hold` until the
+    /// install ends.
     pub(crate) async fn install(
         engine: &Arc<Engine>,
         input: InstallInput,
+        hold: impl Send + 'static,
     ) -> Result<InstallOutcome, ServiceError> {
         let fingerprint = input.fingerprint();
         let task_engine = Arc::clone(engine);
         let handle = engine.tasks.spawn(async move {
+            let _hold = hold;
             let gate = Arc::clone(
                 task_engine
                     .installer
@@ -214,14 +218,20 @@ impl Installer {
             if is_replay(&existing, &fingerprint) {
                 return Ok(replay(existing));
             }
-            // Refused before the provider sees a single-use code.
-            if let Some(account) = &input.account_id {
-                check_account(&existing, account, explicit_id, replace)?;
+            // Refused before the provider sees a single-use code, so no
+            // grant is bought that could not be kept: without `replace`, an
+            // install may only renew the grant of the same, named account.
+            if known_id.is_some() {
+                check_provider(&existing, &input.provider)?;
+                check_owner(&existing, input.account_id.as_deref(), explicit_id, replace)?;
             }
         }
 
         let now = engine.clock.now();
         let mut metadata = std::collections::BTreeMap::new();
+        // Whether the provider issued a grant for this very install (a code
+        // exchange), which must be revoked if it cannot be kept.
+        let issued = matches!(input.grant, InstallGrant::Code { .. });
         let (tokens, provider_account) = match input.grant {
             InstallGrant::Code {
                 code,
@@ -296,27 +306,30 @@ impl Installer {
                 Err(StoreError::Corrupt { .. }) => (None, true),
                 Err(e) => return Err(e.into()),
             };
-            match &existing {
-                Some(e) if e.provider != input.provider => {
-                    return Err(ServiceError::ProviderMismatch {
-                        id,
-                        existing: e.provider.to_string(),
-                        requested: input.provider.to_string(),
-                    });
+            if let Some(e) = &existing {
+                if is_replay(e, &fingerprint) {
+                    return Ok(replay(e.clone()));
                 }
-                Some(e) if is_replay(e, &fingerprint) => return Ok(replay(e.clone())),
-                Some(e) => check_account(e, &account_id, explicit_id, replace)?,
-                None => {}
+                // Taken since the check above, or the id came from the
+                // provider's answer: the grant just bought cannot be kept.
+                let known_account = Some(account_id.as_str()).filter(|a| !a.is_empty());
+                if let Err(refused) = check_provider(e, &input.provider)
+                    .and_then(|()| check_owner(e, known_account, explicit_id, replace))
+                {
+                    if issued {
+                        engine.discard_grant(&provider, &id, tokens);
+                    }
+                    return Err(refused);
+                }
             }
-            // A replacement keeps the creation time and (if this request
-            // names none) the account, and continues the counters.
+            // A replacement keeps the creation time and continues the
+            // counters; the account is the one this install names (or the
+            // provider's answer does), never a stale label of the grant it
+            // replaced.
             let record = Connection {
                 id: id.clone(),
                 provider: input.provider.clone(),
-                account_id: match &existing {
-                    Some(e) if account_id.is_empty() => e.account_id.clone(),
-                    _ => account_id.clone(),
-                },
+                account_id: account_id.clone(),
                 tokens: tokens.clone(),
                 previous_refresh_token: None,
                 incarnation: existing
@@ -458,26 +471,77 @@ fn new_incarnation() -> u64 {
     h.finish()
 }
 
-/// Refuses to replace another account's grant silently: a derived id that
-/// already holds another account (ids are not injective: "u@x.com" and
-/// "u_x.com" derive the same one), or an explicit id without `replace`.
-fn check_account(
+/// Refuses to replace a grant silently: an install renews an existing
+/// connection only when both it and the connection name the same account.
+/// An account unknown on either side counts as another one, and so does a
+/// derived id that holds another account (ids are not injective: "u@x.com"
+/// and "u_x.com" derive the same one). Only an explicit id with `replace`
+/// replaces such a grant.
+fn check_owner(
     existing: &Connection,
-    account: &str,
+    account: Option<&str>,
     explicit_id: bool,
     replace: bool,
 ) -> Result<(), ServiceError> {
-    if account.is_empty() || existing.account_id.is_empty() || existing.account_id == account {
+    if account.is_some_and(|a| !a.is_empty() && a == existing.account_id) {
         return Ok(());
     }
     if explicit_id && replace {
-        tracing::warn!(connection_id = %existing.id, "replacing another account's grant, as asked");
+        tracing::warn!(connection_id = %existing.id, "replacing a grant not known to be the same account's, as asked");
         return Ok(());
     }
     Err(ServiceError::ConnectionIdTaken {
         id: existing.id.clone(),
         account_id: existing.account_id.clone(),
     })
+}
+
+/// Refuses to re-install a connection under another provider.
+fn check_provider(existing: &Connection, provider: &ProviderName) -> Result<(), ServiceError> {
+    if existing.provider == *provider {
+        return Ok(());
+    }
+    Err(ServiceError::ProviderMismatch {
+        id: existing.id.clone(),
+        existing: existing.provider.to_string(),
+        requested: provider.to_string(),
+    })
+}
+
+impl Engine {
+    /// A grant the provider issued for an install that was then refused
+    /// (the id turned out to be taken): revoked at the provider (RFC 7009)
+    /// in an engine-owned task when it has a revocation endpoint, so no live
+    /// grant is left that nobody holds; otherwise dropped. Logged either
+    /// way, without a token.
+    fn discard_grant(
+        &self,
+        provider: &Arc<tokend_provider::ProviderConfig>,
+        id: &ConnectionId,
+        tokens: TokenSet,
+    ) {
+        if provider.request.revocation_url.is_none() {
+            tracing::warn!(connection_id = %id, provider = %provider.name, "an install's new grant was refused (connection id taken) and the provider has no revocation_url: the grant is dropped, not revoked");
+            return;
+        }
+        let provider = Arc::clone(provider);
+        let endpoint = Arc::clone(&self.endpoint);
+        let id = id.clone();
+        self.tasks.spawn(async move {
+            let (token, hint) = match &tokens.refresh_token {
+                Some(rt) => (rt, "refresh_token"),
+                None => (&tokens.access_token, "access_token"),
+            };
+            match endpoint.revoke(&provider, token, hint).await {
+                Ok(()) => {
+                    tracing::warn!(connection_id = %id, provider = %provider.name, hint, "an install's new grant was refused (connection id taken); revoked it at the provider")
+                }
+                Err(e) => {
+                    tracing::warn!(connection_id = %id, provider = %provider.name, error_class = e.class.as_str(), code = %e.code, "an install's new grant was refused (connection id taken); revoking it failed")
+                }
+            }
+        });
+    }
 }
 
 /// Whether `existing` is what this very install produced. A connection that

@@ -587,7 +587,18 @@ impl Engine {
         self: &Arc<Self>,
         input: InstallInput,
     ) -> Result<InstallOutcome, ServiceError> {
-        install::Installer::install(self, input).await
+        install::Installer::install(self, input, ()).await
+    }
+
+    /// [`Engine::install`], with `hold` (the caller's install slot) kept by
+    /// the engine-owned task until the install ends, however long the
+    /// provider takes and whether or not the caller still waits.
+    pub async fn install_holding(
+        self: &Arc<Self>,
+        input: InstallInput,
+        hold: impl Send + 'static,
+    ) -> Result<InstallOutcome, ServiceError> {
+        install::Installer::install(self, input, hold).await
     }
 
     fn publish(&self, kind: EventKind, record: &Arc<Connection>) {

@@ -2,6 +2,7 @@
 //! (`validate.rs`), calls the engine, converts results, and audits. Errors
 //! leave through `ServiceError::to_status` only.
 
+mod list;
 mod outbox;
 mod streams;
 mod validate;
@@ -11,7 +12,6 @@ mod watch_all;
 use std::{pin::Pin, sync::Arc};
 
 use tokend_proto::v1::{self as pb, token_service_server::TokenService};
-use tokend_store::ListQuery;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -114,54 +114,17 @@ impl TokenServiceImpl {
         convert::connection(c, live)
     }
 
-    /// One page of the connections `caller` may see.
+    /// One page of the connections `caller` may see (`list.rs`).
     async fn list(
         &self,
         caller: &Caller,
         req: pb::ListConnectionsRequest,
     ) -> Result<pb::ListConnectionsResponse> {
         let params = validate::list_params(&req)?;
-        let page_size = params.page_size;
-        // Read store pages until this caller's page is full: connections it
-        // may not see are skipped, never shown and never counted.
-        let mut after = params.after;
-        let mut records = Vec::new();
-        let mut exhausted = false;
-        while records.len() <= page_size {
-            let batch = self
-                .engine
-                .list(&ListQuery {
-                    after: after.clone(),
-                    limit: page_size + 1,
-                    provider: params.provider.clone(),
-                    status: params.status,
-                    prefix: None,
-                })
-                .await?;
-            let Some(last) = batch.last() else {
-                exhausted = true;
-                break;
-            };
-            after = Some(last.id.clone());
-            let short = batch.len() <= page_size;
-            records.extend(
-                batch
-                    .into_iter()
-                    .filter(|c| caller.may(Permission::Tokens, Some(&c.id))),
-            );
-            if short {
-                exhausted = true;
-                break;
-            }
-        }
-        let next_page_token = if records.len() > page_size || (!exhausted && !records.is_empty()) {
-            records.truncate(page_size);
-            records
-                .last()
-                .map(|c| validate::page_token_encode(&c.id))
-                .unwrap_or_default()
-        } else {
-            String::new()
+        let (records, more) = list::page(&self.engine, caller, params).await?;
+        let next_page_token = match records.last() {
+            Some(last) if more => validate::page_token_encode(&last.id),
+            _ => String::new(),
         };
         Ok(pb::ListConnectionsResponse {
             connections: records.iter().map(|c| self.connection_pb(c)).collect(),
@@ -322,7 +285,10 @@ impl TokenServiceImpl {
                 });
             }
         }
-        let outcome = self.engine.install(input).await?;
+        // One of the caller's install slots, held by the engine-owned task
+        // until the install ends, even if this call is abandoned.
+        let slot = caller.start_install()?;
+        let outcome = self.engine.install_holding(input, slot).await?;
         Ok(Response::new(pb::InstallResponse {
             connection: Some(self.connection_pb(&outcome.connection)),
             created: outcome.created,
