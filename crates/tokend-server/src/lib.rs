@@ -306,10 +306,21 @@ pub async fn run_with_tasks(
     } else {
         usize::MAX
     };
+    // Every connection, with its open streams: for the idle timeout, the
+    // per-peer cap and shedding at the connection cap.
+    let conns = if enforce {
+        transport::conns::Connections::new(
+            limits.max_connections_per_peer,
+            Some(limits.idle_timeout),
+        )
+    } else {
+        transport::conns::Connections::new(usize::MAX, None)
+    };
     let incoming = transport::incoming::incoming(
         listener,
         max_connections,
         enforce.then_some(limits.handshake_timeout),
+        Arc::clone(&conns),
     );
     let result = builder
         // Detects dead watchers behind NATs and load balancers, and peers
@@ -340,9 +351,9 @@ pub async fn run_with_tasks(
         // Rewrites and audits the refusals of everything below.
         .layer(edge)
         // Bounds what any request may hold: time, bytes, a place in line.
-        .layer(tower::util::option_layer(
-            enforce.then(|| transport::body::RequestBoundsLayer::new(&limits)),
-        ))
+        .layer(tower::util::option_layer(enforce.then(|| {
+            transport::body::RequestBoundsLayer::new(&limits, conns)
+        })))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

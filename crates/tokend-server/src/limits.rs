@@ -43,6 +43,21 @@ pub struct Limits {
     /// one connection, so this is high: it keeps one connection from taking
     /// the whole server (~15-20k cached GetToken/s on 2 cores).
     pub open_requests_per_second_per_peer: u32,
+    /// A connection with no open stream for this long is closed. HTTP/2
+    /// PINGs are not activity.
+    pub idle_timeout: Duration,
+    /// Connections one non-loopback peer (an IPv4 address, an IPv6 /64)
+    /// may hold. Loopback peers cannot be told apart and are not capped.
+    pub max_connections_per_peer: usize,
+    /// Requests being received or handled at once by the services that
+    /// take no credentials (health, reflection), apart from
+    /// `max_pending_requests`.
+    pub max_unauthenticated_pending_requests: usize,
+    /// Bytes of incomplete request bodies those services hold at once,
+    /// apart from `max_buffered_request_bytes`.
+    pub max_unauthenticated_buffered_bytes: usize,
+    /// Largest request message those services accept.
+    pub max_unauthenticated_message_bytes: usize,
     /// Whether the bounds above are enforced at all. Only benchmarks that
     /// measure what the bounds cost turn this off; the file cannot.
     pub enforce: bool,
@@ -62,6 +77,11 @@ impl Default for Limits {
             max_header_list_size: 16 << 10,
             open_watch_streams_per_peer: 64,
             open_requests_per_second_per_peer: 5000,
+            idle_timeout: Duration::from_secs(300),
+            max_connections_per_peer: 128,
+            max_unauthenticated_pending_requests: 1024,
+            max_unauthenticated_buffered_bytes: 256 << 10,
+            max_unauthenticated_message_bytes: 4 << 10,
             enforce: true,
         }
     }
@@ -132,6 +152,48 @@ pub struct LimitsSection {
     pub max_header_list_size: Option<u32>,
     pub open_watch_streams_per_peer: Option<usize>,
     pub open_requests_per_second_per_peer: Option<u32>,
+    pub idle_timeout_secs: Option<u64>,
+    pub max_connections_per_peer: Option<usize>,
+    pub max_unauthenticated_pending_requests: Option<usize>,
+    pub max_unauthenticated_buffered_bytes: Option<usize>,
+    pub max_unauthenticated_message_bytes: Option<usize>,
+}
+
+/// The accepted range of each key added for issue 24 (items 3 and 4):
+/// `(key, min, max)`. Outside it, `check-config` and `serve` refuse the
+/// file, naming the key.
+pub const TRANSPORT_RANGES: [(&str, u64, u64); 5] = [
+    ("idle_timeout_secs", 1, 86_400),
+    ("max_connections_per_peer", 1, 1 << 20),
+    ("max_unauthenticated_pending_requests", 1, 1 << 20),
+    ("max_unauthenticated_buffered_bytes", 4 << 10, 1 << 30),
+    (
+        "max_unauthenticated_message_bytes",
+        256,
+        crate::MAX_REQUEST_BYTES as u64,
+    ),
+];
+
+/// `v` for `key` if it lies in its [`TRANSPORT_RANGES`] entry.
+fn ranged<T: Copy + TryInto<u64> + std::fmt::Display>(
+    key: &str,
+    v: Option<T>,
+    default: T,
+) -> Result<T, String> {
+    let Some(v) = v else {
+        return Ok(default);
+    };
+    let (_, min, max) = TRANSPORT_RANGES
+        .iter()
+        .find(|(k, ..)| *k == key)
+        .copied()
+        .unwrap_or((key, 0, u64::MAX));
+    match v.try_into() {
+        Ok(n) if (min..=max).contains(&n) => Ok(v),
+        _ => Err(format!(
+            "limits.{key} = {v} is out of range: it must be between {min} and {max}"
+        )),
+    }
 }
 
 impl LimitsSection {
@@ -213,8 +275,49 @@ impl LimitsSection {
                 self.open_requests_per_second_per_peer.map(|v| v as usize),
                 d.open_requests_per_second_per_peer as usize,
             )? as u32,
+            idle_timeout: Duration::from_secs(ranged(
+                "idle_timeout_secs",
+                self.idle_timeout_secs,
+                d.idle_timeout.as_secs(),
+            )?),
+            max_connections_per_peer: ranged(
+                "max_connections_per_peer",
+                self.max_connections_per_peer,
+                d.max_connections_per_peer,
+            )?,
+            max_unauthenticated_pending_requests: ranged(
+                "max_unauthenticated_pending_requests",
+                self.max_unauthenticated_pending_requests,
+                d.max_unauthenticated_pending_requests,
+            )?,
+            max_unauthenticated_buffered_bytes: self.unauthenticated_budget()?,
+            max_unauthenticated_message_bytes: ranged(
+                "max_unauthenticated_message_bytes",
+                self.max_unauthenticated_message_bytes,
+                d.max_unauthenticated_message_bytes,
+            )?,
             enforce: true,
         })
+    }
+
+    /// The unauthenticated services' byte budget: in range, and room for
+    /// at least one message of the largest size they accept.
+    fn unauthenticated_budget(&self) -> Result<usize, String> {
+        let d = Limits::default();
+        let budget = ranged(
+            "max_unauthenticated_buffered_bytes",
+            self.max_unauthenticated_buffered_bytes,
+            d.max_unauthenticated_buffered_bytes,
+        )?;
+        let message = self
+            .max_unauthenticated_message_bytes
+            .unwrap_or(d.max_unauthenticated_message_bytes);
+        if budget < message {
+            return Err(format!(
+                "limits.max_unauthenticated_buffered_bytes ({budget}) must be at least limits.max_unauthenticated_message_bytes ({message})"
+            ));
+        }
+        Ok(budget)
     }
 }
 
@@ -259,5 +362,57 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert_eq!(err, "limits.max_concurrent_streams must be positive");
+    }
+
+    /// Issue 24, items 3 and 4. Invariant: the new keys have defaults, take
+    /// values in their documented range, and refuse others naming the key.
+    #[test]
+    fn transport_keys_are_refused_out_of_range_by_name() {
+        let set = LimitsSection {
+            idle_timeout_secs: Some(30),
+            max_connections_per_peer: Some(8),
+            max_unauthenticated_pending_requests: Some(16),
+            max_unauthenticated_buffered_bytes: Some(65536),
+            max_unauthenticated_message_bytes: Some(1024),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(set.idle_timeout, Duration::from_secs(30));
+        assert_eq!(set.max_connections_per_peer, 8);
+        assert_eq!(set.max_unauthenticated_pending_requests, 16);
+        assert_eq!(set.max_unauthenticated_buffered_bytes, 65536);
+        assert_eq!(set.max_unauthenticated_message_bytes, 1024);
+        let refused = |section: LimitsSection, key: &str| {
+            let err = section.resolve().unwrap_err();
+            assert!(err.contains(&format!("limits.{key}")), "{err}");
+        };
+        for (key, min, max) in TRANSPORT_RANGES {
+            for bad in [min - 1, max + 1] {
+                let mut s = LimitsSection::default();
+                let v = Some(bad as usize);
+                match key {
+                    "idle_timeout_secs" => s.idle_timeout_secs = Some(bad),
+                    "max_connections_per_peer" => s.max_connections_per_peer = v,
+                    "max_unauthenticated_pending_requests" => {
+                        s.max_unauthenticated_pending_requests = v
+                    }
+                    "max_unauthenticated_buffered_bytes" => {
+                        s.max_unauthenticated_buffered_bytes = v
+                    }
+                    "max_unauthenticated_message_bytes" => s.max_unauthenticated_message_bytes = v,
+                    other => panic!("untested key {other}"),
+                }
+                refused(s, key);
+            }
+        }
+        refused(
+            LimitsSection {
+                max_unauthenticated_buffered_bytes: Some(8192),
+                max_unauthenticated_message_bytes: Some(16384),
+                ..Default::default()
+            },
+            "max_unauthenticated_buffered_bytes",
+        );
     }
 }
