@@ -13,7 +13,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
@@ -101,8 +101,15 @@ struct Class {
     max_message: usize,
     pending_limit: &'static str,
     budget_limit: &'static str,
+    /// tokend's services: their requests are unary, so a body's refusal
+    /// is what the call answers. The others (reflection) are streaming
+    /// and end a failed request stream quietly: the refusal is put in
+    /// their trailers.
     authenticated: bool,
 }
+
+/// A body's refusal, kept for its response's trailers.
+type Refusal = Arc<OnceLock<Status>>;
 
 impl RequestBoundsLayer {
     pub(crate) fn new(limits: &crate::limits::Limits, conns: Arc<Connections>) -> Self {
@@ -181,37 +188,42 @@ where
             .headers()
             .get("grpc-encoding")
             .is_some_and(|e| e.as_bytes() != b"identity");
+        let refusal = (!class.authenticated).then(Refusal::default);
         let bounds = Bounds {
             budget: Arc::clone(&class.budget),
             budget_limit: class.budget_limit,
             timeout: self.bounds.body_timeout,
             framing: Framing::new(class.max_message, compressed_ok),
+            refusal: refusal.clone(),
         };
         let request = request.map(|inner| Body::new(bounds.wrap(inner)));
         let answer = self.inner.call(request);
         Box::pin(async move {
             let response = answer.await;
             drop(pending);
-            match stream {
-                Some(stream) => response.map(|r| {
-                    r.map(|body| {
-                        Body::new(Tracked {
-                            body,
-                            _stream: stream,
-                        })
-                    })
-                }),
-                None => response,
+            if stream.is_none() && refusal.is_none() {
+                return response;
             }
+            response.map(|r| {
+                r.map(|body| {
+                    Body::new(Tracked {
+                        body,
+                        _stream: stream,
+                        refusal,
+                    })
+                })
+            })
         })
     }
 }
 
 /// A response body; its stream counts as open on its connection until
-/// this is dropped (hyper drops it once the response has ended).
+/// this is dropped (hyper drops it once the response has ended). Its
+/// trailers carry its request body's refusal, if any.
 struct Tracked {
     body: Body,
-    _stream: StreamGuard,
+    _stream: Option<StreamGuard>,
+    refusal: Option<Refusal>,
 }
 
 impl HttpBody for Tracked {
@@ -222,7 +234,19 @@ impl HttpBody for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        let refused = this.refusal.as_ref().and_then(|r| r.get());
+        Poll::Ready(match (frame, refused) {
+            (Some(Ok(frame)), Some(refused)) if frame.is_trailers() => {
+                let mut trailers = http::HeaderMap::new();
+                Some(match refused.add_header(&mut trailers) {
+                    Ok(()) => Ok(Frame::trailers(trailers)),
+                    Err(e) => Err(e),
+                })
+            }
+            (frame, _) => frame,
+        })
     }
 
     fn is_end_stream(&self) -> bool {
@@ -240,6 +264,7 @@ struct Bounds {
     budget_limit: &'static str,
     timeout: Duration,
     framing: Framing,
+    refusal: Option<Refusal>,
 }
 
 impl Bounds {
@@ -253,6 +278,7 @@ impl Bounds {
             deadline: Some(Instant::now() + self.timeout),
             timer: None,
             timeout: self.timeout,
+            refusal: self.refusal,
         }
     }
 }
@@ -275,6 +301,8 @@ struct BoundedBody {
     /// requests arrive whole in their first frame).
     timer: Option<Pin<Box<Sleep>>>,
     timeout: Duration,
+    /// Where a refusal is kept for the response's trailers, if anywhere.
+    refusal: Option<Refusal>,
 }
 
 impl BoundedBody {
@@ -315,6 +343,9 @@ impl BoundedBody {
         self.deadline = None;
         self.timer = None;
         self.framing = None;
+        if let Some(kept) = &self.refusal {
+            let _ = kept.set(refusal.clone());
+        }
         Poll::Ready(Some(Err(refusal)))
     }
 }
@@ -412,6 +443,7 @@ mod tests {
             budget_limit: "max_buffered_request_bytes",
             timeout: Duration::from_secs(10),
             framing: Framing::new(max_message, false),
+            refusal: None,
         }
         .wrap(body)
     }
