@@ -390,8 +390,9 @@ async fn unauthenticated_services_cannot_starve_token_callers() {
 /// with no grpc-encoding, a flag byte other than 0 or 1, a body cut inside
 /// the 5-byte prefix, a body cut inside its message) is INVALID_ARGUMENT
 /// with reason MALFORMED_REQUEST and field `request`, for tokend's
-/// services and the unauthenticated ones alike, and is audited; the
-/// server keeps serving. Before: INTERNAL, no ErrorInfo, no audit line.
+/// services and the unauthenticated ones alike (reflection, a streaming
+/// service, answers it in its trailers), and is audited; the server keeps
+/// serving. Before: INTERNAL, no ErrorInfo, no audit line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn framing_faults_are_invalid_argument_and_audited() {
     let tokend = Tokend::start("").await;
@@ -409,7 +410,7 @@ async fn framing_faults_are_invalid_argument_and_audited() {
         ("3-byte prefix", vec![0, 0, 0]),
         ("message cut short", with(prefix(0, 8), &message[..4])),
     ];
-    for path in [GET_TOKEN, HEALTH_CHECK] {
+    for path in [GET_TOKEN, HEALTH_CHECK, REFLECTION] {
         for (what, bytes) in &cases {
             let mut conn = h2_connect(tokend.addr).await.unwrap();
             let (answer, mut body) = conn
@@ -471,8 +472,8 @@ async fn framing_faults_are_invalid_argument_and_audited() {
 /// Issue 24, items 3 and 4. Invariant: the new `[limits]` keys are range
 /// checked by both `tokend check-config` and `tokend serve`, which name
 /// the key and refuse the file; in-range values are accepted.
-#[test]
-fn the_new_limits_are_refused_out_of_range_naming_the_key() {
+#[tokio::test]
+async fn the_new_limits_are_refused_out_of_range_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokend.toml");
     let tokend = |args: &[&str]| {
@@ -521,7 +522,7 @@ fn the_new_limits_are_refused_out_of_range_naming_the_key() {
                 let _ = serve.wait();
                 break None;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let err = std::fs::read_to_string(&log).unwrap_or_default();
         assert!(

@@ -247,6 +247,10 @@ pub async fn run_with_tasks(
     let refusals = audit_log.clone();
     let refusal_clock = clock.clone();
     let edge = malformed::EdgeRefusalsLayer::new(audit_log.clone(), clock.clone());
+    let witness = transport::body::Witness {
+        audit: audit_log.clone(),
+        clock: clock.clone(),
+    };
     let token_service = tonic::service::interceptor::InterceptedService::new(
         TokenServiceServer::new(service::TokenServiceImpl::new(
             Arc::clone(&engine),
@@ -352,7 +356,7 @@ pub async fn run_with_tasks(
         .layer(edge)
         // Bounds what any request may hold: time, bytes, a place in line.
         .layer(tower::util::option_layer(enforce.then(|| {
-            transport::body::RequestBoundsLayer::new(&limits, conns)
+            transport::body::RequestBoundsLayer::new(&limits, conns, witness)
         })))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -10,7 +10,9 @@
 //! streams, for the idle timeout and shedding ([`super::conns`]).
 
 use std::{
+    fmt,
     future::Future,
+    net::SocketAddr,
     pin::Pin,
     sync::{
         Arc, OnceLock,
@@ -22,15 +24,16 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokend_core::Clock;
 use tokio::time::{Instant, Sleep};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
 use super::{
-    conns::{Connections, StreamGuard},
+    conns::{Connections, StreamGuard, peer_of},
     framing::Framing,
 };
-use crate::ServiceError;
+use crate::{ServiceError, audit::AuditLog};
 
 /// A count of something held (requests, bytes) with a ceiling, taken
 /// without waiting. Plain atomics: unlike a tokio `Semaphore`, giving back
@@ -90,6 +93,21 @@ pub(crate) struct RequestBoundsLayer {
     unauthenticated: Class,
     body_timeout: Duration,
     conns: Arc<Connections>,
+    witness: Witness,
+}
+
+/// Where a refusal put in trailers is audited: no header shows it to the
+/// edge layer ([`crate::malformed`]), which audits the others.
+#[derive(Clone)]
+pub(crate) struct Witness {
+    pub(crate) audit: AuditLog,
+    pub(crate) clock: Clock,
+}
+
+impl fmt::Debug for Witness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Witness")
+    }
 }
 
 /// The bounds of one class of requests, and the limit names their
@@ -112,7 +130,11 @@ struct Class {
 type Refusal = Arc<OnceLock<Status>>;
 
 impl RequestBoundsLayer {
-    pub(crate) fn new(limits: &crate::limits::Limits, conns: Arc<Connections>) -> Self {
+    pub(crate) fn new(
+        limits: &crate::limits::Limits,
+        conns: Arc<Connections>,
+        witness: Witness,
+    ) -> Self {
         RequestBoundsLayer {
             authenticated: Class {
                 pending: Quota::new(limits.max_pending_requests),
@@ -132,6 +154,7 @@ impl RequestBoundsLayer {
             },
             body_timeout: limits.request_body_timeout,
             conns,
+            witness,
         }
     }
 }
@@ -189,6 +212,9 @@ where
             .get("grpc-encoding")
             .is_some_and(|e| e.as_bytes() != b"identity");
         let refusal = (!class.authenticated).then(Refusal::default);
+        let witness = refusal
+            .is_some()
+            .then(|| (self.bounds.witness.clone(), peer_of(&request)));
         let bounds = Bounds {
             budget: Arc::clone(&class.budget),
             budget_limit: class.budget_limit,
@@ -210,6 +236,7 @@ where
                         body,
                         _stream: stream,
                         refusal,
+                        witness,
                     })
                 })
             })
@@ -224,6 +251,8 @@ struct Tracked {
     body: Body,
     _stream: Option<StreamGuard>,
     refusal: Option<Refusal>,
+    /// Who audits the refusal, and the client's address.
+    witness: Option<(Witness, Option<SocketAddr>)>,
 }
 
 impl HttpBody for Tracked {
@@ -239,6 +268,11 @@ impl HttpBody for Tracked {
         let refused = this.refusal.as_ref().and_then(|r| r.get());
         Poll::Ready(match (frame, refused) {
             (Some(Ok(frame)), Some(refused)) if frame.is_trailers() => {
+                if let Some((witness, peer)) = &this.witness {
+                    witness
+                        .audit
+                        .refusal(witness.clock.now(), "-", "-", *peer, refused);
+                }
                 let mut trailers = http::HeaderMap::new();
                 Some(match refused.add_header(&mut trailers) {
                     Ok(()) => Ok(Frame::trailers(trailers)),
@@ -493,6 +527,43 @@ mod tests {
         );
         c.frame().await.unwrap().unwrap();
         assert!(c.frame().await.is_none(), "a complete body ends normally");
+    }
+
+    /// Issue 24, item 11. Invariant: a streaming service that ends its
+    /// response OK after its request body was refused (reflection does)
+    /// answers the refusal in its trailers instead.
+    #[tokio::test]
+    async fn a_refused_request_body_is_what_a_streaming_response_ends_with() {
+        let refused = ServiceError::MalformedRequest("gRPC message flag 2".into()).to_status();
+        let refusal = Refusal::default();
+        refusal.set(refused).unwrap();
+        let mut ok = http::HeaderMap::new();
+        ok.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let inner = Body::new(StreamBody::new(futures::stream::iter([
+            Ok::<_, Status>(Frame::data(Bytes::from_static(b"reply"))),
+            Ok(Frame::trailers(ok)),
+        ])));
+        let witness = Witness {
+            audit: AuditLog::disabled(),
+            clock: Clock::system(),
+        };
+        let body = Tracked {
+            body: inner,
+            _stream: None,
+            refusal: Some(refusal),
+            witness: Some((witness, None)),
+        };
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        let status = Status::from_header_map(&trailers).unwrap();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            tonic_types::StatusExt::get_details_error_info(&status)
+                .unwrap()
+                .reason,
+            "MALFORMED_REQUEST"
+        );
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"reply"));
     }
 
     /// Issue 24, item 11. Invariant: a framing fault is INVALID_ARGUMENT

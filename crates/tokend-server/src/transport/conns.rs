@@ -178,13 +178,7 @@ impl Connections {
         request: &http::Request<B>,
         authenticated: bool,
     ) -> Option<StreamGuard> {
-        let extensions = request.extensions();
-        let peer = match extensions.get::<TcpConnectInfo>() {
-            Some(info) => info.remote_addr(),
-            None => extensions
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(|info| info.get_ref().remote_addr()),
-        }?;
+        let peer = peer_of(request)?;
         let state = Arc::clone(self.by_peer.get(&peer)?.value());
         state.streams.fetch_add(1, Ordering::AcqRel);
         if authenticated {
@@ -256,6 +250,17 @@ impl Drop for StreamGuard {
             self.state.authenticated.fetch_sub(1, Ordering::AcqRel);
         }
         self.state.streams.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The address of the client that sent `request`, over TCP or TLS.
+pub(crate) fn peer_of<B>(request: &http::Request<B>) -> Option<SocketAddr> {
+    let extensions = request.extensions();
+    match extensions.get::<TcpConnectInfo>() {
+        Some(info) => info.remote_addr(),
+        None => extensions
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|info| info.get_ref().remote_addr()),
     }
 }
 
