@@ -7,6 +7,11 @@
 //! read or handled ≤ `max_pending_requests`, connections ≤
 //! `max_connections`, and a stalled request or handshake is cut after its
 //! timeout.
+//!
+//! The services that take no credentials (health, reflection) have their
+//! own, smaller, pending cap, byte budget and message cap
+//! (`max_unauthenticated_*`), on top of those; a connection with no open
+//! stream is closed after `idle_timeout`.
 
 use std::time::Duration;
 
