@@ -320,6 +320,7 @@ pub async fn run_with_tasks(
     } else {
         transport::conns::Connections::new(usize::MAX, None)
     };
+    conns.metrics.register(engine.metrics());
     let incoming = transport::incoming::incoming(
         listener,
         max_connections,

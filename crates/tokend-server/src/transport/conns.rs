@@ -25,6 +25,10 @@ use std::{
 
 use dashmap::DashMap;
 use futures::task::AtomicWaker;
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+};
 use tokio::time::Instant;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
@@ -39,6 +43,42 @@ pub(crate) struct Connections {
     pub(crate) idle_timeout: Option<Duration>,
     /// Activity stamps are milliseconds since this instant.
     epoch: Instant,
+    /// `tokend_connections_open`, `tokend_connections_closed_total`.
+    pub(crate) metrics: ConnMetrics,
+}
+
+/// Open connections, and those closed or refused by the bounds here.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ConnMetrics {
+    open: Gauge,
+    closed: Family<Why, Counter>,
+}
+
+/// Why the server closed a connection: `idle` (the idle timeout), `shed`
+/// (to make room at the connection cap) or `peer_cap` (refused at accept).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct Why {
+    reason: &'static str,
+}
+
+impl ConnMetrics {
+    pub(crate) fn closed(&self, reason: &'static str) {
+        self.closed.get_or_create(&Why { reason }).inc();
+    }
+
+    /// Adds these to the server's `/metrics`.
+    pub(crate) fn register(&self, metrics: &crate::metrics::Metrics) {
+        metrics.register(
+            "tokend_connections_open",
+            "Client connections open",
+            self.open.clone(),
+        );
+        metrics.register(
+            "tokend_connections_closed",
+            "Client connections the server closed: idle past limits.idle_timeout_secs, shed at limits.max_connections, or refused over limits.max_connections_per_peer",
+            self.closed.clone(),
+        );
+    }
 }
 
 /// One connection's activity, shared by its socket and its requests.
@@ -77,6 +117,7 @@ impl Connections {
             max_per_peer,
             idle_timeout,
             epoch: Instant::now(),
+            metrics: ConnMetrics::default(),
         })
     }
 
@@ -117,6 +158,7 @@ impl Connections {
             waker: AtomicWaker::new(),
         });
         self.by_peer.insert(peer, Arc::clone(&state));
+        self.metrics.open.inc();
         Registration {
             conns: Arc::clone(self),
             peer,
@@ -155,6 +197,7 @@ impl Connections {
                     "connection cap reached: closing the connection idle the longest"
                 );
                 state.close();
+                self.metrics.closed("shed");
                 true
             }
             None => false,
@@ -215,6 +258,7 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        self.conns.metrics.open.dec();
         self.conns
             .by_peer
             .remove_if(&self.peer, |_, s| Arc::ptr_eq(s, &self.state));
@@ -353,6 +397,13 @@ mod tests {
         assert!(conns.state(p2).unwrap().closing(), "then unauthenticated");
         assert!(!conns.shed_one(), "a busy caller is never shed");
         assert!(!conns.state(p1).unwrap().closing());
+        let shed = conns
+            .metrics
+            .closed
+            .get_or_create(&Why { reason: "shed" })
+            .get();
+        assert_eq!(shed, 2, "each shed connection is counted");
+        assert_eq!(conns.metrics.open.get(), 3);
     }
 
     /// Invariant: the idle deadline runs from the end of the last stream;

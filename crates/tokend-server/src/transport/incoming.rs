@@ -142,6 +142,7 @@ impl Accept {
     /// Closes a connection over its peer's cap, with one warning per
     /// interval.
     fn refuse(&mut self, peer: std::net::SocketAddr) {
+        self.conns.metrics.closed("peer_cap");
         self.refused += 1;
         let now = Instant::now();
         if self.refused_at.is_none_or(|t| now - t >= WARN_EVERY) {
@@ -222,6 +223,7 @@ impl Conn {
                 Some(at) if at <= Instant::now() => {
                     tracing::debug!("closing a connection idle for the idle timeout");
                     state.close();
+                    self.registration.conns().metrics.closed("idle");
                     return true;
                 }
                 Some(at) => timer.as_mut().reset(at),
