@@ -84,9 +84,14 @@ impl Drop for Pending {
     }
 }
 
-/// Adds [`RequestBounds`] in front of a service.
+/// Adds [`RequestBounds`] in front of a service. One `Arc`: the service
+/// is cloned for every request.
 #[derive(Clone, Debug)]
-pub(crate) struct RequestBoundsLayer {
+pub(crate) struct RequestBoundsLayer(Arc<Shared>);
+
+/// What every request's bounds share.
+#[derive(Debug)]
+struct Shared {
     /// Requests to tokend's services.
     authenticated: Class,
     /// Requests to every other service (health, reflection).
@@ -112,7 +117,7 @@ impl fmt::Debug for Witness {
 
 /// The bounds of one class of requests, and the limit names their
 /// refusals carry.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Class {
     pending: Arc<Quota>,
     budget: Arc<Quota>,
@@ -135,7 +140,7 @@ impl RequestBoundsLayer {
         conns: Arc<Connections>,
         witness: Witness,
     ) -> Self {
-        RequestBoundsLayer {
+        RequestBoundsLayer(Arc::new(Shared {
             authenticated: Class {
                 pending: Quota::new(limits.max_pending_requests),
                 budget: Quota::new(limits.max_buffered_request_bytes),
@@ -155,7 +160,7 @@ impl RequestBoundsLayer {
             body_timeout: limits.request_body_timeout,
             conns,
             witness,
-        }
+        }))
     }
 }
 
@@ -191,13 +196,14 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let shared = &*self.bounds.0;
         let class = if super::is_unauthenticated(request.uri().path()) {
-            &self.bounds.unauthenticated
+            &shared.unauthenticated
         } else {
-            &self.bounds.authenticated
+            &shared.authenticated
         };
         // The stream is open from here to the end of its response.
-        let stream = self.bounds.conns.track(&request, class.authenticated);
+        let stream = shared.conns.track(&request, class.authenticated);
         if !class.pending.try_take(1) {
             let refusal = ServiceError::Overloaded {
                 limit: class.pending_limit,
@@ -214,11 +220,11 @@ where
         let refusal = (!class.authenticated).then(Refusal::default);
         let witness = refusal
             .is_some()
-            .then(|| (self.bounds.witness.clone(), peer_of(&request)));
+            .then(|| (shared.witness.clone(), peer_of(&request)));
         let bounds = Bounds {
             budget: Arc::clone(&class.budget),
             budget_limit: class.budget_limit,
-            timeout: self.bounds.body_timeout,
+            timeout: shared.body_timeout,
             framing: Framing::new(class.max_message, compressed_ok),
             refusal: refusal.clone(),
         };
