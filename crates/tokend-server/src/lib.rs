@@ -247,7 +247,7 @@ pub async fn run_with_tasks(
     let refusals = audit_log.clone();
     let refusal_clock = clock.clone();
     let edge = malformed::EdgeRefusalsLayer::new(audit_log.clone(), clock.clone());
-    let witness = transport::body::Witness {
+    let witness = transport::trailers::Witness {
         audit: audit_log.clone(),
         clock: clock.clone(),
     };

@@ -10,12 +10,10 @@
 //! streams, for the idle timeout and shedding ([`super::conns`]).
 
 use std::{
-    fmt,
     future::Future,
-    net::SocketAddr,
     pin::Pin,
     sync::{
-        Arc, OnceLock,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll},
@@ -24,16 +22,16 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokend_core::Clock;
 use tokio::time::{Instant, Sleep};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
 use super::{
-    conns::{Connections, StreamGuard, peer_of},
+    conns::{Connections, peer_of},
     framing::Framing,
+    trailers::{Refusal, Tracked, Witness},
 };
-use crate::{ServiceError, audit::AuditLog};
+use crate::ServiceError;
 
 /// A count of something held (requests, bytes) with a ceiling, taken
 /// without waiting. Plain atomics: unlike a tokio `Semaphore`, giving back
@@ -101,20 +99,6 @@ struct Shared {
     witness: Witness,
 }
 
-/// Where a refusal put in trailers is audited: no header shows it to the
-/// edge layer ([`crate::malformed`]), which audits the others.
-#[derive(Clone)]
-pub(crate) struct Witness {
-    pub(crate) audit: AuditLog,
-    pub(crate) clock: Clock,
-}
-
-impl fmt::Debug for Witness {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Witness")
-    }
-}
-
 /// The bounds of one class of requests, and the limit names their
 /// refusals carry.
 #[derive(Debug)]
@@ -130,9 +114,6 @@ struct Class {
     /// their trailers.
     authenticated: bool,
 }
-
-/// A body's refusal, kept for its response's trailers.
-type Refusal = Arc<OnceLock<Status>>;
 
 impl RequestBoundsLayer {
     pub(crate) fn new(
@@ -247,54 +228,6 @@ where
                 })
             })
         })
-    }
-}
-
-/// A response body; its stream counts as open on its connection until
-/// this is dropped (hyper drops it once the response has ended). Its
-/// trailers carry its request body's refusal, if any.
-struct Tracked {
-    body: Body,
-    _stream: Option<StreamGuard>,
-    refusal: Option<Refusal>,
-    /// Who audits the refusal, and the client's address.
-    witness: Option<(Witness, Option<SocketAddr>)>,
-}
-
-impl HttpBody for Tracked {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let this = &mut *self;
-        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
-        let refused = this.refusal.as_ref().and_then(|r| r.get());
-        Poll::Ready(match (frame, refused) {
-            (Some(Ok(frame)), Some(refused)) if frame.is_trailers() => {
-                if let Some((witness, peer)) = &this.witness {
-                    witness
-                        .audit
-                        .refusal(witness.clock.now(), "-", "-", *peer, refused);
-                }
-                let mut trailers = http::HeaderMap::new();
-                Some(match refused.add_header(&mut trailers) {
-                    Ok(()) => Ok(Frame::trailers(trailers)),
-                    Err(e) => Err(e),
-                })
-            }
-            (frame, _) => frame,
-        })
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
@@ -533,43 +466,6 @@ mod tests {
         );
         c.frame().await.unwrap().unwrap();
         assert!(c.frame().await.is_none(), "a complete body ends normally");
-    }
-
-    /// Issue 24, item 11. Invariant: a streaming service that ends its
-    /// response OK after its request body was refused (reflection does)
-    /// answers the refusal in its trailers instead.
-    #[tokio::test]
-    async fn a_refused_request_body_is_what_a_streaming_response_ends_with() {
-        let refused = ServiceError::MalformedRequest("gRPC message flag 2".into()).to_status();
-        let refusal = Refusal::default();
-        refusal.set(refused).unwrap();
-        let mut ok = http::HeaderMap::new();
-        ok.insert("grpc-status", http::HeaderValue::from_static("0"));
-        let inner = Body::new(StreamBody::new(futures::stream::iter([
-            Ok::<_, Status>(Frame::data(Bytes::from_static(b"reply"))),
-            Ok(Frame::trailers(ok)),
-        ])));
-        let witness = Witness {
-            audit: AuditLog::disabled(),
-            clock: Clock::system(),
-        };
-        let body = Tracked {
-            body: inner,
-            _stream: None,
-            refusal: Some(refusal),
-            witness: Some((witness, None)),
-        };
-        let collected = body.collect().await.unwrap();
-        let trailers = collected.trailers().cloned().unwrap();
-        let status = Status::from_header_map(&trailers).unwrap();
-        assert_eq!(status.code(), Code::InvalidArgument);
-        assert_eq!(
-            tonic_types::StatusExt::get_details_error_info(&status)
-                .unwrap()
-                .reason,
-            "MALFORMED_REQUEST"
-        );
-        assert_eq!(collected.to_bytes(), Bytes::from_static(b"reply"));
     }
 
     /// Issue 24, item 11. Invariant: a framing fault is INVALID_ARGUMENT

@@ -8,6 +8,7 @@ pub(crate) mod body;
 pub(crate) mod conns;
 pub(crate) mod framing;
 pub(crate) mod incoming;
+pub(crate) mod trailers;
 
 /// Whether `path` names a service that takes no credentials (health,
 /// reflection, or none of tokend's): its requests get the small
