@@ -248,6 +248,10 @@ pub async fn run_with_tasks(
     let refusals = audit_log.clone();
     let refusal_clock = clock.clone();
     let edge = malformed::EdgeRefusalsLayer::new(audit_log.clone(), clock.clone());
+    let witness = transport::trailers::Witness {
+        audit: audit_log.clone(),
+        clock: clock.clone(),
+    };
     let token_service = tonic::service::interceptor::InterceptedService::new(
         TokenServiceServer::new(
             service::TokenServiceImpl::new(Arc::clone(&engine), feed, webhooks, audit_log)
@@ -305,10 +309,22 @@ pub async fn run_with_tasks(
     } else {
         usize::MAX
     };
+    // Every connection, with its open streams: for the idle timeout, the
+    // per-peer cap and shedding at the connection cap.
+    let conns = if enforce {
+        transport::conns::Connections::new(
+            limits.max_connections_per_peer,
+            Some(limits.idle_timeout),
+        )
+    } else {
+        transport::conns::Connections::new(usize::MAX, None)
+    };
+    conns.metrics.register(engine.metrics());
     let incoming = transport::incoming::incoming(
         listener,
         max_connections,
         enforce.then_some(limits.handshake_timeout),
+        Arc::clone(&conns),
     );
     let result = builder
         // Detects dead watchers behind NATs and load balancers, and peers
@@ -339,9 +355,9 @@ pub async fn run_with_tasks(
         // Rewrites and audits the refusals of everything below.
         .layer(edge)
         // Bounds what any request may hold: time, bytes, a place in line.
-        .layer(tower::util::option_layer(
-            enforce.then(|| transport::body::RequestBoundsLayer::new(&limits)),
-        ))
+        .layer(tower::util::option_layer(enforce.then(|| {
+            transport::body::RequestBoundsLayer::new(&limits, conns, witness)
+        })))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

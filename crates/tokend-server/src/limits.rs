@@ -7,6 +7,11 @@
 //! read or handled ≤ `max_pending_requests`, connections ≤
 //! `max_connections`, and a stalled request or handshake is cut after its
 //! timeout.
+//!
+//! The services that take no credentials (health, reflection) have their
+//! own, smaller, pending cap, byte budget and message cap
+//! (`max_unauthenticated_*`), on top of those; a connection with no open
+//! stream is closed after `idle_timeout`.
 
 use std::time::Duration;
 
@@ -57,6 +62,21 @@ pub struct Limits {
     /// provider answers, even after its caller gives up, and holds its
     /// caller's slot until then. Between 1 and [`MAX_INSTALLS_PER_CALLER`].
     pub max_installs_per_caller: usize,
+    /// A connection with no open stream for this long is closed. HTTP/2
+    /// PINGs are not activity.
+    pub idle_timeout: Duration,
+    /// Connections one non-loopback peer (an IPv4 address, an IPv6 /64)
+    /// may hold. Loopback peers cannot be told apart and are not capped.
+    pub max_connections_per_peer: usize,
+    /// Requests being received or handled at once by the services that
+    /// take no credentials (health, reflection), apart from
+    /// `max_pending_requests`.
+    pub max_unauthenticated_pending_requests: usize,
+    /// Bytes of incomplete request bodies those services hold at once,
+    /// apart from `max_buffered_request_bytes`.
+    pub max_unauthenticated_buffered_bytes: usize,
+    /// Largest request message those services accept.
+    pub max_unauthenticated_message_bytes: usize,
     /// Whether the bounds above are enforced at all. Only benchmarks that
     /// measure what the bounds cost turn this off; the file cannot.
     pub enforce: bool,
@@ -80,6 +100,11 @@ impl Default for Limits {
             watch_buffer_bytes: 16 << 10,
             watch_stall_timeout: Duration::from_secs(30),
             max_installs_per_caller: DEFAULT_INSTALLS_PER_CALLER,
+            idle_timeout: Duration::from_secs(300),
+            max_connections_per_peer: 128,
+            max_unauthenticated_pending_requests: 1024,
+            max_unauthenticated_buffered_bytes: 256 << 10,
+            max_unauthenticated_message_bytes: 4 << 10,
             enforce: true,
         }
     }
@@ -163,9 +188,13 @@ pub struct LimitsSection {
     pub watch_buffer_bytes: Option<usize>,
     pub watch_stall_timeout_ms: Option<u64>,
     pub max_installs_per_caller: Option<usize>,
+    pub idle_timeout_secs: Option<u64>,
+    pub max_connections_per_peer: Option<usize>,
+    pub max_unauthenticated_pending_requests: Option<usize>,
+    pub max_unauthenticated_buffered_bytes: Option<usize>,
+    pub max_unauthenticated_message_bytes: Option<usize>,
 }
 
-/// The ranges of the watch-stream keys (`[limits]`).
 impl LimitsSection {
     /// The limits, defaults filled in. A value outside its range
     /// ([`crate::ranges`]) is refused, every such key named.
@@ -213,8 +242,36 @@ impl LimitsSection {
             r::MAX_INSTALLS_PER_CALLER,
             wide(self.max_installs_per_caller),
         );
+        let idle_secs = check(r::IDLE_TIMEOUT_SECS, self.idle_timeout_secs);
+        let per_peer = check(
+            r::MAX_CONNECTIONS_PER_PEER,
+            wide(self.max_connections_per_peer),
+        );
+        let unauth_pending = check(
+            r::MAX_UNAUTHENTICATED_PENDING_REQUESTS,
+            wide(self.max_unauthenticated_pending_requests),
+        );
+        let unauth_buffered = check(
+            r::MAX_UNAUTHENTICATED_BUFFERED_BYTES,
+            wide(self.max_unauthenticated_buffered_bytes),
+        );
+        let unauth_message = check(
+            r::MAX_UNAUTHENTICATED_MESSAGE_BYTES,
+            wide(self.max_unauthenticated_message_bytes),
+        );
         if !problems.is_empty() {
             return Err(problems.join("; "));
+        }
+        // The unauthenticated services' budget holds at least one message
+        // of the largest size they accept.
+        let unauth_budget =
+            unauth_buffered.map_or(d.max_unauthenticated_buffered_bytes, |v| v as usize);
+        let unauth_message =
+            unauth_message.map_or(d.max_unauthenticated_message_bytes, |v| v as usize);
+        if unauth_budget < unauth_message {
+            return Err(format!(
+                "limits.max_unauthenticated_buffered_bytes ({unauth_budget}) must be at least limits.max_unauthenticated_message_bytes ({unauth_message})"
+            ));
         }
         // Every value is now within its range, which fits its type.
         let count = |v: Option<u64>, default: usize| {
@@ -239,6 +296,14 @@ impl LimitsSection {
             watch_buffer_bytes: count(watch_buffer, d.watch_buffer_bytes),
             watch_stall_timeout: stall_ms.map_or(d.watch_stall_timeout, Duration::from_millis),
             max_installs_per_caller: count(installs, d.max_installs_per_caller),
+            idle_timeout: idle_secs.map_or(d.idle_timeout, Duration::from_secs),
+            max_connections_per_peer: count(per_peer, d.max_connections_per_peer),
+            max_unauthenticated_pending_requests: count(
+                unauth_pending,
+                d.max_unauthenticated_pending_requests,
+            ),
+            max_unauthenticated_buffered_bytes: unauth_budget,
+            max_unauthenticated_message_bytes: unauth_message,
             enforce: true,
         })
     }
@@ -385,5 +450,65 @@ mod tests {
             let err = resolved(Some(bad)).unwrap_err();
             assert!(err.contains("limits.max_installs_per_caller"), "{err}");
         }
+    }
+
+    /// Issue 24, items 3 and 4. Invariant: the new keys have defaults, take
+    /// values in their documented range, and refuse others naming the key.
+    #[test]
+    fn transport_keys_are_refused_out_of_range_by_name() {
+        let set = LimitsSection {
+            idle_timeout_secs: Some(30),
+            max_connections_per_peer: Some(8),
+            max_unauthenticated_pending_requests: Some(16),
+            max_unauthenticated_buffered_bytes: Some(65536),
+            max_unauthenticated_message_bytes: Some(1024),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(set.idle_timeout, Duration::from_secs(30));
+        assert_eq!(set.max_connections_per_peer, 8);
+        assert_eq!(set.max_unauthenticated_pending_requests, 16);
+        assert_eq!(set.max_unauthenticated_buffered_bytes, 65536);
+        assert_eq!(set.max_unauthenticated_message_bytes, 1024);
+        let refused = |section: LimitsSection, key: &str| {
+            let err = section.resolve().unwrap_err();
+            assert!(err.contains(&format!("limits.{key}")), "{err}");
+        };
+        use crate::ranges as r;
+        for range in [
+            r::IDLE_TIMEOUT_SECS,
+            r::MAX_CONNECTIONS_PER_PEER,
+            r::MAX_UNAUTHENTICATED_PENDING_REQUESTS,
+            r::MAX_UNAUTHENTICATED_BUFFERED_BYTES,
+            r::MAX_UNAUTHENTICATED_MESSAGE_BYTES,
+        ] {
+            let key = range.key.trim_start_matches("limits.");
+            for bad in [range.min - 1, range.max + 1] {
+                let mut s = LimitsSection::default();
+                let v = Some(bad as usize);
+                match key {
+                    "idle_timeout_secs" => s.idle_timeout_secs = Some(bad),
+                    "max_connections_per_peer" => s.max_connections_per_peer = v,
+                    "max_unauthenticated_pending_requests" => {
+                        s.max_unauthenticated_pending_requests = v
+                    }
+                    "max_unauthenticated_buffered_bytes" => {
+                        s.max_unauthenticated_buffered_bytes = v
+                    }
+                    "max_unauthenticated_message_bytes" => s.max_unauthenticated_message_bytes = v,
+                    other => panic!("untested key {other}"),
+                }
+                refused(s, key);
+            }
+        }
+        refused(
+            LimitsSection {
+                max_unauthenticated_buffered_bytes: Some(8192),
+                max_unauthenticated_message_bytes: Some(16384),
+                ..Default::default()
+            },
+            "max_unauthenticated_buffered_bytes",
+        );
     }
 }

@@ -22,6 +22,12 @@ use crate::{MAX_REQUEST_BYTES, ServiceError, audit::AuditLog};
 const DECODE_FAILURE: &str = "failed to decode Protobuf message";
 /// tonic's answer to a body that ends before any message.
 const MISSING_MESSAGE: &str = "Missing request message.";
+/// tonic's answers to a framing fault (a flag byte other than 0 or 1, or
+/// the compressed flag with no `grpc-encoding`) and to a body that ends
+/// inside a message. The request bounds layer refuses these first
+/// (`transport::framing`); these remain for a server without it.
+const BAD_FLAG: &str = "protocol error: received message with ";
+const CUT_SHORT: &str = "Unexpected EOF decoding stream.";
 /// tonic's answer to a message over its decoding limit.
 const TOO_LARGE: &str = "Error, decoded message length too large: found ";
 
@@ -108,7 +114,12 @@ where
 fn remap(status: &Status) -> Option<Status> {
     let message = status.message();
     match status.code() {
-        Code::Internal if message.starts_with(DECODE_FAILURE) || message == MISSING_MESSAGE => {
+        Code::Internal
+            if message.starts_with(DECODE_FAILURE)
+                || message.starts_with(BAD_FLAG)
+                || message == MISSING_MESSAGE
+                || message == CUT_SHORT =>
+        {
             Some(ServiceError::MalformedRequest(message.to_owned()).to_status())
         }
         Code::OutOfRange if message.starts_with(TOO_LARGE) => {
@@ -173,6 +184,16 @@ mod tests {
         assert_eq!(m.code(), Code::InvalidArgument);
         assert!(m.message().contains("is 400000 bytes"), "{}", m.message());
         assert!(is_edge_refusal(&m));
+
+        for framing in [
+            "protocol error: received message with invalid compression flag: 2 (valid flags are 0 and 1), while sending request",
+            "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+            CUT_SHORT,
+        ] {
+            let m = remap(&Status::internal(framing)).unwrap();
+            assert_eq!(m.code(), Code::InvalidArgument, "{framing}");
+            assert!(is_edge_refusal(&m));
+        }
 
         assert!(remap(&Status::internal("a bug")).is_none());
         assert!(!is_edge_refusal(

@@ -117,6 +117,24 @@ pub const WATCH_BUFFER_BYTES: Range = Range::new("limits.watch_buffer_bytes", 4 
 /// How long a full watch outbox is tolerated before the stream is cut.
 pub const WATCH_STALL_TIMEOUT_MS: Range =
     Range::new("limits.watch_stall_timeout_ms", 100, HOUR * 1000);
+/// Closes a connection with no open stream (PINGs are not activity).
+pub const IDLE_TIMEOUT_SECS: Range = Range::new("limits.idle_timeout_secs", 1, DAY);
+/// Connections one non-loopback peer (IPv4 address, IPv6 /64) may hold.
+pub const MAX_CONNECTIONS_PER_PEER: Range =
+    Range::new("limits.max_connections_per_peer", 1, 1 << 20);
+/// Health and reflection requests in progress, apart from the rest.
+pub const MAX_UNAUTHENTICATED_PENDING_REQUESTS: Range =
+    Range::new("limits.max_unauthenticated_pending_requests", 1, 1 << 20);
+/// Bytes of incomplete health and reflection messages held at once.
+pub const MAX_UNAUTHENTICATED_BUFFERED_BYTES: Range =
+    Range::new("limits.max_unauthenticated_buffered_bytes", 4 * KIB, GIB);
+/// The largest health or reflection message (a reflection request is a
+/// few hundred bytes).
+pub const MAX_UNAUTHENTICATED_MESSAGE_BYTES: Range = Range::new(
+    "limits.max_unauthenticated_message_bytes",
+    256,
+    crate::MAX_REQUEST_BYTES as u64,
+);
 /// Installs one caller may have running at once.
 pub const MAX_INSTALLS_PER_CALLER: Range = Range::new(
     "limits.max_installs_per_caller",
@@ -188,6 +206,11 @@ pub const ALL: &[Range] = &[
     WATCH_BUFFER_BYTES,
     WATCH_STALL_TIMEOUT_MS,
     MAX_INSTALLS_PER_CALLER,
+    IDLE_TIMEOUT_SECS,
+    MAX_CONNECTIONS_PER_PEER,
+    MAX_UNAUTHENTICATED_PENDING_REQUESTS,
+    MAX_UNAUTHENTICATED_BUFFERED_BYTES,
+    MAX_UNAUTHENTICATED_MESSAGE_BYTES,
     EVENTS_RETENTION_SECS,
     EVENTS_MAX_EVENTS,
     STORE_POOL_SIZE,
