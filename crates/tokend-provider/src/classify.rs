@@ -1,12 +1,21 @@
 //! Turns a provider's error answer into an `ErrorClass`, whichever dialect
 //! it speaks, and makes its message safe to keep.
+//!
+//! Only known error fields are read from a body, never the body itself: the
+//! code (`error`, HubSpot's `status`, Facebook's `error.code`, Microsoft's
+//! first `error_codes`), the description (`error_description`, HubSpot's
+//! `message`, Facebook's `error.message`) and the correlation id
+//! (`correlationId`, `correlation_id`, `request_id`, `fbtrace_id`). A body
+//! that is not a JSON object gives only its status and a fixed note. What is
+//! kept is then stripped of every secret sent, in any encoding
+//! (`redact.rs`), and bounded.
 
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use tokend_core::ErrorClass;
 
-use crate::{Dialect, ProviderError};
+use crate::{Dialect, ProviderError, redact::Redactor};
 
 /// Longest provider message kept.
 const MAX_MESSAGE_LEN: usize = 200;
@@ -161,16 +170,33 @@ pub(crate) fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// Keeps a provider message short, printable and free of the secrets sent.
-pub(crate) fn sanitize(message: &str, secrets: &[&str]) -> String {
-    let mut out = message.to_owned();
-    for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        out = out.replace(secret, "[redacted]");
-    }
-    let mut out: String = out
+/// Characters that show nothing (zero-width, bidirectional overrides, the
+/// byte-order mark): dropped, so they can neither split a secret to slip it
+/// past redaction nor disguise text in the console.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+    )
+}
+
+/// Keeps a provider message short, printable and free of the secrets sent,
+/// in any encoding.
+pub(crate) fn sanitize(message: &str, secrets: &Redactor) -> String {
+    let printable: String = message
         .chars()
+        .filter(|&c| !is_invisible(c))
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
+    let mut out = secrets.redact(&printable);
     if out.len() > MAX_MESSAGE_LEN {
         let mut cut = MAX_MESSAGE_LEN;
         while !out.is_char_boundary(cut) {
@@ -189,7 +215,7 @@ pub(crate) fn classify(
     body: &[u8],
     header_correlation_id: Option<String>,
     retry_after: Option<Duration>,
-    secrets: &[&str],
+    secrets: &Redactor,
 ) -> ProviderError {
     let parsed = parse_body(dialect, body);
     let code = parsed
@@ -236,7 +262,7 @@ mod tests {
             body.as_bytes(),
             None,
             None,
-            &["rt-secret-123"],
+            &Redactor::new(["rt-secret-123"]),
         )
     }
 
