@@ -5,7 +5,8 @@
 //! code (`error`, HubSpot's `status`, Facebook's `error.code`, Microsoft's
 //! first `error_codes`), the description (`error_description`, HubSpot's
 //! `message`, Facebook's `error.message`) and the correlation id
-//! (`correlationId`, `correlation_id`, `request_id`, `fbtrace_id`). A body
+//! (`correlationId`, `request_id`, `correlation_id`, Microsoft's `trace_id`,
+//! `fbtrace_id`). A body
 //! that is not a JSON object gives only its status and a fixed note. What is
 //! kept is then stripped of every secret sent, in any encoding
 //! (`redact.rs`), and bounded.
@@ -103,7 +104,9 @@ fn parse_body(dialect: Dialect, body: &[u8]) -> ErrorBody {
         }
         _ => rfc_code,
     };
-    let correlation_id = correlation_id.or_else(|| string_field(&map, "correlation_id"));
+    let correlation_id = correlation_id
+        .or_else(|| string_field(&map, "correlation_id"))
+        .or_else(|| string_field(&map, "trace_id"));
     let (code, message) = match dialect {
         Dialect::Rfc6749
         | Dialect::Slack
@@ -339,6 +342,60 @@ mod tests {
             "é".repeat(500)
         );
         assert!(c(Dialect::Rfc6749, 400, &long).message.len() <= MAX_MESSAGE_LEN + 3);
+    }
+
+    /// Issue 24, item 10. Invariant: only the known error fields of a body
+    /// are read; unknown fields and non-JSON bodies leave nothing of theirs
+    /// in the error, whatever they hold.
+    #[test]
+    fn only_known_error_fields_are_kept() {
+        let marker = "UNKNOWN-FIELD-MARKER";
+        for (dialect, body) in [
+            (
+                Dialect::Rfc6749,
+                format!(
+                    r#"{{"error":"invalid_grant","debug":"{marker}","request":{{"body":"{marker}"}}}}"#
+                ),
+            ),
+            (
+                Dialect::Hubspot,
+                format!(r#"{{"status":"BAD_REFRESH_TOKEN","context":{{"x":["{marker}"]}}}}"#),
+            ),
+            (
+                Dialect::Facebook,
+                format!(r#"{{"error":{{"code":190,"error_user_msg":"{marker}"}}}}"#),
+            ),
+            (
+                Dialect::Microsoft,
+                format!(r#"{{"error":"invalid_grant","error_codes":[70008],"claims":"{marker}"}}"#),
+            ),
+            (
+                Dialect::Rfc6749,
+                format!("<html><pre>{marker}</pre></html>"),
+            ),
+            (Dialect::Slack, format!("token={marker}&error=invalid")),
+        ] {
+            let e = c(dialect, 400, &body);
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains(marker), "{dialect:?}: {shown}");
+        }
+        let e = c(Dialect::Rfc6749, 502, "<html>bad gateway</html>");
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            ("http_502", "no error description")
+        );
+    }
+
+    /// Invariant: characters that show nothing cannot split a secret to
+    /// slip it past redaction.
+    #[test]
+    fn invisible_characters_are_dropped_before_redaction() {
+        let e = c(
+            Dialect::Rfc6749,
+            400,
+            r#"{"error":"invalid_grant","error_description":"rt-se\u200bcret\u202e-123"}"#,
+        );
+        assert_eq!(e.message, "[redacted]");
     }
 
     #[test]
