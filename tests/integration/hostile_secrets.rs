@@ -42,7 +42,7 @@ fn code(i: usize) -> String {
 }
 
 fn verifier(i: usize) -> String {
-    format!("verifier-{i:02}-0123456789abcdefghijklmnopqrstuvwxyz.~_ABCDEF")
+    format!("Vq7Kp2Xw-{i:02}-Lm9Rt4Zc8Nb3Jd6Hf1Gs5Qa0Wy7Ue2Io.~_Px")
 }
 
 /// What must never be seen: for each secret, each encoding the sandbox

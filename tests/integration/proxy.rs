@@ -89,10 +89,7 @@ impl CatchAllProxy {
     pub fn reached(&self, needle: &str) -> Vec<String> {
         self.seen()
             .into_iter()
-            .filter(|t| {
-                t.to_ascii_lowercase()
-                    .contains(&needle.to_ascii_lowercase())
-            })
+            .filter(|t| t.to_ascii_lowercase().contains(&needle.to_ascii_lowercase()))
             .collect()
     }
 }
