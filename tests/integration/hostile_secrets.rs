@@ -593,6 +593,8 @@ async fn echoed_secrets_appear_nowhere_in_any_encoding() {
         "secrets echoed back:\n{}",
         leaks.join("\n")
     );
+    // The echo's `error_uri` named provider.example: never followed.
+    assert_eq!(proxy.reached("provider.example"), Vec::<String>::new());
     assert_eq!(
         proxy.seen(),
         Vec::<String>::new(),
