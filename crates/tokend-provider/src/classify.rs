@@ -1,12 +1,22 @@
 //! Turns a provider's error answer into an `ErrorClass`, whichever dialect
 //! it speaks, and makes its message safe to keep.
+//!
+//! Only known error fields are read from a body, never the body itself: the
+//! code (`error`, HubSpot's `status`, Facebook's `error.code`, Microsoft's
+//! first `error_codes`), the description (`error_description`, HubSpot's
+//! `message`, Facebook's `error.message`) and the correlation id
+//! (`correlationId`, `request_id`, `correlation_id`, Microsoft's `trace_id`,
+//! `fbtrace_id`). A body
+//! that is not a JSON object gives only its status and a fixed note. What is
+//! kept is then stripped of every secret sent, in any encoding
+//! (`redact.rs`), and bounded.
 
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
 use tokend_core::ErrorClass;
 
-use crate::{Dialect, ProviderError};
+use crate::{Dialect, ProviderError, redact::Redactor};
 
 /// Longest provider message kept.
 const MAX_MESSAGE_LEN: usize = 200;
@@ -94,7 +104,9 @@ fn parse_body(dialect: Dialect, body: &[u8]) -> ErrorBody {
         }
         _ => rfc_code,
     };
-    let correlation_id = correlation_id.or_else(|| string_field(&map, "correlation_id"));
+    let correlation_id = correlation_id
+        .or_else(|| string_field(&map, "correlation_id"))
+        .or_else(|| string_field(&map, "trace_id"));
     let (code, message) = match dialect {
         Dialect::Rfc6749
         | Dialect::Slack
@@ -161,16 +173,33 @@ pub(crate) fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// Keeps a provider message short, printable and free of the secrets sent.
-pub(crate) fn sanitize(message: &str, secrets: &[&str]) -> String {
-    let mut out = message.to_owned();
-    for secret in secrets.iter().filter(|s| s.len() >= 4) {
-        out = out.replace(secret, "[redacted]");
-    }
-    let mut out: String = out
+/// Characters that show nothing (zero-width, bidirectional overrides, the
+/// byte-order mark): dropped, so they can neither split a secret to slip it
+/// past redaction nor disguise text in the console.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+    )
+}
+
+/// Keeps a provider message short, printable and free of the secrets sent,
+/// in any encoding.
+pub(crate) fn sanitize(message: &str, secrets: &Redactor) -> String {
+    let printable: String = message
         .chars()
+        .filter(|&c| !is_invisible(c))
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
+    let mut out = secrets.redact(&printable);
     if out.len() > MAX_MESSAGE_LEN {
         let mut cut = MAX_MESSAGE_LEN;
         while !out.is_char_boundary(cut) {
@@ -189,7 +218,7 @@ pub(crate) fn classify(
     body: &[u8],
     header_correlation_id: Option<String>,
     retry_after: Option<Duration>,
-    secrets: &[&str],
+    secrets: &Redactor,
 ) -> ProviderError {
     let parsed = parse_body(dialect, body);
     let code = parsed
@@ -236,7 +265,7 @@ mod tests {
             body.as_bytes(),
             None,
             None,
-            &["rt-secret-123"],
+            &Redactor::new(["rt-secret-123"]),
         )
     }
 
@@ -313,6 +342,60 @@ mod tests {
             "é".repeat(500)
         );
         assert!(c(Dialect::Rfc6749, 400, &long).message.len() <= MAX_MESSAGE_LEN + 3);
+    }
+
+    /// Issue 24, item 10. Invariant: only the known error fields of a body
+    /// are read; unknown fields and non-JSON bodies leave nothing of theirs
+    /// in the error, whatever they hold.
+    #[test]
+    fn only_known_error_fields_are_kept() {
+        let marker = "UNKNOWN-FIELD-MARKER";
+        for (dialect, body) in [
+            (
+                Dialect::Rfc6749,
+                format!(
+                    r#"{{"error":"invalid_grant","debug":"{marker}","request":{{"body":"{marker}"}}}}"#
+                ),
+            ),
+            (
+                Dialect::Hubspot,
+                format!(r#"{{"status":"BAD_REFRESH_TOKEN","context":{{"x":["{marker}"]}}}}"#),
+            ),
+            (
+                Dialect::Facebook,
+                format!(r#"{{"error":{{"code":190,"error_user_msg":"{marker}"}}}}"#),
+            ),
+            (
+                Dialect::Microsoft,
+                format!(r#"{{"error":"invalid_grant","error_codes":[70008],"claims":"{marker}"}}"#),
+            ),
+            (
+                Dialect::Rfc6749,
+                format!("<html><pre>{marker}</pre></html>"),
+            ),
+            (Dialect::Slack, format!("token={marker}&error=invalid")),
+        ] {
+            let e = c(dialect, 400, &body);
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains(marker), "{dialect:?}: {shown}");
+        }
+        let e = c(Dialect::Rfc6749, 502, "<html>bad gateway</html>");
+        assert_eq!(
+            (e.code.as_str(), e.message.as_str()),
+            ("http_502", "no error description")
+        );
+    }
+
+    /// Invariant: characters that show nothing cannot split a secret to
+    /// slip it past redaction.
+    #[test]
+    fn invisible_characters_are_dropped_before_redaction() {
+        let e = c(
+            Dialect::Rfc6749,
+            400,
+            r#"{"error":"invalid_grant","error_description":"rt-se\u200bcret\u202e-123"}"#,
+        );
+        assert_eq!(e.message, "[redacted]");
     }
 
     #[test]

@@ -7,7 +7,10 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 use tokend_core::{Clock, ErrorClass, TokenSet};
 
-use crate::{ClientAuth, ProviderConfig, ProviderError, RequestBody, Salvage, classify, response};
+use crate::{
+    ClientAuth, ProviderConfig, ProviderError, RequestBody, Salvage, classify, redact::Redactor,
+    response,
+};
 
 /// Limits for upstream calls.
 #[derive(Clone, Debug)]
@@ -82,7 +85,7 @@ fn transport_error(code: &str, message: &str) -> ProviderError {
 
 /// Percent-encodes per `application/x-www-form-urlencoded`, as RFC 6749
 /// §2.3.1 asks for Basic credentials.
-fn form_encode(s: &str) -> String {
+pub(crate) fn form_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._*".contains(&b) {
@@ -213,16 +216,13 @@ impl ProviderClient {
         url: &reqwest::Url,
         form: Vec<(&'a str, &'a str)>,
         sent_secrets: &[&str],
-    ) -> Result<(reqwest::RequestBuilder, Vec<String>), ProviderError> {
+    ) -> Result<(reqwest::RequestBuilder, Redactor), ProviderError> {
         let mut form: Vec<(&str, &str)> = form;
         let secret = config.client_secret.expose_secret();
-        // Everything a provider might echo back in an error: each secret as
-        // sent and as form-encoded on the wire (and the Basic credentials).
-        let mut redact: Vec<String> = Vec::new();
-        for s in sent_secrets.iter().copied().chain([secret]) {
-            redact.push(s.to_owned());
-            redact.push(form_encode(s));
-        }
+        // Everything a provider might echo back in an error, in any
+        // encoding: each secret sent, the client secret, the assertion and
+        // the Basic credentials.
+        let mut redact = Redactor::new(sent_secrets.iter().copied().chain([secret]));
         for (k, v) in &config.extra_params {
             if !form.iter().any(|(existing, _)| existing == k) {
                 form.push((k, v));
@@ -253,7 +253,7 @@ impl ProviderClient {
                 assertion = signer
                     .sign(&config.client_id, audience, self.clock.now())
                     .map_err(|m| misconfigured("client_assertion", &m))?;
-                redact.push(assertion.clone());
+                redact.push(&assertion);
                 form.push(("client_id", &config.client_id));
                 form.push(("client_assertion_type", crate::ASSERTION_TYPE));
                 form.push(("client_assertion", &assertion));
@@ -266,7 +266,7 @@ impl ProviderClient {
                 let credentials =
                     format!("{}:{}", form_encode(&config.client_id), form_encode(secret));
                 let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
-                redact.push(encoded.clone());
+                redact.basic(&config.client_id, secret);
                 request = request.header("authorization", format!("Basic {encoded}"));
                 if config.client_auth == ClientAuth::Both {
                     form.push(("client_id", &config.client_id));
@@ -324,14 +324,13 @@ impl ProviderClient {
         }
         let body = response.bytes().await.unwrap_or_default();
         let body = &body[..body.len().min(self.max_response_bytes)];
-        let secrets: Vec<&str> = redact.iter().map(String::as_str).collect();
         Err(classify::classify(
             config.dialect,
             status,
             body,
             None,
             None,
-            &secrets,
+            &redact,
         ))
     }
 
@@ -342,8 +341,7 @@ impl ProviderClient {
         form: Vec<(&'a str, &'a str)>,
         sent_secrets: &[&str],
     ) -> Result<TokenGrant, ProviderError> {
-        let (request, redact) = self.prepare(config, url, form, sent_secrets)?;
-        let secrets: Vec<&str> = redact.iter().map(String::as_str).collect();
+        let (request, secrets) = self.prepare(config, url, form, sent_secrets)?;
         let sent_at = self.clock.now();
         let mut response = request.send().await.map_err(|e| {
             if e.is_timeout() {
@@ -430,12 +428,12 @@ pub(crate) struct Answer<'a> {
 }
 
 /// A grant, or the classified failure, from an answer. `secrets` are what
-/// the request carried (in every form they were sent), stripped from any
-/// error text. Pure, so it can be fuzzed.
+/// the request carried, stripped from any error text in any encoding. Pure,
+/// so it can be fuzzed.
 pub(crate) fn interpret(
     config: &ProviderConfig,
     answer: Answer<'_>,
-    secrets: &[&str],
+    secrets: &Redactor,
     sent_at: tokend_core::Timestamp,
 ) -> Result<TokenGrant, ProviderError> {
     let Answer {

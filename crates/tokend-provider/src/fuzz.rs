@@ -58,6 +58,15 @@ fn text() -> impl Strategy<Value = String> {
         Just(SECRETS[0].to_owned()),
         Just(SECRETS[1].to_owned()),
         Just(format!("token {} is unknown", SECRETS[0])),
+        // Echoed in other encodings, or in part.
+        Just(format!("token={}", SECRETS[0].to_ascii_lowercase())),
+        Just(format!("secret {}", hex(SECRETS[1]))),
+        Just(format!(
+            "Basic {}",
+            base64_of(&format!("id:{}", SECRETS[1]))
+        )),
+        Just(format!("client_secret%3D{}&", percent_all(SECRETS[1]))),
+        Just(format!("...{}...", &SECRETS[0][3..14])),
         Just("invalid_grant".to_owned()),
         Just("invalid_refresh_token".to_owned()),
         Just("bad_refresh_token".to_owned()),
@@ -150,16 +159,37 @@ fn run(
             correlation_id: None,
             retry_after: None,
         },
-        SECRETS,
+        &crate::redact::Redactor::new(SECRETS.iter().copied()),
         Timestamp::from_unix_millis(1_000_000),
     )
     .err()
 }
 
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02X}")).collect()
+}
+
+fn percent_all(s: &str) -> String {
+    s.bytes().map(|b| format!("%{b:02x}")).collect()
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// No 8-byte run of any secret, raw, in hex or in base64, in any case.
 fn assert_no_secret(e: &ProviderError) {
-    let shown = format!("{e} {} {} {:?} {e:?}", e.code, e.message, e.correlation_id);
+    let shown =
+        format!("{e} {} {} {:?} {e:?}", e.code, e.message, e.correlation_id).to_ascii_lowercase();
     for secret in SECRETS {
-        assert!(!shown.contains(secret), "a secret in {shown}");
+        for form in [secret.to_string(), hex(secret), base64_of(secret)] {
+            let form = form.to_ascii_lowercase();
+            for piece in form.as_bytes().windows(8) {
+                let piece = std::str::from_utf8(piece).unwrap();
+                assert!(!shown.contains(piece), "{piece:?} of a secret in {shown}");
+            }
+        }
     }
 }
 

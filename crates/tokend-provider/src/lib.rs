@@ -9,6 +9,7 @@ mod config;
 mod endpoint;
 #[cfg(test)]
 mod fuzz;
+mod redact;
 pub mod registration;
 mod response;
 pub mod scripted;

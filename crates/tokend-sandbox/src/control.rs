@@ -162,6 +162,11 @@ enum FaultRequest {
         #[serde(default = "one")]
         count: u32,
     },
+    EchoSecrets {
+        encoding: crate::Echo,
+        #[serde(default = "one")]
+        count: u32,
+    },
 }
 
 impl FaultRequest {
@@ -189,6 +194,7 @@ impl FaultRequest {
             FaultRequest::InvalidClient { count } => Fault::InvalidClient { count },
             FaultRequest::ConsentRequired { count } => Fault::ConsentRequired { count },
             FaultRequest::InteractionRequired { count } => Fault::InteractionRequired { count },
+            FaultRequest::EchoSecrets { encoding, count } => Fault::EchoSecrets { encoding, count },
         })
     }
 }

@@ -86,7 +86,8 @@ async fn token(
     let trace_parent = headers.get("traceparent").and_then(|v| v.to_str().ok());
     if let Some(fault) = provider.begin_token_request(trace_parent) {
         tracing::debug!(?fault, "sandbox: serving injected fault");
-        if let Some(response) = apply_fault(dialect, fault).await {
+        let received = body.as_ref().map(|b| b.as_ref()).unwrap_or_default();
+        if let Some(response) = apply_fault(dialect, fault, &headers, received).await {
             return response;
         }
     }
@@ -324,7 +325,12 @@ fn no_store(headers: &mut HeaderMap) {
 
 /// Serves a fault's canned response, or for a latency fault waits and returns `None` so the
 /// request is then handled normally.
-async fn apply_fault(dialect: Dialect, fault: FaultAction) -> Option<Response> {
+async fn apply_fault(
+    dialect: Dialect,
+    fault: FaultAction,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<Response> {
     let response = match fault {
         FaultAction::Latency(delay) => {
             tokio::time::sleep(delay).await;
@@ -342,6 +348,7 @@ async fn apply_fault(dialect: Dialect, fault: FaultAction) -> Option<Response> {
         }
         FaultAction::ConsentRequired => OAuthError::user_action(true).into_response(dialect),
         FaultAction::InteractionRequired => OAuthError::user_action(false).into_response(dialect),
+        FaultAction::EchoSecrets(encoding) => crate::echo::response(encoding, headers, body),
         FaultAction::MalformedBody => {
             let mut response = Response::new(Body::from(TRUNCATED_TOKEN_RESPONSE));
             response.headers_mut().insert(

@@ -20,6 +20,7 @@
 
 mod client_auth;
 mod control;
+mod echo;
 mod error;
 mod form;
 mod http;
@@ -40,6 +41,7 @@ use tokio::task::JoinHandle;
 use crate::state::Provider;
 
 pub use crate::client_auth::TlsSettings;
+pub use crate::echo::Echo;
 
 /// How long [`Sandbox::shutdown`] waits for in-flight requests before aborting the server task.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -197,6 +199,11 @@ pub enum Fault {
     /// Refuse the grant until the user signs in interactively (MFA, conditional access:
     /// Microsoft AADSTS50076).
     InteractionRequired { count: u32 },
+    /// Answer 400 `invalid_grant` with every secret of the request (the
+    /// secret form fields, the Basic credentials) repeated in its
+    /// description, message, correlation id and `x-correlation-id`, spelled
+    /// as `encoding` says.
+    EchoSecrets { encoding: Echo, count: u32 },
 }
 
 impl Fault {
@@ -209,7 +216,8 @@ impl Fault {
             | Fault::MalformedBody { count }
             | Fault::InvalidClient { count }
             | Fault::ConsentRequired { count }
-            | Fault::InteractionRequired { count } => *count,
+            | Fault::InteractionRequired { count }
+            | Fault::EchoSecrets { count, .. } => *count,
         }
     }
 
@@ -221,7 +229,8 @@ impl Fault {
             | Fault::MalformedBody { count }
             | Fault::InvalidClient { count }
             | Fault::ConsentRequired { count }
-            | Fault::InteractionRequired { count } => count,
+            | Fault::InteractionRequired { count }
+            | Fault::EchoSecrets { count, .. } => count,
         }
     }
 }

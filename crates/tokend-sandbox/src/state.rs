@@ -30,6 +30,7 @@ pub(crate) enum FaultAction {
     InvalidClient,
     ConsentRequired,
     InteractionRequired,
+    EchoSecrets(crate::Echo),
 }
 
 /// Which grant an `invalid_grant` rejection concerns (HubSpot words the two differently).
@@ -756,6 +757,7 @@ impl Inner {
             Fault::InvalidClient { .. } => FaultAction::InvalidClient,
             Fault::ConsentRequired { .. } => FaultAction::ConsentRequired,
             Fault::InteractionRequired { .. } => FaultAction::InteractionRequired,
+            Fault::EchoSecrets { encoding, .. } => FaultAction::EchoSecrets(*encoding),
         };
         // `inject` refuses zero counts, so the front fault always has at least one use left.
         let remaining = front.count_mut();

@@ -55,6 +55,7 @@ pub(crate) async fn serve(
         }
     };
     if let Ok(addr) = listener.local_addr() {
+        console.gate.set_port(addr.port());
         tracing::info!(%addr, "admin listener: /metrics, /healthz, /readyz");
     }
     let pages = Router::new()

@@ -266,6 +266,37 @@ impl AuditLog {
         );
     }
 
+    /// Records a request refused on the admin listener (a failed or
+    /// rate-limited console login, a console request naming another host),
+    /// where no gRPC status exists: `outcome` is the gRPC code name that
+    /// would say it, `reason` the refusal's reason. Grouped and counted like
+    /// every refusal.
+    pub fn admin_refusal(
+        &self,
+        at: Timestamp,
+        caller: &str,
+        peer: SocketAddr,
+        outcome: &'static str,
+        reason: &'static str,
+    ) {
+        if self.shared.is_none() {
+            return;
+        }
+        self.send(
+            AuditRecord {
+                ts: at,
+                caller: bounded(caller),
+                rpc: "console",
+                connection_id: None,
+                outcome: outcome.to_owned(),
+                reason: Some(reason.to_owned()),
+                peer: Some(peer.to_string()),
+                repeated: None,
+            },
+            Some(peer.ip()),
+        );
+    }
+
     /// Queues `record`, unless it repeats a refusal already written in this
     /// interval: then it is only counted.
     fn send(&self, record: AuditRecord, peer: Option<IpAddr>) {

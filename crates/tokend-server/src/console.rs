@@ -7,13 +7,17 @@
 //!
 //! Who may look: with identities configured, an `admin` identity, its API
 //! key given as the password of HTTP Basic authentication (any user name)
-//! or as `x-api-key`; open, only a loopback peer.
+//! or as `x-api-key`, with failed logins rate limited and audited; open,
+//! only a loopback peer that names this listener as a loopback host
+//! (`gate.rs`).
 
-use std::{net::SocketAddr, sync::Arc};
+mod gate;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{
     extract::{ConnectInfo, Path, Query, State},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode, Uri, header},
     response::{Html, IntoResponse, Response},
 };
 use base64::Engine as _;
@@ -22,7 +26,11 @@ use serde::Deserialize;
 use tokend_core::{Connection, ConnectionId, ProviderName, Status, Timestamp};
 use tokend_store::ListQuery;
 
-use crate::{Engine, auth::Authenticator, auth::Permission, feed::Feed, metrics::Metrics};
+use crate::{
+    Engine, audit::AuditLog, auth::Authenticator, auth::Permission, feed::Feed, metrics::Metrics,
+};
+
+pub(crate) use gate::Gate;
 
 /// Rows per page.
 const PAGE: usize = 50;
@@ -34,6 +42,10 @@ pub(crate) struct Console {
     pub feed: Arc<Feed>,
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
+    /// Where failed and refused logins are written.
+    pub audit: AuditLog,
+    /// The login limiter and the listener's port.
+    pub gate: Arc<Gate>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -49,18 +61,69 @@ pub(crate) struct Filters {
 }
 
 impl Console {
-    /// Whether this request may see the console.
-    fn allowed(&self, headers: &HeaderMap, peer: SocketAddr) -> bool {
+    /// Whether this request may see the console; if not, the answer.
+    fn admit(&self, headers: &HeaderMap, uri: &Uri, peer: SocketAddr) -> Result<(), Response> {
+        let now = self.engine.now();
         if self.auth.is_open() {
-            return peer.ip().is_loopback();
+            if !peer.ip().is_loopback() {
+                return Err(refused());
+            }
+            if !self.gate.names_loopback(headers, uri) {
+                self.audit.admin_refusal(
+                    now,
+                    "local",
+                    peer,
+                    "PERMISSION_DENIED",
+                    "CONSOLE_HOST_REFUSED",
+                );
+                return Err(misdirected());
+            }
+            return Ok(());
         }
         let key = headers
             .get("x-api-key")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
             .or_else(|| basic_password(headers));
-        key.and_then(|k| self.auth.caller_for_key(&k))
-            .is_some_and(|c| c.may_everywhere(Permission::Admin))
+        // No key: the browser has not asked its user yet. Not a login.
+        let Some(key) = key else {
+            return Err(refused());
+        };
+        if let Some(wait) = self.gate.wait(peer) {
+            self.audit.admin_refusal(
+                now,
+                "unauthenticated",
+                peer,
+                "RESOURCE_EXHAUSTED",
+                "CONSOLE_LOGIN_RATE_LIMITED",
+            );
+            return Err(too_many(wait));
+        }
+        match self.auth.caller_for_key(&key) {
+            Some(c) if c.may_everywhere(Permission::Admin) => Ok(()),
+            Some(c) => {
+                self.gate.failed(peer);
+                self.audit.admin_refusal(
+                    now,
+                    &c.name,
+                    peer,
+                    "PERMISSION_DENIED",
+                    "CONSOLE_NOT_ADMIN",
+                );
+                Err(refused())
+            }
+            None => {
+                self.gate.failed(peer);
+                self.audit.admin_refusal(
+                    now,
+                    "unauthenticated",
+                    peer,
+                    "UNAUTHENTICATED",
+                    "CONSOLE_LOGIN_FAILED",
+                );
+                Err(refused())
+            }
+        }
     }
 }
 
@@ -86,6 +149,26 @@ fn refused() -> Response {
             "Basic realm=\"tokend\", charset=\"UTF-8\"",
         )],
         "an admin API key is needed (as the password)\n",
+    )
+        .into_response()
+}
+
+/// Too many failed logins from this address, or from everywhere.
+fn too_many(wait: Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, secs.max(1).to_string())],
+        "too many failed logins; retry later\n",
+    )
+        .into_response()
+}
+
+/// An open console asked for by another host name (DNS rebinding).
+fn misdirected() -> Response {
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        "this console answers only to localhost, 127.0.0.1 or [::1] with its own port\n",
     )
         .into_response()
 }
@@ -139,11 +222,12 @@ fn when(at: Option<Timestamp>) -> String {
 pub(crate) async fn index(
     State(console): State<Console>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
     headers: HeaderMap,
     Query(filters): Query<Filters>,
 ) -> Response {
-    if !console.allowed(&headers, peer) {
-        return refused();
+    if let Err(refusal) = console.admit(&headers, &uri, peer) {
+        return refusal;
     }
     let engine = &console.engine;
     let now = engine.now();
@@ -245,11 +329,12 @@ pub(crate) async fn index(
 pub(crate) async fn connection(
     State(console): State<Console>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    uri: Uri,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    if !console.allowed(&headers, peer) {
-        return refused();
+    if let Err(refusal) = console.admit(&headers, &uri, peer) {
+        return refusal;
     }
     let Ok(id) = ConnectionId::new(id.as_str()) else {
         return (StatusCode::BAD_REQUEST, "not a connection id\n").into_response();

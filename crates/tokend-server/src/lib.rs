@@ -212,6 +212,8 @@ pub async fn run_with_tasks(
                 feed: Arc::clone(&feed),
                 metrics: Arc::clone(engine.metrics()),
                 auth: authenticator.clone(),
+                audit: audit_log.clone(),
+                gate: Arc::default(),
             },
             engine.shutdown_token().clone(),
         ));
