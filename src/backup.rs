@@ -267,9 +267,12 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A backup's records, its header checked against the file
+/// A backup's records: each connection id with its record as stored.
+type SealedRecords = Vec<(String, Vec<u8>)>;
+
+/// A backup's header and records, the header checked against the file
 /// before anything is allocated from it.
-fn read_backup(path: &Path) -> anyhow::Result<(Header, Vec<(String, Vec<u8>)>)> {
+fn read_backup(path: &Path) -> anyhow::Result<(Header, SealedRecords)> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let size = file
