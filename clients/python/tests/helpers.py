@@ -328,10 +328,12 @@ def sha256_hex(text: str) -> str:
 
 # A client-credentials provider pointed at the sandbox, whose host is a
 # per-connection param: exercises install with just provider +
-# connection_id + params.
+# connection_id + params. A whole-host placeholder takes only listed values
+# (a caller never chooses the domain a secret goes to).
 REPORTS_PROVIDER = """
 [providers.reports]
 token_url = "http://{{host}}:{sandbox_port}/oauth/token"
+param_values = {{ host = ["127.0.0.1"] }}
 grant = "client_credentials"
 scopes = ["reports.read"]
 client_id = "sandbox-client"
