@@ -408,6 +408,47 @@ async fn hostile_tenants_a_refused_exchange_is_revoked_not_left_live() {
     assert_eq!(kept.token.unwrap().access_token, first.access_token);
 }
 
+/// Issue 24, item 8. Invariant: a refused grant that may be the stored
+/// grant's own user's (the stored record names no account) is dropped, not
+/// revoked: a provider that revokes every token of a user and client at
+/// once would otherwise end the connection the install was refused for.
+#[tokio::test]
+async fn hostile_tenants_a_refused_grant_of_an_unknown_account_is_not_revoked() {
+    let server = TestServer::start_with(Options {
+        provider_toml: Some(
+            "preset = \"sandbox\"\nrevocation_url = \"http://127.0.0.1:SANDBOX_PORT/oauth/revoke\""
+                .into(),
+        ),
+        ..background_off()
+    })
+    .await;
+    let mut client = server.client().await;
+    let first = server.sandbox.issue_tokens("u@x.com", &["crm"]);
+    client
+        .install(import_request("sandbox-u_x.com", "", &first, 1800))
+        .await
+        .unwrap();
+    let code = server.sandbox.issue_code("u_x.com", &["crm"], None, None);
+    let err = client
+        .install(code_request("", "", &code))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err), "CONNECTION_ID_TAKEN", "{err:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        server.sandbox.stats().revocations,
+        0,
+        "nothing revoked: {:?}",
+        server.sandbox.stats()
+    );
+    let kept = client
+        .get_token(get("sandbox-u_x.com"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.token.unwrap().access_token, first.access_token);
+}
+
 // ---- Install cap -----------------------------------------------------------
 
 /// Established TCP connections to `port` on 127.0.0.1 from this process's

@@ -37,8 +37,6 @@ fn db(e: tokio_postgres::Error) -> StoreError {
     PgError::from(e).into()
 }
 
-/// The statement for `sql`, prepared once per pooled connection: every
-/// later use saves the round trip of preparing it again.
 /// One page of a listing within an id range: `$1` the last id already
 /// listed ("" for none), `$5` the id prefix ("" for none) and `$6` the
 /// first id past it. Both bounds are index conditions on the primary key.
@@ -74,6 +72,8 @@ pub(crate) fn prefix_end(prefix: &str) -> Option<String> {
     None
 }
 
+/// The statement for `sql`, prepared once per pooled connection: every
+/// later use saves the round trip of preparing it again.
 async fn prep(client: &Client, sql: &str) -> Result<Statement, StoreError> {
     client.prepare_cached(sql).await.map_err(db)
 }

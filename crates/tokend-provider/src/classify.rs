@@ -211,6 +211,15 @@ pub(crate) fn sanitize(message: &str, secrets: &Redactor) -> String {
     out
 }
 
+/// `code` if it is one of the codes tokend classifies by.
+fn known_code(code: &str) -> Option<&'static str> {
+    [RATE_LIMITED, REVOKED, MISCONFIGURED]
+        .into_iter()
+        .flatten()
+        .copied()
+        .find(|known| *known == code)
+}
+
 /// Classifies a non-2xx answer, or a 2xx refusal ([`is_refusal`]).
 pub(crate) fn classify(
     dialect: Dialect,
@@ -221,11 +230,11 @@ pub(crate) fn classify(
     secrets: &Redactor,
 ) -> ProviderError {
     let parsed = parse_body(dialect, body);
-    let code = parsed
-        .code
-        .filter(|c| !c.is_empty() && c.len() <= 64)
-        .map(|c| sanitize(&c, secrets));
-    let class = match (http_status, code.as_deref()) {
+    // Classified on the code as the provider wrote it: redaction may cut a
+    // short secret's window out of `invalid_client`, and a dead grant must
+    // not become a transient error by that.
+    let raw = parsed.code.filter(|c| !c.is_empty() && c.len() <= 64);
+    let class = match (http_status, raw.as_deref()) {
         (429, _) => ErrorClass::RateLimited,
         (500..=599, _) => ErrorClass::Transient,
         (_, Some(c)) if RATE_LIMITED.contains(&c) => ErrorClass::RateLimited,
@@ -237,6 +246,12 @@ pub(crate) fn classify(
         // grant dead on a guess.
         _ => ErrorClass::Transient,
     };
+    // A code tokend knows is kept as the constant it is; any other is
+    // redacted like the rest of the body.
+    let code = raw.map(|c| match known_code(&c) {
+        Some(known) => known.to_owned(),
+        None => sanitize(&c, secrets),
+    });
     ProviderError {
         class,
         code: code.unwrap_or_else(|| format!("http_{http_status}")),
@@ -267,6 +282,38 @@ mod tests {
             None,
             &Redactor::new(["rt-secret-123"]),
         )
+    }
+
+    /// Invariant: a known error code is classified and kept as the provider
+    /// wrote it, even when a short secret shares a window with it (a client
+    /// secret `client12` redacts `clie` wherever it appears).
+    #[test]
+    fn codes_are_classified_before_redaction() {
+        for (secret, body, class, code) in [
+            (
+                "client12",
+                r#"{"error":"invalid_client"}"#,
+                ErrorClass::ClientMisconfigured,
+                "invalid_client",
+            ),
+            (
+                "grant123",
+                r#"{"error":"invalid_grant","error_description":"grant123 is dead"}"#,
+                ErrorClass::Revoked,
+                "invalid_grant",
+            ),
+        ] {
+            let e = classify(
+                Dialect::Rfc6749,
+                400,
+                body.as_bytes(),
+                None,
+                None,
+                &Redactor::new([secret]),
+            );
+            assert_eq!((e.class, e.code.as_str()), (class, code), "{secret}");
+            assert!(!e.message.contains(secret), "{}", e.message);
+        }
     }
 
     #[test]

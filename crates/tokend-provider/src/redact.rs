@@ -30,7 +30,7 @@ use std::sync::OnceLock;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE};
-use secrecy::zeroize::Zeroizing;
+use secrecy::zeroize::{Zeroize, Zeroizing};
 
 /// What replaces each redacted run.
 pub(crate) const REDACTED: &str = "[redacted]";
@@ -76,6 +76,17 @@ impl std::fmt::Debug for Redactor {
 /// Lowercased windows of every matched form of every secret, by length.
 struct Tables {
     windows: HashMap<usize, HashSet<Box<[u8]>>>,
+}
+
+/// The windows are pieces of secrets: wiped when dropped, like the secrets.
+impl Drop for Tables {
+    fn drop(&mut self) {
+        for (_, set) in self.windows.drain() {
+            for mut piece in set {
+                piece.zeroize();
+            }
+        }
+    }
 }
 
 impl Redactor {

@@ -313,11 +313,23 @@ impl Installer {
                 // Taken since the check above, or the id came from the
                 // provider's answer: the grant just bought cannot be kept.
                 let known_account = Some(account_id.as_str()).filter(|a| !a.is_empty());
-                if let Err(refused) = check_provider(e, &input.provider)
-                    .and_then(|()| check_owner(e, known_account, explicit_id, replace))
-                {
+                // With it, whether the refused grant is surely another than
+                // the stored one: another provider's, or two known, different
+                // accounts'. Only such a grant is revoked: some providers
+                // (Google) revoke every token of a user and client at once,
+                // so revoking what may be the same user's new grant could end
+                // the very connection it was refused for.
+                let refused = match check_provider(e, &input.provider) {
+                    Err(refused) => Some((refused, true)),
+                    Ok(()) => check_owner(e, known_account, explicit_id, replace)
+                        .err()
+                        .map(|refused| {
+                            (refused, known_account.is_some() && !e.account_id.is_empty())
+                        }),
+                };
+                if let Some((refused, other_grant)) = refused {
                     if issued {
-                        engine.discard_grant(&provider, &id, tokens);
+                        engine.discard_grant(&provider, &id, tokens, other_grant);
                     }
                     return Err(refused);
                 }
@@ -510,16 +522,22 @@ fn check_provider(existing: &Connection, provider: &ProviderName) -> Result<(), 
 
 impl Engine {
     /// A grant the provider issued for an install that was then refused
-    /// (the id turned out to be taken): revoked at the provider (RFC 7009)
-    /// in an engine-owned task when it has a revocation endpoint, so no live
-    /// grant is left that nobody holds; otherwise dropped. Logged either
-    /// way, without a token.
+    /// (the id turned out to be taken): when `revoke` (it is surely not the
+    /// stored grant's user), revoked at the provider (RFC 7009) in an
+    /// engine-owned task if it has a revocation endpoint, so no live grant
+    /// is left that nobody holds; otherwise dropped. Logged either way,
+    /// without a token.
     fn discard_grant(
         &self,
         provider: &Arc<tokend_provider::ProviderConfig>,
         id: &ConnectionId,
         tokens: TokenSet,
+        revoke: bool,
     ) {
+        if !revoke {
+            tracing::warn!(connection_id = %id, provider = %provider.name, "an install's new grant was refused (connection id taken) and may be the same user's as the stored one: the grant is dropped, not revoked");
+            return;
+        }
         if provider.request.revocation_url.is_none() {
             tracing::warn!(connection_id = %id, provider = %provider.name, "an install's new grant was refused (connection id taken) and the provider has no revocation_url: the grant is dropped, not revoked");
             return;
