@@ -92,22 +92,6 @@ impl Default for Gate {
     }
 }
 
-/// The address a peer's bucket is kept under: IPv4 as is, IPv6 by its /64
-/// (one host usually holds a whole /64).
-fn peer_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let mut segments = v6.segments();
-                segments[4..].fill(0);
-                IpAddr::V6(segments.into())
-            }
-        },
-    }
-}
-
 impl Gate {
     /// Notes the port the admin listener is bound to.
     pub(crate) fn set_port(&self, port: u16) {
@@ -117,7 +101,7 @@ impl Gate {
     /// `None` if `peer` may try a key now, else how long until it may.
     pub(crate) fn wait(&self, peer: SocketAddr) -> Option<Duration> {
         let now = Instant::now();
-        let key = peer_key(peer.ip());
+        let key = crate::transport::conns::peer_prefix(peer.ip());
         let own = {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             peers
@@ -135,7 +119,7 @@ impl Gate {
     /// Spends one failed login of `peer`'s and of the global allowance.
     pub(crate) fn failed(&self, peer: SocketAddr) {
         let now = Instant::now();
-        let key = peer_key(peer.ip());
+        let key = crate::transport::conns::peer_prefix(peer.ip());
         {
             let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
             if !peers.contains_key(&key) && peers.len() >= MAX_PEERS {

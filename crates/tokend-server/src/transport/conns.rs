@@ -312,14 +312,18 @@ pub(crate) fn peer_of<B>(request: &http::Request<B>) -> Option<SocketAddr> {
 /// /64 (one host commonly has a whole /64); `None` for loopback, whose
 /// peers cannot be told apart.
 fn peer_key(ip: IpAddr) -> Option<IpAddr> {
-    let ip = ip.to_canonical();
-    if ip.is_loopback() {
-        return None;
-    }
-    Some(match ip {
-        IpAddr::V4(_) => ip,
+    let ip = peer_prefix(ip);
+    (!ip.is_loopback()).then_some(ip)
+}
+
+/// The address one peer is counted under, wherever tokend counts peers (the
+/// connection cap here, the console's login buckets): its IPv4 address
+/// (an IPv4-mapped IPv6 address as that IPv4 address), or its IPv6 /64.
+pub(crate) fn peer_prefix(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        ip @ IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::MAX >> 64))),
-    })
+    }
 }
 
 #[cfg(test)]
