@@ -365,19 +365,24 @@ async fn hostile_tenants_an_install_without_replace_never_replaces_another_grant
     assert_eq!(out.connection.unwrap().account_id, "", "no stale label");
 }
 
-/// Issue 24, item 8. Invariant: a grant bought by a code exchange and then
-/// refused (the id the provider's answer derives is another account's) is
-/// revoked at the provider, not left live with nobody holding it.
-#[tokio::test]
-async fn hostile_tenants_a_refused_exchange_is_revoked_not_left_live() {
-    let server = TestServer::start_with(Options {
+/// A server whose sandbox provider has an RFC 7009 revocation endpoint.
+async fn revoking_server() -> TestServer {
+    TestServer::start_with(Options {
         provider_toml: Some(
             "preset = \"sandbox\"\nrevocation_url = \"http://127.0.0.1:SANDBOX_PORT/oauth/revoke\""
                 .into(),
         ),
         ..background_off()
     })
-    .await;
+    .await
+}
+
+/// Issue 24, item 8. Invariant: a grant bought by a code exchange and then
+/// refused (the id the provider's answer derives is another account's) is
+/// revoked at the provider, not left live with nobody holding it.
+#[tokio::test]
+async fn hostile_tenants_a_refused_exchange_is_revoked_not_left_live() {
+    let server = revoking_server().await;
     let mut client = server.client().await;
     let first = server.sandbox.issue_tokens("u@x.com", &["crm"]);
     client
@@ -414,14 +419,7 @@ async fn hostile_tenants_a_refused_exchange_is_revoked_not_left_live() {
 /// once would otherwise end the connection the install was refused for.
 #[tokio::test]
 async fn hostile_tenants_a_refused_grant_of_an_unknown_account_is_not_revoked() {
-    let server = TestServer::start_with(Options {
-        provider_toml: Some(
-            "preset = \"sandbox\"\nrevocation_url = \"http://127.0.0.1:SANDBOX_PORT/oauth/revoke\""
-                .into(),
-        ),
-        ..background_off()
-    })
-    .await;
+    let server = revoking_server().await;
     let mut client = server.client().await;
     let first = server.sandbox.issue_tokens("u@x.com", &["crm"]);
     client
