@@ -202,13 +202,14 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         args.data_dir
             .join(tokend_store::crypto::keys::KEY_FILE_NAME)
     });
-    let keyring = || tokend_store::crypto::KeyFile::load(&key_path).and_then(|f| f.keyring());
-    let keys = keyring().with_context(|| {
-        format!(
-            "no usable key file at {} (restore needs the key file the backed-up server used)",
-            key_path.display()
-        )
-    })?;
+    let keys = tokend_store::crypto::KeyFile::load(&key_path)
+        .and_then(|f| f.keyring())
+        .with_context(|| {
+            format!(
+                "no usable key file at {} (restore needs the key file the backed-up server used)",
+                key_path.display()
+            )
+        })?;
     let does_not_open = || {
         format!(
             "the backup does not open with {}: is it the key file the backed-up server used, and the file as it was written?",
@@ -224,15 +225,12 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             }
         }
     }
+    // Checked here, before the data dir is opened (opening may migrate an
+    // existing one), although `import_sealed` checks again before it
+    // writes: a refused restore touches nothing. Decoding also checks that
+    // each record is the connection it is filed under.
     for (id, sealed) in &records {
-        let record = tokend_store::backend::decode(id.as_bytes(), sealed, &keys)
-            .with_context(does_not_open)?;
-        anyhow::ensure!(
-            record.id.as_str() == id,
-            "{}: record {id} holds the connection {}",
-            args.from.display(),
-            record.id
-        );
+        tokend_store::backend::decode(id.as_bytes(), sealed, &keys).with_context(does_not_open)?;
     }
     let new_dir = if args.data_dir.exists() {
         None
