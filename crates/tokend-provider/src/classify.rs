@@ -266,6 +266,7 @@ pub(crate) fn classify(
             .map(|c| sanitize(&c, secrets)),
         retry_after,
         salvage: None,
+        unanswered: false,
     }
 }
 

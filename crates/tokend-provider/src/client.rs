@@ -71,6 +71,7 @@ fn local_error(class: ErrorClass, code: &str, message: &str) -> ProviderError {
         correlation_id: None,
         retry_after: None,
         salvage: None,
+        unanswered: false,
     }
 }
 
@@ -81,6 +82,12 @@ fn misconfigured(code: &str, message: &str) -> ProviderError {
 
 fn transport_error(code: &str, message: &str) -> ProviderError {
     local_error(ErrorClass::Transient, code, message)
+}
+
+/// `e`, marked as a request that may have reached the provider unanswered.
+fn unanswered(mut e: ProviderError) -> ProviderError {
+    e.unanswered = true;
+    e
 }
 
 /// Percent-encodes per `application/x-www-form-urlencoded`, as RFC 6749
@@ -344,12 +351,15 @@ impl ProviderClient {
         let (request, secrets) = self.prepare(config, url, form, sent_secrets)?;
         let sent_at = self.clock.now();
         let mut response = request.send().await.map_err(|e| {
-            if e.is_timeout() {
-                transport_error("timeout", "token endpoint timed out")
-            } else if e.is_connect() {
+            // Only a failure to connect (DNS, refused, TLS handshake) is
+            // proven to precede sending; after that, the provider may have
+            // acted on the request, so the refresh is in doubt.
+            if e.is_connect() {
                 transport_error("connect_error", "cannot connect to the token endpoint")
+            } else if e.is_timeout() {
+                unanswered(transport_error("timeout", "token endpoint timed out"))
             } else {
-                transport_error("http_error", "token request failed")
+                unanswered(transport_error("http_error", "token request failed"))
             }
         })?;
         let status = response.status().as_u16();
@@ -375,6 +385,7 @@ impl ProviderClient {
         let lost = |mut e: ProviderError| {
             e.http_status = Some(status);
             e.correlation_id = correlation_id.clone();
+            e.unanswered = true;
             if success {
                 e.salvage = Some(Salvage {
                     refresh_token: None,

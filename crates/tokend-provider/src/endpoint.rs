@@ -60,6 +60,7 @@ fn unsupported(message: &str) -> ProviderError {
         correlation_id: None,
         retry_after: None,
         salvage: None,
+        unanswered: false,
     }
 }
 

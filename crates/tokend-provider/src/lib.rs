@@ -53,6 +53,10 @@ pub struct ProviderError {
     /// (failed validation, too large, cut off): the provider may have
     /// rotated the grant all the same.
     pub salvage: Option<Salvage>,
+    /// Set when the request may have reached the provider but no answer
+    /// came back (a timeout or reset after sending): the provider may have
+    /// rotated the grant.
+    pub unanswered: bool,
 }
 
 /// What is left of a 2xx token answer that failed validation.
@@ -65,6 +69,24 @@ pub struct Salvage {
 }
 
 impl ProviderError {
+    /// Whether the provider may have acted on the request (rotated the
+    /// grant) although tokend has no answer it can use: the refresh is *in
+    /// doubt*. True for a timeout or reset after sending, an unreadable 2xx,
+    /// and any non-2xx that is not a definitive refusal (5xx from an edge
+    /// included). False for what is proven to precede sending (DNS, connect,
+    /// TLS handshake) and for 4xx answers, which refuse the request itself.
+    pub fn in_doubt(&self) -> bool {
+        self.unanswered
+            || self.salvage.is_some()
+            || self.http_status.is_some_and(|s| match s {
+                200..=299 => false,
+                // Request Timeout, and nginx's client-closed: an edge gave up.
+                408 | 499 => true,
+                400..=499 => false,
+                _ => true,
+            })
+    }
+
     /// The record an operator sees in `GetConnection`.
     pub fn to_last_error(&self, at: Timestamp) -> LastError {
         LastError {

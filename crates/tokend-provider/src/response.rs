@@ -23,6 +23,7 @@ fn malformed(message: &str, http_status: u16, correlation_id: Option<String>) ->
         correlation_id,
         retry_after: None,
         salvage: None,
+        unanswered: false,
     }
 }
 

@@ -42,6 +42,9 @@ pub enum Step {
     Hang,
     /// Waits, then the model answers.
     Delay(Duration),
+    /// The model rotates at once, but the answer arrives only after this
+    /// long: a slow answer that may outlive the caller's lease.
+    RotateThenDelay(Duration),
 }
 
 #[derive(Default)]
@@ -152,6 +155,18 @@ impl ScriptedProvider {
         error(ErrorClass::Transient, "http_503", Some(503), None)
     }
 
+    /// A timeout after the request was sent: no answer, so in doubt.
+    pub fn timed_out() -> ProviderError {
+        let mut e = error(ErrorClass::Transient, "timeout", None, None);
+        e.unanswered = true;
+        e
+    }
+
+    /// A failure to connect: proven to precede sending, so not in doubt.
+    pub fn connect_failed() -> ProviderError {
+        error(ErrorClass::Transient, "connect_error", None, None)
+    }
+
     pub fn rate_limited(retry_after: Duration) -> ProviderError {
         error(
             ErrorClass::RateLimited,
@@ -236,6 +251,7 @@ fn error(
         correlation_id: None,
         retry_after,
         salvage: None,
+        unanswered: false,
     }
 }
 
@@ -284,6 +300,11 @@ impl TokenEndpoint for ScriptedProvider {
             Some(Step::Delay(d)) => {
                 tokio::time::sleep(d).await;
                 self.answer(&presented).map(|(t, _)| grant(t))
+            }
+            Some(Step::RotateThenDelay(d)) => {
+                let answer = self.answer(&presented);
+                tokio::time::sleep(d).await;
+                answer.map(|(t, _)| grant(t))
             }
         }
     }

@@ -195,6 +195,24 @@ pub fn access_token(c: &Connection, now: Timestamp) -> pb::AccessToken {
     }
 }
 
+/// Response metadata naming a connection's status and reconnect cause
+/// (`tokend-connection-status: RECONNECT_REQUIRED`,
+/// `tokend-reconnect-cause: ROTATION_LOST`), for a token served from a
+/// connection that is not ACTIVE.
+pub fn status_metadata(c: &Connection, metadata: &mut tonic::metadata::MetadataMap) {
+    let status = status(c.status).as_str_name();
+    let status = status.trim_start_matches("CONNECTION_STATUS_");
+    if let Ok(v) = status.parse() {
+        metadata.insert("tokend-connection-status", v);
+    }
+    if let Some(cause) = c.reconnect_cause {
+        let cause = reconnect_cause(cause).as_str_name();
+        if let Ok(v) = cause.trim_start_matches("RECONNECT_CAUSE_").parse() {
+            metadata.insert("tokend-reconnect-cause", v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

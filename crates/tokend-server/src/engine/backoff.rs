@@ -20,9 +20,56 @@ pub(crate) struct RetryState {
     pub(crate) attempts: u32,
     /// What the last attempt failed with, replayed to callers during backoff.
     pub(crate) last_failure: Option<super::Failure>,
+    /// Since when the refresh has been in doubt (the provider may have
+    /// rotated the grant without tokend reading the answer), if it is.
+    pub(crate) in_doubt_since: Option<Timestamp>,
+    /// Retries made since the doubt began.
+    doubt_retries: u32,
 }
 
+/// The first retry of a refresh left in doubt comes within this (jittered):
+/// a rotated-out refresh token the provider still honours for a grace
+/// period must be presented again before the grace ends.
+pub(crate) const IN_DOUBT_FIRST_RETRY: Duration = Duration::from_secs(1);
+/// The shortest wait between two retries of an in-doubt refresh.
+const IN_DOUBT_MIN_RETRY: Duration = Duration::from_millis(200);
+
 impl RetryState {
+    /// The delay before retrying a refresh left in doubt at `now`, whatever
+    /// the access token's remaining life. The first retry comes within
+    /// [`IN_DOUBT_FIRST_RETRY`], jittered, even for a strictly rotating
+    /// provider (so a lost grant is known at once). Later ones double, but
+    /// stay inside the provider's rotation `grace` while it lasts; after it,
+    /// the usual backoff for `class`.
+    pub(crate) fn in_doubt_delay(
+        &mut self,
+        now: Timestamp,
+        grace: Duration,
+        class: ErrorClass,
+        retry_after: Option<Duration>,
+        settings: &EngineSettings,
+    ) -> Duration {
+        let since = *self.in_doubt_since.get_or_insert(now);
+        self.doubt_retries = self.doubt_retries.saturating_add(1);
+        let usual = self.next_delay(class, retry_after, settings);
+        let jittered = |d: Duration| {
+            d.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+                .max(IN_DOUBT_MIN_RETRY)
+        };
+        if self.doubt_retries == 1 {
+            return jittered(IN_DOUBT_FIRST_RETRY);
+        }
+        let grace_end = since.saturating_add(grace);
+        if now >= grace_end {
+            return usual;
+        }
+        let step =
+            IN_DOUBT_FIRST_RETRY.saturating_mul(1 << self.doubt_retries.min(16).saturating_sub(1));
+        // Half of what is left, so another retry still fits in the grace.
+        let left = grace_end.duration_since(now) / 2;
+        jittered(step.min(left).min(usual.max(IN_DOUBT_FIRST_RETRY)))
+    }
+
     /// The delay before the next attempt after a failure of `class`.
     pub(crate) fn next_delay(
         &mut self,

@@ -164,6 +164,8 @@ pub struct EngineStats {
     pub recovered_with_previous: std::sync::atomic::AtomicU64,
     /// Refresh intents of an earlier run found at start.
     pub in_doubt_at_start: std::sync::atomic::AtomicU64,
+    /// Prompt retries of refreshes left in doubt (no usable answer).
+    pub in_doubt_retries: std::sync::atomic::AtomicU64,
 }
 
 /// The broker's state: the store, the providers, and per-connection memory.
@@ -385,6 +387,20 @@ impl Engine {
         }
     }
 
+    /// The access token of a connection whose grant was lost in transit
+    /// (`RECONNECT_REQUIRED`, cause `ROTATION_LOST`) while it is still
+    /// valid for `min_ttl` (at least a second): the provider never revoked
+    /// it, and serving it until it expires gives the user time to reconnect
+    /// before anything breaks. The record's status says the truth.
+    fn valid_after_rotation_lost(&self, slot: &Slot, min_ttl: Duration) -> Option<Arc<Connection>> {
+        let current = slot.current();
+        let ttl = current.tokens.ttl(self.clock.now());
+        (current.status == Status::ReconnectRequired
+            && current.reconnect_cause == Some(tokend_core::ReconnectCause::RotationLost)
+            && ttl >= min_ttl.max(Duration::from_secs(1)))
+        .then_some(current)
+    }
+
     /// A valid access token with at least `min_ttl` left, refreshing first
     /// (once, shared with every concurrent caller) when needed. The read
     /// path writes nothing and takes no global lock.
@@ -394,7 +410,10 @@ impl Engine {
         min_ttl: Duration,
     ) -> Result<Arc<Connection>, ServiceError> {
         let slot = self.slot(id).await?;
-        let mut current = self.active(&slot, id).await?;
+        let mut current = match self.active(&slot, id).await {
+            Ok(current) => current,
+            Err(e) => return self.valid_after_rotation_lost(&slot, min_ttl).ok_or(e),
+        };
         let provider = self.provider_of(&current).map_err(ServiceError::from)?;
         let policy = provider.refresh_policy;
         if !policy.needs_refresh(&current.tokens, self.clock.now(), min_ttl) {

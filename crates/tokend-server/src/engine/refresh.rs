@@ -112,6 +112,7 @@ impl Engine {
         // call or a write (a pending grant needs no provider: it goes on).
         let provider = slot.current().provider.clone();
         if !slot.has_pending()
+            && !slot.in_doubt()
             && let Some((error, retry_after)) = self
                 .breakers
                 .get(&provider)
@@ -350,9 +351,13 @@ impl Engine {
         }
         let refresh_token = refresh_token.filter(|_| !client_credentials);
         let breaker = &self.breakers[&provider.name];
+        // A refresh in doubt is retried inside the provider's rotation grace
+        // even while the breaker is open: the grant may depend on it.
+        let in_doubt = lease.in_doubt || slot.in_doubt();
         let probe = match breaker.admit(self.clock.now(), &self.settings) {
             Admission::Call => false,
             Admission::Probe => true,
+            Admission::Reject { .. } if in_doubt => false,
             Admission::Reject { error, retry_after } => {
                 // The provider fails for everyone: no call, no write.
                 self.scheduler
@@ -458,7 +463,7 @@ impl Engine {
         if let Some(salvage) = &error.salvage {
             let Some(new_token) = salvage.refresh_token.clone() else {
                 let result = self
-                    .provider_failure(slot, Some(record), provider, &error, lease.fence)
+                    .provider_failure(slot, Some(record), provider, &error, lease.fence, true)
                     .await;
                 return Outcome {
                     result,
@@ -477,7 +482,7 @@ impl Engine {
             {
                 // The error is on the written record already.
                 Ok(_) => {
-                    self.provider_failure(slot, None, provider, &error, lease.fence)
+                    self.provider_failure(slot, None, provider, &error, lease.fence, false)
                         .await
                 }
                 Err(f) => Err(f),
@@ -488,13 +493,13 @@ impl Engine {
             // A provider-wide failure is recorded once, by the breaker, not
             // on every connection.
             let record = (!provider_wide(error.class)).then_some(record);
+            // No answer, or one that does not refuse: the provider may have
+            // rotated the grant, so retry promptly with the same token.
+            let in_doubt = error.in_doubt();
             let result = self
-                .provider_failure(slot, record, provider, &error, lease.fence)
+                .provider_failure(slot, record, provider, &error, lease.fence, in_doubt)
                 .await;
-            return Outcome {
-                result,
-                in_doubt: false,
-            };
+            return Outcome { result, in_doubt };
         }
         // Refused. Another writer may have rotated the token since we read
         // it: only a refusal of the token still stored means the grant died.
@@ -535,7 +540,7 @@ impl Engine {
                 }
             }
         }
-        let cause = if lease.in_doubt {
+        let cause = if lease.in_doubt || slot.in_doubt() {
             ReconnectCause::RotationLost
         } else {
             // A grant that needs the user back, not a dead one, says so.
@@ -582,17 +587,21 @@ impl Engine {
         provider: &ProviderConfig,
         error: &ProviderError,
         fence: u64,
+        in_doubt: bool,
     ) -> Result<Arc<Connection>, Failure> {
         let now = self.clock.now();
         let last = error.to_last_error(now);
         let id = &slot.current().id;
-        let delay = self.back_off(slot, id, error.class, error.retry_after, |delay| {
-            Failure::Provider {
-                provider: provider.name.clone(),
-                error: last.clone(),
-                retry_after: Some(delay),
-            }
-        });
+        let failure = |delay| Failure::Provider {
+            provider: provider.name.clone(),
+            error: last.clone(),
+            retry_after: Some(delay),
+        };
+        let delay = if in_doubt {
+            self.back_off_in_doubt(slot, id, provider, error, failure)
+        } else {
+            self.back_off(slot, id, error.class, error.retry_after, failure)
+        };
         if let Some(record) = record {
             // Losing this race to another writer is harmless: theirs is newer.
             let mut next = record.next_revision(now);
@@ -638,6 +647,46 @@ impl Engine {
             retry.not_before = Some(not_before);
             retry.last_failure = Some(failure(delay));
         }
+        self.scheduler.schedule(id, not_before);
+        delay
+    }
+
+    /// Like [`Engine::back_off`], for a refresh left in doubt: the retry
+    /// comes within a second, then inside the provider's rotation grace,
+    /// whatever the access token's remaining life (`background_refresh`
+    /// refreshes a connection in doubt even when its token is fresh).
+    fn back_off_in_doubt(
+        &self,
+        slot: &Slot,
+        id: &ConnectionId,
+        provider: &ProviderConfig,
+        error: &ProviderError,
+        failure: impl FnOnce(Duration) -> Failure,
+    ) -> Duration {
+        let now = self.clock.now();
+        let delay;
+        let not_before;
+        {
+            let mut retry = lock(&slot.retry);
+            delay = retry.in_doubt_delay(
+                now,
+                provider.rotation_grace,
+                error.class,
+                error.retry_after,
+                &self.settings,
+            );
+            not_before = now.saturating_add(delay);
+            retry.not_before = Some(not_before);
+            retry.last_failure = Some(failure(delay));
+        }
+        tracing::warn!(
+            connection_id = %id,
+            retry_in_ms = delay.as_millis() as u64,
+            "refresh in doubt: the provider may have rotated the grant; retrying with the same refresh token"
+        );
+        self.stats
+            .in_doubt_retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.scheduler.schedule(id, not_before);
         delay
     }

@@ -192,8 +192,10 @@ impl Engine {
             return;
         };
         let current = slot.current();
-        let pending = slot.has_pending();
-        if current.status != Status::Active && !pending {
+        // A grant the store refused, or a refresh in doubt, goes ahead
+        // whatever the token's remaining life.
+        let pending = slot.has_pending() || slot.in_doubt();
+        if current.status != Status::Active && !slot.has_pending() {
             return;
         }
         let Some(provider) = self.providers.get(&current.provider) else {

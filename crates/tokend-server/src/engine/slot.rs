@@ -118,6 +118,12 @@ impl Slot {
     pub(crate) fn has_pending(&self) -> bool {
         lock(&self.pending).is_some()
     }
+
+    /// Whether the last refresh is in doubt: the provider may have rotated
+    /// the grant without tokend reading its answer.
+    pub(crate) fn in_doubt(&self) -> bool {
+        lock(&self.retry).in_doubt_since.is_some()
+    }
 }
 
 /// The connections this process holds in memory: a bounded cache over the

@@ -172,7 +172,13 @@ impl TokenServiceImpl {
             .metrics()
             .served_ttl
             .observe(token.expires_in_seconds as f64);
-        Ok(Response::new(pb::GetTokenResponse { token: Some(token) }))
+        let mut response = Response::new(pb::GetTokenResponse { token: Some(token) });
+        if record.status != tokend_core::Status::Active {
+            // A still-valid token of a connection whose grant was lost in
+            // transit: served, with the truth beside it.
+            convert::status_metadata(&record, response.metadata_mut());
+        }
+        Ok(response)
     }
 
     async fn force_refresh_inner(
