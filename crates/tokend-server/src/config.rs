@@ -299,6 +299,9 @@ impl PresetDefaults {
             Some(Preset::Atlassian) => PresetDefaults {
                 token_url: Some("https://auth.atlassian.com/oauth/token"),
                 client_auth: ClientAuth::ClientSecretPost,
+                // Rotating refresh tokens with a 10-minute reuse leeway
+                // (Atlassian's rotating refresh token announcement).
+                rotation_grace_secs: 600,
                 keepalive_days: Some(60),
                 ..generic
             },
@@ -311,6 +314,10 @@ impl PresetDefaults {
                 token_url: Some("https://login.microsoftonline.com/common/oauth2/v2.0/token"),
                 client_auth: ClientAuth::ClientSecretPost,
                 dialect: Dialect::Microsoft,
+                // "The Microsoft identity platform doesn't revoke old
+                // refresh tokens when used": a rotated-out one lives on for
+                // its lifetime, 24 hours at the least (single-page apps).
+                rotation_grace_secs: 86_400,
                 keepalive_days: Some(60),
                 ..generic
             },
@@ -1502,6 +1509,10 @@ mod tests {
             preset = "microsoft"
             client_id = "a"
             client_secret_env = "S"
+            [providers.atlassian]
+            preset = "atlassian"
+            client_id = "a"
+            client_secret_env = "S"
             "#,
         );
         let providers = presets.providers(|_| Some("s".to_owned())).unwrap();
@@ -1511,6 +1522,8 @@ mod tests {
             Some(Duration::from_secs(150 * 86_400))
         );
         assert_eq!(by("xero").rotation_grace, Duration::from_secs(1800));
+        assert_eq!(by("atlassian").rotation_grace, Duration::from_secs(600));
+        assert_eq!(by("microsoft").rotation_grace, Duration::from_secs(86_400));
         assert_eq!(by("zendesk").connection_params(), ["subdomain"]);
         assert_eq!(by("shopify").connection_params(), ["shop"]);
         assert_eq!(by("zoho").connection_params(), ["dc"]);
