@@ -248,7 +248,7 @@ impl Slots {
                 return Ok(Some(slot));
             }
             // A delete ran meanwhile: what we cached may be gone.
-            self.map.remove_if(id, |_, s| Arc::ptr_eq(s, &slot));
+            self.forget_unless_busy(id, &slot);
         }
     }
 
@@ -263,12 +263,25 @@ impl Slots {
     /// the deleted one.
     pub(crate) fn cache(&self, record: Connection, epoch: u64) -> Arc<Connection> {
         let record = Arc::new(record);
-        let (slot, _) = self.insert(Arc::clone(&record));
+        let (slot, inserted) = self.insert(Arc::clone(&record));
         let newest = slot.advance(Arc::clone(&record));
-        if self.epoch() != epoch {
-            self.map.remove_if(&record.id, |_, s| Arc::ptr_eq(s, &slot));
+        // Only a slot inserted here can hold a deleted record: a delete of
+        // this connection removes the slot that was there itself, and a
+        // delete of another one says nothing about this one.
+        if inserted && self.epoch() != epoch {
+            self.forget_unless_busy(&record.id, &slot);
         }
         newest
+    }
+
+    /// Drops `slot` (just inserted from a read that raced with a delete)
+    /// unless it already holds what the store may not: a grant not yet
+    /// persisted or a refresh under way. Those finish against the store,
+    /// which tells them if the connection is gone.
+    fn forget_unless_busy(&self, id: &ConnectionId, slot: &Arc<Slot>) {
+        self.map.remove_if(id, |_, s| {
+            Arc::ptr_eq(s, slot) && !s.has_pending() && !s.flight.is_running()
+        });
     }
 
     /// Forgets a deleted connection.
@@ -385,6 +398,41 @@ mod tests {
             first.upgrade().is_none(),
             "an evicted record is still held somewhere"
         );
+    }
+
+    /// Issue 25, item 4. Invariant: the cache never drops what the store
+    /// does not hold. A delete of another connection while a record of this
+    /// one was read (the delete epoch moved) must not remove its slot, which
+    /// holds a grant not persisted yet.
+    #[tokio::test]
+    async fn a_delete_elsewhere_never_drops_a_pending_grant() {
+        let slots = Slots::new(1_000, Counter::default());
+        slots.cache(record(0), slots.epoch());
+        let slot = slots.get(&ConnectionId::new("c00000").unwrap()).unwrap();
+        *lock(&slot.pending) = Some(PendingGrant {
+            replaced: None,
+            grant: Grant::RefreshTokenOnly(SecretString::from("rt-new")),
+            attempts: 1,
+        });
+        drop(slot);
+        // A reload of c00000 reads the store...
+        let epoch = slots.epoch();
+        // ...while another connection is deleted...
+        slots.cache(record(1), slots.epoch());
+        slots.remove(&ConnectionId::new("c00001").unwrap());
+        // ...and then caches what it read.
+        slots.cache(record(0), epoch);
+        let kept = slots
+            .get(&ConnectionId::new("c00000").unwrap())
+            .expect("the slot holding a pending grant is still cached");
+        assert!(kept.has_pending());
+        assert_eq!(slots.with_pending().len(), 1);
+        // A slot that was new, idle, and raced with a delete is still
+        // dropped: it may hold the deleted record.
+        let epoch = slots.epoch();
+        slots.remove(&ConnectionId::new("c00002").unwrap());
+        slots.cache(record(2), epoch);
+        assert!(slots.get(&ConnectionId::new("c00002").unwrap()).is_none());
     }
 
     /// Issue 15. Invariant: eviction never drops what is not in the store:
