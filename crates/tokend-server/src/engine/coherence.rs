@@ -75,7 +75,7 @@ impl Engine {
     }
 
     /// Re-reads `id` and caches what the store holds now.
-    async fn reload(
+    pub(super) async fn reload(
         &self,
         id: &ConnectionId,
         kind: EventType,

@@ -102,7 +102,7 @@ impl Engine {
         grant: Grant,
         error: Option<LastError>,
         correlation_id: Option<String>,
-        fence: Option<u64>,
+        mut fence: Option<u64>,
     ) -> Result<Arc<Connection>, Failure> {
         let id = base.id.clone();
         let replaced = base.tokens.refresh_token.clone();
@@ -138,11 +138,17 @@ impl Engine {
                         lock(&slot.pending).take();
                         return Ok(slot.advance(Arc::new(latest)));
                     }
-                    if matches!(e, StoreError::Fenced { .. }) {
-                        // A newer lease holder owns the connection now; our
-                        // grant waits for the next lease.
-                        last_failure = Some(Failure::store(e));
-                        break;
+                    if matches!(e, StoreError::Fenced { .. }) && fence.is_some() {
+                        // Our lease ran out and a newer holder took over,
+                        // but the store still holds the refresh token this
+                        // grant was made from: no newer grant exists,
+                        // whatever verdict that holder wrote (ROTATION_LOST
+                        // after presenting the same, now spent, token). Ours
+                        // is the only live grant: it is written back, by
+                        // compare-and-swap on the revision alone. A holder
+                        // still refreshing then finds it superseded.
+                        tracing::warn!(connection_id = %id, "refresh answered after its lease ran out; writing the grant back over the newer holder's record");
+                        fence = None;
                     }
                     // Only metadata changed: apply our grant on top of it.
                     landed = None;

@@ -90,7 +90,21 @@ impl Engine {
     /// false when the connection's provider is not configured.
     pub(super) fn schedule_no_sooner_than(&self, record: &Connection, gap: Duration) -> bool {
         if record.status != Status::Active {
-            self.scheduler.unschedule(&record.id);
+            // A grant this process holds but could not write (fenced out
+            // by another replica that then found the grant dead) is newer
+            // than that verdict: its retry stays scheduled.
+            if self.slots.get(&record.id).is_some_and(|s| s.has_pending()) {
+                if self.scheduler.next_due(&record.id).is_none() {
+                    self.scheduler.schedule(
+                        &record.id,
+                        self.clock
+                            .now()
+                            .saturating_add(self.settings.pending_retry_min),
+                    );
+                }
+            } else {
+                self.scheduler.unschedule(&record.id);
+            }
             return true;
         }
         let Some(provider) = self.providers.get(&record.provider) else {

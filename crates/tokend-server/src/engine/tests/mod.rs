@@ -783,3 +783,4 @@ async fn shutdown_persists_a_pending_grant_within_its_grace() {
 
 mod edges;
 mod in_doubt;
+mod replicas;
