@@ -1,7 +1,14 @@
-//! The server's clock: wall time anchored once at start, advanced by tokio's
-//! monotonic clock, so expiry logic is testable with `tokio::time::pause()`.
+//! The server's clock: wall time anchored at start, advanced by tokio's
+//! monotonic clock (so expiry logic is testable with `tokio::time::pause()`),
+//! and moved forward when the wall clock is seen ahead (suspend, NTP step).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,30 +49,46 @@ impl Timestamp {
 
 /// tokend's source of "now".
 ///
-/// It reads the system wall clock once, at construction, and from then on
-/// adds `tokio::time::Instant` elapsed time. That makes "now" monotonic within
-/// a process (an NTP step cannot make a valid token look expired or the other
-/// way round) and lets tests drive expiry with `tokio::time::pause()` and
+/// It reads the system wall clock at construction, and from then on adds
+/// `tokio::time::Instant` elapsed time. That makes "now" monotonic within a
+/// process and lets tests drive expiry with `tokio::time::pause()` and
 /// `advance()` instead of sleeping. Callers never see absolute times alone:
 /// replies carry `expires_in` computed from this clock when they are sent.
+///
+/// The monotonic clock stops while the machine is suspended, and an NTP step
+/// moves the wall clock under it: [`Clock::check_wall`], called every second
+/// by the server, compares the two. When the wall clock is ahead, "now"
+/// moves forward to it (shared by every clone), so no token is served past
+/// its real expiry; when it is behind, "now" stays (it never goes back, so
+/// no expired token looks valid again).
 #[derive(Clone, Debug)]
 pub struct Clock {
     /// Wall time at `base_instant`, in Unix milliseconds.
     base_wall: i64,
     /// The tokio instant matching `base_wall`.
     base_instant: tokio::time::Instant,
+    /// Milliseconds the wall clock was seen ahead of the monotonic reading
+    /// (a suspend, an NTP step forward), added to every reading.
+    ahead_ms: Arc<AtomicI64>,
 }
+
+/// A wall-clock jump [`Clock::check_wall`] saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WallJump {
+    /// The wall clock was ahead by this much: "now" followed it.
+    Forward(Duration),
+    /// The wall clock was behind by this much: "now" did not follow.
+    Backward(Duration),
+}
+
+/// Differences below this between the wall clock and the monotonic reading
+/// are drift and rounding, not a jump.
+pub const WALL_JUMP_TOLERANCE: Duration = Duration::from_millis(500);
 
 impl Clock {
     /// A clock anchored at the current system time.
-    // The one place tokend reads the system wall clock.
-    #[allow(clippy::disallowed_methods)]
     pub fn system() -> Self {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
-        Self::starting_at(Timestamp(wall))
+        Self::starting_at(system_wall())
     }
 
     /// A clock that reads `start` now and advances with tokio time.
@@ -73,12 +96,50 @@ impl Clock {
         Self {
             base_wall: start.0,
             base_instant: tokio::time::Instant::now(),
+            ahead_ms: Arc::default(),
         }
     }
 
     pub fn now(&self) -> Timestamp {
-        Timestamp(self.base_wall).saturating_add(self.base_instant.elapsed())
+        Timestamp(self.base_wall)
+            .saturating_add(self.base_instant.elapsed())
+            .saturating_add(Duration::from_millis(
+                u64::try_from(self.ahead_ms.load(Ordering::Relaxed)).unwrap_or(0),
+            ))
     }
+
+    /// Compares "now" with the system wall clock; see [`Clock::observe_wall`].
+    pub fn check_wall(&self) -> Option<WallJump> {
+        self.observe_wall(system_wall())
+    }
+
+    /// Compares "now" with the wall clock reading `wall`. Ahead by more
+    /// than [`WALL_JUMP_TOLERANCE`]: "now" moves forward to it. Behind by
+    /// more: "now" stays. Returns the jump seen, if any.
+    pub fn observe_wall(&self, wall: Timestamp) -> Option<WallJump> {
+        let now = self.now();
+        if wall.duration_since(now) > WALL_JUMP_TOLERANCE {
+            let jump = wall.duration_since(now);
+            let ms = i64::try_from(jump.as_millis()).unwrap_or(i64::MAX);
+            self.ahead_ms.fetch_add(ms, Ordering::Relaxed);
+            Some(WallJump::Forward(jump))
+        } else if now.duration_since(wall) > WALL_JUMP_TOLERANCE {
+            Some(WallJump::Backward(now.duration_since(wall)))
+        } else {
+            None
+        }
+    }
+}
+
+/// The system wall clock.
+// The one place tokend reads the system wall clock.
+#[allow(clippy::disallowed_methods)]
+fn system_wall() -> Timestamp {
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    Timestamp(wall)
 }
 
 #[cfg(test)]
@@ -91,6 +152,40 @@ mod tests {
         assert_eq!(clock.now().unix_millis(), 1_000_000);
         tokio::time::advance(Duration::from_secs(1800)).await;
         assert_eq!(clock.now().unix_millis(), 1_000_000 + 1_800_000);
+    }
+
+    /// Issue 25, item 11. Invariant: a wall-clock jump never lets a token be
+    /// served past its real expiry. Forward (a suspend stops the monotonic
+    /// clock; an NTP step): "now" follows, in every clone. Backward: "now"
+    /// never goes back, so an expired token never looks valid again.
+    #[tokio::test(start_paused = true)]
+    async fn now_follows_the_wall_clock_forward_never_back() {
+        let clock = Clock::starting_at(Timestamp::from_unix_millis(1_000_000));
+        let clone = clock.clone();
+        let expiry = Timestamp::from_unix_millis(1_000_000 + 1_800_000);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        // Drift within the tolerance is not a jump.
+        assert_eq!(
+            clock.observe_wall(Timestamp::from_unix_millis(1_060_000 + 300)),
+            None
+        );
+        // The machine slept 40 minutes: the monotonic clock missed them.
+        let wall = Timestamp::from_unix_millis(1_060_000 + 40 * 60_000);
+        assert_eq!(
+            clock.observe_wall(wall),
+            Some(WallJump::Forward(Duration::from_secs(40 * 60)))
+        );
+        assert_eq!(clone.now(), wall, "every clone follows");
+        assert!(clone.now() > expiry, "the token is seen expired");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(clock.now().unix_millis(), wall.unix_millis() + 1000);
+        // An NTP step back an hour: "now" stays put.
+        let before = clock.now();
+        assert_eq!(
+            clock.observe_wall(before.saturating_sub(Duration::from_secs(3600))),
+            Some(WallJump::Backward(Duration::from_secs(3600)))
+        );
+        assert_eq!(clock.now(), before);
     }
 
     #[test]

@@ -8,7 +8,7 @@ mod id;
 mod policy;
 mod token;
 
-pub use clock::{Clock, Timestamp};
+pub use clock::{Clock, Timestamp, WALL_JUMP_TOLERANCE, WallJump};
 pub use connection::{Connection, ErrorClass, LastError, ReconnectCause, Status};
 pub use event::{ConnectionMeta, Event, EventType, NewEvent};
 pub use id::{ConnectionId, IdError, ProviderName, derive_connection_id};

@@ -76,6 +76,11 @@ impl Scheduler {
         out
     }
 
+    /// Wakes the refresher to look again (the clock jumped forward).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
     /// Resolves when the timetable may have a new earliest entry.
     pub async fn changed(&self) {
         self.notify.notified().await;

@@ -18,6 +18,7 @@ mod refresher;
 mod slot;
 #[cfg(test)]
 mod tests;
+mod wall_clock;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 

@@ -4,7 +4,7 @@
 
 use super::*;
 
-fn background(rotation: ScriptRotation, grace: Duration) -> Setup {
+pub(super) fn background(rotation: ScriptRotation, grace: Duration) -> Setup {
     Setup {
         rotation,
         grace,

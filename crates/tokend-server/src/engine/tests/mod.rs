@@ -784,3 +784,4 @@ async fn shutdown_persists_a_pending_grant_within_its_grace() {
 mod edges;
 mod in_doubt;
 mod replicas;
+mod wall_clock;
