@@ -621,6 +621,62 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn renew_refresh_lease(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let fence = to_i64("fence", lease.fence)?;
+        let expires = now.saturating_add(ttl).unix_millis();
+        let client = self.client().await?;
+        let renewed = client
+            .execute(
+                &prep(
+                    &client,
+                    "UPDATE tokend_leases SET expires_at_ms = GREATEST(expires_at_ms, $3)
+                 WHERE id = $1 AND fence = $2 AND NOT released",
+                )
+                .await?,
+                &[&lease.id.as_str(), &fence, &expires],
+            )
+            .await
+            .map_err(db)?;
+        Ok(renewed == 1)
+    }
+
+    async fn release_expired_leases(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ConnectionId>, StoreError> {
+        let client = self.client().await?;
+        // Rows another replica's sweep holds are skipped: each expired
+        // lease is released, and returned, once fleet-wide. The partial
+        // index (migration 6) keeps this to the unreleased leases.
+        let rows = client
+            .query(
+                &prep(
+                    &client,
+                    "UPDATE tokend_leases SET released = true, in_doubt = true
+                 WHERE NOT released AND expires_at_ms <= $1 AND id IN
+                   (SELECT id FROM tokend_leases WHERE NOT released AND expires_at_ms <= $1
+                    ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING id",
+                )
+                .await?,
+                &[&now.unix_millis(), &i64::try_from(limit).unwrap_or(i64::MAX)],
+            )
+            .await
+            .map_err(db)?;
+        let mut ids: Vec<ConnectionId> = rows
+            .iter()
+            .filter_map(|row| ConnectionId::new(row.get::<_, &str>(0)).ok())
+            .collect();
+        ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(ids)
+    }
+
     async fn release_abandoned_leases(
         &self,
         node_prefix: &str,
