@@ -28,6 +28,7 @@ mod refresh;
 mod replicas;
 mod rpc;
 mod security;
+mod shutdown;
 mod sockets;
 mod store_copy;
 mod watch;
