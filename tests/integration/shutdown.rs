@@ -20,11 +20,8 @@ use crate::{
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigterm_during_a_12_s_provider_call_persists_the_grant() {
     let keys = KeyFile::generate();
-    let mut served = Served::start(&[(
-        "TOKEND_KEYS",
-        serde_json::to_string(&keys).expect("keys"),
-    )])
-    .await;
+    let mut served =
+        Served::start(&[("TOKEND_KEYS", serde_json::to_string(&keys).expect("keys"))]).await;
     let id = "sigterm-slow";
     let issued = served.install(id, 3600).await;
     served.sandbox.inject(Fault::Latency {
@@ -37,8 +34,12 @@ async fn a_sigterm_during_a_12_s_provider_call_persists_the_grant() {
     request.set_timeout(Duration::from_secs(1));
     let _ = served.client().force_refresh(request).await;
     assert!(
-        eventually(Duration::from_secs(10), || served.sandbox.stats().token_requests > asked)
-            .await,
+        eventually(Duration::from_secs(10), || served
+            .sandbox
+            .stats()
+            .token_requests
+            > asked)
+        .await,
         "the refresh reached the sandbox"
     );
     let sigterm = Instant::now();
@@ -65,7 +66,8 @@ async fn a_sigterm_during_a_12_s_provider_call_persists_the_grant() {
     use secrecy::ExposeSecret;
     let access = record.tokens.access_token.expose_secret().to_owned();
     assert_ne!(
-        access, issued.access_token,
+        access,
+        issued.access_token,
         "the refreshed grant was persisted before exit\n{}",
         served.log_text()
     );

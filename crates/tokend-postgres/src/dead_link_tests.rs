@@ -31,9 +31,12 @@ async fn pair(prefix: &str, poll_interval: Duration) -> (PostgresStore, Postgres
         &format!(":{}/", proxy.addr.port()),
     );
     let keys = KeyFile::generate();
-    let a = PostgresStore::connect(&quick(proxied, poll_interval), keys.keyring().expect("keys"))
-        .await
-        .expect("A connects through the proxy");
+    let a = PostgresStore::connect(
+        &quick(proxied, poll_interval),
+        keys.keyring().expect("keys"),
+    )
+    .await
+    .expect("A connects through the proxy");
     let b = PostgresStore::connect(&direct, keys.keyring().expect("keys"))
         .await
         .expect("B connects");
@@ -138,6 +141,9 @@ async fn an_idle_pooled_connection_gone_silent_is_replaced_before_use() {
     let read = tokio::time::timeout(Duration::from_secs(30), a.get(&record.id))
         .await
         .expect("answers");
-    println!("read after the idle connection went silent: {:?}", started.elapsed());
+    println!(
+        "read after the idle connection went silent: {:?}",
+        started.elapsed()
+    );
     assert!(read.expect("read through a fresh connection").is_some());
 }

@@ -659,7 +659,10 @@ impl Store for Untimed {
                  RETURNING id",
                 )
                 .await?,
-                &[&now.unix_millis(), &i64::try_from(limit).unwrap_or(i64::MAX)],
+                &[
+                    &now.unix_millis(),
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
             )
             .await
             .map_err(db)?;

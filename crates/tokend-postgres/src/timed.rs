@@ -50,13 +50,17 @@ impl Deref for Pooled {
 
     fn deref(&self) -> &Self::Target {
         // Set from construction until drop.
-        self.client.as_ref().expect("pooled client present until drop")
+        self.client
+            .as_ref()
+            .expect("pooled client present until drop")
     }
 }
 
 impl DerefMut for Pooled {
     fn deref_mut(&mut self) -> &mut Self::Target {
-        self.client.as_mut().expect("pooled client present until drop")
+        self.client
+            .as_mut()
+            .expect("pooled client present until drop")
     }
 }
 
@@ -213,11 +217,19 @@ impl Store for PostgresStore {
         now: Timestamp,
         limit: usize,
     ) -> Result<Vec<ConnectionId>, StoreError> {
-        timed!(self, "release_expired_leases", release_expired_leases(now, limit))
+        timed!(
+            self,
+            "release_expired_leases",
+            release_expired_leases(now, limit)
+        )
     }
 
     async fn release_refresh_lease(&self, lease: &Lease, in_doubt: bool) -> Result<(), StoreError> {
-        timed!(self, "release_lease", release_refresh_lease(lease, in_doubt))
+        timed!(
+            self,
+            "release_lease",
+            release_refresh_lease(lease, in_doubt)
+        )
     }
 
     async fn release_abandoned_leases(

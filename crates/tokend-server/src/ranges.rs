@@ -158,8 +158,7 @@ pub const STORE_REFRESH_LEASE_SECS: Range = Range::new("store.refresh_lease_secs
 pub const STORE_TCP_USER_TIMEOUT_MS: Range =
     Range::new("store.tcp_user_timeout_ms", 1000, 10 * MINUTE * 1000);
 pub const STORE_KEEPALIVE_IDLE_SECS: Range = Range::new("store.keepalive_idle_secs", 1, 2 * HOUR);
-pub const STORE_POLL_INTERVAL_MS: Range =
-    Range::new("store.poll_interval_ms", 100, MINUTE * 1000);
+pub const STORE_POLL_INTERVAL_MS: Range = Range::new("store.poll_interval_ms", 100, MINUTE * 1000);
 
 // [[identities]].
 pub const IDENTITY_REQUESTS_PER_SECOND: Range =

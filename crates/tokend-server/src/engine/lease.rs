@@ -43,7 +43,9 @@ pub(super) fn sweep_every(ttl: Duration) -> Duration {
 /// rotated the token has answered with the only live grant.
 pub fn shutdown_grace_for(request_timeout: Duration) -> Duration {
     const WRITE_MARGIN: Duration = Duration::from_secs(5);
-    request_timeout.saturating_mul(2).saturating_add(WRITE_MARGIN)
+    request_timeout
+        .saturating_mul(2)
+        .saturating_add(WRITE_MARGIN)
 }
 
 /// Whether a slot's refresh is waiting for a lease another process holds.
@@ -194,9 +196,7 @@ impl Engine {
             };
             for id in expired {
                 tracing::warn!(connection_id = %id, "a refresh lease ran out unreleased (its holder died mid-refresh); taking the refresh over");
-                self.stats
-                    .leases_taken_over
-                    .fetch_add(1, Ordering::Relaxed);
+                self.stats.leases_taken_over.fetch_add(1, Ordering::Relaxed);
                 self.recover_soon(id);
             }
         }

@@ -206,10 +206,7 @@ impl Engine {
         // Renewed while it runs: both provider calls and every store retry
         // stay under this one lease (`lease.rs`).
         let outcome = self
-            .renewing(
-                &lease,
-                self.refresh_leased(slot, id, base_version, &lease),
-            )
+            .renewing(&lease, self.refresh_leased(slot, id, base_version, &lease))
             .await;
         // Doubt from an earlier run is settled only by a definite answer.
         let in_doubt = outcome.in_doubt

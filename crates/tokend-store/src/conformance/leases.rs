@@ -48,7 +48,12 @@ pub(super) async fn renewal_extends_only_the_current_holders_lease(store: &impl 
         "a renewed lease is still live past its first expiry"
     );
     // A renewal never shortens a lease.
-    assert!(store.renew_refresh_lease(&a, TTL, at(1_000)).await.expect("renew"));
+    assert!(
+        store
+            .renew_refresh_lease(&a, TTL, at(1_000))
+            .await
+            .expect("renew")
+    );
     assert!(acquire(store, &r.id, "b", at(17_000)).await.is_none());
     // It ran out at 18 s without another renewal: b takes over.
     let b = acquire(store, &r.id, "b", at(18_000))
@@ -159,7 +164,11 @@ pub(super) async fn expired_leases_are_released_whoever_held_them(store: &impl S
         .expect("free");
     assert!(taken.in_doubt);
     assert!(acquire(store, &id("live"), "x", at(10_000)).await.is_none());
-    assert!(acquire(store, &id("young"), "x", at(10_000)).await.is_none());
+    assert!(
+        acquire(store, &id("young"), "x", at(10_000))
+            .await
+            .is_none()
+    );
     assert!(
         !acquire(store, &id("done"), "x", at(10_000))
             .await

@@ -122,7 +122,12 @@ async fn a_provider_call_slower_than_the_lease_keeps_it_and_no_replica_refreshes
     let stored = fleet.stored("slow").await;
     assert_eq!(stored.status, Status::Active);
     assert!(fleet.live(&stored), "the stored grant is the live one");
-    assert_eq!(a.stats().leases_lost.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        a.stats()
+            .leases_lost
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     assert!(
         fleet.store.calls(Op::RenewLease) >= 3,
         "renewed every third of the lease while the call ran"
@@ -141,7 +146,9 @@ async fn a_dead_replicas_lease_is_taken_over_whatever_its_name() {
     let grace = Duration::from_secs(60);
     let fleet = Fleet::new(ScriptRotation::Grace(grace), grace);
     let live = fleet.replica("pod-5b2a91", quiet(TTL)).await;
-    fleet.import(&live, "orphan", Duration::from_secs(1800)).await;
+    fleet
+        .import(&live, "orphan", Duration::from_secs(1800))
+        .await;
     let v0 = fleet.stored("orphan").await.version;
     // The dead pod took the lease and spent the refresh token: the provider
     // rotated, and the answer died with the pod.
@@ -155,7 +162,10 @@ async fn a_dead_replicas_lease_is_taken_over_whatever_its_name() {
         let stored = fleet.stored("orphan").await;
         if stored.version > v0 {
             assert_eq!(stored.status, Status::Active);
-            assert!(fleet.live(&stored), "the taken-over refresh holds a live grant");
+            assert!(
+                fleet.live(&stored),
+                "the taken-over refresh holds a live grant"
+            );
             break;
         }
         assert!(
@@ -185,9 +195,7 @@ async fn a_dead_replicas_lease_is_taken_over_whatever_its_name() {
 #[tokio::test(start_paused = true)]
 async fn a_caller_with_a_valid_token_never_waits_for_a_dead_lease() {
     let fleet = Fleet::new(ScriptRotation::Strict, Duration::ZERO);
-    let engine = fleet
-        .replica("b", quiet(Duration::from_secs(30)))
-        .await;
+    let engine = fleet.replica("b", quiet(Duration::from_secs(30))).await;
     let access = fleet
         .import(&engine, "held", Duration::from_secs(600))
         .await;
@@ -235,7 +243,10 @@ async fn background_refreshes_waiting_on_a_dead_lease_hold_no_permit() {
     fleet.import(&engine, "x", Duration::from_secs(600)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     fleet.import(&engine, "y", Duration::from_secs(600)).await;
-    let (x0, y0) = (fleet.stored("x").await.version, fleet.stored("y").await.version);
+    let (x0, y0) = (
+        fleet.stored("x").await.version,
+        fleet.stored("y").await.version,
+    );
     // x is due at 300 s, y at 301 s; the dead replica holds x from 299 s.
     tokio::time::sleep(Duration::from_secs(298)).await;
     fleet.dies_holding("x", Duration::from_secs(30)).await;
