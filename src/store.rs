@@ -64,6 +64,24 @@ pub(crate) fn pg_options(
     {
         options.connect_timeout = Duration::from_millis(ms);
     }
+    if let Some(ms) = r::STORE_TCP_USER_TIMEOUT_MS
+        .check_opt(section.tcp_user_timeout_ms)
+        .map_err(usage)?
+    {
+        options.tcp_user_timeout = Duration::from_millis(ms);
+    }
+    if let Some(secs) = r::STORE_KEEPALIVE_IDLE_SECS
+        .check_opt(section.keepalive_idle_secs)
+        .map_err(usage)?
+    {
+        options.keepalive_idle = Duration::from_secs(secs);
+    }
+    if let Some(ms) = r::STORE_POLL_INTERVAL_MS
+        .check_opt(section.poll_interval_ms)
+        .map_err(usage)?
+    {
+        options.poll_interval = Duration::from_millis(ms);
+    }
     options.tls = match section.tls.as_deref() {
         Some("verify-full") => Tls::VerifyFull {
             ca_file: section.ca_file.clone(),

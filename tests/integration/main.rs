@@ -29,6 +29,7 @@ mod refresh;
 mod replicas;
 mod rpc;
 mod security;
+mod shutdown;
 mod sockets;
 mod store_copy;
 mod watch;

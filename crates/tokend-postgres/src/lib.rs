@@ -16,6 +16,7 @@ mod listen;
 pub mod migrate;
 mod options;
 mod store;
+mod timed;
 
 use std::sync::Arc;
 
@@ -103,6 +104,8 @@ struct Inner {
     watermark: Arc<Watermark>,
     /// Follows the log's committed end; stopped when the store is dropped.
     listener: tokio::task::JoinHandle<()>,
+    /// The longest one store call may take (`timed.rs`).
+    call_timeout: std::time::Duration,
 }
 
 impl Drop for Inner {
@@ -123,7 +126,10 @@ impl PostgresStore {
             config.clone(),
             tls.clone(),
             ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
+                // A pooled connection is checked (an empty query, within
+                // `recycle_timeout`) before it is handed out: one that went
+                // silent while idle is replaced, not waited on.
+                recycling_method: RecyclingMethod::Verified,
             },
         );
         let pool = Pool::builder(manager)
@@ -145,9 +151,13 @@ impl PostgresStore {
         drop(client);
         let watermark = Arc::new(Watermark::new(last));
         let listener = tokio::spawn(listen::follow(
-            config,
-            tls,
-            options.poll_interval,
+            listen::Follow {
+                config,
+                tls,
+                pool: pool.clone(),
+                poll_interval: options.poll_interval,
+                call_timeout: options.call_timeout(),
+            },
             Arc::clone(&watermark),
         ));
         Ok(Self {
@@ -157,6 +167,7 @@ impl PostgresStore {
                 log_id,
                 watermark,
                 listener,
+                call_timeout: options.call_timeout(),
             }),
         })
     }
@@ -235,5 +246,9 @@ pub(crate) async fn connect_one(options: &PgOptions) -> Result<tokio_postgres::C
     Ok(client)
 }
 
+#[cfg(test)]
+mod blackhole;
+#[cfg(test)]
+mod dead_link_tests;
 #[cfg(test)]
 mod tests;

@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "sealing binding",
         sql: include_str!("migrations/0005_sealing_binding.sql"),
     },
+    Migration {
+        version: 6,
+        name: "unreleased leases index",
+        sql: include_str!("migrations/0006_live_leases_index.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes.

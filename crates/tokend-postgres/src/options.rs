@@ -30,10 +30,17 @@ pub struct PgOptions {
     /// Longest to wait for a connection (to open one, or for a free one).
     pub connect_timeout: Duration,
     pub tls: Tls,
-    /// How often the committed end of the event log is read, besides the
-    /// notifications: bounds how late another replica's event can be seen
-    /// when a notification is lost (reconnects).
+    /// How often the committed end of the event log is read (through the
+    /// pool), besides the notifications, and the `LISTEN` connection checked:
+    /// bounds how late another replica's event can be seen when a
+    /// notification is lost or the `LISTEN` connection went silent.
     pub poll_interval: Duration,
+    /// Longest sent data may go unacknowledged before the kernel drops the
+    /// connection (`TCP_USER_TIMEOUT`).
+    pub tcp_user_timeout: Duration,
+    /// Idle time before TCP keepalive probes start; three unanswered
+    /// probes, one every half of this (at least 1 s), drop the connection.
+    pub keepalive_idle: Duration,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -45,6 +52,8 @@ impl std::fmt::Debug for PgOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("tls", &self.tls)
             .field("poll_interval", &self.poll_interval)
+            .field("tcp_user_timeout", &self.tcp_user_timeout)
+            .field("keepalive_idle", &self.keepalive_idle)
             .finish()
     }
 }
@@ -59,7 +68,18 @@ impl PgOptions {
             connect_timeout: Duration::from_secs(5),
             tls: Tls::Disable,
             poll_interval: Duration::from_secs(1),
+            tcp_user_timeout: Duration::from_secs(10),
+            keepalive_idle: Duration::from_secs(5),
         }
+    }
+
+    /// The longest one store call may take, measured by tokend itself:
+    /// waiting for a pooled connection (`connect_timeout`) and its
+    /// statements (`statement_timeout`). The server cancels a slow statement
+    /// itself; this bound is for a connection that went silent (a dead
+    /// peer, a dropped route), which no server-side timeout can end.
+    pub fn call_timeout(&self) -> Duration {
+        self.statement_timeout.saturating_add(self.connect_timeout)
     }
 
     /// Whether every host the URL names is on this machine (loopback
@@ -111,8 +131,13 @@ impl PgOptions {
             .options(format!("-c statement_timeout={timeout_ms}"))
             .connect_timeout(self.connect_timeout)
             .application_name("tokend")
+            // A peer gone silent is noticed in seconds, not after the
+            // kernel's defaults (2 h of idle, 15 min of retransmissions).
+            .tcp_user_timeout(self.tcp_user_timeout)
             .keepalives(true)
-            .keepalives_idle(Duration::from_secs(30));
+            .keepalives_idle(self.keepalive_idle)
+            .keepalives_interval((self.keepalive_idle / 2).max(Duration::from_secs(1)))
+            .keepalives_retries(3);
         config.ssl_mode(match self.tls {
             Tls::Disable => SslMode::Disable,
             Tls::VerifyFull { .. } => SslMode::Require,

@@ -18,7 +18,7 @@ use tokend_store::{
 use tokio::sync::watch;
 use tokio_postgres::Statement;
 
-use crate::{PgError, PostgresStore, listen::CHANNEL};
+use crate::{PgError, PostgresStore, listen::CHANNEL, timed::Untimed};
 
 /// What a record write expects to replace.
 enum Over<'a> {
@@ -83,10 +83,6 @@ async fn prep_tx(tx: &Transaction<'_>, sql: &str) -> Result<Statement, StoreErro
     tx.prepare_cached(sql).await.map_err(db)
 }
 
-fn pool(e: deadpool_postgres::PoolError) -> StoreError {
-    PgError::from(e).into()
-}
-
 fn to_i64(what: &str, v: u64) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::Backend(format!("{what} {v} is out of range")))
 }
@@ -100,10 +96,6 @@ fn json_error(e: serde_json::Error) -> StoreError {
 }
 
 impl PostgresStore {
-    async fn client(&self) -> Result<deadpool_postgres::Client, StoreError> {
-        self.inner.pool.get().await.map_err(pool)
-    }
-
     /// Appends `events` in `tx`, numbered after the log's last sequence
     /// number under its row lock, and notifies every replica at commit.
     /// Returns the last sequence number, if any event was appended.
@@ -308,8 +300,10 @@ pub(crate) async fn upsert_sealed(
     Ok(())
 }
 
+/// The calls themselves; `timed.rs` puts each within its time limit, and
+/// `Untimed::client` hands out connections that are closed if it passes.
 #[async_trait]
-impl Store for PostgresStore {
+impl Store for Untimed {
     async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
         let client = self.client().await?;
         let row = client
@@ -363,7 +357,7 @@ impl Store for PostgresStore {
                 });
             }
         }
-        let current = Self::lock_record(&tx, &record.id).await?;
+        let current = PostgresStore::lock_record(&tx, &record.id).await?;
         let stored = current
             .as_deref()
             .map(|bytes| decode(record.id.as_str().as_bytes(), bytes, &keys))
@@ -377,15 +371,15 @@ impl Store for PostgresStore {
             },
             None => Over::Nothing,
         };
-        if !Self::write_record(&tx, record, &sealed, &over, fence).await? {
+        if !PostgresStore::write_record(&tx, record, &sealed, &over, fence).await? {
             drop(tx);
             return Err(StoreError::Conflict {
                 id: record.id.clone(),
                 expected,
-                found: Self::found(&client, record).await?,
+                found: PostgresStore::found(&client, record).await?,
             });
         }
-        let last = Self::append(&tx, events).await?;
+        let last = PostgresStore::append(&tx, events).await?;
         self.commit(tx, last).await
     }
 
@@ -399,16 +393,16 @@ impl Store for PostgresStore {
             expected: None,
             found: None,
         };
-        let Some(bytes) = Self::lock_record(&tx, &record.id).await? else {
+        let Some(bytes) = PostgresStore::lock_record(&tx, &record.id).await? else {
             return Err(conflict());
         };
         if decode(record.id.as_str().as_bytes(), &bytes, &keys).is_ok() {
             return Err(conflict());
         }
-        if !Self::write_record(&tx, record, &sealed, &Over::Bytes(&bytes), None).await? {
+        if !PostgresStore::write_record(&tx, record, &sealed, &Over::Bytes(&bytes), None).await? {
             return Err(conflict());
         }
-        let last = Self::append(&tx, event::describe(None, record)).await?;
+        let last = PostgresStore::append(&tx, event::describe(None, record)).await?;
         self.commit(tx, last).await
     }
 
@@ -423,7 +417,7 @@ impl Store for PostgresStore {
         )
         .await
         .map_err(db)?;
-        let Some(bytes) = Self::lock_record(&tx, id).await? else {
+        let Some(bytes) = PostgresStore::lock_record(&tx, id).await? else {
             return Ok(false);
         };
         let decoded = decode(id.as_str().as_bytes(), &bytes, &keys);
@@ -439,7 +433,7 @@ impl Store for PostgresStore {
             decoded.as_ref().ok(),
             tokend_core::Clock::system().now(),
         );
-        let last = Self::append(&tx, vec![gone]).await?;
+        let last = PostgresStore::append(&tx, vec![gone]).await?;
         // The fence counter outlives the record; nothing stays live or in
         // doubt.
         tx.execute(
@@ -619,6 +613,65 @@ impl Store for PostgresStore {
             .await
             .map_err(db)?;
         Ok(())
+    }
+
+    async fn renew_refresh_lease(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let fence = to_i64("fence", lease.fence)?;
+        let expires = now.saturating_add(ttl).unix_millis();
+        let client = self.client().await?;
+        let renewed = client
+            .execute(
+                &prep(
+                    &client,
+                    "UPDATE tokend_leases SET expires_at_ms = GREATEST(expires_at_ms, $3)
+                 WHERE id = $1 AND fence = $2 AND NOT released",
+                )
+                .await?,
+                &[&lease.id.as_str(), &fence, &expires],
+            )
+            .await
+            .map_err(db)?;
+        Ok(renewed == 1)
+    }
+
+    async fn release_expired_leases(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ConnectionId>, StoreError> {
+        let client = self.client().await?;
+        // Rows another replica's sweep holds are skipped: each expired
+        // lease is released, and returned, once fleet-wide. The partial
+        // index (migration 6) keeps this to the unreleased leases.
+        let rows = client
+            .query(
+                &prep(
+                    &client,
+                    "UPDATE tokend_leases SET released = true, in_doubt = true
+                 WHERE NOT released AND expires_at_ms <= $1 AND id IN
+                   (SELECT id FROM tokend_leases WHERE NOT released AND expires_at_ms <= $1
+                    ORDER BY expires_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 RETURNING id",
+                )
+                .await?,
+                &[
+                    &now.unix_millis(),
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
+            )
+            .await
+            .map_err(db)?;
+        let mut ids: Vec<ConnectionId> = rows
+            .iter()
+            .filter_map(|row| ConnectionId::new(row.get::<_, &str>(0)).ok())
+            .collect();
+        ids.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(ids)
     }
 
     async fn release_abandoned_leases(

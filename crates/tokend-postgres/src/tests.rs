@@ -364,7 +364,7 @@ async fn records_are_bound_at_connect_and_a_database_writer_cannot_repoint_one()
     }
     assert_eq!(
         PostgresStore::migrate(&options).await.expect("migrate"),
-        vec![5]
+        (5..=SCHEMA_VERSION).collect::<Vec<_>>()
     );
     assert_eq!(binding(&client).await, 1);
     let wrong = PostgresStore::connect(&options, Keyring::ephemeral()).await;

@@ -112,7 +112,10 @@ pub struct StoreSection {
     pub url_env: Option<String>,
     /// Database connections per replica [default: 16].
     pub pool_size: Option<usize>,
-    /// Longest a statement may run, in milliseconds [default: 5000].
+    /// Longest a statement may run, in milliseconds [default: 5000]. The
+    /// server cancels it; tokend itself gives up on a store call after
+    /// this plus `connect_timeout_ms` (a connection gone silent answers
+    /// nothing) and closes that connection.
     pub statement_timeout_ms: Option<u64>,
     /// Longest to wait for a database connection, in milliseconds
     /// [default: 5000].
@@ -123,11 +126,26 @@ pub struct StoreSection {
     /// PEM file of the CA that signed the database's certificate [default:
     /// the system's roots].
     pub ca_file: Option<PathBuf>,
-    /// How long a refresh lease lasts, in seconds [default: 30]. A process
-    /// that dies mid-refresh holds up that connection's next refresh (on
-    /// another replica, or after its restart) at most this long. It must
-    /// exceed the provider's slowest answer (`[http] timeout`).
+    /// How long a refresh lease lasts, in seconds [default: 30]. The refresh
+    /// holding it renews it every third of this while it runs, however slow
+    /// the provider. A process that dies mid-refresh holds up that
+    /// connection's next refresh (on another replica, or after its restart)
+    /// about this long: replicas sweep leases that ran out every third of it
+    /// and take the refresh over.
     pub refresh_lease_secs: Option<u64>,
+    /// Longest data sent to the database may go unacknowledged before the
+    /// connection is dropped (TCP user timeout), in milliseconds [default:
+    /// 10000].
+    pub tcp_user_timeout_ms: Option<u64>,
+    /// Idle seconds before TCP keepalive probes start on a database
+    /// connection; three unanswered probes, half this apart, drop it
+    /// [default: 5].
+    pub keepalive_idle_secs: Option<u64>,
+    /// How often each replica reads the event log's end through the pool
+    /// and checks its `LISTEN` connection, in milliseconds: the most
+    /// another replica's change can take to show here when notifications
+    /// stop [default: 1000].
+    pub poll_interval_ms: Option<u64>,
 }
 
 /// `[store] kind`.
@@ -563,6 +581,9 @@ impl FileConfig {
             (r::STORE_STATEMENT_TIMEOUT_MS, store.statement_timeout_ms),
             (r::STORE_CONNECT_TIMEOUT_MS, store.connect_timeout_ms),
             (r::STORE_REFRESH_LEASE_SECS, store.refresh_lease_secs),
+            (r::STORE_TCP_USER_TIMEOUT_MS, store.tcp_user_timeout_ms),
+            (r::STORE_KEEPALIVE_IDLE_SECS, store.keepalive_idle_secs),
+            (r::STORE_POLL_INTERVAL_MS, store.poll_interval_ms),
         ];
         let mut problems: Vec<String> = checks
             .into_iter()

@@ -162,12 +162,17 @@ pub async fn run_with_tasks(
     };
     let clock = Clock::system();
     let client = ProviderClient::new(&config.http, clock.clone())?;
+    let mut settings = config.engine;
+    // Shutdown never cuts short a refresh that is at the provider.
+    settings.shutdown_grace = settings
+        .shutdown_grace
+        .max(engine::shutdown_grace_for(config.http.request_timeout));
     let engine = Engine::new(
         store,
         config.providers,
         Arc::new(client),
         clock.clone(),
-        config.engine,
+        settings,
     );
     engine.metrics().register(
         "tokend_audit_records_dropped",

@@ -153,6 +153,12 @@ pub const STORE_STATEMENT_TIMEOUT_MS: Range =
 pub const STORE_CONNECT_TIMEOUT_MS: Range =
     Range::new("store.connect_timeout_ms", 100, 5 * MINUTE * 1000);
 pub const STORE_REFRESH_LEASE_SECS: Range = Range::new("store.refresh_lease_secs", 1, HOUR);
+/// Below a second, a busy network's retransmissions would drop healthy
+/// connections.
+pub const STORE_TCP_USER_TIMEOUT_MS: Range =
+    Range::new("store.tcp_user_timeout_ms", 1000, 10 * MINUTE * 1000);
+pub const STORE_KEEPALIVE_IDLE_SECS: Range = Range::new("store.keepalive_idle_secs", 1, 2 * HOUR);
+pub const STORE_POLL_INTERVAL_MS: Range = Range::new("store.poll_interval_ms", 100, MINUTE * 1000);
 
 // [[identities]].
 pub const IDENTITY_REQUESTS_PER_SECOND: Range =
@@ -217,6 +223,9 @@ pub const ALL: &[Range] = &[
     STORE_STATEMENT_TIMEOUT_MS,
     STORE_CONNECT_TIMEOUT_MS,
     STORE_REFRESH_LEASE_SECS,
+    STORE_TCP_USER_TIMEOUT_MS,
+    STORE_KEEPALIVE_IDLE_SECS,
+    STORE_POLL_INTERVAL_MS,
     IDENTITY_REQUESTS_PER_SECOND,
     IDENTITY_MAX_WATCH_STREAMS,
     WEBHOOK_TIMEOUT_SECS,

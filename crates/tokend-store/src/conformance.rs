@@ -14,6 +14,7 @@ use tokend_core::{
 use crate::{Expected, ListQuery, SavedCursor, Store, StoreError};
 use tokend_core::EventType;
 
+mod leases;
 mod listing;
 
 /// A record with every field set, for tests.
@@ -95,6 +96,9 @@ where
     cursors_are_kept_by_name(&make().await).await;
     reader_claims_are_exclusive_on_a_shared_store(&make().await).await;
     abandoned_leases_are_released_at_start(&make().await).await;
+    leases::renewal_extends_only_the_current_holders_lease(&make().await).await;
+    leases::expired_leases_are_released_whoever_held_them(&make().await).await;
+    leases::racing_sweeps_take_each_lease_once(Arc::new(make().await)).await;
     fences_outlive_deletes(&make().await).await;
     replacing_a_readable_record_as_unreadable_is_refused(&make().await).await;
 }

@@ -21,6 +21,8 @@ pub enum Op {
     Summaries,
     AcquireLease,
     ReleaseLease,
+    /// `renew_refresh_lease`.
+    RenewLease,
     ReplaceUnreadable,
     ReadEvents,
     SaveCursor,
@@ -55,6 +57,8 @@ pub struct FaultStore<S> {
     book: Mutex<Book>,
     /// Bumped by `heal`, releasing hung calls.
     healed: watch::Sender<u64>,
+    /// Says the store is shared (see [`FaultStore::set_shared`]).
+    shared: std::sync::atomic::AtomicBool,
 }
 
 impl<S: Store> FaultStore<S> {
@@ -63,7 +67,16 @@ impl<S: Store> FaultStore<S> {
             inner,
             book: Mutex::new(Book::default()),
             healed: watch::Sender::new(0),
+            shared: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Makes the store say it is shared by several processes, so engines
+    /// on one in-memory store behave as replicas on one database do
+    /// (following the event log, sweeping expired leases).
+    pub fn set_shared(&self, shared: bool) {
+        self.shared
+            .store(shared, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn inner(&self) -> &S {
@@ -223,6 +236,26 @@ impl<S: Store> Store for FaultStore<S> {
         .await
     }
 
+    async fn renew_refresh_lease(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.through(
+            Op::RenewLease,
+            self.inner.renew_refresh_lease(lease, ttl, now),
+        )
+        .await
+    }
+
+    async fn release_expired_leases(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ConnectionId>, StoreError> {
+        self.inner.release_expired_leases(now, limit).await
+    }
     async fn release_abandoned_leases(
         &self,
         node_prefix: &str,
@@ -245,7 +278,7 @@ impl<S: Store> Store for FaultStore<S> {
     }
 
     fn shared(&self) -> bool {
-        self.inner.shared()
+        self.inner.shared() || self.shared.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn sealing_keys(&self) -> Option<std::sync::Arc<crate::crypto::Keyring>> {

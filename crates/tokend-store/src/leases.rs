@@ -66,6 +66,33 @@ impl LeaseState {
         true
     }
 
+    /// Extends the lease with `fence` to `now + ttl` while its holder still
+    /// works under it: only if no newer lease was granted and it was not
+    /// released (by its holder, or by a sweep after it ran out). Returns
+    /// whether the holder still has it.
+    ///
+    /// Invariant: a refresh whose lease was taken over learns it here and
+    /// never extends its successor's lease.
+    pub(crate) fn renew(&mut self, fence: u64, ttl: Duration, now: Timestamp) -> bool {
+        if self.fence != fence || self.released {
+            return false;
+        }
+        self.expires_at = self.expires_at.max(now.saturating_add(ttl));
+        true
+    }
+
+    /// Releases a lease that ran out at `now` unreleased, whoever held it
+    /// (a replica that died mid-refresh, under any name), in doubt.
+    /// Returns whether it was one.
+    pub(crate) fn expire(&mut self, now: Timestamp) -> bool {
+        if self.released || self.expires_at > now {
+            return false;
+        }
+        self.released = true;
+        self.in_doubt = true;
+        true
+    }
+
     /// At start-up: releases an unreleased lease of an earlier run of this
     /// node, in doubt. Returns whether it was one.
     pub(crate) fn abandon(&mut self, node_prefix: &str) -> bool {

@@ -223,6 +223,29 @@ pub trait Store: Send + Sync + 'static {
     /// newer fence was granted meanwhile.
     async fn release_refresh_lease(&self, lease: &Lease, in_doubt: bool) -> Result<(), StoreError>;
 
+    /// Extends `lease` to `now + ttl` while its holder still works under it
+    /// (a provider call that outlasts a third of the lease). False when the
+    /// lease is lost: a newer fence was granted, or it was released (by a
+    /// sweep of expired leases). Need not be flushed: lost in a crash, it
+    /// only makes the dead holder's lease run out sooner.
+    async fn renew_refresh_lease(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Releases up to `limit` unreleased leases that ran out at `now`,
+    /// whoever held them (a replica that died mid-refresh, whatever its
+    /// name), marking each in doubt, and returns their connections in id
+    /// order. On a shared store each such lease is returned to one caller
+    /// only, so exactly one replica takes each over.
+    async fn release_expired_leases(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ConnectionId>, StoreError>;
+
     /// At start-up: releases every unreleased lease whose holder name starts
     /// with `node_prefix` (this node's earlier runs, killed mid-refresh),
     /// marking each in doubt, so refreshes need not wait for them to

@@ -251,6 +251,38 @@ impl Store for MemoryStore {
         Ok(())
     }
 
+    async fn renew_refresh_lease(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        Ok(lock(&self.leases)
+            .get_mut(&lease.id)
+            .is_some_and(|l| l.renew(lease.fence, ttl, now)))
+    }
+
+    async fn release_expired_leases(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ConnectionId>, StoreError> {
+        let mut leases = lock(&self.leases);
+        let mut expired: Vec<ConnectionId> = leases
+            .iter()
+            .filter(|(_, l)| !l.released && l.expires_at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        expired.sort();
+        expired.truncate(limit);
+        for id in &expired {
+            if let Some(l) = leases.get_mut(id) {
+                l.expire(now);
+            }
+        }
+        Ok(expired)
+    }
+
     async fn release_abandoned_leases(
         &self,
         node_prefix: &str,

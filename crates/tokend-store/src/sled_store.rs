@@ -1120,6 +1120,67 @@ impl Store for SledStore {
         .await
     }
 
+    async fn renew_refresh_lease(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        // Not flushed: a renewal lost in a crash only makes the dead
+        // holder's lease run out sooner.
+        let lease = lease.clone();
+        self.write_then(
+            move |inner| {
+                let key = lease.id.as_str().as_bytes();
+                let _fencing = lock(&inner.fencing);
+                let Some(mut state) = inner.lease_state(key)? else {
+                    return Ok(false);
+                };
+                if !state.renew(lease.fence, ttl, now) {
+                    return Ok(false);
+                }
+                inner.set_lease(key, &state)?;
+                Ok(true)
+            },
+            |_| false,
+        )
+        .await
+    }
+
+    /// One process owns a sled directory, so start-up's release covers its
+    /// earlier runs; this scan is for completeness (and the conformance
+    /// suite), not a hot path.
+    async fn release_expired_leases(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ConnectionId>, StoreError> {
+        self.write_then(
+            move |inner| {
+                let _fencing = lock(&inner.fencing);
+                let mut ids = Vec::new();
+                for item in inner.leases.iter() {
+                    if ids.len() >= limit {
+                        break;
+                    }
+                    let (key, bytes) = item.map_err(backend)?;
+                    let Ok(mut state) = serde_json::from_slice::<LeaseState>(&bytes) else {
+                        continue;
+                    };
+                    if state.expire(now) {
+                        inner.set_lease(&key, &state)?;
+                        if let Ok(id) = ConnectionId::new(String::from_utf8_lossy(&key)) {
+                            ids.push(id);
+                        }
+                    }
+                }
+                Ok(ids)
+            },
+            |ids| !ids.is_empty(),
+        )
+        .await
+    }
+
     async fn release_abandoned_leases(
         &self,
         node_prefix: &str,

@@ -71,6 +71,21 @@ impl Store for CountingStore {
     async fn release_refresh_lease(&self, lease: &Lease, in_doubt: bool) -> Result<(), StoreError> {
         self.inner.release_refresh_lease(lease, in_doubt).await
     }
+    async fn renew_refresh_lease(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew_refresh_lease(lease, ttl, now).await
+    }
+    async fn release_expired_leases(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ConnectionId>, StoreError> {
+        self.inner.release_expired_leases(now, limit).await
+    }
     async fn release_abandoned_leases(
         &self,
         node_prefix: &str,

@@ -12,6 +12,7 @@ mod backoff;
 mod coherence;
 mod flight;
 mod install;
+mod lease;
 mod persist;
 mod refresh;
 mod refresher;
@@ -30,6 +31,7 @@ use tokend_store::{Expected, ListQuery, Store, StoreError};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use install::{InstallGrant, InstallInput, InstallOutcome};
+pub use lease::shutdown_grace_for;
 
 use crate::{
     ServiceError,
@@ -46,7 +48,9 @@ pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
 /// Tunables of the engine; defaults suit production.
 #[derive(Clone, Debug)]
 pub struct EngineSettings {
-    /// How long a refresh lease is held at most (covers one provider call).
+    /// How long a refresh lease lasts unless renewed; the refresh holding
+    /// it renews it every third of this while it runs (`lease.rs`), and a
+    /// dead holder's is taken over this long after its last renewal.
     pub lease_ttl: Duration,
     /// First retry delay after a transient failure.
     pub backoff_min: Duration,
@@ -72,7 +76,9 @@ pub struct EngineSettings {
     /// doubles up to `pending_retry_max`.
     pub pending_retry_min: Duration,
     pub pending_retry_max: Duration,
-    /// How long shutdown waits for refreshes and unpersisted grants.
+    /// How long shutdown waits for refreshes and unpersisted grants. The
+    /// server raises it to [`shutdown_grace_for`] its provider request
+    /// timeout, so a refresh at the provider is never cut short.
     pub shutdown_grace: Duration,
     /// Connections kept decrypted in memory at most; others are read from
     /// the store on use (`slot.rs`).
@@ -167,6 +173,12 @@ pub struct EngineStats {
     pub in_doubt_at_start: std::sync::atomic::AtomicU64,
     /// Prompt retries of refreshes left in doubt (no usable answer).
     pub in_doubt_retries: std::sync::atomic::AtomicU64,
+    /// Leases this process found taken over (or released) while its
+    /// refresh still ran under them: the refresh's write is fenced.
+    pub leases_lost: std::sync::atomic::AtomicU64,
+    /// Expired leases of other processes (dead replicas) this process
+    /// released and took the refresh over from.
+    pub leases_taken_over: std::sync::atomic::AtomicU64,
 }
 
 /// The broker's state: the store, the providers, and per-connection memory.
@@ -439,7 +451,18 @@ impl Engine {
         // by someone else (a re-install, another replica) that itself needs
         // refreshing.
         for _ in 0..2 {
-            match self.refresh_once(&slot, &current).await {
+            // A caller whose token is still valid never waits for a lease
+            // another process holds (a dead replica's lasts `lease_ttl`):
+            // it gets that token, and the refresh goes on without it.
+            let refreshed = if current.tokens.ttl(self.clock.now()).is_zero() {
+                self.refresh_once(&slot, &current).await
+            } else {
+                match self.refresh_unless_held(&slot, &current).await {
+                    Some(refreshed) => refreshed,
+                    None => return Ok(current),
+                }
+            };
+            match refreshed {
                 Ok(fresh) => {
                     if !policy.needs_refresh(&fresh.tokens, self.clock.now(), min_ttl) {
                         return Ok(fresh);

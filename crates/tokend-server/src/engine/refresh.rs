@@ -198,12 +198,17 @@ impl Engine {
         id: &ConnectionId,
         base_version: u64,
     ) -> Result<Arc<Connection>, Failure> {
-        let lease = match self.acquire_lease(id, base_version).await {
+        let lease = match self.acquire_lease(slot, id, base_version).await {
             Ok(LeaseOutcome::Granted(lease)) => lease,
             Ok(LeaseOutcome::Superseded(newer)) => return Ok(slot.advance(Arc::new(*newer))),
+            Err(Failure::ShuttingDown) => return Err(Failure::ShuttingDown),
             Err(failure) => return Err(self.store_trouble(slot, id, failure)),
         };
-        let outcome = self.refresh_leased(slot, id, base_version, &lease).await;
+        // Renewed while it runs: both provider calls and every store retry
+        // stay under this one lease (`lease.rs`).
+        let outcome = self
+            .renewing(&lease, self.refresh_leased(slot, id, base_version, &lease))
+            .await;
         // Doubt from an earlier run is settled only by a definite answer.
         let in_doubt = outcome.in_doubt
             || (lease.in_doubt
@@ -226,9 +231,13 @@ impl Engine {
     /// holder's result.
     async fn acquire_lease(
         &self,
+        slot: &Slot,
         id: &ConnectionId,
         base_version: u64,
     ) -> Result<LeaseOutcome, Failure> {
+        // Set while another process holds the lease: callers with a valid
+        // token and background permits stop waiting for this refresh.
+        let mut waiting = None;
         loop {
             let now = self.clock.now();
             if let Some(lease) = self
@@ -240,8 +249,14 @@ impl Engine {
                 return Ok(LeaseOutcome::Granted(lease));
             }
             // Another replica is refreshing: wait for its write, or for its
-            // lease to run out if it died.
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // lease to run out if it died; not past shutdown.
+            if waiting.is_none() {
+                waiting = Some(slot.lease_wait.begin());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                _ = self.cancel.cancelled() => return Err(Failure::ShuttingDown),
+            }
             let latest = self.load_latest(id).await?;
             if latest.version > base_version {
                 return Ok(LeaseOutcome::Superseded(Box::new(latest)));

@@ -24,13 +24,21 @@ impl Engine {
     /// Starts the engine: releases refresh leases an earlier run of this
     /// node left behind (a crash mid-refresh) and schedules those
     /// connections at once, schedules every connection from the store's
-    /// summaries, and starts the background refresher (when enabled).
+    /// summaries, and starts the background refresher (when enabled) and,
+    /// on a shared store, the sweep of leases dead replicas left.
     /// Returns how many connections the store holds.
     pub async fn start(self: &Arc<Self>) -> Result<usize, StoreError> {
-        let in_doubt = self
-            .store
-            .release_abandoned_leases(&format!("{}/", self.settings.node))
-            .await?;
+        // A store only this process writes (sled locks its directory) has
+        // no live lease but this run's: every unreleased one is an earlier
+        // run's, whatever node name it ran under. On a shared store only
+        // this node's; the sweep takes over other holders' once they run
+        // out.
+        let abandoned = if self.store.shared() {
+            format!("{}/", self.settings.node)
+        } else {
+            String::new()
+        };
+        let in_doubt = self.store.release_abandoned_leases(&abandoned).await?;
         if !in_doubt.is_empty() {
             tracing::warn!(
                 connections = in_doubt.len(),
@@ -42,21 +50,32 @@ impl Engine {
         }
         let loaded = self.load_all().await?;
         for id in in_doubt {
-            let spread = Duration::from_millis(spread_millis(&id) % IN_DOUBT_SPREAD_MILLIS);
-            let engine = Arc::clone(self);
-            let cancel = self.cancel.clone();
-            self.tasks.spawn(async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(spread) => engine.recover_in_doubt(&id).await,
-                    _ = cancel.cancelled() => {}
-                }
-            });
+            self.recover_soon(id);
         }
         if self.settings.background_refresh {
             let engine = Arc::clone(self);
             self.tasks.spawn(engine.run_refresher(self.cancel.clone()));
         }
+        if self.store.shared() {
+            let engine = Arc::clone(self);
+            self.tasks
+                .spawn(engine.sweep_expired_leases(self.cancel.clone()));
+        }
         Ok(loaded)
+    }
+
+    /// Refreshes `id`, whose last refresh was cut off, within
+    /// `IN_DOUBT_SPREAD_MILLIS`.
+    pub(super) fn recover_soon(self: &Arc<Self>, id: ConnectionId) {
+        let spread = Duration::from_millis(spread_millis(&id) % IN_DOUBT_SPREAD_MILLIS);
+        let engine = Arc::clone(self);
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(spread) => engine.recover_in_doubt(&id).await,
+                _ = cancel.cancelled() => {}
+            }
+        });
     }
 
     /// Refreshes a connection whose last refresh was cut off, whatever its
@@ -178,12 +197,12 @@ impl Engine {
                         p = permits.acquire_owned() => p,
                         _ = cancel.cancelled() => return,
                     };
-                    let Ok(_permit) = permit else { return };
+                    let Ok(permit) = permit else { return };
                     engine
                         .metrics
                         .refresher_delay
                         .observe(engine.clock.now().duration_since(due).as_secs_f64());
-                    engine.background_refresh(&id).await;
+                    engine.background_refresh(&id, permit).await;
                 });
             }
             let wait = self
@@ -201,7 +220,11 @@ impl Engine {
         permits.close();
     }
 
-    async fn background_refresh(self: &Arc<Self>, id: &ConnectionId) {
+    async fn background_refresh(
+        self: &Arc<Self>,
+        id: &ConnectionId,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
         let Ok(slot) = self.slot(id).await else {
             return;
         };
@@ -228,7 +251,7 @@ impl Engine {
         }
         // `pop_due` removed the entry: every outcome must put one back
         // unless the connection is gone or revoked.
-        match self.refresh_once(&slot, &current).await {
+        match self.refresh_with_permit(&slot, &current, permit).await {
             Ok(fresh) => {
                 if self.scheduler.next_due(id).is_none() {
                     self.schedule(&fresh)

@@ -63,6 +63,8 @@ pub(crate) struct Slot {
     pub(crate) flight: Singleflight<Result<Arc<Connection>, Failure>>,
     pub(crate) retry: Mutex<RetryState>,
     pub(crate) pending: Mutex<Option<PendingGrant>>,
+    /// Whether the refresh waits for another process's lease.
+    pub(crate) lease_wait: super::lease::LeaseWait,
     /// The cache generation of its last use (see `Slots::generation`).
     used: AtomicU32,
 }
@@ -74,6 +76,7 @@ impl Slot {
             flight: Singleflight::default(),
             retry: Mutex::new(RetryState::default()),
             pending: Mutex::new(None),
+            lease_wait: Default::default(),
             used: AtomicU32::new(generation),
         }
     }

@@ -118,6 +118,25 @@ impl Store for MeteredStore {
         result
     }
 
+    async fn renew_refresh_lease(
+        &self,
+        lease: &Lease,
+        ttl: Duration,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.renew_refresh_lease(lease, ttl, now).await;
+        self.record("renew_lease", started, &result);
+        result
+    }
+
+    async fn release_expired_leases(
+        &self,
+        now: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ConnectionId>, StoreError> {
+        self.inner.release_expired_leases(now, limit).await
+    }
     async fn release_abandoned_leases(
         &self,
         node_prefix: &str,

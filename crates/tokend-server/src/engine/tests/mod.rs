@@ -783,5 +783,6 @@ async fn shutdown_persists_a_pending_grant_within_its_grace() {
 
 mod edges;
 mod in_doubt;
+mod leases;
 mod replicas;
 mod wall_clock;

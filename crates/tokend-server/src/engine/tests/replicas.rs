@@ -51,8 +51,11 @@ async fn late_answer(store_refuses: bool) {
     a.install(import_input("c1", &access, Some(&refresh)))
         .await
         .unwrap();
-    // A's provider call rotates at once, but its answer takes 1.5 s.
+    // A's provider call rotates at once, but its answer takes 1.5 s, and A
+    // cannot renew its lease meanwhile (a partition from the database, a
+    // paused process): it runs out.
     provider.push(Step::RotateThenDelay(Duration::from_millis(1500)));
+    store.arm_always(Op::RenewLease, Fault::BeforeWrite);
     let slow = {
         let a = a.clone();
         let id = id.clone();
@@ -65,6 +68,7 @@ async fn late_answer(store_refuses: bool) {
         .await
         .unwrap_err();
     assert_eq!(reason(&err), "RECONNECT_REQUIRED", "{err}");
+    store.heal();
     if store_refuses {
         store.arm(Op::Put, Fault::BeforeWrite, 3);
     }
