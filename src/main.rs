@@ -168,11 +168,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     private_data_dir(&data_dir)?;
     let env_keys = std::env::var("TOKEND_KEYS").ok();
-    let (keyring, key_path) =
-        keys::load_keyring(env_keys.as_deref(), args.key_file.clone(), &data_dir)?;
+    let keys::LoadedKeys {
+        keyring,
+        path: key_path,
+        unsaved,
+    } = keys::load_keyring(env_keys.as_deref(), args.key_file.clone(), &data_dir)?;
     let key_rotation = tokend_server::metrics::KeyRotationMetrics::default();
     key_rotation.set_active(keyring.active_key_id());
+    // The store refuses keys that lack one its records use (naming the key
+    // file), before a key made just now is written anywhere.
     let opened = store::open(&file.store, &data_dir, keyring).await?;
+    if let Some(unsaved) = unsaved {
+        unsaved.save()?;
+    }
     let node = file
         .node
         .clone()
