@@ -12,6 +12,7 @@
 //! `LISTEN/NOTIFY`, with a periodic read as a fallback (`listen.rs`).
 
 mod binding;
+mod keys;
 mod listen;
 pub mod migrate;
 mod options;
@@ -137,6 +138,9 @@ impl PostgresStore {
         let mut client = pool.get().await?;
         migrate::check(&client).await?;
         binding::upgrade_records(&mut client, &keys).await?;
+        // Before anything is sealed: refuses keys that lack one the
+        // records use, and records the active key.
+        keys::reconcile(&mut client, &keys).await?;
         let row = client
             .query_one("SELECT log_id, last_seq FROM tokend_log", &[])
             .await?;
@@ -195,6 +199,15 @@ impl PostgresStore {
         }
         let mut client = self.inner.pool.get().await.map_err(PgError::from)?;
         let tx = client.transaction().await.map_err(PgError::from)?;
+        // Every key these records use is recorded with them.
+        keys::record_for_import(
+            &tx,
+            &keys,
+            records
+                .iter()
+                .flat_map(|(_, bytes)| tokend_store::backend::key_ids(bytes)),
+        )
+        .await?;
         for (record, (_, sealed)) in rows.iter().zip(records) {
             store::upsert_sealed(&tx, record, sealed).await?;
         }
@@ -213,9 +226,14 @@ impl PostgresStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Switches to a new keyring (after `tokend keys rotate`).
-    pub fn set_keyring(&self, keys: Keyring) {
+    /// Switches to a new keyring (after `tokend keys rotate`), once the
+    /// database's key records accept it: its active key is recorded before
+    /// anything is sealed with it.
+    pub async fn set_keyring(&self, keys: Keyring) -> Result<(), PgError> {
+        let mut client = self.inner.pool.get().await?;
+        keys::reconcile(&mut client, &keys).await?;
         *self.inner.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        Ok(())
     }
 
     fn keys(&self) -> Arc<Keyring> {
@@ -237,3 +255,6 @@ pub(crate) async fn connect_one(options: &PgOptions) -> Result<tokio_postgres::C
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod keys_tests;

@@ -41,6 +41,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "sealing binding",
         sql: include_str!("migrations/0005_sealing_binding.sql"),
     },
+    Migration {
+        version: 6,
+        name: "key records",
+        sql: include_str!("migrations/0006_key_records.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes.

@@ -76,7 +76,10 @@ fn in_use(records: &sled::Tree, keys: &Keyring) -> Result<InUse, StoreError> {
     let mut tried = std::collections::BTreeMap::<u32, usize>::new();
     for item in records.iter() {
         let (key, bytes) = item.map_err(backend)?;
-        for id in codec::key_ids(&bytes) {
+        let mut ids = codec::key_ids(&bytes);
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
             *found.records.entry(id).or_default() += 1;
             let attempts = tried.entry(id).or_default();
             if !found.opened.contains(&id) && *attempts < key_records::SAMPLES_PER_KEY {

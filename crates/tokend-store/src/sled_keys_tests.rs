@@ -43,7 +43,7 @@ async fn a_store_refuses_keys_that_lack_the_one_its_records_use() {
     .to_string();
     assert!(refused.contains("sealed with key 1"), "{refused}");
     assert!(refused.contains("/srv/tokend/tokend.keys"), "{refused}");
-    assert!(refused.contains("3 of its records"), "{refused}");
+    assert!(refused.contains("store: 3 of its records"), "{refused}");
     // Keys that lack key 1 altogether (only a key 2) are refused too.
     let mut other = KeyFile::generate();
     other.rotate();
@@ -143,7 +143,7 @@ async fn a_store_from_before_key_records_records_the_keys_its_records_use() {
         .err()
         .expect("refused")
         .to_string();
-    assert!(refused.contains("5 of its records"), "{refused}");
+    assert!(refused.contains("store: 5 of its records"), "{refused}");
     let store = SledStore::open(dir.path(), file.keyring().unwrap()).unwrap();
     assert_eq!(
         sled_keys::load(&store.inner.key_checks)
