@@ -219,6 +219,7 @@ impl Broker {
                 })),
                 replace: false,
                 params: HashMap::from([("host".to_owned(), "127.0.0.1".to_owned())]),
+                force: false,
             })
             .await
             .unwrap_or_else(|e| panic!("install {id}: {e:?}"));

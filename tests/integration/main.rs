@@ -17,6 +17,7 @@ mod hostile_tenants;
 mod hostile_transport;
 mod hostile_watch;
 mod key_rotation;
+mod keys_at_start;
 mod malformed;
 mod metrics;
 mod otlp;

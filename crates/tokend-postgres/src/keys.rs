@@ -163,8 +163,13 @@ async fn reconcile_locked(
         match change {
             Change::Record(id, _) if others > 0 && recorded.contains_key(id) => {
                 return Err(PgError::Config(format!(
-                    "refusing to start: the database records another key under id {id} (no record uses it yet), and {others} other tokend connection(s) are open, which may seal with it: give this replica the fleet's keys ({})",
-                    keys.origin()
+                    "refusing to start: the database records another key under id {id} (no record uses it yet), and {others} other tokend connection(s) are open, which may seal with it: give this replica the fleet's keys{}",
+                    match keys.origin() {
+                        tokend_store::crypto::KeyOrigin::File(p)
+                        | tokend_store::crypto::KeyOrigin::NewFile(p) =>
+                            format!(" (not those of {})", p.display()),
+                        _ => String::new(),
+                    }
                 )));
             }
             Change::Record(id, check) => {

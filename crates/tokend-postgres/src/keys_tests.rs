@@ -47,7 +47,9 @@ async fn a_replica_without_the_key_the_records_use_refuses_to_start() {
     let stray = KeyFile::generate()
         .keyring()
         .expect("keys")
-        .with_origin("the key file /var/lib/tokend/tokend.keys");
+        .with_origin(tokend_store::crypto::KeyOrigin::File(
+            "/var/lib/tokend/tokend.keys".into(),
+        ));
     let refused = PostgresStore::connect(&options, stray)
         .await
         .err()

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     StoreError,
-    crypto::{KeyMatch, Keyring, Sealed},
+    crypto::{KeyMatch, KeyOrigin, Keyring, Sealed},
 };
 
 /// What a store records: each key id with its check value.
@@ -37,7 +37,7 @@ pub enum Change {
 /// from; never key material.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "refusing to open the store: {records} of its records are sealed with key {key_id}, {why}. Start with the keys that sealed them (restore the key file from its backup), or those records could never be read again"
+    "refusing to open the store: {records} of its records are sealed with key {key_id}, {why}, or those records could never be read again"
 )]
 pub struct MissingKey {
     pub key_id: u32,
@@ -49,17 +49,37 @@ pub struct MissingKey {
 
 impl MissingKey {
     fn new(keys: &Keyring, key_id: u32, records: usize, found: KeyMatch) -> Self {
-        let why = match found {
-            KeyMatch::Different => format!(
-                "and the key numbered {key_id} among the keys of {} is another key (a key file replaced, or made afresh?)",
-                keys.origin()
+        let different = found == KeyMatch::Different;
+        let why = match (keys.origin(), different) {
+            (KeyOrigin::NewFile(path), _) => format!(
+                "and there is no key file at {} (no new one was written): put back the key file that sealed them, from its backup",
+                path.display()
             ),
-            _ => format!("which is not among the keys of {}", keys.origin()),
+            (KeyOrigin::File(path), true) => format!(
+                "and the key file {} holds another key under that id (replaced, or made afresh?): start with the key file that sealed them, from its backup",
+                path.display()
+            ),
+            (KeyOrigin::File(path), false) => format!(
+                "which the key file {} does not hold (retired while records still use it?): start with a key file that holds it",
+                path.display()
+            ),
+            (KeyOrigin::Env, true) => {
+                "and TOKEND_KEYS holds another key under that id: start with the keys that sealed them".into()
+            }
+            (KeyOrigin::Env, false) => {
+                "which TOKEND_KEYS does not hold: start with keys that hold it".into()
+            }
+            (KeyOrigin::Unnamed, true) => {
+                "and the keys given hold another key under that id: start with the keys that sealed them".into()
+            }
+            (KeyOrigin::Unnamed, false) => {
+                "which the keys given do not hold: start with keys that hold it".into()
+            }
         };
         MissingKey {
             key_id,
             records,
-            different: found == KeyMatch::Different,
+            different,
             why,
         }
     }
@@ -199,7 +219,8 @@ mod tests {
     fn a_fresh_key_with_a_recorded_id_is_refused_while_records_use_it() {
         let original = Keyring::ephemeral();
         let recorded = recorded_for(&original, &[1]);
-        let fresh = Keyring::ephemeral().with_origin("the key file /data/tokend.keys");
+        let fresh =
+            Keyring::ephemeral().with_origin(KeyOrigin::File("/data/tokend.keys".into()));
         let refused = reconcile(&recorded, &fresh, |_| Ok(12)).expect_err("refused");
         let Refused::MissingKey(missing) = &refused else {
             panic!("{refused}");

@@ -1,9 +1,12 @@
 //! Issue 25, item 5: the sled store's key records, against real data dirs.
 
 use super::*;
-use crate::{crypto::KeyFile, sled_keys};
+use crate::{
+    crypto::{KeyFile, KeyOrigin},
+    sled_keys,
+};
 
-fn keyring(file: &KeyFile, origin: &str) -> Keyring {
+fn keyring(file: &KeyFile, origin: KeyOrigin) -> Keyring {
     file.keyring().unwrap().with_origin(origin)
 }
 
@@ -36,7 +39,7 @@ async fn a_store_refuses_keys_that_lack_the_one_its_records_use() {
     let fresh = KeyFile::generate();
     let refused = SledStore::open(
         dir.path(),
-        keyring(&fresh, "the key file /srv/tokend/tokend.keys"),
+        keyring(&fresh, KeyOrigin::File("/srv/tokend/tokend.keys".into())),
     )
     .err()
     .expect("refused")
@@ -48,12 +51,12 @@ async fn a_store_refuses_keys_that_lack_the_one_its_records_use() {
     let mut other = KeyFile::generate();
     other.rotate();
     other.keys.retain(|k| k.id == 2);
-    let refused = SledStore::open(dir.path(), keyring(&other, "TOKEND_KEYS"))
+    let refused = SledStore::open(dir.path(), keyring(&other, KeyOrigin::Env))
         .err()
         .expect("refused")
         .to_string();
     assert!(
-        refused.contains("not among the keys of TOKEND_KEYS"),
+        refused.contains("which TOKEND_KEYS does not hold"),
         "{refused}"
     );
     // Nothing was written: the right keys open every record.

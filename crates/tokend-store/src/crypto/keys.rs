@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use super::{KeyError, KeyFile, Keyring};
+use super::{KeyError, KeyFile, KeyOrigin, Keyring};
 #[cfg(test)]
 use super::load_or_create_key_file;
 use crate::SledStore;
@@ -76,7 +76,7 @@ pub fn load_keyring(
     if let Some(json) = env_keys {
         let keys = KeyFile::parse(json.as_bytes())?
             .keyring()?
-            .with_origin("TOKEND_KEYS");
+            .with_origin(KeyOrigin::Env);
         tracing::info!(
             active_key = keys.active_key_id(),
             "encryption keys from TOKEND_KEYS"
@@ -90,10 +90,7 @@ pub fn load_keyring(
     let path = key_file.unwrap_or_else(|| data_dir.join(KEY_FILE_NAME));
     if !path.exists() {
         let file = KeyFile::generate();
-        let keyring = file.keyring()?.with_origin(format!(
-            "a new key file for {} (no file was there; nothing was written)",
-            path.display()
-        ));
+        let keyring = file.keyring()?.with_origin(KeyOrigin::NewFile(path.clone()));
         return Ok(LoadedKeys {
             keyring,
             path: Some(path.clone()),
@@ -102,7 +99,7 @@ pub fn load_keyring(
     }
     let keys = KeyFile::load(&path)?
         .keyring()?
-        .with_origin(format!("the key file {}", path.display()));
+        .with_origin(KeyOrigin::File(path.clone()));
     tracing::info!(path = %path.display(), active_key = keys.active_key_id(), "encryption keys loaded");
     Ok(LoadedKeys {
         keyring: keys,
@@ -237,7 +234,7 @@ pub async fn watch_key_file(
         seen = now;
         match KeyFile::load(&path).and_then(|f| f.keyring()) {
             Ok(keys) => {
-                let keys = keys.with_origin(format!("the key file {}", path.display()));
+                let keys = keys.with_origin(KeyOrigin::File(path.clone()));
                 let active = keys.active_key_id();
                 if let Err(e) = store.set_keyring(keys).await {
                     tracing::error!(error = %e, "key file changed but the store refuses its keys; keeping the current keys");

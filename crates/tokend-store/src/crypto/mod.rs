@@ -71,9 +71,24 @@ pub struct Keyring {
     /// Keys made with the binding (`KeyEntry::bound`), which never open an
     /// unbound field.
     bound: Vec<u32>,
-    /// Where the keys came from, as errors name it (a key file's path,
-    /// `TOKEND_KEYS`): never key material.
-    origin: String,
+    /// Where the keys came from, as errors name it: never key material.
+    origin: KeyOrigin,
+}
+
+/// Where a keyring's keys came from, for errors that must say which key
+/// file is wrong or missing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// Not said (tests, tools).
+    #[default]
+    Unnamed,
+    /// The `TOKEND_KEYS` variable.
+    Env,
+    /// The key file at this path.
+    File(std::path::PathBuf),
+    /// No key file was at this path: the keys were made in memory, and are
+    /// not saved yet.
+    NewFile(std::path::PathBuf),
 }
 
 /// Whether a keyring holds the key a store recorded under an id
@@ -213,7 +228,7 @@ impl KeyFile {
             ciphers,
             active: self.active,
             bound: self.keys.iter().filter(|k| k.bound).map(|k| k.id).collect(),
-            origin: "this process".into(),
+            origin: KeyOrigin::Unnamed,
         })
     }
 }
@@ -230,15 +245,14 @@ impl Keyring {
         self.active
     }
 
-    /// The same keys, described in errors as coming from `origin` (a key
-    /// file's path, or `TOKEND_KEYS`).
-    pub fn with_origin(mut self, origin: impl Into<String>) -> Self {
-        self.origin = origin.into();
+    /// The same keys, described in errors as coming from `origin`.
+    pub fn with_origin(mut self, origin: KeyOrigin) -> Self {
+        self.origin = origin;
         self
     }
 
     /// Where the keys came from, for errors.
-    pub fn origin(&self) -> &str {
+    pub fn origin(&self) -> &KeyOrigin {
         &self.origin
     }
 
