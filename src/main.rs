@@ -76,7 +76,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Events { client, events } => events_cli::events(&client, events).await,
             Command::Webhooks { client, command } => events_cli::webhooks(&client, command).await,
             Command::Backup(args) => backup::backup(args).await,
-            Command::Restore(args) => backup::restore(args),
+            Command::Restore(args) => backup::restore(args).await,
             Command::Store(command) => store_copy::run(command).await,
             Command::RegisterClient(args) => register::register(args).await,
             Command::Migrate(args) => {

@@ -27,6 +27,7 @@ mod proxy;
 mod reflection;
 mod refresh;
 mod replicas;
+mod restore;
 mod rpc;
 mod security;
 mod sockets;

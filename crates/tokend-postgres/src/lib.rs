@@ -215,6 +215,47 @@ impl PostgresStore {
         Ok(records.len())
     }
 
+    /// What else is using the database now, read through one connection
+    /// of its own (so none of this process's): for `tokend store copy`,
+    /// which must not copy a store replicas are still writing.
+    pub async fn activity(options: &PgOptions) -> Result<Activity, PgError> {
+        let client = connect_one(options).await?;
+        let sessions = keys::other_sessions(&client).await?;
+        let migrated: bool = client
+            .query_one("SELECT to_regclass('tokend_leases') IS NOT NULL", &[])
+            .await?
+            .get(0);
+        let live_leases: i64 = if migrated {
+            let now_ms = tokend_core::Clock::system().now().unix_millis();
+            client
+                .query_one(
+                    "SELECT count(*) FROM tokend_leases WHERE NOT released AND expires_at_ms > $1",
+                    &[&now_ms],
+                )
+                .await?
+                .get(0)
+        } else {
+            0
+        };
+        Ok(Activity {
+            sessions: u64::try_from(sessions).unwrap_or(0),
+            live_leases: u64::try_from(live_leases).unwrap_or(0),
+        })
+    }
+
+    /// Removes the records `ids` (no events): undoes an import into a
+    /// database that held none of them.
+    pub async fn remove_imported(&self, ids: &[String]) -> Result<u64, StoreError> {
+        let client = self.inner.pool.get().await.map_err(PgError::from)?;
+        Ok(client
+            .execute(
+                "DELETE FROM tokend_connections WHERE id = ANY($1)",
+                &[&ids],
+            )
+            .await
+            .map_err(PgError::from)?)
+    }
+
     /// How many connection records the database holds.
     pub async fn count(&self) -> Result<u64, StoreError> {
         let client = self.inner.pool.get().await.map_err(PgError::from)?;
@@ -239,6 +280,15 @@ impl PostgresStore {
     fn keys(&self) -> Arc<Keyring> {
         Arc::clone(&self.inner.keys.read().unwrap_or_else(|p| p.into_inner()))
     }
+}
+
+/// What else uses a database ([`PostgresStore::activity`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Activity {
+    /// Other tokend connections open on it (replicas, tools).
+    pub sessions: u64,
+    /// Refresh leases held and not yet expired: a refresh in progress.
+    pub live_leases: u64,
 }
 
 /// One connection outside the pool, driven by its own task.

@@ -11,6 +11,7 @@ pub mod fault;
 pub mod key_records;
 mod leases;
 mod memory;
+pub mod restore;
 mod sled_commit;
 mod sled_index;
 mod sled_keys;
