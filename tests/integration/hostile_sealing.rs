@@ -642,7 +642,11 @@ async fn an_unreadable_record_is_replaced_or_deleted_only_when_forced() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(digest(REHOSTED), "", "deleted");
     let (request, access_token) = install(true);
-    broker.client().install(request).await.expect("forced install");
+    broker
+        .client()
+        .install(request)
+        .await
+        .expect("forced install");
     let token = broker
         .client()
         .get_token(crate::harness::get(REPOINTED))

@@ -13,13 +13,13 @@ use crate::process::Served;
 
 /// Waits for `child` to exit, at most `limit`; a child still running then
 /// is killed and reported as `None` (it started serving).
-fn exited_within(mut child: Child, limit: Duration) -> Option<Output> {
+async fn exited_within(mut child: Child, limit: Duration) -> Option<Output> {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if child.try_wait().expect("wait").is_some() {
             return Some(child.wait_with_output().expect("output"));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = child.kill();
     let _ = child.wait();
@@ -50,6 +50,7 @@ async fn a_restart_without_its_key_file_refuses_naming_the_file() {
         .spawn()
         .expect("tokend serve");
     let out = exited_within(child, Duration::from_secs(30))
+        .await
         .expect("tokend served without the key file that sealed its records");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
@@ -86,7 +87,10 @@ async fn a_restart_without_its_key_file_refuses_naming_the_file() {
             }
         }
     };
-    assert_eq!(token.token.expect("token").access_token, issued.access_token);
+    assert_eq!(
+        token.token.expect("token").access_token,
+        issued.access_token
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

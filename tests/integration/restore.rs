@@ -70,7 +70,10 @@ async fn restore_never_brings_back_a_rotated_refresh_token() {
     // After the backup: one connection refreshed (the sandbox rotates its
     // refresh token; the backed-up one is dead), one deleted.
     let mut client = server.client().await;
-    client.force_refresh(force("refreshed")).await.expect("refresh");
+    client
+        .force_refresh(force("refreshed"))
+        .await
+        .expect("refresh");
     client
         .delete_connection(tokend_proto::v1::DeleteConnectionRequest {
             connection_id: "deleted".into(),

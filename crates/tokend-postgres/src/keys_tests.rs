@@ -44,22 +44,16 @@ async fn a_replica_without_the_key_the_records_use_refuses_to_start() {
             .expect("put");
     }
     assert_eq!(recorded_ids(&options).await, [1]);
-    let stray = KeyFile::generate()
-        .keyring()
-        .expect("keys")
-        .with_origin(tokend_store::crypto::KeyOrigin::File(
-            "/var/lib/tokend/tokend.keys".into(),
-        ));
+    let stray = KeyFile::generate().keyring().expect("keys").with_origin(
+        tokend_store::crypto::KeyOrigin::File("/var/lib/tokend/tokend.keys".into()),
+    );
     let refused = PostgresStore::connect(&options, stray)
         .await
         .err()
         .expect("refused")
         .to_string();
     assert!(refused.contains("sealed with key 1"), "{refused}");
-    assert!(
-        refused.contains("/var/lib/tokend/tokend.keys"),
-        "{refused}"
-    );
+    assert!(refused.contains("/var/lib/tokend/tokend.keys"), "{refused}");
     let store = PostgresStore::connect(&options, fleet.keyring().expect("keys"))
         .await
         .expect("the fleet's keys");

@@ -248,10 +248,7 @@ impl PostgresStore {
     pub async fn remove_imported(&self, ids: &[String]) -> Result<u64, StoreError> {
         let client = self.inner.pool.get().await.map_err(PgError::from)?;
         Ok(client
-            .execute(
-                "DELETE FROM tokend_connections WHERE id = ANY($1)",
-                &[&ids],
-            )
+            .execute("DELETE FROM tokend_connections WHERE id = ANY($1)", &[&ids])
             .await
             .map_err(PgError::from)?)
     }

@@ -212,15 +212,14 @@ mod tests {
             .collect()
     }
 
-    /// Guards the core rule: a keyring made afresh (its key also numbered
-    /// 1) is refused while records use the recorded key 1, and the refusal
-    /// names the key and where the keys came from.
+    /// Guards the core rule: a keyring made afresh (whose key is numbered 1
+    /// too) is refused while records use the recorded key 1, and the
+    /// refusal names the key and where the keys came from.
     #[test]
     fn a_fresh_key_with_a_recorded_id_is_refused_while_records_use_it() {
         let original = Keyring::ephemeral();
         let recorded = recorded_for(&original, &[1]);
-        let fresh =
-            Keyring::ephemeral().with_origin(KeyOrigin::File("/data/tokend.keys".into()));
+        let fresh = Keyring::ephemeral().with_origin(KeyOrigin::File("/data/tokend.keys".into()));
         let refused = reconcile(&recorded, &fresh, |_| Ok(12)).expect_err("refused");
         let Refused::MissingKey(missing) = &refused else {
             panic!("{refused}");

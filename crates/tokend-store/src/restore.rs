@@ -136,7 +136,10 @@ mod tests {
         assert_eq!(stored(&target, "missing").await.revision, 2, "added");
         let after = target.event_bounds().await.unwrap().last;
         let events = target.read_events(before, after, 10).await.unwrap();
-        let mut touched: Vec<_> = events.iter().map(|e| e.event.connection_id.clone()).collect();
+        let mut touched: Vec<_> = events
+            .iter()
+            .map(|e| e.event.connection_id.clone())
+            .collect();
         touched.sort();
         assert_eq!(touched, ["behind", "missing"], "one event per write");
     }

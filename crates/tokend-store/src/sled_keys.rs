@@ -32,7 +32,11 @@ pub(crate) fn load(tree: &sled::Tree) -> Result<Recorded, StoreError> {
 
 /// Applies `changes` and flushes them: durable before anything is sealed
 /// with a key they record.
-pub(crate) fn apply(db: &sled::Db, tree: &sled::Tree, changes: &[Change]) -> Result<(), StoreError> {
+pub(crate) fn apply(
+    db: &sled::Db,
+    tree: &sled::Tree,
+    changes: &[Change],
+) -> Result<(), StoreError> {
     if changes.is_empty() {
         return Ok(());
     }

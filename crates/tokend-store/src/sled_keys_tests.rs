@@ -114,7 +114,10 @@ async fn rotation_keeps_the_key_records_in_step() {
     assert!(store.get(&id).await.unwrap().is_some(), "old keys kept");
     // Re-encrypted: key 1 is unused, so it goes.
     assert_eq!(store.reencrypt().await.unwrap(), 4);
-    store.set_keyring(only_new.keyring().unwrap()).await.unwrap();
+    store
+        .set_keyring(only_new.keyring().unwrap())
+        .await
+        .unwrap();
     assert_eq!(
         sled_keys::load(&store.inner.key_checks)
             .unwrap()

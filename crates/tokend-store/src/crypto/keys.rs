@@ -10,9 +10,9 @@ use std::{
     time::Duration,
 };
 
-use super::{KeyError, KeyFile, KeyOrigin, Keyring};
 #[cfg(test)]
 use super::load_or_create_key_file;
+use super::{KeyError, KeyFile, KeyOrigin, Keyring};
 use crate::SledStore;
 
 /// The key file's name inside the data dir.
@@ -90,7 +90,9 @@ pub fn load_keyring(
     let path = key_file.unwrap_or_else(|| data_dir.join(KEY_FILE_NAME));
     if !path.exists() {
         let file = KeyFile::generate();
-        let keyring = file.keyring()?.with_origin(KeyOrigin::NewFile(path.clone()));
+        let keyring = file
+            .keyring()?
+            .with_origin(KeyOrigin::NewFile(path.clone()));
         return Ok(LoadedKeys {
             keyring,
             path: Some(path.clone()),
