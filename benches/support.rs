@@ -103,6 +103,7 @@ pub fn import_request(sandbox: &Sandbox, id: &str, expires_in: i64) -> pb::Insta
         })),
         replace: false,
         params: Default::default(),
+        force: false,
     }
 }
 

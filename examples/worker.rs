@@ -48,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
             })),
             replace: false,
             params: Default::default(),
+            force: false,
         })
         .await?;
 

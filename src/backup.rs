@@ -3,7 +3,8 @@
 //! still sealed with the server's key file: the file is useless without
 //! that key file, which must be kept (elsewhere) with it. Restore writes
 //! the records into a stopped server's data dir after checking that the key
-//! file opens every one of them.
+//! file opens every one of them, never over a newer revision, each with its
+//! events.
 
 use std::{
     io::{BufRead, Write as _},
@@ -61,10 +62,19 @@ pub struct RestoreArgs {
     /// The key file the backed-up server used [default: DATA_DIR/tokend.keys].
     #[arg(long, env = "TOKEND_KEY_FILE")]
     key_file: Option<PathBuf>,
-    /// Write into a data dir that already holds connections (records in
-    /// the backup replace those with the same id).
+    /// Write into a data dir that already holds connections. A record
+    /// newer in the backup than in the dir replaces the dir's as a new
+    /// revision (with its event); one older in the backup (refreshed or
+    /// re-created since) is never written: the restore refuses, or with
+    /// --skip-older keeps the dir's.
     #[arg(long)]
     force: bool,
+    /// With --force: restore the other records and keep, as they are, the
+    /// connections the dir holds newer than the backup (or cannot read),
+    /// instead of refusing. Their backed-up refresh tokens may be dead at
+    /// the provider (rotated since): they are never written.
+    #[arg(long, requires = "force")]
+    skip_older: bool,
     /// Restore a backup taken before on-disk format 4, whose records do not
     /// bind their provider, account and params to their tokens (anyone who
     /// could edit the file could have repointed a refresh token): only a
@@ -185,9 +195,12 @@ const MIN_RECORD_LINE: u64 = 33;
 
 /// `tokend restore --from FILE --data-dir DIR`. Everything is checked
 /// before anything is written: the header against the file's size, every
-/// record against the key file. A new data dir is built aside and renamed
-/// into place, so a refused or failed restore leaves none behind.
-pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+/// record against the key file, every record against the dir's
+/// (`tokend_store::restore`: never a lower revision). A new data dir is
+/// built aside and renamed into place, so a refused or failed restore
+/// leaves none behind. Records are written by compare-and-swap with their
+/// events, as any change.
+pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     crate::private_fs::private_umask();
     let (header, mut records) = read_backup(&args.from)?;
     let unbound = header.format_version < tokend_store::BOUND_FORMAT;
@@ -204,6 +217,7 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     });
     let keys = tokend_store::crypto::KeyFile::load(&key_path)
         .and_then(|f| f.keyring())
+        .map(|k| k.with_origin(tokend_store::crypto::KeyOrigin::File(key_path.clone())))
         .with_context(|| {
             format!(
                 "no usable key file at {} (restore needs the key file the backed-up server used)",
@@ -229,9 +243,14 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     // existing one), although `import_sealed` checks again before it
     // writes: a refused restore touches nothing. Decoding also checks that
     // each record is the connection it is filed under.
+    let mut decoded = Vec::with_capacity(records.len());
     for (id, sealed) in &records {
-        tokend_store::backend::decode(id.as_bytes(), sealed, &keys).with_context(does_not_open)?;
+        decoded.push(
+            tokend_store::backend::decode(id.as_bytes(), sealed, &keys)
+                .with_context(does_not_open)?,
+        );
     }
+    drop(records);
     let new_dir = if args.data_dir.exists() {
         None
     } else {
@@ -247,22 +266,68 @@ pub fn restore(args: RestoreArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the database in {}", args.data_dir.display()))?;
     if !store.is_empty() && !args.force {
         anyhow::bail!(UsageError(format!(
-            "{} already holds connections; pass --force to write the backup's records over them",
+            "{} already holds connections; pass --force to write the backup's records over them (never over newer ones)",
             args.data_dir.display()
         )));
     }
-    let written = store.import_sealed(&records).with_context(does_not_open)?;
+    let plan = tokend_store::restore::plan(&store, decoded)
+        .await
+        .context("cannot compare the backup with the data dir")?;
+    let held_back = held_back(&plan);
+    if plan.held_back() > 0 && !args.skip_older {
+        anyhow::bail!(UsageError(format!(
+            "{held_back}: restoring them would bring back refresh tokens the provider may have rotated since. Nothing was written. Pass --skip-older to restore the other records and keep these as they are",
+        )));
+    }
+    let written = tokend_store::restore::apply(&store, &plan)
+        .await
+        .context("restore failed")?;
     drop(store);
     if let Some(new_dir) = new_dir {
         new_dir
             .commit()
             .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
     }
+    let kept = if plan.held_back() > 0 {
+        format!("; kept as they are: {held_back}")
+    } else {
+        String::new()
+    };
     println!(
-        "restored {written} connections into {}",
-        args.data_dir.display()
+        "restored {written} connections into {} ({} added, {} advanced, {} already as backed up){kept}",
+        args.data_dir.display(),
+        plan.add.len(),
+        plan.advance.len(),
+        plan.same,
     );
     Ok(())
+}
+
+/// The records a restore holds back, in words: how many, a few ids.
+fn held_back(plan: &tokend_store::restore::Plan) -> String {
+    let few = |ids: &[tokend_core::ConnectionId]| {
+        let mut shown: Vec<String> = ids.iter().take(5).map(|i| i.to_string()).collect();
+        if ids.len() > 5 {
+            shown.push(format!("and {} more", ids.len() - 5));
+        }
+        shown.join(", ")
+    };
+    let mut parts = Vec::new();
+    if !plan.older.is_empty() {
+        parts.push(format!(
+            "{} connection(s) are older in the backup than in the data dir (refreshed or re-created since: {})",
+            plan.older.len(),
+            few(&plan.older)
+        ));
+    }
+    if !plan.unreadable.is_empty() {
+        parts.push(format!(
+            "{} connection(s) in the data dir cannot be read to compare ({})",
+            plan.unreadable.len(),
+            few(&plan.unreadable)
+        ));
+    }
+    parts.join("; ")
 }
 
 /// A backup's records: each connection id with its record as stored.

@@ -61,7 +61,14 @@ pub enum ConnectionsCommand {
     /// Show one connection's metadata.
     Show { connection_id: String },
     /// Delete a connection and its tokens.
-    Delete { connection_id: String },
+    Delete {
+        connection_id: String,
+        /// Delete it even if tokend cannot read its record (sealed with a
+        /// key this server lacks, or damaged): it may hold the only copy of
+        /// a live grant.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -110,6 +117,11 @@ pub struct InstallArgs {
     /// code and no token; tokend asks for the first one itself.
     #[arg(long, conflicts_with_all = ["code", "access_token"])]
     client_credentials: bool,
+    /// Replace the stored record even if tokend cannot read it (sealed with
+    /// a key this server lacks, or damaged): it may hold the only copy of a
+    /// live grant.
+    #[arg(long)]
+    force: bool,
 }
 
 fn parse_param(s: &str) -> Result<(String, String), String> {
@@ -315,8 +327,16 @@ pub async fn connections(args: &ClientArgs, command: ConnectionsCommand) -> anyh
             let c = tokend.get_connection(&connection_id).await?;
             print(args, connection_json(&c), connection_text(&c));
         }
-        ConnectionsCommand::Delete { connection_id } => {
-            tokend.delete_connection(&connection_id).await?;
+        ConnectionsCommand::Delete {
+            connection_id,
+            force,
+        } => {
+            tokend
+                .delete_connection_with(pb::DeleteConnectionRequest {
+                    connection_id: connection_id.clone(),
+                    force,
+                })
+                .await?;
             print(
                 args,
                 json!({"deleted": connection_id}),
@@ -362,6 +382,7 @@ pub async fn install(args: &ClientArgs, install: InstallArgs) -> anyhow::Result<
             grant,
             replace: false,
             params: install.params.into_iter().collect(),
+            force: install.force,
         })
         .await?;
     let c = r.connection.context("reply without a connection")?;

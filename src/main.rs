@@ -76,7 +76,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Events { client, events } => events_cli::events(&client, events).await,
             Command::Webhooks { client, command } => events_cli::webhooks(&client, command).await,
             Command::Backup(args) => backup::backup(args).await,
-            Command::Restore(args) => backup::restore(args),
+            Command::Restore(args) => backup::restore(args).await,
             Command::Store(command) => store_copy::run(command).await,
             Command::RegisterClient(args) => register::register(args).await,
             Command::Migrate(args) => {
@@ -168,11 +168,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     private_data_dir(&data_dir)?;
     let env_keys = std::env::var("TOKEND_KEYS").ok();
-    let (keyring, key_path) =
-        keys::load_keyring(env_keys.as_deref(), args.key_file.clone(), &data_dir)?;
+    let keys::LoadedKeys {
+        keyring,
+        path: key_path,
+        unsaved,
+    } = keys::load_keyring(env_keys.as_deref(), args.key_file.clone(), &data_dir)?;
     let key_rotation = tokend_server::metrics::KeyRotationMetrics::default();
     key_rotation.set_active(keyring.active_key_id());
+    // The store refuses keys that lack one its records use (naming the key
+    // file), before a key made just now is written anywhere.
     let opened = store::open(&file.store, &data_dir, keyring).await?;
+    if let Some(unsaved) = unsaved {
+        unsaved.save()?;
+    }
     let node = file
         .node
         .clone()

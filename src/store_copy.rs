@@ -4,11 +4,16 @@
 //! record back from both sides with the keys.
 //!
 //! A SPEC is `sled:DIR`, a `postgres://` URL, or `env:VAR` (a URL in an
-//! environment variable, which keeps a password out of process lists). Both
-//! sides must be quiet: a data dir is locked by a running server, and
-//! replicas writing to the database while it is copied are not stopped for
-//! you. The target starts a new event log: cursors of the old one answer
+//! environment variable, which keeps a password out of process lists). The
+//! target starts a new event log: cursors of the old one answer
 //! `CURSOR_EXPIRED`.
+//!
+//! Invariant: a live store is never copied. A copy taken while a replica
+//! writes misses what it writes meanwhile, and serving the copy would bring
+//! back refresh tokens rotated since. A data dir is locked by its running
+//! server (opening it is refused); a database with another tokend connected,
+//! or a refresh lease held, is refused before anything is read; and a source
+//! whose event log moved during the copy fails it, the target emptied again.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +22,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use tokend_postgres::{PgOptions, PostgresStore};
 use tokend_store::{
     SledStore, Store,
-    crypto::{KeyFile, Keyring, keys::KEY_FILE_NAME},
+    crypto::{KeyFile, KeyOrigin, Keyring, keys::KEY_FILE_NAME},
 };
 
 use crate::{exit::UsageError, private_fs::NewDir};
@@ -177,8 +182,8 @@ fn load_keys(
     args: &CopyArgs,
     specs: [&Spec; 2],
 ) -> anyhow::Result<impl Fn() -> anyhow::Result<Keyring>> {
-    let json = match std::env::var("TOKEND_KEYS").ok() {
-        Some(json) => json,
+    let (json, origin) = match std::env::var("TOKEND_KEYS").ok() {
+        Some(json) => (json, KeyOrigin::Env),
         None => {
             let path = args
                 .key_file
@@ -196,13 +201,18 @@ fn load_keys(
                         "no keys: give --key-file (the key file that sealed the records) or TOKEND_KEYS".into(),
                     )
                 })?;
-            std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read the key file {}", path.display()))?
+            let json = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read the key file {}", path.display()))?;
+            (json, KeyOrigin::File(path))
         }
     };
     // Checked once here, so a bad key file fails before anything opens.
     KeyFile::parse(json.as_bytes())?.keyring()?;
-    Ok(move || Ok(KeyFile::parse(json.as_bytes())?.keyring()?))
+    Ok(move || {
+        Ok(KeyFile::parse(json.as_bytes())?
+            .keyring()?
+            .with_origin(origin.clone()))
+    })
 }
 
 /// Checks that every source record opens with the keys before the target
@@ -225,10 +235,31 @@ async fn check_every_record_opens(source: &Side, keys: &Keyring) -> anyhow::Resu
     }
 }
 
+/// Refuses a source database another tokend uses now: connected, or
+/// holding a refresh lease (a refresh in progress).
+async fn refuse_live(spec: &Spec) -> anyhow::Result<()> {
+    let Spec::Postgres(url) = spec else {
+        return Ok(());
+    };
+    let activity = PostgresStore::activity(&pg_options(url))
+        .await
+        .with_context(|| format!("cannot reach {}", spec.describe()))?;
+    if activity.sessions > 0 || activity.live_leases > 0 {
+        bail!(UsageError(format!(
+            "the source, {}, is in use: {} other tokend connection(s) open, {} refresh lease(s) held. Stop every replica (and wait for their leases to run out) before copying: a copy taken while replicas write misses their writes, and serving it would bring back refresh tokens they rotated",
+            spec.describe(),
+            activity.sessions,
+            activity.live_leases
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) async fn run(command: StoreCommand) -> anyhow::Result<()> {
     let StoreCommand::Copy(args) = command;
     let from = Spec::parse(&args.from)?;
     let to = Spec::parse(&args.to)?;
+    refuse_live(&from).await?;
     if let (Spec::Sled(a), Spec::Sled(b)) = (&from, &to) {
         anyhow::ensure!(
             a != b,
@@ -240,6 +271,8 @@ pub(crate) async fn run(command: StoreCommand) -> anyhow::Result<()> {
     crate::private_fs::private_umask();
     let keys = load_keys(&args, [&from, &to])?;
     let source = open(&from, keys()?, false, None).await?;
+    // Where the source's log ends now: it must end there after the copy.
+    let source_end = source.store().event_bounds().await?.last;
     check_every_record_opens(&source, &keys()?).await?;
     // A new sled target is built aside and renamed into place once
     // verified: a copy that fails leaves no data dir behind.
@@ -270,15 +303,78 @@ pub(crate) async fn run(command: StoreCommand) -> anyhow::Result<()> {
         copied.extend(page.records.into_iter().map(|(id, _)| id));
     }
 
-    // The proof: the same count on both sides, and every record read back
-    // from each with the keys, equal in everything that matters.
+    let verified = match verify(&source, &target, &copied, source_end).await {
+        Ok(()) => no_refresh_started(&from).await,
+        failed => failed,
+    };
+    if let Err(e) = verified {
+        // The target held nothing before: empty it again (a new data dir
+        // is simply never moved into place).
+        if let Side::Postgres(pg) = &target
+            && let Err(undo) = pg.remove_imported(&copied).await
+        {
+            return Err(e.context(format!(
+                "and the copied records could not be removed from {} ({undo}): empty it before copying again",
+                to.describe()
+            )));
+        }
+        return Err(e);
+    }
+    if let Some(new_dir) = new_dir {
+        drop(target);
+        new_dir
+            .commit()
+            .context("cannot move the copy into place")?;
+    }
+    println!(
+        "copied {} connection(s) from {} to {}; verified: {} on each side, every record read back and equal",
+        copied.len(),
+        from.describe(),
+        to.describe(),
+        copied.len()
+    );
+    if let Spec::Sled(dir) = &to
+        && !dir.join(KEY_FILE_NAME).exists()
+    {
+        println!(
+            "serve {} with the same keys (--key-file or TOKEND_KEYS): its records are sealed with them",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Fails when a refresh lease was taken on a database source during the
+/// copy: its refresh may write after the copy was verified.
+async fn no_refresh_started(spec: &Spec) -> anyhow::Result<()> {
+    let Spec::Postgres(url) = spec else {
+        return Ok(());
+    };
+    let leases = PostgresStore::activity(&pg_options(url)).await?.live_leases;
+    anyhow::ensure!(
+        leases == 0,
+        "a replica took {leases} refresh lease(s) on the source during the copy: stop every replica, then copy again"
+    );
+    Ok(())
+}
+
+/// The proof of a copy: the source unchanged since it began (its event
+/// log where it was, no refresh lease taken), the same count on both
+/// sides, and every record read back from each with the keys, equal in
+/// everything that matters.
+async fn verify(
+    source: &Side,
+    target: &Side,
+    copied: &[String],
+    source_end: u64,
+) -> anyhow::Result<()> {
     let (in_source, in_target) = (source.count().await?, target.count().await?);
     anyhow::ensure!(
         in_source == copied.len() as u64 && in_target == copied.len() as u64,
         "count mismatch after the copy: source {in_source}, copied {}, target {in_target}",
         copied.len()
     );
-    for id in &copied {
+    for id in copied {
         let id = tokend_core::ConnectionId::new(id.as_str())?;
         let a = source
             .store()
@@ -309,26 +405,10 @@ pub(crate) async fn run(command: StoreCommand) -> anyhow::Result<()> {
             "{id} differs between source and target after the copy"
         );
     }
-    if let Some(new_dir) = new_dir {
-        drop(target);
-        new_dir
-            .commit()
-            .context("cannot move the copy into place")?;
-    }
-    println!(
-        "copied {} connection(s) from {} to {}; verified: {} on each side, every record read back and equal",
-        copied.len(),
-        from.describe(),
-        to.describe(),
-        copied.len()
+    let end = source.store().event_bounds().await?.last;
+    anyhow::ensure!(
+        end == source_end,
+        "the source changed during the copy (its event log moved from {source_end} to {end}): a replica is writing to it. Stop every replica, then copy again"
     );
-    if let Spec::Sled(dir) = &to
-        && !dir.join(KEY_FILE_NAME).exists()
-    {
-        println!(
-            "serve {} with the same keys (--key-file or TOKEND_KEYS): its records are sealed with them",
-            dir.display()
-        );
-    }
     Ok(())
 }

@@ -88,6 +88,7 @@ async fn trace_logs_of_the_whole_flow_hold_no_secret() {
             )),
             replace: false,
             params: Default::default(),
+            force: false,
         })
         .await
         .expect("code install");
@@ -160,6 +161,7 @@ async fn trace_logs_of_the_whole_flow_hold_no_secret() {
             )),
             replace: false,
             params: Default::default(),
+            force: false,
         })
         .await
         .unwrap_err();

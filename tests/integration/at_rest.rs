@@ -58,6 +58,7 @@ async fn no_token_appears_in_any_file_under_the_data_dir() {
             )),
             replace: false,
             params: Default::default(),
+            force: false,
         })
         .await
         .expect("code install");

@@ -424,6 +424,7 @@ async fn backup_under_load_restores_every_connection() {
                 })),
                 replace: false,
                 params: Default::default(),
+                force: false,
             })
             .await
             .unwrap();

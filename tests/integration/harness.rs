@@ -322,6 +322,7 @@ pub fn import_request(
         })),
         replace: false,
         params: Default::default(),
+        force: false,
     }
 }
 

@@ -124,6 +124,7 @@ fn code_install(provider: &str, id: &str, params: &[(&str, &str)]) -> pb::Instal
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect(),
+        force: false,
     }
 }
 
@@ -254,6 +255,7 @@ async fn hostile_hosts_a_stored_connection_whose_host_no_longer_passes_is_sent_n
             })),
             replace: false,
             params: [("dc".to_owned(), "retired.example".to_owned())].into(),
+            force: false,
         })
         .await
         .expect("imported: no provider call");

@@ -219,6 +219,7 @@ impl Broker {
                 })),
                 replace: false,
                 params: HashMap::from([("host".to_owned(), "127.0.0.1".to_owned())]),
+                force: false,
             })
             .await
             .unwrap_or_else(|e| panic!("install {id}: {e:?}"));
@@ -544,4 +545,115 @@ fn an_old_backup_is_restored_only_when_trusted_and_comes_back_bound() {
         stderr(&refused)
     );
     assert!(!other.join("db").exists(), "nothing written");
+}
+
+/// Issue 25 item 5, on a real `tokend serve` over PostgreSQL. Invariant: a
+/// record the broker cannot read (here repointed in the database, as a
+/// record sealed with a key it lacks would be too) is neither replaced by
+/// an Install nor removed by a DeleteConnection, RPC or CLI, unless `force`
+/// is set: both answer FAILED_PRECONDITION, reason RECORD_UNREADABLE, and
+/// the row's bytes stay as they were. With `force` (`tokend connections
+/// delete --force`), they are removed or replaced. Before, both went
+/// through unasked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_record_is_replaced_or_deleted_only_when_forced() {
+    let cluster = tokend_pgtest::cluster();
+    let database = cluster.create_database("unreadable");
+    let mut broker = Broker::start(Some(cluster.url(&database))).await;
+    for id in [REPOINTED, REHOSTED] {
+        broker.install(id).await;
+    }
+    broker.stop();
+    cluster
+        .psql(
+            &database,
+            "UPDATE tokend_connections SET sealed = convert_to(replace(convert_from(sealed, 'UTF8'),
+               '\"provider\":\"sandbox\"', '\"provider\":\"elsewhere\"'), 'UTF8')",
+        )
+        .expect("make both unreadable");
+    let digest = |id: &str| {
+        cluster
+            .psql(
+                &database,
+                &format!("SELECT md5(sealed) FROM tokend_connections WHERE id = '{id}'"),
+            )
+            .expect("md5")
+    };
+    let before = [digest(REPOINTED), digest(REHOSTED)];
+    broker.serve().await;
+    let install = |force: bool| {
+        let account = format!("acct-{REPOINTED}");
+        let issued = broker.sandbox.issue_tokens(&account, &["crm"]);
+        let request = pb::InstallRequest {
+            provider: "sandbox".into(),
+            connection_id: REPOINTED.into(),
+            account_id: account,
+            grant: Some(pb::install_request::Grant::TokenImport(pb::TokenImport {
+                access_token: issued.access_token.clone(),
+                refresh_token: issued.refresh_token.clone(),
+                expires_in_seconds: 1800,
+                scopes: issued.scopes.clone(),
+                token_type: String::new(),
+            })),
+            replace: false,
+            params: HashMap::from([("host".to_owned(), "127.0.0.1".to_owned())]),
+            force,
+        };
+        (request, issued.access_token)
+    };
+
+    // Unasked: refused, through the RPCs and the CLI.
+    let refused = broker
+        .client()
+        .install(install(false).0)
+        .await
+        .expect_err("install refused");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(crate::harness::reason(&refused), "RECORD_UNREADABLE");
+    let refused = broker
+        .client()
+        .delete_connection(pb::DeleteConnectionRequest {
+            connection_id: REHOSTED.into(),
+            force: false,
+        })
+        .await
+        .expect_err("delete refused");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(crate::harness::reason(&refused), "RECORD_UNREADABLE");
+    let out = broker
+        .command()
+        .args(["connections", "delete", REHOSTED])
+        .output()
+        .expect("tokend connections delete");
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("force"), "{}", stderr(&out));
+    assert_eq!(
+        [digest(REPOINTED), digest(REHOSTED)],
+        before,
+        "both rows as they were"
+    );
+
+    // Asked: removed, and replaced by a readable record.
+    let out = broker
+        .command()
+        .args(["connections", "delete", REHOSTED, "--force"])
+        .output()
+        .expect("tokend connections delete --force");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(digest(REHOSTED), "", "deleted");
+    let (request, access_token) = install(true);
+    broker
+        .client()
+        .install(request)
+        .await
+        .expect("forced install");
+    let token = broker
+        .client()
+        .get_token(crate::harness::get(REPOINTED))
+        .await
+        .expect("readable again")
+        .into_inner()
+        .token
+        .expect("token");
+    assert_eq!(token.access_token, access_token);
 }

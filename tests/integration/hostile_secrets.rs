@@ -385,6 +385,7 @@ async fn echoed_secrets_appear_nowhere_in_any_encoding() {
                 })),
                 replace: false,
                 params: Default::default(),
+                force: false,
             })
             .await
             .expect("import");
@@ -437,6 +438,7 @@ async fn echoed_secrets_appear_nowhere_in_any_encoding() {
                 )),
                 replace: false,
                 params: Default::default(),
+                force: false,
             })
             .await
             .expect_err("the provider refused");

@@ -294,6 +294,7 @@ fn code_request(id: &str, account: &str, code: &str) -> pb::InstallRequest {
         )),
         replace: false,
         params: Default::default(),
+        force: false,
     }
 }
 

@@ -55,23 +55,7 @@ impl Served {
         .expect("config");
         let addr = free_addr();
         let admin = free_addr();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tokend"));
-        command
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .args(["--listen", &addr.to_string()])
-            .args(["--admin-listen", &admin.to_string()])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env("SANDBOX_CLIENT_SECRET", SECRET)
-            .env("RUST_LOG", "info");
-        // Nothing from the environment the tests run in.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("OTEL_") || k == "TOKEND_KEYS" {
-                command.env_remove(k);
-            }
-        }
+        let mut command = serve_command(dir.path(), addr, admin);
         for (k, v) in env {
             command.env(k, v);
         }
@@ -90,6 +74,17 @@ impl Served {
         };
         served.wait_ready().await;
         served
+    }
+
+    /// Stops the server (SIGKILL), keeping its dir.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The command that started this server, to start it again.
+    pub fn serve_command(&self) -> Command {
+        serve_command(self.dir.path(), self.addr, self.admin)
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -164,6 +159,28 @@ impl Served {
         }
         None
     }
+}
+
+/// `tokend serve` on `dir`'s config and data dir, with nothing from the
+/// environment the tests run in (no `OTEL_*`, no `TOKEND_KEYS`).
+fn serve_command(dir: &std::path::Path, addr: SocketAddr, admin: SocketAddr) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tokend"));
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("tokend.toml"))
+        .args(["--listen", &addr.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("SANDBOX_CLIENT_SECRET", SECRET)
+        .env("RUST_LOG", "info");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("OTEL_") || k == "TOKEND_KEYS" {
+            command.env_remove(k);
+        }
+    }
+    command
 }
 
 impl Drop for Served {

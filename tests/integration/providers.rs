@@ -414,6 +414,7 @@ headers = { "X-Tenant" = "{tenant}", "X-Api-Version" = "2024-01" }"#
             )),
             replace: false,
             params: params("t2"),
+            force: false,
         })
         .await
         .expect("code exchanged");
@@ -447,6 +448,7 @@ async fn deleting_revokes_the_grant_when_configured() {
         client
             .delete_connection(pb::DeleteConnectionRequest {
                 connection_id: "gone".into(),
+                force: false,
             })
             .await
             .expect("deleted");

@@ -551,6 +551,7 @@ async fn a_refresh_of_a_deleted_connection_never_lands_on_its_reinstall() {
     client
         .delete_connection(pb::DeleteConnectionRequest {
             connection_id: "reborn".into(),
+            force: false,
         })
         .await
         .unwrap();

@@ -218,6 +218,7 @@ async fn a_rotation_on_one_replica_is_served_by_the_others() {
     // A delete on B: A forgets the connection.
     b.delete_connection(pb::DeleteConnectionRequest {
         connection_id: "rep-1".into(),
+        force: false,
     })
     .await
     .expect("delete on B");

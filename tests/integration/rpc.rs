@@ -82,6 +82,7 @@ fn code_request(
         )),
         replace: false,
         params: Default::default(),
+        force: false,
     }
 }
 
@@ -846,6 +847,7 @@ async fn delete_forgets_the_connection_and_a_reinstall_creates_it_again() {
     client
         .delete_connection(pb::DeleteConnectionRequest {
             connection_id: "doomed".into(),
+            force: false,
         })
         .await
         .expect("delete");
@@ -864,6 +866,7 @@ async fn delete_forgets_the_connection_and_a_reinstall_creates_it_again() {
     let err = client
         .delete_connection(pb::DeleteConnectionRequest {
             connection_id: "doomed".into(),
+            force: false,
         })
         .await
         .unwrap_err();
@@ -871,6 +874,7 @@ async fn delete_forgets_the_connection_and_a_reinstall_creates_it_again() {
     let err = client
         .delete_connection(pb::DeleteConnectionRequest {
             connection_id: "no such id".into(),
+            force: false,
         })
         .await
         .unwrap_err();
@@ -936,6 +940,7 @@ async fn hostile_inputs_are_rejected_without_hurting_the_server() {
         let err = client
             .delete_connection(pb::DeleteConnectionRequest {
                 connection_id: id.into(),
+                force: false,
             })
             .await
             .unwrap_err();

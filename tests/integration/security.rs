@@ -99,6 +99,7 @@ async fn callers_only_reach_their_own_tenants_connections() {
         // Deleting needs admin, even for one's own connection.
         a.delete_connection(pb::DeleteConnectionRequest {
             connection_id: "tenant-a-1".into(),
+            force: false,
         })
         .await
         .map(|_| ())
@@ -147,6 +148,7 @@ async fn callers_only_reach_their_own_tenants_connections() {
             )),
             replace: false,
             params: Default::default(),
+            force: false,
         })
         .await
         .unwrap_err();

@@ -77,7 +77,10 @@ async fn copies_every_connection_from_sled_to_postgres_and_back() {
         String::from_utf8_lossy(&again.stderr)
     );
 
-    // And back, into a fresh data dir a server can then serve.
+    // And back, into a fresh data dir a server can then serve, once this
+    // test's own reader is gone (a live source is refused).
+    drop(pg);
+    until_no_session(&options).await;
     let back = tempfile::tempdir().expect("dir");
     let back_dir = back.path().join("data");
     let out = copy(
@@ -106,4 +109,102 @@ async fn copies_every_connection_from_sled_to_postgres_and_back() {
         first.tokens.access_token.expose_secret(),
         issued[0].access_token
     );
+}
+
+/// Waits until no tokend connection but the copy's own is open on the
+/// database (a dropped store's connections close a moment after the drop).
+async fn until_no_session(options: &tokend_postgres::PgOptions) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while tokend_postgres::PostgresStore::activity(options)
+        .await
+        .expect("activity")
+        .sessions
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connections still open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 25, item 6. Invariant: a live database is never copied: one a
+/// replica is connected to, or with a refresh lease held (a refresh in
+/// progress), is refused before anything is read, and no target is
+/// created. A copy of a live store misses what is written during it, and
+/// serving it would bring back refresh tokens rotated since. Before, the
+/// copy went ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_database_is_not_copied() {
+    let url = tokend_pgtest::cluster().database("copy_live");
+    let options = tokend_postgres::PgOptions::new(SecretString::from(url.clone()));
+    tokend_postgres::PostgresStore::migrate(&options)
+        .await
+        .expect("migrate");
+    let keys = tokend_store::crypto::KeyFile::generate();
+    let keys_json = serde_json::to_string(&keys).expect("keys");
+    let replica = tokend_postgres::PostgresStore::connect(&options, keys.keyring().expect("keys"))
+        .await
+        .expect("a running replica");
+    replica
+        .put(&tokend_store::conformance::record("live-1", 1), None, None)
+        .await
+        .expect("put");
+    let target = tempfile::tempdir().expect("dir");
+    let target_dir = target.path().join("data");
+    let to = format!("sled:{}", target_dir.display());
+
+    let refused = copy("env:COPY_DATABASE_URL", &to, &keys_json, &url);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("in use") && stderr.contains("other tokend connection(s) open"),
+        "{stderr}"
+    );
+    assert!(!target_dir.exists(), "nothing created");
+
+    // The replica stopped while a refresh held its lease: still live.
+    replica
+        .try_acquire_refresh_lease(
+            &tokend_core::ConnectionId::new("live-1").expect("id"),
+            "replica-1",
+            std::time::Duration::from_secs(300),
+            tokend_core::Clock::system().now(),
+        )
+        .await
+        .expect("lease")
+        .expect("granted");
+    drop(replica);
+    until_no_session(&options).await;
+    let refused = copy("env:COPY_DATABASE_URL", &to, &keys_json, &url);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(stderr.contains("1 refresh lease(s) held"), "{stderr}");
+    assert!(!target_dir.exists(), "nothing created");
+
+    // Once quiet, the copy goes through.
+    let client = tokend_postgres::PostgresStore::connect(&options, keys.keyring().expect("keys"))
+        .await
+        .expect("connect");
+    let lease = tokend_store::Lease {
+        id: tokend_core::ConnectionId::new("live-1").expect("id"),
+        holder: "replica-1".into(),
+        fence: 1,
+        expires_at: tokend_core::Clock::system().now(),
+        in_doubt: false,
+    };
+    client
+        .release_refresh_lease(&lease, false)
+        .await
+        .expect("release");
+    drop(client);
+    until_no_session(&options).await;
+    let out = copy("env:COPY_DATABASE_URL", &to, &keys_json, &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("copied 1 connection(s)"));
 }

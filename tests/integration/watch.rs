@@ -49,6 +49,7 @@ fn assert_kind(event: &pb::WatchConnectionResponse, kind: pb::WatchEventType) {
 fn delete(id: &str) -> pb::DeleteConnectionRequest {
     pb::DeleteConnectionRequest {
         connection_id: id.into(),
+        force: false,
     }
 }
 

@@ -249,6 +249,7 @@ async fn run_mode(
                 })),
                 replace: false,
                 params: Default::default(),
+                force: false,
             })
             .await
             .with_context(|| format!("install {i}"))?;

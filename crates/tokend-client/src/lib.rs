@@ -454,15 +454,26 @@ impl Client {
     }
 
     pub async fn delete_connection(&self, connection_id: &str) -> Result<(), Error> {
-        let request = pb::DeleteConnectionRequest {
+        self.delete_connection_with(pb::DeleteConnectionRequest {
             connection_id: connection_id.into(),
-        };
+            force: false,
+        })
+        .await
+    }
+
+    /// Deletes a connection as `request` says (`force`: even a record the
+    /// broker cannot read, which may hold the only copy of a live grant).
+    pub async fn delete_connection_with(
+        &self,
+        request: pb::DeleteConnectionRequest,
+    ) -> Result<(), Error> {
+        let connection_id = request.connection_id.clone();
         self.call(|mut c| {
             let request = request.clone();
             async move { c.delete_connection(request).await }
         })
         .await?;
-        forget(&self.cache, connection_id);
+        forget(&self.cache, &connection_id);
         Ok(())
     }
 

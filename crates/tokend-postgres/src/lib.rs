@@ -12,6 +12,7 @@
 //! `LISTEN/NOTIFY`, with a periodic read as a fallback (`listen.rs`).
 
 mod binding;
+mod keys;
 mod listen;
 pub mod migrate;
 mod options;
@@ -143,6 +144,9 @@ impl PostgresStore {
         let mut client = pool.get().await?;
         migrate::check(&client).await?;
         binding::upgrade_records(&mut client, &keys).await?;
+        // Before anything is sealed: refuses keys that lack one the
+        // records use, and records the active key.
+        keys::reconcile(&mut client, &keys).await?;
         let row = client
             .query_one("SELECT log_id, last_seq FROM tokend_log", &[])
             .await?;
@@ -206,11 +210,58 @@ impl PostgresStore {
         }
         let mut client = self.inner.pool.get().await.map_err(PgError::from)?;
         let tx = client.transaction().await.map_err(PgError::from)?;
+        // Every key these records use is recorded with them.
+        keys::record_for_import(
+            &tx,
+            &keys,
+            records
+                .iter()
+                .flat_map(|(_, bytes)| tokend_store::backend::key_ids(bytes)),
+        )
+        .await?;
         for (record, (_, sealed)) in rows.iter().zip(records) {
             store::upsert_sealed(&tx, record, sealed).await?;
         }
         tx.commit().await.map_err(PgError::from)?;
         Ok(records.len())
+    }
+
+    /// What else is using the database now, read through one connection
+    /// of its own (so none of this process's): for `tokend store copy`,
+    /// which must not copy a store replicas are still writing.
+    pub async fn activity(options: &PgOptions) -> Result<Activity, PgError> {
+        let client = connect_one(options).await?;
+        let sessions = keys::other_sessions(&client).await?;
+        let migrated: bool = client
+            .query_one("SELECT to_regclass('tokend_leases') IS NOT NULL", &[])
+            .await?
+            .get(0);
+        let live_leases: i64 = if migrated {
+            let now_ms = tokend_core::Clock::system().now().unix_millis();
+            client
+                .query_one(
+                    "SELECT count(*) FROM tokend_leases WHERE NOT released AND expires_at_ms > $1",
+                    &[&now_ms],
+                )
+                .await?
+                .get(0)
+        } else {
+            0
+        };
+        Ok(Activity {
+            sessions: u64::try_from(sessions).unwrap_or(0),
+            live_leases: u64::try_from(live_leases).unwrap_or(0),
+        })
+    }
+
+    /// Removes the records `ids` (no events): undoes an import into a
+    /// database that held none of them.
+    pub async fn remove_imported(&self, ids: &[String]) -> Result<u64, StoreError> {
+        let client = self.inner.pool.get().await.map_err(PgError::from)?;
+        Ok(client
+            .execute("DELETE FROM tokend_connections WHERE id = ANY($1)", &[&ids])
+            .await
+            .map_err(PgError::from)?)
     }
 
     /// How many connection records the database holds.
@@ -224,14 +275,28 @@ impl PostgresStore {
         Ok(u64::try_from(n).unwrap_or(0))
     }
 
-    /// Switches to a new keyring (after `tokend keys rotate`).
-    pub fn set_keyring(&self, keys: Keyring) {
+    /// Switches to a new keyring (after `tokend keys rotate`), once the
+    /// database's key records accept it: its active key is recorded before
+    /// anything is sealed with it.
+    pub async fn set_keyring(&self, keys: Keyring) -> Result<(), PgError> {
+        let mut client = self.inner.pool.get().await?;
+        keys::reconcile(&mut client, &keys).await?;
         *self.inner.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+        Ok(())
     }
 
     fn keys(&self) -> Arc<Keyring> {
         Arc::clone(&self.inner.keys.read().unwrap_or_else(|p| p.into_inner()))
     }
+}
+
+/// What else uses a database ([`PostgresStore::activity`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Activity {
+    /// Other tokend connections open on it (replicas, tools).
+    pub sessions: u64,
+    /// Refresh leases held and not yet expired: a refresh in progress.
+    pub live_leases: u64,
 }
 
 /// One connection outside the pool, driven by its own task.
@@ -252,3 +317,6 @@ mod blackhole;
 mod dead_link_tests;
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod keys_tests;

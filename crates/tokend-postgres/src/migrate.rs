@@ -46,6 +46,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "unreleased leases index",
         sql: include_str!("migrations/0006_live_leases_index.sql"),
     },
+    Migration {
+        version: 7,
+        name: "key records",
+        sql: include_str!("migrations/0007_key_records.sql"),
+    },
 ];
 
 /// The schema version this build reads and writes.

@@ -136,8 +136,15 @@ async fn the_database_never_sees_a_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_replicas_commit_reaches_the_watermark() {
-    let (a, options) = fresh_store("notify").await;
-    let b = PostgresStore::connect(&options, Keyring::ephemeral())
+    let url = tokend_pgtest::cluster().database("notify");
+    let options = options(url);
+    PostgresStore::migrate(&options).await.expect("migrate");
+    // Replicas share their keys.
+    let keys = tokend_store::crypto::KeyFile::generate();
+    let a = PostgresStore::connect(&options, keys.keyring().expect("keys"))
+        .await
+        .expect("connect");
+    let b = PostgresStore::connect(&options, keys.keyring().expect("keys"))
         .await
         .expect("second replica");
     let mut seen_by_b = b.event_watermark();
@@ -206,7 +213,8 @@ async fn works_over_tls_verified_against_the_given_ca() {
             PostgresStore::schema_version(&options).await.expect("v"),
             SCHEMA_VERSION
         );
-        let a = PostgresStore::connect(&options, Keyring::ephemeral())
+        let keys = tokend_store::crypto::KeyFile::generate();
+        let a = PostgresStore::connect(&options, keys.keyring().expect("keys"))
             .await
             .expect("connect");
         let record = conformance::record("over-tls", 1);
@@ -214,7 +222,7 @@ async fn works_over_tls_verified_against_the_given_ca() {
         let back = a.get(&record.id).await.expect("get").expect("stored");
         assert_eq!((back.id.as_str(), back.revision), ("over-tls", 1), "{host}");
         // The event log's follower connects over TLS too.
-        let b = PostgresStore::connect(&options, Keyring::ephemeral())
+        let b = PostgresStore::connect(&options, keys.keyring().expect("keys"))
             .await
             .expect("second replica");
         tokio::time::timeout(

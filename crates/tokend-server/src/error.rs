@@ -72,6 +72,12 @@ pub enum ServiceError {
         id: ConnectionId,
         account_id: String,
     },
+    /// An install or delete would replace a stored record that cannot be
+    /// read, and the request did not set `force`.
+    #[error(
+        "connection {0}'s stored record cannot be read (sealed with a key this server lacks, or damaged) and may hold the only copy of its grant; start tokend with the key file that sealed it, or set force to replace or delete it"
+    )]
+    RecordUnreadable(ConnectionId),
     /// Concurrent writers kept winning; the caller may retry.
     #[error("connection {0} is being modified concurrently, retry")]
     Contended(ConnectionId),
@@ -326,6 +332,13 @@ impl ServiceError {
                     ]),
                 ),
             ),
+            ServiceError::RecordUnreadable(id) => (
+                Code::FailedPrecondition,
+                info(
+                    "RECORD_UNREADABLE",
+                    HashMap::from([("connection_id".into(), id.to_string())]),
+                ),
+            ),
             ServiceError::Contended(id) => (
                 Code::Aborted,
                 info(
@@ -531,6 +544,11 @@ mod tests {
                     reason: "field access_token does not decrypt".into(),
                 }),
                 Code::DataLoss,
+                "RECORD_UNREADABLE",
+            ),
+            (
+                ServiceError::RecordUnreadable(id.clone()),
+                Code::FailedPrecondition,
                 "RECORD_UNREADABLE",
             ),
             (

@@ -1,8 +1,13 @@
 //! A `Store` wrapper that injects faults (fail before or after a write,
-//! hang, slow flush) into chosen operations, for tests of what the engine
-//! does when the disk misbehaves.
+//! hang, slow flush) into chosen operations, or makes chosen records read
+//! as undecodable, for tests of what the engine does when the disk
+//! misbehaves.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use tokend_core::{Connection, ConnectionId, Event, Timestamp};
@@ -49,6 +54,8 @@ struct Book {
     armed: HashMap<Op, (Fault, Option<usize>)>,
     calls: HashMap<Op, usize>,
     faulted: HashMap<Op, usize>,
+    /// Records that read as undecodable ([`FaultStore::garble`]).
+    garbled: HashSet<ConnectionId>,
 }
 
 /// Wraps `S`, forwarding every call unless a fault is armed for it.
@@ -101,6 +108,19 @@ impl<S: Store> FaultStore<S> {
     pub fn heal(&self) {
         self.book().armed.clear();
         self.healed.send_modify(|n| *n += 1);
+    }
+
+    /// From now on the stored record of `id` reads as undecodable (`get`
+    /// and `put` answer `Corrupt`, listings skip it), as one sealed with a
+    /// key this process lacks, or damaged, would; until it is replaced
+    /// (`replace_unreadable`) or deleted as unreadable
+    /// (`Expected::Unreadable`), which then act on the inner record.
+    pub fn garble(&self, id: &ConnectionId) {
+        self.book().garbled.insert(id.clone());
+    }
+
+    fn is_garbled(&self, id: &ConnectionId) -> bool {
+        self.book().garbled.contains(id)
     }
 
     /// Calls of `op` so far, faulted or not.
@@ -167,6 +187,13 @@ impl<S: Store> FaultStore<S> {
     }
 }
 
+fn garbled(id: &ConnectionId) -> StoreError {
+    StoreError::Corrupt {
+        id: id.to_string(),
+        reason: "injected: the record does not decode".into(),
+    }
+}
+
 fn injected(op: Op, when: &str) -> StoreError {
     StoreError::Backend(format!("injected fault in {op:?} {when}"))
 }
@@ -174,7 +201,11 @@ fn injected(op: Op, when: &str) -> StoreError {
 #[async_trait]
 impl<S: Store> Store for FaultStore<S> {
     async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
-        self.through(Op::Get, self.inner.get(id)).await
+        let read = self.through(Op::Get, self.inner.get(id)).await?;
+        if read.is_some() && self.is_garbled(id) {
+            return Err(garbled(id));
+        }
+        Ok(read)
     }
 
     async fn put(
@@ -183,22 +214,78 @@ impl<S: Store> Store for FaultStore<S> {
         expected: Option<u64>,
         fence: Option<u64>,
     ) -> Result<(), StoreError> {
+        if self.is_garbled(&record.id) {
+            // A backend decodes what it replaces, and fails.
+            return Err(garbled(&record.id));
+        }
         self.through(Op::Put, self.inner.put(record, expected, fence))
             .await
     }
 
     async fn replace_unreadable(&self, record: &Connection) -> Result<(), StoreError> {
-        self.through(Op::ReplaceUnreadable, self.inner.replace_unreadable(record))
-            .await
+        if !self.is_garbled(&record.id) {
+            return self
+                .through(Op::ReplaceUnreadable, self.inner.replace_unreadable(record))
+                .await;
+        }
+        self.through(Op::ReplaceUnreadable, async {
+            if let Some(old) = self.inner.get(&record.id).await? {
+                self.inner
+                    .delete(
+                        &record.id,
+                        Expected::Record {
+                            incarnation: old.incarnation,
+                            revision: old.revision,
+                        },
+                    )
+                    .await?;
+            }
+            self.inner.put(record, None, None).await
+        })
+        .await?;
+        self.book().garbled.remove(&record.id);
+        Ok(())
     }
 
     async fn delete(&self, id: &ConnectionId, expected: Expected) -> Result<bool, StoreError> {
-        self.through(Op::Delete, self.inner.delete(id, expected))
-            .await
+        if !self.is_garbled(id) {
+            return self
+                .through(Op::Delete, self.inner.delete(id, expected))
+                .await;
+        }
+        let Expected::Unreadable = expected else {
+            return Err(StoreError::Conflict {
+                id: id.clone(),
+                expected: None,
+                found: None,
+            });
+        };
+        let deleted = self
+            .through(Op::Delete, async {
+                match self.inner.get(id).await? {
+                    Some(old) => {
+                        self.inner
+                            .delete(
+                                id,
+                                Expected::Record {
+                                    incarnation: old.incarnation,
+                                    revision: old.revision,
+                                },
+                            )
+                            .await
+                    }
+                    None => Ok(false),
+                }
+            })
+            .await?;
+        self.book().garbled.remove(id);
+        Ok(deleted)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {
-        self.through(Op::List, self.inner.list(query)).await
+        let mut page = self.through(Op::List, self.inner.list(query)).await?;
+        page.retain(|c| !self.is_garbled(&c.id));
+        Ok(page)
     }
 
     async fn summaries(

@@ -8,10 +8,13 @@ pub mod conformance;
 pub mod crypto;
 mod event_log;
 pub mod fault;
+pub mod key_records;
 mod leases;
 mod memory;
+pub mod restore;
 mod sled_commit;
 mod sled_index;
+mod sled_keys;
 mod sled_store;
 mod summary;
 

@@ -49,6 +49,8 @@ struct Inner {
     event_meta: sled::Tree,
     /// `reader name -> JSON SavedCursor`.
     cursors: sled::Tree,
+    /// The keys records are sealed with (`sled_keys.rs`).
+    key_checks: sled::Tree,
     /// The last sequence number committed (maybe not yet flushed). Written
     /// only under `fencing`, so sequence order is commit order.
     last_seq: AtomicU64,
@@ -341,6 +343,10 @@ impl SledStore {
         let leases = db.open_tree("refresh_leases").map_err(backend)?;
         let index = db.open_tree("index").map_err(backend)?;
         check_format(&db, &records, &index, dir, &keys)?;
+        // Before anything is sealed: refuses keys that lack one the
+        // records use, and records the active key.
+        let key_checks = db.open_tree(crate::sled_keys::TREE).map_err(backend)?;
+        crate::sled_keys::reconcile(&db, &key_checks, &records, &keys)?;
         let events = db.open_tree("events").map_err(backend)?;
         let event_meta = db.open_tree("event_meta").map_err(backend)?;
         let cursors = db.open_tree("event_cursors").map_err(backend)?;
@@ -366,6 +372,7 @@ impl SledStore {
                 events,
                 event_meta,
                 cursors,
+                key_checks,
                 last_seq: AtomicU64::new(last_seq),
                 watermark: Watermark::new(last_seq),
                 log_id,
@@ -389,9 +396,6 @@ impl SledStore {
             .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
     }
 
-    /// Switches to a new keyring (after `tokend keys rotate`). It must still
-    /// hold every key that sealed a stored field until [`Self::reencrypt`]
-    /// has run. Waits for writes sealing with the old keyring to land.
     /// Whether the store holds no connection record.
     pub fn is_empty(&self) -> bool {
         self.inner.records.is_empty()
@@ -414,6 +418,13 @@ impl SledStore {
             }
             summaries.push(Summary::of(&record));
         }
+        // Every key these records use is recorded before they land.
+        crate::sled_keys::record_for_import(
+            &self.inner.db,
+            &self.inner.key_checks,
+            &keys,
+            records.iter().flat_map(|(_, bytes)| codec::key_ids(bytes)),
+        )?;
         let _fencing = lock(&self.inner.fencing);
         for ((id, bytes), summary) in records.iter().zip(&summaries) {
             let key = id.as_bytes();
@@ -441,8 +452,23 @@ impl SledStore {
         self.inner.keys().key_ids()
     }
 
-    pub fn set_keyring(&self, keys: Keyring) {
-        *self.inner.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(keys);
+    /// Switches to a new keyring (after `tokend keys rotate`). It must still
+    /// hold every key that sealed a stored field until [`Self::reencrypt`]
+    /// has run. Waits for writes sealing with the old keyring to land.
+    ///
+    /// Its active key is recorded in the store before anything is sealed
+    /// with it, and a keyring that lacks a recorded key some record still
+    /// uses is refused (the current one is kept): see `key_records.rs`.
+    pub async fn set_keyring(&self, keys: Keyring) -> Result<(), StoreError> {
+        self.blocking(move |inner| {
+            // Under the write guard: no write seals with either keyring
+            // while the records are checked and changed.
+            let mut current = inner.keys.write().unwrap_or_else(|p| p.into_inner());
+            crate::sled_keys::reconcile(&inner.db, &inner.key_checks, &inner.records, &keys)?;
+            *current = Arc::new(keys);
+            Ok(())
+        })
+        .await
     }
 
     /// Re-seals every record whose fields use a key other than the active
@@ -1215,3 +1241,7 @@ impl Store for SledStore {
 #[cfg(test)]
 #[path = "sled_store_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "sled_keys_tests.rs"]
+mod keys_tests;

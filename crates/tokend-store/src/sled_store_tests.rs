@@ -66,7 +66,7 @@ async fn rotation_reencrypts_online_and_old_keys_decrypt_meanwhile() {
             .unwrap();
     }
     file.rotate();
-    store.set_keyring(file.keyring().unwrap());
+    store.set_keyring(file.keyring().unwrap()).await.unwrap();
     assert_eq!(store.records_on_old_keys().await.unwrap(), 5);
     let id = ConnectionId::new("r3").unwrap();
     assert_eq!(
@@ -85,7 +85,7 @@ async fn rotation_reencrypts_online_and_old_keys_decrypt_meanwhile() {
     // Now the old key can go.
     let active = file.active;
     file.keys.retain(|k| k.id == active);
-    store.set_keyring(file.keyring().unwrap());
+    store.set_keyring(file.keyring().unwrap()).await.unwrap();
     assert_eq!(
         store
             .get(&id)
@@ -275,7 +275,7 @@ async fn no_write_lands_on_an_old_key_after_rotation() {
         .collect();
     tokio::time::sleep(Duration::from_millis(5)).await;
     file.rotate();
-    store.set_keyring(file.keyring().unwrap());
+    store.set_keyring(file.keyring().unwrap()).await.unwrap();
     store.reencrypt().await.unwrap();
     for w in writers {
         w.await.unwrap();

@@ -24,6 +24,9 @@ pub struct InstallInput {
     pub replace: bool,
     /// Fill the provider's URL templates (validated by the service).
     pub params: std::collections::BTreeMap<String, String>,
+    /// Replace a stored record that cannot be read (see
+    /// [`refuse_unreadable`]).
+    pub force: bool,
 }
 
 pub enum InstallGrant {
@@ -212,18 +215,26 @@ impl Installer {
         let remembered = known_id
             .clone()
             .or_else(|| engine.installer.recent.get(&fingerprint));
-        if let Some(id) = &remembered
-            && let Ok(Some(existing)) = engine.store.get(id).await
-        {
-            if is_replay(&existing, &fingerprint) {
-                return Ok(replay(existing));
+        let stored = match &remembered {
+            Some(id) => Some(engine.store.get(id).await),
+            None => None,
+        };
+        // An unreadable record is refused without `force` before the
+        // provider sees a single-use code, like a taken id below.
+        if let (Some(id), Some(Err(StoreError::Corrupt { .. }))) = (&remembered, &stored) {
+            refuse_unreadable(id, input.force)?;
+        }
+        if let Some(Ok(Some(existing))) = stored {
+            let existing = &existing;
+            if is_replay(existing, &fingerprint) {
+                return Ok(replay(existing.clone()));
             }
             // Refused before the provider sees a single-use code, so no
             // grant is bought that could not be kept: without `replace`, an
             // install may only renew the grant of the same, named account.
             if known_id.is_some() {
-                check_provider(&existing, &input.provider)?;
-                check_owner(&existing, input.account_id.as_deref(), explicit_id, replace)?;
+                check_provider(existing, &input.provider)?;
+                check_owner(existing, input.account_id.as_deref(), explicit_id, replace)?;
             }
         }
 
@@ -301,9 +312,21 @@ impl Installer {
             let epoch = engine.slots.epoch();
             let (existing, unreadable) = match engine.store.get(&id).await {
                 Ok(existing) => (existing, false),
-                // A record that cannot be decoded is replaced, so a broken
-                // connection can always be installed again.
-                Err(StoreError::Corrupt { .. }) => (None, true),
+                // A record that cannot be decoded is replaced only when
+                // asked (`force`), so a broken connection can always be
+                // installed again, but never by accident.
+                Err(StoreError::Corrupt { .. }) => {
+                    if let Err(refused) = refuse_unreadable(&id, input.force) {
+                        if issued {
+                            // Whose grant the record holds is unknown: the
+                            // new one may be the same user's, so it is
+                            // dropped, not revoked.
+                            engine.discard_grant(&provider, &id, tokens, false);
+                        }
+                        return Err(refused);
+                    }
+                    (None, true)
+                }
                 Err(e) => return Err(e.into()),
             };
             if let Some(e) = &existing {
@@ -506,6 +529,19 @@ fn check_owner(
         id: existing.id.clone(),
         account_id: existing.account_id.clone(),
     })
+}
+
+/// Refuses to replace or delete a stored record that cannot be read unless
+/// `force` says so. Invariant: an install or a delete never replaces an
+/// unreadable record by accident. It may be sealed with a key this process
+/// lacks (the only copy of a live grant, readable again with the right key
+/// file), so only an operator who knows it is lost for good removes it.
+pub(crate) fn refuse_unreadable(id: &ConnectionId, force: bool) -> Result<(), ServiceError> {
+    if force {
+        tracing::warn!(connection_id = %id, "replacing or deleting an unreadable record, as asked (force)");
+        return Ok(());
+    }
+    Err(ServiceError::RecordUnreadable(id.clone()))
 }
 
 /// Refuses to re-install a connection under another provider.

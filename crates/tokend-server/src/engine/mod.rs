@@ -590,8 +590,9 @@ impl Engine {
     }
 
     /// Deletes a connection by compare-and-swap on what was read, including
-    /// a record that cannot be decoded; watchers get a DELETED event.
-    pub async fn delete(&self, id: &ConnectionId) -> Result<(), ServiceError> {
+    /// a record that cannot be decoded when `force` says so; watchers get a
+    /// DELETED event.
+    pub async fn delete(&self, id: &ConnectionId, force: bool) -> Result<(), ServiceError> {
         for _ in 0..5 {
             let (expected, existing) = match self.store.get(id).await {
                 Ok(Some(record)) => (
@@ -602,7 +603,10 @@ impl Engine {
                     Some(record),
                 ),
                 Ok(None) => return Err(ServiceError::NotFound(id.clone())),
-                Err(StoreError::Corrupt { .. }) => (Expected::Unreadable, None),
+                Err(StoreError::Corrupt { .. }) => {
+                    install::refuse_unreadable(id, force)?;
+                    (Expected::Unreadable, None)
+                }
                 Err(e) => return Err(e.into()),
             };
             match self.store.delete(id, expected).await {

@@ -332,9 +332,10 @@ impl TokenServiceImpl {
         caller: &Arc<Caller>,
         request: Request<pb::DeleteConnectionRequest>,
     ) -> Result<Response<pb::DeleteConnectionResponse>> {
-        let id = connection_id(&request.into_inner().connection_id)?;
+        let request = request.into_inner();
+        let id = connection_id(&request.connection_id)?;
         caller.authorize(Permission::Admin, Some(&id))?;
-        self.engine.delete(&id).await?;
+        self.engine.delete(&id, request.force).await?;
         Ok(Response::new(pb::DeleteConnectionResponse {}))
     }
 }

@@ -202,6 +202,7 @@ pub(super) fn install_input(engine: &Engine, req: pb::InstallRequest) -> Result<
         grant,
         replace: req.replace,
         params,
+        force: req.force,
     })
 }
 

@@ -10,7 +10,9 @@ use std::{
     time::Duration,
 };
 
-use super::{KeyError, KeyFile, Keyring, load_or_create_key_file};
+#[cfg(test)]
+use super::load_or_create_key_file;
+use super::{KeyError, KeyFile, KeyOrigin, Keyring};
 use crate::SledStore;
 
 /// The key file's name inside the data dir.
@@ -31,33 +33,81 @@ pub struct KeyUsage {
     pub at_unix_ms: i64,
 }
 
+/// Keys as `serve` loads them.
+pub struct LoadedKeys {
+    pub keyring: Keyring,
+    /// The key file, when keys come from one, so rotations can be picked up.
+    pub path: Option<PathBuf>,
+    /// A key file made because none was found: not on disk yet (see
+    /// [`UnsavedKeyFile`]).
+    pub unsaved: Option<UnsavedKeyFile>,
+}
+
+/// A key file made in memory because none was at its path. It is written
+/// only once the store has accepted its key ([`UnsavedKeyFile::save`]): a
+/// store whose records another key sealed refuses it, and then nothing is
+/// left on disk that a later start would take for the right key file.
+pub struct UnsavedKeyFile {
+    file: KeyFile,
+    path: PathBuf,
+}
+
+impl UnsavedKeyFile {
+    /// Writes the key file (mode 0600), before anything is sealed with it.
+    pub fn save(self) -> Result<(), KeyError> {
+        self.file.save(&self.path)?;
+        tracing::warn!(
+            path = %self.path.display(),
+            "created a new encryption key file (mode 0600); back it up: without it the stored tokens cannot be read"
+        );
+        Ok(())
+    }
+}
+
 /// The keyring from `env_keys` (the `TOKEND_KEYS` JSON) if given, else from
-/// the key file (created on first start). Returns the file's path when keys
-/// come from a file, so rotations can be picked up.
+/// the key file. A missing key file is made in memory, not yet written
+/// (`LoadedKeys::unsaved`): the store decides first whether a new key may
+/// be used at all.
 pub fn load_keyring(
     env_keys: Option<&str>,
     key_file: Option<PathBuf>,
     data_dir: &Path,
-) -> Result<(Keyring, Option<PathBuf>), KeyError> {
+) -> Result<LoadedKeys, KeyError> {
     if let Some(json) = env_keys {
-        let keys = KeyFile::parse(json.as_bytes())?.keyring()?;
+        let keys = KeyFile::parse(json.as_bytes())?
+            .keyring()?
+            .with_origin(KeyOrigin::Env);
         tracing::info!(
             active_key = keys.active_key_id(),
             "encryption keys from TOKEND_KEYS"
         );
-        return Ok((keys, None));
+        return Ok(LoadedKeys {
+            keyring: keys,
+            path: None,
+            unsaved: None,
+        });
     }
     let path = key_file.unwrap_or_else(|| data_dir.join(KEY_FILE_NAME));
-    let (file, created) = load_or_create_key_file(&path)?;
-    if created {
-        tracing::warn!(
-            path = %path.display(),
-            "created a new encryption key file (mode 0600); back it up: without it the stored tokens cannot be read"
-        );
+    if !path.exists() {
+        let file = KeyFile::generate();
+        let keyring = file
+            .keyring()?
+            .with_origin(KeyOrigin::NewFile(path.clone()));
+        return Ok(LoadedKeys {
+            keyring,
+            path: Some(path.clone()),
+            unsaved: Some(UnsavedKeyFile { file, path }),
+        });
     }
-    let keys = file.keyring()?;
+    let keys = KeyFile::load(&path)?
+        .keyring()?
+        .with_origin(KeyOrigin::File(path.clone()));
     tracing::info!(path = %path.display(), active_key = keys.active_key_id(), "encryption keys loaded");
-    Ok((keys, Some(path)))
+    Ok(LoadedKeys {
+        keyring: keys,
+        path: Some(path),
+        unsaved: None,
+    })
 }
 
 /// What one re-encryption pass did and left.
@@ -186,11 +236,13 @@ pub async fn watch_key_file(
         seen = now;
         match KeyFile::load(&path).and_then(|f| f.keyring()) {
             Ok(keys) => {
-                tracing::info!(
-                    active_key = keys.active_key_id(),
-                    "key file changed; switching keys"
-                );
-                store.set_keyring(keys);
+                let keys = keys.with_origin(KeyOrigin::File(path.clone()));
+                let active = keys.active_key_id();
+                if let Err(e) = store.set_keyring(keys).await {
+                    tracing::error!(error = %e, "key file changed but the store refuses its keys; keeping the current keys");
+                    continue;
+                }
+                tracing::info!(active_key = active, "key file changed; switched keys");
                 if let Some(pass) = reencrypt(&store, Some(&path), &data_dir).await {
                     on_pass(&pass);
                 }
@@ -340,11 +392,14 @@ mod tests {
                 ),
                 "the store is open: only a usage report would do"
             );
-            store.set_keyring(
-                KeyFile::load(&keys)
-                    .and_then(|f| f.keyring())
-                    .expect("keys"),
-            );
+            store
+                .set_keyring(
+                    KeyFile::load(&keys)
+                        .and_then(|f| f.keyring())
+                        .expect("keys"),
+                )
+                .await
+                .expect("switched");
             assert_eq!(store.reencrypt().await.expect("reencrypt"), 1);
         }
         let old = KeyFile::load(&keys).expect("load").active - 1;

@@ -71,6 +71,48 @@ pub struct Keyring {
     /// Keys made with the binding (`KeyEntry::bound`), which never open an
     /// unbound field.
     bound: Vec<u32>,
+    /// Where the keys came from, as errors name it: never key material.
+    origin: KeyOrigin,
+}
+
+/// Where a keyring's keys came from, for errors that must say which key
+/// file is wrong or missing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// Not said (tests, tools).
+    #[default]
+    Unnamed,
+    /// The `TOKEND_KEYS` variable.
+    Env,
+    /// The key file at this path.
+    File(std::path::PathBuf),
+    /// No key file was at this path: the keys were made in memory, and are
+    /// not saved yet.
+    NewFile(std::path::PathBuf),
+}
+
+/// Whether a keyring holds the key a store recorded under an id
+/// ([`Keyring::key_check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyMatch {
+    /// It holds that very key.
+    Holds,
+    /// It has no key with that id.
+    Missing,
+    /// It has a key with that id, but another one (a key file made afresh
+    /// numbers its first key 1 too).
+    Different,
+}
+
+/// What a key check seals: a constant, so opening it proves the key alone.
+const KEY_CHECK_PLAINTEXT: &[u8] = b"tokend key check";
+
+/// The associated data of key `key_id`'s check value: never equal to a
+/// record field's (those start with a length or the binding tag).
+fn key_check_aad(key_id: u32) -> Vec<u8> {
+    let mut aad = b"tokend/key-check/".to_vec();
+    aad.extend_from_slice(&key_id.to_be_bytes());
+    aad
 }
 
 impl fmt::Debug for Keyring {
@@ -78,6 +120,7 @@ impl fmt::Debug for Keyring {
         f.debug_struct("Keyring")
             .field("key_ids", &self.ciphers.keys().collect::<Vec<_>>())
             .field("active", &self.active)
+            .field("origin", &self.origin)
             .finish()
     }
 }
@@ -185,6 +228,7 @@ impl KeyFile {
             ciphers,
             active: self.active,
             bound: self.keys.iter().filter(|k| k.bound).map(|k| k.id).collect(),
+            origin: KeyOrigin::Unnamed,
         })
     }
 }
@@ -201,6 +245,38 @@ impl Keyring {
         self.active
     }
 
+    /// The same keys, described in errors as coming from `origin`.
+    pub fn with_origin(mut self, origin: KeyOrigin) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// Where the keys came from, for errors.
+    pub fn origin(&self) -> &KeyOrigin {
+        &self.origin
+    }
+
+    /// A check value for key `key_id`: a constant sealed under that key
+    /// alone, which a store keeps to tell later whether a keyring holds the
+    /// same key (not merely one numbered alike). It reveals nothing of the
+    /// key. `None` when this keyring has no such key.
+    pub fn key_check(&self, key_id: u32) -> Option<Sealed> {
+        self.ciphers
+            .get(&key_id)
+            .map(|cipher| seal_with(cipher, key_id, &key_check_aad(key_id), KEY_CHECK_PLAINTEXT))
+    }
+
+    /// Whether this keyring holds the key whose check value is `check`.
+    pub fn verify_key_check(&self, key_id: u32, check: &Sealed) -> KeyMatch {
+        if !self.ciphers.contains_key(&key_id) {
+            return KeyMatch::Missing;
+        }
+        match self.open("key check", &key_check_aad(key_id), check) {
+            Ok(plain) if check.k == key_id && plain == KEY_CHECK_PLAINTEXT => KeyMatch::Holds,
+            _ => KeyMatch::Different,
+        }
+    }
+
     /// Whether key `key_id` was made with the binding, so nothing it
     /// sealed is of the old, unbound form.
     pub fn made_with_binding(&self, key_id: u32) -> bool {
@@ -215,24 +291,7 @@ impl Keyring {
     /// Encrypts `plaintext`, bound to the associated data `aad`: it opens
     /// only with the same `aad`.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Sealed {
-        let cipher = &self.ciphers[&self.active];
-        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-        // Encryption with a valid key and nonce only fails for messages
-        // beyond 256 GiB; tokens are a few KiB.
-        let ciphertext = cipher
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
-            .unwrap_or_default();
-        Sealed {
-            k: self.active,
-            n: B64.encode(nonce),
-            c: B64.encode(ciphertext),
-        }
+        seal_with(&self.ciphers[&self.active], self.active, aad, plaintext)
     }
 
     /// Decrypts field `field` (named in errors only), checking it was
@@ -262,6 +321,27 @@ impl Keyring {
                 },
             )
             .map_err(|_| tampered())
+    }
+}
+
+/// Seals `plaintext` with `cipher` (key `key_id`) and a fresh nonce.
+fn seal_with(cipher: &XChaCha20Poly1305, key_id: u32, aad: &[u8], plaintext: &[u8]) -> Sealed {
+    let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+    // Encryption with a valid key and nonce only fails for messages
+    // beyond 256 GiB; tokens are a few KiB.
+    let ciphertext = cipher
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .unwrap_or_default();
+    Sealed {
+        k: key_id,
+        n: B64.encode(nonce),
+        c: B64.encode(ciphertext),
     }
 }
 

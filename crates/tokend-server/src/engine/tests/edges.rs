@@ -3,63 +3,81 @@
 
 use super::*;
 
-/// Item 8. Invariant: an operator can always remove or re-install a broken
-/// connection: delete and install replace a record that cannot be decoded,
-/// by compare-and-swap on its bytes, and the error on reads is DATA_LOSS.
-#[tokio::test]
-async fn an_unreadable_record_can_be_deleted_and_reinstalled() {
-    use tokend_store::{SledStore, crypto::Keyring};
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Clock::system();
-    let provider = Arc::new(ScriptedProvider::new(clock.clone(), ScriptRotation::Strict));
-    {
-        // Written under one key...
-        let store = Arc::new(SledStore::open(dir.path(), Keyring::ephemeral()).unwrap());
-        let engine = Engine::new(
-            store,
-            vec![provider_config(Duration::ZERO, Duration::ZERO)],
-            provider.clone(),
-            clock.clone(),
-            settings(),
-        );
-        engine.start().await.unwrap();
-        for id in ["broken-1", "broken-2"] {
-            let (access, refresh) = provider.issue();
-            engine
-                .install(import_input(id, &access, Some(&refresh)))
-                .await
-                .unwrap();
-        }
-        engine.shutdown().await;
-    }
-    // ...and read under another: both records are undecodable now.
-    let store = Arc::new(SledStore::open(dir.path(), Keyring::ephemeral()).unwrap());
-    let engine = Engine::new(
-        store.clone(),
-        vec![provider_config(Duration::ZERO, Duration::ZERO)],
-        provider.clone(),
-        clock,
-        settings(),
-    );
-    engine.start().await.unwrap();
-    let one = ConnectionId::new("broken-1").unwrap();
-    let err = engine.get_token(&one, Duration::ZERO).await.unwrap_err();
-    assert_eq!(err.to_status().code(), tonic::Code::DataLoss, "{err}");
-    engine
-        .delete(&one)
-        .await
-        .expect("an unreadable record can be deleted");
-    assert!(store.get(&one).await.unwrap().is_none());
-
-    let (access, refresh) = provider.issue();
-    let outcome = engine
-        .install(import_input("broken-2", &access, Some(&refresh)))
-        .await
-        .expect("an unreadable record can be replaced");
-    assert!(!outcome.replayed);
+/// Item 8, and issue 25 item 5. Invariants: an operator can always remove
+/// or re-install a broken connection (delete and install replace a record
+/// that cannot be decoded, by compare-and-swap on its bytes), but only when
+/// asked (`force`): without it both are refused (FAILED_PRECONDITION,
+/// RECORD_UNREADABLE) and the record is left as it was, since it may be
+/// sealed with a key this process lacks and hold the only copy of a live
+/// grant. Reads of it are DATA_LOSS. Before issue 25, an install or a
+/// delete replaced or removed such a record unasked.
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_record_is_replaced_or_deleted_only_with_force() {
+    let fx = fixture(Setup::default()).await;
+    fx.import("broken-2").await;
     let two = ConnectionId::new("broken-2").unwrap();
-    let token = engine.get_token(&two, Duration::ZERO).await.unwrap();
+    let kept = fx.stored_refresh_token().await;
+    fx.store.garble(&fx.id);
+    fx.store.garble(&two);
+    let err = fx.engine.stored(&fx.id).await.unwrap_err();
+    assert_eq!(err.to_status().code(), tonic::Code::DataLoss, "{err}");
+
+    // Unasked: refused, and the record is untouched.
+    let err = fx.engine.delete(&fx.id, false).await.unwrap_err();
+    assert_eq!(
+        err.to_status().code(),
+        tonic::Code::FailedPrecondition,
+        "{err}"
+    );
+    assert_eq!(reason(&err), "RECORD_UNREADABLE");
+    let (access, refresh) = fx.provider.issue();
+    let err = fx
+        .engine
+        .install(import_input("c1", &access, Some(&refresh)))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(reason(&err), "RECORD_UNREADABLE", "{err}");
+    assert_eq!(fx.stored_refresh_token().await, kept, "left as it was");
+
+    // Asked: replaced, and deleted.
+    let mut forced = import_input("c1", &access, Some(&refresh));
+    forced.force = true;
+    let outcome = fx.engine.install(forced).await.expect("replaced");
+    assert!(!outcome.replayed && !outcome.created);
+    let token = fx.engine.get_token(&fx.id, Duration::ZERO).await.unwrap();
     assert!(token.tokens.access_token_is(&access));
+    fx.engine
+        .delete(&two, true)
+        .await
+        .expect("an unreadable record can be deleted when asked");
+    assert!(fx.store.inner().get(&two).await.unwrap().is_none());
+}
+
+/// Invariant: a code install over an unreadable record without `force` is
+/// refused before the provider sees the single-use code, so no grant is
+/// bought that could not be kept.
+#[tokio::test(start_paused = true)]
+async fn a_code_install_over_an_unreadable_record_spends_no_code() {
+    let fx = fixture(Setup::default()).await;
+    fx.store.garble(&fx.id);
+    let code = fx.provider.issue_code();
+    let input = InstallInput {
+        provider: ProviderName::new("p").unwrap(),
+        connection_id: Some(fx.id.clone()),
+        account_id: Some("acct-c1".into()),
+        grant: InstallGrant::Code {
+            code: SecretString::from(code),
+            redirect_uri: "https://app.example/cb".into(),
+            code_verifier: None,
+        },
+        replace: false,
+        params: Default::default(),
+        force: false,
+    };
+    let err = fx.engine.install(input).await.err().expect("refused");
+    assert_eq!(reason(&err), "RECORD_UNREADABLE", "{err}");
+    assert_eq!(fx.provider.code_exchanges(), 0, "the code was not spent");
 }
 
 /// Issue 10, item 6. Invariant: a `min_ttl` no refresh can satisfy costs at

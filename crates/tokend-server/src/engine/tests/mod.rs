@@ -151,6 +151,7 @@ fn import_expiring(
         },
         replace: false,
         params: Default::default(),
+        force: false,
     }
 }
 
@@ -458,7 +459,7 @@ async fn a_deleted_connection_is_not_cached_again() {
     let fx = fixture(Setup::default()).await;
     let record = fx.store.inner().get(&fx.id).await.unwrap().unwrap();
     let epoch = fx.engine.slots.epoch();
-    fx.engine.delete(&fx.id).await.unwrap();
+    fx.engine.delete(&fx.id, false).await.unwrap();
     // An install that read before the delete tries to cache its record.
     fx.engine.slots.cache(record, epoch);
     assert!(fx.engine.slots.get(&fx.id).is_none());

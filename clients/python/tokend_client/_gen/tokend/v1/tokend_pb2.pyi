@@ -251,7 +251,7 @@ class TokenImport(_message.Message):
     def __init__(self, access_token: _Optional[str] = ..., refresh_token: _Optional[str] = ..., expires_in_seconds: _Optional[int] = ..., scopes: _Optional[_Iterable[str]] = ..., token_type: _Optional[str] = ...) -> None: ...
 
 class InstallRequest(_message.Message):
-    __slots__ = ("provider", "connection_id", "account_id", "authorization_code", "token_import", "replace", "params")
+    __slots__ = ("provider", "connection_id", "account_id", "authorization_code", "token_import", "replace", "params", "force")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +266,7 @@ class InstallRequest(_message.Message):
     TOKEN_IMPORT_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     provider: str
     connection_id: str
     account_id: str
@@ -273,7 +274,8 @@ class InstallRequest(_message.Message):
     token_import: TokenImport
     replace: bool
     params: _containers.ScalarMap[str, str]
-    def __init__(self, provider: _Optional[str] = ..., connection_id: _Optional[str] = ..., account_id: _Optional[str] = ..., authorization_code: _Optional[_Union[AuthorizationCode, _Mapping]] = ..., token_import: _Optional[_Union[TokenImport, _Mapping]] = ..., replace: _Optional[bool] = ..., params: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    force: bool
+    def __init__(self, provider: _Optional[str] = ..., connection_id: _Optional[str] = ..., account_id: _Optional[str] = ..., authorization_code: _Optional[_Union[AuthorizationCode, _Mapping]] = ..., token_import: _Optional[_Union[TokenImport, _Mapping]] = ..., replace: _Optional[bool] = ..., params: _Optional[_Mapping[str, str]] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class InstallResponse(_message.Message):
     __slots__ = ("connection", "created", "replayed")
@@ -318,10 +320,12 @@ class ListConnectionsResponse(_message.Message):
     def __init__(self, connections: _Optional[_Iterable[_Union[Connection, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DeleteConnectionRequest(_message.Message):
-    __slots__ = ("connection_id",)
+    __slots__ = ("connection_id", "force")
     CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     connection_id: str
-    def __init__(self, connection_id: _Optional[str] = ...) -> None: ...
+    force: bool
+    def __init__(self, connection_id: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class DeleteConnectionResponse(_message.Message):
     __slots__ = ()

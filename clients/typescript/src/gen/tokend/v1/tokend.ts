@@ -619,6 +619,13 @@ export interface InstallRequest {
    * '-' or '.'. Kept with the connection.
    */
   params: { [key: string]: string };
+  /**
+   * Required to replace a stored record tokend cannot read (sealed with a
+   * key this server lacks, or damaged): it may hold the only copy of a live
+   * grant. Without it such an install is refused with FAILED_PRECONDITION
+   * (reason RECORD_UNREADABLE) before the provider is called.
+   */
+  force: boolean;
 }
 
 export interface InstallRequest_ParamsEntry {
@@ -666,6 +673,13 @@ export interface ListConnectionsResponse {
 
 export interface DeleteConnectionRequest {
   connectionId: string;
+  /**
+   * Required to delete a stored record tokend cannot read (sealed with a key
+   * this server lacks, or damaged): it may hold the only copy of a live
+   * grant. Without it such a delete is refused with FAILED_PRECONDITION
+   * (reason RECORD_UNREADABLE).
+   */
+  force: boolean;
 }
 
 export interface DeleteConnectionResponse {
@@ -2576,6 +2590,7 @@ function createBaseInstallRequest(): InstallRequest {
     tokenImport: undefined,
     replace: false,
     params: {},
+    force: false,
   };
 }
 
@@ -2602,6 +2617,9 @@ export const InstallRequest: MessageFns<InstallRequest> = {
     globalThis.Object.entries(message.params).forEach(([key, value]: [string, string]) => {
       InstallRequest_ParamsEntry.encode({ key: key as any, value }, writer.uint32(58).fork()).join();
     });
+    if (message.force !== false) {
+      writer.uint32(64).bool(message.force);
+    }
     return writer;
   },
 
@@ -2677,6 +2695,14 @@ export const InstallRequest: MessageFns<InstallRequest> = {
             }
             continue;
           }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.force = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2727,6 +2753,7 @@ export const InstallRequest: MessageFns<InstallRequest> = {
           {},
         )
         : {},
+      force: isSet(object.force) ? globalThis.Boolean(object.force) : false,
     };
   },
 
@@ -2759,6 +2786,9 @@ export const InstallRequest: MessageFns<InstallRequest> = {
         });
       }
     }
+    if (message.force !== false) {
+      obj.force = message.force;
+    }
     return obj;
   },
 
@@ -2786,6 +2816,7 @@ export const InstallRequest: MessageFns<InstallRequest> = {
       },
       {},
     );
+    message.force = object.force ?? false;
     return message;
   },
 };
@@ -3337,13 +3368,16 @@ export const ListConnectionsResponse: MessageFns<ListConnectionsResponse> = {
 };
 
 function createBaseDeleteConnectionRequest(): DeleteConnectionRequest {
-  return { connectionId: "" };
+  return { connectionId: "", force: false };
 }
 
 export const DeleteConnectionRequest: MessageFns<DeleteConnectionRequest> = {
   encode(message: DeleteConnectionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.connectionId !== "") {
       writer.uint32(10).string(message.connectionId);
+    }
+    if (message.force !== false) {
+      writer.uint32(16).bool(message.force);
     }
     return writer;
   },
@@ -3369,6 +3403,14 @@ export const DeleteConnectionRequest: MessageFns<DeleteConnectionRequest> = {
             message.connectionId = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.force = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3388,6 +3430,7 @@ export const DeleteConnectionRequest: MessageFns<DeleteConnectionRequest> = {
         : isSet(object.connection_id)
         ? globalThis.String(object.connection_id)
         : "",
+      force: isSet(object.force) ? globalThis.Boolean(object.force) : false,
     };
   },
 
@@ -3395,6 +3438,9 @@ export const DeleteConnectionRequest: MessageFns<DeleteConnectionRequest> = {
     const obj: any = {};
     if (message.connectionId !== "") {
       obj.connectionId = message.connectionId;
+    }
+    if (message.force !== false) {
+      obj.force = message.force;
     }
     return obj;
   },
@@ -3405,6 +3451,7 @@ export const DeleteConnectionRequest: MessageFns<DeleteConnectionRequest> = {
   fromPartial(object: DeepPartial<DeleteConnectionRequest>): DeleteConnectionRequest {
     const message = createBaseDeleteConnectionRequest();
     message.connectionId = object.connectionId ?? "";
+    message.force = object.force ?? false;
     return message;
   },
 };
