@@ -611,7 +611,9 @@ async fn watchers_on_one_replica_see_another_replicas_changes_in_one_order() {
 
     // WatchConnections on A, from the oldest event; then resume on B from
     // the cursor of the second event.
-    let all_events = |mut client: Client, resume_after: String| async move {
+    // `caught_up` is this replica's view: B may hear of A's last commit a
+    // poll interval later, so B's read goes on until it has reached `until`.
+    let all_events = |mut client: Client, resume_after: String, until: u64| async move {
         let mut stream = client
             .watch_connections(pb::WatchConnectionsRequest {
                 resume_after: resume_after.clone(),
@@ -629,7 +631,11 @@ async fn watchers_on_one_replica_see_another_replicas_changes_in_one_order() {
                 .expect("stream")
                 .expect("event");
             if event.event_type == pb::EventType::Checkpoint as i32 {
-                if event.caught_up {
+                if event.caught_up
+                    && events
+                        .last()
+                        .is_some_and(|e: &(u64, String, String)| e.0 >= until)
+                {
                     return events;
                 }
                 continue;
@@ -637,9 +643,10 @@ async fn watchers_on_one_replica_see_another_replicas_changes_in_one_order() {
             events.push((event.sequence, event.cursor, event.connection_id));
         }
     };
-    let on_a = all_events(a.clone(), String::new()).await;
+    let on_a = all_events(a.clone(), String::new(), 0).await;
     assert!(on_a.len() >= 2, "{on_a:?}");
-    let resumed_on_b = all_events(b.clone(), on_a[0].1.clone()).await;
+    let last_on_a = on_a.last().expect("events").0;
+    let resumed_on_b = all_events(b.clone(), on_a[0].1.clone(), last_on_a).await;
     let seqs = |v: &[(u64, String, String)]| v.iter().map(|e| e.0).collect::<Vec<_>>();
     assert_eq!(seqs(&resumed_on_b), seqs(&on_a[1..]));
     replicas.stop().await;
