@@ -20,6 +20,7 @@ use tokio_rustls::rustls::{
 };
 
 use crate::error::OAuthError;
+use crate::lost::{Line, Severable};
 
 /// The `client_assertion_type` of RFC 7523 §2.2.
 pub(crate) const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -102,9 +103,10 @@ pub struct TlsSettings {
     pub client_ca_pem: Option<String>,
 }
 
-/// The SHA-256 of the client certificate a connection presented, if any.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct PeerCert(pub(crate) Option<[u8; 32]>);
+/// The SHA-256 of the client certificate a connection presented, if any,
+/// and the connection's kill switch (for the lost-answer fault's reset).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PeerCert(pub(crate) Option<[u8; 32]>, pub(crate) Line);
 
 pub(crate) fn fingerprint(der: &[u8]) -> [u8; 32] {
     Sha256::digest(der).into()
@@ -162,7 +164,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Io = Severable<tokio_rustls::server::TlsStream<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -180,7 +182,7 @@ impl axum::serve::Listener for TlsListener {
             }
             let handshake = self.acceptor.accept(stream);
             match tokio::time::timeout(Duration::from_secs(5), handshake).await {
-                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Ok(tls)) => return (Severable::new(tls), addr),
                 Ok(Err(err)) => tracing::debug!(%err, "sandbox: TLS handshake failed"),
                 Err(_) => tracing::debug!("sandbox: TLS handshake timed out"),
             }
@@ -194,12 +196,13 @@ impl axum::serve::Listener for TlsListener {
 
 impl Connected<IncomingStream<'_, TlsListener>> for PeerCert {
     fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        let (_, session) = stream.io().get_ref();
+        let (_, session) = stream.io().get_ref().get_ref();
         PeerCert(
             session
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .map(|cert| fingerprint(cert.as_ref())),
+            stream.io().line(),
         )
     }
 }
@@ -210,7 +213,7 @@ impl Connected<IncomingStream<'_, TlsListener>> for PeerCert {
 pub(crate) struct PlainListener(pub(crate) TcpListener);
 
 impl axum::serve::Listener for PlainListener {
-    type Io = TcpStream;
+    type Io = Severable<TcpStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
@@ -220,7 +223,7 @@ impl axum::serve::Listener for PlainListener {
                     if let Err(err) = stream.set_nodelay(true) {
                         tracing::trace!(%err, "sandbox: could not set TCP_NODELAY");
                     }
-                    return (stream, addr);
+                    return (Severable::new(stream), addr);
                 }
                 Err(err) => {
                     tracing::debug!(%err, "sandbox: accept failed");
@@ -236,7 +239,7 @@ impl axum::serve::Listener for PlainListener {
 }
 
 impl Connected<IncomingStream<'_, PlainListener>> for PeerCert {
-    fn connect_info(_: IncomingStream<'_, PlainListener>) -> Self {
-        PeerCert(None)
+    fn connect_info(stream: IncomingStream<'_, PlainListener>) -> Self {
+        PeerCert(None, stream.io().line())
     }
 }

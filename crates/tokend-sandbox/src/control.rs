@@ -11,8 +11,8 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::Fault;
 use crate::http::Shared;
+use crate::{Fault, LostAnswer};
 
 pub(crate) fn routes() -> Router<Shared> {
     Router::new()
@@ -167,6 +167,19 @@ enum FaultRequest {
         #[serde(default = "one")]
         count: u32,
     },
+    /// `{"kind":"lost_answer","status":504,"hang_ms":20000,"count":1}`, or
+    /// `"reset":true` in place of `status`: the request is handled, then its
+    /// answer lost.
+    LostAnswer {
+        #[serde(default)]
+        status: Option<u16>,
+        #[serde(default)]
+        reset: bool,
+        #[serde(default)]
+        hang_ms: u64,
+        #[serde(default = "one")]
+        count: u32,
+    },
 }
 
 impl FaultRequest {
@@ -195,6 +208,30 @@ impl FaultRequest {
             FaultRequest::ConsentRequired { count } => Fault::ConsentRequired { count },
             FaultRequest::InteractionRequired { count } => Fault::InteractionRequired { count },
             FaultRequest::EchoSecrets { encoding, count } => Fault::EchoSecrets { encoding, count },
+            FaultRequest::LostAnswer {
+                status,
+                reset,
+                hang_ms,
+                count,
+            } => {
+                let answer = match (status, reset) {
+                    (None, true) => LostAnswer::Reset,
+                    (Some(status), false) if status == 200 || (400..=599).contains(&status) => {
+                        LostAnswer::Status(status)
+                    }
+                    (Some(_), false) => {
+                        return Err(
+                            "status must be 200 (a cut-off body) or an HTTP error status (400-599)",
+                        );
+                    }
+                    _ => return Err(r#"give exactly one of "status" and "reset": true"#),
+                };
+                Fault::LostAnswer {
+                    answer,
+                    hang: Duration::from_millis(hang_ms),
+                    count,
+                }
+            }
         })
     }
 }

@@ -84,14 +84,26 @@ async fn token(
 ) -> Response {
     let dialect = provider.dialect();
     let trace_parent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let mut lost = None;
     if let Some(fault) = provider.begin_token_request(trace_parent) {
         tracing::debug!(?fault, "sandbox: serving injected fault");
+        if let FaultAction::LostAnswer { answer, hang } = fault {
+            lost = Some((answer, hang));
+        }
         let received = body.as_ref().map(|b| b.as_ref()).unwrap_or_default();
         if let Some(response) = apply_fault(dialect, fault, &headers, received).await {
             return response;
         }
     }
-    match handle_token(&provider, peer, &uri, &headers, body) {
+    let line = peer.1.clone();
+    let handled = handle_token(&provider, peer, &uri, &headers, body);
+    if let Some((answer, hang)) = lost {
+        // The request took effect (a refresh rotated, a code was spent);
+        // only its answer is lost.
+        provider.record_lost_answer(handled.is_ok());
+        return crate::lost::serve(dialect, answer, hang, &line).await;
+    }
+    match handled {
         Ok(granted) => token_response(dialect, &granted),
         Err(err) => {
             tracing::debug!(
@@ -349,17 +361,22 @@ async fn apply_fault(
         FaultAction::ConsentRequired => OAuthError::user_action(true).into_response(dialect),
         FaultAction::InteractionRequired => OAuthError::user_action(false).into_response(dialect),
         FaultAction::EchoSecrets(encoding) => crate::echo::response(encoding, headers, body),
-        FaultAction::MalformedBody => {
-            let mut response = Response::new(Body::from(TRUNCATED_TOKEN_RESPONSE));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            no_store(response.headers_mut());
-            response
-        }
+        FaultAction::MalformedBody => truncated_token_response(),
+        // Handled in `token`: the request is served first, then its answer lost.
+        FaultAction::LostAnswer { .. } => return None,
     };
     Some(response)
+}
+
+/// A 200 token response cut off mid-stream (no secret in it).
+pub(crate) fn truncated_token_response() -> Response {
+    let mut response = Response::new(Body::from(TRUNCATED_TOKEN_RESPONSE));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    no_store(response.headers_mut());
+    response
 }
 
 /// `POST /oauth/revoke` (RFC 7009): the client authenticates as at the token endpoint;

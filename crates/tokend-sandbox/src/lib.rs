@@ -24,6 +24,7 @@ mod echo;
 mod error;
 mod form;
 mod http;
+mod lost;
 mod persist;
 mod secrets;
 mod state;
@@ -204,6 +205,25 @@ pub enum Fault {
     /// description, message, correlation id and `x-correlation-id`, spelled
     /// as `encoding` says.
     EchoSecrets { encoding: Echo, count: u32 },
+    /// Handle the request in full (a refresh rotates the presented token
+    /// exactly as for a delivered answer: spent under strict rotation, in its
+    /// grace otherwise), then wait `hang` and lose the answer as `answer`
+    /// says. The client never learns what it was granted.
+    LostAnswer {
+        answer: LostAnswer,
+        hang: Duration,
+        count: u32,
+    },
+}
+
+/// How a [`Fault::LostAnswer`] loses the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LostAnswer {
+    /// Answer this status instead: a server-error body for 400-599, a body
+    /// cut off mid-stream for 200.
+    Status(u16),
+    /// Drop the TCP connection with a reset, answering nothing.
+    Reset,
 }
 
 impl Fault {
@@ -217,7 +237,8 @@ impl Fault {
             | Fault::InvalidClient { count }
             | Fault::ConsentRequired { count }
             | Fault::InteractionRequired { count }
-            | Fault::EchoSecrets { count, .. } => *count,
+            | Fault::EchoSecrets { count, .. }
+            | Fault::LostAnswer { count, .. } => *count,
         }
     }
 
@@ -230,7 +251,8 @@ impl Fault {
             | Fault::InvalidClient { count }
             | Fault::ConsentRequired { count }
             | Fault::InteractionRequired { count }
-            | Fault::EchoSecrets { count, .. } => count,
+            | Fault::EchoSecrets { count, .. }
+            | Fault::LostAnswer { count, .. } => count,
         }
     }
 }
@@ -251,6 +273,15 @@ pub struct Stats {
     /// `POST /oauth/revoke` requests a client authenticated (RFC 7009).
     #[serde(default)]
     pub revocations: u64,
+    /// Token requests handled in full whose answer a [`Fault::LostAnswer`]
+    /// replaced.
+    #[serde(default)]
+    pub lost_answers: u64,
+    /// Of `lost_answers`, those that had granted a token: a refresh among
+    /// them rotated the presented refresh token, and under strict rotation
+    /// the only live one is in the answer the client never got.
+    #[serde(default)]
+    pub lost_answers_granted: u64,
 }
 
 /// Refresh counters of one account, attributed through the refresh token presented

@@ -24,13 +24,19 @@ const SWEEP_MIN: usize = 4096;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FaultAction {
     Status(u16),
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
     Latency(Duration),
     MalformedBody,
     InvalidClient,
     ConsentRequired,
     InteractionRequired,
     EchoSecrets(crate::Echo),
+    LostAnswer {
+        answer: crate::LostAnswer,
+        hang: Duration,
+    },
 }
 
 /// Which grant an `invalid_grant` rejection concerns (HubSpot words the two differently).
@@ -444,6 +450,16 @@ impl Provider {
         action
     }
 
+    /// Counts a handled request whose answer a lost-answer fault replaces;
+    /// `granted` when the request had earned a token.
+    pub(crate) fn record_lost_answer(&self, granted: bool) {
+        let mut inner = self.lock();
+        inner.stats.lost_answers += 1;
+        if granted {
+            inner.stats.lost_answers_granted += 1;
+        }
+    }
+
     pub(crate) fn inject(&self, fault: Fault) {
         if fault.count() > 0 {
             self.lock().faults.push_back(fault);
@@ -758,6 +774,10 @@ impl Inner {
             Fault::ConsentRequired { .. } => FaultAction::ConsentRequired,
             Fault::InteractionRequired { .. } => FaultAction::InteractionRequired,
             Fault::EchoSecrets { encoding, .. } => FaultAction::EchoSecrets(*encoding),
+            Fault::LostAnswer { answer, hang, .. } => FaultAction::LostAnswer {
+                answer: *answer,
+                hang: *hang,
+            },
         };
         // `inject` refuses zero counts, so the front fault always has at least one use left.
         let remaining = front.count_mut();
