@@ -39,6 +39,8 @@ pub enum Fault {
     /// A broker's wall clock steps (`clock.rs`), then it restarts
     /// gracefully on the stepped clock.
     ClockStep,
+    /// The same graceful restarts with no step: `clock-step`'s control.
+    Restart,
 }
 
 /// Every mode but `kill`, in the order `--fault matrix` runs them.
@@ -72,11 +74,13 @@ impl Fault {
             Fault::PgPartition => "pg-partition",
             Fault::SledStall => "sled-stall",
             Fault::ClockStep => "clock-step",
+            Fault::Restart => "restart",
         }
     }
 
     pub fn parse(name: &str) -> Option<Fault> {
-        std::iter::once(Fault::Kill)
+        [Fault::Kill, Fault::Restart]
+            .into_iter()
             .chain(MATRIX)
             .find(|f| f.name() == name)
     }
@@ -90,9 +94,14 @@ impl Fault {
             Fault::LostReset => "provider rotates, then resets the connection",
             Fault::SlowProvider => "provider answers in 5 s, the lease is 3 s (2 replicas)",
             Fault::PgStop => "PostgreSQL stopped for 2-6 s (pg_ctl stop -m immediate; 2 replicas)",
-            Fault::PgPartition => "PostgreSQL partitioned for 3-8 s by a blackholing proxy (2 replicas)",
+            Fault::PgPartition => {
+                "PostgreSQL partitioned for 3-8 s by a blackholing proxy (2 replicas)"
+            }
             Fault::SledStall => "broker SIGSTOPped for 1-6 s mid-write, then SIGCONT",
-            Fault::ClockStep => "a replica's wall clock steps 15-120 s, then it restarts (SIGTERM; 2 replicas)",
+            Fault::ClockStep => {
+                "a replica's wall clock steps 15-120 s, then it restarts (SIGTERM; 2 replicas)"
+            }
+            Fault::Restart => "a replica restarts (SIGTERM; 2 replicas)",
         }
     }
 
@@ -100,9 +109,11 @@ impl Fault {
     /// sled, `None` either.
     pub fn postgres(self) -> Option<bool> {
         match self {
-            Fault::SlowProvider | Fault::PgStop | Fault::PgPartition | Fault::ClockStep => {
-                Some(true)
-            }
+            Fault::SlowProvider
+            | Fault::PgStop
+            | Fault::PgPartition
+            | Fault::ClockStep
+            | Fault::Restart => Some(true),
             Fault::SledStall => Some(false),
             _ => None,
         }
@@ -142,7 +153,7 @@ impl Fault {
             }
             // The answer outlasts the lease but not the request timeout.
             Fault::SlowProvider => (Some(SHORT_LEASE_SECS), Some(10)),
-            Fault::PgStop | Fault::PgPartition | Fault::ClockStep => {
+            Fault::PgStop | Fault::PgPartition | Fault::ClockStep | Fault::Restart => {
                 (Some(10), Some(REQUEST_TIMEOUT_SECS))
             }
         }
@@ -217,8 +228,10 @@ impl Fault {
             }
             Fault::LostHang => {
                 let hang_ms = (REQUEST_TIMEOUT_SECS + 2) * 1000;
-                rig.fault(serde_json::json!({"kind": "lost_answer", "status": 504, "hang_ms": hang_ms}))
-                    .await?;
+                rig.fault(
+                    serde_json::json!({"kind": "lost_answer", "status": 504, "hang_ms": hang_ms}),
+                )
+                .await?;
             }
             Fault::Lost504 => {
                 rig.fault(serde_json::json!({"kind": "lost_answer", "status": 504}))
@@ -229,9 +242,10 @@ impl Fault {
                     .await?;
             }
             Fault::SlowProvider => {
-                // A burst: the next 20 token requests each take 5 s.
+                // A slow spell: the next 300 token requests each take 5 s, so a
+                // refresh that took over an expired lease is slow too.
                 rig.fault(
-                    serde_json::json!({"kind": "latency", "delay_ms": SLOW_ANSWER_MS, "count": 20}),
+                    serde_json::json!({"kind": "latency", "delay_ms": SLOW_ANSWER_MS, "count": 300}),
                 )
                 .await?;
                 tokio::time::sleep(Duration::from_millis(SLOW_ANSWER_MS + 500)).await;
@@ -261,19 +275,21 @@ impl Fault {
                 tokio::time::sleep(rand_ms(1000..6000)).await;
                 broker.signal(libc::SIGCONT)?;
             }
-            Fault::ClockStep => {
-                let clock = rig.clock.context("clock-step runs with the shim")?;
+            Fault::ClockStep | Fault::Restart => {
                 let victim = rig.victim();
-                let secs = {
-                    let mut rng = rand::rng();
-                    if rng.random_bool(0.3) {
-                        0
-                    } else {
-                        let size = rng.random_range(15..=120);
-                        if rng.random_bool(0.5) { size } else { -size }
-                    }
-                };
-                clock.set(victim, secs)?;
+                if self == Fault::ClockStep {
+                    let clock = rig.clock.context("clock-step runs with the shim")?;
+                    let secs = {
+                        let mut rng = rand::rng();
+                        if rng.random_bool(0.3) {
+                            0
+                        } else {
+                            let size = rng.random_range(15..=120);
+                            if rng.random_bool(0.5) { size } else { -size }
+                        }
+                    };
+                    clock.set(victim, secs)?;
+                }
                 if let Some(b) = rig.brokers[victim].take() {
                     b.terminate(Duration::from_secs(15)).await?;
                 }

@@ -181,7 +181,11 @@ impl Scenario {
             .arg(self.dir.join("data-0").join("tokend.keys"))
             .env("SANDBOX_CLIENT_SECRET", SANDBOX_SECRET)
             .env("RUST_LOG", "warn");
-        if let Some(url) = self.broker_database_url.as_ref().or(self.database_url.as_ref()) {
+        if let Some(url) = self
+            .broker_database_url
+            .as_ref()
+            .or(self.database_url.as_ref())
+        {
             cmd.env("TOKEND_DATABASE_URL", url);
         }
         if let Some(clock) = &self.clock {

@@ -70,7 +70,11 @@ async fn wait_healed(partitioned: &mut watch::Receiver<bool>) {
 }
 
 /// Copies one direction, holding bytes while partitioned.
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut partitioned: watch::Receiver<bool>) {
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    mut partitioned: watch::Receiver<bool>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         wait_healed(&mut partitioned).await;

@@ -17,7 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::{
     faults::{Fault, Rig},
-    load::{self, Acked, Tally, connection_id},
+    load::{self, Acked, Tally, Told, connection_id},
     process::{Scenario, free_addr, wait_until},
 };
 
@@ -69,8 +69,22 @@ pub struct Report {
     /// Connections lost with another cause (`REVOKED`: a lie here, since
     /// the sandbox revokes nothing) or whose refreshed token was refused.
     pub lost_other: Vec<String>,
-    /// Connections still failing at the end without being marked lost.
+    /// Connections still failing a minute after the run without being
+    /// marked lost.
     pub unavailable: Vec<String>,
+    /// Connections that answered UNAVAILABLE at the first final refresh
+    /// (after the settle) and recovered later.
+    pub slow_to_recover: u64,
+    /// How long after the settle the last of them recovered (about).
+    pub recovery_secs: f64,
+    /// Connections a caller was told to reconnect (FAILED_PRECONDITION)
+    /// that were fine at the end: an application would have sent its user
+    /// to authorize again for nothing.
+    pub false_alarms: u64,
+    /// Seconds spent starting up (processes, installs) and checking after
+    /// the strikes.
+    pub setup_secs: f64,
+    pub check_secs: f64,
 }
 
 impl Report {
@@ -80,6 +94,7 @@ impl Report {
 }
 
 pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
+    let started = std::time::Instant::now();
     let dir = tempfile::Builder::new().prefix("tokend-chaos-").tempdir()?;
     let (lease_secs, request_timeout_secs) = plan.fault.settings();
     let database_url = plan.postgres.then(|| {
@@ -97,11 +112,11 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         _ => None,
     };
     let broker_database_url = match (&database_url, &proxy) {
-        (Some(url), Some(proxy)) => Some(url.replacen(
-            &format!("127.0.0.1:{}", tokend_pgtest::cluster().port()),
-            &proxy.addr.to_string(),
-            1,
-        )),
+        (Some(url), Some(proxy)) => {
+            let direct = format!("127.0.0.1:{}", tokend_pgtest::cluster().port());
+            anyhow::ensure!(url.contains(&direct), "unexpected database URL shape");
+            Some(url.replacen(&direct, &proxy.addr.to_string(), 1))
+        }
         _ => None,
     };
     let clock = match plan.fault {
@@ -166,15 +181,20 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
 
     let acked = Arc::new(Acked::new(plan.connections));
     let tally = Arc::new(Tally::default());
+    let told = Arc::new(Told::new(plan.connections));
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(load::run(
         channel.clone(),
         Arc::clone(&acked),
         Arc::clone(&tally),
+        Arc::clone(&told),
         Arc::clone(&stop),
         32,
     ));
-    let mut report = Report::default();
+    let mut report = Report {
+        setup_secs: started.elapsed().as_secs_f64(),
+        ..Report::default()
+    };
     let mut seen = vec![0u64; plan.connections];
     let end = tokio::time::Instant::now() + plan.duration;
     loop {
@@ -216,6 +236,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     }
     stop.store(true, Ordering::SeqCst);
     let _ = load.await;
+    let checking = std::time::Instant::now();
     // No fault outlives the run (a latency burst not yet consumed).
     let _ = http
         .delete(format!("{sandbox_url}/sandbox/faults"))
@@ -224,7 +245,14 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     // Settle: refreshes in doubt at the last strike are retried.
     tokio::time::sleep(Duration::from_secs(5)).await;
     compare(plan, &mut client, &acked.snapshot(), &mut seen, &mut report).await?;
-    final_check(&mut client, &http, &sandbox_url, plan.connections, &mut report).await?;
+    final_check(
+        &mut client,
+        &http,
+        &sandbox_url,
+        plan.connections,
+        &mut report,
+    )
+    .await?;
     let stats: serde_json::Value = serde_json::from_slice(
         &http
             .get(format!("{sandbox_url}/sandbox/stats"))
@@ -239,6 +267,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     report.calls_ok = tally.ok.load(Ordering::Relaxed);
     report.calls_failed = tally.failed.load(Ordering::Relaxed);
     report.stalled = tally.stalled.load(Ordering::Relaxed);
+    report.check_secs = checking.elapsed().as_secs_f64();
     drop(brokers);
     if std::env::var_os("TOKEND_CHAOS_KEEP").is_some() {
         eprintln!("logs kept in {}", dir.keep().display());
@@ -362,74 +391,97 @@ async fn compare(
 }
 
 /// Is every grant still good? ACTIVE ones must refresh and the new token
-/// must work at the provider's API. A refresh answered UNAVAILABLE (backing
-/// off after a fault at the very end) is retried for a while; one that
-/// fails otherwise is a lost connection, by the cause its error gives.
+/// must work at the provider's API. A connection answering UNAVAILABLE
+/// (backing off after a fault near the end) is asked again every 2 s for up
+/// to a minute; one that fails otherwise is a lost connection, by the cause
+/// its error gives.
 async fn final_check(
     client: &mut TokenServiceClient<Channel>,
     http: &reqwest::Client,
     sandbox_url: &str,
     n: usize,
     report: &mut Report,
-) -> anyhow::Result<()> {
-    for i in 0..n {
-        let id = connection_id(i);
-        let mut tries = 0;
-        let refreshed = loop {
-            let answer = client
+) -> anyhow::Result<Vec<usize>> {
+    let mut lost = Vec::new();
+    let mut waiting: Vec<usize> = (0..n).collect();
+    let first = tokio::time::Instant::now();
+    let give_up = first + Duration::from_secs(60);
+    loop {
+        let mut again = Vec::new();
+        for &i in &waiting {
+            let id = connection_id(i);
+            let refreshed = client
                 .force_refresh(pb::ForceRefreshRequest {
                     connection_id: id.clone(),
                     rejected: None,
                 })
                 .await;
-            match answer {
-                Err(s) if s.code() == tonic::Code::Unavailable && tries < 10 => {
-                    tries += 1;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+            match refreshed {
+                Ok(r) => {
+                    let token = r
+                        .into_inner()
+                        .token
+                        .map(|t| t.access_token)
+                        .unwrap_or_default();
+                    if !check_live(http, sandbox_url, &id, &token, report).await {
+                        lost.push(i);
+                    }
                 }
-                other => break other,
-            }
-        };
-        let token = match refreshed {
-            Ok(r) => r
-                .into_inner()
-                .token
-                .map(|t| t.access_token)
-                .unwrap_or_default(),
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                report
-                    .unavailable
-                    .push(format!("{id}: still UNAVAILABLE: {}", status.message()));
-                continue;
-            }
-            Err(status) => {
-                let cause = tonic_types::StatusExt::get_details_error_info(&status)
-                    .and_then(|info| info.metadata.get("cause").cloned())
-                    .unwrap_or_default();
-                if cause == "ROTATION_LOST" {
-                    report.lost_rotation_lost += 1;
-                } else {
-                    report.lost_other.push(format!(
-                        "{id}: {:?} cause {cause:?}: {}",
-                        status.code(),
-                        status.message()
-                    ));
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    if tokio::time::Instant::now() < give_up {
+                        again.push(i);
+                    } else {
+                        report
+                            .unavailable
+                            .push(format!("{id}: still UNAVAILABLE: {}", status.message()));
+                    }
                 }
-                continue;
+                Err(status) => {
+                    lost.push(i);
+                    let cause = tonic_types::StatusExt::get_details_error_info(&status)
+                        .and_then(|info| info.metadata.get("cause").cloned())
+                        .unwrap_or_default();
+                    if cause == "ROTATION_LOST" {
+                        report.lost_rotation_lost += 1;
+                    } else {
+                        report.lost_other.push(format!(
+                            "{id}: {:?} cause {cause:?}: {}",
+                            status.code(),
+                            status.message()
+                        ));
+                    }
+                }
             }
-        };
-        let live = http
-            .get(format!("{sandbox_url}/api/me"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .map(|r| r.status().is_success())
-            .unwrap_or(false);
-        if !live {
-            report
-                .lost_other
-                .push(format!("{id}: refreshed token rejected by the provider"));
         }
+        if again.is_empty() {
+            return Ok(lost);
+        }
+        report.recovery_secs = first.elapsed().as_secs_f64() + 2.0;
+        report.slow_to_recover = report.slow_to_recover.max(again.len() as u64);
+        waiting = again;
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    Ok(())
+}
+
+/// A refreshed token must be accepted by the provider's API; whether it is.
+async fn check_live(
+    http: &reqwest::Client,
+    sandbox_url: &str,
+    id: &str,
+    token: &str,
+    report: &mut Report,
+) -> bool {
+    let live = http
+        .get(format!("{sandbox_url}/api/me"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .map(|r| r.status().is_success())
+        .unwrap_or(false);
+    if !live {
+        report
+            .lost_other
+            .push(format!("{id}: refreshed token rejected by the provider"));
+    }
+    live
 }
