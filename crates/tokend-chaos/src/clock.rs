@@ -154,3 +154,41 @@ impl ClockStep {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+
+    fn now_secs() -> i64 {
+        i64::try_from(std::time::UNIX_EPOCH.elapsed().unwrap().as_secs()).unwrap()
+    }
+
+    /// The shim steps a running process's wall clock (Python's
+    /// `time.time()`, `clock_gettime(CLOCK_REALTIME)` as in Rust) by the
+    /// offset in its file, including a step written while it runs.
+    #[test]
+    fn the_shim_steps_a_running_process_wall_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let step = ClockStep::build(dir.path(), 1).unwrap();
+        step.set(0, -7200).unwrap();
+        let mut cmd = Command::new("python3");
+        cmd.args([
+            "-c",
+            "import sys, time\nprint(int(time.time()), flush=True)\nsys.stdin.readline()\nprint(int(time.time()), flush=True)",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+        step.apply(&mut cmd, 0);
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let before: i64 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+        assert!((before - (now_secs() - 7200)).abs() < 60, "{before}");
+        // Running, waiting on stdin: step its clock forward.
+        step.set(0, 7200).unwrap();
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let after: i64 = lines.next().unwrap().unwrap().trim().parse().unwrap();
+        assert!((after - (now_secs() + 7200)).abs() < 60, "{after}");
+        child.wait().unwrap();
+    }
+}

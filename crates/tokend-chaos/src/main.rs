@@ -295,3 +295,27 @@ fn print_table(done: &[(Plan, Report)]) {
     }
     println!();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_seconds_or_minutes() {
+        assert_eq!(parse_duration("60s").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("0.5m").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        for bad in ["", "s", "-1s", "0", "NaNs", "1h", "1e9s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_fault_has_a_name_that_parses_back() {
+        for fault in [Fault::Kill, Fault::Restart].into_iter().chain(MATRIX) {
+            assert_eq!(Fault::parse(fault.name()), Some(fault));
+        }
+        assert_eq!(Fault::parse("matrix"), None);
+    }
+}
