@@ -229,7 +229,7 @@ fn print_run(plan: &Plan, r: &Report) {
         r.lost() as f64 * 1000.0 / r.strikes as f64
     };
     println!(
-        "{name} on {}: {} strikes, {} refreshes ({} invalid_grant, {} grants hidden by lost answers), {} calls ok, {} failed, {} stalled > 10 s, {} connections told to reconnect that were fine at the end",
+        "{name} on {}: {} strikes, {} refreshes ({} invalid_grant, {} grants hidden by lost answers), {} calls ok, {} failed, {} stalled > 10 s, {} connections announced RECONNECT_REQUIRED that were fine at the end ({} of them also told to a caller)",
         plan.store(),
         r.strikes,
         r.refreshes,
@@ -238,7 +238,8 @@ fn print_run(plan: &Plan, r: &Report) {
         r.calls_ok,
         r.calls_failed,
         r.stalled,
-        r.false_alarms
+        r.false_alarms,
+        r.false_alarms_told
     );
     println!(
         "{name}: lost {} (ROTATION_LOST {}, other {}), {per_1000:.0} per 1,000 strikes; {} UNAVAILABLE after the settle (the last recovered {:.0} s later), {} of them for over a minute; setup {:.0} s, checks {:.0} s",

@@ -77,10 +77,13 @@ pub struct Report {
     pub slow_to_recover: u64,
     /// How long after the settle the last of them recovered (about).
     pub recovery_secs: f64,
-    /// Connections a caller was told to reconnect (FAILED_PRECONDITION)
-    /// that were fine at the end: an application would have sent its user
-    /// to authorize again for nothing.
+    /// Connections a caller was told to reconnect (FAILED_PRECONDITION), or
+    /// the event log announced `RECONNECT_REQUIRED` (to watchers and
+    /// webhooks), that were fine at the end: an application would have sent
+    /// its user to authorize again for nothing.
     pub false_alarms: u64,
+    /// Of those, the ones a caller was told about.
+    pub false_alarms_told: u64,
     /// Seconds spent starting up (processes, installs) and checking after
     /// the strikes.
     pub setup_secs: f64,
@@ -245,7 +248,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     // Settle: refreshes in doubt at the last strike are retried.
     tokio::time::sleep(Duration::from_secs(5)).await;
     compare(plan, &mut client, &acked.snapshot(), &mut seen, &mut report).await?;
-    final_check(
+    let lost = final_check(
         &mut client,
         &http,
         &sandbox_url,
@@ -253,6 +256,16 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         &mut report,
     )
     .await?;
+    let announced = announced_reconnect(&mut client).await?;
+    for i in (0..plan.connections).filter(|i| !lost.contains(i)) {
+        let told = told.0[i].load(Ordering::Relaxed);
+        if told || announced.contains(&connection_id(i)) {
+            report.false_alarms += 1;
+        }
+        if told {
+            report.false_alarms_told += 1;
+        }
+    }
     let stats: serde_json::Value = serde_json::from_slice(
         &http
             .get(format!("{sandbox_url}/sandbox/stats"))
@@ -314,6 +327,35 @@ async fn install(
             .with_context(|| format!("install {i}"))?;
     }
     Ok(())
+}
+
+/// Every connection the event log announced `RECONNECT_REQUIRED`, from the
+/// oldest retained event to the end of the replay.
+async fn announced_reconnect(
+    client: &mut TokenServiceClient<Channel>,
+) -> anyhow::Result<std::collections::HashSet<String>> {
+    let mut stream = client
+        .watch_connections(pb::WatchConnectionsRequest {
+            filter: Some(pb::EventFilter {
+                event_types: vec![pb::EventType::ReconnectRequired as i32],
+                ..Default::default()
+            }),
+            resume_after: String::new(),
+            from_oldest: true,
+        })
+        .await
+        .context("WatchConnections")?
+        .into_inner();
+    let mut announced = std::collections::HashSet::new();
+    while let Some(event) = stream.message().await.context("reading the event log")? {
+        if event.caught_up {
+            break;
+        }
+        if event.event_type == pb::EventType::ReconnectRequired as i32 {
+            announced.insert(event.connection_id);
+        }
+    }
+    Ok(announced)
 }
 
 pub async fn wait_ready(client: &mut TokenServiceClient<Channel>) -> anyhow::Result<()> {
