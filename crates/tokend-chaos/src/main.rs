@@ -12,6 +12,7 @@
 //! --store postgres`, N brokers share one PostgreSQL database (a throwaway
 //! cluster, `tokend-pgtest`) and the load is spread over all of them.
 
+mod check;
 mod clock;
 mod faults;
 mod load;
