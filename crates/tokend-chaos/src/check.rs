@@ -102,7 +102,9 @@ pub async fn compare(
 /// must work at the provider's API. A connection answering UNAVAILABLE
 /// (backing off after a fault near the end) is asked again every 2 s for up
 /// to a minute; one that fails otherwise is a lost connection, by the cause
-/// its error gives.
+/// its error gives. A token the provider refuses is a *stale token* served
+/// as fresh; the connection is then refreshed past its version, and is lost
+/// only if that fails too.
 pub async fn final_check(
     client: &mut TokenServiceClient<Channel>,
     http: &reqwest::Client,
@@ -118,23 +120,27 @@ pub async fn final_check(
         let mut again = Vec::new();
         for &i in &waiting {
             let id = connection_id(i);
-            let refreshed = client
-                .force_refresh(pb::ForceRefreshRequest {
-                    connection_id: id.clone(),
-                    rejected: None,
-                })
-                .await;
-            match refreshed {
-                Ok(r) => {
-                    let token = r
-                        .into_inner()
-                        .token
-                        .map(|t| t.access_token)
-                        .unwrap_or_default();
-                    if !check_live(http, sandbox_url, &id, &token, report).await {
-                        lost.push(i);
-                    }
+            let mut answer = refresh(client, &id, None).await;
+            if let Ok(token) = &answer
+                && !live(http, sandbox_url, &token.access_token).await
+            {
+                report.stale_tokens.push(format!(
+                    "{id}: version {} served by ForceRefresh, refused by the provider",
+                    token.version
+                ));
+                answer = refresh(client, &id, Some(token.version)).await;
+                if let Ok(token) = &answer
+                    && !live(http, sandbox_url, &token.access_token).await
+                {
+                    lost.push(i);
+                    report
+                        .lost_other
+                        .push(format!("{id}: no token the provider accepts"));
+                    continue;
                 }
+            }
+            match answer {
+                Ok(_) => {}
                 Err(status) if status.code() == tonic::Code::Unavailable => {
                     if tokio::time::Instant::now() < give_up {
                         again.push(i);
@@ -171,25 +177,27 @@ pub async fn final_check(
     }
 }
 
-/// A refreshed token must be accepted by the provider's API; whether it is.
-async fn check_live(
-    http: &reqwest::Client,
-    sandbox_url: &str,
+/// `ForceRefresh`, unconditional or past `rejected`.
+async fn refresh(
+    client: &mut TokenServiceClient<Channel>,
     id: &str,
-    token: &str,
-    report: &mut Report,
-) -> bool {
-    let live = http
-        .get(format!("{sandbox_url}/api/me"))
+    rejected: Option<u64>,
+) -> Result<pb::AccessToken, tonic::Status> {
+    client
+        .force_refresh(pb::ForceRefreshRequest {
+            connection_id: id.to_owned(),
+            rejected: rejected.map(pb::force_refresh_request::Rejected::RejectedVersion),
+        })
+        .await
+        .map(|r| r.into_inner().token.unwrap_or_default())
+}
+
+/// Whether the provider's API accepts this access token.
+async fn live(http: &reqwest::Client, sandbox_url: &str, token: &str) -> bool {
+    http.get(format!("{sandbox_url}/api/me"))
         .bearer_auth(token)
         .send()
         .await
         .map(|r| r.status().is_success())
-        .unwrap_or(false);
-    if !live {
-        report
-            .lost_other
-            .push(format!("{id}: refreshed token rejected by the provider"));
-    }
-    live
+        .unwrap_or(false)
 }

@@ -198,6 +198,13 @@ async fn main() -> anyhow::Result<()> {
             ),
         );
         check(
+            r.stale_tokens.is_empty(),
+            format!(
+                "{name}: expired access tokens handed out as fresh: {}",
+                r.stale_tokens.len()
+            ),
+        );
+        check(
             r.false_alarms == 0,
             format!(
                 "{name}: connections reported RECONNECT_REQUIRED that were fine at the end: {}",
@@ -253,7 +260,19 @@ fn print_run(plan: &Plan, r: &Report) {
         r.setup_secs,
         r.check_secs
     );
-    for l in r.lost_other.iter().chain(&r.unavailable).take(20) {
+    if !r.stale_tokens.is_empty() {
+        println!(
+            "{name}: {} expired access tokens handed out as fresh",
+            r.stale_tokens.len()
+        );
+    }
+    for l in r
+        .lost_other
+        .iter()
+        .chain(&r.unavailable)
+        .chain(&r.stale_tokens)
+        .take(20)
+    {
         println!("  {l}");
     }
 }
@@ -262,9 +281,9 @@ fn print_run(plan: &Plan, r: &Report) {
 fn print_table(done: &[(Plan, Report)]) {
     println!();
     println!(
-        "| fault | rotation | store | runs | connections lost | labelled truthfully (`ROTATION_LOST`) | labelled otherwise | told to reconnect, yet fine | acknowledged writes lost | versions back | verdict |"
+        "| fault | rotation | store | runs | connections lost | labelled truthfully (`ROTATION_LOST`) | labelled otherwise | told to reconnect, yet fine | expired tokens served | acknowledged writes lost | versions back | verdict |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (plan, r) in done {
         let allowed = plan.grace_secs == 0 && plan.fault.may_lose_strict();
         let ok = r.acked_lost == 0
@@ -273,9 +292,10 @@ fn print_table(done: &[(Plan, Report)]) {
             && r.unavailable.is_empty()
             && r.strikes >= 2
             && r.false_alarms == 0
+            && r.stale_tokens.is_empty()
             && (allowed || r.lost() == 0);
         println!(
-            "| {}: {} | {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} |",
+            "| {}: {} | {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {} |",
             plan.fault.name(),
             plan.fault.describe(),
             plan.rotation(),
@@ -290,6 +310,7 @@ fn print_table(done: &[(Plan, Report)]) {
             r.lost_rotation_lost,
             r.lost_other.len(),
             r.false_alarms,
+            r.stale_tokens.len(),
             r.acked_lost,
             r.backwards,
             if ok { "pass" } else { "**FAIL**" }

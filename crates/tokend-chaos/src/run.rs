@@ -70,6 +70,9 @@ pub struct Report {
     /// Connections lost with another cause (`REVOKED`: a lie here, since
     /// the sandbox revokes nothing) or whose refreshed token was refused.
     pub lost_other: Vec<String>,
+    /// Access tokens `ForceRefresh` handed out that the provider refused
+    /// (already expired): served as fresh, though the grant was fine.
+    pub stale_tokens: Vec<String>,
     /// Connections still failing a minute after the run without being
     /// marked lost.
     pub unavailable: Vec<String>,
