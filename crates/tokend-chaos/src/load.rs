@@ -22,6 +22,16 @@ pub struct Tally {
     pub stalled: AtomicU64,
 }
 
+/// Connections a caller was told to reconnect (`FAILED_PRECONDITION`, as
+/// `RECONNECT_REQUIRED` is sent), by index.
+pub struct Told(pub Vec<AtomicBool>);
+
+impl Told {
+    pub fn new(n: usize) -> Self {
+        Self((0..n).map(|_| AtomicBool::new(false)).collect())
+    }
+}
+
 /// Highest acknowledged version per connection.
 pub struct Acked(pub Vec<AtomicU64>);
 
@@ -44,13 +54,19 @@ pub async fn run(
     channel: Channel,
     acked: Arc<Acked>,
     tally: Arc<Tally>,
+    told: Arc<Told>,
     stop: Arc<AtomicBool>,
     workers: usize,
 ) {
     let mut tasks = Vec::new();
     for _ in 0..workers {
         let mut client = TokenServiceClient::new(channel.clone());
-        let (acked, tally, stop) = (Arc::clone(&acked), Arc::clone(&tally), Arc::clone(&stop));
+        let (acked, tally, told, stop) = (
+            Arc::clone(&acked),
+            Arc::clone(&tally),
+            Arc::clone(&told),
+            Arc::clone(&stop),
+        );
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
                 let (i, force) = {
@@ -87,7 +103,10 @@ pub async fn run(
                         acked.0[i].fetch_max(v, Ordering::SeqCst);
                         tally.ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(_) => {
+                    Err(status) => {
+                        if status.code() == tonic::Code::FailedPrecondition {
+                            told.0[i].store(true, Ordering::Relaxed);
+                        }
                         tally.failed.fetch_add(1, Ordering::Relaxed);
                         // Down or restarting: do not spin.
                         tokio::time::sleep(Duration::from_millis(20)).await;

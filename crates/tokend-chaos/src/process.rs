@@ -34,6 +34,32 @@ impl Proc {
         self.reap();
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT...) to the child.
+    pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        let pid = libc::pid_t::try_from(self.child.id()).context("pid")?;
+        // SAFETY: kill(2) on our own child, which we have not reaped yet
+        // (its pid cannot have been reused).
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            bail!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then waits up to `grace` for a clean exit (SIGKILL after
+    /// it). Returns whether the child exited by itself.
+    pub async fn terminate(mut self, grace: Duration) -> anyhow::Result<bool> {
+        self.signal(libc::SIGTERM)?;
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            if self.child.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.reap();
+        Ok(false)
+    }
+
     fn reap(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -64,6 +90,16 @@ pub struct Scenario {
     /// The shared PostgreSQL database, if the replicas use one (else each
     /// broker has its sled data dir).
     pub database_url: Option<String>,
+    /// Where the brokers reach that database, if not there directly (a TCP
+    /// proxy that can partition them from it).
+    pub broker_database_url: Option<String>,
+    /// `[store] refresh_lease_secs`, if set.
+    pub lease_secs: Option<u64>,
+    /// `[http] request_timeout_secs`, if set.
+    pub request_timeout_secs: Option<u64>,
+    /// The brokers' wall clocks can be stepped: an `LD_PRELOAD` library and
+    /// one offset file per replica (`clock.rs`).
+    pub clock: Option<crate::clock::ClockStep>,
 }
 
 pub const SANDBOX_SECRET: &str = "sandbox-secret";
@@ -91,12 +127,17 @@ impl Scenario {
     /// database with `tokend migrate`).
     pub fn write_config(&self) -> anyhow::Result<PathBuf> {
         let path = self.dir.join("tokend.toml");
-        let store = if self.database_url.is_some() {
+        let mut store = String::new();
+        if self.database_url.is_some() {
             // Short leases: a killed replica's refreshes are taken over fast.
-            "[store]\nkind = \"postgres\"\nrefresh_lease_secs = 3\n\n"
-        } else {
-            ""
-        };
+            let lease = self.lease_secs.unwrap_or(3);
+            store = format!("[store]\nkind = \"postgres\"\nrefresh_lease_secs = {lease}\n\n");
+        } else if let Some(lease) = self.lease_secs {
+            store = format!("[store]\nrefresh_lease_secs = {lease}\n\n");
+        }
+        if let Some(timeout) = self.request_timeout_secs {
+            store.push_str(&format!("[http]\nrequest_timeout_secs = {timeout}\n\n"));
+        }
         std::fs::write(
             &path,
             format!(
@@ -140,8 +181,15 @@ impl Scenario {
             .arg(self.dir.join("data-0").join("tokend.keys"))
             .env("SANDBOX_CLIENT_SECRET", SANDBOX_SECRET)
             .env("RUST_LOG", "warn");
-        if let Some(url) = &self.database_url {
+        if let Some(url) = self
+            .broker_database_url
+            .as_ref()
+            .or(self.database_url.as_ref())
+        {
             cmd.env("TOKEND_DATABASE_URL", url);
+        }
+        if let Some(clock) = &self.clock {
+            clock.apply(&mut cmd, replica);
         }
         Proc::spawn(
             &mut cmd,

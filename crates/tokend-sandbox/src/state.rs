@@ -924,6 +924,34 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_answer_fault_is_taken_like_the_others_and_counted_apart() {
+        let p = provider();
+        p.inject(Fault::LostAnswer {
+            answer: crate::LostAnswer::Reset,
+            hang: Duration::from_millis(7),
+            count: 2,
+        });
+        let lost = Some(FaultAction::LostAnswer {
+            answer: crate::LostAnswer::Reset,
+            hang: Duration::from_millis(7),
+        });
+        assert_eq!(p.begin_token_request(None), lost);
+        assert_eq!(p.begin_token_request(None), lost);
+        assert_eq!(p.begin_token_request(None), None);
+        p.record_lost_answer(true);
+        p.record_lost_answer(false);
+        let stats = p.stats();
+        assert_eq!(
+            (
+                stats.faults_served,
+                stats.lost_answers,
+                stats.lost_answers_granted
+            ),
+            (2, 2, 1)
+        );
+    }
+
+    #[test]
     fn strict_rotation_kills_the_presented_token() {
         let p = provider();
         let issued = p.issue_tokens("acct", &["a"]);
