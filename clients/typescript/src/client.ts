@@ -75,6 +75,8 @@ export interface InstallOptions {
   replace?: boolean;
   /** Fill the provider's per-connection endpoints, e.g. { subdomain: "acme" }. */
   params?: Record<string, string>;
+  /** Replace a stored record tokend cannot read (refused with RECORD_UNREADABLE otherwise). */
+  force?: boolean;
 }
 
 export interface InstallResult {
@@ -260,6 +262,7 @@ export class Client {
       accountId: options.accountId ?? "",
       replace: options.replace ?? false,
       params: { ...options.params },
+      force: options.force ?? false,
     };
     if (code) {
       request.authorizationCode = {
@@ -314,9 +317,12 @@ export class Client {
     } while (pageToken);
   }
 
-  /** Forgets a connection and its tokens; watchers get DELETED. */
-  async deleteConnection(connectionId: string): Promise<void> {
-    await this.call(this.stub.deleteConnection, { connectionId }, connectionId);
+  /**
+   * Forgets a connection and its tokens; watchers get DELETED. A record tokend
+   * cannot read is removed only with `{ force: true }` (RECORD_UNREADABLE otherwise).
+   */
+  async deleteConnection(connectionId: string, options: { force?: boolean } = {}): Promise<void> {
+    await this.call(this.stub.deleteConnection, { connectionId, force: options.force ?? false }, connectionId);
     this.cache.evict(connectionId);
   }
 
