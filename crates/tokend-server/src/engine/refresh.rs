@@ -653,17 +653,9 @@ impl Engine {
         retry_after: Option<Duration>,
         failure: impl FnOnce(Duration) -> Failure,
     ) -> Duration {
-        let not_before;
-        let delay;
-        {
-            let mut retry = lock(&slot.retry);
-            delay = retry.next_delay(class, retry_after, &self.settings);
-            not_before = self.clock.now().saturating_add(delay);
-            retry.not_before = Some(not_before);
-            retry.last_failure = Some(failure(delay));
-        }
-        self.scheduler.schedule(id, not_before);
-        delay
+        self.back_off_by(slot, id, failure, |retry, _| {
+            retry.next_delay(class, retry_after, &self.settings)
+        })
     }
 
     /// Like [`Engine::back_off`], for a refresh left in doubt: the retry
@@ -678,22 +670,15 @@ impl Engine {
         error: &ProviderError,
         failure: impl FnOnce(Duration) -> Failure,
     ) -> Duration {
-        let now = self.clock.now();
-        let delay;
-        let not_before;
-        {
-            let mut retry = lock(&slot.retry);
-            delay = retry.in_doubt_delay(
+        let delay = self.back_off_by(slot, id, failure, |retry, now| {
+            retry.in_doubt_delay(
                 now,
                 provider.rotation_grace,
                 error.class,
                 error.retry_after,
                 &self.settings,
-            );
-            not_before = now.saturating_add(delay);
-            retry.not_before = Some(not_before);
-            retry.last_failure = Some(failure(delay));
-        }
+            )
+        });
         tracing::warn!(
             connection_id = %id,
             retry_in_ms = delay.as_millis() as u64,
@@ -702,6 +687,28 @@ impl Engine {
         self.stats
             .in_doubt_retries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        delay
+    }
+
+    /// The one backoff mechanism: `delay` picks the wait from the retry
+    /// state; no provider call before it passes (callers get `failure`
+    /// meanwhile) and a background retry is scheduled then.
+    fn back_off_by(
+        &self,
+        slot: &Slot,
+        id: &ConnectionId,
+        failure: impl FnOnce(Duration) -> Failure,
+        delay: impl FnOnce(&mut super::backoff::RetryState, Timestamp) -> Duration,
+    ) -> Duration {
+        let now = self.clock.now();
+        let (delay, not_before) = {
+            let mut retry = lock(&slot.retry);
+            let delay = delay(&mut retry, now);
+            let not_before = now.saturating_add(delay);
+            retry.not_before = Some(not_before);
+            retry.last_failure = Some(failure(delay));
+            (delay, not_before)
+        };
         self.scheduler.schedule(id, not_before);
         delay
     }

@@ -229,17 +229,18 @@ impl Engine {
             return;
         };
         let current = slot.current();
-        // A grant the store refused, or a refresh in doubt, goes ahead
-        // whatever the token's remaining life.
-        let pending = slot.has_pending() || slot.in_doubt();
-        if current.status != Status::Active && !slot.has_pending() {
+        let pending = slot.has_pending();
+        if current.status != Status::Active && !pending {
             return;
         }
         let Some(provider) = self.providers.get(&current.provider) else {
             return;
         };
         let now = self.clock.now();
+        // A grant the store refused, or a refresh in doubt, goes ahead
+        // whatever the token's remaining life.
         if !pending
+            && !slot.in_doubt()
             && !provider
                 .refresh_policy
                 .needs_refresh(&current.tokens, now, Duration::ZERO)
