@@ -244,6 +244,10 @@ impl<S: Store> Store for FaultStore<S> {
         self.inner.event_watermark()
     }
 
+    fn broken(&self) -> watch::Receiver<Option<String>> {
+        self.inner.broken()
+    }
+
     fn shared(&self) -> bool {
         self.inner.shared()
     }

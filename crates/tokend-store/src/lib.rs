@@ -11,6 +11,7 @@ pub mod fault;
 mod leases;
 mod memory;
 mod sled_commit;
+mod sled_durable;
 mod sled_index;
 mod sled_store;
 mod summary;
@@ -278,6 +279,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<u64>, StoreError> {
         let _ = (name, holder, ttl, now);
         Ok(Some(1))
+    }
+
+    /// Once set, why this store can write nothing any more (sled: its one
+    /// writer thread died). A process whose store broke must stop reporting
+    /// ready and exit with an error, not fail every write while looking
+    /// healthy. The default never breaks.
+    fn broken(&self) -> watch::Receiver<Option<String>> {
+        watch::Sender::new(None).subscribe()
     }
 
     /// Whether other processes write this store too (replicas sharing a

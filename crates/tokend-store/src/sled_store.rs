@@ -24,6 +24,7 @@ use crate::{
     crypto::Keyring,
     leases::{LeaseState, check_fence},
     matches, sled_index,
+    sled_durable::{Durability, Waited},
 };
 
 /// A sled database holding tokend's records. sled types stay inside this
@@ -61,6 +62,10 @@ struct Inner {
     flush_delay: std::time::Duration,
     /// The writer thread's queue.
     writer: std::sync::mpsc::Sender<crate::sled_commit::Job<Inner>>,
+    /// Which records have changes not yet flushed, and how the flushes
+    /// went: reads wait for the flush of what they read
+    /// (`sled_durable.rs`).
+    durability: Arc<Durability>,
     /// Seals and opens secret fields. A `put` holds the read guard from
     /// encoding to its compare-and-swap, and `set_keyring` takes the write
     /// guard: once `set_keyring` returns, every write that lands after it
@@ -337,6 +342,7 @@ impl SledStore {
         tuning: Tuning,
     ) -> Result<Self, StoreError> {
         let db = open_db(dir, lock_wait)?;
+        let dir_name = dir.display().to_string();
         let records = db.open_tree("connections").map_err(backend)?;
         let leases = db.open_tree("refresh_leases").map_err(backend)?;
         let index = db.open_tree("index").map_err(backend)?;
@@ -357,6 +363,14 @@ impl SledStore {
         };
         // Everything read back at open is durable.
         let last_seq = read_u64(&event_meta, LAST_SEQ_KEY)?.unwrap_or(0);
+        let durability = Arc::new(Durability::default());
+        let writer = crate::sled_commit::start(tuning.max_batch, {
+            let durability = Arc::clone(&durability);
+            move |why: &str| {
+                tracing::error!(dir = %dir_name, "{why}");
+                durability.writer_died(why);
+            }
+        });
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
@@ -370,7 +384,8 @@ impl SledStore {
                 watermark: Watermark::new(last_seq),
                 log_id,
                 log_events,
-                writer: crate::sled_commit::start(tuning.max_batch),
+                writer,
+                durability,
                 flush_delay: tuning.flush_delay,
                 keys: RwLock::new(Arc::new(keys)),
                 fencing: Mutex::new(()),
@@ -427,7 +442,7 @@ impl SledStore {
                 }
             }
         }
-        self.inner.db.flush().map_err(backend)?;
+        crate::sled_commit::Flush::flush_and_publish(&*self.inner)?;
         Ok(records.len())
     }
 
@@ -531,8 +546,14 @@ impl SledStore {
                 let (result, flush) = f(inner);
                 let flush = flush && result.is_ok();
                 let completion: crate::sled_commit::Completion =
-                    Box::new(move |flushed: Result<(), StoreError>| {
-                        let _ = tx.send(result.and_then(|v| flushed.map(|()| v)));
+                    Box::new(move |flushed: Option<Result<(), StoreError>>| {
+                        // A failed flush fails every change of its batch,
+                        // refused ones too: the state a refusal was judged
+                        // against is not durable either.
+                        let _ = tx.send(match flushed {
+                            Some(Err(e)) => Err(e),
+                            _ => result,
+                        });
                     });
                 (flush, completion)
             }),
@@ -540,10 +561,45 @@ impl SledStore {
         self.inner
             .writer
             .send(job)
-            .map_err(|_| StoreError::Backend("the store's writer thread is gone".into()))?;
+            .map_err(|_| writer_gone())?;
         rx.await
             .map_err(|_| StoreError::Backend("the store's writer thread failed".into()))?
     }
+
+    /// Before answering with what a read found: if a change it may have
+    /// seen is not durable yet (`pending`: the flush that makes it so),
+    /// waits for that flush. Invariant 2: nothing is visible before it is
+    /// durable, so no caller hands out, or defers to, a change a crash
+    /// could still undo.
+    async fn durable(&self, pending: Option<u64>) -> Result<(), StoreError> {
+        let Some(flush) = pending else {
+            return Ok(());
+        };
+        match self.inner.durability.wait(flush).await {
+            Waited::Durable => Ok(()),
+            // A new flush covers everything applied before it, what was
+            // read included.
+            Waited::FlushFailed => self.flush().await,
+            Waited::WriterGone => Err(writer_gone()),
+        }
+    }
+
+    /// For tests of what the server does when the store's writer thread
+    /// dies: kills it.
+    #[cfg(any(test, feature = "fault-injection"))]
+    #[doc(hidden)]
+    pub fn kill_writer(&self) {
+        let die: crate::sled_commit::Work<Inner> =
+            Box::new(|_| std::panic::panic_any(crate::sled_commit::Die));
+        let _ = self.inner.writer.send(crate::sled_commit::Job {
+            inner: Arc::clone(&self.inner),
+            work: die,
+        });
+    }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Backend("the store's writer thread is gone".into())
 }
 
 impl crate::sled_commit::Flush for Inner {
@@ -554,15 +610,24 @@ impl crate::sled_commit::Flush for Inner {
     /// The blocking `flush`, not `flush_async`: concurrent `flush_async`
     /// calls can hang in sled 0.34 (sled issues #1241, #1308).
     fn flush_and_publish(&self) -> Result<(), StoreError> {
+        let flush = self.durability.begin_flush();
         let committed = self.last_seq.load(Ordering::SeqCst);
         if !self.flush_delay.is_zero() {
             // The writer thread's own time: no async worker is held.
             #[allow(clippy::disallowed_methods)]
             std::thread::sleep(self.flush_delay);
         }
-        self.db.flush().map_err(backend)?;
-        self.watermark.raise(committed);
-        Ok(())
+        let flushed = self.db.flush().map(drop).map_err(backend);
+        if flushed.is_ok() {
+            self.watermark.raise(committed);
+        }
+        // After the watermark: a reader let go sees its events too.
+        self.durability.end_flush(flush, flushed.is_ok());
+        flushed
+    }
+
+    fn unflushed(&self) -> bool {
+        self.durability.any_marked()
     }
 }
 
@@ -636,6 +701,9 @@ impl Inner {
         new: Option<(&[u8], &Summary)>,
         events: Vec<NewEvent>,
     ) -> Result<bool, StoreError> {
+        // Marked before it is applied: a reader that sees the change sees
+        // the mark, and waits for the flush (`sled_durable.rs`).
+        self.durability.mark(key);
         let first = self.last_seq.load(Ordering::SeqCst) + 1;
         let mut encoded = Vec::new();
         if self.log_events {
@@ -788,14 +856,19 @@ fn swap(
 impl Store for SledStore {
     async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
         let id = id.clone();
-        self.blocking(move |inner| {
-            let key = id.as_str().as_bytes();
-            match inner.records.get(key).map_err(backend)? {
-                Some(bytes) => codec::decode(key, &bytes, &inner.keys()).map(Some),
-                None => Ok(None),
-            }
-        })
-        .await
+        let (found, pending) = self
+            .blocking(move |inner| {
+                let key = id.as_str().as_bytes();
+                let found = match inner.records.get(key).map_err(backend)? {
+                    Some(bytes) => codec::decode(key, &bytes, &inner.keys()).map(Some),
+                    None => Ok(None),
+                };
+                // After the read, so a change it saw is seen marked.
+                Ok((found, inner.durability.pending(key)))
+            })
+            .await?;
+        self.durable(pending).await?;
+        found
     }
 
     async fn put(
@@ -887,7 +960,7 @@ impl Store for SledStore {
             start.push(0);
             start
         });
-        self.blocking(move |inner| {
+        let (page, pending) = self.blocking(move |inner| {
             let iter = match after {
                 Some(start) => inner.records.range(start..),
                 None => inner.records.iter(),
@@ -897,17 +970,24 @@ impl Store for SledStore {
                 let (key, bytes) = item.map_err(backend)?;
                 records.push((String::from_utf8_lossy(&key).into_owned(), bytes.to_vec()));
             }
-            Ok(crate::SealedPage {
+            let page = crate::SealedPage {
                 format_version: FORMAT_VERSION,
                 records,
-            })
+            };
+            Ok((page, inner.durability.pending_any()))
         })
-        .await
+        .await?;
+        self.durable(pending).await?;
+        Ok(page)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {
         let query = query.clone();
-        self.blocking(move |inner| inner.list(&query)).await
+        let (page, pending) = self
+            .blocking(move |inner| Ok((inner.list(&query), inner.durability.pending_any())))
+            .await?;
+        self.durable(pending).await?;
+        page
     }
 
     async fn summaries(
@@ -916,7 +996,7 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<Summary>, StoreError> {
         let after = after.cloned();
-        self.blocking(move |inner| {
+        let (page, pending) = self.blocking(move |inner| {
             let prefix = sled_index::summary_key(b"");
             let mut from = prefix.clone();
             if let Some(after) = &after {
@@ -936,14 +1016,24 @@ impl Store for SledStore {
                     out.push(summary);
                 }
             }
-            Ok(out)
+            Ok((out, inner.durability.pending_any()))
         })
-        .await
+        .await?;
+        self.durable(pending).await?;
+        Ok(page)
     }
 
     async fn census(&self) -> Result<Census, StoreError> {
-        self.blocking(|inner| sled_index::census(&inner.index))
-            .await
+        let (census, pending) = self
+            .blocking(|inner| {
+                Ok((
+                    sled_index::census(&inner.index),
+                    inner.durability.pending_any(),
+                ))
+            })
+            .await?;
+        self.durable(pending).await?;
+        census
     }
 
     async fn read_events(
@@ -974,6 +1064,10 @@ impl Store for SledStore {
 
     fn event_watermark(&self) -> watch::Receiver<u64> {
         self.inner.watermark.subscribe()
+    }
+
+    fn broken(&self) -> watch::Receiver<Option<String>> {
+        self.inner.durability.broken()
     }
 
     fn sealing_keys(&self) -> Option<Arc<Keyring>> {
@@ -1154,3 +1248,7 @@ impl Store for SledStore {
 #[cfg(test)]
 #[path = "sled_store_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "sled_durable_tests.rs"]
+mod durable_tests;
