@@ -66,14 +66,20 @@ async fn a_read_never_sees_a_change_before_its_flush() {
 
     let mut second = first.next_revision(first.updated_at);
     second.status = tokend_core::Status::ReconnectRequired;
+    let committed = store.inner.last_seq.load(Ordering::SeqCst);
     let writing = tokio::spawn({
         let store = store.clone();
         async move { store.put(&second, Some(1), None).await }
     });
-    // Reads race the write: each either sees the old record, or the new
-    // one only once it is durable.
-    let mut checked = 0;
+    // Once the change is applied (its events numbered), the flush takes
+    // 300 ms more: reads in that while must not see it before it is over.
+    while store.inner.last_seq.load(Ordering::SeqCst) == committed {
+        tokio::task::yield_now().await;
+    }
+    let mut raced = false;
     loop {
+        // Applied but not flushed as the read begins.
+        raced |= !all_durable(&store);
         let now = seen(&store, &id).await;
         let durable = all_durable(&store);
         for (i, (then, now)) in before.iter().zip(&now).enumerate() {
@@ -82,13 +88,12 @@ async fn a_read_never_sees_a_change_before_its_flush() {
                 "read {i} saw a change before its flush: {then:?} -> {now:?}"
             );
         }
-        checked += 1;
         if now.iter().zip(&before).all(|(n, b)| n != b) {
             break;
         }
     }
     writing.await.unwrap().unwrap();
-    assert!(checked > 1, "the reads raced the write");
+    assert!(raced, "a read began between the write and its flush");
 }
 
 /// Issue 25, item 9. Invariant 2: a compare-and-swap refused because of a
@@ -101,36 +106,41 @@ async fn a_refused_swap_returns_only_once_what_refused_it_is_durable() {
     let store = slow_store(dir.path(), Duration::from_millis(300));
     let record = crate::conformance::record("contended", 1);
     store.put(&record, None, None).await.unwrap();
-    // Keeps the writer in a slow flush while the two rivals queue, so they
-    // are applied in one batch: the winner's change, then the loser's
-    // refusal, then one flush.
-    let busy = tokio::spawn({
-        let store = store.clone();
-        async move {
-            store
-                .put(&crate::conformance::record("other", 1), None, None)
-                .await
-        }
-    });
-    tokio::task::yield_now().await;
     // The winner's change has events, so the watermark tells whether it
     // is durable.
     let mut winner = record.next_revision(record.updated_at);
     winner.status = tokend_core::Status::ReconnectRequired;
     let loser = record.next_revision(record.updated_at);
-    let (won, lost) = tokio::join!(store.put(&winner, Some(1), None), async {
-        let refused = store.put(&loser, Some(1), None).await;
-        (refused, all_durable(&store))
-    });
-    busy.await.unwrap().unwrap();
+    // Sent one after the other: the first keeps the writer in a slow flush
+    // (or is in the batch too) while the two rivals queue, so they are
+    // applied in one batch: the winner's change, the loser's refusal, then
+    // one flush.
+    let other = crate::conformance::record("other", 1);
+    let (busy, won, lost) = tokio::join!(
+        store.put(&other, None, None),
+        store.put(&winner, Some(1), None),
+        async {
+            let refused = store.put(&loser, Some(1), None).await;
+            (refused, store.inner.watermark.get())
+        }
+    );
+    busy.unwrap();
     won.unwrap();
-    let (refused, durable_then) = lost;
+    let (refused, watermark_then) = lost;
     assert!(
         matches!(refused, Err(StoreError::Conflict { .. })),
         "{refused:?}"
     );
+    let last = store.inner.last_seq.load(Ordering::SeqCst);
+    let winners = store.read_events(0, last, 100).await.unwrap();
+    let winners_seq = winners
+        .iter()
+        .filter(|e| e.connection_id.as_str() == "contended")
+        .map(|e| e.seq)
+        .max()
+        .unwrap();
     assert!(
-        durable_then,
+        watermark_then >= winners_seq,
         "the refusal was reported before the change it lost to was flushed"
     );
 }
