@@ -29,6 +29,7 @@ mod replicas;
 mod rpc;
 mod security;
 mod sockets;
+mod store_broken;
 mod store_copy;
 mod watch;
 mod webhooks;

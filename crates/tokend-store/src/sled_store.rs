@@ -23,8 +23,9 @@ use crate::{
     Watermark, check_advances, codec,
     crypto::Keyring,
     leases::{LeaseState, check_fence},
-    matches, sled_index,
+    matches,
     sled_durable::{Durability, Waited},
+    sled_index,
 };
 
 /// A sled database holding tokend's records. sled types stay inside this
@@ -558,10 +559,7 @@ impl SledStore {
                 (flush, completion)
             }),
         };
-        self.inner
-            .writer
-            .send(job)
-            .map_err(|_| writer_gone())?;
+        self.inner.writer.send(job).map_err(|_| writer_gone())?;
         rx.await
             .map_err(|_| StoreError::Backend("the store's writer thread failed".into()))?
     }
@@ -960,23 +958,24 @@ impl Store for SledStore {
             start.push(0);
             start
         });
-        let (page, pending) = self.blocking(move |inner| {
-            let iter = match after {
-                Some(start) => inner.records.range(start..),
-                None => inner.records.iter(),
-            };
-            let mut records = Vec::new();
-            for item in iter.take(limit) {
-                let (key, bytes) = item.map_err(backend)?;
-                records.push((String::from_utf8_lossy(&key).into_owned(), bytes.to_vec()));
-            }
-            let page = crate::SealedPage {
-                format_version: FORMAT_VERSION,
-                records,
-            };
-            Ok((page, inner.durability.pending_any()))
-        })
-        .await?;
+        let (page, pending) = self
+            .blocking(move |inner| {
+                let iter = match after {
+                    Some(start) => inner.records.range(start..),
+                    None => inner.records.iter(),
+                };
+                let mut records = Vec::new();
+                for item in iter.take(limit) {
+                    let (key, bytes) = item.map_err(backend)?;
+                    records.push((String::from_utf8_lossy(&key).into_owned(), bytes.to_vec()));
+                }
+                let page = crate::SealedPage {
+                    format_version: FORMAT_VERSION,
+                    records,
+                };
+                Ok((page, inner.durability.pending_any()))
+            })
+            .await?;
         self.durable(pending).await?;
         Ok(page)
     }
@@ -996,29 +995,30 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<Summary>, StoreError> {
         let after = after.cloned();
-        let (page, pending) = self.blocking(move |inner| {
-            let prefix = sled_index::summary_key(b"");
-            let mut from = prefix.clone();
-            if let Some(after) = &after {
-                from.extend_from_slice(after.as_str().as_bytes());
-                from.push(0);
-            }
-            let mut out = Vec::with_capacity(limit.min(10_000));
-            for item in inner.index.range(from..) {
-                if out.len() >= limit {
-                    break;
+        let (page, pending) = self
+            .blocking(move |inner| {
+                let prefix = sled_index::summary_key(b"");
+                let mut from = prefix.clone();
+                if let Some(after) = &after {
+                    from.extend_from_slice(after.as_str().as_bytes());
+                    from.push(0);
                 }
-                let (key, bytes) = item.map_err(backend)?;
-                let Some(id) = key.strip_prefix(prefix.as_slice()) else {
-                    break;
-                };
-                if let Some(summary) = Summary::from_bytes(id, &bytes) {
-                    out.push(summary);
+                let mut out = Vec::with_capacity(limit.min(10_000));
+                for item in inner.index.range(from..) {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let (key, bytes) = item.map_err(backend)?;
+                    let Some(id) = key.strip_prefix(prefix.as_slice()) else {
+                        break;
+                    };
+                    if let Some(summary) = Summary::from_bytes(id, &bytes) {
+                        out.push(summary);
+                    }
                 }
-            }
-            Ok((out, inner.durability.pending_any()))
-        })
-        .await?;
+                Ok((out, inner.durability.pending_any()))
+            })
+            .await?;
         self.durable(pending).await?;
         Ok(page)
     }

@@ -782,3 +782,4 @@ async fn shutdown_persists_a_pending_grant_within_its_grace() {
 }
 
 mod edges;
+mod shutdown;
