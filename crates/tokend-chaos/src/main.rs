@@ -11,6 +11,7 @@
 
 mod load;
 mod process;
+mod window;
 
 use std::{
     sync::{
@@ -176,6 +177,9 @@ async fn run_mode(
         grpc: (0..args.replicas)
             .map(|_| free_addr())
             .collect::<anyhow::Result<_>>()?,
+        admin: (0..args.replicas)
+            .map(|_| free_addr())
+            .collect::<anyhow::Result<_>>()?,
         grace_secs,
         token_lifetime_secs: 2,
         database_url: args
@@ -269,6 +273,7 @@ async fn run_mode(
         ..Default::default()
     };
     let mut seen = vec![0u64; args.connections];
+    let mut window = window::Window::default();
     let end = tokio::time::Instant::now() + duration;
     loop {
         let pause = Duration::from_millis(rand::rng().random_range(3000..9000));
@@ -282,6 +287,7 @@ async fn run_mode(
         // The kill: whatever was acknowledged before it must survive it.
         let before = acked.snapshot();
         let victim = rand::rng().random_range(0..args.replicas);
+        window.scrape(&http, scenario.admin[victim]).await;
         if let Some(b) = brokers[victim].take() {
             b.kill();
         }
@@ -325,6 +331,10 @@ async fn run_mode(
     report.calls_ok = tally.ok.load(Ordering::Relaxed);
     report.calls_failed = tally.failed.load(Ordering::Relaxed);
     report.stalled = tally.stalled.load(Ordering::Relaxed);
+    for admin in &scenario.admin {
+        window.scrape(&http, *admin).await;
+    }
+    window.print(mode);
     drop(brokers);
     Ok(report)
 }

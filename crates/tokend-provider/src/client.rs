@@ -5,7 +5,10 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
-use tokend_core::{Clock, ErrorClass, TokenSet};
+use tokend_core::{
+    Clock, ErrorClass, TokenSet,
+    steps::{self, Step},
+};
 
 use crate::{
     ClientAuth, ProviderConfig, ProviderError, RequestBody, Salvage, classify, redact::Redactor,
@@ -352,6 +355,7 @@ impl ProviderClient {
                 transport_error("http_error", "token request failed")
             }
         })?;
+        let headers_at = std::time::Instant::now();
         let status = response.status().as_u16();
         let correlation_id = CORRELATION_HEADERS.iter().find_map(|h| {
             response
@@ -404,8 +408,13 @@ impl ProviderClient {
                 }
             }
         }
-
-        interpret(
+        // The strict-rotation window is open from here on for a grant:
+        // timed, step by step (`tokend_core::steps`).
+        let parsing = std::time::Instant::now();
+        if success {
+            steps::record(Step::AnswerRead, parsing - headers_at);
+        }
+        let interpreted = interpret(
             config,
             Answer {
                 status,
@@ -415,7 +424,11 @@ impl ProviderClient {
             },
             &secrets,
             sent_at,
-        )
+        );
+        if success {
+            steps::record(Step::Parse, parsing.elapsed());
+        }
+        interpreted
     }
 }
 

@@ -10,12 +10,15 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
 use sled::Transactional;
-use tokend_core::{Connection, ConnectionId, Event, NewEvent, Timestamp, event};
+use tokend_core::{
+    Connection, ConnectionId, Event, NewEvent, Timestamp, event,
+    steps::{self, Step},
+};
 use tokio::sync::watch;
 
 use crate::{
@@ -540,28 +543,53 @@ impl SledStore {
         &self,
         f: impl FnOnce(&Inner) -> (Result<T, StoreError>, bool) + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.write_timed(f, false).await
+    }
+
+    /// [`Self::write`], with the steps of a durable change timed when
+    /// `timed` (a grant's put: `tokend_core::steps`).
+    async fn write_timed<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> (Result<T, StoreError>, bool) + Send + 'static,
+        timed: bool,
+    ) -> Result<T, StoreError> {
+        let sent = Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = crate::sled_commit::Job {
             inner: Arc::clone(&self.inner),
             work: Box::new(move |inner: &Inner| {
+                let started = Instant::now();
                 let (result, flush) = f(inner);
+                let applied = Instant::now();
                 let flush = flush && result.is_ok();
                 let completion: crate::sled_commit::Completion =
                     Box::new(move |flushed: Option<Result<(), StoreError>>| {
+                        let done = Instant::now();
+                        if timed && matches!(flushed, Some(Ok(()))) && result.is_ok() {
+                            steps::record(Step::Queue, started - sent);
+                            steps::record(Step::Apply, applied - started);
+                            steps::record(Step::Fsync, done - applied);
+                        }
                         // A failed flush fails every change of its batch,
                         // refused ones too: the state a refusal was judged
                         // against is not durable either.
-                        let _ = tx.send(match flushed {
+                        let result = match flushed {
                             Some(Err(e)) => Err(e),
                             _ => result,
-                        });
+                        };
+                        let _ = tx.send((result, done));
                     });
                 (flush, completion)
             }),
         };
         self.inner.writer.send(job).map_err(|_| writer_gone())?;
-        rx.await
-            .map_err(|_| StoreError::Backend("the store's writer thread failed".into()))?
+        let (result, done) = rx
+            .await
+            .map_err(|_| StoreError::Backend("the store's writer thread failed".into()))?;
+        if timed && result.is_ok() {
+            steps::record(Step::Ack, done.elapsed());
+        }
+        result
     }
 
     /// Before answering with what a read found: if a change it may have
@@ -877,8 +905,11 @@ impl Store for SledStore {
     ) -> Result<(), StoreError> {
         check_advances(record, expected)?;
         let record = record.clone();
-        self.write(move |inner| (inner.put(&record, expected, fence), true))
-            .await
+        self.write_timed(
+            move |inner| (inner.put(&record, expected, fence), true),
+            true,
+        )
+        .await
     }
 
     async fn replace_unreadable(&self, record: &Connection) -> Result<(), StoreError> {
