@@ -6,14 +6,16 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 /// The steps in the order they happen (`tokend_core::steps`).
-const ORDER: [&str; 7] = [
+const ORDER: [&str; 9] = [
     "answer_read",
     "parse",
-    "commit",
+    "wal_write",
+    "wal_sync",
     "queue",
     "apply",
     "fsync",
     "ack",
+    "commit",
 ];
 
 #[derive(Clone, Debug, Default)]

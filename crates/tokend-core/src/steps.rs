@@ -7,12 +7,15 @@
 //! new one is on disk, a crash loses the grant. The steps, in order:
 //! - `answer_read`: the answer's body, from its headers to its last byte;
 //! - `parse`: the answer decoded and checked;
+//! - the store's put (sled): `wal_write` (from the put's start until the
+//!   sealed record is appended to the write-ahead log: safe from a crash of
+//!   the process) and `wal_sync` (until that append is fdatasync'd: safe
+//!   from a power cut); then `queue` (sent to the writer thread, until it
+//!   starts on it), `apply` (sealed, checked and swapped in), `fsync`
+//!   (until the flush covering it is over), `ack` (until the caller hears
+//!   of it);
 //! - `commit`: from the provider call's return to the grant's write
-//!   returning durable (the engine's part, then the store's put);
-//! - the store's put, split (sled): `queue` (sent to the writer thread, until
-//!   it starts on it), `apply` (sealed, checked and swapped in),
-//!   `fsync` (until the flush covering it is over), `ack` (until the caller
-//!   hears of it).
+//!   returning durable (the engine's part, then the whole put).
 //!
 //! Process-wide, unlike the server's per-server registry: the steps are
 //! timed in the provider client and in the store, which know nothing of the
@@ -29,34 +32,40 @@ use std::{
 pub enum Step {
     AnswerRead,
     Parse,
-    Commit,
+    WalWrite,
+    WalSync,
     Queue,
     Apply,
     Fsync,
     Ack,
+    Commit,
 }
 
 impl Step {
-    /// Every step, in the order they happen.
-    pub const ALL: [Step; 7] = [
+    /// Every step, in the order they end.
+    pub const ALL: [Step; 9] = [
         Step::AnswerRead,
         Step::Parse,
-        Step::Commit,
+        Step::WalWrite,
+        Step::WalSync,
         Step::Queue,
         Step::Apply,
         Step::Fsync,
         Step::Ack,
+        Step::Commit,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Step::AnswerRead => "answer_read",
             Step::Parse => "parse",
-            Step::Commit => "commit",
+            Step::WalWrite => "wal_write",
+            Step::WalSync => "wal_sync",
             Step::Queue => "queue",
             Step::Apply => "apply",
             Step::Fsync => "fsync",
             Step::Ack => "ack",
+            Step::Commit => "commit",
         }
     }
 }

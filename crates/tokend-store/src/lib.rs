@@ -14,6 +14,7 @@ mod sled_commit;
 mod sled_durable;
 mod sled_index;
 mod sled_store;
+mod sled_wal;
 mod summary;
 
 use std::time::Duration;

@@ -29,6 +29,7 @@ use crate::{
     matches,
     sled_durable::{Durability, Waited},
     sled_index,
+    sled_wal::{Entry, Leftover, Ticket, WriteAhead},
 };
 
 /// A sled database holding tokend's records. sled types stay inside this
@@ -70,6 +71,9 @@ struct Inner {
     /// went: reads wait for the flush of what they read
     /// (`sled_durable.rs`).
     durability: Arc<Durability>,
+    /// Every put's sealed record, fdatasync'd by its caller while sled
+    /// takes its time, replayed at open (`sled_wal.rs`).
+    wal: WriteAhead,
     /// Seals and opens secret fields. A `put` holds the read guard from
     /// encoding to its compare-and-swap, and `set_keyring` takes the write
     /// guard: once `set_keyring` returns, every write that lands after it
@@ -100,6 +104,8 @@ pub const FORMAT_VERSION: u32 = 4;
 pub const BOUND_FORMAT: u32 = 4;
 
 const LOG_ID_KEY: &[u8] = b"log_id";
+/// The write-ahead log's directory, inside the data dir.
+const WAL_DIR: &str = "grant-wal";
 const LAST_SEQ_KEY: &[u8] = b"last_seq";
 
 /// Where the format version is kept (sled's default tree).
@@ -367,6 +373,8 @@ impl SledStore {
         };
         // Everything read back at open is durable.
         let last_seq = read_u64(&event_meta, LAST_SEQ_KEY)?.unwrap_or(0);
+        let (wal, leftover) = WriteAhead::open(&dir.join(WAL_DIR))
+            .map_err(|e| StoreError::Backend(format!("cannot open the write-ahead log: {e}")))?;
         let durability = Arc::new(Durability::default());
         let writer = crate::sled_commit::start(tuning.max_batch, {
             let durability = Arc::clone(&durability);
@@ -375,7 +383,7 @@ impl SledStore {
                 durability.writer_died(why);
             }
         });
-        Ok(Self {
+        let store = Self {
             inner: Arc::new(Inner {
                 db,
                 records,
@@ -390,11 +398,57 @@ impl SledStore {
                 log_events,
                 writer,
                 durability,
+                wal,
                 flush_delay: tuning.flush_delay,
                 keys: RwLock::new(Arc::new(keys)),
                 fencing: Mutex::new(()),
             }),
-        })
+        };
+        store.replay(leftover)?;
+        Ok(store)
+    }
+
+    /// Puts again what the write-ahead log holds from an earlier run, each
+    /// as the put it was (revision, fence, events), then flushes and drops
+    /// the old segments. A put that had landed, or had lost to another
+    /// write, is refused again and skipped.
+    fn replay(&self, leftover: Leftover) -> Result<(), StoreError> {
+        if leftover.entries.is_empty() {
+            return leftover.done().map_err(wal_error);
+        }
+        let keys = self.inner.keys();
+        let (mut replayed, mut skipped) = (0, 0);
+        for Entry {
+            key,
+            expected,
+            fence,
+            record,
+        } in &leftover.entries
+        {
+            let put = codec::decode(key, record, &keys).and_then(|record| {
+                check_advances(&record, *expected)?;
+                self.inner.put(&record, *expected, *fence)
+            });
+            match put {
+                Ok(()) => replayed += 1,
+                Err(StoreError::Backend(e)) => return Err(StoreError::Backend(e)),
+                Err(StoreError::Corrupt { reason, .. }) => {
+                    skipped += 1;
+                    tracing::error!(connection_id = %String::from_utf8_lossy(key), reason, "a write-ahead record does not open; skipped");
+                }
+                Err(_) => skipped += 1,
+            }
+        }
+        if replayed > 0 {
+            crate::sled_commit::Flush::flush_and_publish(&*self.inner)?;
+        }
+        leftover.done().map_err(wal_error)?;
+        tracing::info!(
+            replayed,
+            skipped,
+            "write-ahead log replayed: puts a crash cut off before their flush"
+        );
+        Ok(())
     }
 
     /// Runs `f` on a blocking thread: sled calls block on I/O and locks.
@@ -517,6 +571,45 @@ impl SledStore {
             .await
     }
 
+    /// Appends a put to the write-ahead log and fdatasyncs it, on a
+    /// blocking thread, before the put goes to the writer thread: the grant
+    /// it holds survives a crash from then on, not only from sled's flush
+    /// (which waits for the writer's batch, then for its own).
+    /// `None` if the log failed: the put is then safe once sled flushes it,
+    /// as without the log.
+    async fn log_ahead(
+        &self,
+        record: Connection,
+        expected: Option<u64>,
+        fence: Option<u64>,
+    ) -> Option<Ticket> {
+        let started = Instant::now();
+        let inner = Arc::clone(&self.inner);
+        let logged = tokio::task::spawn_blocking(move || {
+            let entry = Entry {
+                key: record.id.as_str().as_bytes().to_vec(),
+                expected,
+                fence,
+                record: codec::encode(&record, &inner.keys()),
+            };
+            inner.wal.append(&entry, || {
+                steps::record(Step::WalWrite, started.elapsed());
+            })
+        })
+        .await;
+        match logged {
+            Ok(Ok(ticket)) => {
+                steps::record(Step::WalSync, started.elapsed());
+                Some(ticket)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the write-ahead log failed: this put is safe only once sled flushes it");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
     /// Makes every write so far durable (a flush by the writer thread).
     async fn flush(&self) -> Result<(), StoreError> {
         self.write(|_| (Ok(()), true)).await
@@ -622,6 +715,10 @@ impl SledStore {
             work: die,
         });
     }
+}
+
+fn wal_error(e: std::io::Error) -> StoreError {
+    StoreError::Backend(format!("write-ahead log: {e}"))
 }
 
 fn writer_gone() -> StoreError {
@@ -904,12 +1001,30 @@ impl Store for SledStore {
         fence: Option<u64>,
     ) -> Result<(), StoreError> {
         check_advances(record, expected)?;
+        // Write-ahead: logged before sled applies anything, so every change
+        // sled holds, flushed or not, is in the log too. Only updates: a
+        // create replayed after a delete would bring the connection back,
+        // whereas an update replayed after a delete (or a re-creation, a
+        // new incarnation) is refused.
+        let ticket = match expected {
+            Some(_) => self.log_ahead(record.clone(), expected, fence).await,
+            None => None,
+        };
         let record = record.clone();
-        self.write_timed(
-            move |inner| (inner.put(&record, expected, fence), true),
-            true,
-        )
-        .await
+        let result = self
+            .write_timed(
+                move |inner| (inner.put(&record, expected, fence), true),
+                true,
+            )
+            .await;
+        // Settled once flushed by sled, or refused (a replay would be
+        // refused too); after a failure the entry stays for the next open.
+        if let Some(ticket) = ticket
+            && !matches!(result, Err(StoreError::Backend(_)))
+        {
+            self.inner.wal.settle(ticket);
+        }
+        result
     }
 
     async fn replace_unreadable(&self, record: &Connection) -> Result<(), StoreError> {
@@ -1283,3 +1398,7 @@ mod tests;
 #[cfg(test)]
 #[path = "sled_durable_tests.rs"]
 mod durable_tests;
+
+#[cfg(test)]
+#[path = "sled_wal_tests.rs"]
+mod wal_tests;
