@@ -6,7 +6,8 @@
 use std::{collections::BTreeMap, net::SocketAddr};
 
 /// The steps in the order they happen (`tokend_core::steps`).
-const ORDER: [&str; 9] = [
+const ORDER: [&str; 10] = [
+    "answer_wait",
     "answer_read",
     "parse",
     "wal_write",

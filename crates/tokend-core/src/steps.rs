@@ -5,6 +5,9 @@
 //!
 //! A strict provider kills the old refresh token as it answers; until the
 //! new one is on disk, a crash loses the grant. The steps, in order:
+//! - `answer_wait`: from sending the request to the answer's headers (the
+//!   provider rotates somewhere in there; only the part after it is in the
+//!   window, and no one can tell which from here);
 //! - `answer_read`: the answer's body, from its headers to its last byte;
 //! - `parse`: the answer decoded and checked;
 //! - the store's put (sled): `wal_write` (from the put's start until the
@@ -30,6 +33,7 @@ use std::{
 /// A step of the strict-rotation window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
+    AnswerWait,
     AnswerRead,
     Parse,
     WalWrite,
@@ -43,7 +47,8 @@ pub enum Step {
 
 impl Step {
     /// Every step, in the order they end.
-    pub const ALL: [Step; 9] = [
+    pub const ALL: [Step; 10] = [
+        Step::AnswerWait,
         Step::AnswerRead,
         Step::Parse,
         Step::WalWrite,
@@ -57,6 +62,7 @@ impl Step {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Step::AnswerWait => "answer_wait",
             Step::AnswerRead => "answer_read",
             Step::Parse => "parse",
             Step::WalWrite => "wal_write",

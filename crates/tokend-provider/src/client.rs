@@ -346,6 +346,7 @@ impl ProviderClient {
     ) -> Result<TokenGrant, ProviderError> {
         let (request, secrets) = self.prepare(config, url, form, sent_secrets)?;
         let sent_at = self.clock.now();
+        let sending = std::time::Instant::now();
         let mut response = request.send().await.map_err(|e| {
             if e.is_timeout() {
                 transport_error("timeout", "token endpoint timed out")
@@ -412,6 +413,7 @@ impl ProviderClient {
         // timed, step by step (`tokend_core::steps`).
         let parsing = std::time::Instant::now();
         if success {
+            steps::record(Step::AnswerWait, headers_at - sending);
             steps::record(Step::AnswerRead, parsing - headers_at);
         }
         let interpreted = interpret(

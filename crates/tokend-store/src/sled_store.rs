@@ -571,39 +571,43 @@ impl SledStore {
             .await
     }
 
-    /// Appends a put to the write-ahead log and fdatasyncs it, on a
-    /// blocking thread, before the put goes to the writer thread: the grant
-    /// it holds survives a crash from then on, not only from sled's flush
-    /// (which waits for the writer's batch, then for its own).
-    /// `None` if the log failed: the put is then safe once sled flushes it,
-    /// as without the log.
+    /// Appends an update to the write-ahead log, then fdatasyncs it on a
+    /// blocking thread, before the put goes to the writer thread. The
+    /// append runs at once, in the caller's poll (the one that read the
+    /// provider's answer, for a refresh: no wait for a thread in between):
+    /// the grant survives a crash of the process from then on, and a power
+    /// cut once synced, rather than only once sled flushes it (which waits
+    /// for the writer's batch, then for its own). `None` if the log
+    /// failed: the put is then as safe as sled makes it, as without a log.
     async fn log_ahead(
         &self,
-        record: Connection,
+        record: &Connection,
         expected: Option<u64>,
         fence: Option<u64>,
     ) -> Option<Ticket> {
         let started = Instant::now();
+        let entry = Entry {
+            key: record.id.as_str().as_bytes().to_vec(),
+            expected,
+            fence,
+            record: codec::encode(record, &self.inner.keys()),
+        };
+        let written = match self.inner.wal.write(&entry) {
+            Ok(written) => written,
+            Err(e) => {
+                tracing::warn!(error = %e, "the write-ahead log failed: this put is safe only once sled flushes it");
+                return None;
+            }
+        };
+        steps::record(Step::WalWrite, started.elapsed());
         let inner = Arc::clone(&self.inner);
-        let logged = tokio::task::spawn_blocking(move || {
-            let entry = Entry {
-                key: record.id.as_str().as_bytes().to_vec(),
-                expected,
-                fence,
-                record: codec::encode(&record, &inner.keys()),
-            };
-            inner.wal.append(&entry, || {
-                steps::record(Step::WalWrite, started.elapsed());
-            })
-        })
-        .await;
-        match logged {
+        match tokio::task::spawn_blocking(move || written.sync(&inner.wal)).await {
             Ok(Ok(ticket)) => {
                 steps::record(Step::WalSync, started.elapsed());
                 Some(ticket)
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "the write-ahead log failed: this put is safe only once sled flushes it");
+                tracing::warn!(error = %e, "syncing the write-ahead log failed: this put is safe from a power cut only once sled flushes it");
                 None
             }
             Err(_) => None,
@@ -1007,7 +1011,7 @@ impl Store for SledStore {
         // whereas an update replayed after a delete (or a re-creation, a
         // new incarnation) is refused.
         let ticket = match expected {
-            Some(_) => self.log_ahead(record.clone(), expected, fence).await,
+            Some(_) => self.log_ahead(record, expected, fence).await,
             None => None,
         };
         let record = record.clone();

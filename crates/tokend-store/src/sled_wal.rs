@@ -36,8 +36,9 @@ use std::{
 
 const MAGIC: &[u8; 4] = b"TKW1";
 const HEADER: usize = 4 + 4 + 8;
-/// A segment rolls over past this size.
-pub(crate) const SEGMENT_BYTES: u64 = 4 << 20;
+/// A segment rolls over past this size (some fifty puts): a crash leaves
+/// little to replay, as segments go once their puts settle.
+pub(crate) const SEGMENT_BYTES: u64 = 64 << 10;
 /// No record is anywhere near this; a length above it is damage.
 const MAX_PAYLOAD: usize = 16 << 20;
 
@@ -91,14 +92,45 @@ fn segment_path(dir: &Path, n: u64) -> PathBuf {
     dir.join(format!("{n:016}.wal"))
 }
 
-fn open_segment(dir: &Path, n: u64) -> io::Result<File> {
-    let file = OpenOptions::new()
+/// Creates segment `n`; its name is durable once `dir` is synced.
+fn create_segment(dir: &Path, n: u64) -> io::Result<File> {
+    OpenOptions::new()
         .create(true)
         .append(true)
-        .open(segment_path(dir, n))?;
-    // The new file's name must survive a power cut too.
-    File::open(dir)?.sync_all()?;
-    Ok(file)
+        .open(segment_path(dir, n))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// An entry written to the log (safe from a crash of the process), not
+/// yet on disk.
+pub(crate) struct Written {
+    ticket: Ticket,
+    file: Arc<File>,
+    /// The entry opened a segment, whose name must reach the disk too.
+    new_segment: bool,
+}
+
+impl Written {
+    /// Blocking: makes the entry durable (fdatasync). On failure the entry
+    /// is settled: the put is then as safe as sled makes it.
+    pub(crate) fn sync(self, log: &WriteAhead) -> io::Result<Ticket> {
+        let synced = if self.new_segment {
+            sync_dir(&log.dir)
+        } else {
+            Ok(())
+        }
+        .and_then(|()| self.file.sync_data());
+        match synced {
+            Ok(()) => Ok(self.ticket),
+            Err(e) => {
+                log.settle(self.ticket);
+                Err(e)
+            }
+        }
+    }
 }
 
 impl WriteAhead {
@@ -124,7 +156,8 @@ impl WriteAhead {
             entries.extend(decode_all(&std::fs::read(path)?));
         }
         let active = found.last().map_or(1, |(n, _)| n + 1);
-        let file = open_segment(dir, active)?;
+        let file = create_segment(dir, active)?;
+        sync_dir(dir)?;
         let log = WriteAhead {
             dir: dir.to_owned(),
             segments: Mutex::new(Segments {
@@ -142,32 +175,38 @@ impl WriteAhead {
         self.segments.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends `entry`; `written` is told once it is safe from a crash of
-    /// the process, and this returns once it is on disk (fdatasync).
-    pub(crate) fn append(&self, entry: &Entry, written: impl FnOnce()) -> io::Result<Ticket> {
+    /// Appends `entry` in one write, without syncing: from then on it
+    /// survives a crash of the process (the page cache outlives it); see
+    /// [`Written::sync`] for a power cut. A write of a kilobyte or two to
+    /// the page cache: the caller may run it on the async runtime, in the
+    /// very poll that read the provider's answer.
+    pub(crate) fn write(&self, entry: &Entry) -> io::Result<Written> {
         let frame = encode(entry);
-        let (ticket, file) = {
-            let mut s = self.segments();
-            if s.bytes >= SEGMENT_BYTES {
-                let next = s.active + 1;
-                s.file = Arc::new(open_segment(&self.dir, next)?);
-                s.active = next;
-                s.bytes = 0;
-                self.remove_settled(&mut s);
-            }
-            // One write, under the lock: frames never interleave.
-            (&*s.file).write_all(&frame)?;
-            s.bytes += frame.len() as u64;
-            let active = s.active;
-            *s.outstanding.entry(active).or_default() += 1;
-            (Ticket(active), Arc::clone(&s.file))
-        };
-        written();
-        if let Err(e) = file.sync_data() {
-            self.settle(ticket);
-            return Err(e);
+        let mut s = self.segments();
+        let new_segment = s.bytes >= SEGMENT_BYTES;
+        if new_segment {
+            let next = s.active + 1;
+            s.file = Arc::new(create_segment(&self.dir, next)?);
+            s.active = next;
+            s.bytes = 0;
+            self.remove_settled(&mut s);
         }
-        Ok(ticket)
+        // One write, under the lock: frames never interleave.
+        (&*s.file).write_all(&frame)?;
+        s.bytes += frame.len() as u64;
+        let active = s.active;
+        *s.outstanding.entry(active).or_default() += 1;
+        Ok(Written {
+            ticket: Ticket(active),
+            file: Arc::clone(&s.file),
+            new_segment,
+        })
+    }
+
+    /// Writes and syncs `entry`.
+    #[cfg(test)]
+    fn append(&self, entry: &Entry) -> io::Result<Ticket> {
+        self.write(entry)?.sync(self)
     }
 
     /// The put logged under `ticket` no longer needs the log (sled has it
@@ -319,7 +358,7 @@ mod tests {
             let (log, left) = WriteAhead::open(dir.path()).unwrap();
             assert!(left.entries.is_empty());
             for i in 0..3 {
-                log.append(&entry(i), || {}).unwrap();
+                log.append(&entry(i)).unwrap();
             }
         }
         // A crash in the middle of a fourth append.
@@ -348,8 +387,8 @@ mod tests {
             record: vec![7; SEGMENT_BYTES as usize],
             ..entry(1)
         };
-        let first = log.append(&big, || {}).unwrap();
-        let second = log.append(&entry(2), || {}).unwrap();
+        let first = log.append(&big).unwrap();
+        let second = log.append(&entry(2)).unwrap();
         assert_eq!(log.segment_files(), 2, "rolled over");
         log.settle(second);
         assert_eq!(log.segment_files(), 2, "the first still holds a put");

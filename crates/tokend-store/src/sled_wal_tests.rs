@@ -120,10 +120,10 @@ async fn a_replay_puts_only_what_did_not_land() {
     store.put(&cut_off, None, None).await.unwrap();
     // Logged, never given to sled: a crash between the two.
     let next = crate::conformance::record("cut-off", 2);
-    assert!(store.log_ahead(next, Some(1), None).await.is_some());
+    assert!(store.log_ahead(&next, Some(1), None).await.is_some());
     // Logged for a revision that is not the stored one: it lost.
     let stale = crate::conformance::record("landed", 3);
-    assert!(store.log_ahead(stale, Some(2), None).await.is_some());
+    assert!(store.log_ahead(&stale, Some(2), None).await.is_some());
     // Updated (logged), then deleted: it must not come back.
     let deleted = crate::conformance::record("deleted", 1);
     store.put(&deleted, None, None).await.unwrap();

@@ -19,7 +19,7 @@ impl Collector for WindowSteps {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let mut metric = encoder.encode_descriptor(
             "tokend_refresh_window",
-            "Time from a provider's answer to the durable write of its grant, by step (answer_read, parse; the store's put as wal_write, wal_sync and queue, apply, fsync, ack; commit for all of it)",
+            "Time from a provider's answer to the durable write of its grant, by step (answer_wait, answer_read, parse; the store's put as wal_write, wal_sync and queue, apply, fsync, ack; commit for all of it)",
             Some(&Unit::Seconds),
             MetricType::Histogram,
         )?;
