@@ -34,6 +34,8 @@ struct Args {
     bin: std::path::PathBuf,
     replicas: usize,
     postgres: bool,
+    /// Concurrent callers of the load (the refresh rate follows them).
+    callers: usize,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -45,6 +47,7 @@ fn args() -> anyhow::Result<Args> {
             .unwrap_or_else(|| "target/debug/tokend".into()),
         replicas: 1,
         postgres: false,
+        callers: 32,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,6 +57,7 @@ fn args() -> anyhow::Result<Args> {
             "--connections" => out.connections = value.parse().context("--connections")?,
             "--tokend" => out.bin = value.into(),
             "--replicas" => out.replicas = value.parse().context("--replicas")?,
+            "--callers" => out.callers = value.parse().context("--callers")?,
             "--store" => {
                 out.postgres = match value.as_str() {
                     "postgres" => true,
@@ -62,12 +66,17 @@ fn args() -> anyhow::Result<Args> {
                 }
             }
             other => bail!(
-                "unknown flag {other}; use --minutes N --connections N --tokend PATH --replicas N --store sled|postgres"
+                "unknown flag {other}; use --minutes N --connections N --tokend PATH --replicas N --store sled|postgres --callers N"
             ),
         }
     }
-    if !out.minutes.is_finite() || out.minutes <= 0.0 || out.connections == 0 || out.replicas == 0 {
-        bail!("--minutes, --connections and --replicas must be positive");
+    if !out.minutes.is_finite()
+        || out.minutes <= 0.0
+        || out.connections == 0
+        || out.replicas == 0
+        || out.callers == 0
+    {
+        bail!("--minutes, --connections, --replicas and --callers must be positive");
     }
     if out.replicas > 1 && !out.postgres {
         bail!("--replicas above 1 needs --store postgres (sled is one process's)");
@@ -266,7 +275,7 @@ async fn run_mode(
         Arc::clone(&acked),
         Arc::clone(&tally),
         Arc::clone(&stop),
-        32,
+        args.callers,
     ));
     let mut report = Report {
         mode,

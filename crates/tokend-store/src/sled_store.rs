@@ -29,7 +29,7 @@ use crate::{
     matches,
     sled_durable::{Durability, Waited},
     sled_index,
-    sled_wal::{Entry, Leftover, Ticket, WriteAhead},
+    sled_wal::{Entry, Leftover, Ticket, WriteAhead, Written},
 };
 
 /// A sled database holding tokend's records. sled types stay inside this
@@ -571,20 +571,18 @@ impl SledStore {
             .await
     }
 
-    /// Appends an update to the write-ahead log, then fdatasyncs it on a
-    /// blocking thread, before the put goes to the writer thread. The
-    /// append runs at once, in the caller's poll (the one that read the
-    /// provider's answer, for a refresh: no wait for a thread in between):
-    /// the grant survives a crash of the process from then on, and a power
-    /// cut once synced, rather than only once sled flushes it (which waits
-    /// for the writer's batch, then for its own). `None` if the log
+    /// Appends an update to the write-ahead log, at once, in the caller's
+    /// poll (the one that read the provider's answer, for a refresh: no
+    /// wait for a thread in between): the grant survives a crash of the
+    /// process from then on, rather than only once sled flushes it (which
+    /// waits for the writer's batch, then for its own). `None` if the log
     /// failed: the put is then as safe as sled makes it, as without a log.
-    async fn log_ahead(
+    fn log_write(
         &self,
         record: &Connection,
         expected: Option<u64>,
         fence: Option<u64>,
-    ) -> Option<Ticket> {
+    ) -> Option<Written> {
         let started = Instant::now();
         let entry = Entry {
             key: record.id.as_str().as_bytes().to_vec(),
@@ -592,14 +590,22 @@ impl SledStore {
             fence,
             record: codec::encode(record, &self.inner.keys()),
         };
-        let written = match self.inner.wal.write(&entry) {
-            Ok(written) => written,
+        match self.inner.wal.write(&entry) {
+            Ok(written) => {
+                steps::record(Step::WalWrite, started.elapsed());
+                Some(written.timed_from(started))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "the write-ahead log failed: this put is safe only once sled flushes it");
-                return None;
+                None
             }
-        };
-        steps::record(Step::WalWrite, started.elapsed());
+        }
+    }
+
+    /// Makes a logged update durable (fdatasync, on a blocking thread): it
+    /// survives a power cut from then on.
+    async fn log_sync(&self, written: Written) -> Option<Ticket> {
+        let started = written.started();
         let inner = Arc::clone(&self.inner);
         match tokio::task::spawn_blocking(move || written.sync(&inner.wal)).await {
             Ok(Ok(ticket)) => {
@@ -612,6 +618,19 @@ impl SledStore {
             }
             Err(_) => None,
         }
+    }
+
+    /// Logs an update and syncs it, without putting it: what a crash
+    /// between the two leaves.
+    #[cfg(test)]
+    async fn log_ahead(
+        &self,
+        record: &Connection,
+        expected: Option<u64>,
+        fence: Option<u64>,
+    ) -> Option<Ticket> {
+        let written = self.log_write(record, expected, fence)?;
+        self.log_sync(written).await
     }
 
     /// Makes every write so far durable (a flush by the writer thread).
@@ -1010,17 +1029,22 @@ impl Store for SledStore {
         // create replayed after a delete would bring the connection back,
         // whereas an update replayed after a delete (or a re-creation, a
         // new incarnation) is refused.
-        let ticket = match expected {
-            Some(_) => self.log_ahead(record, expected, fence).await,
-            None => None,
-        };
+        let written = expected.and_then(|_| self.log_write(record, expected, fence));
         let record = record.clone();
-        let result = self
-            .write_timed(
+        // The log's sync and sled's put run side by side: either one on disk
+        // keeps the grant through a power cut.
+        let (ticket, result) = tokio::join!(
+            async {
+                match written {
+                    Some(written) => self.log_sync(written).await,
+                    None => None,
+                }
+            },
+            self.write_timed(
                 move |inner| (inner.put(&record, expected, fence), true),
-                true,
+                true
             )
-            .await;
+        );
         // Settled once flushed by sled, or refused (a replay would be
         // refused too); after a failure the entry stays for the next open.
         if let Some(ticket) = ticket

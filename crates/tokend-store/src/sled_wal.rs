@@ -1,6 +1,7 @@
 //! The sled store's write-ahead log of puts: each put's sealed record is
-//! appended to a file of its own and fdatasync'd by the caller's task,
-//! before the put goes to the writer thread, and replayed at open.
+//! appended to a file of its own, in the caller's poll before the put goes
+//! to the writer thread, fdatasync'd by a blocking thread while sled takes
+//! the put, and replayed at open.
 //!
 //! Why: a strict provider kills the old refresh token as it answers, and
 //! the new one is lost if the process dies before it is on disk. Through
@@ -8,9 +9,10 @@
 //! flushing, then for its own batch's flush: two fsyncs (measured: a 25 ms
 //! mean under the chaos load, against 4 ms for an append and fdatasync).
 //! Here the grant is safe from a SIGKILL once its append returns (the page
-//! cache outlives the process) and from a power cut once the fdatasync
-//! does; then the put goes on through sled as before: callers still hear
-//! of a put only once sled has flushed it, so nothing else changes.
+//! cache outlives the process), and from a power cut once either the
+//! fdatasync or sled's flush is over; the put goes on through sled as
+//! before: callers still hear of a put only once sled has flushed it, so
+//! nothing else changes.
 //!
 //! A replayed entry is an ordinary put (same revision, fence and event
 //! checks): one whose put landed, or lost to another write, is refused and
@@ -32,6 +34,7 @@ use std::{
     io::{self, Write},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
+    time::Instant,
 };
 
 const MAGIC: &[u8; 4] = b"TKW1";
@@ -111,9 +114,19 @@ pub(crate) struct Written {
     file: Arc<File>,
     /// The entry opened a segment, whose name must reach the disk too.
     new_segment: bool,
+    /// When the put began, for the window's steps.
+    started: Instant,
 }
 
 impl Written {
+    pub(crate) fn timed_from(self, started: Instant) -> Self {
+        Written { started, ..self }
+    }
+
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
     /// Blocking: makes the entry durable (fdatasync). On failure the entry
     /// is settled: the put is then as safe as sled makes it.
     pub(crate) fn sync(self, log: &WriteAhead) -> io::Result<Ticket> {
@@ -200,6 +213,7 @@ impl WriteAhead {
             ticket: Ticket(active),
             file: Arc::clone(&s.file),
             new_segment,
+            started: Instant::now(),
         })
     }
 
