@@ -2,7 +2,7 @@
 # Crash test: SIGKILLs a real `tokend serve` under load, with the sandbox
 # provider (its own process) in strict and in grace rotation, and checks
 # that no grant is lost. Usage: scripts/chaos.sh --minutes N [--connections 200]
-# [--callers 32] [--replicas 3 --store postgres] (replicas sharing a throwaway PostgreSQL cluster;
+# [--callers 32] [--force-share 0.2] [--replicas 3 --store postgres] (replicas sharing a throwaway PostgreSQL cluster;
 # needs Debian's postgresql server binaries)
 set -euo pipefail
 cd "$(dirname "$0")/.."

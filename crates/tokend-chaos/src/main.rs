@@ -34,8 +34,10 @@ struct Args {
     bin: std::path::PathBuf,
     replicas: usize,
     postgres: bool,
-    /// Concurrent callers of the load (the refresh rate follows them).
+    /// Concurrent callers of the load, and the share of their calls that
+    /// force a refresh: together they set the refresh rate.
     callers: usize,
+    force_share: f64,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -48,6 +50,7 @@ fn args() -> anyhow::Result<Args> {
         replicas: 1,
         postgres: false,
         callers: 32,
+        force_share: 0.2,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,6 +61,7 @@ fn args() -> anyhow::Result<Args> {
             "--tokend" => out.bin = value.into(),
             "--replicas" => out.replicas = value.parse().context("--replicas")?,
             "--callers" => out.callers = value.parse().context("--callers")?,
+            "--force-share" => out.force_share = value.parse().context("--force-share")?,
             "--store" => {
                 out.postgres = match value.as_str() {
                     "postgres" => true,
@@ -66,7 +70,7 @@ fn args() -> anyhow::Result<Args> {
                 }
             }
             other => bail!(
-                "unknown flag {other}; use --minutes N --connections N --tokend PATH --replicas N --store sled|postgres --callers N"
+                "unknown flag {other}; use --minutes N --connections N --tokend PATH --replicas N --store sled|postgres --callers N --force-share 0.2"
             ),
         }
     }
@@ -77,6 +81,9 @@ fn args() -> anyhow::Result<Args> {
         || out.callers == 0
     {
         bail!("--minutes, --connections, --replicas and --callers must be positive");
+    }
+    if !(0.0..=1.0).contains(&out.force_share) {
+        bail!("--force-share is a share of calls, from 0 to 1");
     }
     if out.replicas > 1 && !out.postgres {
         bail!("--replicas above 1 needs --store postgres (sled is one process's)");
@@ -276,6 +283,7 @@ async fn run_mode(
         Arc::clone(&tally),
         Arc::clone(&stop),
         args.callers,
+        args.force_share,
     ));
     let mut report = Report {
         mode,

@@ -29,7 +29,7 @@ use crate::{
     matches,
     sled_durable::{Durability, Waited},
     sled_index,
-    sled_wal::{Entry, Leftover, Ticket, WriteAhead, Written},
+    sled_wal::WriteAhead,
 };
 
 /// A sled database holding tokend's records. sled types stay inside this
@@ -408,49 +408,6 @@ impl SledStore {
         Ok(store)
     }
 
-    /// Puts again what the write-ahead log holds from an earlier run, each
-    /// as the put it was (revision, fence, events), then flushes and drops
-    /// the old segments. A put that had landed, or had lost to another
-    /// write, is refused again and skipped.
-    fn replay(&self, leftover: Leftover) -> Result<(), StoreError> {
-        if leftover.entries.is_empty() {
-            return leftover.done().map_err(wal_error);
-        }
-        let keys = self.inner.keys();
-        let (mut replayed, mut skipped) = (0, 0);
-        for Entry {
-            key,
-            expected,
-            fence,
-            record,
-        } in &leftover.entries
-        {
-            let put = codec::decode(key, record, &keys).and_then(|record| {
-                check_advances(&record, *expected)?;
-                self.inner.put(&record, *expected, *fence)
-            });
-            match put {
-                Ok(()) => replayed += 1,
-                Err(StoreError::Backend(e)) => return Err(StoreError::Backend(e)),
-                Err(StoreError::Corrupt { reason, .. }) => {
-                    skipped += 1;
-                    tracing::error!(connection_id = %String::from_utf8_lossy(key), reason, "a write-ahead record does not open; skipped");
-                }
-                Err(_) => skipped += 1,
-            }
-        }
-        if replayed > 0 {
-            crate::sled_commit::Flush::flush_and_publish(&*self.inner)?;
-        }
-        leftover.done().map_err(wal_error)?;
-        tracing::info!(
-            replayed,
-            skipped,
-            "write-ahead log replayed: puts a crash cut off before their flush"
-        );
-        Ok(())
-    }
-
     /// Runs `f` on a blocking thread: sled calls block on I/O and locks.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -571,68 +528,6 @@ impl SledStore {
             .await
     }
 
-    /// Appends an update to the write-ahead log, at once, in the caller's
-    /// poll (the one that read the provider's answer, for a refresh: no
-    /// wait for a thread in between): the grant survives a crash of the
-    /// process from then on, rather than only once sled flushes it (which
-    /// waits for the writer's batch, then for its own). `None` if the log
-    /// failed: the put is then as safe as sled makes it, as without a log.
-    fn log_write(
-        &self,
-        record: &Connection,
-        expected: Option<u64>,
-        fence: Option<u64>,
-    ) -> Option<Written> {
-        let started = Instant::now();
-        let entry = Entry {
-            key: record.id.as_str().as_bytes().to_vec(),
-            expected,
-            fence,
-            record: codec::encode(record, &self.inner.keys()),
-        };
-        match self.inner.wal.write(&entry) {
-            Ok(written) => {
-                steps::record(Step::WalWrite, started.elapsed());
-                Some(written.timed_from(started))
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "the write-ahead log failed: this put is safe only once sled flushes it");
-                None
-            }
-        }
-    }
-
-    /// Makes a logged update durable (fdatasync, on a blocking thread): it
-    /// survives a power cut from then on.
-    async fn log_sync(&self, written: Written) -> Option<Ticket> {
-        let started = written.started();
-        let inner = Arc::clone(&self.inner);
-        match tokio::task::spawn_blocking(move || written.sync(&inner.wal)).await {
-            Ok(Ok(ticket)) => {
-                steps::record(Step::WalSync, started.elapsed());
-                Some(ticket)
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "syncing the write-ahead log failed: this put is safe from a power cut only once sled flushes it");
-                None
-            }
-            Err(_) => None,
-        }
-    }
-
-    /// Logs an update and syncs it, without putting it: what a crash
-    /// between the two leaves.
-    #[cfg(test)]
-    async fn log_ahead(
-        &self,
-        record: &Connection,
-        expected: Option<u64>,
-        fence: Option<u64>,
-    ) -> Option<Ticket> {
-        let written = self.log_write(record, expected, fence)?;
-        self.log_sync(written).await
-    }
-
     /// Makes every write so far durable (a flush by the writer thread).
     async fn flush(&self) -> Result<(), StoreError> {
         self.write(|_| (Ok(()), true)).await
@@ -738,10 +633,6 @@ impl SledStore {
             work: die,
         });
     }
-}
-
-fn wal_error(e: std::io::Error) -> StoreError {
-    StoreError::Backend(format!("write-ahead log: {e}"))
 }
 
 fn writer_gone() -> StoreError {
@@ -1430,3 +1321,6 @@ mod durable_tests;
 #[cfg(test)]
 #[path = "sled_wal_tests.rs"]
 mod wal_tests;
+
+#[path = "sled_store_wal.rs"]
+mod wal;

@@ -6,8 +6,11 @@
 //! Why: a strict provider kills the old refresh token as it answers, and
 //! the new one is lost if the process dies before it is on disk. Through
 //! sled alone, a put waits for the writer thread to finish the batch it is
-//! flushing, then for its own batch's flush: two fsyncs (measured: a 25 ms
-//! mean under the chaos load, against 4 ms for an append and fdatasync).
+//! flushing, then for its own batch's flush: measured under the chaos load
+//! (`tokend_refresh_window_seconds`), 3.3 ms on average in a release build
+//! at 1,000 refreshes/s, and 23 ms in a debug build on a loaded machine,
+//! against 0.24 ms and 1 ms for the append here.
+//!
 //! Here the grant is safe from a SIGKILL once its append returns (the page
 //! cache outlives the process), and from a power cut once either the
 //! fdatasync or sled's flush is over; the put goes on through sled as
@@ -19,9 +22,9 @@
 //! dropped. Only updates are logged (a refreshed grant always is one): an
 //! update replayed after a delete, or after a re-creation (a new
 //! incarnation), is refused too, where a create would bring a deleted
-//! connection back. Segments roll over at [`SEGMENT_BYTES`] and are deleted once
-//! every put they hold is settled (flushed by sled, or refused); the ones
-//! found at open are deleted once replayed and flushed.
+//! connection back. Segments roll over at [`SEGMENT_BYTES`] and are
+//! deleted once every put they hold is settled (flushed by sled, or
+//! refused); the ones found at open are deleted once replayed and flushed.
 //!
 //! A frame: `TKW1`, the payload's length (u32 LE), its FNV-1a 64 (u64 LE),
 //! the payload: the key's length (u32 LE) and the key, the expected
