@@ -10,6 +10,7 @@
 #   scripts/chaos.sh --fault lost-hang|lost-504|lost-reset|slow-provider|pg-stop|
 #                    pg-partition|sled-stall|clock-step|restart --duration 60s
 #                    [--rotation strict|grace|both]
+#   [--callers 32] [--force-share 0.2]   the load: concurrent callers, share of ForceRefresh
 # clock-step builds a small LD_PRELOAD library with `cc`. See RELIABILITY.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -94,6 +94,17 @@ pub fn report(error: &anyhow::Error, json: bool) -> ExitCode {
 mod tests {
     use super::*;
 
+    /// Issue 25, item 9: a server stopped by a broken store exits non-zero
+    /// (its supervisor restarts it), never 0 as after a requested stop.
+    #[test]
+    fn a_broken_store_exits_non_zero() {
+        let e = anyhow::Error::new(tokend_server::ServerError::StoreBroken(
+            "the store's writer thread panicked".into(),
+        ));
+        assert_eq!(classify(&e), Class::Other);
+        assert_ne!(Class::Other as u8, 0);
+    }
+
     #[test]
     fn each_class_has_its_code() {
         let client = |e: ClientError| classify(&anyhow::Error::new(e).context("token get"));

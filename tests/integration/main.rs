@@ -33,6 +33,7 @@ mod rpc;
 mod security;
 mod shutdown;
 mod sockets;
+mod store_broken;
 mod store_copy;
 mod watch;
 mod webhooks;

@@ -180,6 +180,8 @@ pub struct Rig<'a> {
     pub sandbox_url: &'a str,
     pub proxy: Option<&'a Proxy>,
     pub clock: Option<&'a ClockStep>,
+    /// The refresh window by step, scraped from a broker before it is killed.
+    pub window: &'a mut crate::window::Window,
 }
 
 fn rand_ms(range: Range<u64>) -> Duration {
@@ -221,6 +223,9 @@ impl Fault {
         match self {
             Fault::Kill => {
                 let victim = rig.victim();
+                rig.window
+                    .scrape(rig.http, rig.scenario.admin[victim])
+                    .await;
                 if let Some(b) = rig.brokers[victim].take() {
                     b.kill();
                 }

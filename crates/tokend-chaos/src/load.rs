@@ -49,7 +49,8 @@ pub fn connection_id(i: usize) -> String {
     format!("chaos-{i}")
 }
 
-/// Runs `workers` callers until `stop` is set.
+/// Runs `workers` callers until `stop` is set; `force_share` of their
+/// calls are ForceRefresh.
 pub async fn run(
     channel: Channel,
     acked: Arc<Acked>,
@@ -57,6 +58,7 @@ pub async fn run(
     told: Arc<Told>,
     stop: Arc<AtomicBool>,
     workers: usize,
+    force_share: f64,
 ) {
     let mut tasks = Vec::new();
     for _ in 0..workers {
@@ -71,7 +73,10 @@ pub async fn run(
             while !stop.load(Ordering::SeqCst) {
                 let (i, force) = {
                     let mut rng = rand::rng();
-                    (rng.random_range(0..acked.0.len()), rng.random_bool(0.2))
+                    (
+                        rng.random_range(0..acked.0.len()),
+                        rng.random_bool(force_share),
+                    )
                 };
                 let id = connection_id(i);
                 let started = tokio::time::Instant::now();

@@ -19,6 +19,7 @@ mod load;
 mod process;
 mod proxy;
 mod run;
+mod window;
 
 use std::time::Duration;
 
@@ -34,11 +35,15 @@ struct Args {
     store: Option<bool>,
     faults: Vec<Fault>,
     rotation: Option<Vec<u64>>,
+    /// Concurrent callers of the load, and the share of their calls that
+    /// force a refresh: together they set the refresh rate.
+    callers: usize,
+    force_share: f64,
 }
 
 const USAGE: &str = "use --fault kill|matrix|lost-hang|lost-504|lost-reset|slow-provider|pg-stop|pg-partition|sled-stall|clock-step \
      --duration 60s (per fault) | --minutes N, --rotation strict|grace|both, --connections N, --tokend PATH, \
-     --replicas N, --store sled|postgres";
+     --replicas N, --store sled|postgres, --callers N, --force-share 0.2";
 
 /// `60s`, `2m`, or plain seconds.
 fn parse_duration(text: &str) -> anyhow::Result<Duration> {
@@ -67,6 +72,8 @@ fn args() -> anyhow::Result<Args> {
         store: None,
         faults: vec![Fault::Kill],
         rotation: None,
+        callers: 32,
+        force_share: 0.2,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -102,11 +109,16 @@ fn args() -> anyhow::Result<Args> {
                     other => bail!("--rotation {other}: strict, grace or both"),
                 })
             }
+            "--callers" => out.callers = value.parse().context("--callers")?,
+            "--force-share" => out.force_share = value.parse().context("--force-share")?,
             other => bail!("unknown flag {other}; {USAGE}"),
         }
     }
-    if out.connections == 0 || out.replicas == 0 {
-        bail!("--connections and --replicas must be positive");
+    if out.connections == 0 || out.replicas == 0 || out.callers == 0 {
+        bail!("--connections, --replicas and --callers must be positive");
+    }
+    if !(0.0..=1.0).contains(&out.force_share) {
+        bail!("--force-share is a share of calls, from 0 to 1");
     }
     if out.replicas > 1 && out.store != Some(true) {
         bail!("--replicas above 1 needs --store postgres (sled is one process's)");
@@ -139,6 +151,8 @@ fn plans(args: &Args) -> Vec<Plan> {
                 replicas: if postgres { replicas } else { 1 },
                 postgres,
                 bin: args.bin.clone(),
+                callers: args.callers,
+                force_share: args.force_share,
             });
         }
     }

@@ -84,6 +84,8 @@ pub struct Scenario {
     pub sandbox: SocketAddr,
     /// One address per replica.
     pub grpc: Vec<SocketAddr>,
+    /// Each replica's admin listener, scraped for its refresh window.
+    pub admin: Vec<SocketAddr>,
     /// Seconds a rotated-out refresh token stays valid; 0 is strict.
     pub grace_secs: u64,
     pub token_lifetime_secs: u64,
@@ -175,6 +177,8 @@ impl Scenario {
             .arg(config)
             .arg("--listen")
             .arg(self.grpc[replica].to_string())
+            .arg("--admin-listen")
+            .arg(self.admin[replica].to_string())
             .arg("--data-dir")
             .arg(self.dir.join(format!("data-{replica}")))
             .arg("--key-file")

@@ -32,6 +32,9 @@ pub struct Plan {
     pub replicas: usize,
     pub postgres: bool,
     pub bin: std::path::PathBuf,
+    /// Concurrent callers, and the share of their calls that force a refresh.
+    pub callers: usize,
+    pub force_share: f64,
 }
 
 impl Plan {
@@ -137,6 +140,9 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         grpc: (0..plan.replicas)
             .map(|_| free_addr())
             .collect::<anyhow::Result<_>>()?,
+        admin: (0..plan.replicas)
+            .map(|_| free_addr())
+            .collect::<anyhow::Result<_>>()?,
         grace_secs: plan.grace_secs,
         token_lifetime_secs: 2,
         database_url,
@@ -196,13 +202,15 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         Arc::clone(&tally),
         Arc::clone(&told),
         Arc::clone(&stop),
-        32,
+        plan.callers,
+        plan.force_share,
     ));
     let mut report = Report {
         setup_secs: started.elapsed().as_secs_f64(),
         ..Report::default()
     };
     let mut seen = vec![0u64; plan.connections];
+    let mut window = crate::window::Window::default();
     let end = tokio::time::Instant::now() + plan.duration;
     loop {
         let pause = Duration::from_millis(rand::rng().random_range(plan.fault.pause()));
@@ -225,6 +233,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
             sandbox_url: &sandbox_url,
             proxy: proxy.as_ref(),
             clock: clock.as_ref(),
+            window: &mut window,
         };
         plan.fault
             .strike(&mut rig)
@@ -285,6 +294,12 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     report.calls_failed = tally.failed.load(Ordering::Relaxed);
     report.stalled = tally.stalled.load(Ordering::Relaxed);
     report.check_secs = checking.elapsed().as_secs_f64();
+    if plan.fault == Fault::Kill {
+        for admin in &scenario.admin {
+            window.scrape(&http, *admin).await;
+        }
+        window.print(&format!("{} ({})", plan.fault.name(), plan.rotation()));
+    }
     drop(brokers);
     if std::env::var_os("TOKEND_CHAOS_KEEP").is_some() {
         eprintln!("logs kept in {}", dir.keep().display());

@@ -6,6 +6,7 @@ mod connection;
 pub mod event;
 mod id;
 mod policy;
+pub mod steps;
 mod token;
 
 pub use clock::{Clock, Timestamp, WALL_JUMP_TOLERANCE, WallJump};

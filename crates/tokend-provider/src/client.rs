@@ -5,7 +5,10 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
-use tokend_core::{Clock, ErrorClass, TokenSet};
+use tokend_core::{
+    Clock, ErrorClass, TokenSet,
+    steps::{self, Step},
+};
 
 use crate::{
     ClientAuth, ProviderConfig, ProviderError, RequestBody, Salvage, classify, redact::Redactor,
@@ -350,6 +353,7 @@ impl ProviderClient {
     ) -> Result<TokenGrant, ProviderError> {
         let (request, secrets) = self.prepare(config, url, form, sent_secrets)?;
         let sent_at = self.clock.now();
+        let sending = std::time::Instant::now();
         let mut response = request.send().await.map_err(|e| {
             // Only a failure to connect (DNS, refused, TLS handshake) is
             // proven to precede sending; after that, the provider may have
@@ -362,6 +366,7 @@ impl ProviderClient {
                 unanswered(transport_error("http_error", "token request failed"))
             }
         })?;
+        let headers_at = std::time::Instant::now();
         let status = response.status().as_u16();
         let correlation_id = CORRELATION_HEADERS.iter().find_map(|h| {
             response
@@ -415,8 +420,14 @@ impl ProviderClient {
                 }
             }
         }
-
-        interpret(
+        // The strict-rotation window is open from here on for a grant:
+        // timed, step by step (`tokend_core::steps`).
+        let parsing = std::time::Instant::now();
+        if success {
+            steps::record(Step::AnswerWait, headers_at - sending);
+            steps::record(Step::AnswerRead, parsing - headers_at);
+        }
+        let interpreted = interpret(
             config,
             Answer {
                 status,
@@ -426,7 +437,11 @@ impl ProviderClient {
             },
             &secrets,
             sent_at,
-        )
+        );
+        if success {
+            steps::record(Step::Parse, parsing.elapsed());
+        }
+        interpreted
     }
 }
 

@@ -1,7 +1,7 @@
 //! The admin HTTP listener, apart from gRPC: `/metrics` (Prometheus text
 //! format), `/healthz` (the process answers), `/readyz` (the store is open,
 //! the keys loaded and the first scan of connections done; not while
-//! shutting down), and the read-only console (`/`, `console.rs`), which
+//! shutting down, nor once the store has broken), and the read-only console (`/`, `console.rs`), which
 //! asks for an admin identity. None of them shows a secret.
 
 use std::sync::{Arc, Mutex};
@@ -98,9 +98,12 @@ async fn metrics_text(State(admin): State<Admin>) -> impl IntoResponse {
 }
 
 /// Served only once the server is up (the engine has scheduled every
-/// connection before this listener starts), until shutdown begins.
+/// connection before this listener starts), until shutdown begins or the
+/// store breaks (its writer thread died: every write would fail).
 async fn ready(State(admin): State<Admin>) -> impl IntoResponse {
-    if admin.cancel.is_cancelled() {
+    if admin.engine.store().broken().borrow().is_some() {
+        (StatusCode::SERVICE_UNAVAILABLE, "store failed\n")
+    } else if admin.cancel.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
     } else {
         (StatusCode::OK, "ready\n")

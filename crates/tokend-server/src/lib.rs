@@ -103,6 +103,10 @@ pub enum ServerError {
     Tls(String),
     #[error("webhooks: {0}")]
     Webhooks(String),
+    /// The store can write nothing any more (sled: its writer thread
+    /// died): the server stopped rather than fail every write while ready.
+    #[error("the store failed: {0}")]
+    StoreBroken(String),
 }
 
 /// Serves tokend on `listener` until `shutdown` resolves.
@@ -272,8 +276,17 @@ pub async fn run_with_tasks(
     let signal = {
         let cancel = cancel.clone();
         let health = health.clone();
+        let broken = engine.store().broken();
         async move {
-            shutdown.await;
+            // A store that cannot write any more stops the server: serving
+            // on would fail every write while reporting ready.
+            tokio::select! {
+                () = shutdown => {}
+                why = store_broke(broken) => tracing::error!(
+                    reason = %why,
+                    "the store cannot write any more: shutting down"
+                ),
+            }
             tracing::info!(
                 "shutting down: health NOT_SERVING, ending watch streams, finishing in-flight calls"
             );
@@ -382,7 +395,25 @@ pub async fn run_with_tasks(
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     }
     tracing::info!("tokend stopped");
-    result.map_err(ServerError::from)
+    result.map_err(ServerError::from)?;
+    let broken = engine.store().broken().borrow().clone();
+    match broken {
+        Some(why) => Err(ServerError::StoreBroken(why)),
+        None => Ok(()),
+    }
+}
+
+/// Resolves with the reason once `broken` says the store broke; never for
+/// a store that cannot break.
+async fn store_broke(mut broken: tokio::sync::watch::Receiver<Option<String>>) -> String {
+    let why = broken
+        .wait_for(Option::is_some)
+        .await
+        .map(|why| why.clone().unwrap_or_default());
+    match why {
+        Ok(why) => why,
+        Err(_) => std::future::pending().await,
+    }
 }
 
 /// The TLS settings from PEM files. Client certificates are optional even

@@ -364,6 +364,10 @@ impl<S: Store> Store for FaultStore<S> {
         self.inner.event_watermark()
     }
 
+    fn broken(&self) -> watch::Receiver<Option<String>> {
+        self.inner.broken()
+    }
+
     fn shared(&self) -> bool {
         self.inner.shared() || self.shared.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -13,9 +13,11 @@ mod leases;
 mod memory;
 pub mod restore;
 mod sled_commit;
+mod sled_durable;
 mod sled_index;
 mod sled_keys;
 mod sled_store;
+mod sled_wal;
 mod summary;
 
 use std::time::Duration;
@@ -304,6 +306,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<u64>, StoreError> {
         let _ = (name, holder, ttl, now);
         Ok(Some(1))
+    }
+
+    /// Once set, why this store can write nothing any more (sled: its one
+    /// writer thread died). A process whose store broke must stop reporting
+    /// ready and exit with an error, not fail every write while looking
+    /// healthy. The default never breaks.
+    fn broken(&self) -> watch::Receiver<Option<String>> {
+        watch::Sender::new(None).subscribe()
     }
 
     /// Whether other processes write this store too (replicas sharing a

@@ -15,8 +15,9 @@ use std::sync::{Arc, mpsc};
 
 use crate::StoreError;
 
-/// What runs once the batch's flush (if any) is over, with its outcome.
-pub(crate) type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+/// What runs once the batch is over, with the outcome of the batch's flush
+/// (`None`: the batch needed none).
+pub(crate) type Completion = Box<dyn FnOnce(Option<Result<(), StoreError>>) + Send>;
 
 /// A change: runs on the writer thread and says whether it needs the
 /// flush before its caller may go on.
@@ -32,23 +33,49 @@ pub(crate) struct Job<I> {
 pub(crate) trait Flush: Send + Sync + 'static {
     /// Flushes; on success, publishes what the flush made durable.
     fn flush_and_publish(&self) -> Result<(), StoreError>;
+
+    /// Whether changes applied earlier still wait for a successful flush
+    /// (an earlier one failed): the next batch flushes again, even with
+    /// nothing of its own to flush.
+    fn unflushed(&self) -> bool;
 }
 
 /// Most changes taken into one batch.
 pub(crate) const MAX_BATCH: usize = 1024;
 
+/// The panic a change raises to kill the writer thread, for tests of what
+/// the server does when it dies (`SledStore::kill_writer`). Any other
+/// panic in a change fails that change alone.
+#[cfg(any(test, feature = "fault-injection"))]
+pub(crate) struct Die;
+
 /// Starts the writer thread, taking at most `max_batch` changes per flush
-/// (1: a flush per write, for benchmarks); it ends when every sender is gone.
-pub(crate) fn start<I: Flush>(max_batch: usize) -> mpsc::Sender<Job<I>> {
+/// (1: a flush per write, for benchmarks); it ends when every sender is
+/// gone. If it dies instead (a panic outside a change: in sled's flush),
+/// `on_death` is told: every later write fails, and the store must say so.
+pub(crate) fn start<I: Flush>(
+    max_batch: usize,
+    on_death: impl FnOnce(&str) + Send + 'static,
+) -> mpsc::Sender<Job<I>> {
     let (tx, rx) = mpsc::channel::<Job<I>>();
     let max_batch = max_batch.max(1);
     std::thread::Builder::new()
         .name("tokend-sled-writer".into())
-        .spawn(move || run(rx, max_batch))
+        .spawn(move || {
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(rx, max_batch)));
+            if ran.is_err() {
+                on_death("the store's writer thread panicked; nothing can be written any more");
+            }
+        })
         .expect("the sled writer thread starts");
     tx
 }
 
+/// Applies each batch, flushes it once, then tells every caller of the
+/// batch, refused ones included: a change refused because of another one
+/// not yet flushed (a compare-and-swap that lost) is reported only once
+/// what it lost to is durable, so that no caller acts on state a crash
+/// could still undo.
 fn run<I: Flush>(rx: mpsc::Receiver<Job<I>>, max_batch: usize) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
@@ -58,33 +85,28 @@ fn run<I: Flush>(rx: mpsc::Receiver<Job<I>>, max_batch: usize) {
                 Err(_) => break,
             }
         }
-        let mut waiting = Vec::with_capacity(jobs.len());
-        let mut flusher: Option<Arc<I>> = None;
+        let flusher = Arc::clone(&jobs[0].inner);
+        let mut done = Vec::with_capacity(jobs.len());
+        let mut needs_flush = false;
         for Job { inner, work } in jobs {
             // A change that panics fails alone (its caller gets an error
             // when its reply is dropped); the writer goes on.
-            let Ok((needs_flush, completion)) =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&inner)))
-            else {
-                drop(inner);
-                continue;
-            };
-            // Every store reference is let go before its caller hears back,
-            // so a caller that drops the store and reopens its directory
-            // finds it unlocked.
-            if needs_flush {
-                flusher.get_or_insert(inner);
-                waiting.push(completion);
-            } else {
-                drop(inner);
-                completion(Ok(()));
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&inner))) {
+                Ok((flush, completion)) => {
+                    needs_flush |= flush;
+                    done.push(completion);
+                }
+                #[cfg(any(test, feature = "fault-injection"))]
+                Err(payload) if payload.is::<Die>() => std::panic::resume_unwind(payload),
+                Err(_) => {}
             }
         }
-        let flushed = match flusher {
-            Some(inner) => inner.flush_and_publish(),
-            None => Ok(()),
-        };
-        for completion in waiting {
+        let flushed = (needs_flush || flusher.unflushed()).then(|| flusher.flush_and_publish());
+        // Every store reference is let go before its caller hears back, so
+        // a caller that drops the store and reopens its directory finds it
+        // unlocked.
+        drop(flusher);
+        for completion in done {
             completion(flushed.clone());
         }
     }
@@ -104,13 +126,20 @@ mod tests {
             self.0.fetch_add(1, Ordering::SeqCst);
             Ok(())
         }
+
+        fn unflushed(&self) -> bool {
+            false
+        }
     }
 
     fn job(
         inner: &Arc<Counting>,
         flush: bool,
         panic: bool,
-    ) -> (Job<Counting>, mpsc::Receiver<Result<(), StoreError>>) {
+    ) -> (
+        Job<Counting>,
+        mpsc::Receiver<Option<Result<(), StoreError>>>,
+    ) {
         let (tx, rx) = mpsc::channel();
         let work: Work<Counting> = Box::new(move |_| {
             assert!(!panic, "a change that panics");
@@ -131,16 +160,38 @@ mod tests {
     #[test]
     fn a_panicking_change_fails_alone_and_the_writer_goes_on() {
         let inner = Arc::new(Counting::default());
-        let writer = start::<Counting>(MAX_BATCH);
+        let writer = start::<Counting>(MAX_BATCH, |_| {});
         let (bad, bad_reply) = job(&inner, true, true);
         writer.send(bad).unwrap();
         assert!(bad_reply.recv().is_err(), "its caller hears of the failure");
         let (good, good_reply) = job(&inner, true, false);
         writer.send(good).unwrap();
-        assert!(good_reply.recv().unwrap().is_ok());
+        assert!(good_reply.recv().unwrap().unwrap().is_ok());
         assert!(
             inner.0.load(Ordering::SeqCst) >= 1,
             "flushed for the good one"
         );
+    }
+
+    /// Issue 25, item 9: a writer thread that dies is reported (the store
+    /// then says it is broken, and the server stops), and no write is taken
+    /// after it.
+    #[test]
+    fn a_writer_that_dies_says_so() {
+        let (told_tx, told) = mpsc::channel();
+        let writer = start::<Counting>(MAX_BATCH, move |why| {
+            let _ = told_tx.send(why.to_owned());
+        });
+        let inner = Arc::new(Counting::default());
+        let die: Work<Counting> = Box::new(|_| std::panic::panic_any(Die));
+        writer
+            .send(Job {
+                inner: Arc::clone(&inner),
+                work: die,
+            })
+            .unwrap();
+        assert!(told.recv().unwrap().contains("writer thread"));
+        let (after, _) = job(&inner, true, false);
+        assert!(writer.send(after).is_err(), "nothing is taken any more");
     }
 }

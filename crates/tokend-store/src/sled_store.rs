@@ -10,12 +10,15 @@ use std::{
         Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
 use sled::Transactional;
-use tokend_core::{Connection, ConnectionId, Event, NewEvent, Timestamp, event};
+use tokend_core::{
+    Connection, ConnectionId, Event, NewEvent, Timestamp, event,
+    steps::{self, Step},
+};
 use tokio::sync::watch;
 
 use crate::{
@@ -23,7 +26,10 @@ use crate::{
     Watermark, check_advances, codec,
     crypto::Keyring,
     leases::{LeaseState, check_fence},
-    matches, sled_index,
+    matches,
+    sled_durable::{Durability, Waited},
+    sled_index,
+    sled_wal::WriteAhead,
 };
 
 /// A sled database holding tokend's records. sled types stay inside this
@@ -63,6 +69,13 @@ struct Inner {
     flush_delay: std::time::Duration,
     /// The writer thread's queue.
     writer: std::sync::mpsc::Sender<crate::sled_commit::Job<Inner>>,
+    /// Which records have changes not yet flushed, and how the flushes
+    /// went: reads wait for the flush of what they read
+    /// (`sled_durable.rs`).
+    durability: Arc<Durability>,
+    /// Every put's sealed record, fdatasync'd by its caller while sled
+    /// takes its time, replayed at open (`sled_wal.rs`).
+    wal: WriteAhead,
     /// Seals and opens secret fields. A `put` holds the read guard from
     /// encoding to its compare-and-swap, and `set_keyring` takes the write
     /// guard: once `set_keyring` returns, every write that lands after it
@@ -93,6 +106,8 @@ pub const FORMAT_VERSION: u32 = 4;
 pub const BOUND_FORMAT: u32 = 4;
 
 const LOG_ID_KEY: &[u8] = b"log_id";
+/// The write-ahead log's directory, inside the data dir.
+const WAL_DIR: &str = "grant-wal";
 const LAST_SEQ_KEY: &[u8] = b"last_seq";
 
 /// Where the format version is kept (sled's default tree).
@@ -339,6 +354,7 @@ impl SledStore {
         tuning: Tuning,
     ) -> Result<Self, StoreError> {
         let db = open_db(dir, lock_wait)?;
+        let dir_name = dir.display().to_string();
         let records = db.open_tree("connections").map_err(backend)?;
         let leases = db.open_tree("refresh_leases").map_err(backend)?;
         let index = db.open_tree("index").map_err(backend)?;
@@ -363,7 +379,17 @@ impl SledStore {
         };
         // Everything read back at open is durable.
         let last_seq = read_u64(&event_meta, LAST_SEQ_KEY)?.unwrap_or(0);
-        Ok(Self {
+        let (wal, leftover) = WriteAhead::open(&dir.join(WAL_DIR))
+            .map_err(|e| StoreError::Backend(format!("cannot open the write-ahead log: {e}")))?;
+        let durability = Arc::new(Durability::default());
+        let writer = crate::sled_commit::start(tuning.max_batch, {
+            let durability = Arc::clone(&durability);
+            move |why: &str| {
+                tracing::error!(dir = %dir_name, "{why}");
+                durability.writer_died(why);
+            }
+        });
+        let store = Self {
             inner: Arc::new(Inner {
                 db,
                 records,
@@ -377,12 +403,16 @@ impl SledStore {
                 watermark: Watermark::new(last_seq),
                 log_id,
                 log_events,
-                writer: crate::sled_commit::start(tuning.max_batch),
+                writer,
+                durability,
+                wal,
                 flush_delay: tuning.flush_delay,
                 keys: RwLock::new(Arc::new(keys)),
                 fencing: Mutex::new(()),
             }),
-        })
+        };
+        store.replay(leftover)?;
+        Ok(store)
     }
 
     /// Runs `f` on a blocking thread: sled calls block on I/O and locks.
@@ -438,7 +468,7 @@ impl SledStore {
                 }
             }
         }
-        self.inner.db.flush().map_err(backend)?;
+        crate::sled_commit::Flush::flush_and_publish(&*self.inner)?;
         Ok(records.len())
     }
 
@@ -550,26 +580,89 @@ impl SledStore {
         &self,
         f: impl FnOnce(&Inner) -> (Result<T, StoreError>, bool) + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.write_timed(f, false).await
+    }
+
+    /// [`Self::write`], with the steps of a durable change timed when
+    /// `timed` (a grant's put: `tokend_core::steps`).
+    async fn write_timed<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> (Result<T, StoreError>, bool) + Send + 'static,
+        timed: bool,
+    ) -> Result<T, StoreError> {
+        let sent = Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job = crate::sled_commit::Job {
             inner: Arc::clone(&self.inner),
             work: Box::new(move |inner: &Inner| {
+                let started = Instant::now();
                 let (result, flush) = f(inner);
+                let applied = Instant::now();
                 let flush = flush && result.is_ok();
                 let completion: crate::sled_commit::Completion =
-                    Box::new(move |flushed: Result<(), StoreError>| {
-                        let _ = tx.send(result.and_then(|v| flushed.map(|()| v)));
+                    Box::new(move |flushed: Option<Result<(), StoreError>>| {
+                        let done = Instant::now();
+                        if timed && matches!(flushed, Some(Ok(()))) && result.is_ok() {
+                            steps::record(Step::Queue, started - sent);
+                            steps::record(Step::Apply, applied - started);
+                            steps::record(Step::Fsync, done - applied);
+                        }
+                        // A failed flush fails every change of its batch,
+                        // refused ones too: the state a refusal was judged
+                        // against is not durable either.
+                        let result = match flushed {
+                            Some(Err(e)) => Err(e),
+                            _ => result,
+                        };
+                        let _ = tx.send((result, done));
                     });
                 (flush, completion)
             }),
         };
-        self.inner
-            .writer
-            .send(job)
-            .map_err(|_| StoreError::Backend("the store's writer thread is gone".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Backend("the store's writer thread failed".into()))?
+        self.inner.writer.send(job).map_err(|_| writer_gone())?;
+        let (result, done) = rx
+            .await
+            .map_err(|_| StoreError::Backend("the store's writer thread failed".into()))?;
+        if timed && result.is_ok() {
+            steps::record(Step::Ack, done.elapsed());
+        }
+        result
     }
+
+    /// Before answering with what a read found: if a change it may have
+    /// seen is not durable yet (`pending`: the flush that makes it so),
+    /// waits for that flush. Invariant 2: nothing is visible before it is
+    /// durable, so no caller hands out, or defers to, a change a crash
+    /// could still undo.
+    async fn durable(&self, pending: Option<u64>) -> Result<(), StoreError> {
+        let Some(flush) = pending else {
+            return Ok(());
+        };
+        match self.inner.durability.wait(flush).await {
+            Waited::Durable => Ok(()),
+            // A new flush covers everything applied before it, what was
+            // read included.
+            Waited::FlushFailed => self.flush().await,
+            Waited::WriterGone => Err(writer_gone()),
+        }
+    }
+
+    /// For tests of what the server does when the store's writer thread
+    /// dies: kills it.
+    #[cfg(any(test, feature = "fault-injection"))]
+    #[doc(hidden)]
+    pub fn kill_writer(&self) {
+        let die: crate::sled_commit::Work<Inner> =
+            Box::new(|_| std::panic::panic_any(crate::sled_commit::Die));
+        let _ = self.inner.writer.send(crate::sled_commit::Job {
+            inner: Arc::clone(&self.inner),
+            work: die,
+        });
+    }
+}
+
+fn writer_gone() -> StoreError {
+    StoreError::Backend("the store's writer thread is gone".into())
 }
 
 impl crate::sled_commit::Flush for Inner {
@@ -580,15 +673,24 @@ impl crate::sled_commit::Flush for Inner {
     /// The blocking `flush`, not `flush_async`: concurrent `flush_async`
     /// calls can hang in sled 0.34 (sled issues #1241, #1308).
     fn flush_and_publish(&self) -> Result<(), StoreError> {
+        let flush = self.durability.begin_flush();
         let committed = self.last_seq.load(Ordering::SeqCst);
         if !self.flush_delay.is_zero() {
             // The writer thread's own time: no async worker is held.
             #[allow(clippy::disallowed_methods)]
             std::thread::sleep(self.flush_delay);
         }
-        self.db.flush().map_err(backend)?;
-        self.watermark.raise(committed);
-        Ok(())
+        let flushed = self.db.flush().map(drop).map_err(backend);
+        if flushed.is_ok() {
+            self.watermark.raise(committed);
+        }
+        // After the watermark: a reader let go sees its events too.
+        self.durability.end_flush(flush, flushed.is_ok());
+        flushed
+    }
+
+    fn unflushed(&self) -> bool {
+        self.durability.any_marked()
     }
 }
 
@@ -662,6 +764,9 @@ impl Inner {
         new: Option<(&[u8], &Summary)>,
         events: Vec<NewEvent>,
     ) -> Result<bool, StoreError> {
+        // Marked before it is applied: a reader that sees the change sees
+        // the mark, and waits for the flush (`sled_durable.rs`).
+        self.durability.mark(key);
         let first = self.last_seq.load(Ordering::SeqCst) + 1;
         let mut encoded = Vec::new();
         if self.log_events {
@@ -814,14 +919,19 @@ fn swap(
 impl Store for SledStore {
     async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
         let id = id.clone();
-        self.blocking(move |inner| {
-            let key = id.as_str().as_bytes();
-            match inner.records.get(key).map_err(backend)? {
-                Some(bytes) => codec::decode(key, &bytes, &inner.keys()).map(Some),
-                None => Ok(None),
-            }
-        })
-        .await
+        let (found, pending) = self
+            .blocking(move |inner| {
+                let key = id.as_str().as_bytes();
+                let found = match inner.records.get(key).map_err(backend)? {
+                    Some(bytes) => codec::decode(key, &bytes, &inner.keys()).map(Some),
+                    None => Ok(None),
+                };
+                // After the read, so a change it saw is seen marked.
+                Ok((found, inner.durability.pending(key)))
+            })
+            .await?;
+        self.durable(pending).await?;
+        found
     }
 
     async fn put(
@@ -831,9 +941,35 @@ impl Store for SledStore {
         fence: Option<u64>,
     ) -> Result<(), StoreError> {
         check_advances(record, expected)?;
+        // Write-ahead: logged before sled applies anything, so every change
+        // sled holds, flushed or not, is in the log too. Only updates: a
+        // create replayed after a delete would bring the connection back,
+        // whereas an update replayed after a delete (or a re-creation, a
+        // new incarnation) is refused.
+        let written = expected.and_then(|_| self.log_write(record, expected, fence));
         let record = record.clone();
-        self.write(move |inner| (inner.put(&record, expected, fence), true))
-            .await
+        // The log's sync and sled's put run side by side: either one on disk
+        // keeps the grant through a power cut.
+        let (ticket, result) = tokio::join!(
+            async {
+                match written {
+                    Some(written) => self.log_sync(written).await,
+                    None => None,
+                }
+            },
+            self.write_timed(
+                move |inner| (inner.put(&record, expected, fence), true),
+                true
+            )
+        );
+        // Settled once flushed by sled, or refused (a replay would be
+        // refused too); after a failure the entry stays for the next open.
+        if let Some(ticket) = ticket
+            && !matches!(result, Err(StoreError::Backend(_)))
+        {
+            self.inner.wal.settle(ticket);
+        }
+        result
     }
 
     async fn replace_unreadable(&self, record: &Connection) -> Result<(), StoreError> {
@@ -913,27 +1049,35 @@ impl Store for SledStore {
             start.push(0);
             start
         });
-        self.blocking(move |inner| {
-            let iter = match after {
-                Some(start) => inner.records.range(start..),
-                None => inner.records.iter(),
-            };
-            let mut records = Vec::new();
-            for item in iter.take(limit) {
-                let (key, bytes) = item.map_err(backend)?;
-                records.push((String::from_utf8_lossy(&key).into_owned(), bytes.to_vec()));
-            }
-            Ok(crate::SealedPage {
-                format_version: FORMAT_VERSION,
-                records,
+        let (page, pending) = self
+            .blocking(move |inner| {
+                let iter = match after {
+                    Some(start) => inner.records.range(start..),
+                    None => inner.records.iter(),
+                };
+                let mut records = Vec::new();
+                for item in iter.take(limit) {
+                    let (key, bytes) = item.map_err(backend)?;
+                    records.push((String::from_utf8_lossy(&key).into_owned(), bytes.to_vec()));
+                }
+                let page = crate::SealedPage {
+                    format_version: FORMAT_VERSION,
+                    records,
+                };
+                Ok((page, inner.durability.pending_any()))
             })
-        })
-        .await
+            .await?;
+        self.durable(pending).await?;
+        Ok(page)
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {
         let query = query.clone();
-        self.blocking(move |inner| inner.list(&query)).await
+        let (page, pending) = self
+            .blocking(move |inner| Ok((inner.list(&query), inner.durability.pending_any())))
+            .await?;
+        self.durable(pending).await?;
+        page
     }
 
     async fn summaries(
@@ -942,34 +1086,45 @@ impl Store for SledStore {
         limit: usize,
     ) -> Result<Vec<Summary>, StoreError> {
         let after = after.cloned();
-        self.blocking(move |inner| {
-            let prefix = sled_index::summary_key(b"");
-            let mut from = prefix.clone();
-            if let Some(after) = &after {
-                from.extend_from_slice(after.as_str().as_bytes());
-                from.push(0);
-            }
-            let mut out = Vec::with_capacity(limit.min(10_000));
-            for item in inner.index.range(from..) {
-                if out.len() >= limit {
-                    break;
+        let (page, pending) = self
+            .blocking(move |inner| {
+                let prefix = sled_index::summary_key(b"");
+                let mut from = prefix.clone();
+                if let Some(after) = &after {
+                    from.extend_from_slice(after.as_str().as_bytes());
+                    from.push(0);
                 }
-                let (key, bytes) = item.map_err(backend)?;
-                let Some(id) = key.strip_prefix(prefix.as_slice()) else {
-                    break;
-                };
-                if let Some(summary) = Summary::from_bytes(id, &bytes) {
-                    out.push(summary);
+                let mut out = Vec::with_capacity(limit.min(10_000));
+                for item in inner.index.range(from..) {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let (key, bytes) = item.map_err(backend)?;
+                    let Some(id) = key.strip_prefix(prefix.as_slice()) else {
+                        break;
+                    };
+                    if let Some(summary) = Summary::from_bytes(id, &bytes) {
+                        out.push(summary);
+                    }
                 }
-            }
-            Ok(out)
-        })
-        .await
+                Ok((out, inner.durability.pending_any()))
+            })
+            .await?;
+        self.durable(pending).await?;
+        Ok(page)
     }
 
     async fn census(&self) -> Result<Census, StoreError> {
-        self.blocking(|inner| sled_index::census(&inner.index))
-            .await
+        let (census, pending) = self
+            .blocking(|inner| {
+                Ok((
+                    sled_index::census(&inner.index),
+                    inner.durability.pending_any(),
+                ))
+            })
+            .await?;
+        self.durable(pending).await?;
+        census
     }
 
     async fn read_events(
@@ -1000,6 +1155,10 @@ impl Store for SledStore {
 
     fn event_watermark(&self) -> watch::Receiver<u64> {
         self.inner.watermark.subscribe()
+    }
+
+    fn broken(&self) -> watch::Receiver<Option<String>> {
+        self.inner.durability.broken()
     }
 
     fn sealing_keys(&self) -> Option<Arc<Keyring>> {
@@ -1245,3 +1404,14 @@ mod tests;
 #[cfg(test)]
 #[path = "sled_keys_tests.rs"]
 mod keys_tests;
+
+#[cfg(test)]
+#[path = "sled_durable_tests.rs"]
+mod durable_tests;
+
+#[cfg(test)]
+#[path = "sled_wal_tests.rs"]
+mod wal_tests;
+
+#[path = "sled_store_wal.rs"]
+mod wal;

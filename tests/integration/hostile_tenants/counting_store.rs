@@ -103,6 +103,9 @@ impl Store for CountingStore {
     fn event_watermark(&self) -> watch::Receiver<u64> {
         self.inner.event_watermark()
     }
+    fn broken(&self) -> watch::Receiver<Option<String>> {
+        self.inner.broken()
+    }
     async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
         self.inner.event_bounds().await
     }

@@ -258,7 +258,30 @@ impl Engine {
     /// At shutdown: persists every pending grant, retrying until
     /// `deadline`; logs at ERROR, with the connection id, each one that
     /// could not be written.
+    ///
+    /// The deadline bounds the whole, not only the pauses between rounds:
+    /// a store that never answers (a hung flush) must not keep the process
+    /// from exiting past its grace, the more so as a restart is what such
+    /// a store may need.
     pub(super) async fn persist_pending_before_exit(&self, deadline: tokio::time::Instant) {
+        if tokio::time::timeout_at(deadline, self.retry_pending_until(deadline))
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "the store did not accept every pending grant within the shutdown grace"
+            );
+        }
+        for (id, _) in self.slots.with_pending() {
+            tracing::error!(
+                connection_id = %id,
+                "shutting down with a grant the store would not accept: it is lost with this process"
+            );
+        }
+    }
+
+    /// Retries every pending grant until none is left or `deadline`.
+    async fn retry_pending_until(&self, deadline: tokio::time::Instant) {
         loop {
             let pending = self.slots.with_pending();
             if pending.is_empty() {
@@ -286,12 +309,6 @@ impl Engine {
             if tokio::time::Instant::now() >= deadline {
                 break;
             }
-        }
-        for (id, _) in self.slots.with_pending() {
-            tracing::error!(
-                connection_id = %id,
-                "shutting down with a grant the store would not accept: it is lost with this process"
-            );
         }
     }
 }

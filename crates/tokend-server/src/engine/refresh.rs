@@ -7,6 +7,7 @@ use std::{sync::Arc, time::Duration};
 use secrecy::SecretString;
 use tokend_core::{
     Connection, ConnectionId, ErrorClass, LastError, ReconnectCause, Status, Timestamp,
+    steps::{self, Step},
 };
 use tokend_provider::{ProviderConfig, ProviderError, TokenGrant};
 use tokend_store::{Lease, StoreError};
@@ -401,6 +402,7 @@ impl Engine {
         probe_guard.disarm();
         match answer {
             Ok(grant) => {
+                let answered = std::time::Instant::now();
                 if breaker.close() {
                     tracing::info!(provider = %provider.name, "provider answering again; breaker closed");
                 }
@@ -420,6 +422,9 @@ impl Engine {
                         Some(lease.fence),
                     )
                     .await;
+                if result.is_ok() {
+                    steps::record(Step::Commit, answered.elapsed());
+                }
                 Outcome::settled(result)
             }
             Err(error) => {

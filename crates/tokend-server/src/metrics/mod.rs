@@ -9,6 +9,7 @@
 
 mod keys;
 mod layer;
+mod steps;
 mod store;
 
 use std::sync::{Arc, Mutex};
@@ -189,6 +190,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
+        registry.register_collector(Box::new(steps::WindowSteps));
         let rpc_requests = Family::<RpcLabels, Counter>::default();
         registry.register(
             "tokend_rpc_requests",

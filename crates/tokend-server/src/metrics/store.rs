@@ -157,6 +157,10 @@ impl Store for MeteredStore {
         self.inner.event_watermark()
     }
 
+    fn broken(&self) -> watch::Receiver<Option<String>> {
+        self.inner.broken()
+    }
+
     async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
         self.inner.event_bounds().await
     }

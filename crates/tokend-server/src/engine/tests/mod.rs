@@ -786,4 +786,5 @@ mod edges;
 mod in_doubt;
 mod leases;
 mod replicas;
+mod shutdown;
 mod wall_clock;
