@@ -17,9 +17,7 @@ use crate::{
 };
 
 fn database(name: &str) -> PgOptions {
-    PgOptions::new(SecretString::from(
-        tokend_pgtest::cluster().database(name),
-    ))
+    PgOptions::new(SecretString::from(tokend_pgtest::cluster().database(name)))
 }
 
 fn on_demand() -> EngineSettings {
@@ -39,9 +37,13 @@ fn on_demand() -> EngineSettings {
 /// life left in the dead token and served it.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_120_s_behind_serves_no_token_another_stamped_expired() {
-    let replicas =
-        Replicas::start_clocked(database("clock_behind"), &[0, -120_000], on_demand(), vec![])
-            .await;
+    let replicas = Replicas::start_clocked(
+        database("clock_behind"),
+        &[0, -120_000],
+        on_demand(),
+        vec![],
+    )
+    .await;
     let (mut a, mut b) = (replicas.client(0).await, replicas.client(1).await);
     let sandbox = &replicas.sandbox;
     let issued = sandbox.issue_tokens("acct-behind", &["crm.objects.contacts.read"]);
@@ -61,7 +63,10 @@ async fn a_replica_120_s_behind_serves_no_token_another_stamped_expired() {
     sandbox.set_access_token_lifetime(Duration::from_secs(1800));
     let started = Instant::now();
     while sandbox.access_token_is_live(&stamped) {
-        assert!(started.elapsed() < Duration::from_secs(10), "the token never expired");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the token never expired"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let served = b
@@ -91,8 +96,7 @@ async fn a_replica_120_s_behind_serves_no_token_another_stamped_expired() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_120_s_ahead_takes_over_no_live_lease() {
     let replicas =
-        Replicas::start_clocked(database("clock_ahead"), &[0, 120_000], on_demand(), vec![])
-            .await;
+        Replicas::start_clocked(database("clock_ahead"), &[0, 120_000], on_demand(), vec![]).await;
     let mut a = replicas.client(0).await;
     let sandbox = &replicas.sandbox;
     let issued = sandbox.issue_tokens("acct-ahead", &["crm.objects.contacts.read"]);

@@ -18,10 +18,7 @@ impl Untimed {
     /// carry it to the moment the answer arrived.
     pub(crate) async fn fleet_now(&self) -> Result<Option<Timestamp>, StoreError> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(NOW_MS)
-            .await
-            .map_err(PgError::from)?;
+        let statement = client.prepare_cached(NOW_MS).await.map_err(PgError::from)?;
         let sent = tokio::time::Instant::now();
         let row = client
             .query_one(&statement, &[])

@@ -222,7 +222,9 @@ pub async fn run_with_tasks(
     // the log: followed from before the engine loads, so none falls between.
     let followed_from = feed.last();
     let loaded = engine.start().await?;
-    engine.tasks().spawn(Arc::clone(&engine).watch_wall_clock(fleet_clock));
+    engine
+        .tasks()
+        .spawn(Arc::clone(&engine).watch_wall_clock(fleet_clock));
     if engine.store().shared() {
         engine
             .tasks()

@@ -50,7 +50,10 @@ async fn read_fleet(store: &dyn Store) -> Result<Option<(Timestamp, Duration)>, 
 /// tokens the others stamped expired (behind). A store that cannot tell
 /// its time is an error: serving on the machine's clock instead is what
 /// this guards against.
-pub(crate) async fn anchor_clock(store: &dyn Store, local: Clock) -> Result<(Clock, bool), StoreError> {
+pub(crate) async fn anchor_clock(
+    store: &dyn Store,
+    local: Clock,
+) -> Result<(Clock, bool), StoreError> {
     let mut tries = 0;
     let (fleet, round_trip) = loop {
         tries += 1;
@@ -67,7 +70,10 @@ pub(crate) async fn anchor_clock(store: &dyn Store, local: Clock) -> Result<(Clo
             }
         }
     };
-    let off_ms = local.now().unix_millis().saturating_sub(fleet.unix_millis());
+    let off_ms = local
+        .now()
+        .unix_millis()
+        .saturating_sub(fleet.unix_millis());
     if off_ms.unsigned_abs() > WALL_JUMP_TOLERANCE.as_millis() as u64 {
         tracing::warn!(
             off_ms,

@@ -149,7 +149,8 @@ async fn on_a_shared_store_the_watcher_follows_the_fleet_clock_not_the_machine()
     let store = fleet_store(&fleet);
     let provider = Arc::new(ScriptedProvider::new(fleet.clone(), ScriptRotation::Strict));
     let (b, fleet_clocked) = fleet_replica(&store, &provider, "b", 120_000, false).await;
-    b.tasks().spawn(Arc::clone(&b).watch_wall_clock(fleet_clocked));
+    b.tasks()
+        .spawn(Arc::clone(&b).watch_wall_clock(fleet_clocked));
     let near = |what: &str| {
         let off = b.clock.now().unix_millis() - fleet.now().unix_millis();
         assert!(off.abs() <= 10, "{what}: {off} ms off the fleet's clock");
@@ -170,7 +171,10 @@ async fn on_a_shared_store_the_watcher_follows_the_fleet_clock_not_the_machine()
         before.saturating_add(Duration::from_secs(3)),
         "a failed reading moved the clock"
     );
-    assert!(store.faulted(Op::FleetClock) >= 3, "the watcher kept asking");
+    assert!(
+        store.faulted(Op::FleetClock) >= 3,
+        "the watcher kept asking"
+    );
     store.heal();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     near("once the clock reads again");
