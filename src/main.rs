@@ -252,6 +252,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             admin,
             key_rotation: Some(key_rotation.clone()),
             without_call_observability: false,
+            system_clock: None,
         },
         shutdown_signal(),
         |tasks, cancel| {

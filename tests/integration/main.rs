@@ -27,6 +27,7 @@ mod providers;
 mod proxy;
 mod reflection;
 mod refresh;
+mod replica_clocks;
 mod replicas;
 mod restore;
 mod rpc;

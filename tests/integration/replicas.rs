@@ -20,8 +20,8 @@ use tonic_types::StatusExt;
 use crate::harness::{ApiKey, Client, force, get, import_request};
 
 /// Replicas sharing one database and one sandbox provider.
-struct Replicas {
-    sandbox: Sandbox,
+pub(crate) struct Replicas {
+    pub(crate) sandbox: Sandbox,
     pub addrs: Vec<std::net::SocketAddr>,
     stops: Vec<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<Result<(), tokend_server::ServerError>>>,
@@ -41,6 +41,17 @@ impl Replicas {
         engine: EngineSettings,
         webhooks: Vec<Arc<tokend_server::webhooks::WebhookConfig>>,
     ) -> Self {
+        Self::start_clocked(options, &vec![0; n], engine, webhooks).await
+    }
+
+    /// Replicas on machines whose wall clocks are off by `skews_ms`, one
+    /// per replica (0: the system's).
+    pub(crate) async fn start_clocked(
+        options: PgOptions,
+        skews_ms: &[i64],
+        engine: EngineSettings,
+        webhooks: Vec<Arc<tokend_server::webhooks::WebhookConfig>>,
+    ) -> Self {
         let sandbox = Sandbox::start(SandboxConfig::default())
             .await
             .expect("sandbox");
@@ -52,7 +63,7 @@ impl Replicas {
             stops: Vec::new(),
             tasks: Vec::new(),
         };
-        for i in 0..n {
+        for (i, &skew_ms) in skews_ms.iter().enumerate() {
             let store = PostgresStore::connect(&options, keys.keyring().expect("keys"))
                 .await
                 .expect("replica connects");
@@ -75,6 +86,7 @@ impl Replicas {
                     ..engine.clone()
                 },
                 webhooks: webhooks.clone(),
+                system_clock: (skew_ms != 0).then(|| tokend_core::Clock::off_by(skew_ms)),
                 ..Default::default()
             };
             let (tx, rx) = oneshot::channel::<()>();
@@ -91,7 +103,7 @@ impl Replicas {
         replicas
     }
 
-    async fn client(&self, i: usize) -> Client {
+    pub(crate) async fn client(&self, i: usize) -> Client {
         let endpoint = tonic::transport::Channel::from_shared(format!("http://{}", self.addrs[i]))
             .expect("endpoint");
         for _ in 0..100 {
@@ -106,7 +118,7 @@ impl Replicas {
         panic!("replica {i} does not answer");
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         for tx in self.stops {
             let _ = tx.send(());
         }

@@ -7,10 +7,12 @@
 //! its own offset from an 8-byte file it maps at start, so the harness steps
 //! a running broker's clock by rewriting that file in place.
 //!
-//! tokend anchors wall time once, at start (`tokend_core::Clock`), so a step
-//! changes what a running broker believes only where it reads the system
-//! clock again (log and audit timestamps, HTTP-date `Retry-After`); the
-//! anchor itself moves when the broker restarts on the stepped clock.
+//! On PostgreSQL tokend keeps the database's clock, not the machine's
+//! (`tokend_core::Clock` anchored at `Store::fleet_now` at start, followed
+//! forward every second), so a step should change what a broker decides
+//! neither while it runs nor once it restarts on the stepped clock: the
+//! mode strikes both. On sled tokend follows the machine's wall clock
+//! forward every second.
 
 use std::{
     os::unix::fs::FileExt,

@@ -1,6 +1,7 @@
-//! The server's clock: wall time anchored at start, advanced by tokio's
-//! monotonic clock (so expiry logic is testable with `tokio::time::pause()`),
-//! and moved forward when the wall clock is seen ahead (suspend, NTP step).
+//! The server's clock: wall time anchored at start (on a shared store, the
+//! database's time: the fleet's clock), advanced by tokio's monotonic clock
+//! (so expiry logic is testable with `tokio::time::pause()`), and moved
+//! forward when the wall clock it follows is seen ahead (suspend, NTP step).
 
 use std::{
     sync::{
@@ -61,6 +62,12 @@ impl Timestamp {
 /// moves forward to it (shared by every clone), so no token is served past
 /// its real expiry; when it is behind, "now" stays (it never goes back, so
 /// no expired token looks valid again).
+///
+/// On a store several replicas share, the wall clock that counts is the
+/// fleet's (the database's), not the machine's: the server re-anchors the
+/// clock there at start ([`Clock::anchored_at`]) and then feeds the
+/// fleet's readings to [`Clock::observe_wall`] instead of calling
+/// [`Clock::check_wall`].
 #[derive(Clone, Debug)]
 pub struct Clock {
     /// Wall time at `base_instant`, in Unix milliseconds.
@@ -70,6 +77,10 @@ pub struct Clock {
     /// Milliseconds the wall clock was seen ahead of the monotonic reading
     /// (a suspend, an NTP step forward), added to every reading.
     ahead_ms: Arc<AtomicI64>,
+    /// Added to the system wall clock wherever this clock reads it: zero,
+    /// but in tests that play a machine whose clock is off
+    /// ([`Clock::off_by`]).
+    wall_skew_ms: i64,
 }
 
 /// A wall-clock jump [`Clock::check_wall`] saw.
@@ -91,12 +102,36 @@ impl Clock {
         Self::starting_at(system_wall())
     }
 
+    /// [`Clock::system`] on a machine whose wall clock is off by
+    /// `skew_ms` (negative: behind), as after a wrong NTP step: it starts
+    /// there, and [`Clock::check_wall`] reads the skewed wall clock. For
+    /// tests of a replica whose clock is off.
+    pub fn off_by(skew_ms: i64) -> Self {
+        Self {
+            wall_skew_ms: skew_ms,
+            ..Self::starting_at(skewed(system_wall(), skew_ms))
+        }
+    }
+
     /// A clock that reads `start` now and advances with tokio time.
     pub fn starting_at(start: Timestamp) -> Self {
         Self {
             base_wall: start.0,
             base_instant: tokio::time::Instant::now(),
             ahead_ms: Arc::default(),
+            wall_skew_ms: 0,
+        }
+    }
+
+    /// This clock, anchored anew at `fleet` (the fleet's time, read from a
+    /// shared store) instead of the machine's wall clock. For start-up
+    /// only, before anything was stamped with it: unlike every later
+    /// correction this one may go back. The returned clock shares nothing
+    /// with `self`'s earlier clones.
+    pub fn anchored_at(self, fleet: Timestamp) -> Self {
+        Self {
+            wall_skew_ms: self.wall_skew_ms,
+            ..Self::starting_at(fleet)
         }
     }
 
@@ -110,7 +145,7 @@ impl Clock {
 
     /// Compares "now" with the system wall clock; see [`Clock::observe_wall`].
     pub fn check_wall(&self) -> Option<WallJump> {
-        self.observe_wall(system_wall())
+        self.observe_wall(skewed(system_wall(), self.wall_skew_ms))
     }
 
     /// Compares "now" with the wall clock reading `wall`. Ahead by more
@@ -129,6 +164,10 @@ impl Clock {
             None
         }
     }
+}
+
+fn skewed(wall: Timestamp, skew_ms: i64) -> Timestamp {
+    Timestamp(wall.0.saturating_add(skew_ms))
 }
 
 /// The system wall clock.
@@ -186,6 +225,40 @@ mod tests {
             Some(WallJump::Backward(Duration::from_secs(3600)))
         );
         assert_eq!(clock.now(), before);
+    }
+
+    /// Issue 25, item 11 (`clock-step`). Invariant: on a shared store a
+    /// replica's "now" is the fleet's (the database's), whatever its own
+    /// wall clock says, so leases and expiries one replica stamps are
+    /// compared by the others on the same time. A replica 120 s ahead or
+    /// behind starts on the fleet's time, then follows the fleet forward
+    /// (never back), and its own wall clock no longer moves it.
+    #[tokio::test(start_paused = true)]
+    async fn a_clock_anchored_at_the_fleet_time_ignores_the_machine_wall() {
+        let fleet = Clock::system();
+        for skew_ms in [-120_000, 120_000] {
+            let local = Clock::off_by(skew_ms);
+            let seen = local.now().unix_millis() - Clock::system().now().unix_millis();
+            assert!((skew_ms - 1000..=skew_ms + 1000).contains(&seen), "{seen}");
+            let clock = local.anchored_at(fleet.now());
+            assert_eq!(clock.now(), fleet.now(), "starts on the fleet's time");
+            tokio::time::advance(Duration::from_secs(10)).await;
+            assert_eq!(clock.now(), fleet.now(), "advances with it");
+            // The fleet's clock steps forward 30 s: followed.
+            let ahead = fleet.now().saturating_add(Duration::from_secs(30));
+            assert!(matches!(
+                clock.observe_wall(ahead),
+                Some(WallJump::Forward(_))
+            ));
+            assert_eq!(clock.now(), ahead);
+            // Behind the fleet's reading: stays.
+            let before = clock.now();
+            assert!(matches!(
+                clock.observe_wall(before.saturating_sub(Duration::from_secs(30))),
+                Some(WallJump::Backward(_))
+            ));
+            assert_eq!(clock.now(), before);
+        }
     }
 
     #[test]

@@ -147,3 +147,39 @@ async fn an_idle_pooled_connection_gone_silent_is_replaced_before_use() {
     );
     assert!(read.expect("read through a fresh connection").is_some());
 }
+
+/// Issue 25, item 11 (`clock-step`). Invariant: the fleet's clock is the
+/// database's (`clock_timestamp()`; on this machine, the system's), and
+/// reading it is a store call like any other: on a connection gone silent
+/// it fails within the call time limit, so the wall-clock watcher that
+/// reads it every second is never stuck, and a new connection reads it
+/// again at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_clock_is_read_within_the_call_time_limit() {
+    let (a, _b, proxy) = pair("fleet-clock", Duration::from_secs(60)).await;
+    let limit = Duration::from_secs(2);
+    let system = tokend_core::Clock::system().now().unix_millis();
+    let fleet = a
+        .fleet_now()
+        .await
+        .expect("read")
+        .expect("PostgreSQL has a clock")
+        .unix_millis();
+    assert!(
+        (fleet - system).abs() < 1000,
+        "the database's clock reads {fleet}, this machine's {system}"
+    );
+    proxy.silence_all();
+    let started = Instant::now();
+    let stuck = tokio::time::timeout(Duration::from_secs(30), a.fleet_now())
+        .await
+        .expect("the read gives up by itself");
+    let took = started.elapsed();
+    assert!(stuck.is_err(), "{stuck:?}");
+    assert!(
+        took <= limit + Duration::from_millis(500),
+        "failed after {took:?}, limit {limit:?}"
+    );
+    proxy.admit_new();
+    assert!(a.fleet_now().await.expect("read again").is_some());
+}

@@ -12,6 +12,7 @@
 //! `LISTEN/NOTIFY`, with a periodic read as a fallback (`listen.rs`).
 
 mod binding;
+mod clock;
 mod keys;
 mod listen;
 pub mod migrate;

@@ -260,6 +260,10 @@ impl Store for PostgresStore {
         true
     }
 
+    async fn fleet_now(&self) -> Result<Option<Timestamp>, StoreError> {
+        timed!(self, "fleet_now", fleet_now())
+    }
+
     fn sealing_keys(&self) -> Option<Arc<tokend_store::crypto::Keyring>> {
         Some(self.keys())
     }

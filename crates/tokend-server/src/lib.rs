@@ -71,6 +71,11 @@ pub struct ServerConfig {
     /// measure what they cost. `tokend serve` never sets it.
     #[doc(hidden)]
     pub without_call_observability: bool,
+    /// For tests only: the clock this machine would give (`Clock::system()`
+    /// when `None`); `Clock::off_by` plays a machine whose wall clock is
+    /// off. `tokend serve` never sets it.
+    #[doc(hidden)]
+    pub system_clock: Option<Clock>,
 }
 
 /// Largest request message accepted; tokend's requests are a few KiB.
@@ -107,6 +112,10 @@ pub enum ServerError {
     /// died): the server stopped rather than fail every write while ready.
     #[error("the store failed: {0}")]
     StoreBroken(String),
+    /// A shared store's clock, which every replica keeps, could not be read
+    /// at start.
+    #[error("cannot read the database's clock (the fleet's clock): {0}")]
+    FleetClock(StoreError),
 }
 
 /// Serves tokend on `listener` until `shutdown` resolves.
@@ -164,7 +173,12 @@ pub async fn run_with_tasks(
         }
         None => (audit::AuditLog::disabled(), None),
     };
-    let clock = Clock::system();
+    // On a shared store, the database's clock is the fleet's: anchored
+    // there before anything is stamped, and followed (not the machine's).
+    let local = config.system_clock.clone().unwrap_or_else(Clock::system);
+    let (clock, fleet_clock) = engine::anchor_clock(store.as_ref(), local)
+        .await
+        .map_err(ServerError::FleetClock)?;
     let client = ProviderClient::new(&config.http, clock.clone())?;
     let mut settings = config.engine;
     // Shutdown never cuts short a refresh that is at the provider.
@@ -208,7 +222,9 @@ pub async fn run_with_tasks(
     // the log: followed from before the engine loads, so none falls between.
     let followed_from = feed.last();
     let loaded = engine.start().await?;
-    engine.tasks().spawn(Arc::clone(&engine).watch_wall_clock());
+    engine
+        .tasks()
+        .spawn(Arc::clone(&engine).watch_wall_clock(fleet_clock));
     if engine.store().shared() {
         engine
             .tasks()

@@ -31,6 +31,8 @@ pub enum Op {
     ReplaceUnreadable,
     ReadEvents,
     SaveCursor,
+    /// `fleet_now`: a read of the shared store's clock.
+    FleetClock,
 }
 
 /// What an armed operation does instead of succeeding.
@@ -56,6 +58,8 @@ struct Book {
     faulted: HashMap<Op, usize>,
     /// Records that read as undecodable ([`FaultStore::garble`]).
     garbled: HashSet<ConnectionId>,
+    /// The store's own clock ([`FaultStore::set_fleet_clock`]).
+    fleet_clock: Option<tokend_core::Clock>,
 }
 
 /// Wraps `S`, forwarding every call unless a fault is armed for it.
@@ -84,6 +88,13 @@ impl<S: Store> FaultStore<S> {
     pub fn set_shared(&self, shared: bool) {
         self.shared
             .store(shared, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Gives the store a clock of its own, as a database has: `fleet_now`
+    /// reads `clock` (which a test can step with `observe_wall`) instead of
+    /// the inner store's. `None`: the inner store's again.
+    pub fn set_fleet_clock(&self, clock: Option<tokend_core::Clock>) {
+        self.book().fleet_clock = clock;
     }
 
     pub fn inner(&self) -> &S {
@@ -374,6 +385,17 @@ impl<S: Store> Store for FaultStore<S> {
 
     fn sealing_keys(&self) -> Option<std::sync::Arc<crate::crypto::Keyring>> {
         self.inner.sealing_keys()
+    }
+
+    async fn fleet_now(&self) -> Result<Option<Timestamp>, StoreError> {
+        let clock = self.book().fleet_clock.clone();
+        self.through(Op::FleetClock, async {
+            match clock {
+                Some(clock) => Ok(Some(clock.now())),
+                None => self.inner.fleet_now().await,
+            }
+        })
+        .await
     }
 
     async fn claim_reader(

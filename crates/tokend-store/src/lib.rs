@@ -323,6 +323,17 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// The fleet's time now, by the clock of a store several processes
+    /// share (PostgreSQL: `clock_timestamp()`, read at the middle of the
+    /// round trip and carried to its end). Every replica anchors its clock
+    /// there at start and follows it forward, so the leases and expiries
+    /// one replica stamps are compared by the others on the same time,
+    /// whatever each machine's own clock says. `None`: this store has no
+    /// clock of its own (sled, memory); the system's counts.
+    async fn fleet_now(&self) -> Result<Option<Timestamp>, StoreError> {
+        Ok(None)
+    }
+
     /// The keys this store seals records with, to seal other values a
     /// reader must not read either (the event cursors handed to callers
     /// limited to some connections). Every replica of a shared store holds

@@ -106,6 +106,9 @@ impl Store for CountingStore {
     fn broken(&self) -> watch::Receiver<Option<String>> {
         self.inner.broken()
     }
+    async fn fleet_now(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.inner.fleet_now().await
+    }
     async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
         self.inner.event_bounds().await
     }

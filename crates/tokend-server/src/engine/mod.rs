@@ -20,6 +20,7 @@ mod slot;
 #[cfg(test)]
 mod tests;
 mod wall_clock;
+pub(crate) use wall_clock::anchor_clock;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 

@@ -161,6 +161,10 @@ impl Store for MeteredStore {
         self.inner.broken()
     }
 
+    async fn fleet_now(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.inner.fleet_now().await
+    }
+
     async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
         self.inner.event_bounds().await
     }
