@@ -25,6 +25,8 @@ pub(crate) struct RetryState {
     pub(crate) in_doubt_since: Option<Timestamp>,
     /// Retries made since the doubt began.
     doubt_retries: u32,
+    /// Consecutive retries after the store failed (see `store_delay`).
+    store_retries: u32,
 }
 
 /// The first retry of a refresh left in doubt comes within this (jittered):
@@ -68,6 +70,27 @@ impl RetryState {
         // Half of what is left, so another retry still fits in the grace.
         let left = grace_end.duration_since(now) / 2;
         jittered(step.min(left).min(usual.max(IN_DOUBT_FIRST_RETRY)))
+    }
+
+    /// The delay before retrying after the *store* failed a refresh (its
+    /// lease, the read under it, a write) or refused a grant, which then
+    /// stays pending: `pending_retry_min` doubling to `pending_retry_max`
+    /// (1 s by default), jittered.
+    ///
+    /// Invariant (issue 25, `pg-stop`): a store failure is not the
+    /// provider's. It neither grows the provider's backoff (`attempts`,
+    /// the exponential state) nor touches the breaker, so a connection is
+    /// served again within a second or so of the store's return, however
+    /// long the outage was.
+    pub(crate) fn store_delay(&mut self, settings: &EngineSettings) -> Duration {
+        self.store_retries = self.store_retries.saturating_add(1);
+        let step = settings
+            .pending_retry_min
+            .saturating_mul(1 << self.store_retries.min(16).saturating_sub(1))
+            .min(settings.pending_retry_max);
+        // Replicas that failed together do not come back in step.
+        step.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+            .max(Duration::from_millis(10))
     }
 
     /// The delay before the next attempt after a failure of `class`.
@@ -328,6 +351,30 @@ mod tests {
             settings.backoff_min,
             "Retry-After: 0 cannot become a loop"
         );
+    }
+
+    /// Issue 25, `pg-stop`. Invariant: store failures are retried on their
+    /// own short delay (at most `pending_retry_max`, 1 s), however many in
+    /// a row, and leave the provider's backoff where it was: the provider
+    /// delay after them is still its first.
+    #[test]
+    fn store_failures_retry_within_a_second_and_leave_the_provider_backoff_alone() {
+        let settings = EngineSettings {
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let mut retry = RetryState::default();
+        let delays: Vec<_> = (0..50).map(|_| retry.store_delay(&settings)).collect();
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(1)),
+            "{delays:?}"
+        );
+        assert!(delays[0] <= Duration::from_millis(100), "{delays:?}");
+        assert!(delays[49] >= Duration::from_millis(500), "{delays:?}");
+        assert_eq!(retry.attempts, 0);
+        let provider = retry.next_delay(ErrorClass::Transient, None, &settings);
+        assert!(provider <= Duration::from_secs(2), "{provider:?}");
     }
 
     #[test]

@@ -24,9 +24,13 @@ use super::{Engine, Failure, slot::Slot};
 const SWEEP_BATCH: usize = 100;
 
 /// How often a held lease is renewed: a third of its lifetime, so two
-/// renewals in a row can fail (or be slow) before it runs out.
+/// renewals in a row can fail (or be slow) before it runs out, and at
+/// least every second, so a lease has nearly its whole life left when the
+/// store goes away and outlives any outage shorter than it, less a second
+/// (issue 25, `pg-stop`). A refresh answered within a second renews
+/// nothing.
 pub(super) fn renew_every(ttl: Duration) -> Duration {
-    (ttl / 3).max(Duration::from_millis(100))
+    (ttl / 3).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
 /// How often a shared store is swept for expired leases: a third of the
@@ -126,6 +130,39 @@ impl Engine {
         tokio::select! {
             out = work => out,
             out = renew => out,
+        }
+    }
+
+    /// Gives `lease` back. If the store fails, the lease is kept in the
+    /// slot and given back before the next one is taken
+    /// ([`Engine::give_back_left_over`]).
+    pub(super) async fn give_back(&self, slot: &Slot, lease: Lease, in_doubt: bool) {
+        if let Err(e) = self.store.release_refresh_lease(&lease, in_doubt).await {
+            tracing::warn!(connection_id = %lease.id, error = %e, "releasing refresh lease failed; it is released before the next refresh");
+            *super::slot::lock(&slot.unreleased) = Some((lease, in_doubt));
+        }
+    }
+
+    /// Gives back the lease an earlier refresh of this slot could not,
+    /// before a new one is taken.
+    ///
+    /// Invariant (issue 25, `pg-stop`): a lease whose release failed while
+    /// the store was away does not keep its own connection from being
+    /// refreshed until it runs out (`lease_ttl`) after the store is back:
+    /// no process may take a live lease, its holder included. Releasing it
+    /// now is safe: nothing of this process runs under it (the slot's
+    /// singleflight), a newer fence makes the release a no-op, and the
+    /// doubt it is released with is the one its refresh ended in.
+    pub(super) async fn give_back_left_over(&self, slot: &Slot) -> Result<(), Failure> {
+        let Some((lease, in_doubt)) = super::slot::lock(&slot.unreleased).take() else {
+            return Ok(());
+        };
+        match self.store.release_refresh_lease(&lease, in_doubt).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                *super::slot::lock(&slot.unreleased) = Some((lease, in_doubt));
+                Err(Failure::store(e))
+            }
         }
     }
 

@@ -4,7 +4,8 @@
 //!
 //! One concern per file: `slot` (per-connection memory), `flight` (the
 //! singleflight), `refresh` (intent → provider → write-ahead → commit),
-//! `persist` (durable before visible, pending grants), `backoff` (retry
+//! `persist` (durable before visible, pending grants), `keeper` (a pending
+//! grant's lease and write retries), `backoff` (retry
 //! delays and the per-provider breaker), `refresher` (the background
 //! refresher and start-up), `install` (code exchange and import).
 
@@ -12,6 +13,7 @@ mod backoff;
 mod coherence;
 mod flight;
 mod install;
+mod keeper;
 mod lease;
 mod persist;
 mod refresh;
@@ -73,9 +75,14 @@ pub struct EngineSettings {
     /// run of the same node are released at start. Replicas sharing a store
     /// need distinct names.
     pub node: String,
-    /// First delay before retrying to persist a grant the store refused;
-    /// doubles up to `pending_retry_max`.
+    /// First delay before retrying after the store failed: a refresh's
+    /// lease, read or write, or the write of a grant the store refused
+    /// (kept pending meanwhile). Doubles, jittered, up to
+    /// `pending_retry_max`; apart from the provider's backoff.
     pub pending_retry_min: Duration,
+    /// Longest delay between two such retries (1 s), so a connection is
+    /// served again, and a pending grant written, within about a second of
+    /// the store's return.
     pub pending_retry_max: Duration,
     /// How long shutdown waits for refreshes and unpersisted grants. The
     /// server raises it to [`shutdown_grace_for`] its provider request
@@ -98,7 +105,7 @@ impl Default for EngineSettings {
             background_refresh: true,
             node: "local".into(),
             pending_retry_min: Duration::from_millis(100),
-            pending_retry_max: Duration::from_secs(5),
+            pending_retry_max: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             cache_capacity: DEFAULT_CACHE_CAPACITY,
         }

@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use secrecy::ExposeSecret;
-use tokend_core::{Connection, ConnectionId, ErrorClass, LastError};
+use tokend_core::{Connection, ConnectionId, LastError};
 use tokend_store::StoreError;
 
 use super::{
@@ -220,16 +220,17 @@ impl Engine {
         next
     }
 
-    /// Turns a storage failure of a refresh into the caller's answer, and
-    /// arranges the retry: soon when a grant is pending (it must reach the
-    /// disk), with the usual backoff otherwise.
+    /// Turns a storage failure of a refresh (its lease, a read, a write)
+    /// into the caller's answer, and arranges the retry on the store's own
+    /// short delay (`RetryState::store_delay`, at most `pending_retry_max`),
+    /// pending grant or not: never the provider's backoff, never its
+    /// breaker. A pending grant's keeper (`keeper.rs`) waits the same.
     pub(super) fn store_trouble(
         &self,
         slot: &Slot,
         id: &ConnectionId,
         failure: Failure,
     ) -> Failure {
-        let pending_attempts = lock(&slot.pending).as_ref().map(|p| p.attempts);
         let with_delay = |delay: Duration| match &failure {
             Failure::Store { error, .. } => Failure::Store {
                 error: error.clone(),
@@ -237,22 +238,46 @@ impl Engine {
             },
             other => other.clone(),
         };
-        match pending_attempts {
-            Some(attempts) => {
-                let delay = self
-                    .settings
-                    .pending_retry_min
-                    .saturating_mul(1 << attempts.min(16).saturating_sub(1))
-                    .min(self.settings.pending_retry_max);
-                self.scheduler
-                    .schedule(id, self.clock.now().saturating_add(delay));
-                with_delay(delay)
+        let delay = self.back_off_by(slot, id, with_delay, |retry, _| {
+            retry.store_delay(&self.settings)
+        });
+        with_delay(delay)
+    }
+
+    /// Writes the slot's pending grant under `fence`. `Ok` once nothing is
+    /// pending: written, or dropped because the store holds another grant
+    /// now (its refresh token is not the one the grant replaced) or the
+    /// connection is gone.
+    pub(super) async fn write_pending(
+        &self,
+        slot: &Arc<Slot>,
+        id: &ConnectionId,
+        fence: u64,
+    ) -> Result<(), Failure> {
+        let record = match self.load_latest(id).await {
+            Ok(record) => record,
+            Err(Failure::NotFound(_)) => {
+                if lock(&slot.pending).take().is_some() {
+                    tracing::warn!(connection_id = %id, "connection deleted while a grant the store refused was pending; dropping it");
+                }
+                return Ok(());
             }
-            None => {
-                let delay = self.back_off(slot, id, ErrorClass::Transient, None, with_delay);
-                with_delay(delay)
-            }
+            Err(failure) => return Err(failure),
+        };
+        let Some(pending) = lock(&slot.pending).clone() else {
+            return Ok(());
+        };
+        if !pending.applies_to(&record) {
+            tracing::warn!(connection_id = %id, "a grant the store refused was replaced by another writer's; dropping it");
+            lock(&slot.pending).take();
+            let current = slot.advance(Arc::new(record));
+            self.schedule(&current);
+            return Ok(());
         }
+        tracing::info!(connection_id = %id, attempts = pending.attempts, "persisting a grant the store refused earlier");
+        self.commit(slot, record, pending.grant, None, Some(fence))
+            .await
+            .map(drop)
     }
 
     /// At shutdown: persists every pending grant, retrying until

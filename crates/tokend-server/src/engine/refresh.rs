@@ -51,6 +51,11 @@ impl Engine {
         slot: &Arc<Slot>,
         base: &Arc<Connection>,
     ) -> Result<Arc<Connection>, Failure> {
+        // A pending grant's keeper holds the lease: its write comes first,
+        // and no refresh runs beside it (`keeper.rs`).
+        if slot.keeping() {
+            return Err(self.kept(slot));
+        }
         {
             let retry = lock(&slot.retry);
             let now = self.clock.now();
@@ -199,6 +204,12 @@ impl Engine {
         id: &ConnectionId,
         base_version: u64,
     ) -> Result<Arc<Connection>, Failure> {
+        if slot.keeping() {
+            return Err(self.kept(slot));
+        }
+        if let Err(failure) = self.give_back_left_over(slot).await {
+            return Err(self.store_trouble(slot, id, failure));
+        }
         let lease = match self.acquire_lease(slot, id, base_version).await {
             Ok(LeaseOutcome::Granted(lease)) => lease,
             Ok(LeaseOutcome::Superseded(newer)) => return Ok(slot.advance(Arc::new(*newer))),
@@ -217,9 +228,20 @@ impl Engine {
                     outcome.result,
                     Err(Failure::Provider { .. } | Failure::Store { .. } | Failure::Contended(_))
                 ));
-        if let Err(e) = self.store.release_refresh_lease(&lease, in_doubt).await {
-            tracing::warn!(connection_id = %id, error = %e, "releasing refresh lease failed");
+        if let Err(failure @ (Failure::Store { .. } | Failure::Contended(_))) = &outcome.result
+            && slot.has_pending()
+        {
+            // The store refused the grant: the lease stays with it, renewed,
+            // while its write is retried (`keeper.rs`).
+            let failure = self.store_trouble(slot, id, failure.clone());
+            let first_retry = match &failure {
+                Failure::Store { retry_after, .. } => *retry_after,
+                _ => self.settings.pending_retry_min,
+            };
+            self.keep_pending(slot, lease, first_retry);
+            return Err(failure);
         }
+        self.give_back(slot, lease, in_doubt).await;
         match outcome.result {
             Err(failure @ (Failure::Store { .. } | Failure::Contended(_))) => {
                 Err(self.store_trouble(slot, id, failure))
@@ -696,9 +718,10 @@ impl Engine {
     }
 
     /// The one backoff mechanism: `delay` picks the wait from the retry
-    /// state; no provider call before it passes (callers get `failure`
+    /// state (the provider's backoff, the in-doubt retry, or the store's
+    /// delay); no provider call before it passes (callers get `failure`
     /// meanwhile) and a background retry is scheduled then.
-    fn back_off_by(
+    pub(super) fn back_off_by(
         &self,
         slot: &Slot,
         id: &ConnectionId,

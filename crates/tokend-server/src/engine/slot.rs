@@ -65,6 +65,13 @@ pub(crate) struct Slot {
     pub(crate) pending: Mutex<Option<PendingGrant>>,
     /// Whether the refresh waits for another process's lease.
     pub(crate) lease_wait: super::lease::LeaseWait,
+    /// Set while a task holds the lease the pending grant was obtained
+    /// under and retries its write (`keeper.rs`); refreshes wait for it.
+    pub(crate) keeper: AtomicBool,
+    /// A lease this process failed to give back (the store failed), with
+    /// the doubt to release it with: given back before the next one is
+    /// taken (`lease.rs`).
+    pub(crate) unreleased: Mutex<Option<(tokend_store::Lease, bool)>>,
     /// The cache generation of its last use (see `Slots::generation`).
     used: AtomicU32,
 }
@@ -77,6 +84,8 @@ impl Slot {
             retry: Mutex::new(RetryState::default()),
             pending: Mutex::new(None),
             lease_wait: Default::default(),
+            keeper: AtomicBool::new(false),
+            unreleased: Mutex::new(None),
             used: AtomicU32::new(generation),
         }
     }
@@ -90,13 +99,19 @@ impl Slot {
     }
 
     /// Whether evicting this slot would lose anything but a cached copy of
-    /// the stored record: a grant not persisted yet, a refresh running,
-    /// retry state, or a caller holding it.
+    /// the stored record: a grant not persisted yet (or its keeper), a
+    /// refresh running, a lease to give back, retry state, or a caller
+    /// holding it.
     fn pinned(self: &Arc<Self>) -> bool {
         // The count first: with no other holder, nobody can hold the locks
         // below either (they are reached through the slot), so taking them
         // under the map's shard lock cannot deadlock.
-        if Arc::strong_count(self) > 1 || self.flight.is_running() || self.has_pending() {
+        if Arc::strong_count(self) > 1
+            || self.flight.is_running()
+            || self.has_pending()
+            || self.keeping()
+            || lock(&self.unreleased).is_some()
+        {
             return true;
         }
         let retry = lock(&self.retry);
@@ -116,6 +131,12 @@ impl Slot {
             *guard = record;
         }
         Arc::clone(&guard)
+    }
+
+    /// Whether a task holds the pending grant's lease and retries its
+    /// write (`keeper.rs`).
+    pub(crate) fn keeping(&self) -> bool {
+        self.keeper.load(Ordering::SeqCst)
     }
 
     pub(crate) fn has_pending(&self) -> bool {

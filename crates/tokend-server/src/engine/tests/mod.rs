@@ -787,4 +787,5 @@ mod in_doubt;
 mod leases;
 mod replicas;
 mod shutdown;
+mod store_outage;
 mod wall_clock;
