@@ -93,7 +93,9 @@ impl Fault {
             Fault::Lost504 => "provider rotates, then answers 504",
             Fault::LostReset => "provider rotates, then resets the connection",
             Fault::SlowProvider => "provider answers in 5 s, the lease is 3 s (2 replicas)",
-            Fault::PgStop => "PostgreSQL stopped for 2-6 s (pg_ctl stop -m immediate; 2 replicas)",
+            Fault::PgStop => {
+                "PostgreSQL stopped for 1-4 s, then crash recovery (pg_ctl stop -m immediate; 2 replicas)"
+            }
             Fault::PgPartition => {
                 "PostgreSQL partitioned for 3-8 s by a blackholing proxy (2 replicas)"
             }
@@ -261,7 +263,12 @@ impl Fault {
                     .await?
                     .map_err(anyhow::Error::msg)
                     .context("pg_ctl stop")?;
-                tokio::time::sleep(rand_ms(2000..6000)).await;
+                // With the restart's crash recovery (about 3.5 s here), the
+                // brokers see 5-8 s without a database: shorter than the
+                // 10 s lease, which is what this mode claims to survive. An
+                // outage longer than the lease is RELIABILITY.md's open case
+                // (2-6 s stops made 6-9.5 s outages and straddled it).
+                tokio::time::sleep(rand_ms(1000..4000)).await;
                 tokio::task::spawn_blocking(|| cluster.restart())
                     .await?
                     .map_err(anyhow::Error::msg)
