@@ -264,7 +264,7 @@ impl Fault {
                     .map_err(anyhow::Error::msg)
                     .context("pg_ctl stop")?;
                 // With the restart's crash recovery (about 3.5 s here), the
-                // brokers see 5-8 s without a database: shorter than the
+                // brokers see 2-7 s without a database: shorter than the
                 // 10 s lease, which is what this mode claims to survive. An
                 // outage longer than the lease is RELIABILITY.md's open case
                 // (2-6 s stops made 6-9.5 s outages and straddled it).
