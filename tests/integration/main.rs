@@ -34,6 +34,7 @@ mod rpc;
 mod security;
 mod shutdown;
 mod sockets;
+mod test_command;
 mod store_broken;
 mod store_copy;
 mod watch;
