@@ -68,7 +68,10 @@ pub fn blocks(name: &str, text: &str) -> Result<Vec<Block>, Vec<String>> {
         let mut j = i + 1;
         while j < lines.len() && lines[j].trim_start() != "```" {
             let l = lines[j];
-            code.push_str(l.get(indent.min(l.len() - l.trim_start().len())..).unwrap_or(l));
+            code.push_str(
+                l.get(indent.min(l.len() - l.trim_start().len())..)
+                    .unwrap_or(l),
+            );
             code.push('\n');
             j += 1;
         }
@@ -100,7 +103,11 @@ pub fn blocks(name: &str, text: &str) -> Result<Vec<Block>, Vec<String>> {
             (Some(word), norun) => {
                 problems.push(format!(
                     "{place}: unknown marking `{word}`{}",
-                    if norun.is_some() { " (and a norun comment too)" } else { "" }
+                    if norun.is_some() {
+                        " (and a norun comment too)"
+                    } else {
+                        ""
+                    }
                 ));
                 None
             }

@@ -32,6 +32,8 @@ use server::Server;
 struct Deps {
     cargo: Option<String>,
     go_mod: Option<String>,
+    /// The shell commands that build a Go module offline.
+    go_build: Option<String>,
 }
 
 struct Runner {
@@ -66,7 +68,11 @@ fn every_marked_snippet_runs_as_pasted() {
             Err(p) => problems.extend(p),
         }
     }
-    assert!(problems.is_empty(), "unmarked or malformed snippets:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "unmarked or malformed snippets:\n{}",
+        problems.join("\n")
+    );
 
     let langs: BTreeSet<&str> = all
         .iter()
@@ -109,7 +115,8 @@ fn every_marked_snippet_runs_as_pasted() {
                 Mode::NoRun(reason) => skipped.push(format!("{}: {reason}", block.place)),
                 Mode::Deps if block.lang == "toml" => deps.cargo = Some(block.code.clone()),
                 Mode::Deps if block.lang == "go-mod" => deps.go_mod = Some(block.code.clone()),
-                Mode::Deps => runner.fail(block, "a deps block is toml (Cargo) or go-mod", ""),
+                Mode::Deps if block.lang == "sh" => deps.go_build = Some(block.code.clone()),
+                Mode::Deps => runner.fail(block, "a deps block is toml, go-mod or sh", ""),
                 Mode::CheckConfig => runner.check_config(block),
                 Mode::Run => runner.run(block, &deps),
             }
@@ -179,7 +186,9 @@ impl Runner {
             }
         }
         let server = self.server.as_ref().unwrap();
-        let code = server.substitute(&block.code);
+        let code = server
+            .substitute(&block.code)
+            .replace("/path/to/tokend", &self.root.display().to_string());
         let mut command = match self.command(block, &code, deps) {
             Ok(c) => c,
             Err(e) => return self.fail(block, "could not build the snippet", &e),
@@ -201,7 +210,10 @@ impl Runner {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let want: i32 = block.value("exit").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let want: i32 = block
+            .value("exit")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         if out.status.code() != Some(want) {
             let why = format!("exit {:?}, want {want}", out.status.code());
             self.fail(block, &why, &text);
@@ -214,7 +226,9 @@ impl Runner {
 
     /// The command that runs `code` in `block`'s language.
     fn command(&self, block: &Block, code: &str, deps: &Deps) -> Result<Command, String> {
-        let dir = self.work.join(format!("snippet-{}", block.place.replace(['/', ':'], "-")));
+        let dir = self
+            .work
+            .join(format!("snippet-{}", block.place.replace(['/', ':'], "-")));
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         match block.lang.as_str() {
             "sh" | "bash" => {
@@ -222,7 +236,11 @@ impl Runner {
                 std::fs::write(&file, code).map_err(|e| e.to_string())?;
                 let mut c = Command::new("bash");
                 c.arg("-eo").arg("pipefail").arg(&file);
-                c.current_dir(if block.has("in-checkout") { &self.root } else { &self.work });
+                c.current_dir(if block.has("in-checkout") {
+                    &self.root
+                } else {
+                    &self.work
+                });
                 Ok(c)
             }
             "python" => {
@@ -249,19 +267,32 @@ impl Runner {
     /// A Go module with the README's go.mod (the checkout's path put in),
     /// built offline from Debian's packages as clients/go/README.md says.
     fn go(&self, dir: &Path, code: &str, deps: &Deps) -> Result<Command, String> {
-        let go_mod = deps.go_mod.as_ref().ok_or("no ```go-mod deps block before this one")?;
-        let go_mod = go_mod.replace("/path/to/tokend", &self.root.display().to_string());
-        std::fs::write(dir.join("go.mod"), go_mod).map_err(|e| e.to_string())?;
+        let go_mod = deps
+            .go_mod
+            .as_ref()
+            .ok_or("no ```go-mod deps block before this one")?;
+        let build = deps
+            .go_build
+            .as_ref()
+            .ok_or("no ```sh deps block before this one")?;
+        let root = self.root.display().to_string();
+        std::fs::write(dir.join("go.mod"), go_mod.replace("/path/to/tokend", &root))
+            .map_err(|e| e.to_string())?;
         std::fs::write(dir.join("main.go"), code).map_err(|e| e.to_string())?;
+        // The README's offline commands as written (their /tmp files are
+        // this run's own), then the program.
+        let work = dir.display().to_string();
+        let build = build
+            .replace("/path/to/tokend", &root)
+            .replace("/tmp/", &format!("{work}/"));
         let script = format!(
-            "set -e\n{root}/clients/go/debian-modfile.sh go.mod offline.mod stubs\n\
-             GOPROXY=off GOFLAGS=-mod=mod go mod tidy -modfile=offline.mod\n\
-             GOPROXY=off go build -modfile=offline.mod -o snippet .\n./snippet\n",
-            root = self.root.display()
+            "set -eo pipefail\n{build}\nGOPROXY=off go run -modfile={work}/offline.mod .\n"
         );
         let mut c = Command::new("bash");
         c.arg("-c").arg(script).current_dir(dir);
-        c.env("GOPROXY", "off").env("GOSUMDB", "off").env("HOME", dir);
+        c.env("GOPROXY", "off")
+            .env("GOSUMDB", "off")
+            .env("HOME", dir);
         c.env("GOCACHE", self.root.join("target/snippets/gocache"));
         Ok(c)
     }
@@ -270,7 +301,10 @@ impl Runner {
     /// in) and the snippet as its main.rs, built offline against the
     /// workspace's Cargo.lock.
     fn rust(&self, dir: &Path, code: &str, deps: &Deps) -> Result<Command, String> {
-        let cargo_deps = deps.cargo.as_ref().ok_or("no ```toml deps block before this one")?;
+        let cargo_deps = deps
+            .cargo
+            .as_ref()
+            .ok_or("no ```toml deps block before this one")?;
         let cargo_deps = cargo_deps.replace("/path/to/tokend", &self.root.display().to_string());
         std::fs::create_dir_all(dir.join("src")).map_err(|e| e.to_string())?;
         std::fs::write(

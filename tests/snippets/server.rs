@@ -126,17 +126,18 @@ impl Server {
     /// Background blocks that failed (exited non-zero) so far.
     pub fn take_bg_failures(&mut self) -> Vec<String> {
         let mut failures = Vec::new();
-        self.bg.retain_mut(|(block, child, out)| match child.try_wait() {
-            Ok(Some(status)) if !status.success() => {
-                let text = std::fs::read_to_string(&*out).unwrap_or_default();
-                failures.push(format!(
-                    "{}: background block exited {status}\n--- snippet\n{}--- output\n{text}",
-                    block.place, block.code
-                ));
-                false
-            }
-            _ => true,
-        });
+        self.bg
+            .retain_mut(|(block, child, out)| match child.try_wait() {
+                Ok(Some(status)) if !status.success() => {
+                    let text = std::fs::read_to_string(&*out).unwrap_or_default();
+                    failures.push(format!(
+                        "{}: background block exited {status}\n--- snippet\n{}--- output\n{text}",
+                        block.place, block.code
+                    ));
+                    false
+                }
+                _ => true,
+            });
         failures
     }
 }

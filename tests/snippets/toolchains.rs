@@ -20,7 +20,11 @@ pub fn must(what: &str, command: &mut Command) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{what} failed ({}):\n{text}", out.status);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{text}",
+        out.status
+    );
     text
 }
 
@@ -77,7 +81,9 @@ pub fn typescript(root: &Path, dir: &Path) {
     let sdk = root.join("clients/typescript");
     must(
         "npm ci (clients/typescript)",
-        Command::new("npm").current_dir(&sdk).args(["ci", "--no-audit", "--no-fund"]),
+        Command::new("npm")
+            .current_dir(&sdk)
+            .args(["ci", "--no-audit", "--no-fund"]),
     );
     std::fs::create_dir_all(dir).expect("ts dir");
     let packed = must(
@@ -94,7 +100,10 @@ pub fn typescript(root: &Path, dir: &Path) {
         .unwrap_or_else(|| panic!("npm pack named no tarball:\n{packed}"))
         .trim()
         .to_owned();
-    must("npm init", Command::new("npm").current_dir(dir).args(["init", "-y"]));
+    must(
+        "npm init",
+        Command::new("npm").current_dir(dir).args(["init", "-y"]),
+    );
     must(
         "npm install the packed tarball",
         Command::new("npm")
