@@ -143,7 +143,6 @@ async fn resync(tokend: &Client, provider: Option<&str>) -> Result<(), Error> {
                 page_token: page_token.clone(),
                 status: pb::ConnectionStatus::ReconnectRequired as i32,
                 provider: provider.unwrap_or_default().to_owned(),
-                ..Default::default()
             })
             .await?;
         for c in &page.connections {

@@ -59,6 +59,8 @@ impl Server {
             if Instant::now() > deadline || matches!(server.child.try_wait(), Ok(Some(_))) {
                 return Err(server.log_text());
             }
+            // A plain #[test] thread, no async runtime to block.
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(Duration::from_millis(50));
         }
         if install {
