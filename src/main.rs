@@ -190,12 +190,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         std::time::Duration::from_secs,
     );
     let sandbox = if args.sandbox {
-        let listener = tokio::net::TcpListener::bind(args.sandbox_opts.sandbox_listen)
+        let listener = tokio::net::TcpListener::bind(args.sandbox_listen)
             .await
             .with_context(|| {
                 format!(
                     "cannot listen on {} for the sandbox",
-                    args.sandbox_opts.sandbox_listen
+                    args.sandbox_listen
                 )
             })?;
         let mut config = args.sandbox_opts.config();
@@ -324,8 +324,9 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let sandbox = Sandbox::start_on(listener, args.opts.config()).await?;
-    tracing::info!(url = %sandbox.base_url(), token_url = %sandbox.token_url(), "sandbox provider running");
+    let config = args.opts.config();
+    let sandbox = Sandbox::start_on(listener, config.clone()).await?;
+    tracing::info!(url = %sandbox.base_url(), token_url = %sandbox.token_url(), client_id = %config.client_id, "sandbox provider running (its client secret: see `tokend sandbox --help`)");
     shutdown_signal().await;
     sandbox.shutdown().await;
     Ok(())
