@@ -10,6 +10,7 @@ mod events_cli;
 mod exit;
 mod private_fs;
 mod register;
+mod render;
 mod settings;
 mod store;
 mod store_copy;

@@ -2,6 +2,7 @@
 
 mod at_rest;
 mod cli;
+mod cli_truths;
 mod client;
 mod console;
 mod events;

@@ -19,6 +19,7 @@ pub mod limits;
 mod malformed;
 pub mod metrics;
 pub mod ranges;
+mod readiness;
 mod scheduler;
 pub(crate) mod service;
 mod trace_context;
