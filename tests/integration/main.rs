@@ -26,6 +26,7 @@ mod otlp;
 mod process;
 mod providers;
 mod proxy;
+mod readyz;
 mod reflection;
 mod refresh;
 mod replica_clocks;
