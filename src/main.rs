@@ -293,6 +293,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
+    use tokend_server::config_check;
+    // Every schema error of the file in one run (a syntax error stops the
+    // parse), each with file:line:col.
+    let text = match args.config.as_deref() {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| {
+                tokend_server::config::ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+            if let Err(problems) = config_check::parse_all(&text, path) {
+                return report_problems(&problems);
+            }
+            Some((path, text))
+        }
+        None => None,
+    };
     let settings = settings::Settings::resolve(settings::Flags {
         listen: args.listen,
         data_dir: None,
@@ -311,7 +329,20 @@ fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
         println!("configuration OK");
         return Ok(());
     }
-    for problem in &problems {
+    // One problem a line, each at the key it names.
+    let problems: Vec<String> = problems
+        .iter()
+        .flat_map(|p| p.split("; "))
+        .map(|p| match &text {
+            Some((path, text)) => config_check::locate_problem(text, path, p),
+            None => p.to_owned(),
+        })
+        .collect();
+    report_problems(&problems)
+}
+
+fn report_problems(problems: &[String]) -> anyhow::Result<()> {
+    for problem in problems {
         eprintln!("problem: {problem}");
     }
     Err(exit::UsageError(format!(

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod config_check;
 mod console;
 mod convert;
 pub mod engine;
