@@ -193,12 +193,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let sandbox = if args.sandbox {
         let listener = tokio::net::TcpListener::bind(args.sandbox_listen)
             .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} for the sandbox",
-                    args.sandbox_listen
-                )
-            })?;
+            .with_context(|| format!("cannot listen on {} for the sandbox", args.sandbox_listen))?;
         let mut config = args.sandbox_opts.config();
         config
             .state_file

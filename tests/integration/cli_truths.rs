@@ -68,7 +68,10 @@ async fn every_json_output_is_the_proto3_mapping_and_shows_the_cause() {
     let listed: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let c = &listed[0];
     assert_eq!(c["connectionId"], "rev", "{listed}");
-    assert_eq!(c["status"], "CONNECTION_STATUS_RECONNECT_REQUIRED", "{listed}");
+    assert_eq!(
+        c["status"], "CONNECTION_STATUS_RECONNECT_REQUIRED",
+        "{listed}"
+    );
     assert_eq!(c["reconnectCause"], "RECONNECT_CAUSE_REVOKED", "{listed}");
     assert_eq!(c["lastError"]["code"], "invalid_grant", "{listed}");
     no_snake_case(&listed, "connections list");
@@ -150,7 +153,10 @@ async fn the_standalone_sandbox_documents_its_client_and_listens_where_told() {
     let url = format!("http://{addr}/.well-known/oauth-authorization-server");
     let mut up = false;
     for _ in 0..100 {
-        if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+        if reqwest::get(&url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             up = true;
             break;
         }
@@ -170,7 +176,12 @@ async fn explicit_ids_are_refused_derived_ids_are_rewritten() {
     let mut client = server.client().await;
     let issued = server.sandbox.issue_tokens("u@example.com", &["crm"]);
     let err = client
-        .install(import_request("u@example.com", "u@example.com", &issued, 1800))
+        .install(import_request(
+            "u@example.com",
+            "u@example.com",
+            &issued,
+            1800,
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");

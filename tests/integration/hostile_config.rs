@@ -410,6 +410,8 @@ fn check_config_lists_every_problem_with_its_place_and_serve_agrees() {
                 child.kill().unwrap();
                 panic!("tokend {args:?} kept running: it accepted the file");
             }
+            // A plain #[test]: no tokio worker to block.
+            #[allow(clippy::disallowed_methods)]
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         child.wait_with_output().unwrap()
@@ -427,10 +429,17 @@ fn check_config_lists_every_problem_with_its_place_and_serve_agrees() {
     )
     .unwrap();
     for (file, places) in [
-        (&schema, &["schema.toml:1:1", "schema.toml:3:1", "schema.toml:6:13"][..]),
+        (
+            &schema,
+            &["schema.toml:1:1", "schema.toml:3:1", "schema.toml:6:13"][..],
+        ),
         (
             &semantic,
-            &["semantic.toml:1:1", "semantic.toml:3:1", "semantic.toml:7:1"][..],
+            &[
+                "semantic.toml:1:1",
+                "semantic.toml:3:1",
+                "semantic.toml:7:1",
+            ][..],
         ),
     ] {
         let path = file.to_str().unwrap();

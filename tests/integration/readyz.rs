@@ -87,7 +87,11 @@ async fn readiness_follows_the_database_down_and_back() {
     let probes: Vec<_> = (0..50).map(|_| readiness(&http, admin_addr)).collect();
     let answers = futures::future::join_all(probes).await;
     assert!(answers.iter().all(|a| *a == Some(503)), "{answers:?}");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 
     cluster.restart().expect("database restarts");
     let up = until(&http, admin_addr, 200, Duration::from_secs(20))

@@ -123,7 +123,11 @@ fn key_of(text: &str, index: usize) -> Option<String> {
 
 /// A value of the type an `invalid type` error expected, if it is plain.
 fn stand_in(message: &str) -> Option<&'static str> {
-    let expected = message.split("invalid type:").nth(1)?.split("expected").nth(1)?;
+    let expected = message
+        .split("invalid type:")
+        .nth(1)?
+        .split("expected")
+        .nth(1)?;
     let expected = expected.trim();
     if expected.starts_with("a string") {
         Some("\"\"")
@@ -161,8 +165,7 @@ fn looks_like_key(line: &str) -> bool {
     line.split_once('=').is_some_and(|(k, _)| {
         let k = k.trim();
         !k.is_empty()
-            && k
-                .chars()
+            && k.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_-.\"".contains(c))
     })
 }
@@ -283,7 +286,7 @@ pub fn locate_problem(text: &str, path: &Path, problem: &str) -> String {
         .or_else(|| {
             scope
                 .as_ref()
-                .and_then(|_| entries.iter().filter(in_scope).next())
+                .and_then(|_| entries.iter().find(in_scope))
         });
     match found {
         Some(e) => format!("{}:{}:{}: {problem}", path.display(), e.line, e.column),
