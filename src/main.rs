@@ -327,13 +327,40 @@ fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
     // One problem a line, each at the key it names.
     let problems: Vec<String> = problems
         .iter()
-        .flat_map(|p| p.split("; "))
+        .flat_map(|p| split_joined(p))
         .map(|p| match &text {
-            Some((path, text)) => config_check::locate_problem(text, path, p),
+            Some((path, text)) => config_check::locate_problem(text, path, &p),
             None => p.to_owned(),
         })
         .collect();
     report_problems(&problems)
+}
+
+/// The problems a resolver joined with "; " (every range it refused), one
+/// each; a "; " inside one problem's own sentence stays.
+fn split_joined(problem: &str) -> Vec<String> {
+    let starts_one = |part: &str| {
+        ["identity ", "provider ", "webhook "]
+            .iter()
+            .any(|p| part.starts_with(p))
+            || part.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.".contains(c))
+            })
+    };
+    let mut out: Vec<String> = Vec::new();
+    for part in problem.split("; ") {
+        match out.last_mut() {
+            Some(last) if !starts_one(part) => {
+                last.push_str("; ");
+                last.push_str(part);
+            }
+            _ => out.push(part.to_owned()),
+        }
+    }
+    out
 }
 
 fn report_problems(problems: &[String]) -> anyhow::Result<()> {

@@ -283,11 +283,7 @@ pub fn locate_problem(text: &str, path: &Path, problem: &str) -> String {
                 .filter(in_scope)
                 .find(|e| e.key == key && table.is_none_or(|t| e.table == t))
         })
-        .or_else(|| {
-            scope
-                .as_ref()
-                .and_then(|_| entries.iter().find(in_scope))
-        });
+        .or_else(|| scope.as_ref().and_then(|_| entries.iter().find(in_scope)));
     match found {
         Some(e) => format!("{}:{}:{}: {problem}", path.display(), e.line, e.column),
         None => format!("{}: {problem}", path.display()),
