@@ -59,6 +59,12 @@ fn the_test_command_names_every_tool_it_cannot_install() {
         .expect("run scripts/test");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stderr: {stderr}");
-    assert!(stderr.contains("chromium: sudo apt-get install -y chromium"), "{stderr}");
-    assert!(stderr.contains("the tests that need them will fail"), "{stderr}");
+    assert!(
+        stderr.contains("chromium: sudo apt-get install -y chromium"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the tests that need them will fail"),
+        "{stderr}"
+    );
 }
