@@ -4,8 +4,12 @@
 //! nothing when it or tokend restarts.
 //!
 //! ```sh
-//! cargo run --example reconnect_listener -- ./reconnect.cursor [PROVIDER]
+//! cargo run --example reconnect_listener -- /tmp/reconnect.cursor [PROVIDER]
 //! ```
+//!
+//! Keep the cursor file in the service's state dir, not in a checkout. With
+//! no saved cursor (the first start) it lists the connections that need
+//! reconnecting now before it listens, as it does for an expired cursor.
 //!
 //! Delivery is at least once: the cursor is saved after an event has been
 //! handled, so a crash in between hands that event over again. Handle
@@ -25,18 +29,40 @@ async fn main() -> anyhow::Result<()> {
     let endpoint =
         std::env::var("TOKEND_ENDPOINT").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
     let mut args = std::env::args().skip(1);
-    let cursor_file = PathBuf::from(args.next().unwrap_or_else(|| "reconnect.cursor".into()));
+    let Some(cursor_file) = args.next().map(PathBuf::from) else {
+        anyhow::bail!(
+            "usage: reconnect_listener CURSOR_FILE [PROVIDER] (e.g. /tmp/reconnect.cursor sandbox)"
+        );
+    };
+    let provider = args.next();
     let mut filter = EventFilter::default()
         .event_type(EventType::ReconnectRequired)
         .event_type(EventType::Recovered);
-    if let Some(provider) = args.next() {
-        filter = filter.provider(provider);
+    if let Some(provider) = &provider {
+        filter = filter.provider(provider.clone());
     }
     let tokend = Client::builder(endpoint).connect().await?;
 
     let mut saved = std::fs::read_to_string(&cursor_file)
         .ok()
         .map(|s| s.trim().to_owned());
+    if saved.is_none() {
+        // First start: subscribe live, then read the current state, then go
+        // on from the live cursor, as for an expired cursor below.
+        println!("no saved cursor: the connections that need reconnecting now");
+        let mut live = tokend.watch_all(filter.clone());
+        let cursor = live.started().await?;
+        resync(&tokend, provider.as_deref()).await?;
+        save(&cursor_file, &cursor)?;
+        saved = Some(cursor);
+    }
+    println!(
+        "listening for reconnect_required and recovered events{}",
+        provider
+            .as_deref()
+            .map(|p| format!(" of provider {p}"))
+            .unwrap_or_default()
+    );
     loop {
         let mut stream = tokend.watch_all(filter.clone());
         if let Some(cursor) = saved.clone() {
@@ -75,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!("cursor expired: resyncing from ListConnections");
                 let mut live = tokend.watch_all(filter.clone());
                 let cursor = live.started().await?;
-                resync(&tokend).await?;
+                resync(&tokend, provider.as_deref()).await?;
                 save(&cursor_file, &cursor)?;
                 saved = Some(cursor);
             }
@@ -108,7 +134,7 @@ fn handle(event: &ConnectionEvent) {
 }
 
 /// Every connection that needs reconnecting now.
-async fn resync(tokend: &Client) -> Result<(), Error> {
+async fn resync(tokend: &Client, provider: Option<&str>) -> Result<(), Error> {
     let mut page_token = String::new();
     loop {
         let page = tokend
@@ -116,7 +142,7 @@ async fn resync(tokend: &Client) -> Result<(), Error> {
                 page_size: 1000,
                 page_token: page_token.clone(),
                 status: pb::ConnectionStatus::ReconnectRequired as i32,
-                ..Default::default()
+                provider: provider.unwrap_or_default().to_owned(),
             })
             .await?;
         for c in &page.connections {

@@ -67,7 +67,8 @@ grep -q "RECONNECT_REQUIRED sandbox-portal-123: invalid_grant" "$work/example.ou
 
 # The CLI, against the same server.
 out=$("$bin" connections list --endpoint "http://$grpc" --status reconnect-required --json)
-expect "$out" '"connection_id":"sandbox-portal-123"'
+expect "$out" '"connectionId":"sandbox-portal-123"'
+expect "$out" '"reconnectCause":"RECONNECT_CAUSE_REVOKED"'
 out=$("$bin" token get sandbox-portal-123 --endpoint "http://$grpc" 2>&1 || true)
 expect "$out" "requires reconnecting"
 

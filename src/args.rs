@@ -32,6 +32,10 @@ pub(crate) enum Command {
     /// stop at is listed (exit 2), or "configuration OK".
     CheckConfig(CheckConfigArgs),
     /// Run only the sandbox OAuth2 provider (for tests and demos).
+    ///
+    /// Its OAuth client is `client_id = "sandbox-client"`, client secret
+    /// `sandbox-secret`; the token endpoint is `http://LISTEN/oauth/token`.
+    #[command(after_help = SANDBOX_AFTER_HELP)]
     Sandbox(SandboxArgs),
     /// Manage the keys that encrypt tokens at rest.
     #[command(subcommand)]
@@ -153,6 +157,9 @@ pub(crate) struct ServeArgs {
     /// provider `sandbox` (development mode).
     #[arg(long)]
     pub(crate) sandbox: bool,
+    /// With --sandbox: where the in-process sandbox provider listens (HTTP).
+    #[arg(long, default_value = SANDBOX_LISTEN)]
+    pub(crate) sandbox_listen: SocketAddr,
     #[command(flatten)]
     pub(crate) sandbox_opts: SandboxOpts,
 }
@@ -188,20 +195,36 @@ pub(crate) struct CheckConfigArgs {
     pub(crate) config: Option<PathBuf>,
 }
 
+/// What `tokend sandbox --help` ends with: how to point a tokend at it.
+const SANDBOX_AFTER_HELP: &str = "\
+The sandbox's OAuth client (fixed; a demo, never a real secret):
+  client_id      sandbox-client
+  client secret  sandbox-secret
+A tokend config that uses it (the secret read from an environment variable):
+  [providers.sandbox]
+  preset = \"sandbox\"
+  token_url = \"http://127.0.0.1:50052/oauth/token\"
+  client_id = \"sandbox-client\"
+  client_secret_env = \"SANDBOX_CLIENT_SECRET\"   # export SANDBOX_CLIENT_SECRET=sandbox-secret
+Mint an authorization code: POST /sandbox/codes {\"account_id\":\"portal-123\"}";
+
 #[derive(clap::Args)]
 pub(crate) struct SandboxArgs {
-    /// HTTP listen address.
-    #[arg(long, default_value = "127.0.0.1:50052")]
+    /// Where the sandbox provider listens (HTTP). `--sandbox-listen` is
+    /// accepted as another spelling.
+    #[arg(long, alias = "sandbox-listen", default_value = SANDBOX_LISTEN)]
     pub(crate) listen: SocketAddr,
     #[command(flatten)]
     pub(crate) opts: SandboxOpts,
 }
 
+/// Where the sandbox provider listens unless told otherwise.
+pub(crate) const SANDBOX_LISTEN: &str = "127.0.0.1:50052";
+
+/// How the sandbox provider behaves, for `serve --sandbox` and `tokend
+/// sandbox` alike (where it listens is each command's own flag).
 #[derive(clap::Args)]
 pub(crate) struct SandboxOpts {
-    /// Where the sandbox provider listens (HTTP).
-    #[arg(long, default_value = "127.0.0.1:50052")]
-    pub(crate) sandbox_listen: SocketAddr,
     /// Lifetime of the sandbox's access tokens, in seconds.
     #[arg(long, default_value_t = 1800)]
     pub(crate) sandbox_token_lifetime_secs: u64,

@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 use tokend_client::{Client, Rejected, WatchEventKind};
 use tokend_proto::v1 as pb;
 
+use crate::render::{connection_json, connection_text, proto_json, status_name, token_json};
+
 /// Where the broker is and who we are.
 #[derive(Args, Clone)]
 pub struct ClientArgs {
@@ -131,71 +133,6 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
     Ok((name.to_owned(), value.to_owned()))
 }
 
-fn status_name(status: i32) -> &'static str {
-    match pb::ConnectionStatus::try_from(status) {
-        Ok(pb::ConnectionStatus::Active) => "active",
-        Ok(pb::ConnectionStatus::ReconnectRequired) => "reconnect_required",
-        _ => "unspecified",
-    }
-}
-
-fn ts(t: &Option<tokend_proto::pbjson_types::Timestamp>) -> Value {
-    t.as_ref()
-        .and_then(|t| serde_json::to_value(t).ok())
-        .unwrap_or(Value::Null)
-}
-
-/// A connection as JSON: metadata only.
-fn connection_json(c: &pb::Connection) -> Value {
-    json!({
-        "connection_id": c.connection_id,
-        "provider": c.provider,
-        "account_id": c.account_id,
-        "status": status_name(c.status),
-        "version": c.version,
-        "scopes": c.scopes,
-        "access_token_expires_at": ts(&c.access_token_expires_at),
-        "last_refresh_at": ts(&c.last_refresh_at),
-        "next_refresh_at": ts(&c.next_refresh_at),
-        "created_at": ts(&c.created_at),
-        "updated_at": ts(&c.updated_at),
-        "last_error": c.last_error.as_ref().map(|e| json!({
-            "code": e.code,
-            "message": e.message,
-            "correlation_id": e.correlation_id,
-            "http_status": e.http_status,
-            "occurred_at": ts(&e.occurred_at),
-        })),
-    })
-}
-
-fn connection_text(c: &pb::Connection) -> String {
-    let mut out = format!(
-        "{}\n  provider:    {}\n  account:     {}\n  status:      {}\n  version:     {}\n  expires at:  {}\n  next refresh {}\n",
-        c.connection_id,
-        c.provider,
-        c.account_id,
-        status_name(c.status),
-        c.version,
-        ts(&c.access_token_expires_at).as_str().unwrap_or("-"),
-        ts(&c.next_refresh_at).as_str().unwrap_or("-"),
-    );
-    if let Some(e) = &c.last_error {
-        out.push_str(&format!(
-            "  last error:  {} ({}) {}{}\n",
-            e.code,
-            e.http_status,
-            e.message,
-            if e.correlation_id.is_empty() {
-                String::new()
-            } else {
-                format!(" [correlation {}]", e.correlation_id)
-            }
-        ));
-    }
-    out
-}
-
 pub(crate) async fn client(args: &ClientArgs) -> anyhow::Result<Client> {
     let mut builder = Client::builder(args.endpoint.clone());
     if let Some(key) = &args.api_key {
@@ -234,15 +171,7 @@ pub async fn token(args: &ClientArgs, command: TokenCommand) -> anyhow::Result<(
                 .await?;
             print(
                 args,
-                json!({
-                    "connection_id": t.connection_id,
-                    "access_token": t.access_token.expose_secret(),
-                    "token_type": t.token_type,
-                    "expires_in_seconds": t.ttl().as_secs(),
-                    "version": t.version,
-                    "scopes": t.scopes,
-                    "account_id": t.account_id,
-                }),
+                token_json(&t, Some(t.access_token.expose_secret())),
                 format!("{}\n", t.access_token.expose_secret()),
             );
         }
@@ -254,12 +183,11 @@ pub async fn token(args: &ClientArgs, command: TokenCommand) -> anyhow::Result<(
             let (t, refreshed) = tokend.force_refresh(&connection_id, rejected).await?;
             print(
                 args,
-                json!({
-                    "connection_id": t.connection_id,
-                    "refreshed": refreshed,
-                    "version": t.version,
-                    "expires_in_seconds": t.ttl().as_secs(),
-                }),
+                {
+                    let mut j = token_json(&t, None);
+                    j["refreshed"] = Value::Bool(refreshed);
+                    j
+                },
                 format!(
                     "{}: {} version {}, expires in {} s\n",
                     t.connection_id,
@@ -339,7 +267,7 @@ pub async fn connections(args: &ClientArgs, command: ConnectionsCommand) -> anyh
                 .await?;
             print(
                 args,
-                json!({"deleted": connection_id}),
+                json!({"connectionId": connection_id, "deleted": true}),
                 format!("deleted {connection_id}\n"),
             );
         }
@@ -395,7 +323,11 @@ pub async fn install(args: &ClientArgs, install: InstallArgs) -> anyhow::Result<
     };
     print(
         args,
-        json!({"created": r.created, "replayed": r.replayed, "connection": connection_json(&c)}),
+        proto_json(&pb::InstallResponse {
+            connection: Some(c.clone()),
+            created: r.created,
+            replayed: r.replayed,
+        }),
         format!("{verb}: {}", connection_text(&c)),
     );
     Ok(())
@@ -406,22 +338,29 @@ pub async fn watch(args: &ClientArgs, connection_id: String) -> anyhow::Result<(
     let mut events = tokend.watch(&connection_id);
     while let Some(event) = events.next().await {
         let event = event?;
-        let kind = match event.kind {
-            WatchEventKind::Snapshot => "snapshot",
-            WatchEventKind::TokenRotated => "token_rotated",
-            WatchEventKind::StatusChanged => "status_changed",
-            WatchEventKind::RefreshFailed => "refresh_failed",
-            WatchEventKind::Deleted => "deleted",
+        let (kind, event_type) = match event.kind {
+            WatchEventKind::Snapshot => ("snapshot", pb::WatchEventType::Snapshot),
+            WatchEventKind::TokenRotated => ("token_rotated", pb::WatchEventType::TokenRotated),
+            WatchEventKind::StatusChanged => ("status_changed", pb::WatchEventType::StatusChanged),
+            WatchEventKind::RefreshFailed => ("refresh_failed", pb::WatchEventType::RefreshFailed),
+            WatchEventKind::Deleted => ("deleted", pb::WatchEventType::Deleted),
         };
         let c = &event.connection;
         print(
             args,
-            json!({"event": kind, "connection": connection_json(c)}),
+            proto_json(&pb::WatchConnectionResponse {
+                event_type: event_type as i32,
+                connection: Some(c.clone()),
+                event_time: None,
+            }),
             format!(
-                "{kind}: {} status={} version={}{}\n",
+                "{kind}: {} status={} version={}{}{}\n",
                 c.connection_id,
                 status_name(c.status),
                 c.version,
+                crate::render::cause_name(c.reconnect_cause)
+                    .map(|cause| format!(" cause={cause}"))
+                    .unwrap_or_default(),
                 c.last_error
                     .as_ref()
                     .map(|e| format!(" last_error={}", e.code))

@@ -85,16 +85,8 @@ fn event_line(e: &pb::ConnectionEvent) -> String {
             line.push_str(&format!(" error={}", err.code));
         }
     }
-    if let Ok(cause) = pb::ReconnectCause::try_from(e.cause)
-        && cause != pb::ReconnectCause::Unspecified
-    {
-        line.push_str(&format!(
-            " cause={}",
-            cause
-                .as_str_name()
-                .trim_start_matches("RECONNECT_CAUSE_")
-                .to_ascii_lowercase()
-        ));
+    if let Some(cause) = crate::render::cause_name(e.cause) {
+        line.push_str(&format!(" cause={cause}"));
     }
     line.push('\n');
     line

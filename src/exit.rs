@@ -81,7 +81,7 @@ pub fn report(error: &anyhow::Error, json: bool) -> ExitCode {
         eprintln!(
             "{}",
             serde_json::json!({
-                "error": { "class": class.name(), "message": message, "exit_code": class as u8 }
+                "error": { "class": class.name(), "message": message, "exitCode": class as u8 }
             })
         );
     } else {

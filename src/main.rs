@@ -10,6 +10,7 @@ mod events_cli;
 mod exit;
 mod private_fs;
 mod register;
+mod render;
 mod settings;
 mod store;
 mod store_copy;
@@ -190,14 +191,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         std::time::Duration::from_secs,
     );
     let sandbox = if args.sandbox {
-        let listener = tokio::net::TcpListener::bind(args.sandbox_opts.sandbox_listen)
+        let listener = tokio::net::TcpListener::bind(args.sandbox_listen)
             .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} for the sandbox",
-                    args.sandbox_opts.sandbox_listen
-                )
-            })?;
+            .with_context(|| format!("cannot listen on {} for the sandbox", args.sandbox_listen))?;
         let mut config = args.sandbox_opts.config();
         config
             .state_file
@@ -292,6 +288,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
+    use tokend_server::config_check;
+    // Every schema error of the file in one run (a syntax error stops the
+    // parse), each with file:line:col.
+    let text = match args.config.as_deref() {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| {
+                tokend_server::config::ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+            if let Err(problems) = config_check::parse_all(&text, path) {
+                return report_problems(&problems);
+            }
+            Some((path, text))
+        }
+        None => None,
+    };
     let settings = settings::Settings::resolve(settings::Flags {
         listen: args.listen,
         data_dir: None,
@@ -310,7 +324,47 @@ fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
         println!("configuration OK");
         return Ok(());
     }
-    for problem in &problems {
+    // One problem a line, each at the key it names.
+    let problems: Vec<String> = problems
+        .iter()
+        .flat_map(|p| split_joined(p))
+        .map(|p| match &text {
+            Some((path, text)) => config_check::locate_problem(text, path, &p),
+            None => p.to_owned(),
+        })
+        .collect();
+    report_problems(&problems)
+}
+
+/// The problems a resolver joined with "; " (every range it refused), one
+/// each; a "; " inside one problem's own sentence stays.
+fn split_joined(problem: &str) -> Vec<String> {
+    let starts_one = |part: &str| {
+        ["identity ", "provider ", "webhook "]
+            .iter()
+            .any(|p| part.starts_with(p))
+            || part.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.".contains(c))
+            })
+    };
+    let mut out: Vec<String> = Vec::new();
+    for part in problem.split("; ") {
+        match out.last_mut() {
+            Some(last) if !starts_one(part) => {
+                last.push_str("; ");
+                last.push_str(part);
+            }
+            _ => out.push(part.to_owned()),
+        }
+    }
+    out
+}
+
+fn report_problems(problems: &[String]) -> anyhow::Result<()> {
+    for problem in problems {
         eprintln!("problem: {problem}");
     }
     Err(exit::UsageError(format!(
@@ -324,8 +378,9 @@ async fn sandbox(args: SandboxArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let sandbox = Sandbox::start_on(listener, args.opts.config()).await?;
-    tracing::info!(url = %sandbox.base_url(), token_url = %sandbox.token_url(), "sandbox provider running");
+    let config = args.opts.config();
+    let sandbox = Sandbox::start_on(listener, config.clone()).await?;
+    tracing::info!(url = %sandbox.base_url(), token_url = %sandbox.token_url(), client_id = %config.client_id, "sandbox provider running (its client secret: see `tokend sandbox --help`)");
     shutdown_signal().await;
     sandbox.shutdown().await;
     Ok(())

@@ -64,7 +64,7 @@ async fn cli_commands_work_and_print_secrets_only_for_token_get() {
     let out = tokend(&server, &["token", "refresh", "cli-1", "--json"]).await;
     let refreshed: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(refreshed["refreshed"], true);
-    assert_eq!(refreshed["version"], 2);
+    assert_eq!(refreshed["version"], "2");
     assert!(!stdout(&out).contains("sbx_"));
 
     // connections list/show: no secret, human and JSON.
@@ -72,8 +72,8 @@ async fn cli_commands_work_and_print_secrets_only_for_token_get() {
     assert!(stdout(&out).contains("cli-1"));
     let out = tokend(&server, &["connections", "show", "cli-1", "--json"]).await;
     let shown: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    assert_eq!(shown["status"], "active");
-    assert_eq!(shown["version"], 2);
+    assert_eq!(shown["status"], "CONNECTION_STATUS_ACTIVE");
+    assert_eq!(shown["version"], "2");
     assert!(!stdout(&out).contains("sbx_"));
 
     // Errors: a clear message and a failing exit code.
@@ -232,7 +232,7 @@ async fn failures_are_one_line_with_an_exit_code_by_class() {
     let err: serde_json::Value =
         serde_json::from_slice(&out.stderr).expect("a JSON error on stderr");
     assert_eq!(err["error"]["class"], "not_found");
-    assert_eq!(err["error"]["exit_code"], 3);
+    assert_eq!(err["error"]["exitCode"], 3);
 
     // Nothing listens on port 1.
     let out = run(vec![

@@ -386,3 +386,95 @@ async fn a_refused_restore_or_copy_writes_nothing() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Issue 26, item 8: `check-config` lists every problem of a file in one
+/// run, each at its `file:line:col` (schema errors, out-of-range values,
+/// missing environment variables naming the key), and `serve` refuses
+/// every file `check-config` refuses. Before, the first schema error
+/// ended the run and semantic problems had no place.
+#[test]
+fn check_config_lists_every_problem_with_its_place_and_serve_agrees() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .args(args)
+            .env_remove("TOKEND_CONFIG")
+            .env_remove("I26_MISSING_SECRET")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(20) {
+                child.kill().unwrap();
+                panic!("tokend {args:?} kept running: it accepted the file");
+            }
+            // A plain #[test]: no tokio worker to block.
+            #[allow(clippy::disallowed_methods)]
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
+    };
+    let schema = dir.path().join("schema.toml");
+    std::fs::write(
+        &schema,
+        "refresh_concurency = 1\n[store]\npool_sise = 3\n[providers.hub]\npreset = \"hubspot\"\nclient_id = 5\nclient_secret_env = \"I26_MISSING_SECRET\"\n",
+    )
+    .unwrap();
+    let semantic = dir.path().join("semantic.toml");
+    std::fs::write(
+        &semantic,
+        "cache_capacity = 5\n[store]\nrefresh_lease_secs = 0\n[providers.hub]\npreset = \"hubspot\"\nclient_id = \"x\"\nclient_secret_env = \"I26_MISSING_SECRET\"\n",
+    )
+    .unwrap();
+    for (file, places) in [
+        (
+            &schema,
+            &["schema.toml:1:1", "schema.toml:3:1", "schema.toml:6:13"][..],
+        ),
+        (
+            &semantic,
+            &[
+                "semantic.toml:1:1",
+                "semantic.toml:3:1",
+                "semantic.toml:7:1",
+            ][..],
+        ),
+    ] {
+        let path = file.to_str().unwrap();
+        let out = run(&["check-config", "--config", path]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        for place in places {
+            assert!(stderr.contains(place), "{place} missing from: {stderr}");
+        }
+        assert_eq!(
+            stderr.matches("problem: ").count(),
+            places.len(),
+            "{stderr}"
+        );
+        if file == &semantic {
+            assert!(stderr.contains("I26_MISSING_SECRET"), "{stderr}");
+            assert!(stderr.contains("client_secret_env"), "{stderr}");
+        }
+        let data = dir.path().join("data");
+        let served = run(&[
+            "serve",
+            "--config",
+            path,
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            served.status.code(),
+            Some(2),
+            "serve refuses what check-config refuses: {}",
+            String::from_utf8_lossy(&served.stderr)
+        );
+    }
+}

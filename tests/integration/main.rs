@@ -2,6 +2,7 @@
 
 mod at_rest;
 mod cli;
+mod cli_truths;
 mod client;
 mod console;
 mod events;
@@ -25,6 +26,7 @@ mod otlp;
 mod process;
 mod providers;
 mod proxy;
+mod readyz;
 mod reflection;
 mod refresh;
 mod replica_clocks;
@@ -36,5 +38,6 @@ mod shutdown;
 mod sockets;
 mod store_broken;
 mod store_copy;
+mod test_command;
 mod watch;
 mod webhooks;

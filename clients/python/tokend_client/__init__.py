@@ -44,6 +44,19 @@ from tokend_client.streams import EventStream, WatchStream
 
 __version__ = "0.2.0"
 
+# The HTTP helpers need their optional extras (httpx, requests), so they are
+# imported on first use: `import tokend_client` works without them, and
+# `tokend_client.httpx_auth.TokendAuth` works as the README shows.
+_LAZY_SUBMODULES = ("httpx_auth", "requests_auth")
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "AlreadyExists",
     "AsyncClient",

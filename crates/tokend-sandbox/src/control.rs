@@ -119,7 +119,7 @@ async fn revoke(
     body: Result<Json<RevokeRequest>, JsonRejection>,
 ) -> Result<StatusCode, ControlError> {
     let request = json_body(body)?;
-    provider.revoke_account(&request.account_id);
+    provider.revoke_account_counted(&request.account_id);
     Ok(StatusCode::NO_CONTENT)
 }
 

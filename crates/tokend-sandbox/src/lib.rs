@@ -270,7 +270,9 @@ pub struct Stats {
     pub faults_served: u64,
     pub api_calls_ok: u64,
     pub api_calls_rejected: u64,
-    /// `POST /oauth/revoke` requests a client authenticated (RFC 7009).
+    /// Revocations: `POST /oauth/revoke` requests a client authenticated
+    /// (RFC 7009), and accounts revoked by the operator (`POST
+    /// /sandbox/revoke`, [`Sandbox::revoke_account`]).
     #[serde(default)]
     pub revocations: u64,
     /// Token requests handled in full whose answer a [`Fault::LostAnswer`]
@@ -443,7 +445,7 @@ impl Sandbox {
     /// Kills every code, refresh token and access token of the account, as when a portal
     /// uninstalls the app. Tokens minted afterwards (a reinstall) are live again.
     pub fn revoke_account(&self, account_id: &str) {
-        self.provider.revoke_account(account_id);
+        self.provider.revoke_account_counted(account_id);
     }
 
     /// Queues a fault for upcoming `/oauth/token` requests.

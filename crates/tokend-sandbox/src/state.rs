@@ -541,6 +541,13 @@ impl Provider {
         tracing::debug!(account = account_id, "sandbox: account revoked");
     }
 
+    /// An operator's revocation (`POST /sandbox/revoke`): the account's
+    /// grant ends, and `Stats::revocations` counts it.
+    pub(crate) fn revoke_account_counted(&self, account_id: &str) {
+        self.lock().stats.revocations += 1;
+        self.revoke_account(account_id);
+    }
+
     /// `grant_type=refresh_token`.
     pub(crate) fn refresh(&self, token: &str) -> Result<Granted, GrantError> {
         let granted = self.refresh_in_memory(token);

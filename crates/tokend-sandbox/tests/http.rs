@@ -858,6 +858,8 @@ async fn control_endpoints_drive_the_provider() {
         .expect("Stats json");
     assert_eq!(stats, sandbox.stats());
     assert_eq!(stats.faults_served, 5);
+    // The operator's revoke counts as one (it read 0 before).
+    assert_eq!(stats.revocations, 1);
 
     let account: AccountStats = client
         .get(format!("{base}/sandbox/accounts/curl-2/stats"))

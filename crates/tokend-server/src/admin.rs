@@ -1,7 +1,8 @@
 //! The admin HTTP listener, apart from gRPC: `/metrics` (Prometheus text
 //! format), `/healthz` (the process answers), `/readyz` (the store is open,
-//! the keys loaded and the first scan of connections done; not while
-//! shutting down, nor once the store has broken), and the read-only console (`/`, `console.rs`), which
+//! the keys loaded and the first scan of connections done, and the store
+//! answers now and its writer lives, `readiness.rs`; not while shutting
+//! down), and the read-only console (`/`, `console.rs`), which
 //! asks for an admin identity. None of them shows a secret.
 
 use std::sync::{Arc, Mutex};
@@ -33,6 +34,7 @@ impl AdminListener {
 struct Admin {
     metrics: Arc<Metrics>,
     engine: Arc<crate::engine::Engine>,
+    readiness: Arc<crate::readiness::Readiness>,
     cancel: CancellationToken,
 }
 
@@ -68,6 +70,7 @@ pub(crate) async fn serve(
         .route("/readyz", get(ready))
         .with_state(Admin {
             metrics,
+            readiness: Arc::new(crate::readiness::Readiness::new(engine.store())),
             engine: Arc::clone(&engine),
             cancel: cancel.clone(),
         })
@@ -98,14 +101,14 @@ async fn metrics_text(State(admin): State<Admin>) -> impl IntoResponse {
 }
 
 /// Served only once the server is up (the engine has scheduled every
-/// connection before this listener starts), until shutdown begins or the
-/// store breaks (its writer thread died: every write would fail).
-async fn ready(State(admin): State<Admin>) -> impl IntoResponse {
-    if admin.engine.store().broken().borrow().is_some() {
-        (StatusCode::SERVICE_UNAVAILABLE, "store failed\n")
-    } else if admin.cancel.is_cancelled() {
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
-    } else {
-        (StatusCode::OK, "ready\n")
+/// connection before this listener starts), until shutdown begins, while
+/// the store answers and its writer lives (`readiness.rs`).
+async fn ready(State(admin): State<Admin>) -> axum::response::Response {
+    if admin.cancel.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match admin.readiness.check().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }

@@ -30,6 +30,8 @@ pub enum Op {
     RenewLease,
     ReplaceUnreadable,
     ReadEvents,
+    /// `event_bounds`: what `/readyz` reads to see the store answer.
+    EventBounds,
     SaveCursor,
     /// `fleet_now`: a read of the shared store's clock.
     FleetClock,
@@ -409,7 +411,8 @@ impl<S: Store> Store for FaultStore<S> {
     }
 
     async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
-        self.inner.event_bounds().await
+        self.through(Op::EventBounds, self.inner.event_bounds())
+            .await
     }
 
     async fn prune_events(&self, older_than: Timestamp, keep: u64) -> Result<u64, StoreError> {
