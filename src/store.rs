@@ -182,10 +182,13 @@ mod tests {
             .split("## Running several replicas")
             .nth(1)
             .expect("README has the section");
+        // The first ```toml block (its info string may carry the snippet
+        // test's mark, e.g. "```toml check-config").
         let block = section
-            .split("```toml\n")
+            .split("```toml")
             .nth(1)
-            .and_then(|b| b.split("```").next())
+            .and_then(|b| b.split_once('\n'))
+            .and_then(|(_, b)| b.split("```").next())
             .expect("a toml block");
         tokend_server::config::FileConfig::parse(block, Path::new("README.md"))
             .expect("README's replica config parses")
