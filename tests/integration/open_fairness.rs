@@ -234,7 +234,10 @@ async fn under_contention_the_connection_over_its_share_is_refused_and_others_se
         tally.limited() > 0,
         "the connection over its share is refused: {tally:?}"
     );
-    assert!(tally.ok() >= u64::from(RATE), "it keeps its share: {tally:?}");
+    assert!(
+        tally.ok() >= u64::from(RATE),
+        "it keeps its share: {tally:?}"
+    );
     for _ in 0..10 {
         light
             .get_token(get("fair-1"))

@@ -823,6 +823,60 @@ mod tests {
         assert!(key(&[("authorization", "Bearer")]).is_err(), "empty");
     }
 
+    /// A request from `peer`, as the interceptor sees it.
+    fn from_peer(peer: &str) -> Request<()> {
+        let mut request = Request::new(());
+        request
+            .extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some(peer.parse().unwrap()),
+            });
+        request
+    }
+
+    /// Issue 26, item 10. Invariants: an open-mode connection over its rate
+    /// is refused only while the server is contended; the refusal passes
+    /// the interceptor and is answered once the request is read
+    /// ([`caller`]), never before its body.
+    #[test]
+    fn open_rates_bind_only_under_contention_and_refuse_after_the_body() {
+        let limits = crate::limits::Limits {
+            open_requests_per_second_per_peer: 1,
+            max_pending_requests: 4,
+            ..Default::default()
+        };
+        let open = Authenticator::new(&[], &limits).unwrap();
+        let load = Load::new(&limits);
+        open.share_load(Arc::clone(&load));
+        let (audit, clock) = (
+            crate::audit::AuditLog::disabled(),
+            tokend_core::Clock::system(),
+        );
+        let pass = |peer: &str| {
+            let request = open
+                .intercept(from_peer(peer), &audit, &clock)
+                .expect("a rate refusal is answered by the service, not here");
+            caller(&request).map(|_| ())
+        };
+        for _ in 0..20 {
+            assert!(pass("127.0.0.1:5000").is_ok(), "idle: no cap");
+        }
+        load.connection_active();
+        load.connection_active();
+        assert!(load.pending.try_take(2));
+        let refused = pass("127.0.0.1:5000").expect_err("contended: over its rate");
+        let status = refused.to_status();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(tonic_types::StatusExt::get_details_retry_info(&status).is_some());
+        assert!(
+            pass("127.0.0.1:5001").is_ok(),
+            "another connection has its share"
+        );
+        load.pending.give_back(2);
+        assert!(pass("127.0.0.1:5000").is_ok(), "contention over");
+    }
+
     #[test]
     fn the_stack_digest_is_the_usual_lowercase_hex() {
         // SHA-256("abc"), FIPS 180-2 appendix B.1.
