@@ -11,7 +11,9 @@
 //! - one non-loopback peer (an IPv4 address, an IPv6 /64) holds at most
 //!   `max_connections_per_peer`. Loopback peers all share one address and
 //!   cannot be told apart, so they have no per-peer cap; idle shedding still
-//!   protects them.
+//!   protects them;
+//! - how many connections have a call to tokend open, which open mode's
+//!   contention signal reads ([`super::load`]).
 
 use std::{
     collections::HashMap,
