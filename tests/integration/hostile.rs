@@ -412,8 +412,9 @@ async fn descriptor_exhaustion_neither_spins_nor_locks_clients_out() {
 }
 
 /// Issue 10, item 11. Invariant: in open mode, one client connection
-/// cannot take every watch stream or the whole request rate: each
-/// connection has its own caps, and another is served meanwhile.
+/// cannot take every watch stream: each connection has its own cap, and
+/// another is served meanwhile. The request rate is a share that binds
+/// only under contention (issue 26, item 10): `open_fairness`.
 #[tokio::test]
 async fn open_mode_caps_each_client_connection_on_its_own() {
     use crate::harness::{Options, TestServer, import_request};
@@ -421,7 +422,6 @@ async fn open_mode_caps_each_client_connection_on_its_own() {
     let server = TestServer::start_with(Options {
         limits: Some(tokend_server::limits::Limits {
             open_watch_streams_per_peer: 3,
-            open_requests_per_second_per_peer: 40,
             ..Default::default()
         }),
         ..Default::default()
@@ -452,24 +452,5 @@ async fn open_mode_caps_each_client_connection_on_its_own() {
         .await
         .expect("another client still watches");
 
-    let get = || pb::GetConnectionRequest {
-        connection_id: "w-1".into(),
-    };
-    let mut limited = 0;
-    for _ in 0..200 {
-        match hog.get_connection(get()).await {
-            Ok(_) => {}
-            Err(e) if e.code() == Code::ResourceExhausted => {
-                assert_eq!(reason(&e), "CALLER_RATE_LIMITED");
-                limited += 1;
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    }
-    assert!(limited > 0, "one connection's burst is limited");
-    other
-        .get_connection(get())
-        .await
-        .expect("the other connection keeps its own rate");
     drop(streams);
 }

@@ -22,6 +22,7 @@ mod keys_at_start;
 mod lost_answers;
 mod malformed;
 mod metrics;
+mod open_fairness;
 mod otlp;
 mod process;
 mod providers;

@@ -6,7 +6,7 @@ use std::{
     net::SocketAddr,
     num::NonZeroU32,
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicUsize, Ordering},
     },
 };
@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tokend_core::ConnectionId;
 use tonic::{Request, Status};
 
-use crate::ServiceError;
+use crate::{ServiceError, transport::load::Load};
 
 /// What a grant allows. Each RPC needs exactly one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
@@ -314,9 +314,14 @@ pub struct Authenticator {
 }
 
 /// Open mode's callers: one per client connection (address and port), as
-/// loopback addresses cannot tell processes apart.
+/// loopback addresses cannot tell processes apart. Their rate is a share,
+/// held to only while the server is contended ([`Load::contended`]): one
+/// local service may use whatever capacity nobody else wants.
 struct OpenPeers {
     peers: DashMap<Option<SocketAddr>, Arc<Caller>>,
+    /// The server's load, once it serves ([`Authenticator::share_load`]);
+    /// without it (unit tests) every rate is held to.
+    load: OnceLock<Arc<Load>>,
     /// With the limits unenforced (benchmarks): one caller for everyone,
     /// with no effective limit, as before per-connection caps existed.
     everyone: Option<Arc<Caller>>,
@@ -437,6 +442,7 @@ impl Authenticator {
             local: open.then(|| {
                 Arc::new(OpenPeers {
                     peers: DashMap::new(),
+                    load: OnceLock::new(),
                     everyone: (!limits.enforce)
                         .then(|| Arc::new(Caller::local(u32::MAX, usize::MAX, usize::MAX))),
                     requests_per_second: limits.open_requests_per_second_per_peer,
@@ -452,6 +458,23 @@ impl Authenticator {
         self.by_api_key
             .get(HexDigest::of(key.trim().as_bytes()).as_str())
             .cloned()
+    }
+
+    /// Lets open mode's callers see how busy the server is: their rates
+    /// then apply only under contention. Every clone shares it.
+    pub fn share_load(&self, load: Arc<Load>) {
+        if let Some(local) = &self.local {
+            let _ = local.load.set(load);
+        }
+    }
+
+    /// Whether a caller over its rate is refused now: always for
+    /// configured identities; in open mode, while the server is contended.
+    fn rate_binds(&self) -> bool {
+        match &self.local {
+            None => true,
+            Some(local) => local.load.get().is_none_or(|load| load.contended()),
+        }
     }
 
     /// Whether callers are anonymous (no identities configured).
@@ -503,13 +526,22 @@ impl Authenticator {
         let caller = self.identify(&request).inspect_err(|status| {
             audit.refusal(clock.now(), "unauthenticated", "-", peer, status)
         })?;
-        if caller.limiter.check().is_err() {
+        if caller.limiter.check().is_err() && self.rate_binds() {
             let status = ServiceError::RateLimited {
                 caller: caller.name.clone(),
             }
             .to_status();
             audit.refusal(clock.now(), &caller.name, "-", peer, &status);
-            return Err(status);
+            // Answered by the service once the request is read
+            // ([`caller`]), not here. An answer before the request's DATA
+            // frames arrive leaves them unread in h2, whose per-connection
+            // budget for small DATA frames then runs out: it ends the whole
+            // connection (GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames"),
+            // and every call in flight on it fails with a transport error.
+            request
+                .extensions_mut()
+                .insert(RateLimited(caller.name.clone()));
+            return Ok(request);
         }
         request.extensions_mut().insert(caller);
         Ok(request)
@@ -550,8 +582,18 @@ fn presented_key(metadata: &tonic::metadata::MetadataMap) -> Result<Option<Strin
     }
 }
 
-/// The caller the interceptor attached.
+/// A request the interceptor refused for its caller's rate (audited
+/// there); the service answers it once its message is read.
+#[derive(Clone)]
+struct RateLimited(String);
+
+/// The caller the interceptor attached, or the interceptor's refusal.
 pub fn caller<T>(request: &Request<T>) -> Result<Arc<Caller>, ServiceError> {
+    if let Some(RateLimited(caller)) = request.extensions().get::<RateLimited>() {
+        return Err(ServiceError::RateLimited {
+            caller: caller.clone(),
+        });
+    }
     request
         .extensions()
         .get::<Arc<Caller>>()
@@ -779,6 +821,60 @@ mod tests {
         }
         assert!(key(&[("authorization", "Basic a2V5")]).is_err());
         assert!(key(&[("authorization", "Bearer")]).is_err(), "empty");
+    }
+
+    /// A request from `peer`, as the interceptor sees it.
+    fn from_peer(peer: &str) -> Request<()> {
+        let mut request = Request::new(());
+        request
+            .extensions_mut()
+            .insert(tonic::transport::server::TcpConnectInfo {
+                local_addr: None,
+                remote_addr: Some(peer.parse().unwrap()),
+            });
+        request
+    }
+
+    /// Issue 26, item 10. Invariants: an open-mode connection over its rate
+    /// is refused only while the server is contended; the refusal passes
+    /// the interceptor and is answered once the request is read
+    /// ([`caller`]), never before its body.
+    #[test]
+    fn open_rates_bind_only_under_contention_and_refuse_after_the_body() {
+        let limits = crate::limits::Limits {
+            open_requests_per_second_per_peer: 1,
+            max_pending_requests: 4,
+            ..Default::default()
+        };
+        let open = Authenticator::new(&[], &limits).unwrap();
+        let load = Load::new(&limits);
+        open.share_load(Arc::clone(&load));
+        let (audit, clock) = (
+            crate::audit::AuditLog::disabled(),
+            tokend_core::Clock::system(),
+        );
+        let pass = |peer: &str| {
+            let request = open
+                .intercept(from_peer(peer), &audit, &clock)
+                .expect("a rate refusal is answered by the service, not here");
+            caller(&request).map(|_| ())
+        };
+        for _ in 0..20 {
+            assert!(pass("127.0.0.1:5000").is_ok(), "idle: no cap");
+        }
+        load.connection_active();
+        load.connection_active();
+        assert!(load.pending.try_take(2));
+        let refused = pass("127.0.0.1:5000").expect_err("contended: over its rate");
+        let status = refused.to_status();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(tonic_types::StatusExt::get_details_retry_info(&status).is_some());
+        assert!(
+            pass("127.0.0.1:5001").is_ok(),
+            "another connection has its share"
+        );
+        load.pending.give_back(2);
+        assert!(pass("127.0.0.1:5000").is_ok(), "contention over");
     }
 
     #[test]

@@ -146,6 +146,10 @@ pub async fn run_with_tasks(
 ) -> Result<(), ServerError> {
     let limits = config.limits.clone();
     let authenticator = auth::Authenticator::new(&config.identities, &limits)?;
+    // Pending requests and calling connections: the request bounds layer
+    // and the connection registry count them, open mode's rates read them.
+    let load = transport::load::Load::new(&limits);
+    authenticator.share_load(Arc::clone(&load));
     let addr = listener.local_addr().ok();
     if authenticator.is_open() {
         match addr {
@@ -354,9 +358,10 @@ pub async fn run_with_tasks(
         transport::conns::Connections::new(
             limits.max_connections_per_peer,
             Some(limits.idle_timeout),
+            load,
         )
     } else {
-        transport::conns::Connections::new(usize::MAX, None)
+        transport::conns::Connections::new(usize::MAX, None, load)
     };
     conns.metrics.register(engine.metrics());
     let incoming = transport::incoming::incoming(

@@ -44,9 +44,10 @@ pub struct Limits {
     /// hold.
     pub open_watch_streams_per_peer: usize,
     /// Open mode: requests per second one client connection may make
-    /// (bursts of the same size). A backend multiplexes all its calls over
-    /// one connection, so this is high: it keeps one connection from taking
-    /// the whole server (~15-20k cached GetToken/s on 2 cores).
+    /// (bursts of the same size) while the server is contended
+    /// ([`crate::transport::load::Load::contended`]); with spare capacity a
+    /// connection may use all of it. It keeps one connection from taking
+    /// the whole server when others want some.
     pub open_requests_per_second_per_peer: u32,
     /// Watch streams (WatchConnection and WatchConnections) open at once
     /// over all callers: with `watch_buffer_bytes`, what they may buffer.

@@ -53,7 +53,7 @@ impl Quota {
     }
 
     /// Takes `n` if that stays within the ceiling.
-    fn try_take(&self, n: usize) -> bool {
+    pub(crate) fn try_take(&self, n: usize) -> bool {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
                 used.checked_add(n).filter(|&total| total <= self.max)
@@ -61,10 +61,15 @@ impl Quota {
             .is_ok()
     }
 
-    fn give_back(&self, n: usize) {
+    pub(crate) fn give_back(&self, n: usize) {
         if n > 0 {
             self.used.fetch_sub(n, Ordering::AcqRel);
         }
+    }
+
+    /// How much is taken now (one atomic load).
+    pub(crate) fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
     }
 
     #[cfg(test)]
@@ -123,7 +128,8 @@ impl RequestBoundsLayer {
     ) -> Self {
         RequestBoundsLayer(Arc::new(Shared {
             authenticated: Class {
-                pending: Quota::new(limits.max_pending_requests),
+                // Shared with the open-mode callers' contention signal.
+                pending: Arc::clone(&conns.load.pending),
                 budget: Quota::new(limits.max_buffered_request_bytes),
                 max_message: crate::MAX_REQUEST_BYTES,
                 pending_limit: "max_pending_requests",

@@ -11,7 +11,9 @@
 //! - one non-loopback peer (an IPv4 address, an IPv6 /64) holds at most
 //!   `max_connections_per_peer`. Loopback peers all share one address and
 //!   cannot be told apart, so they have no per-peer cap; idle shedding still
-//!   protects them.
+//!   protects them;
+//! - how many connections have a call to tokend open, which open mode's
+//!   contention signal reads ([`super::load`]).
 
 use std::{
     collections::HashMap,
@@ -32,6 +34,8 @@ use prometheus_client::{
 use tokio::time::Instant;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
+use super::load::Load;
+
 /// Every open connection, by the peer's address.
 #[derive(Debug)]
 pub(crate) struct Connections {
@@ -45,6 +49,9 @@ pub(crate) struct Connections {
     epoch: Instant,
     /// `tokend_connections_open`, `tokend_connections_closed_total`.
     pub(crate) metrics: ConnMetrics,
+    /// Pending tokend requests and the connections calling tokend: what
+    /// open mode's fairness reads ([`super::load`]).
+    pub(crate) load: Arc<Load>,
 }
 
 /// Open connections, and those closed or refused by the bounds here.
@@ -93,6 +100,8 @@ pub(crate) struct ConnState {
     last_active: AtomicU64,
     /// Set to close the connection: its reads end, its writes fail.
     closing: AtomicBool,
+    /// Told when `authenticated` leaves or reaches zero.
+    load: Arc<Load>,
     /// The task driving the connection, woken when it is told to close.
     pub(crate) waker: AtomicWaker,
 }
@@ -110,8 +119,13 @@ impl ConnState {
 }
 
 impl Connections {
-    pub(crate) fn new(max_per_peer: usize, idle_timeout: Option<Duration>) -> Arc<Self> {
+    pub(crate) fn new(
+        max_per_peer: usize,
+        idle_timeout: Option<Duration>,
+        load: Arc<Load>,
+    ) -> Arc<Self> {
         Arc::new(Connections {
+            load,
             by_peer: DashMap::new(),
             per_peer: Mutex::new(HashMap::new()),
             max_per_peer,
@@ -155,6 +169,7 @@ impl Connections {
             authenticated: AtomicUsize::new(0),
             last_active: AtomicU64::new(self.stamp()),
             closing: AtomicBool::new(false),
+            load: Arc::clone(&self.load),
             waker: AtomicWaker::new(),
         });
         self.by_peer.insert(peer, Arc::clone(&state));
@@ -224,8 +239,8 @@ impl Connections {
         let peer = peer_of(request)?;
         let state = Arc::clone(self.by_peer.get(&peer)?.value());
         state.streams.fetch_add(1, Ordering::AcqRel);
-        if authenticated {
-            state.authenticated.fetch_add(1, Ordering::AcqRel);
+        if authenticated && state.authenticated.fetch_add(1, Ordering::AcqRel) == 0 {
+            state.load.connection_active();
         }
         state.last_active.store(self.stamp(), Ordering::Release);
         Some(StreamGuard {
@@ -290,8 +305,8 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         let stamp = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.state.last_active.store(stamp, Ordering::Release);
-        if self.authenticated {
-            self.state.authenticated.fetch_sub(1, Ordering::AcqRel);
+        if self.authenticated && self.state.authenticated.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.state.load.connection_idle();
         }
         self.state.streams.fetch_sub(1, Ordering::AcqRel);
     }
@@ -348,7 +363,7 @@ mod tests {
     /// a closed connection gives its place back.
     #[test]
     fn each_remote_peer_has_its_own_cap() {
-        let conns = Connections::new(2, None);
+        let conns = Connections::new(2, None, Load::new(&Default::default()));
         let a1 = conns.admit(addr("10.0.0.1:1000"));
         let _a2 = conns.admit(addr("10.0.0.1:1001"));
         assert!(conns.peer_full(addr("10.0.0.1:1002")));
@@ -380,7 +395,7 @@ mod tests {
     /// a stream to tokend's services.
     #[tokio::test(start_paused = true)]
     async fn shedding_closes_the_longest_idle_and_never_a_busy_caller() {
-        let conns = Connections::new(100, None);
+        let conns = Connections::new(100, None, Load::new(&Default::default()));
         let (p1, p2, p3) = (
             addr("127.0.0.1:1"),
             addr("127.0.0.1:2"),
@@ -414,7 +429,11 @@ mod tests {
     /// while a stream is open there is none.
     #[tokio::test(start_paused = true)]
     async fn the_idle_deadline_follows_the_last_stream() {
-        let conns = Connections::new(100, Some(Duration::from_secs(60)));
+        let conns = Connections::new(
+            100,
+            Some(Duration::from_secs(60)),
+            Load::new(&Default::default()),
+        );
         let p = addr("127.0.0.1:1");
         let r = conns.admit(p);
         let start = Instant::now();

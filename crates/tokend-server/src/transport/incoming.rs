@@ -367,7 +367,11 @@ mod tests {
     }
 
     fn registry(idle: Option<Duration>) -> Arc<Connections> {
-        Connections::new(100, idle)
+        Connections::new(
+            100,
+            idle,
+            crate::transport::load::Load::new(&Default::default()),
+        )
     }
 
     /// A request as the bounds layer sees it, from `client`'s connection.

@@ -9,6 +9,7 @@ pub(crate) mod body;
 pub(crate) mod conns;
 pub(crate) mod framing;
 pub(crate) mod incoming;
+pub mod load;
 pub(crate) mod trailers;
 
 /// Whether `path` names a service that takes no credentials (health,
