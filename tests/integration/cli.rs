@@ -5,7 +5,8 @@ use std::process::Output;
 
 use crate::harness::TestServer;
 
-async fn tokend(server: &TestServer, args: &[&str]) -> Output {
+/// Runs the built `tokend` CLI against `server`, with no API key.
+pub(crate) async fn tokend(server: &TestServer, args: &[&str]) -> Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"));
     command
         .args(args)
@@ -16,7 +17,7 @@ async fn tokend(server: &TestServer, args: &[&str]) -> Output {
         .expect("join")
 }
 
-fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 

@@ -3,26 +3,12 @@
 //! `tokend sandbox` documents its client and listens where `--listen`
 //! says, and an explicit connection id is never rewritten.
 
-use std::process::Output;
-
 use tonic::Code;
 
-use crate::harness::{TestServer, bad_fields, import_request};
-
-async fn tokend(server: &TestServer, args: &[&str]) -> Output {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"));
-    command
-        .args(args)
-        .env("TOKEND_ENDPOINT", server.endpoint())
-        .env_remove("TOKEND_API_KEY");
-    tokio::task::spawn_blocking(move || command.output().expect("tokend runs"))
-        .await
-        .expect("join")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
+use crate::{
+    cli::{stdout, tokend},
+    harness::{TestServer, bad_fields, import_request},
+};
 
 /// Every key of a JSON value, recursively.
 fn keys(v: &serde_json::Value, out: &mut Vec<String>) {

@@ -17,25 +17,37 @@ fn bare_path(dir: &Path) {
     }
 }
 
+/// Runs `scripts/test --tools` with nothing but `bin` on PATH and an empty
+/// venv location; `no_install` sets `TOKEND_TEST_NO_INSTALL`.
+fn tools_check(bin: &Path, home: &Path, no_install: bool) -> (Option<i32>, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut command = Command::new(bin.join("bash"));
+    command
+        .arg(root.join("scripts/test"))
+        .arg("--tools")
+        .env_clear()
+        .env("PATH", bin)
+        .env("HOME", home)
+        .env("TOKEND_TEST_VENV", home.join("venv"));
+    if no_install {
+        command.env("TOKEND_TEST_NO_INSTALL", "1");
+    }
+    let out = command.output().expect("run scripts/test");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Invariant: a fresh machine where the tools cannot be installed gets a
 /// loud failure naming every missing tool, never a silent skip or a pass.
 #[test]
 fn the_test_command_names_every_tool_it_cannot_install() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let bin = tempfile::tempdir().expect("tempdir");
     bare_path(bin.path());
-    let venv = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(bin.path().join("bash"))
-        .arg(root.join("scripts/test"))
-        .arg("--tools")
-        .env_clear()
-        .env("PATH", bin.path())
-        .env("HOME", venv.path())
-        .env("TOKEND_TEST_VENV", venv.path().join("venv"))
-        .output()
-        .expect("run scripts/test");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let home = tempfile::tempdir().expect("tempdir");
+    let (code, stderr) = tools_check(bin.path(), home.path(), false);
+    assert_eq!(code, Some(1), "stderr: {stderr}");
     for named in [
         "chromium: sudo apt-get install -y chromium",
         "promtool: sudo apt-get install -y prometheus",
@@ -47,18 +59,8 @@ fn the_test_command_names_every_tool_it_cannot_install() {
 
     // Told to install nothing, it says what is missing and goes on, so the
     // tests that need those tools fail by name (here: --tools stops).
-    let out = Command::new(bin.path().join("bash"))
-        .arg(root.join("scripts/test"))
-        .arg("--tools")
-        .env_clear()
-        .env("PATH", bin.path())
-        .env("HOME", venv.path())
-        .env("TOKEND_TEST_VENV", venv.path().join("venv"))
-        .env("TOKEND_TEST_NO_INSTALL", "1")
-        .output()
-        .expect("run scripts/test");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stderr: {stderr}");
+    let (code, stderr) = tools_check(bin.path(), home.path(), true);
+    assert_eq!(code, Some(0), "stderr: {stderr}");
     assert!(
         stderr.contains("chromium: sudo apt-get install -y chromium"),
         "{stderr}"
