@@ -56,6 +56,29 @@ fn settings() -> EngineSettings {
     }
 }
 
+/// One replica of a fleet sharing `store` and `provider`: background
+/// refresh on, its own node name, leases of `lease_ttl`.
+fn replica(
+    store: &Arc<FaultStore<MemoryStore>>,
+    provider: &Arc<ScriptedProvider>,
+    clock: &Clock,
+    node: &str,
+    lease_ttl: Duration,
+) -> Arc<Engine> {
+    Engine::new(
+        store.clone(),
+        vec![provider_config(Duration::ZERO, Duration::ZERO)],
+        provider.clone(),
+        clock.clone(),
+        EngineSettings {
+            background_refresh: true,
+            lease_ttl,
+            node: node.into(),
+            ..settings()
+        },
+    )
+}
+
 struct Setup {
     rotation: ScriptRotation,
     grace: Duration,

@@ -28,20 +28,7 @@ async fn late_answer(store_refuses: bool) {
     let clock = Clock::system();
     let store = Arc::new(FaultStore::new(MemoryStore::new()));
     let provider = Arc::new(ScriptedProvider::new(clock.clone(), ScriptRotation::Strict));
-    let replica = |node: &str| {
-        Engine::new(
-            store.clone(),
-            vec![provider_config(Duration::ZERO, Duration::ZERO)],
-            provider.clone(),
-            clock.clone(),
-            EngineSettings {
-                background_refresh: true,
-                lease_ttl: Duration::from_secs(1),
-                node: node.into(),
-                ..settings()
-            },
-        )
-    };
+    let replica = |node: &str| replica(&store, &provider, &clock, node, Duration::from_secs(1));
     let a = replica("a");
     let b = replica("b");
     a.start().await.unwrap();

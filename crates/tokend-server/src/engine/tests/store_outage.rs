@@ -112,20 +112,7 @@ async fn pending_grant_outlives(outage: Outage, answer_after: Duration, down_for
     let store = Arc::new(FaultStore::new(MemoryStore::new()));
     store.set_shared(true);
     let provider = Arc::new(ScriptedProvider::new(clock.clone(), ScriptRotation::Strict));
-    let replica = |node: &str| {
-        Engine::new(
-            store.clone(),
-            vec![provider_config(Duration::ZERO, Duration::ZERO)],
-            provider.clone(),
-            clock.clone(),
-            EngineSettings {
-                background_refresh: true,
-                lease_ttl: Duration::from_secs(10),
-                node: node.into(),
-                ..settings()
-            },
-        )
-    };
+    let replica = |node: &str| replica(&store, &provider, &clock, node, Duration::from_secs(10));
     let a = replica("a");
     let b = replica("b");
     a.start().await.unwrap();
