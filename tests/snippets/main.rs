@@ -121,7 +121,7 @@ fn every_marked_snippet_runs_as_pasted() {
                 Mode::Run => runner.run(block, &deps),
             }
         }
-        runner.server = None;
+        runner.stop_server();
     }
     eprintln!(
         "snippets: {} run, {} not run:\n  {}",
@@ -178,7 +178,7 @@ impl Runner {
         self.ran += 1;
         let fresh_server = !block.has("cont") || self.server.is_none();
         if fresh_server {
-            self.server = None; // stops the old one and its background blocks
+            self.stop_server(); // the old one and its background blocks
             match Server::start(&self.work, !block.has("fresh")) {
                 Ok(s) => self.server = Some(s),
                 Err(e) => return self.fail(block, "the server did not start", &e),
@@ -220,6 +220,14 @@ impl Runner {
         // Background blocks end with their server; check them then.
         if let Some(next_failures) = self.server.as_mut().map(Server::take_bg_failures) {
             self.failures.extend(next_failures);
+        }
+    }
+
+    /// Stops the current server and its background blocks; a block that
+    /// left a process running behind it is a failure.
+    fn stop_server(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.failures.extend(server.stop());
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::{
     net::{SocketAddr, TcpStream},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -111,11 +112,14 @@ impl Server {
             .replace("localhost:50052", &s)
     }
 
-    /// Starts `command` in the background, its output in a file.
+    /// Starts `command` in the background, its output in a file. It leads a
+    /// process group of its own, so that dropping the server ends the
+    /// block's children too (a `bash -c` block's `tokend events --follow`).
     pub fn background(&mut self, block: &Block, mut command: Command) -> Result<(), String> {
         let out = self.log.with_file_name(format!("bg-{}.out", self.bg.len()));
         let file = std::fs::File::create(&out).map_err(|e| e.to_string())?;
         let child = command
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(file.try_clone().map_err(|e| e.to_string())?)
             .stderr(file)
@@ -144,13 +148,76 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Stops the server and every background block's process group, then
+    /// names each block that still has a process alive a second later.
+    pub fn stop(mut self) -> Vec<String> {
+        let bg = std::mem::take(&mut self.bg);
+        for (_, child, _) in &bg {
+            kill_group(child);
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut left = Vec::new();
+        for (block, mut child, _) in bg {
+            let _ = child.kill();
+            let _ = child.wait();
+            while group_alive(&child) && Instant::now() < deadline {
+                #[allow(clippy::disallowed_methods)] // a plain thread, no runtime here
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if group_alive(&child) {
+                left.push(format!(
+                    "{}: a process of this background block outlived its server",
+                    block.place
+                ));
+            }
+        }
+        left
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         for (_, child, _) in &mut self.bg {
+            kill_group(child);
             let _ = child.kill();
             let _ = child.wait();
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Ends the process group that `child` was made to lead (see
+/// [`Server::background`]), even after the child itself exited: its group
+/// lives on while any member does. Never this test's own group.
+fn kill_group(child: &Child) {
+    let Ok(pid) = libc::pid_t::try_from(child.id()) else {
+        return;
+    };
+    // SAFETY: getpgrp and kill take plain integers and touch no memory.
+    unsafe {
+        if pid > 1 && libc::getpgrp() != pid {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// Whether any process of the group `child` led is still running: a live
+/// (not zombie) entry in /proc whose process group is the child's pid.
+fn group_alive(child: &Child) -> bool {
+    let group = child.id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // After the command name's closing parenthesis: state, ppid, pgrp.
+        let mut rest = stat
+            .rsplit_once(')')
+            .map_or("", |(_, r)| r)
+            .split_whitespace();
+        let (state, pgrp) = (rest.next(), rest.nth(1));
+        pgrp == Some(group.as_str()) && !matches!(state, Some("Z" | "X"))
+    })
 }
