@@ -102,3 +102,69 @@ async fn readiness_follows_the_database_down_and_back() {
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
 }
+
+/// Ready means this process's keys open the records. Another replica that
+/// was given a new key records it before sealing with it; a replica never
+/// given that key cannot open what is sealed with it, and says so on
+/// `/readyz`. Before: it answered 200 (keys were checked only at its own
+/// start and swaps).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_a_key_the_fleet_records_is_not_ready() {
+    let cluster = tokend_pgtest::cluster();
+    let options = PgOptions::new(SecretString::from(cluster.database("readyz_keys")));
+    PostgresStore::migrate(&options).await.expect("migrate");
+    let old = KeyFile::generate();
+    let dir = tempfile::tempdir().unwrap();
+    old.save(&dir.path().join("old.keys")).unwrap();
+    let mut new = KeyFile::load(&dir.path().join("old.keys")).unwrap();
+    new.rotate();
+    let store = PostgresStore::connect(&options, old.keyring().expect("keys"))
+        .await
+        .expect("connects");
+    let (admin, admin_addr) = AdminListener::bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tokend_server::run(
+        listener,
+        Arc::new(store),
+        ServerConfig {
+            admin: Some(admin),
+            ..Default::default()
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let http = reqwest::Client::new();
+    assert!(
+        until(&http, admin_addr, 200, Duration::from_secs(20))
+            .await
+            .is_some(),
+        "ready with the keys the database records"
+    );
+
+    // A second replica, given the old key and a new active one, records
+    // the new key as it connects.
+    let other = PostgresStore::connect(&options, new.keyring().expect("keys"))
+        .await
+        .expect("the replica with the new key connects");
+    until(&http, admin_addr, 503, Duration::from_secs(5))
+        .await
+        .expect("the replica lacking the new key is not ready");
+    let body = http
+        .get(format!("http://{admin_addr}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains("keys missing") && body.contains('2'),
+        "{body}"
+    );
+    drop(other);
+
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
+}

@@ -23,7 +23,9 @@ use crate::{PgError, migrate::MIGRATION_LOCK};
 /// Rows read per page when scanning the records.
 const PAGE: i64 = 1000;
 
-async fn load(client: &impl deadpool_postgres::GenericClient) -> Result<Recorded, PgError> {
+pub(crate) async fn load(
+    client: &impl deadpool_postgres::GenericClient,
+) -> Result<Recorded, PgError> {
     let mut recorded = Recorded::new();
     for row in client
         .query("SELECT key_id, check_value FROM tokend_keys", &[])

@@ -747,6 +747,12 @@ impl Store for Untimed {
         Some(self.keys())
     }
 
+    async fn unheld_keys(&self) -> Result<Vec<u32>, StoreError> {
+        let client = self.client().await?;
+        let recorded = crate::keys::load(&*client).await?;
+        Ok(tokend_store::key_records::unheld(&recorded, &self.keys()))
+    }
+
     async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
         let client = self.client().await?;
         let row = client

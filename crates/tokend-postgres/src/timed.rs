@@ -272,6 +272,10 @@ impl Store for PostgresStore {
         timed!(self, "event_bounds", event_bounds())
     }
 
+    async fn unheld_keys(&self) -> Result<Vec<u32>, StoreError> {
+        timed!(self, "unheld_keys", unheld_keys())
+    }
+
     async fn prune_events(&self, older_than: Timestamp, keep: u64) -> Result<u64, StoreError> {
         timed!(self, "prune_events", prune_events(older_than, keep))
     }

@@ -1,9 +1,10 @@
 //! What `/readyz` answers: ready means the store answers now (one cheap
 //! round trip, `event_bounds`, within [`PROBE_TIMEOUT`]), its writer is
-//! alive (`Store::broken`), and the server is not shutting down. The keys
-//! opening the records is checked where it can change: at open and at
-//! every keyring swap (`key_records`), which refuse keys that lack one the
-//! records use. A probe's answer is kept for [`CACHE_FOR`], and probes
+//! alive (`Store::broken`), this process's keys open the records (no key
+//! the store records is one they lack: `Store::unheld_keys`, which on a
+//! fleet catches a key another replica recorded and this one was never
+//! given), and the server is not shutting down. A probe's answer is kept
+//! for [`CACHE_FOR`], and probes
 //! arriving while one runs wait for it, so no number of probes costs the
 //! store more than one round trip a second.
 
@@ -45,8 +46,15 @@ impl Readiness {
         {
             return answer.clone();
         }
-        let answer = match tokio::time::timeout(PROBE_TIMEOUT, self.store.event_bounds()).await {
-            Ok(Ok(_)) => Ok(()),
+        let probe = async {
+            self.store.event_bounds().await?;
+            self.store.unheld_keys().await
+        };
+        let answer = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Ok(Ok(unheld)) if unheld.is_empty() => Ok(()),
+            Ok(Ok(unheld)) => Err(format!(
+                "keys missing: the store records key(s) {unheld:?}, which this process's keys do not hold, so records sealed with them cannot be opened here; give it the fleet's keys"
+            )),
             Ok(Err(e)) => Err(format!("store unavailable: {e}")),
             Err(_) => Err(format!(
                 "store unavailable: no answer within {} ms",

@@ -305,3 +305,13 @@ mod tests {
         assert!(keys.key_check(2).is_none());
     }
 }
+
+/// The recorded key ids that `keys` do not hold (no key under that id, or
+/// another key): records sealed with them cannot be opened with `keys`.
+pub fn unheld(recorded: &Recorded, keys: &Keyring) -> Vec<u32> {
+    recorded
+        .iter()
+        .filter(|(id, check)| keys.verify_key_check(**id, check) != KeyMatch::Holds)
+        .map(|(id, _)| *id)
+        .collect()
+}

@@ -278,6 +278,15 @@ pub trait Store: Send + Sync + 'static {
     /// The log's identity and the range it retains.
     async fn event_bounds(&self) -> Result<LogBounds, StoreError>;
 
+    /// The key ids the store records (`key_records`) that this process's
+    /// keys do not hold, or hold another key under: records sealed with
+    /// them cannot be opened here. Empty for a store that seals nothing.
+    /// `/readyz` asks it: on a fleet another replica may have recorded a
+    /// key this one was never given.
+    async fn unheld_keys(&self) -> Result<Vec<u32>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Removes the oldest events while they are older than `older_than` or
     /// more than `keep` are retained. Returns how many were removed.
     async fn prune_events(&self, older_than: Timestamp, keep: u64) -> Result<u64, StoreError>;

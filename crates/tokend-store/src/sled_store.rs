@@ -1165,6 +1165,14 @@ impl Store for SledStore {
         Some(self.inner.keys())
     }
 
+    async fn unheld_keys(&self) -> Result<Vec<u32>, StoreError> {
+        self.blocking(|inner| {
+            let recorded = crate::sled_keys::load(&inner.key_checks)?;
+            Ok(crate::key_records::unheld(&recorded, &inner.keys()))
+        })
+        .await
+    }
+
     async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
         self.blocking(|inner| {
             let last = inner.watermark.get();

@@ -169,6 +169,10 @@ impl Store for MeteredStore {
         self.inner.event_bounds().await
     }
 
+    async fn unheld_keys(&self) -> Result<Vec<u32>, StoreError> {
+        self.inner.unheld_keys().await
+    }
+
     async fn prune_events(&self, older_than: Timestamp, keep: u64) -> Result<u64, StoreError> {
         self.inner.prune_events(older_than, keep).await
     }
