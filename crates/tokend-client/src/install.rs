@@ -318,8 +318,12 @@ mod tests {
         ));
         assert!(Install::new("cc").into_request().unwrap().grant.is_none());
         for bad in [
-            Install::new("p").access_token("a").authorization_code("c", "r"),
-            Install::new("p").authorization_code("c", "r").access_token("a"),
+            Install::new("p")
+                .access_token("a")
+                .authorization_code("c", "r"),
+            Install::new("p")
+                .authorization_code("c", "r")
+                .access_token("a"),
             Install::new("p").refresh_token("r"),
             Install::new("p").code_verifier("v"),
         ] {
@@ -330,7 +334,9 @@ mod tests {
         }
         let printed = format!(
             "{:?}",
-            Install::new("p").access_token("SECRET-AT").refresh_token("SECRET-RT")
+            Install::new("p")
+                .access_token("SECRET-AT")
+                .refresh_token("SECRET-RT")
         );
         assert!(!printed.contains("SECRET"), "{printed}");
     }

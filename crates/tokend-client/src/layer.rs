@@ -128,7 +128,7 @@ fn authorize<B>(request: &mut Request<B>, token: &Token) -> Result<(), Error> {
         .map_err(|_| Error::InvalidArgument {
             field: "access_token".into(),
             description: "not valid in an HTTP header".into(),
-                reason: String::new(),
+            reason: String::new(),
         })?;
     request.headers_mut().insert(AUTHORIZATION, value);
     Ok(())

@@ -275,19 +275,18 @@ impl Client {
             // The deadline is the client's own too, so a broker that
             // accepts but never answers ends as DeadlineExceeded whatever
             // part of the call hangs.
-            let attempt_result = match tokio::time::timeout(self.timeout, call(self.inner.clone()))
-                .await
-            {
-                Ok(r) => r,
-                Err(_) => {
-                    return Err(Error::DeadlineExceeded {
-                        message: format!(
-                            "no answer from {} within {:?}",
-                            self.endpoint, self.timeout
-                        ),
-                    });
-                }
-            };
+            let attempt_result =
+                match tokio::time::timeout(self.timeout, call(self.inner.clone())).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(Error::DeadlineExceeded {
+                            message: format!(
+                                "no answer from {} within {:?}",
+                                self.endpoint, self.timeout
+                            ),
+                        });
+                    }
+                };
             match attempt_result {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(status) => {

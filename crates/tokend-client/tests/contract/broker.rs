@@ -64,9 +64,14 @@ impl Broker {
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(tokend_server::run(listener, Arc::new(store), config, async move {
-            let _ = rx.await;
-        }));
+        tokio::spawn(tokend_server::run(
+            listener,
+            Arc::new(store),
+            config,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Broker {
             sandbox,
             addr,

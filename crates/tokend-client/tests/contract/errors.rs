@@ -19,7 +19,10 @@ async fn the_brokers_refusals_come_back_as_their_kinds() {
     let tokend = broker.client().await;
     broker.import(&tokend, "kinds", "acct-kinds").await;
 
-    let e = tokend.get_token("missing", Duration::ZERO).await.unwrap_err();
+    let e = tokend
+        .get_token("missing", Duration::ZERO)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&e, Error::NotFound { connection_id } if connection_id == "missing"),
         "{e:?}"

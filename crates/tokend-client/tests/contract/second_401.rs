@@ -74,7 +74,13 @@ async fn tower_layer_raises_by_default_and_returns_when_asked() {
     let mut raising = ServiceBuilder::new()
         .layer(TokendAuthLayer::new(tokend.clone(), "tw"))
         .service(hyper.clone());
-    let err = raising.ready().await.unwrap().call(get()).await.unwrap_err();
+    let err = raising
+        .ready()
+        .await
+        .unwrap()
+        .call(get())
+        .await
+        .unwrap_err();
     assert_eq!(hits.load(Ordering::SeqCst), 2);
     assert!(
         matches!(err.tokend(), Some(Error::StillUnauthorized { connection_id, status: 401 }) if connection_id == "tw"),
