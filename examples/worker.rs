@@ -8,8 +8,7 @@
 
 use std::time::Duration;
 
-use tokend_client::{Client, middleware::TokendAuth};
-use tokend_proto::v1 as pb;
+use tokend_client::{Client, Install, middleware::TokendAuth};
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -35,21 +34,17 @@ async fn main() -> anyhow::Result<()> {
     let field = |k: &str| issued[k].as_str().unwrap_or_default().to_owned();
     let tokend = Client::builder(endpoint).connect().await?;
     tokend
-        .install(pb::InstallRequest {
-            provider: "sandbox".into(),
-            connection_id: "worker-demo".into(),
-            account_id: "worker-demo".into(),
-            grant: Some(pb::install_request::Grant::TokenImport(pb::TokenImport {
-                access_token: field("access_token"),
-                refresh_token: field("refresh_token"),
-                expires_in_seconds: issued["expires_in"].as_i64().unwrap_or(0),
-                scopes: vec!["crm".into()],
-                token_type: String::new(),
-            })),
-            replace: false,
-            params: Default::default(),
-            force: false,
-        })
+        .install(
+            Install::new("sandbox")
+                .connection_id("worker-demo")
+                .account_id("worker-demo")
+                .access_token(field("access_token"))
+                .refresh_token(field("refresh_token"))
+                .expires_in(Duration::from_secs(
+                    issued["expires_in"].as_u64().unwrap_or(0),
+                ))
+                .scopes(["crm"]),
+        )
         .await?;
 
     // The worker: three lines of setup, then plain HTTP calls.

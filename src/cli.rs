@@ -303,7 +303,7 @@ pub async fn install(args: &ClientArgs, install: InstallArgs) -> anyhow::Result<
         }
     };
     let r = tokend
-        .install(pb::InstallRequest {
+        .install_raw(pb::InstallRequest {
             provider: install.provider,
             connection_id: install.connection_id.unwrap_or_default(),
             account_id: install.account_id.unwrap_or_default(),

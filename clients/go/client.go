@@ -129,8 +129,10 @@ func (c *Client) withDeadline(ctx context.Context) (context.Context, context.Can
 }
 
 // unary runs one RPC with a deadline, retrying with backoff while tokend is
-// unreachable, and decodes its error. A ReconnectRequired evicts the cached
-// token of connectionID (when the call is about one).
+// unreachable (no gRPC status: TransportError; a status, UNAVAILABLE with
+// RetryInfo included, is returned at once), and decodes its error. A
+// ReconnectRequired or NotFound evicts the cached token of connectionID
+// (when the call is about one).
 func (c *Client) unary(ctx context.Context, connectionID string, call func(context.Context) error) error {
 	delay := 100 * time.Millisecond
 	for attempt := 0; ; attempt++ {
@@ -147,13 +149,24 @@ func (c *Client) unary(ctx context.Context, connectionID string, call func(conte
 				continue
 			}
 		}
-		if rr, ok := decoded.(*ReconnectRequiredError); ok {
-			c.cache.evict(connectionID)
-			if rr.ConnectionID != "" && rr.ConnectionID != connectionID {
-				c.cache.evict(rr.ConnectionID)
-			}
+		switch e := decoded.(type) {
+		case *ReconnectRequiredError:
+			c.evictGone(connectionID, e.ConnectionID)
+		case *NotFoundError:
+			c.evictGone(connectionID, e.ConnectionID)
 		}
 		return decoded
+	}
+}
+
+// evictGone drops the cached token of a connection the broker says is gone
+// (its grant dead, or itself deleted).
+func (c *Client) evictGone(connectionID, named string) {
+	if connectionID != "" {
+		c.cache.evict(connectionID)
+	}
+	if named != "" && named != connectionID {
+		c.cache.evict(named)
 	}
 }
 

@@ -2,7 +2,9 @@ package tokend
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -146,12 +148,53 @@ func (e *CursorExpiredError) Error() string { return "tokend: event cursor expir
 // AlreadyExistsError: Install would replace another account's grant
 // without Replace (reason CONNECTION_ID_TAKEN).
 type AlreadyExistsError struct {
+	// The connection id taken, when tokend says.
+	ConnectionID string
+	Reason       string
+	Message      string
+	rpcStatus
+}
+
+func (e *AlreadyExistsError) Error() string { return "tokend: already exists: " + e.Message }
+
+// AbortedError: a concurrent change won (ABORTED, reason
+// CONCURRENT_MODIFICATION). Read again and retry if the change still makes
+// sense.
+type AbortedError struct {
+	ConnectionID string
+	Message      string
+	rpcStatus
+}
+
+func (e *AbortedError) Error() string { return "tokend: aborted by a concurrent change: " + e.Message }
+
+// RecordUnreadableError: tokend cannot read the stored record (sealed with a
+// key it lacks, or damaged; reason RECORD_UNREADABLE, code
+// FAILED_PRECONDITION or DATA_LOSS). An operator problem.
+type RecordUnreadableError struct {
+	ConnectionID string
+	Code         codes.Code
+	Message      string
+	rpcStatus
+}
+
+func (e *RecordUnreadableError) Error() string {
+	return "tokend: record of connection " + e.ConnectionID + " unreadable: " + e.Message
+}
+
+// DeadlineExceededError: the call ran out of time (DEADLINE_EXCEEDED): the
+// client's own deadline (WithTimeout, or the context's) or tokend's.
+// errors.Is(err, context.DeadlineExceeded) is true for it.
+type DeadlineExceededError struct {
 	Reason  string
 	Message string
 	rpcStatus
 }
 
-func (e *AlreadyExistsError) Error() string { return "tokend: already exists: " + e.Message }
+func (e *DeadlineExceededError) Error() string { return "tokend: deadline exceeded: " + e.Message }
+
+// Is makes it match context.DeadlineExceeded.
+func (e *DeadlineExceededError) Is(target error) bool { return target == context.DeadlineExceeded }
 
 // TransportError: tokend could not be reached (down, restarting, network),
 // after the client's retries.
@@ -165,8 +208,8 @@ func (e *TransportError) Error() string {
 	return "tokend: cannot reach tokend at " + e.Endpoint + ": " + e.Message
 }
 
-// StatusError is any other status (DEADLINE_EXCEEDED, INTERNAL...).
-// errors.Is(err, context.DeadlineExceeded) and context.Canceled work on it.
+// StatusError is any other status (INTERNAL, CANCELLED...).
+// errors.Is(err, context.Canceled) works on it.
 type StatusError struct {
 	Code    codes.Code
 	Reason  string
@@ -182,14 +225,36 @@ func (e *StatusError) Is(target error) bool {
 		(e.Code == codes.Canceled && target == context.Canceled)
 }
 
-// StillUnauthorizedError: the upstream API answered 401 again after one
-// refresh (Transport).
+// StillUnauthorizedError: the upstream API answered 401 again to the replay
+// with a freshly refreshed token (Transport, unless Second401Return): the
+// token is not the problem (scopes, the provider's side).
 type StillUnauthorizedError struct {
 	ConnectionID string
+	// The HTTP status of the final answer (401).
+	Status int
+	// The final answer. Its body is already read (up to 64 KiB) and closed,
+	// so ignoring it leaks nothing; Body replays what was read.
+	Response *http.Response
 }
 
 func (e *StillUnauthorizedError) Error() string {
-	return "tokend: upstream rejected the refreshed token of connection " + e.ConnectionID
+	return fmt.Sprintf("tokend: upstream rejected the refreshed token of connection %s (HTTP %d)", e.ConnectionID, e.Status)
+}
+
+// ErrorReason is the ErrorInfo reason of a tokend error (e.g.
+// "CONNECTION_NOT_FOUND", "PROVIDER_UNAVAILABLE"), or "" when it has none.
+// The gRPC code is status.Code(err).
+func ErrorReason(err error) string {
+	var s interface{ GRPCStatus() *status.Status }
+	if !errors.As(err, &s) || s.GRPCStatus() == nil {
+		return ""
+	}
+	for _, d := range s.GRPCStatus().Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok {
+			return info.GetReason()
+		}
+	}
+	return ""
 }
 
 // DecodeError turns the error of a raw tokend RPC (see Client.Stub) into
@@ -229,6 +294,8 @@ func decodeError(err error, endpoint string) error {
 	s := rpcStatus{st: st}
 	msg := st.Message()
 	switch code := st.Code(); {
+	case reason == "RECORD_UNREADABLE":
+		return &RecordUnreadableError{ConnectionID: meta("connection_id"), Code: code, Message: msg, rpcStatus: s}
 	case code == codes.FailedPrecondition && reason == "RECONNECT_REQUIRED":
 		return &ReconnectRequiredError{
 			ConnectionID:          meta("connection_id"),
@@ -252,7 +319,11 @@ func decodeError(err error, endpoint string) error {
 	case code == codes.OutOfRange && reason == "CURSOR_EXPIRED":
 		return &CursorExpiredError{OldestCursor: meta("oldest_cursor"), Message: msg, rpcStatus: s}
 	case code == codes.AlreadyExists:
-		return &AlreadyExistsError{Reason: reason, Message: msg, rpcStatus: s}
+		return &AlreadyExistsError{ConnectionID: meta("connection_id"), Reason: reason, Message: msg, rpcStatus: s}
+	case code == codes.Aborted:
+		return &AbortedError{ConnectionID: meta("connection_id"), Message: msg, rpcStatus: s}
+	case code == codes.DeadlineExceeded:
+		return &DeadlineExceededError{Reason: reason, Message: msg, rpcStatus: s}
 	case code == codes.PermissionDenied:
 		return &PermissionDeniedError{Message: msg, rpcStatus: s}
 	case code == codes.Unauthenticated:

@@ -1,6 +1,7 @@
 package tokend
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net/http"
@@ -18,8 +19,12 @@ import (
 // http.Request.GetBody, which http.NewRequest sets for in-memory bodies; a
 // request whose body cannot be read twice is not replayed either.
 //
-// A second 401 is a *StillUnauthorizedError. tokend's errors come out typed:
-// errors.As(err, &reconnectRequired) works on what http.Client.Do returns.
+// A 401 to the replay is a *StillUnauthorizedError by default (a caller
+// that never looks at the status must not take a rejected call for data;
+// a fresh token that is still refused points at scopes or the provider,
+// not at expiry); with Second401: Second401Return the 401 response is
+// returned instead. tokend's errors come out typed: errors.As(err,
+// &reconnectRequired) works on what http.Client.Do returns.
 type Transport struct {
 	Client *Client
 	// The connection whose tokens every request carries, unless its context
@@ -30,12 +35,43 @@ type Transport struct {
 	// Also replay POST and PATCH after a 401: only for APIs where a second
 	// delivery is safe (idempotency keys, upserts).
 	ReplayNonIdempotent bool
+	// What a 401 to the replay becomes: Second401Raise (the zero value, a
+	// *StillUnauthorizedError) or Second401Return (the response).
+	Second401 Second401
+}
+
+// Second401 says what the HTTP helper does when the replay with a refreshed
+// token is answered 401 again.
+type Second401 int
+
+const (
+	// Second401Raise: fail with *StillUnauthorizedError (the default).
+	Second401Raise Second401 = iota
+	// Second401Return: return the 401 response to the caller.
+	Second401Return
+)
+
+// A TransportOption configures the Transport of HTTPClient.
+type TransportOption func(*Transport)
+
+// WithSecond401 sets what a 401 to the replay becomes (see Second401).
+func WithSecond401(s Second401) TransportOption {
+	return func(t *Transport) { t.Second401 = s }
+}
+
+// WithReplayNonIdempotent also replays POST and PATCH after a 401.
+func WithReplayNonIdempotent(yes bool) TransportOption {
+	return func(t *Transport) { t.ReplayNonIdempotent = yes }
 }
 
 // HTTPClient is an http.Client whose requests carry tokens of connectionID,
 // with refresh-and-retry on 401 (see Transport).
-func (c *Client) HTTPClient(connectionID string) *http.Client {
-	return &http.Client{Transport: &Transport{Client: c, ConnectionID: connectionID}}
+func (c *Client) HTTPClient(connectionID string, opts ...TransportOption) *http.Client {
+	t := &Transport{Client: c, ConnectionID: connectionID}
+	for _, opt := range opts {
+		opt(t)
+	}
+	return &http.Client{Transport: t}
 }
 
 type connectionIDKey struct{}
@@ -108,9 +144,8 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	if response.StatusCode == http.StatusUnauthorized {
-		discard(response)
-		return nil, &StillUnauthorizedError{ConnectionID: connectionID}
+	if response.StatusCode == http.StatusUnauthorized && t.Second401 != Second401Return {
+		return nil, &StillUnauthorizedError{ConnectionID: connectionID, Status: response.StatusCode, Response: detach(response)}
 	}
 	return response, nil
 }
@@ -119,6 +154,16 @@ func closeBody(req *http.Request) {
 	if req.Body != nil {
 		_ = req.Body.Close()
 	}
+}
+
+// detach reads up to 64 KiB of a response handed over inside an error and
+// closes it, so a caller who ignores it leaks no connection; its Body
+// replays what was read.
+func detach(response *http.Response) *http.Response {
+	body, _ := io.ReadAll(io.LimitReader(response.Body, 64<<10))
+	_ = response.Body.Close()
+	response.Body = io.NopCloser(bytes.NewReader(body))
+	return response
 }
 
 // discard reads a little of a response we drop (so its connection can be

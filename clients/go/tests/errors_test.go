@@ -120,10 +120,29 @@ func TestErrorTableDecodesToTypedErrors(t *testing.T) {
 		t.Fatalf("ALREADY_EXISTS: %#v", err)
 	}
 
-	var se *tokend.StatusError
+	if err := decode(statusErr(t, codes.AlreadyExists, "CONNECTION_ID_TAKEN", map[string]string{"connection_id": "t"}, 0, "")); !errors.As(err, &ae) || ae.ConnectionID != "t" {
+		t.Fatalf("ALREADY_EXISTS connection_id: %#v", err)
+	}
+	var ab *tokend.AbortedError
+	if err := decode(statusErr(t, codes.Aborted, "CONCURRENT_MODIFICATION", map[string]string{"connection_id": "a"}, 0, "")); !errors.As(err, &ab) || ab.ConnectionID != "a" || tokend.ErrorReason(err) != "CONCURRENT_MODIFICATION" {
+		t.Fatalf("ABORTED: %#v", err)
+	}
+	var ru *tokend.RecordUnreadableError
+	for _, code := range []codes.Code{codes.FailedPrecondition, codes.DataLoss} {
+		if err := decode(statusErr(t, code, "RECORD_UNREADABLE", map[string]string{"connection_id": "r"}, 0, "")); !errors.As(err, &ru) || ru.ConnectionID != "r" || ru.Code != code {
+			t.Fatalf("RECORD_UNREADABLE (%v): %#v", code, err)
+		}
+	}
+
+	var de *tokend.DeadlineExceededError
 	err = decode(status.Error(codes.DeadlineExceeded, "deadline"))
-	if !errors.As(err, &se) || se.Code != codes.DeadlineExceeded || !errors.Is(err, context.DeadlineExceeded) {
+	if !errors.As(err, &de) || status.Code(err) != codes.DeadlineExceeded || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("DEADLINE_EXCEEDED: %#v", err)
+	}
+	var se *tokend.StatusError
+	err = decode(statusErr(t, codes.Internal, "STORAGE_FAILURE", nil, 0, ""))
+	if !errors.As(err, &se) || se.Code != codes.Internal || se.Reason != "STORAGE_FAILURE" || tokend.ErrorReason(err) != "STORAGE_FAILURE" {
+		t.Fatalf("INTERNAL: %#v", err)
 	}
 	plain := errors.New("not a status")
 	if decode(plain) != plain || decode(nil) != nil {

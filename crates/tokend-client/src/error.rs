@@ -1,10 +1,15 @@
 //! Typed errors, mapped back from gRPC status codes and `ErrorInfo`, so
-//! callers match on variants instead of parsing messages.
+//! callers match on variants instead of parsing messages. The vocabulary is
+//! the one every tokend SDK shares (README, "One vocabulary in four SDKs").
 
 use std::time::Duration;
 
 use tonic::Code;
 use tonic_types::StatusExt;
+
+/// The message tonic gives a call that ran out of the client's deadline
+/// (`tonic::TimeoutExpired`, surfaced as `CANCELLED`).
+const TONIC_TIMEOUT: &str = "Timeout expired";
 
 /// What a tokend call can fail with.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -26,15 +31,43 @@ pub enum Error {
     #[error("connection {connection_id} not found")]
     NotFound { connection_id: String },
     /// The provider is failing (for `get_token`: and no valid token is
-    /// left); retry after
-    /// `retry_after` when given.
+    /// left), or tokend's storage is (`reason` says which: e.g.
+    /// `PROVIDER_UNAVAILABLE`, `STORAGE_UNAVAILABLE`, `SHUTTING_DOWN`).
+    /// Retry after `retry_after` when given; the client does not retry it
+    /// by itself.
     #[error("unavailable: {message}")]
     Unavailable {
         message: String,
         retry_after: Option<Duration>,
+        reason: String,
     },
+    /// A malformed field. `reason` is the broker's (`INVALID_ARGUMENT`,
+    /// `MALFORMED_REQUEST`, `AUTHORIZATION_CODE_REJECTED`), empty when the
+    /// client itself refused the value.
     #[error("invalid {field}: {description}")]
-    InvalidArgument { field: String, description: String },
+    InvalidArgument {
+        field: String,
+        description: String,
+        reason: String,
+    },
+    /// An install would replace another account's grant without `replace`
+    /// (reason `CONNECTION_ID_TAKEN`).
+    #[error("connection {connection_id} already exists: {message}")]
+    AlreadyExists {
+        connection_id: String,
+        message: String,
+    },
+    /// A concurrent change won (reason `CONCURRENT_MODIFICATION`): read
+    /// again and retry if the change still makes sense.
+    #[error("aborted by a concurrent change: {message}")]
+    Aborted {
+        connection_id: String,
+        message: String,
+    },
+    /// The call ran out of time: the client's own deadline
+    /// (`ClientBuilder::timeout`) or the broker's `DEADLINE_EXCEEDED`.
+    #[error("deadline exceeded: {message}")]
+    DeadlineExceeded { message: String },
     #[error("permission denied: {message}")]
     PermissionDenied { message: String },
     #[error("unauthenticated: {message}")]
@@ -42,11 +75,22 @@ pub enum Error {
     /// The provider rejected tokend's client credentials (operator problem).
     #[error("provider misconfigured: {message}")]
     ProviderMisconfigured { message: String },
-    /// A rate limit or stream cap; retry after `retry_after` when given.
+    /// The broker cannot read the stored record (sealed with a key it
+    /// lacks, or damaged; reason `RECORD_UNREADABLE`, with `code`
+    /// `FAILED_PRECONDITION` or `DATA_LOSS`). An operator problem.
+    #[error("record of connection {connection_id} unreadable: {message}")]
+    RecordUnreadable {
+        connection_id: String,
+        code: Code,
+        message: String,
+    },
+    /// A rate limit or stream cap (`reason`, e.g. `CALLER_RATE_LIMITED`);
+    /// retry after `retry_after` when given.
     #[error("resource exhausted: {message}")]
     ResourceExhausted {
         message: String,
         retry_after: Option<Duration>,
+        reason: String,
     },
     /// An event cursor the broker no longer covers (older than its
     /// retention, or from another data dir). Resync from
@@ -56,15 +100,24 @@ pub enum Error {
         oldest_cursor: String,
         message: String,
     },
-    /// The broker could not be reached (down, restarting, network).
+    /// The broker could not be reached (down, restarting, network), after
+    /// the client's transport retries.
     #[error("cannot reach tokend: {message}")]
     Transport { message: String },
     /// Any other status.
     #[error("tokend answered {code:?}: {message}")]
-    Other { code: Code, message: String },
-    /// The upstream API still answered 401 after one refresh.
-    #[error("upstream rejected the refreshed token for connection {connection_id}")]
-    StillUnauthorized { connection_id: String },
+    Other {
+        code: Code,
+        message: String,
+        reason: String,
+    },
+    /// The upstream API answered 401 (`status`) again to the replay with a
+    /// freshly refreshed token: the token is not the problem (scopes, the
+    /// provider's side). Raised by the reqwest middleware and the tower
+    /// layer unless built with `second_401(Second401::Return)`, which hands
+    /// over the 401 response instead.
+    #[error("upstream rejected the refreshed token for connection {connection_id} (HTTP {status})")]
+    StillUnauthorized { connection_id: String, status: u16 },
 }
 
 impl Error {
@@ -74,6 +127,52 @@ impl Error {
             self,
             Error::ReconnectRequired { .. } | Error::NotFound { .. }
         )
+    }
+
+    /// The gRPC code this error stands for: the broker's, `UNAVAILABLE` for
+    /// `Transport`, `DEADLINE_EXCEEDED` for the client's own deadline;
+    /// `None` for `StillUnauthorized`, which is an upstream HTTP answer.
+    pub fn code(&self) -> Option<Code> {
+        Some(match self {
+            Error::ReconnectRequired { .. } | Error::ProviderMisconfigured { .. } => {
+                Code::FailedPrecondition
+            }
+            Error::NotFound { .. } => Code::NotFound,
+            Error::Unavailable { .. } | Error::Transport { .. } => Code::Unavailable,
+            Error::InvalidArgument { .. } => Code::InvalidArgument,
+            Error::AlreadyExists { .. } => Code::AlreadyExists,
+            Error::Aborted { .. } => Code::Aborted,
+            Error::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Error::PermissionDenied { .. } => Code::PermissionDenied,
+            Error::Unauthenticated { .. } => Code::Unauthenticated,
+            Error::RecordUnreadable { code, .. } | Error::Other { code, .. } => *code,
+            Error::ResourceExhausted { .. } => Code::ResourceExhausted,
+            Error::CursorExpired { .. } => Code::OutOfRange,
+            Error::StillUnauthorized { .. } => return None,
+        })
+    }
+
+    /// The `ErrorInfo` reason tokend gave, when there is one.
+    pub fn reason(&self) -> Option<&str> {
+        let reason = match self {
+            Error::ReconnectRequired { .. } => "RECONNECT_REQUIRED",
+            Error::ProviderMisconfigured { .. } => "PROVIDER_MISCONFIGURED",
+            Error::RecordUnreadable { .. } => "RECORD_UNREADABLE",
+            Error::CursorExpired { .. } => "CURSOR_EXPIRED",
+            Error::AlreadyExists { .. } => "CONNECTION_ID_TAKEN",
+            Error::Aborted { .. } => "CONCURRENT_MODIFICATION",
+            Error::NotFound { .. } => "CONNECTION_NOT_FOUND",
+            Error::PermissionDenied { .. } => "PERMISSION_DENIED",
+            Error::Unauthenticated { .. } => "UNAUTHENTICATED",
+            Error::Unavailable { reason, .. }
+            | Error::InvalidArgument { reason, .. }
+            | Error::ResourceExhausted { reason, .. }
+            | Error::Other { reason, .. } => reason,
+            Error::DeadlineExceeded { .. }
+            | Error::Transport { .. }
+            | Error::StillUnauthorized { .. } => "",
+        };
+        (!reason.is_empty()).then_some(reason)
     }
 
     /// Maps a status from tokend.
@@ -88,6 +187,11 @@ impl Error {
         let retry_after = status.get_details_retry_info().and_then(|r| r.retry_delay);
         let message = status.message().to_owned();
         match (status.code(), reason) {
+            (code, "RECORD_UNREADABLE") => Error::RecordUnreadable {
+                connection_id: meta("connection_id"),
+                code,
+                message,
+            },
             (Code::FailedPrecondition, "RECONNECT_REQUIRED") => Error::ReconnectRequired {
                 connection_id: meta("connection_id"),
                 reason: meta("provider_message"),
@@ -110,8 +214,21 @@ impl Error {
                         .map(|v| v.field.clone())
                         .unwrap_or_else(|| meta("field")),
                     description: violation.map(|v| v.description).unwrap_or(message),
+                    reason: reason.to_owned(),
                 }
             }
+            (Code::AlreadyExists, _) => Error::AlreadyExists {
+                connection_id: meta("connection_id"),
+                message,
+            },
+            (Code::Aborted, _) => Error::Aborted {
+                connection_id: meta("connection_id"),
+                message,
+            },
+            (Code::DeadlineExceeded, _) => Error::DeadlineExceeded { message },
+            (Code::Cancelled, "") if message == TONIC_TIMEOUT => Error::DeadlineExceeded {
+                message: "no answer within the client's timeout".into(),
+            },
             (Code::OutOfRange, "CURSOR_EXPIRED") => Error::CursorExpired {
                 oldest_cursor: meta("oldest_cursor"),
                 message,
@@ -121,6 +238,7 @@ impl Error {
             (Code::ResourceExhausted, _) => Error::ResourceExhausted {
                 message,
                 retry_after,
+                reason: reason.to_owned(),
             },
             // UNAVAILABLE without tokend's ErrorInfo comes from the transport:
             // the broker is down or restarting.
@@ -128,8 +246,13 @@ impl Error {
             (Code::Unavailable, _) => Error::Unavailable {
                 message,
                 retry_after,
+                reason: reason.to_owned(),
             },
-            (code, _) => Error::Other { code, message },
+            (code, _) => Error::Other {
+                code,
+                message,
+                reason: reason.to_owned(),
+            },
         }
     }
 
@@ -208,5 +331,46 @@ mod tests {
             Error::from_status(&tonic::Status::permission_denied("no")),
             Error::PermissionDenied { .. }
         ));
+        assert!(matches!(
+            Error::from_status(&status(Code::AlreadyExists, "CONNECTION_ID_TAKEN", &[("connection_id", "t")])),
+            Error::AlreadyExists { connection_id, .. } if connection_id == "t"
+        ));
+        assert!(matches!(
+            Error::from_status(&status(Code::Aborted, "CONCURRENT_MODIFICATION", &[("connection_id", "a")])),
+            Error::Aborted { connection_id, .. } if connection_id == "a"
+        ));
+        for code in [Code::DataLoss, Code::FailedPrecondition] {
+            let e = Error::from_status(&status(
+                code,
+                "RECORD_UNREADABLE",
+                &[("connection_id", "r")],
+            ));
+            assert!(
+                matches!(&e, Error::RecordUnreadable { connection_id, code: c, .. } if connection_id == "r" && *c == code),
+                "{e:?}"
+            );
+            assert_eq!(e.reason(), Some("RECORD_UNREADABLE"));
+        }
+        assert!(matches!(
+            Error::from_status(&status(Code::DeadlineExceeded, "REQUEST_BODY_TIMEOUT", &[])),
+            Error::DeadlineExceeded { .. }
+        ));
+        // tonic's own deadline (`Endpoint::timeout`) surfaces as CANCELLED.
+        assert!(matches!(
+            Error::from_status(&tonic::Status::cancelled(TONIC_TIMEOUT)),
+            Error::DeadlineExceeded { .. }
+        ));
+        let other = Error::from_status(&status(Code::Internal, "STORAGE_FAILURE", &[]));
+        assert_eq!(other.code(), Some(Code::Internal));
+        assert_eq!(other.reason(), Some("STORAGE_FAILURE"));
+        let unavailable = Error::from_status(&status(Code::Unavailable, "SHUTTING_DOWN", &[]));
+        assert_eq!(unavailable.reason(), Some("SHUTTING_DOWN"));
+        assert_eq!(
+            Error::Transport {
+                message: "x".into()
+            }
+            .code(),
+            Some(Code::Unavailable)
+        );
     }
 }

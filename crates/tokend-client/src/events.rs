@@ -4,6 +4,7 @@
 
 use std::{
     pin::Pin,
+    sync::Weak,
     task::{Context, Poll},
     time::Duration,
 };
@@ -12,7 +13,7 @@ use futures::Stream;
 use tokend_proto::v1 as pb;
 use tokio::sync::mpsc;
 
-use crate::{Error, Inner};
+use crate::{Cache, Error, Inner};
 
 pub use pb::{ConnectionEvent, EventType};
 
@@ -69,6 +70,9 @@ enum Item {
 pub struct EventStream {
     /// Until the first poll: what to subscribe with.
     pending: Option<(Inner, pb::WatchConnectionsRequest)>,
+    /// The client's token cache: a RECONNECT_REQUIRED or DELETED event
+    /// drops that connection's cached token.
+    cache: Weak<Cache>,
     rx: Option<mpsc::Receiver<Item>>,
     task: Option<tokio::task::JoinHandle<()>>,
     /// The cursor of the last event yielded or checkpoint passed.
@@ -80,8 +84,9 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    pub(crate) fn new(client: Inner, filter: &EventFilter) -> Self {
+    pub(crate) fn new(client: Inner, filter: &EventFilter, cache: Weak<Cache>) -> Self {
         EventStream {
+            cache,
             pending: Some((
                 client,
                 pb::WatchConnectionsRequest {
@@ -176,7 +181,7 @@ impl Stream for EventStream {
         }
         if let Some((client, request)) = self.pending.take() {
             let (tx, rx) = mpsc::channel(64);
-            self.task = Some(tokio::spawn(run(client, request, tx)));
+            self.task = Some(tokio::spawn(run(client, request, tx, self.cache.clone())));
             self.rx = Some(rx);
         }
         loop {
@@ -206,7 +211,12 @@ impl Stream for EventStream {
     }
 }
 
-async fn run(mut client: Inner, mut request: pb::WatchConnectionsRequest, tx: mpsc::Sender<Item>) {
+async fn run(
+    mut client: Inner,
+    mut request: pb::WatchConnectionsRequest,
+    tx: mpsc::Sender<Item>,
+    cache: Weak<Cache>,
+) {
     let mut delay = Duration::from_millis(100);
     loop {
         let mut stream = match client.watch_connections(request.clone()).await {
@@ -229,6 +239,7 @@ async fn run(mut client: Inner, mut request: pb::WatchConnectionsRequest, tx: mp
                     // Everything received is delivered, so a reconnect
                     // resumes after it.
                     request.resume_after = m.cursor.clone();
+                    evict_if_gone(&m, &cache);
                     let item = if m.event_type == EventType::Checkpoint as i32 {
                         Item::Checkpoint {
                             cursor: m.cursor,
@@ -259,6 +270,16 @@ async fn run(mut client: Inner, mut request: pb::WatchConnectionsRequest, tx: mp
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A connection whose grant is dead or which was deleted loses its cached
+/// token at once, whoever's call made it so.
+fn evict_if_gone(event: &ConnectionEvent, cache: &Weak<Cache>) {
+    let gone = event.event_type == EventType::ReconnectRequired as i32
+        || event.event_type == EventType::Deleted as i32;
+    if gone && let Some(cache) = cache.upgrade() {
+        crate::forget(&cache, &event.connection_id);
     }
 }
 

@@ -7,7 +7,9 @@
 //! (`ForceRefresh` with the rejected version) and the request is sent once
 //! more. Only idempotent methods are replayed unless the caller opts in
 //! (gRPC calls are all POSTs); a replayed request's body is buffered in
-//! memory first, so it can be sent twice.
+//! memory first, so it can be sent twice. A replay rejected again is
+//! [`Error::StillUnauthorized`] unless built with
+//! `second_401(Second401::Return)`, as in the reqwest middleware.
 //!
 //! ```no_run
 //! # async fn demo(tokend: tokend_client::Client) {
@@ -34,7 +36,7 @@ use secrecy::ExposeSecret as _;
 
 use crate::{
     Client, Error, Rejected, Token,
-    middleware::{ConnectionId, may_replay},
+    middleware::{ConnectionId, Second401, may_replay},
 };
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -45,6 +47,7 @@ pub struct TokendAuthLayer {
     client: Client,
     connection_id: String,
     replay_non_idempotent: bool,
+    second_401: Second401,
 }
 
 impl TokendAuthLayer {
@@ -55,7 +58,15 @@ impl TokendAuthLayer {
             client,
             connection_id: connection_id.into(),
             replay_non_idempotent: false,
+            second_401: Second401::Raise,
         }
+    }
+
+    /// What a rejection of the replay becomes: [`Second401::Raise`]
+    /// (default) or [`Second401::Return`] (the response is handed over).
+    pub fn second_401(mut self, second: Second401) -> Self {
+        self.second_401 = second;
+        self
     }
 
     /// Also replay POST and PATCH (and so gRPC calls) after a rejection.
@@ -117,6 +128,7 @@ fn authorize<B>(request: &mut Request<B>, token: &Token) -> Result<(), Error> {
         .map_err(|_| Error::InvalidArgument {
             field: "access_token".into(),
             description: "not valid in an HTTP header".into(),
+            reason: String::new(),
         })?;
     request.headers_mut().insert(AUTHORIZATION, value);
     Ok(())
@@ -196,9 +208,11 @@ where
                 .await
                 .map_err(AuthError::Service)?;
             let response = inner.call(again).await.map_err(AuthError::Service)?;
-            if rejected(&response) {
+            if rejected(&response) && auth.second_401 == Second401::Raise {
+                // A gRPC UNAUTHENTICATED counts as HTTP 401.
                 return Err(AuthError::Tokend(Error::StillUnauthorized {
                     connection_id,
+                    status: StatusCode::UNAUTHORIZED.as_u16(),
                 }));
             }
             Ok(response)

@@ -11,6 +11,7 @@
 
 mod error;
 pub mod events;
+mod install;
 pub mod layer;
 pub mod middleware;
 mod watch;
@@ -23,6 +24,8 @@ use std::{
 
 pub use error::Error;
 pub use events::{ConnectionEvent, EventFilter, EventStream, EventType};
+pub use install::{Install, Installed};
+pub use middleware::Second401;
 use secrecy::SecretString;
 use tokend_proto::v1::{self as pb, token_service_client::TokenServiceClient};
 use tokio::time::Instant;
@@ -130,7 +133,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Deadline of every call (default 10 s).
+    /// Deadline of every unary call attempt (default 10 s); past it the
+    /// call fails with [`Error::DeadlineExceeded`], not retried.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -167,6 +171,7 @@ impl ClientBuilder {
             .map_err(|e| Error::InvalidArgument {
                 field: "endpoint".into(),
                 description: e.to_string(),
+                reason: String::new(),
             })?
             .timeout(self.timeout)
             .connect_timeout(Duration::from_secs(5))
@@ -179,12 +184,14 @@ impl ClientBuilder {
             Some(k) => Some(k.parse().map_err(|_| Error::InvalidArgument {
                 field: "api_key".into(),
                 description: "not valid in a gRPC header".into(),
+                reason: String::new(),
             })?),
             None => None,
         };
         Ok(Client {
             inner: TokenServiceClient::with_interceptor(channel, ApiKey(api_key)),
             endpoint: Arc::from(url),
+            timeout: self.timeout,
             retries: self.transport_retries,
             cache_margin: self.cache_margin,
             cache: Arc::new(Mutex::new(lru::LruCache::new(self.cache_capacity))),
@@ -228,6 +235,8 @@ pub struct Client {
     inner: Inner,
     /// The broker's URL, named in transport errors.
     endpoint: Arc<str>,
+    /// Deadline of each unary attempt.
+    timeout: Duration,
     retries: u32,
     cache_margin: Duration,
     cache: Arc<Cache>,
@@ -251,7 +260,10 @@ impl Client {
         Self::builder(endpoint).connect().await
     }
 
-    /// Runs `call`, retrying with backoff while the broker is unreachable.
+    /// Runs `call`, retrying with backoff while the broker is unreachable
+    /// (no gRPC status: `Transport`). An answer with a status, UNAVAILABLE
+    /// with `RetryInfo` included, is returned at once; a deadline is not
+    /// retried either.
     async fn call<T, F, Fut>(&self, mut call: F) -> Result<T, Error>
     where
         F: FnMut(Inner) -> Fut,
@@ -260,7 +272,22 @@ impl Client {
         let mut delay = Duration::from_millis(100);
         let mut attempt = 0;
         loop {
-            match call(self.inner.clone()).await {
+            // The deadline is the client's own too, so a broker that
+            // accepts but never answers ends as DeadlineExceeded whatever
+            // part of the call hangs.
+            let attempt_result =
+                match tokio::time::timeout(self.timeout, call(self.inner.clone())).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(Error::DeadlineExceeded {
+                            message: format!(
+                                "no answer from {} within {:?}",
+                                self.endpoint, self.timeout
+                            ),
+                        });
+                    }
+                };
+            match attempt_result {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(status) => {
                     let e = Error::from_status(&status);
@@ -298,6 +325,7 @@ impl Client {
         let token = r.token.ok_or_else(|| Error::Other {
             code: tonic::Code::Internal,
             message: "reply without a token".into(),
+            reason: String::new(),
         })?;
         Ok(Token::from_pb(token, received_by))
     }
@@ -408,6 +436,7 @@ impl Client {
             r.token.ok_or_else(|| Error::Other {
                 code: tonic::Code::Internal,
                 message: "reply without a token".into(),
+                reason: String::new(),
             })?,
             received_by,
         );
@@ -416,13 +445,43 @@ impl Client {
         Ok((token, r.refreshed))
     }
 
-    /// Installs (or replaces) a connection.
-    pub async fn install(&self, request: pb::InstallRequest) -> Result<pb::InstallResponse, Error> {
-        self.call(|mut c| {
-            let request = request.clone();
-            async move { c.install(request).await }
+    /// Installs (or replaces) a connection, from an authorization code,
+    /// imported tokens, or nothing (client credentials): see [`Install`].
+    pub async fn install(&self, install: Install) -> Result<Installed, Error> {
+        let r = self.install_raw(install.into_request()?).await?;
+        Ok(Installed {
+            connection: r.connection.ok_or_else(|| Error::Other {
+                code: tonic::Code::Internal,
+                message: "reply without a connection".into(),
+                reason: String::new(),
+            })?,
+            created: r.created,
+            replayed: r.replayed,
         })
-        .await
+    }
+
+    /// The low-level install, with the wire messages as they are (for
+    /// tools that pass protobuf through, like the `tokend` CLI). Prefer
+    /// [`Client::install`].
+    pub async fn install_raw(
+        &self,
+        request: pb::InstallRequest,
+    ) -> Result<pb::InstallResponse, Error> {
+        let connection_id = request.connection_id.clone();
+        let r = self
+            .call(|mut c| {
+                let request = request.clone();
+                async move { c.install(request).await }
+            })
+            .await?;
+        // A re-install replaces the grant: the cached token is stale.
+        if !connection_id.is_empty() {
+            forget(&self.cache, &connection_id);
+        }
+        if let Some(c) = &r.connection {
+            forget(&self.cache, &c.connection_id);
+        }
+        Ok(r)
     }
 
     pub async fn get_connection(&self, connection_id: &str) -> Result<Connection, Error> {
@@ -434,10 +493,12 @@ impl Client {
                 let request = request.clone();
                 async move { c.get_connection(request).await }
             })
-            .await?;
+            .await
+            .map_err(|e| self.forget_if_gone(connection_id, e))?;
         r.connection.ok_or_else(|| Error::Other {
             code: tonic::Code::Internal,
             message: "reply without a connection".into(),
+            reason: String::new(),
         })
     }
 
@@ -493,8 +554,10 @@ impl Client {
     /// selects: live, or after a cursor with `.resume_after(cursor)`.
     /// Reconnects by itself across broker restarts, resuming after the last
     /// cursor received; `EventStream::cursor` is the position to persist.
+    /// A `RECONNECT_REQUIRED` or `DELETED` event drops that connection's
+    /// cached token, as a `watch` does.
     pub fn watch_all(&self, filter: EventFilter) -> EventStream {
-        EventStream::new(self.inner.clone(), &filter)
+        EventStream::new(self.inner.clone(), &filter, Arc::downgrade(&self.cache))
     }
 
     /// Each configured webhook endpoint's delivery state (admin).

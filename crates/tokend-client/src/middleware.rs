@@ -2,6 +2,13 @@
 //! `Authorization: Bearer`, and on a 401 ask tokend for a newer token and
 //! retry once. Only idempotent methods are replayed unless the caller opts
 //! in, because a replayed write can duplicate data.
+//!
+//! A replay answered 401 again is [`Error::StillUnauthorized`] by default:
+//! a caller that never looks at the status must not take a rejected call
+//! for data, and a fresh token that is still refused points at scopes or
+//! the provider, not at expiry. `second_401(Second401::Return)` hands the
+//! 401 response over instead. A non-idempotent request that is not replayed
+//! gets its first 401 response back either way.
 
 use http::{Extensions, Method, StatusCode, header::AUTHORIZATION};
 use reqwest::{Request, Response};
@@ -15,12 +22,24 @@ use crate::{Client, Error, Rejected, Token};
 #[derive(Clone, Debug)]
 pub struct ConnectionId(pub String);
 
+/// What the HTTP helpers do when the replay with a refreshed token is
+/// answered 401 again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Second401 {
+    /// Fail with [`Error::StillUnauthorized`] (the default).
+    #[default]
+    Raise,
+    /// Hand the second 401 response to the caller.
+    Return,
+}
+
 /// Authorizes requests with tokens from tokend.
 #[derive(Clone)]
 pub struct TokendAuth {
     client: Client,
     connection_id: String,
     replay_non_idempotent: bool,
+    second_401: Second401,
 }
 
 impl TokendAuth {
@@ -30,7 +49,15 @@ impl TokendAuth {
             client,
             connection_id: connection_id.into(),
             replay_non_idempotent: false,
+            second_401: Second401::Raise,
         }
+    }
+
+    /// What a 401 to the replay becomes: [`Second401::Raise`] (default) or
+    /// [`Second401::Return`].
+    pub fn second_401(mut self, second: Second401) -> Self {
+        self.second_401 = second;
+        self
     }
 
     /// Also retry POST and PATCH after a 401. Only for APIs where replaying
@@ -78,6 +105,7 @@ fn authorize(request: &mut Request, token: &Token) -> reqwest_middleware::Result
             reqwest_middleware::Error::middleware(Error::InvalidArgument {
                 field: "access_token".into(),
                 description: "not valid in an HTTP header".into(),
+                reason: String::new(),
             })
         })?;
     request.headers_mut().insert(AUTHORIZATION, value);
@@ -128,9 +156,14 @@ impl Middleware for TokendAuth {
         };
         authorize(&mut retry, &fresh)?;
         let response = next.run(retry, extensions).await?;
-        if response.status() == StatusCode::UNAUTHORIZED {
+        if response.status() == StatusCode::UNAUTHORIZED && self.second_401 == Second401::Raise {
+            // The response (and its connection) is dropped here; no token
+            // is in the error.
             return Err(reqwest_middleware::Error::middleware(
-                Error::StillUnauthorized { connection_id },
+                Error::StillUnauthorized {
+                    connection_id,
+                    status: StatusCode::UNAUTHORIZED.as_u16(),
+                },
             ));
         }
         Ok(response)
