@@ -22,12 +22,13 @@ from tokend_client._transport import (
     DEFAULT_TIMEOUT,
     Backoff,
     call_retryable,
+    evicts_on_error,
     make_settings,
 )
 from tokend_client.aio_streams import AsyncEventStream, AsyncWatchStream
 from tokend_client.cache import DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_MARGIN, AsyncTokenCache
 from tokend_client.client import _deadline_or, evicts
-from tokend_client.errors import ReconnectRequired, TokendError, error_from_rpc
+from tokend_client.errors import TokendError, error_from_rpc
 from tokend_client.models import (
     AuthorizationCode,
     Connection,
@@ -129,7 +130,7 @@ class AsyncClient:
                     attempt += 1
                     await asyncio.sleep(delay)
                     continue
-            if isinstance(err, ReconnectRequired) and connection_id:
+            if connection_id and evicts_on_error(err):
                 self.cache.evict(connection_id)
             raise err
 
@@ -321,6 +322,7 @@ class AsyncClient:
             "DeleteConnection",
             pb.DeleteConnectionRequest(connection_id=connection_id),
             timeout=timeout,
+            connection_id=connection_id,
         )
         self.cache.evict(connection_id)
 

@@ -18,10 +18,11 @@ from tokend_client._transport import (
     DEFAULT_TIMEOUT,
     Backoff,
     call_retryable,
+    evicts_on_error,
     make_settings,
 )
 from tokend_client.cache import DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_MARGIN, TokenCache
-from tokend_client.errors import DeadlineExceeded, ReconnectRequired, TokendError, error_from_rpc
+from tokend_client.errors import DeadlineExceeded, TokendError, error_from_rpc
 from tokend_client.models import (
     AuthorizationCode,
     Connection,
@@ -159,7 +160,7 @@ class Client:
                     attempt += 1
                     time.sleep(delay)
                     continue
-            if isinstance(err, ReconnectRequired) and connection_id:
+            if connection_id and evicts_on_error(err):
                 self.cache.evict(connection_id)
             raise err
 
@@ -371,6 +372,7 @@ class Client:
             "DeleteConnection",
             pb.DeleteConnectionRequest(connection_id=connection_id),
             timeout=timeout,
+            connection_id=connection_id,
         )
         self.cache.evict(connection_id)
 
