@@ -3,7 +3,7 @@
 // more than min(margin, 1/4 of its lifetime) is left, by the monotonic clock;
 // the least recently used connections are dropped past a capacity.
 
-import { ReconnectRequired } from "./errors";
+import { NotFound, ReconnectRequired } from "./errors";
 import type { Token } from "./types";
 
 interface Slot {
@@ -54,7 +54,7 @@ export class TokenCache {
           return t;
         },
         (e: unknown) => {
-          if (e instanceof ReconnectRequired) this.evict(connectionId);
+          if (e instanceof ReconnectRequired || e instanceof NotFound) this.evict(connectionId);
           throw e;
         },
       )

@@ -5,7 +5,7 @@
 import * as grpc from "@grpc/grpc-js";
 
 import { TokenCache } from "./cache";
-import { ReconnectRequired, TokendError, TransportError, toError } from "./errors";
+import { NotFound, ReconnectRequired, TokendError, TransportError, toError } from "./errors";
 import { EventStream, type WatchAllOptions, watchAllRequest } from "./events";
 import * as pb from "./gen/tokend/v1/tokend";
 import { BACKOFF_FIRST_MS } from "./stream";
@@ -186,7 +186,12 @@ export class Client {
     });
   }
 
-  /** One RPC: retried with backoff while the broker is unreachable; a ReconnectRequired evicts the connection's cached token. */
+  /**
+   * One RPC: retried with backoff while the broker is unreachable (no status
+   * from tokend; an UNAVAILABLE with RetryInfo is an answer and is thrown as
+   * Unavailable); a ReconnectRequired or NotFound evicts the connection's
+   * cached token.
+   */
   private async call<Req, Res>(method: Unary<Req, Res>, request: Req, connectionId?: string): Promise<Res> {
     if (this.closed) throw new TokendError(grpc.status.CANCELLED, "the Client is closed");
     let delay = BACKOFF_FIRST_MS;
@@ -195,7 +200,9 @@ export class Client {
         return await this.once(method, request);
       } catch (e) {
         const err = toError(e);
-        if (err instanceof ReconnectRequired && connectionId) this.cache.evict(connectionId);
+        if ((err instanceof ReconnectRequired || err instanceof NotFound) && connectionId) {
+          this.cache.evict(connectionId);
+        }
         if (!(err instanceof TransportError) || attempt >= this.transportRetries || this.closed) {
           if (err instanceof TransportError) {
             throw new TransportError(err.code, `cannot reach tokend at ${this.address}: ${err.message}`);

@@ -16,6 +16,7 @@ export {
   type TlsOptions,
 } from "./client";
 export {
+  Aborted,
   AlreadyExists,
   CursorExpired,
   DeadlineExceeded,
@@ -25,7 +26,9 @@ export {
   PermissionDenied,
   ProviderMisconfigured,
   ReconnectRequired,
+  RecordUnreadable,
   ResourceExhausted,
+  StillUnauthorized,
   TokendError,
   TransportError,
   Unauthenticated,
@@ -36,7 +39,7 @@ export {
 } from "./errors";
 export { EventStream, type WatchAllOptions } from "./events";
 export { useTokendAuth, type AxiosAuthOptions, type AxiosInstanceLike } from "./axios";
-export { authorizedFetch, type AuthorizedFetchOptions, type TokenSource } from "./fetch";
+export { authorizedFetch, type AuthorizedFetchOptions, type Second401, type TokenSource } from "./fetch";
 export { WatchStream } from "./watch";
 export {
   Token,
