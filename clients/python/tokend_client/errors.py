@@ -104,8 +104,9 @@ class Aborted(TokendError):
 class RecordUnreadable(TokendError):
     """Reason RECORD_UNREADABLE (FAILED_PRECONDITION or DATA_LOSS): tokend
     cannot open the stored record of `connection_id` (wrong or missing
-    encryption key, corruption). An operator problem; an install or delete
-    with ``force`` replaces or removes the record."""
+    encryption key, corruption). An operator problem; an
+    install or delete with ``force`` (the CLI's, or the proto's field)
+    replaces or removes the record."""
 
 
 class ReconnectRequired(TokendError):
