@@ -9,8 +9,8 @@
 // as axios gives any 401: an AxiosError, or a response under a permissive
 // validateStatus).
 
-import { StillUnauthorized } from "./errors";
-import { type Second401, type TokenSource, checkSecond401 } from "./fetch";
+import { StillUnauthorized } from "./errors.js";
+import { type Second401, type TokenSource, checkSecond401 } from "./fetch.js";
 
 /** The part of an axios instance the interceptors use. */
 export interface AxiosInstanceLike {

@@ -3,8 +3,8 @@
 // more than min(margin, 1/4 of its lifetime) is left, by the monotonic clock;
 // the least recently used connections are dropped past a capacity.
 
-import { NotFound, ReconnectRequired } from "./errors";
-import type { Token } from "./types";
+import { NotFound, ReconnectRequired } from "./errors.js";
+import type { Token } from "./types.js";
 
 interface Slot {
   token?: Token;

@@ -4,11 +4,11 @@
 
 import * as grpc from "@grpc/grpc-js";
 
-import { TokenCache } from "./cache";
-import { NotFound, ReconnectRequired, TokendError, TransportError, toError } from "./errors";
-import { EventStream, type WatchAllOptions, watchAllRequest } from "./events";
-import * as pb from "./gen/tokend/v1/tokend";
-import { BACKOFF_FIRST_MS } from "./stream";
+import { TokenCache } from "./cache.js";
+import { NotFound, ReconnectRequired, TokendError, TransportError, toError } from "./errors.js";
+import { EventStream, type WatchAllOptions, watchAllRequest } from "./events.js";
+import * as pb from "./gen/tokend/v1/tokend.js";
+import { BACKOFF_FIRST_MS } from "./stream.js";
 import {
   type Connection,
   type ConnectionEvent,
@@ -17,8 +17,8 @@ import {
   type WatchEvent,
   connectionFromPb,
   enumValue,
-} from "./types";
-import { WatchStream } from "./watch";
+} from "./types.js";
+import { WatchStream } from "./watch.js";
 
 /** TLS towards tokend; with `cert` and `key`, mutual TLS. */
 export interface TlsOptions {

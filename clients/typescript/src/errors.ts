@@ -25,6 +25,22 @@ export interface StatusDetails {
   fieldDescription: string;
 }
 
+/**
+ * The names of an error's classes, TokendError's subclasses down to its own,
+ * under a key every copy of this package shares: the ES module and CommonJS
+ * builds are two copies of each class, and `instanceof` must hold across them.
+ */
+const LINEAGE = Symbol.for("@tokend/client/error-lineage");
+
+function lineage(cls: Function): string[] {
+  const names: string[] = [];
+  for (let c: unknown = cls; typeof c === "function" && c !== Error && c !== Function.prototype;) {
+    names.push((c as Function).name);
+    c = Object.getPrototypeOf(c);
+  }
+  return names;
+}
+
 /** Any error a tokend call fails with. */
 export class TokendError extends Error {
   /** The gRPC status code. */
@@ -43,6 +59,18 @@ export class TokendError extends Error {
     this.reason = details.reason ?? "";
     this.metadata = Object.freeze({ ...details.metadata });
     this.retryAfterSeconds = details.retryAfterSeconds;
+    Object.defineProperty(this, LINEAGE, { value: Object.freeze(lineage(new.target)), enumerable: false });
+  }
+
+  /**
+   * `e instanceof NotFound` holds for a NotFound from either build of this
+   * package (`import` or `require`), not only from this one.
+   */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    if (Function.prototype[Symbol.hasInstance].call(this, value)) return true;
+    if (typeof value !== "object" || value === null) return false;
+    const names = (value as { [LINEAGE]?: unknown })[LINEAGE];
+    return Array.isArray(names) && names.includes(this.name);
   }
 
   /** The gRPC code's name, e.g. "NOT_FOUND". */

@@ -8,9 +8,9 @@
 // response), unless the caller chose `second401: "return"`. A
 // ReconnectRequired (or any broker error) is thrown as itself.
 
-import type { Rejected } from "./client";
-import { StillUnauthorized } from "./errors";
-import type { Token } from "./types";
+import type { Rejected } from "./client.js";
+import { StillUnauthorized } from "./errors.js";
+import type { Token } from "./types.js";
 
 /** What the wrapper needs from a Client. */
 export interface TokenSource {
