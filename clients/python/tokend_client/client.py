@@ -111,7 +111,8 @@ class Client:
         connection_id: str | None = None,
     ) -> Any:
         """One unary call: deadline, retries while unreachable, typed errors,
-        and eviction of the connection's cached token on ReconnectRequired."""
+        and eviction of the connection's cached token on ReconnectRequired or
+        NotFound, as the sans-IO core (_core.UnaryCall) decides."""
         if self._closed.is_set():
             raise ValueError("the Client is closed")
         call = _core.UnaryCall.start(
