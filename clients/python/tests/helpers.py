@@ -222,9 +222,11 @@ class Seen:
 @dataclass
 class Upstream:
     """A local HTTP API: 401 to every request carrying a token in
-    `rejected`, 200 otherwise; records what it was sent."""
+    `rejected` (or to every request with `reject_all`), 200 otherwise;
+    records what it was sent."""
 
     rejected: set[str] = field(default_factory=set)
+    reject_all: bool = False
     seen: list[Seen] = field(default_factory=list)
     server: ThreadingHTTPServer | None = None
 
@@ -243,7 +245,7 @@ class Upstream:
                 auth = self.headers.get("authorization") or ""
                 token = auth[len("Bearer ") :] if auth.startswith("Bearer ") else ""
                 upstream.seen.append(Seen(self.command, self.path, token, body))
-                status = 401 if token in upstream.rejected else 200
+                status = 401 if upstream.reject_all or token in upstream.rejected else 200
                 payload = b'{"ok": %s}' % (b"false" if status == 401 else b"true")
                 self.send_response(status)
                 self.send_header("content-type", "application/json")

@@ -118,6 +118,19 @@ async def test_reconnect_required_evicts_the_cached_token(
         await aclient.token(cid)
 
 
+async def test_not_found_evicts_the_cached_token(
+    aclient: tokend.AsyncClient, broker: Broker
+) -> None:
+    cid, _ = await install(aclient, broker, "async-gone")
+    await aclient.token(cid)
+    assert aclient.cache.peek(cid) is not None
+    async with tokend.AsyncClient(broker.target) as other:
+        await other.delete_connection(cid)
+    with pytest.raises(tokend.NotFound):
+        await aclient.get_token(cid)
+    assert aclient.cache.peek(cid) is None
+
+
 async def test_1000_concurrent_token_calls_cost_at_most_2_broker_calls(
     aclient: tokend.AsyncClient, broker: Broker
 ) -> None:

@@ -132,6 +132,35 @@ def test_typed_errors(client: tokend.Client, broker: Broker) -> None:
     assert isinstance(revoked.value, tokend.TokendError)
 
 
+def test_not_found_evicts_the_cached_token(client: tokend.Client, broker: Broker) -> None:
+    """A NotFound answer about a connection drops its cached token: the
+    connection was deleted elsewhere (another process, the CLI)."""
+    cid, _ = install(client, broker, "sync-gone")
+    client.token(cid)
+    assert client.cache.peek(cid) is not None
+    with tokend.Client(broker.target) as other:
+        other.delete_connection(cid)
+    with pytest.raises(tokend.NotFound):
+        client.get_token(cid)
+    assert client.cache.peek(cid) is None
+
+
+def test_unavailable_with_retry_info_is_not_retried(client: tokend.Client, broker: Broker) -> None:
+    """The broker's UNAVAILABLE (with RetryInfo) reaches the caller after
+    one call: only an unreachable broker is retried by the SDK."""
+    flaky, _ = install(client, broker, "sync-no-retry")
+    version = client.get_token(flaky).version
+    before = broker.rpc_count("ForceRefresh")
+    broker.fault(kind="status", status=503, count=5)
+    try:
+        with pytest.raises(tokend.Unavailable) as e:
+            client.force_refresh(flaky, rejected_version=version)
+    finally:
+        broker.clear_faults()
+    assert e.value.retry_after is not None and not isinstance(e.value, tokend.TransportError)
+    assert broker.rpc_count("ForceRefresh") == before + 1
+
+
 def test_provider_misconfigured(own_broker: Broker) -> None:
     """On a broker of its own: invalid_client trips the provider's breaker."""
     with tokend.Client(own_broker.target) as client:

@@ -3,9 +3,11 @@
 Against a local upstream that answers 401 to chosen tokens: a GET that gets
 a 401 is retried once with a ForceRefresh'ed token; a POST that gets a 401
 is not replayed (its 401 comes back, the token is still refreshed) unless
-opted in. Against the sandbox's /api/me with 2-second tokens: requests for
-13 s span at least 5 token expiries with 0 failed requests. A revoked
-grant surfaces as ReconnectRequired from the HTTP call itself."""
+opted in; a replay answered 401 again raises StillUnauthorized, or with
+second_401="return" comes back as the response. Against the sandbox's
+/api/me with 2-second tokens: requests for 13 s span at least 5 token
+expiries with 0 failed requests. A revoked grant surfaces as
+ReconnectRequired from the HTTP call itself."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 import requests
@@ -278,3 +281,99 @@ def test_401_helpers_across_5_token_expiries_without_a_failed_request(
                   f"after a 401, {len(tally.tokens)} tokens")  # fmt: skip
             tally.check()
         assert tallies["stale"].retried >= 5, "the sandbox never rejected an expired token"
+
+
+def reject_every_token(s: Scenario) -> str:
+    """The upstream refuses the current token and every refreshed one (a
+    token with the wrong scopes, say): the replay is answered 401 too."""
+    rejected = s.reject_current()
+    s.upstream.reject_all = True
+    return rejected
+
+
+def check_second_401_error(s: Scenario, e: tokend.StillUnauthorized, rejected: str) -> None:
+    assert isinstance(e, tokend.TokendError) and not isinstance(e, tokend.Unauthenticated)
+    assert e.connection_id == s.cid and e.status == 401
+    assert e.code == grpc.StatusCode.UNAUTHENTICATED and e.reason == "STILL_UNAUTHORIZED"
+    # Exactly one replay, with a fresh token; no refresh loop.
+    assert [x.method for x in s.upstream.seen] == ["GET", "GET"]
+    assert s.upstream.seen[0].token == rejected and s.upstream.seen[1].token != rejected
+    # The final response is handed over, its body readable; no token in the message.
+    assert e.response is not None and e.response.status_code == 401
+    assert e.response.content == b'{"ok": false}'
+    for x in s.upstream.seen:
+        assert x.token not in str(e) and x.token not in repr(e)
+
+
+def test_httpx_sync_second_401_raises_or_returns(scenario: Scenario) -> None:
+    s = scenario
+    url = s.upstream.url + "/v1/things"
+    with httpx.Client(auth=HttpxAuth(s.client, s.cid)) as http:
+        rejected = reject_every_token(s)
+        with pytest.raises(tokend.StillUnauthorized) as e:
+            http.get(url)
+        check_second_401_error(s, e.value, rejected)
+    with httpx.Client(auth=HttpxAuth(s.client, s.cid, second_401="return")) as http:
+        s.upstream.seen.clear()
+        r = http.get(url)
+        assert r.status_code == 401 and [h.status_code for h in r.history] == [401]
+        assert len(s.upstream.seen) == 2
+    with pytest.raises(ValueError, match="second_401"):
+        HttpxAuth(s.client, s.cid, second_401="ignore")  # type: ignore[arg-type]
+
+
+async def test_httpx_async_second_401_raises_or_returns(broker: Broker, upstream: Upstream) -> None:
+    url = upstream.url + "/v1/things"
+    with tokend.Client(broker.target) as sync_client:
+        s = Scenario(sync_client, broker, upstream)
+        async with tokend.AsyncClient(broker.target) as tokend_async:
+            rejected = reject_every_token(s)
+            async with httpx.AsyncClient(auth=HttpxAuth(tokend_async, s.cid)) as http:
+                with pytest.raises(tokend.StillUnauthorized) as e:
+                    await http.get(url)
+                check_second_401_error(s, e.value, rejected)
+            auth = HttpxAuth(tokend_async, s.cid, second_401="return")
+            async with httpx.AsyncClient(auth=auth) as http:
+                upstream.seen.clear()
+                r = await http.get(url)
+                assert r.status_code == 401 and [h.status_code for h in r.history] == [401]
+                assert len(upstream.seen) == 2
+            # A sync tokend Client behind httpx.AsyncClient: the same rule.
+            async with httpx.AsyncClient(auth=HttpxAuth(sync_client, s.cid)) as http:
+                with pytest.raises(tokend.StillUnauthorized):
+                    await http.get(url)
+
+
+def test_requests_second_401_raises_or_returns(scenario: Scenario) -> None:
+    s = scenario
+    url = s.upstream.url + "/v1/things"
+    with requests.Session() as http:
+        http.auth = RequestsAuth(s.client, s.cid)
+        rejected = reject_every_token(s)
+        with pytest.raises(tokend.StillUnauthorized) as e:
+            http.get(url, timeout=10)
+        check_second_401_error(s, e.value, rejected)
+        http.auth = RequestsAuth(s.client, s.cid, second_401="return")
+        s.upstream.seen.clear()
+        r = http.get(url, timeout=10)
+        assert r.status_code == 401 and [h.status_code for h in r.history] == [401]
+        assert len(s.upstream.seen) == 2
+    with pytest.raises(ValueError, match="second_401"):
+        RequestsAuth(s.client, s.cid, second_401="")  # type: ignore[arg-type]
+
+
+def test_a_post_not_replayed_returns_its_401_under_either_setting(scenario: Scenario) -> None:
+    """One 401 to a request that is not replayed comes back as a response
+    (no StillUnauthorized: nothing was retried), in every helper."""
+    s = scenario
+    url = s.upstream.url + "/v1/things"
+    for mode in ("raise", "return"):
+        with httpx.Client(auth=HttpxAuth(s.client, s.cid, second_401=mode)) as http:
+            reject_every_token(s)
+            assert http.post(url, json={"n": 1}).status_code == 401
+            assert len(s.upstream.seen) == 1
+        with requests.Session() as session:
+            session.auth = RequestsAuth(s.client, s.cid, second_401=mode)
+            s.upstream.seen.clear()
+            assert session.post(url, json={"n": 1}, timeout=10).status_code == 401
+            assert len(s.upstream.seen) == 1

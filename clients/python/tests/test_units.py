@@ -158,6 +158,13 @@ def info(reason: str, **metadata: str) -> error_details_pb2.ErrorInfo:
         ),
         (grpc.StatusCode.UNAVAILABLE, [info("PROVIDER_UNAVAILABLE")], tokend.Unavailable),
         (grpc.StatusCode.UNAVAILABLE, [], tokend.TransportError),
+        (grpc.StatusCode.ABORTED, [info("CONCURRENT_MODIFICATION")], tokend.Aborted),
+        (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            [info("RECORD_UNREADABLE", connection_id="c1")],
+            tokend.RecordUnreadable,
+        ),
+        (grpc.StatusCode.DATA_LOSS, [info("RECORD_UNREADABLE")], tokend.RecordUnreadable),
         (grpc.StatusCode.UNAUTHENTICATED, [info("UNAUTHENTICATED")], tokend.Unauthenticated),
         (grpc.StatusCode.PERMISSION_DENIED, [info("PERMISSION_DENIED")], tokend.PermissionDenied),
         (
@@ -179,12 +186,41 @@ def test_one_error_mapping(code: grpc.StatusCode, details: list[object], cls: ty
         retry_delay=duration_pb2.Duration(seconds=2, nanos=500_000_000)
     )
     bad = error_details_pb2.BadRequest(
-        field_violations=[error_details_pb2.BadRequest.FieldViolation(field="min_ttl_seconds")]
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field="min_ttl_seconds", description="d")
+        ]
     )
-    err = error_from_status(code, "m", status(code, *details, retry, bad))
+    # A TransportError has no status from tokend: no RetryInfo either.
+    extra = [bad] if cls is tokend.TransportError else [retry, bad]
+    err = error_from_status(code, "m", status(code, *details, *extra))
     assert type(err) is cls and err.code == code and str(err) == "m"
-    assert err.retry_after == 2.5 and err.field == "min_ttl_seconds"
+    assert err.field == "min_ttl_seconds" and err.description == "d"
+    assert err.retry_after == (None if cls is tokend.TransportError else 2.5)
     if isinstance(err, tokend.ReconnectRequired):
         assert (err.cause, err.provider_error) == ("ROTATION_LOST", "invalid_grant")
     if isinstance(err, tokend.CursorExpired):
         assert err.oldest_cursor == "abc"
+    if isinstance(err, tokend.RecordUnreadable) and code == grpc.StatusCode.FAILED_PRECONDITION:
+        assert err.connection_id == "c1"
+
+
+def test_unavailable_with_retry_info_is_not_a_transport_error() -> None:
+    """UNAVAILABLE with RetryInfo is an answer from tokend: surfaced as
+    Unavailable with retry_after, and never retried by the SDK."""
+    from tokend_client._transport import call_retryable
+
+    retry = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))
+    code = grpc.StatusCode.UNAVAILABLE
+    answered = error_from_status(code, "m", status(code, retry))
+    assert type(answered) is tokend.Unavailable and answered.retry_after == 1.0
+    assert not call_retryable(answered)
+    assert call_retryable(error_from_status(code, "m", None))
+
+
+def test_still_unauthorized_carries_the_response_and_no_token() -> None:
+    response = object()
+    e = tokend.StillUnauthorized("sandbox-a", response)
+    assert (e.connection_id, e.status, e.response) == ("sandbox-a", 401, response)
+    assert e.code == grpc.StatusCode.UNAUTHENTICATED and e.reason == "STILL_UNAUTHORIZED"
+    assert "sandbox-a" in str(e) and isinstance(e, tokend.TokendError)
+    assert not isinstance(e, tokend.Unauthenticated)

@@ -8,7 +8,8 @@
 - Typed errors (`TokendError` and subclasses) from the gRPC status and
   ErrorInfo / RetryInfo / BadRequest.
 - Refresh-and-retry on 401 for HTTP clients: `tokend_client.httpx_auth.TokendAuth`
-  and `tokend_client.requests_auth.TokendAuth`.
+  and `tokend_client.requests_auth.TokendAuth`; a 401 to the replay raises
+  `StillUnauthorized` (or, with ``second_401="return"``, comes back).
 """
 
 from tokend_client.aio import AsyncClient
@@ -16,6 +17,7 @@ from tokend_client.aio_streams import AsyncEventStream, AsyncWatchStream
 from tokend_client.cache import AsyncTokenCache, TokenCache
 from tokend_client.client import Client
 from tokend_client.errors import (
+    Aborted,
     AlreadyExists,
     CursorExpired,
     DeadlineExceeded,
@@ -24,7 +26,9 @@ from tokend_client.errors import (
     PermissionDenied,
     ProviderMisconfigured,
     ReconnectRequired,
+    RecordUnreadable,
     ResourceExhausted,
+    StillUnauthorized,
     TokendError,
     TransportError,
     Unauthenticated,
@@ -59,6 +63,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "Aborted",
     "AlreadyExists",
     "AsyncClient",
     "AsyncEventStream",
@@ -78,7 +83,9 @@ __all__ = [
     "ProviderError",
     "ProviderMisconfigured",
     "ReconnectRequired",
+    "RecordUnreadable",
     "ResourceExhausted",
+    "StillUnauthorized",
     "Token",
     "TokenCache",
     "TokenImport",

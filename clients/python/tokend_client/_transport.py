@@ -10,7 +10,13 @@ from typing import Any
 
 import grpc
 
-from tokend_client.errors import TokendError, TransportError, Unavailable
+from tokend_client.errors import (
+    NotFound,
+    ReconnectRequired,
+    TokendError,
+    TransportError,
+    Unavailable,
+)
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRIES = 5
@@ -120,8 +126,18 @@ class Backoff:
 
 
 def call_retryable(err: TokendError) -> bool:
-    """A unary call is retried only when tokend could not be reached."""
+    """A unary call is retried only when tokend could not be reached (no
+    gRPC status from tokend). Every answer from tokend is final, an
+    UNAVAILABLE with RetryInfo too: it surfaces as Unavailable with
+    `retry_after`, for the caller to decide."""
     return isinstance(err, TransportError)
+
+
+def evicts_on_error(err: TokendError) -> bool:
+    """Whether an error about a connection makes its cached token stale:
+    the grant is dead (ReconnectRequired) or the connection is gone
+    (NotFound)."""
+    return isinstance(err, (ReconnectRequired, NotFound))
 
 
 _STREAM_RETRY_CODES = frozenset(

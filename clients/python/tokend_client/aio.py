@@ -15,27 +15,18 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from tokend_client import _build
-from tokend_client._pb import pb, stub
-from tokend_client._transport import (
-    DEFAULT_RETRIES,
-    DEFAULT_TIMEOUT,
-    Backoff,
-    call_retryable,
-    make_settings,
-)
+from tokend_client import _build, _core
+from tokend_client._pb import stub
+from tokend_client._transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, make_settings
 from tokend_client.aio_streams import AsyncEventStream, AsyncWatchStream
 from tokend_client.cache import DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_MARGIN, AsyncTokenCache
-from tokend_client.client import _deadline_or, evicts
-from tokend_client.errors import ReconnectRequired, TokendError, error_from_rpc
+from tokend_client.errors import error_from_rpc
 from tokend_client.models import (
-    AuthorizationCode,
     Connection,
     ConnectionEvent,
     Grant,
     InstallResult,
     Token,
-    TokenImport,
     WatchEvent,
 )
 
@@ -112,26 +103,28 @@ class AsyncClient:
     ) -> Any:
         if self._closed:
             raise ValueError("the AsyncClient is closed")
-        s = self._settings
-        deadline = time.monotonic() + (timeout if timeout is not None else s.timeout)
-        backoff = Backoff(0.1, 2.0)
-        attempt = 0
+        call = _core.UnaryCall.start(
+            self._settings,
+            method,
+            request,
+            now=time.monotonic(),
+            timeout=timeout,
+            connection_id=connection_id,
+        )
         stub_method = getattr(self._stub, method)
+        metadata = self._settings.metadata
         while True:
-            remaining = max(deadline - time.monotonic(), 0.001)
             try:
-                return await stub_method(request, timeout=remaining, metadata=s.metadata)
+                return await stub_method(
+                    request, timeout=call.attempt_timeout(time.monotonic()), metadata=metadata
+                )
             except grpc.RpcError as e:
-                err: TokendError = _deadline_or(error_from_rpc(e), deadline)
-            if call_retryable(err) and attempt < s.retries and not self._closed:
-                delay = backoff.next()
-                if time.monotonic() + delay < deadline:
-                    attempt += 1
-                    await asyncio.sleep(delay)
-                    continue
-            if isinstance(err, ReconnectRequired) and connection_id:
-                self.cache.evict(connection_id)
-            raise err
+                step = call.failed(error_from_rpc(e), now=time.monotonic(), closed=self._closed)
+            if isinstance(step, _core.Fail):
+                if step.evict:
+                    self.cache.evict(step.evict)
+                raise step.error
+            await asyncio.sleep(step.delay)
 
     def _open_stream(self, method: str) -> Any:
         stub_method = getattr(self._stub, method)
@@ -147,7 +140,7 @@ class AsyncClient:
         return self._closed
 
     def _observe(self, event: WatchEvent | ConnectionEvent) -> None:
-        stale = evicts(event)
+        stale = _core.evicts(event)
         if stale:
             self.cache.evict(stale)
 
@@ -163,7 +156,7 @@ class AsyncClient:
             timeout=timeout,
             connection_id=connection_id,
         )
-        return Token.from_pb(r.token, received)
+        return _core.token_reply(r, received)
 
     async def token(self, connection_id: str) -> Token:
         """A valid token from the cache; concurrent callers share one fetch."""
@@ -184,9 +177,9 @@ class AsyncClient:
             timeout=timeout,
             connection_id=connection_id,
         )
-        token = Token.from_pb(r.token, received)
+        token, refreshed = _core.force_refresh_reply(r, received)
         self.cache.store(token)
-        return token, bool(r.refreshed)
+        return token, refreshed
 
     # -- installs ---------------------------------------------------------
 
@@ -201,8 +194,8 @@ class AsyncClient:
         replace: bool = False,
         timeout: float | None = None,
     ) -> InstallResult:
-        request = _build.install(provider, grant, connection_id, account_id, params, replace)
-        result = InstallResult.from_pb(await self._call("Install", request, timeout=timeout))
+        request = _core.install_request(provider, grant, connection_id, account_id, params, replace)
+        result = _core.install_reply(await self._call("Install", request, timeout=timeout))
         self.cache.evict(result.connection.connection_id)
         return result
 
@@ -218,7 +211,7 @@ class AsyncClient:
         params: Mapping[str, str] | None = None,
         replace: bool = False,
     ) -> InstallResult:
-        grant = AuthorizationCode(code, redirect_uri, code_verifier)
+        grant = _core.code_grant(code, redirect_uri, code_verifier)
         return await self.install(
             provider,
             grant,
@@ -242,8 +235,8 @@ class AsyncClient:
         params: Mapping[str, str] | None = None,
         replace: bool = False,
     ) -> InstallResult:
-        grant = TokenImport(
-            access_token, refresh_token, expires_in_seconds, tuple(scopes), token_type
+        grant = _core.import_grant(
+            access_token, refresh_token, expires_in_seconds, scopes, token_type
         )
         return await self.install(
             provider,
@@ -273,11 +266,11 @@ class AsyncClient:
     ) -> Connection:
         r = await self._call(
             "GetConnection",
-            pb.GetConnectionRequest(connection_id=connection_id),
+            _core.get_connection_request(connection_id),
             timeout=timeout,
             connection_id=connection_id,
         )
-        return Connection.from_pb(r.connection)
+        return _core.connection_reply(r)
 
     async def list_connections_page(
         self,
@@ -290,7 +283,7 @@ class AsyncClient:
     ) -> tuple[list[Connection], str]:
         request = _build.list_connections(provider, status, page_size, page_token)
         r = await self._call("ListConnections", request, timeout=timeout)
-        return [Connection.from_pb(c) for c in r.connections], r.next_page_token
+        return _core.page_reply(r)
 
     def list_connections(
         self,
@@ -319,8 +312,9 @@ class AsyncClient:
     async def delete_connection(self, connection_id: str, *, timeout: float | None = None) -> None:
         await self._call(
             "DeleteConnection",
-            pb.DeleteConnectionRequest(connection_id=connection_id),
+            _core.delete_connection_request(connection_id),
             timeout=timeout,
+            connection_id=connection_id,
         )
         self.cache.evict(connection_id)
 

@@ -3,8 +3,9 @@
 Per connection id, concurrent callers share one in-flight GetToken (its
 result, or its error). A cached token is handed out while more than
 ``min(margin, a quarter of its lifetime on receipt)`` is left, measured on
-the monotonic clock from receipt time + expires_in. ReconnectRequired (from
-any call, or a watch event) evicts the connection at once. The number of
+the monotonic clock from receipt time + expires_in. ReconnectRequired or
+NotFound from any call about the connection, or a watch event saying it
+needs reconnecting or is gone, evicts the connection at once. The number of
 cached connections is bounded; the least recently used goes first.
 
 `TokenCache` is thread-safe (for `Client`); `AsyncTokenCache` is safe for

@@ -11,53 +11,25 @@ from typing import Any
 
 import grpc
 
-from tokend_client import _build
-from tokend_client._pb import pb, stub
-from tokend_client._transport import (
-    DEFAULT_RETRIES,
-    DEFAULT_TIMEOUT,
-    Backoff,
-    call_retryable,
-    make_settings,
-)
+from tokend_client import _build, _core
+from tokend_client._pb import stub
+from tokend_client._transport import DEFAULT_RETRIES, DEFAULT_TIMEOUT, make_settings
 from tokend_client.cache import DEFAULT_CACHE_CAPACITY, DEFAULT_CACHE_MARGIN, TokenCache
-from tokend_client.errors import DeadlineExceeded, ReconnectRequired, TokendError, error_from_rpc
+from tokend_client.errors import error_from_rpc
 from tokend_client.models import (
-    AuthorizationCode,
     Connection,
     ConnectionEvent,
     Grant,
     InstallResult,
     Token,
-    TokenImport,
     WatchEvent,
 )
 from tokend_client.streams import EventStream, WatchStream
 
 __all__ = ["Client", "evicts"]
 
-
-def _deadline_or(err: TokendError, deadline: float) -> TokendError:
-    """DeadlineExceeded when the call's deadline has passed, whichever side
-    noticed first: the server cuts a call at its grpc-timeout with
-    CANCELLED ("Timeout expired")."""
-    if err.code == grpc.StatusCode.CANCELLED and time.monotonic() >= deadline - 0.05:
-        return DeadlineExceeded(
-            grpc.StatusCode.DEADLINE_EXCEEDED, err.message or "deadline exceeded", err.reason
-        )
-    return err
-
-
-def evicts(event: WatchEvent | ConnectionEvent) -> str | None:
-    """The connection whose cached token an event makes stale, if any: it
-    needs reconnecting, was deleted or was re-installed."""
-    if isinstance(event, WatchEvent):
-        if event.kind == "DELETED" or event.reconnect_required:
-            return event.connection.connection_id
-        return None
-    if event.event_type in ("RECONNECT_REQUIRED", "DELETED", "INSTALLED"):
-        return event.connection_id
-    return None
+# Kept importable from here, where it lived before the core.
+evicts = _core.evicts
 
 
 class Client:
@@ -139,29 +111,34 @@ class Client:
         connection_id: str | None = None,
     ) -> Any:
         """One unary call: deadline, retries while unreachable, typed errors,
-        and eviction of the connection's cached token on ReconnectRequired."""
+        and eviction of the connection's cached token on ReconnectRequired or
+        NotFound, as the sans-IO core (_core.UnaryCall) decides."""
         if self._closed.is_set():
             raise ValueError("the Client is closed")
-        s = self._settings
-        deadline = time.monotonic() + (timeout if timeout is not None else s.timeout)
-        backoff = Backoff(0.1, 2.0)
-        attempt = 0
+        call = _core.UnaryCall.start(
+            self._settings,
+            method,
+            request,
+            now=time.monotonic(),
+            timeout=timeout,
+            connection_id=connection_id,
+        )
         stub_method = getattr(self._stub, method)
+        metadata = self._settings.metadata
         while True:
-            remaining = max(deadline - time.monotonic(), 0.001)
             try:
-                return stub_method(request, timeout=remaining, metadata=s.metadata)
+                return stub_method(
+                    request, timeout=call.attempt_timeout(time.monotonic()), metadata=metadata
+                )
             except grpc.RpcError as e:
-                err: TokendError = _deadline_or(error_from_rpc(e), deadline)
-            if call_retryable(err) and attempt < s.retries and not self._closed.is_set():
-                delay = backoff.next()
-                if time.monotonic() + delay < deadline:
-                    attempt += 1
-                    time.sleep(delay)
-                    continue
-            if isinstance(err, ReconnectRequired) and connection_id:
-                self.cache.evict(connection_id)
-            raise err
+                step = call.failed(
+                    error_from_rpc(e), now=time.monotonic(), closed=self._closed.is_set()
+                )
+            if isinstance(step, _core.Fail):
+                if step.evict:
+                    self.cache.evict(step.evict)
+                raise step.error
+            time.sleep(step.delay)
 
     def _open_stream(self, method: str) -> Callable[[Any], Any]:
         stub_method = getattr(self._stub, method)
@@ -176,7 +153,7 @@ class Client:
         return open_call
 
     def _observe(self, event: WatchEvent | ConnectionEvent) -> None:
-        stale = evicts(event)
+        stale = _core.evicts(event)
         if stale:
             self.cache.evict(stale)
 
@@ -194,7 +171,7 @@ class Client:
             timeout=timeout,
             connection_id=connection_id,
         )
-        return Token.from_pb(r.token, received)
+        return _core.token_reply(r, received)
 
     def token(self, connection_id: str) -> Token:
         """A valid token from the local cache, asking the broker only when
@@ -222,9 +199,9 @@ class Client:
             timeout=timeout,
             connection_id=connection_id,
         )
-        token = Token.from_pb(r.token, received)
+        token, refreshed = _core.force_refresh_reply(r, received)
         self.cache.store(token)
-        return token, bool(r.refreshed)
+        return token, refreshed
 
     # -- installs ---------------------------------------------------------
 
@@ -244,8 +221,8 @@ class Client:
         client-credentials provider (then give `connection_id`). `params`
         fill the provider's per-connection endpoints, e.g. {"subdomain":
         "acme"}. A retried identical install has no second effect."""
-        request = _build.install(provider, grant, connection_id, account_id, params, replace)
-        result = InstallResult.from_pb(self._call("Install", request, timeout=timeout))
+        request = _core.install_request(provider, grant, connection_id, account_id, params, replace)
+        result = _core.install_reply(self._call("Install", request, timeout=timeout))
         self.cache.evict(result.connection.connection_id)
         return result
 
@@ -262,7 +239,7 @@ class Client:
         replace: bool = False,
     ) -> InstallResult:
         """Installs by exchanging an authorization code."""
-        grant = AuthorizationCode(code, redirect_uri, code_verifier)
+        grant = _core.code_grant(code, redirect_uri, code_verifier)
         return self.install(
             provider,
             grant,
@@ -287,8 +264,8 @@ class Client:
         replace: bool = False,
     ) -> InstallResult:
         """Installs by importing a token set obtained elsewhere."""
-        grant = TokenImport(
-            access_token, refresh_token, expires_in_seconds, tuple(scopes), token_type
+        grant = _core.import_grant(
+            access_token, refresh_token, expires_in_seconds, scopes, token_type
         )
         return self.install(
             provider,
@@ -319,11 +296,11 @@ class Client:
     def get_connection(self, connection_id: str, *, timeout: float | None = None) -> Connection:
         r = self._call(
             "GetConnection",
-            pb.GetConnectionRequest(connection_id=connection_id),
+            _core.get_connection_request(connection_id),
             timeout=timeout,
             connection_id=connection_id,
         )
-        return Connection.from_pb(r.connection)
+        return _core.connection_reply(r)
 
     def list_connections_page(
         self,
@@ -337,7 +314,7 @@ class Client:
         """One page: its connections and the next page's token ("" on the last)."""
         request = _build.list_connections(provider, status, page_size, page_token)
         r = self._call("ListConnections", request, timeout=timeout)
-        return [Connection.from_pb(c) for c in r.connections], r.next_page_token
+        return _core.page_reply(r)
 
     def list_connections(
         self,
@@ -369,8 +346,9 @@ class Client:
         """Forgets the connection and its tokens; watchers get DELETED."""
         self._call(
             "DeleteConnection",
-            pb.DeleteConnectionRequest(connection_id=connection_id),
+            _core.delete_connection_request(connection_id),
             timeout=timeout,
+            connection_id=connection_id,
         )
         self.cache.evict(connection_id)
 

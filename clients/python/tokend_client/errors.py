@@ -15,6 +15,7 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 __all__ = [
+    "Aborted",
     "AlreadyExists",
     "CursorExpired",
     "DeadlineExceeded",
@@ -23,7 +24,9 @@ __all__ = [
     "PermissionDenied",
     "ProviderMisconfigured",
     "ReconnectRequired",
+    "RecordUnreadable",
     "ResourceExhausted",
+    "StillUnauthorized",
     "TokendError",
     "TransportError",
     "Unauthenticated",
@@ -46,6 +49,7 @@ class TokendError(Exception):
         metadata: Mapping[str, str] | None = None,
         retry_after: float | None = None,
         field: str = "",
+        description: str = "",
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -56,6 +60,8 @@ class TokendError(Exception):
         self.retry_after = retry_after
         #: The offending request field (google.rpc.BadRequest), if any.
         self.field = field
+        #: What is wrong with `field` (google.rpc.BadRequest), if given.
+        self.description = description
 
     @property
     def connection_id(self) -> str:
@@ -80,12 +86,27 @@ class NotFound(TokendError):
 
 
 class InvalidArgument(TokendError):
-    """INVALID_ARGUMENT: `field` names the malformed request field."""
+    """INVALID_ARGUMENT: `field` names the malformed request field and
+    `description` says what is wrong with it."""
 
 
 class AlreadyExists(TokendError):
     """ALREADY_EXISTS: e.g. CONNECTION_ID_TAKEN, an install that would
     replace another account's grant without `replace=True`."""
+
+
+class Aborted(TokendError):
+    """ABORTED, reason CONCURRENT_MODIFICATION: another writer changed the
+    connection at the same time (or an expected version did not match).
+    Read the connection again and decide; the SDK does not retry it."""
+
+
+class RecordUnreadable(TokendError):
+    """Reason RECORD_UNREADABLE (FAILED_PRECONDITION or DATA_LOSS): tokend
+    cannot open the stored record of `connection_id` (wrong or missing
+    encryption key, corruption). An operator problem; an
+    install or delete with ``force`` (the CLI's, or the proto's field)
+    replaces or removes the record."""
 
 
 class ReconnectRequired(TokendError):
@@ -125,6 +146,33 @@ class TransportError(Unavailable):
     with backoff ran out (or the call's deadline passed)."""
 
 
+class StillUnauthorized(TokendError):
+    """Raised by the HTTP helpers (httpx, requests) when the upstream API
+    answered 401 again to the replay with a force-refreshed token: a fresh
+    token that is still refused means missing scopes or the provider's
+    side, not expiry. Not a broker error: `code` is UNAUTHENTICATED (HTTP
+    401's gRPC equivalent) and `reason` ``STILL_UNAUTHORIZED``, but it is no
+    subclass of `Unauthenticated` (which is tokend refusing the caller).
+
+    `status` is 401 and `response` the final response (its body read, its
+    connection released). Pass ``second_401="return"`` to the helper to get
+    that response back instead of this error. The message names the
+    connection, never the token."""
+
+    def __init__(self, connection_id: str, response: object = None, status: int = 401) -> None:
+        super().__init__(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"upstream rejected the refreshed token of connection {connection_id!r} "
+            f"(HTTP {status} again after a forced refresh)",
+            "STILL_UNAUTHORIZED",
+            {"connection_id": connection_id},
+        )
+        #: The upstream's HTTP status: 401.
+        self.status = status
+        #: The final response (httpx.Response or requests.Response).
+        self.response = response
+
+
 class DeadlineExceeded(TokendError):
     """DEADLINE_EXCEEDED: the call's deadline passed."""
 
@@ -156,6 +204,7 @@ _BY_CODE: dict[grpc.StatusCode, type[TokendError]] = {
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
@@ -180,7 +229,7 @@ def error_from_status(
     code: grpc.StatusCode, message: str, details: status_pb2.Status | None
 ) -> TokendError:
     """The typed error for a status code, message and rich details."""
-    reason, metadata, retry_after, field = "", {}, None, ""
+    reason, metadata, retry_after, field, description = "", {}, None, "", ""
     for detail in details.details if details is not None else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
@@ -195,18 +244,29 @@ def error_from_status(
             detail.Unpack(bad)
             if bad.field_violations:
                 field = bad.field_violations[0].field
+                description = bad.field_violations[0].description
     cls = _BY_CODE.get(code, TokendError)
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
+    if reason == "RECORD_UNREADABLE":
+        cls = RecordUnreadable
+    elif code == grpc.StatusCode.FAILED_PRECONDITION:
         if reason == "RECONNECT_REQUIRED":
             cls = ReconnectRequired
         elif reason == "PROVIDER_MISCONFIGURED":
             cls = ProviderMisconfigured
     elif code == grpc.StatusCode.OUT_OF_RANGE and reason == "CURSOR_EXPIRED":
         cls = CursorExpired
-    elif code == grpc.StatusCode.UNAVAILABLE and not reason:
-        # No ErrorInfo: the transport failed, not tokend.
+    elif code == grpc.StatusCode.UNAVAILABLE and not reason and retry_after is None:
+        # Neither ErrorInfo nor RetryInfo: the transport failed, not tokend.
         cls = TransportError
-    return cls(code, message, reason, metadata, retry_after, field or metadata.get("field", ""))
+    return cls(
+        code,
+        message,
+        reason,
+        metadata,
+        retry_after,
+        field or metadata.get("field", ""),
+        description,
+    )
 
 
 def error_from_rpc(e: grpc.RpcError) -> TokendError:

@@ -5,9 +5,12 @@ Bearer <token>`` from the client's cache. On a 401 it calls ForceRefresh
 with the version of the token that was sent, then retries ONCE with the new
 token. POST and PATCH are not replayed unless `replay_non_idempotent=True`
 (a replayed write can duplicate data): their 401 comes back as it is, and
-the token is still refreshed for the next request. A second 401 is returned
-as it is. ReconnectRequired and the other typed errors propagate from
-``client.get(...)`` as they are.
+the token is still refreshed for the next request. A second 401 (to the
+replay with the refreshed token) raises `tokend_client.StillUnauthorized`
+from ``client.get(...)``, carrying the final response (body read,
+connection released); with ``second_401="return"`` that response is
+returned instead. ReconnectRequired and the other typed errors propagate
+from ``client.get(...)`` as they are.
 
 Works in both httpx flows: with `httpx.Client` it needs a sync
 `tokend_client.Client`; with `httpx.AsyncClient` an `AsyncClient` (or a
@@ -21,11 +24,13 @@ from collections.abc import AsyncGenerator, Generator
 
 import httpx
 
+from tokend_client._http import Second401, check_second_401
 from tokend_client.aio import AsyncClient
 from tokend_client.client import Client
+from tokend_client.errors import StillUnauthorized
 from tokend_client.models import Token
 
-__all__ = ["TokendAuth", "REPLAYED_METHODS"]
+__all__ = ["TokendAuth", "REPLAYED_METHODS", "Second401"]
 
 #: Methods retried after a 401 without opting in.
 REPLAYED_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -41,10 +46,12 @@ class TokendAuth(httpx.Auth):
         connection_id: str,
         *,
         replay_non_idempotent: bool = False,
+        second_401: Second401 = "raise",
     ) -> None:
         self.tokend = tokend
         self.connection_id = connection_id
         self.replay_non_idempotent = replay_non_idempotent
+        self.second_401 = check_second_401(second_401)
 
     def __repr__(self) -> str:
         return f"TokendAuth(connection_id={self.connection_id!r})"
@@ -67,7 +74,10 @@ class TokendAuth(httpx.Auth):
         if not self.may_replay(request.method):
             return
         _authorize(request, fresh)
-        yield request
+        response = yield request
+        if response.status_code == 401 and self.second_401 == "raise":
+            response.read()  # the error hands it over readable; httpx closes it
+            raise StillUnauthorized(self.connection_id, response)
 
     async def async_auth_flow(
         self, request: httpx.Request
@@ -81,7 +91,10 @@ class TokendAuth(httpx.Auth):
         if not self.may_replay(request.method):
             return
         _authorize(request, fresh)
-        yield request
+        response = yield request
+        if response.status_code == 401 and self.second_401 == "raise":
+            await response.aread()
+            raise StillUnauthorized(self.connection_id, response)
 
     async def _token(self) -> Token:
         tokend = self.tokend

@@ -6,8 +6,11 @@ ForceRefresh with the version of the token that was sent, then retries ONCE
 with the new token. POST and PATCH are not replayed unless
 `replay_non_idempotent=True`: their 401 comes back as it is, and the token
 is still refreshed for the next request. A body that cannot be sent twice
-(a generator or a file) is never replayed. A second 401 is returned as it
-is. ReconnectRequired and the other typed errors propagate from
+(a generator or a file) is never replayed. A second 401 (to the replay with
+the refreshed token) raises `tokend_client.StillUnauthorized` from
+``session.get(...)``, carrying the final response (body read, connection
+released); with ``second_401="return"`` that response is returned instead.
+ReconnectRequired and the other typed errors propagate from
 ``session.get(...)`` as they are.
 """
 
@@ -20,9 +23,11 @@ import requests
 from requests.auth import AuthBase
 from requests.cookies import extract_cookies_to_jar
 
+from tokend_client._http import Second401, check_second_401
 from tokend_client.client import Client
+from tokend_client.errors import StillUnauthorized
 
-__all__ = ["TokendAuth", "REPLAYED_METHODS"]
+__all__ = ["TokendAuth", "REPLAYED_METHODS", "Second401"]
 
 #: Methods retried after a 401 without opting in.
 REPLAYED_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
@@ -30,11 +35,17 @@ REPLAYED_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 class TokendAuth(AuthBase):
     def __init__(
-        self, tokend: Client, connection_id: str, *, replay_non_idempotent: bool = False
+        self,
+        tokend: Client,
+        connection_id: str,
+        *,
+        replay_non_idempotent: bool = False,
+        second_401: Second401 = "raise",
     ) -> None:
         self.tokend = tokend
         self.connection_id = connection_id
         self.replay_non_idempotent = replay_non_idempotent
+        self.second_401 = check_second_401(second_401)
 
     def __repr__(self) -> str:
         return f"TokendAuth(connection_id={self.connection_id!r})"
@@ -77,4 +88,8 @@ class TokendAuth(AuthBase):
         second: requests.Response = adapter.send(retry, **kwargs)
         second.history.append(response)
         second.request = retry
+        if second.status_code == 401 and self.second_401 == "raise":
+            _ = second.content  # readable for the caller, the connection released
+            second.close()
+            raise StillUnauthorized(self.connection_id, second)
         return second

@@ -3,9 +3,14 @@
 // authorizedFetch: a Bearer token from the client's cache on every request;
 // on a 401, ForceRefresh naming the rejected version, then the request once
 // more with the new token; POST and PATCH (and stream bodies) are not
-// replayed unless opted in, and their 401 comes back as axios gave it.
+// replayed unless opted in, and their 401 comes back as axios gave it. A
+// replay answered 401 again rejects with StillUnauthorized (carrying axios's
+// response), unless the caller chose `second401: "return"` (then it comes back
+// as axios gives any 401: an AxiosError, or a response under a permissive
+// validateStatus).
 
-import type { TokenSource } from "./fetch";
+import { StillUnauthorized } from "./errors.js";
+import { type Second401, type TokenSource, checkSecond401 } from "./fetch.js";
 
 /** The part of an axios instance the interceptors use. */
 export interface AxiosInstanceLike {
@@ -20,6 +25,8 @@ export interface AxiosInstanceLike {
 }
 
 export interface AxiosAuthOptions {
+  /** A 401 to the replay: reject with StillUnauthorized ("raise", default) or pass it on as axios gave it ("return"). */
+  second401?: Second401;
   /** Also replay POST and PATCH after a 401: only where replaying a write is safe. */
   replayNonIdempotent?: boolean;
 }
@@ -53,6 +60,7 @@ export function useTokendAuth(
   connectionId: string,
   options: AxiosAuthOptions = {},
 ): () => void {
+  const second401 = checkSecond401(options.second401);
   const request = instance.interceptors.request.use(async (config: any) => {
     const token = await client.token(connectionId);
     setAuthorization(config, token.authorization);
@@ -61,9 +69,13 @@ export function useTokendAuth(
     return config;
   });
 
-  const retry = async (config: any, passOn: () => any): Promise<any> => {
+  const retry = async (config: any, response: any, passOn: () => any): Promise<any> => {
     const state: State | undefined = config?.[STATE];
-    if (!state || state.retried) return passOn();
+    if (!state) return passOn();
+    if (state.retried) {
+      if (second401 === "return") return passOn();
+      throw new StillUnauthorized(connectionId, response);
+    }
     // The next request carries a good token whether or not this one is replayed.
     await client.forceRefresh(connectionId, { version: state.version });
     const method = String(config.method ?? "get").toUpperCase();
@@ -75,11 +87,11 @@ export function useTokendAuth(
 
   const response = instance.interceptors.response.use(
     // A 401 the instance's validateStatus accepts arrives here...
-    (r: any) => (r?.status === 401 ? retry(r.config, () => r) : r),
+    (r: any) => (r?.status === 401 ? retry(r.config, r, () => r) : r),
     // ...and by default as an AxiosError.
     (e: any) =>
       e?.response?.status === 401
-        ? retry(e.config, () => {
+        ? retry(e.config, e.response, () => {
             throw e;
           })
         : Promise.reject(e),

@@ -3,8 +3,8 @@
 // more than min(margin, 1/4 of its lifetime) is left, by the monotonic clock;
 // the least recently used connections are dropped past a capacity.
 
-import { ReconnectRequired } from "./errors";
-import type { Token } from "./types";
+import { NotFound, ReconnectRequired } from "./errors.js";
+import type { Token } from "./types.js";
 
 interface Slot {
   token?: Token;
@@ -54,7 +54,7 @@ export class TokenCache {
           return t;
         },
         (e: unknown) => {
-          if (e instanceof ReconnectRequired) this.evict(connectionId);
+          if (e instanceof ReconnectRequired || e instanceof NotFound) this.evict(connectionId);
           throw e;
         },
       )

@@ -4,11 +4,11 @@
 
 import * as grpc from "@grpc/grpc-js";
 
-import { TokenCache } from "./cache";
-import { ReconnectRequired, TokendError, TransportError, toError } from "./errors";
-import { EventStream, type WatchAllOptions, watchAllRequest } from "./events";
-import * as pb from "./gen/tokend/v1/tokend";
-import { BACKOFF_FIRST_MS } from "./stream";
+import { TokenCache } from "./cache.js";
+import { NotFound, ReconnectRequired, TokendError, TransportError, toError } from "./errors.js";
+import { EventStream, type WatchAllOptions, watchAllRequest } from "./events.js";
+import * as pb from "./gen/tokend/v1/tokend.js";
+import { BACKOFF_FIRST_MS } from "./stream.js";
 import {
   type Connection,
   type ConnectionEvent,
@@ -17,8 +17,8 @@ import {
   type WatchEvent,
   connectionFromPb,
   enumValue,
-} from "./types";
-import { WatchStream } from "./watch";
+} from "./types.js";
+import { WatchStream } from "./watch.js";
 
 /** TLS towards tokend; with `cert` and `key`, mutual TLS. */
 export interface TlsOptions {
@@ -186,7 +186,12 @@ export class Client {
     });
   }
 
-  /** One RPC: retried with backoff while the broker is unreachable; a ReconnectRequired evicts the connection's cached token. */
+  /**
+   * One RPC: retried with backoff while the broker is unreachable (no status
+   * from tokend; an UNAVAILABLE with RetryInfo is an answer and is thrown as
+   * Unavailable); a ReconnectRequired or NotFound evicts the connection's
+   * cached token.
+   */
   private async call<Req, Res>(method: Unary<Req, Res>, request: Req, connectionId?: string): Promise<Res> {
     if (this.closed) throw new TokendError(grpc.status.CANCELLED, "the Client is closed");
     let delay = BACKOFF_FIRST_MS;
@@ -195,7 +200,9 @@ export class Client {
         return await this.once(method, request);
       } catch (e) {
         const err = toError(e);
-        if (err instanceof ReconnectRequired && connectionId) this.cache.evict(connectionId);
+        if ((err instanceof ReconnectRequired || err instanceof NotFound) && connectionId) {
+          this.cache.evict(connectionId);
+        }
         if (!(err instanceof TransportError) || attempt >= this.transportRetries || this.closed) {
           if (err instanceof TransportError) {
             throw new TransportError(err.code, `cannot reach tokend at ${this.address}: ${err.message}`);

@@ -25,6 +25,22 @@ export interface StatusDetails {
   fieldDescription: string;
 }
 
+/**
+ * The names of an error's classes, TokendError's subclasses down to its own,
+ * under a key every copy of this package shares: the ES module and CommonJS
+ * builds are two copies of each class, and `instanceof` must hold across them.
+ */
+const LINEAGE = Symbol.for("@tokend/client/error-lineage");
+
+function lineage(cls: Function): string[] {
+  const names: string[] = [];
+  for (let c: unknown = cls; typeof c === "function" && c !== Error && c !== Function.prototype;) {
+    names.push((c as Function).name);
+    c = Object.getPrototypeOf(c);
+  }
+  return names;
+}
+
 /** Any error a tokend call fails with. */
 export class TokendError extends Error {
   /** The gRPC status code. */
@@ -43,6 +59,18 @@ export class TokendError extends Error {
     this.reason = details.reason ?? "";
     this.metadata = Object.freeze({ ...details.metadata });
     this.retryAfterSeconds = details.retryAfterSeconds;
+    Object.defineProperty(this, LINEAGE, { value: Object.freeze(lineage(new.target)), enumerable: false });
+  }
+
+  /**
+   * `e instanceof NotFound` holds for a NotFound from either build of this
+   * package (`import` or `require`), not only from this one.
+   */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    if (Function.prototype[Symbol.hasInstance].call(this, value)) return true;
+    if (typeof value !== "object" || value === null) return false;
+    const names = (value as { [LINEAGE]?: unknown })[LINEAGE];
+    return Array.isArray(names) && names.includes(this.name);
   }
 
   /** The gRPC code's name, e.g. "NOT_FOUND". */
@@ -72,6 +100,21 @@ export class InvalidArgument extends TokendError {
 
 /** ALREADY_EXISTS, e.g. reason CONNECTION_ID_TAKEN: the id holds another account's grant (install with `replace`). */
 export class AlreadyExists extends TokendError {}
+
+/**
+ * ABORTED, reason CONCURRENT_MODIFICATION: another writer changed the
+ * connection at the same time. Read it again and decide; the client does not
+ * retry it.
+ */
+export class Aborted extends TokendError {}
+
+/**
+ * Reason RECORD_UNREADABLE (FAILED_PRECONDITION or DATA_LOSS): tokend cannot
+ * open the stored record of `connectionId` (a wrong or missing encryption
+ * key, corruption). An operator problem; install or deleteConnection with
+ * `force` replaces or removes the record.
+ */
+export class RecordUnreadable extends TokendError {}
 
 /**
  * FAILED_PRECONDITION, reason RECONNECT_REQUIRED: the grant is dead; only a
@@ -109,6 +152,33 @@ export class Unavailable extends TokendError {}
 
 /** UNAVAILABLE from the transport: the broker could not be reached (down, restarting, network), after the client's retries. */
 export class TransportError extends Unavailable {}
+
+/**
+ * Thrown by the HTTP helpers (authorizedFetch, useTokendAuth) when the
+ * upstream API answered 401 again to the replay with a force-refreshed token:
+ * a fresh token that is still refused means missing scopes or the provider's
+ * side, not expiry. Not a broker error: `code` is UNAUTHENTICATED (HTTP 401's
+ * gRPC equivalent) and `reason` "STILL_UNAUTHORIZED", but it is not an
+ * `Unauthenticated` (tokend refusing the caller). `response` is the final
+ * response (a fetch Response, body unread; an axios response). Pass
+ * `second401: "return"` to get that response back instead. The message names
+ * the connection, never the token.
+ */
+export class StillUnauthorized extends TokendError {
+  /** The upstream's HTTP status: 401. */
+  readonly status: number;
+  /** The final response: a fetch `Response` or an axios response. */
+  readonly response: unknown;
+  constructor(connectionId: string, response?: unknown, status = 401) {
+    super(
+      grpc.status.UNAUTHENTICATED,
+      `upstream rejected the refreshed token of connection ${JSON.stringify(connectionId)} (HTTP ${status} again after a forced refresh)`,
+      { reason: "STILL_UNAUTHORIZED", metadata: { connection_id: connectionId } },
+    );
+    this.status = status;
+    this.response = response;
+  }
+}
 
 /** DEADLINE_EXCEEDED: the call's deadline (`timeoutMs`) passed. */
 export class DeadlineExceeded extends TokendError {}
@@ -226,6 +296,7 @@ export function decodeStatusDetails(bin: Uint8Array | undefined): StatusDetails 
 /** The typed error for a status: `code`, its message, and the raw `grpc-status-details-bin` bytes. */
 export function errorFromStatus(code: grpc.status, message: string, detailsBin?: Uint8Array): TokendError {
   const d = decodeStatusDetails(detailsBin);
+  if (d.reason === "RECORD_UNREADABLE") return new RecordUnreadable(code, message, d);
   switch (code) {
     case grpc.status.NOT_FOUND:
       return new NotFound(code, message, d);
@@ -233,14 +304,16 @@ export function errorFromStatus(code: grpc.status, message: string, detailsBin?:
       return new InvalidArgument(code, message, d);
     case grpc.status.ALREADY_EXISTS:
       return new AlreadyExists(code, message, d);
+    case grpc.status.ABORTED:
+      return new Aborted(code, message, d);
     case grpc.status.FAILED_PRECONDITION:
       if (d.reason === "RECONNECT_REQUIRED") return new ReconnectRequired(code, message, d);
       if (d.reason === "PROVIDER_MISCONFIGURED") return new ProviderMisconfigured(code, message, d);
       return new TokendError(code, message, d);
     case grpc.status.UNAVAILABLE:
-      // Without tokend's ErrorInfo it comes from the transport: the broker
-      // is down, restarting or unreachable.
-      return d.domain === ERROR_DOMAIN || d.reason
+      // Without tokend's ErrorInfo (or RetryInfo) it comes from the
+      // transport: the broker is down, restarting or unreachable.
+      return d.domain === ERROR_DOMAIN || d.reason || d.retryAfterSeconds !== undefined
         ? new Unavailable(code, message, d)
         : new TransportError(code, message, d);
     case grpc.status.DEADLINE_EXCEEDED:

@@ -5,9 +5,9 @@
 
 import type * as grpc from "@grpc/grpc-js";
 
-import * as pb from "./gen/tokend/v1/tokend";
-import { ResilientStream } from "./stream";
-import { type ConnectionEvent, type ConnectionStatus, type EventType, enumValue, eventFromPb } from "./types";
+import * as pb from "./gen/tokend/v1/tokend.js";
+import { ResilientStream } from "./stream.js";
+import { type ConnectionEvent, type ConnectionStatus, type EventType, enumValue, eventFromPb } from "./types.js";
 
 export interface WatchAllOptions {
   /** Provider names, e.g. "hubspot". */

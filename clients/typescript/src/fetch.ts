@@ -4,10 +4,13 @@
 // request again ONCE with the new token. POST and PATCH are not replayed
 // unless the caller opted in (a replayed write can duplicate data): their
 // 401 response is returned as it came, and the next request gets the new
-// token. A ReconnectRequired (or any broker error) is thrown as itself.
+// token. A replay answered 401 again throws StillUnauthorized (carrying that
+// response), unless the caller chose `second401: "return"`. A
+// ReconnectRequired (or any broker error) is thrown as itself.
 
-import type { Rejected } from "./client";
-import type { Token } from "./types";
+import type { Rejected } from "./client.js";
+import { StillUnauthorized } from "./errors.js";
+import type { Token } from "./types.js";
 
 /** What the wrapper needs from a Client. */
 export interface TokenSource {
@@ -15,7 +18,23 @@ export interface TokenSource {
   forceRefresh(connectionId: string, rejected?: Rejected): Promise<{ token: Token; refreshed: boolean }>;
 }
 
+/**
+ * What an HTTP helper does when the replay with a force-refreshed token is
+ * answered 401 again: throw StillUnauthorized ("raise", the default) or
+ * return the 401 response ("return").
+ */
+export type Second401 = "raise" | "return";
+
+/** Checks a second401 option, for callers without the type checker. */
+export function checkSecond401(value: unknown): Second401 {
+  if (value === undefined) return "raise";
+  if (value === "raise" || value === "return") return value;
+  throw new TypeError(`second401 must be "raise" or "return", not ${JSON.stringify(value)}`);
+}
+
 export interface AuthorizedFetchOptions {
+  /** A 401 to the replay: throw StillUnauthorized ("raise", default) or return the response ("return"). */
+  second401?: Second401;
   /** Also replay POST and PATCH after a 401: only for APIs where that is safe (idempotency keys, upserts). */
   replayNonIdempotent?: boolean;
   /** The fetch to wrap (default: the global one). */
@@ -57,6 +76,7 @@ export function authorizedFetch(
   options: AuthorizedFetchOptions = {},
 ): (input: string | URL | Request, init?: RequestInit) => Promise<Response> {
   const send = options.fetch ?? ((request: Request) => fetch(request));
+  const second401 = checkSecond401(options.second401);
   return async function tokendFetch(input: string | URL | Request, init?: RequestInit): Promise<Response> {
     const request = new Request(input, init);
     const replayableMethod = IDEMPOTENT.has(request.method) || options.replayNonIdempotent === true;
@@ -73,6 +93,11 @@ export function authorizedFetch(
     if (!spare) return response;
     await response.body?.cancel().catch(() => undefined);
     spare.headers.set("authorization", fresh.authorization);
-    return send(spare);
+    const again = await send(spare);
+    if (again.status !== 401 || second401 === "return") return again;
+    // Read the body, releasing the connection, and hand it over readable.
+    const body = await again.arrayBuffer().catch(() => new ArrayBuffer(0));
+    const final = new Response(body, { status: again.status, statusText: again.statusText, headers: again.headers });
+    throw new StillUnauthorized(connectionId, final);
   };
 }

@@ -14,8 +14,9 @@ export {
   type ListConnectionsOptions,
   type Rejected,
   type TlsOptions,
-} from "./client";
+} from "./client.js";
 export {
+  Aborted,
   AlreadyExists,
   CursorExpired,
   DeadlineExceeded,
@@ -25,7 +26,9 @@ export {
   PermissionDenied,
   ProviderMisconfigured,
   ReconnectRequired,
+  RecordUnreadable,
   ResourceExhausted,
+  StillUnauthorized,
   TokendError,
   TransportError,
   Unauthenticated,
@@ -33,11 +36,11 @@ export {
   decodeStatusDetails,
   errorFromStatus,
   type StatusDetails,
-} from "./errors";
-export { EventStream, type WatchAllOptions } from "./events";
-export { useTokendAuth, type AxiosAuthOptions, type AxiosInstanceLike } from "./axios";
-export { authorizedFetch, type AuthorizedFetchOptions, type TokenSource } from "./fetch";
-export { WatchStream } from "./watch";
+} from "./errors.js";
+export { EventStream, type WatchAllOptions } from "./events.js";
+export { useTokendAuth, type AxiosAuthOptions, type AxiosInstanceLike } from "./axios.js";
+export { authorizedFetch, type AuthorizedFetchOptions, type Second401, type TokenSource } from "./fetch.js";
+export { WatchStream } from "./watch.js";
 export {
   Token,
   type Connection,
@@ -49,4 +52,4 @@ export {
   type ReconnectCause,
   type WatchEvent,
   type WatchEventKind,
-} from "./types";
+} from "./types.js";

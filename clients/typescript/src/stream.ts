@@ -8,7 +8,7 @@
 
 import * as grpc from "@grpc/grpc-js";
 
-import { toError } from "./errors";
+import { toError } from "./errors.js";
 
 // Codes after which a stream is opened again: the server went away (a
 // restart, the network) or failed in passing, rather than refusing it.

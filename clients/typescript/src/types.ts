@@ -5,7 +5,7 @@
 
 import { inspect } from "node:util";
 
-import * as pb from "./gen/tokend/v1/tokend";
+import * as pb from "./gen/tokend/v1/tokend.js";
 
 export type ConnectionStatus = "UNSPECIFIED" | "ACTIVE" | "RECONNECT_REQUIRED";
 export type ReconnectCause =

@@ -6,9 +6,9 @@
 
 import type * as grpc from "@grpc/grpc-js";
 
-import type * as pb from "./gen/tokend/v1/tokend";
-import { ResilientStream } from "./stream";
-import { type WatchEvent, watchEventFromPb } from "./types";
+import type * as pb from "./gen/tokend/v1/tokend.js";
+import { ResilientStream } from "./stream.js";
+import { type WatchEvent, watchEventFromPb } from "./types.js";
 
 export class WatchStream extends ResilientStream<pb.WatchConnectionResponse, WatchEvent> {
   /** @internal Use Client.watch. */

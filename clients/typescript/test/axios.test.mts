@@ -1,7 +1,8 @@
 // useTokendAuth, the axios interceptors: a Bearer token on each request, one
 // refresh-and-retry after a 401 for idempotent methods, POST not replayed
-// unless opted in (axios's own 401 error comes back), ReconnectRequired as
-// itself.
+// unless opted in (axios's own 401 error comes back), a replay answered 401
+// again rejects with StillUnauthorized (or with second401: "return" as axios's
+// 401), ReconnectRequired as itself.
 
 import assert from "node:assert/strict";
 import { createServer, type Server } from "node:http";
@@ -9,7 +10,7 @@ import { after, before, test } from "node:test";
 
 import axios, { AxiosError } from "axios";
 
-import { Client, ReconnectRequired, useTokendAuth } from "@tokend/client";
+import { Client, ReconnectRequired, StillUnauthorized, useTokendAuth } from "@tokend/client";
 
 import { Broker } from "./harness.mjs";
 
@@ -19,6 +20,7 @@ let server: Server;
 let url: string;
 const hits: { method: string; authorization: string; body: string }[] = [];
 const rejected = new Set<string>();
+let rejectAll = false;
 
 before(async () => {
   broker = await Broker.start();
@@ -32,7 +34,7 @@ before(async () => {
       body: Buffer.concat(chunks).toString(),
     };
     hits.push(hit);
-    res.writeHead(rejected.has(hit.authorization) ? 401 : 200, { "content-type": "application/json" });
+    res.writeHead(rejectAll || rejected.has(hit.authorization) ? 401 : 200, { "content-type": "application/json" });
     res.end(JSON.stringify({ body: hit.body }));
   });
   await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok));
@@ -102,4 +104,48 @@ test("axios: a revoked connection surfaces as ReconnectRequired itself", async (
   const api = axios.create({ baseURL: url });
   useTokendAuth(api, client, id);
   await assert.rejects(api.get("/me"), ReconnectRequired);
+});
+
+test("axios: a replay answered 401 again rejects with StillUnauthorized; second401: 'return' gives axios's 401", async (t) => {
+  t.after(() => {
+    rejectAll = false;
+  });
+  const { id, stale } = await rejectedOnce("ax-still");
+  rejectAll = true;
+  const api = axios.create({ baseURL: url });
+  useTokendAuth(api, client, id);
+  await assert.rejects(api.get("/me"), (e: unknown) => {
+    assert.ok(e instanceof StillUnauthorized, String(e));
+    assert.equal(e.connectionId, id);
+    assert.equal(e.status, 401);
+    assert.equal((e.response as { status: number }).status, 401, "axios's final response");
+    assert.ok(!e.message.includes(stale.slice(7)));
+    return true;
+  });
+  assert.deepEqual(
+    hits.map((h) => h.authorization === stale),
+    [true, false],
+    "one replay, with a refreshed token",
+  );
+
+  // The same under a validateStatus that accepts 401.
+  hits.length = 0;
+  const lenient = axios.create({ baseURL: url, validateStatus: () => true });
+  useTokendAuth(lenient, client, id);
+  await assert.rejects(lenient.get("/me"), StillUnauthorized);
+  assert.equal(hits.length, 2);
+
+  hits.length = 0;
+  const returning = axios.create({ baseURL: url });
+  useTokendAuth(returning, client, id, { second401: "return" });
+  await assert.rejects(returning.get("/me"), (e: unknown) => e instanceof AxiosError && e.response?.status === 401);
+  assert.equal(hits.length, 2);
+  const lenientReturning = axios.create({ baseURL: url, validateStatus: () => true });
+  useTokendAuth(lenientReturning, client, id, { second401: "return" });
+  assert.equal((await lenientReturning.get("/me")).status, 401);
+
+  // A POST that is not replayed: its one 401 comes back as axios gives it, under either setting.
+  hits.length = 0;
+  await assert.rejects(api.post("/contacts", { n: 1 }), (e: unknown) => e instanceof AxiosError);
+  assert.equal(hits.length, 1);
 });

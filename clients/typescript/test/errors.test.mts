@@ -8,6 +8,7 @@ import { after, before, test } from "node:test";
 import { inspect } from "node:util";
 
 import {
+  Aborted,
   AlreadyExists,
   Client,
   CursorExpired,
@@ -17,6 +18,7 @@ import {
   PermissionDenied,
   ProviderMisconfigured,
   ReconnectRequired,
+  RecordUnreadable,
   ResourceExhausted,
   TokendError,
   TransportError,
@@ -44,6 +46,16 @@ test("NOT_FOUND is NotFound, naming the connection", async () => {
     assert.equal(e.connectionId, "sandbox-missing");
     return true;
   });
+});
+
+test("NotFound for a connection deleted elsewhere evicts its cached token", async () => {
+  const { id } = await broker.install(client, "e-gone");
+  await client.token(id);
+  const n = client.cachedConnections;
+  const other = broker.client();
+  await other.deleteConnection(id);
+  await assert.rejects(client.getToken(id), NotFound);
+  assert.equal(client.cachedConnections, n - 1, "the deleted connection's token left the cache");
 });
 
 test("INVALID_ARGUMENT is InvalidArgument with the field from BadRequest", async () => {
@@ -204,6 +216,15 @@ test("the status mapping, from synthesized details", () => {
   assert.ok(map(5, errorInfo("CONNECTION_NOT_FOUND")) instanceof NotFound);
   assert.ok(map(6, errorInfo("CONNECTION_ID_TAKEN")) instanceof AlreadyExists);
   assert.ok(map(4) instanceof DeadlineExceeded);
+  assert.ok(map(10, errorInfo("CONCURRENT_MODIFICATION")) instanceof Aborted);
+  const unreadable = map(9, errorInfo("RECORD_UNREADABLE", { connection_id: "c1" }));
+  assert.ok(unreadable instanceof RecordUnreadable);
+  assert.equal(unreadable.connectionId, "c1");
+  assert.ok(map(15, errorInfo("RECORD_UNREADABLE")) instanceof RecordUnreadable, "DATA_LOSS too");
+  // UNAVAILABLE with RetryInfo is an answer from tokend, not a transport failure.
+  const answered = map(14, retryInfo(2));
+  assert.ok(answered instanceof Unavailable && !(answered instanceof TransportError));
+  assert.equal(answered.retryAfterSeconds, 2);
   const internal = map(13, errorInfo("INTERNAL"));
   assert.equal(internal.constructor, TokendError);
   assert.equal(internal.name, "TokendError");

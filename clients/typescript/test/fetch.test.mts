@@ -1,8 +1,9 @@
 // authorizedFetch, the refresh-and-retry wrapper of fetch: the sandbox's
 // /api/me across at least 5 token expiries with 0 failed requests; against a
 // local server, a POST that gets a 401 is not replayed unless opted in,
-// idempotent methods are, stream bodies never are; ReconnectRequired comes
-// out as itself.
+// idempotent methods are, stream bodies never are; a replay answered 401 again
+// throws StillUnauthorized (or with second401: "return" comes back);
+// ReconnectRequired comes out as itself.
 
 import assert from "node:assert/strict";
 import { createServer, type IncomingMessage, type Server } from "node:http";
@@ -12,6 +13,9 @@ import {
   Client,
   ReconnectRequired,
   type Rejected,
+  StillUnauthorized,
+  TokendError,
+  Unauthenticated,
   type Token,
   type TokenSource,
   authorizedFetch,
@@ -95,6 +99,8 @@ test("the sandbox's /api/me across at least 5 token expiries, with 0 failed requ
 class Upstream {
   readonly hits: { method: string; authorization: string; body: string }[] = [];
   readonly rejected = new Set<string>();
+  /** Refuse every token, refreshed ones too (a token without the scopes the API wants). */
+  rejectAll = false;
   private server!: Server;
   url = "";
 
@@ -108,7 +114,7 @@ class Upstream {
         body: Buffer.concat(chunks).toString(),
       };
       this.hits.push(hit);
-      const status = this.rejected.has(hit.authorization) ? 401 : 200;
+      const status = this.rejectAll || this.rejected.has(hit.authorization) ? 401 : 200;
       res.writeHead(status, { "content-type": "application/json" });
       res.end(JSON.stringify({ status, body: hit.body }));
     });
@@ -223,4 +229,52 @@ test("a revoked connection's 401 surfaces as ReconnectRequired itself", async ()
     "and the next request does not send the dead token",
   );
   assert.equal(upstream.hits.length, 1);
+});
+
+test("a replay answered 401 again throws StillUnauthorized with the final response; second401: 'return' returns it", async (t) => {
+  t.after(() => {
+    upstream.rejectAll = false;
+  });
+  const { id, stale } = await rejectedOnce("f-still");
+  upstream.rejectAll = true;
+  const api = authorizedFetch(client, id);
+  let thrown: unknown;
+  await assert.rejects(api(`${upstream.url}/x`), (e: unknown) => {
+    thrown = e;
+    return e instanceof StillUnauthorized;
+  });
+  const e = thrown as StillUnauthorized;
+  assert.ok(e instanceof TokendError && !(e instanceof Unauthenticated));
+  assert.equal(e.connectionId, id);
+  assert.equal(e.status, 401);
+  assert.equal(e.codeName, "UNAUTHENTICATED");
+  assert.equal(e.reason, "STILL_UNAUTHORIZED");
+  assert.deepEqual(
+    upstream.hits.map((h) => [h.method, h.authorization === stale]),
+    [
+      ["GET", true],
+      ["GET", false],
+    ],
+    "one replay, with a refreshed token, and no refresh loop",
+  );
+  const response = e.response as Response;
+  assert.equal(response.status, 401);
+  assert.deepEqual(await response.json(), { status: 401, body: "" }, "the final response, readable");
+  for (const h of upstream.hits) assert.ok(!e.message.includes(h.authorization.slice(7)), "no token in the message");
+
+  upstream.hits.length = 0;
+  const r = await authorizedFetch(client, id, { second401: "return" })(`${upstream.url}/x`);
+  assert.equal(r.status, 401);
+  assert.equal(upstream.hits.length, 2);
+  await r.arrayBuffer();
+
+  // A POST that is not replayed: its one 401 comes back under either setting.
+  for (const second401 of ["raise", "return"] as const) {
+    upstream.hits.length = 0;
+    const post = await authorizedFetch(client, id, { second401 })(`${upstream.url}/x`, { method: "POST", body: "b" });
+    assert.equal(post.status, 401);
+    assert.equal(upstream.hits.length, 1);
+    await post.arrayBuffer();
+  }
+  assert.throws(() => authorizedFetch(client, id, { second401: "ignore" as "raise" }), TypeError);
 });

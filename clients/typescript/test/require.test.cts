@@ -1,6 +1,7 @@
-// The package through `require` (CommonJS): it loads, it works against a live
-// broker, and `import` gives the very same classes, so errors thrown by one
-// are `instanceof` the other's (one copy of the code behind both).
+// The package through `require` (CommonJS): it resolves to dist/cjs, works
+// against a live broker, and `import` (dist/esm, a separate native ES module
+// build) exports the same names; errors thrown by either build are
+// `instanceof` the other's classes.
 
 import assert = require("node:assert/strict");
 import { after, before, test } from "node:test";
@@ -25,13 +26,26 @@ test("require('@tokend/client') works against a live broker", async () => {
   await assert.rejects(client.getToken("sandbox-cjs-missing"), tokend.NotFound);
 });
 
-test("import and require give the same classes", async () => {
+test("require resolves to the CommonJS build", () => {
+  assert.match(require.resolve("@tokend/client"), /\/dist\/cjs\/index\.js$/);
+});
+
+test("import and require: the same names, and errors of one are instanceof the other's classes", async () => {
   const esm = await import("@tokend/client");
-  for (const name of Object.keys(tokend) as (keyof typeof tokend)[]) {
-    assert.equal(esm[name], tokend[name], name);
-  }
   assert.deepEqual(Object.keys(esm).sort(), Object.keys(tokend).sort());
+  assert.notEqual(esm.Client, tokend.Client, "two builds, not one re-exported");
   const viaRequire = new tokend.Client(broker.target);
   await assert.rejects(viaRequire.getToken("sandbox-cjs-missing"), esm.NotFound);
+  await assert.rejects(viaRequire.getToken("sandbox-cjs-missing"), esm.TokendError);
   viaRequire.close();
+  const viaImport = new esm.Client(broker.target);
+  await assert.rejects(viaImport.getToken("sandbox-cjs-missing"), tokend.NotFound);
+  await assert.rejects(viaImport.getToken("not valid"), (e: unknown) => {
+    assert.ok(e instanceof tokend.InvalidArgument && !(e instanceof tokend.NotFound));
+    return true;
+  });
+  viaImport.close();
+  // Not every object passes: the check is by class lineage, not by shape.
+  assert.ok(!(new Error("x") instanceof tokend.TokendError));
+  assert.ok(!({ name: "NotFound" } instanceof esm.NotFound));
 });
