@@ -24,8 +24,9 @@ RUN cargo build --release --locked --bin tokend
 # What both images share: the user, the data dir, the defaults.
 FROM ${RUNTIME_IMAGE} AS base
 RUN useradd --system --uid 10001 --home-dir /var/lib/tokend tokend \
-    && mkdir -p /var/lib/tokend /etc/tokend \
-    && chown tokend:tokend /var/lib/tokend && chmod 0700 /var/lib/tokend
+    && mkdir -p /var/lib/tokend /etc/tokend/keys \
+    && chown tokend:tokend /var/lib/tokend /etc/tokend/keys \
+    && chmod 0700 /var/lib/tokend /etc/tokend/keys
 ENV TOKEND_DATA_DIR=/var/lib/tokend \
     TOKEND_CONFIG=/etc/tokend/tokend.toml \
     TOKEND_LISTEN=0.0.0.0:50051

@@ -2,7 +2,10 @@
 # Builds the container image from the Dockerfile with podman, rootless and
 # offline, and smoke-tests it: `tokend serve --sandbox` in the container,
 # /readyz, one Install and one GetToken from the host's CLI, then a restart
-# on the same volume that still serves the connection.
+# on the same volume that still serves the connection. Then the two-replica
+# trial of deploy/compose with podman-compose: the fleet's key file, the
+# migration, two replicas on one PostgreSQL; a connection installed through
+# one replica is served by the other, and a refresh on either is seen by both.
 #
 # Offline means no registry for base images: the runtime base is a minimal
 # Debian made here with mmdebstrap from the machine's own apt sources (cached
@@ -22,7 +25,7 @@ die() { printf 'container smoke FAILED: %s\n' "$*" >&2; exit 1; }
 
 # --- tools -------------------------------------------------------------------
 need=()
-for tool in podman:podman runc:runc newuidmap:uidmap mmdebstrap:mmdebstrap curl:curl; do
+for tool in podman:podman podman-compose:podman-compose runc:runc newuidmap:uidmap mmdebstrap:mmdebstrap curl:curl; do
   command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
 done
 if ((${#need[@]})); then
@@ -56,14 +59,23 @@ else
   HOME_DIR=$HOME
   as_builder() { "$@"; }
 fi
-# runc: Debian 12's crun refuses the hybrid cgroup layout some machines have.
-podman_() { as_builder podman --runtime runc "$@"; }
-
 WORK=$(mktemp -d)
 chmod 0755 "$WORK"
+# runc: Debian 12's crun refuses the hybrid cgroup layout some machines have.
+# Through CONTAINERS_CONF, so that podman-compose's podman calls use it too.
+printf '[engine]\nruntime = "runc"\n' >"$WORK/containers.conf"
+chmod 0644 "$WORK/containers.conf"
+export CONTAINERS_CONF=$WORK/containers.conf
+podman_() { as_builder env CONTAINERS_CONF="$CONTAINERS_CONF" podman "$@"; }
+compose_() {
+  (cd "$WORK/compose" && as_builder env CONTAINERS_CONF="$CONTAINERS_CONF" \
+    TOKEND_IMAGE=localhost/tokend:smoke POSTGRES_IMAGE=localhost/tokend-test-postgres:15 \
+    podman-compose "$@")
+}
 cleanup() {
   podman_ rm -f tokend-smoke >/dev/null 2>&1 || true
   podman_ volume rm -f tokend-smoke-data >/dev/null 2>&1 || true
+  [[ -d $WORK/compose ]] && compose_ down --volumes >/dev/null 2>&1 || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -141,5 +153,50 @@ again=$("$BIN" token get sandbox-portal-123) || die "GetToken after the restart 
 if podman_ logs tokend-smoke 2>&1 | grep -qF "$token"; then
   die "the access token appears in the container's log"
 fi
+podman_ rm -f tokend-smoke >/dev/null
+
+# --- the two-replica trial (deploy/compose) ------------------------------------
+say "compose trial: a stand-in postgres image (Debian's PostgreSQL on the base)"
+podman_ build --quiet --pull=never --network host --build-arg "BASE=$BASE" \
+  -t localhost/tokend-test-postgres:15 -f "$ROOT/tests/container/postgres.Containerfile" \
+  "$ROOT/tests/container" >/dev/null || die "the stand-in postgres image did not build"
+cp -r "$ROOT/deploy/compose" "$WORK/compose"
+chmod -R a+rX "$WORK/compose"
+# The README's steps (docker compose run --rm keys; up -d), one service at a
+# time: podman-compose 1.0 does not wait on depends_on conditions.
+say "compose trial: keys, postgres, migrate, sandbox, two replicas"
+compose_ down --volumes >/dev/null 2>&1 || true
+compose_ run --no-deps -T --rm keys >"$WORK/keys.log" 2>&1 || { cat "$WORK/keys.log" >&2; die "keys init failed"; }
+grep -q "created /etc/tokend/keys/tokend.keys" "$WORK/keys.log" || { cat "$WORK/keys.log" >&2; die "keys init said nothing"; }
+compose_ up -d --no-deps postgres >/dev/null 2>&1 || die "postgres did not start"
+# migrate until PostgreSQL accepts it (a minute at most; the first start initdbs)
+migrated=false
+for _ in $(seq 60); do
+  compose_ run --no-deps -T --rm migrate >"$WORK/migrate.log" 2>&1 && { migrated=true; break; }
+  sleep 1
+done
+$migrated || { cat "$WORK/migrate.log" >&2; die "migrate failed"; }
+compose_ up -d --no-deps sandbox tokend-a tokend-b >/dev/null 2>&1 || die "the replicas did not start"
+A=http://127.0.0.1:50061 B=http://127.0.0.1:50062
+export TOKEND_API_KEY=trial-key
+up() { for _ in $(seq 150); do TOKEND_ENDPOINT=$1 "$BIN" connections list >/dev/null 2>&1 && return 0; sleep 0.2; done; return 1; }
+up "$A" && up "$B" || { compose_ logs >&2 || true; die "the replicas did not answer"; }
+CODE=$(curl -fsS -XPOST http://127.0.0.1:50052/sandbox/codes -H 'content-type: application/json' \
+  -d '{"account_id":"portal-9","scopes":["crm"]}' | sed 's/.*"code":"\([^"]*\)".*/\1/')
+TOKEND_ENDPOINT=$A "$BIN" install --provider sandbox --code "$CODE" >/dev/null || die "Install through replica a failed"
+on_b=$(TOKEND_ENDPOINT=$B "$BIN" token get sandbox-portal-9) || die "replica b does not serve what a installed"
+on_a=$(TOKEND_ENDPOINT=$A "$BIN" token get sandbox-portal-9) || die "GetToken on replica a failed"
+[[ -n $on_b && $on_a == "$on_b" ]] || die "the replicas serve different tokens"
+TOKEND_ENDPOINT=$B "$BIN" token refresh sandbox-portal-9 --rejected-version 1 >/dev/null || die "ForceRefresh on replica b failed"
+fresh=""
+for _ in $(seq 50); do
+  fresh=$(TOKEND_ENDPOINT=$A "$BIN" token get sandbox-portal-9) || die "GetToken on replica a failed"
+  [[ $fresh != "$on_a" ]] && break
+  sleep 0.1
+done
+[[ $fresh != "$on_a" ]] || die "replica a still serves the token replica b replaced"
+compose_ logs 2>/dev/null | grep -qF -e "$on_a" -e "$fresh" && die "a token appears in the trial's logs"
+compose_ down --volumes >/dev/null 2>&1 || true
+
 size=$(podman_ image inspect --format '{{.Size}}' localhost/tokend:smoke)
-say "ok: image $((size / 1000000)) MB ($BIN), non-root, served GetToken, kept it across a restart"
+say "ok: image $((size / 1000000)) MB ($BIN), non-root, served GetToken, kept it across a restart; the compose trial's two replicas served one connection"

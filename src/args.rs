@@ -100,6 +100,10 @@ pub(crate) enum Command {
 
 #[derive(Subcommand)]
 pub(crate) enum KeysCommand {
+    /// Create a new key file (0600) for a fleet of replicas to share before
+    /// any of them starts; refused if the file exists. A single server makes
+    /// its own at first start.
+    Init(KeyFileArgs),
     /// Add a new key and make it the one new writes use. A running tokend
     /// notices within seconds and re-encrypts every record online; old keys
     /// keep decrypting until it has.

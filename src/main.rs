@@ -65,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Serve(args) => serve(args).await,
             Command::CheckConfig(args) => check_config(&args),
             Command::Sandbox(args) => sandbox(args).await,
+            Command::Keys(KeysCommand::Init(args)) => init_keys(&args),
             Command::Keys(KeysCommand::Rotate(args)) => rotate_keys(&args),
             Command::Keys(KeysCommand::Retire { key_id, file }) => retire_key(key_id, &file).await,
             Command::Token { client, command } => cli::token(&client, command).await,
@@ -423,6 +424,31 @@ async fn retire_key(key_id: u32, args: &KeyFileArgs) -> anyhow::Result<()> {
 }
 
 /// `tokend keys rotate`.
+fn init_keys(args: &KeyFileArgs) -> anyhow::Result<()> {
+    let path = args.path();
+    if path.exists() {
+        anyhow::bail!(
+            "{} exists: a key file is never replaced (its keys may seal records); `tokend keys rotate` adds a key",
+            path.display()
+        );
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let (_, created) = tokend_store::crypto::load_or_create_key_file(&path)
+        .with_context(|| format!("cannot create the key file {}", path.display()))?;
+    anyhow::ensure!(
+        created,
+        "{} appeared meanwhile; left as it is",
+        path.display()
+    );
+    println!(
+        "created {} (0600): give every replica this file (--key-file / TOKEND_KEY_FILE), and back it up apart from the database",
+        path.display()
+    );
+    Ok(())
+}
+
 fn rotate_keys(args: &KeyFileArgs) -> anyhow::Result<()> {
     let path = args.path();
     let id = keys::rotate(&path).with_context(|| {

@@ -745,3 +745,32 @@ async fn register_client_registers_and_prints_a_working_provider_section() {
     }
     assert_eq!(std::fs::read_to_string(&secret_file).unwrap(), secret);
 }
+
+/// `tokend keys init` makes a fleet's key file (0600) that `keys rotate`
+/// then accepts, and never replaces one that exists: its keys may seal
+/// records.
+#[test]
+fn keys_init_creates_a_key_file_once() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleet/tokend.keys");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .args(args)
+            .env_remove("TOKEND_KEY_FILE")
+            .output()
+            .unwrap()
+    };
+    let file = path.to_str().unwrap();
+    let made = run(&["keys", "init", "--key-file", file]);
+    assert!(made.status.success(), "{made:?}");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let before = std::fs::read(&path).unwrap();
+    let again = run(&["keys", "init", "--key-file", file]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never replaced"));
+    assert_eq!(std::fs::read(&path).unwrap(), before, "left as it was");
+    let rotated = run(&["keys", "rotate", "--key-file", file]);
+    assert!(rotated.status.success(), "{rotated:?}");
+}

@@ -201,6 +201,16 @@ pub fn for_import(
         .collect()
 }
 
+/// The recorded key ids that `keys` do not hold (no key under that id, or
+/// another key): records sealed with them cannot be opened with `keys`.
+pub fn unheld(recorded: &Recorded, keys: &Keyring) -> Vec<u32> {
+    recorded
+        .iter()
+        .filter(|(id, check)| keys.verify_key_check(**id, check) != KeyMatch::Holds)
+        .map(|(id, _)| *id)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,14 +314,4 @@ mod tests {
         assert_eq!(keys.verify_key_check(2, &check), KeyMatch::Missing);
         assert!(keys.key_check(2).is_none());
     }
-}
-
-/// The recorded key ids that `keys` do not hold (no key under that id, or
-/// another key): records sealed with them cannot be opened with `keys`.
-pub fn unheld(recorded: &Recorded, keys: &Keyring) -> Vec<u32> {
-    recorded
-        .iter()
-        .filter(|(id, check)| keys.verify_key_check(**id, check) != KeyMatch::Holds)
-        .map(|(id, _)| *id)
-        .collect()
 }
