@@ -52,6 +52,8 @@ fn the_test_command_names_every_tool_it_cannot_install() {
         "chromium: sudo apt-get install -y chromium",
         "promtool: sudo apt-get install -y prometheus",
         "python3: sudo apt-get install -y python3",
+        "podman: sudo apt-get install -y podman",
+        "mmdebstrap: sudo apt-get install -y mmdebstrap",
         "standardwebhooks",
     ] {
         assert!(stderr.contains(named), "{named:?} not named in: {stderr}");
