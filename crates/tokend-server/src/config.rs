@@ -650,12 +650,104 @@ impl FileConfig {
         listen: SocketAddr,
         env: impl Fn(&str) -> Option<String>,
     ) -> Vec<String> {
-        let mut problems = Vec::new();
+        self.located_problems(listen, env)
+            .into_iter()
+            .map(|p| p.message)
+            .collect()
+    }
+
+    /// [`FileConfig::problems`], one a problem (every problem of every
+    /// table, not the first of each), each with the key path it is about.
+    pub fn located_problems(
+        &self,
+        listen: SocketAddr,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Vec<Problem> {
+        let mut located = Vec::new();
         for (name, section) in &self.providers {
-            if let Err(e) = section.resolve(name, &env) {
-                problems.push(e.to_string());
+            if let Err(faults) = section.resolve_all(name, &env) {
+                for fault in faults {
+                    let mut key = vec!["providers".to_owned(), name.clone()];
+                    key.extend(fault.key);
+                    let message = format!("provider {name}: {}", fault.reason);
+                    located.push(Problem { key, message });
+                }
             }
         }
+        for problem in self.other_problems(listen, &env) {
+            located.extend(crate::config_check::split_joined(&problem).into_iter().map(
+                |message| Problem {
+                    key: self.key_named(&message),
+                    message,
+                },
+            ));
+        }
+        located
+    }
+
+    /// What `check-config` warns about without refusing: `serve` only
+    /// warns about these too.
+    pub fn warnings(&self) -> Vec<Problem> {
+        self.providers
+            .iter()
+            .filter_map(|(name, section)| {
+                let fault = section.plain_http_warning()?;
+                let mut key = vec!["providers".to_owned(), name.clone()];
+                key.extend(fault.key);
+                let message = format!("provider {name}: {}", fault.reason);
+                Some(Problem { key, message })
+            })
+            .collect()
+    }
+
+    /// The key path a problem of a section without its own keyed checks
+    /// is about, from the prefix its resolver writes: `identity NAME: `
+    /// or `webhook "NAME": ` (the table's entry), then `KEY = VALUE` as
+    /// [`crate::ranges::Range::check`] writes it.
+    fn key_named(&self, message: &str) -> Vec<String> {
+        let mut key = Vec::new();
+        let mut rest = message;
+        for (prefix, table) in [("identity ", "identities"), ("webhook ", "webhooks")] {
+            let Some((name, tail)) = message
+                .strip_prefix(prefix)
+                .and_then(|m| m.split_once(": "))
+            else {
+                continue;
+            };
+            let name = name.trim_matches('"');
+            let index = if table == "identities" {
+                self.identities.iter().position(|i| i.name == name)
+            } else {
+                self.webhooks.iter().position(|w| w.name == name)
+            };
+            if let Some(index) = index {
+                key = vec![table.to_owned(), index.to_string()];
+                rest = tail;
+            }
+        }
+        // `KEY = VALUE ...` or `KEY: ...`.
+        let end = [rest.find(" = "), rest.find(": ")]
+            .into_iter()
+            .flatten()
+            .min();
+        if let Some(path) = end.map(|i| &rest[..i])
+            && !path.is_empty()
+            && path
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.".contains(c))
+        {
+            key.extend(path.split('.').map(str::to_owned));
+        }
+        key
+    }
+
+    /// The problems of every section but the providers'.
+    fn other_problems(
+        &self,
+        listen: SocketAddr,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
         if let Err(e) = self.limits() {
             problems.push(e.to_string());
         }
@@ -674,7 +766,7 @@ impl FileConfig {
         if let Err(e) = self.cache_capacity() {
             problems.push(e.to_string());
         }
-        if let Err(e) = self.webhooks(&env) {
+        if let Err(e) = self.webhooks(env) {
             problems.push(e);
         }
         let limits = self.limits().unwrap_or_default();
@@ -731,6 +823,15 @@ impl FileConfig {
             .map(|(name, section)| section.resolve(name, &env))
             .collect()
     }
+}
+
+/// One problem of a config file: the key path it is about (`providers`,
+/// `hub`, `token_url`; an array's entry by its index; empty: the file as a
+/// whole), and the message `check-config` prints. Never holds a secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: Vec<String>,
+    pub message: String,
 }
 
 /// A secret from `<key>_env` (an environment variable's name) or
@@ -971,6 +1072,10 @@ impl ProviderSection {
         name: &str,
         env: &impl Fn(&str) -> Option<String>,
     ) -> Result<ProviderConfig, ConfigError> {
+        // `check-config` lists it with the other problems instead.
+        if let Some(warning) = self.plain_http_warning() {
+            tracing::warn!(provider = name, "{}", warning.reason);
+        }
         self.resolve_all(name, env)
             .map_err(|faults| ConfigError::Provider {
                 name: name.to_owned(),
@@ -1115,9 +1220,6 @@ impl ProviderSection {
         };
         if self.client_id.is_empty() {
             f.add(&["client_id"], "client_id is required".into());
-        }
-        if let Some(warning) = self.plain_http_warning() {
-            tracing::warn!(provider = name, "{}", warning.reason);
         }
         let public = matches!(
             self.client_auth,
@@ -1874,13 +1976,18 @@ mod tests {
             "{all}"
         );
         assert!(all.contains("provider b: token_url is required"), "{all}");
+        // Issue 26: the second problem of b's table too, not only the first.
+        assert!(
+            all.contains("provider b: client_secret_env: environment variable B_SECRET is not set"),
+            "{all}"
+        );
         assert!(
             all.contains("limits.max_concurrent_streams = 0 is out of range"),
             "{all}"
         );
         assert!(all.contains("identity svc"), "{all}");
         assert!(all.contains("without [tls]"), "{all}");
-        assert_eq!(problems.len(), 5, "{all}");
+        assert_eq!(problems.len(), 6, "{all}");
         assert!(
             FileConfig::default()
                 .problems("127.0.0.1:50051".parse().unwrap(), |_| None)
