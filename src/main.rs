@@ -320,7 +320,11 @@ fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
         let message = format!("{e:#}");
         // A range it refused is listed already, by `check_ranges`.
         if !problems.iter().any(|p| p.message == message) {
-            let key = if message.starts_with("[store] tls") { "tls" } else { "url_env" };
+            let key = if message.starts_with("[store] tls") {
+                "tls"
+            } else {
+                "url_env"
+            };
             problems.push(tokend_server::config::Problem {
                 key: vec!["store".into(), key.into()],
                 message,

@@ -979,8 +979,12 @@ impl ProviderSection {
     /// `tls_client_auth`, allowed with any method) and private roots.
     fn tls(&self) -> Result<Option<tokend_provider::ClientTls>, (Vec<String>, String)> {
         let read = |key: &str, path: &Path| {
-            std::fs::read(path)
-                .map_err(|e| (vec![key.to_owned()], format!("cannot read {key} {}: {e}", path.display())))
+            std::fs::read(path).map_err(|e| {
+                (
+                    vec![key.to_owned()],
+                    format!("cannot read {key} {}: {e}", path.display()),
+                )
+            })
         };
         let identity = match (&self.tls_client_cert_file, &self.tls_client_key_file) {
             (Some(cert), Some(key)) => {
@@ -1042,8 +1046,12 @@ impl ProviderSection {
             if name.is_empty() {
                 return Err((vec![key.to_owned()], format!("{key} has an empty name")));
             }
-            tokend_provider::UrlTemplate::parse(value)
-                .map_err(|e| (vec![key.to_owned(), name.clone()], format!("{key}.{name}: {e}")))?;
+            tokend_provider::UrlTemplate::parse(value).map_err(|e| {
+                (
+                    vec![key.to_owned(), name.clone()],
+                    format!("{key}.{name}: {e}"),
+                )
+            })?;
         }
         Ok(table.clone().into_iter().collect())
     }
@@ -1058,7 +1066,10 @@ impl ProviderSection {
                 lower.as_str(),
                 "authorization" | "content-type" | "content-length" | "host" | "transfer-encoding"
             ) {
-                return Err((at(), format!("headers.{name}: tokend sets this header itself")));
+                return Err((
+                    at(),
+                    format!("headers.{name}: tokend sets this header itself"),
+                ));
             }
             if !tokend_provider::valid_header(name, value) {
                 return Err((at(), format!("headers.{name}: not a valid HTTP header")));
@@ -1101,45 +1112,45 @@ impl ProviderSection {
         );
         let defaults = PresetDefaults::of(self.preset);
         let versioned;
-        let token_url: Option<(&str, &str)> =
-            match (&self.token_url, defaults.token_url, &self.api_version) {
-                (Some(_), _, Some(_)) => {
+        let token_url: Option<(&str, &str)> = match (
+            &self.token_url,
+            defaults.token_url,
+            &self.api_version,
+        ) {
+            (Some(_), _, Some(_)) => {
+                f.add(
+                    &["api_version"],
+                    "set token_url or api_version, not both (api_version picks the preset's URL)"
+                        .into(),
+                );
+                None
+            }
+            (None, _, Some(v)) if matches!(self.preset, Some(Preset::Hubspot)) => {
+                if v.is_empty() || v.len() > 8 || !v.bytes().all(|b| b.is_ascii_alphanumeric()) {
                     f.add(
                         &["api_version"],
-                        "set token_url or api_version, not both (api_version picks the preset's URL)"
-                            .into(),
+                        format!("api_version {v:?} must be letters and digits, like v1 or v3"),
                     );
                     None
+                } else {
+                    versioned = format!("https://api.hubapi.com/oauth/{v}/token");
+                    Some(("api_version", versioned.as_str()))
                 }
-                (None, _, Some(v)) if matches!(self.preset, Some(Preset::Hubspot)) => {
-                    if v.is_empty()
-                        || v.len() > 8
-                        || !v.bytes().all(|b| b.is_ascii_alphanumeric())
-                    {
-                        f.add(
-                            &["api_version"],
-                            format!("api_version {v:?} must be letters and digits, like v1 or v3"),
-                        );
-                        None
-                    } else {
-                        versioned = format!("https://api.hubapi.com/oauth/{v}/token");
-                        Some(("api_version", versioned.as_str()))
-                    }
-                }
-                (_, _, Some(_)) => {
-                    f.add(
-                        &["api_version"],
-                        "api_version is a key of the hubspot preset only".into(),
-                    );
-                    None
-                }
-                (Some(url), _, None) => Some(("token_url", url.as_str())),
-                (None, Some(url), None) => Some(("preset", url)),
-                (None, None, None) => {
-                    f.add(&["token_url"], "token_url is required".into());
-                    None
-                }
-            };
+            }
+            (_, _, Some(_)) => {
+                f.add(
+                    &["api_version"],
+                    "api_version is a key of the hubspot preset only".into(),
+                );
+                None
+            }
+            (Some(url), _, None) => Some(("token_url", url.as_str())),
+            (None, Some(url), None) => Some(("preset", url)),
+            (None, None, None) => {
+                f.add(&["token_url"], "token_url is required".into());
+                None
+            }
+        };
         // A URL with `{name}` placeholders is a per-connection template:
         // checked by filling every placeholder with a sample value.
         let parse_url = |key: &str,
@@ -1229,8 +1240,7 @@ impl ProviderSection {
                     | ClientAuthName::TlsClientAuth
             )
         );
-        let secret_key = if self.client_secret_file.is_some() && self.client_secret_env.is_none()
-        {
+        let secret_key = if self.client_secret_file.is_some() && self.client_secret_env.is_none() {
             "client_secret_file"
         } else {
             "client_secret_env"
@@ -1319,8 +1329,11 @@ impl ProviderSection {
                 .flatten()
                 .map(Duration::from_secs)
         };
-        let default_lifetime = secs(r::PROVIDER_DEFAULT_LIFETIME_SECS, self.default_lifetime_secs)
-            .unwrap_or(Duration::from_secs(defaults.default_lifetime_secs));
+        let default_lifetime = secs(
+            r::PROVIDER_DEFAULT_LIFETIME_SECS,
+            self.default_lifetime_secs,
+        )
+        .unwrap_or(Duration::from_secs(defaults.default_lifetime_secs));
         let mut refresh_policy = RefreshPolicy::default();
         if let Some(b) = secs(r::PROVIDER_REFRESH_BUFFER_SECS, self.refresh_buffer_secs) {
             refresh_policy.buffer = b;

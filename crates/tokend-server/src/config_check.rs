@@ -216,11 +216,7 @@ pub fn split_joined(problem: &str) -> Vec<String> {
 /// deepest table on its path that the file has, else `path:` alone.
 pub fn locate(text: &str, path: &Path, problem: &Problem) -> String {
     match place(text, &problem.key) {
-        Some((line, column)) => format!(
-            "{}:{line}:{column}: {}",
-            path.display(),
-            problem.message
-        ),
+        Some((line, column)) => format!("{}:{line}:{column}: {}", path.display(), problem.message),
         None => format!("{}: {}", path.display(), problem.message),
     }
 }
@@ -284,17 +280,26 @@ mod tests {
         let lines: Vec<String> = problems.iter().map(|p| locate(text, path, p)).collect();
         let all = lines.join("\n");
         for (place, words) in [
-            ("t.toml:7:3: ", "client_secret_env: environment variable I26_UNIT_NOPE"),
+            (
+                "t.toml:7:3: ",
+                "client_secret_env: environment variable I26_UNIT_NOPE",
+            ),
             ("t.toml:8:1: ", "min_refresh_interval_secs = 999999999"),
             ("t.toml:9:1: ", "refresh_buffer_secs = 999999999"),
-            ("t.toml:11:1: ", "headers.Host: tokend sets this header itself"),
+            (
+                "t.toml:11:1: ",
+                "headers.Host: tokend sets this header itself",
+            ),
             ("t.toml:1:1: ", "cache_capacity = 5"),
             ("t.toml:3:1: ", "store.pool_size = 0"),
             ("t.toml:18:1: ", "identity svc: requests_per_second = 0"),
         ] {
             let found: Vec<&String> = lines.iter().filter(|l| l.contains(words)).collect();
             assert_eq!(found.len(), 1, "{words} once in:\n{all}");
-            assert!(found[0].starts_with(place), "{place} for {words} in:\n{all}");
+            assert!(
+                found[0].starts_with(place),
+                "{place} for {words} in:\n{all}"
+            );
         }
         // A key the file lacks: at the deepest table it has.
         let missing = Problem {
