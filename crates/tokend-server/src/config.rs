@@ -909,6 +909,9 @@ pub struct Fault {
     pub reason: String,
 }
 
+/// An error naming the key (in its table) it is about.
+type KeyedError = (Vec<String>, String);
+
 /// The problems of one table, collected instead of stopping at the first.
 #[derive(Default)]
 struct Faults {
@@ -1041,7 +1044,7 @@ impl ProviderSection {
         &self,
         key: &str,
         table: &BTreeMap<String, String>,
-    ) -> Result<Vec<(String, String)>, (Vec<String>, String)> {
+    ) -> Result<Vec<(String, String)>, KeyedError> {
         for (name, value) in table {
             if name.is_empty() {
                 return Err((vec![key.to_owned()], format!("{key} has an empty name")));
@@ -1058,7 +1061,7 @@ impl ProviderSection {
 
     /// The extra headers, names and values checked, the ones tokend sets
     /// itself refused.
-    fn checked_headers(&self) -> Result<Vec<(String, String)>, (Vec<String>, String)> {
+    fn checked_headers(&self) -> Result<Vec<(String, String)>, KeyedError> {
         for (name, value) in &self.headers {
             let at = || vec!["headers".to_owned(), name.clone()];
             let lower = name.to_ascii_lowercase();
@@ -1112,45 +1115,43 @@ impl ProviderSection {
         );
         let defaults = PresetDefaults::of(self.preset);
         let versioned;
-        let token_url: Option<(&str, &str)> = match (
-            &self.token_url,
-            defaults.token_url,
-            &self.api_version,
-        ) {
-            (Some(_), _, Some(_)) => {
-                f.add(
+        let token_url: Option<(&str, &str)> =
+            match (&self.token_url, defaults.token_url, &self.api_version) {
+                (Some(_), _, Some(_)) => {
+                    f.add(
                     &["api_version"],
                     "set token_url or api_version, not both (api_version picks the preset's URL)"
                         .into(),
                 );
-                None
-            }
-            (None, _, Some(v)) if matches!(self.preset, Some(Preset::Hubspot)) => {
-                if v.is_empty() || v.len() > 8 || !v.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    None
+                }
+                (None, _, Some(v)) if matches!(self.preset, Some(Preset::Hubspot)) => {
+                    if v.is_empty() || v.len() > 8 || !v.bytes().all(|b| b.is_ascii_alphanumeric())
+                    {
+                        f.add(
+                            &["api_version"],
+                            format!("api_version {v:?} must be letters and digits, like v1 or v3"),
+                        );
+                        None
+                    } else {
+                        versioned = format!("https://api.hubapi.com/oauth/{v}/token");
+                        Some(("api_version", versioned.as_str()))
+                    }
+                }
+                (_, _, Some(_)) => {
                     f.add(
                         &["api_version"],
-                        format!("api_version {v:?} must be letters and digits, like v1 or v3"),
+                        "api_version is a key of the hubspot preset only".into(),
                     );
                     None
-                } else {
-                    versioned = format!("https://api.hubapi.com/oauth/{v}/token");
-                    Some(("api_version", versioned.as_str()))
                 }
-            }
-            (_, _, Some(_)) => {
-                f.add(
-                    &["api_version"],
-                    "api_version is a key of the hubspot preset only".into(),
-                );
-                None
-            }
-            (Some(url), _, None) => Some(("token_url", url.as_str())),
-            (None, Some(url), None) => Some(("preset", url)),
-            (None, None, None) => {
-                f.add(&["token_url"], "token_url is required".into());
-                None
-            }
-        };
+                (Some(url), _, None) => Some(("token_url", url.as_str())),
+                (None, Some(url), None) => Some(("preset", url)),
+                (None, None, None) => {
+                    f.add(&["token_url"], "token_url is required".into());
+                    None
+                }
+            };
         // A URL with `{name}` placeholders is a per-connection template:
         // checked by filling every placeholder with a sample value.
         let parse_url = |key: &str,

@@ -2,9 +2,10 @@
 //! run, each with its `file:line:col`. A TOML syntax error stops the parse
 //! (one per run, necessarily); every key the schema refuses (unknown, of the
 //! wrong type) is collected by blanking its line and parsing again; every
-//! semantic problem (`FileConfig::problems`: ranges, missing environment
-//! variables and secret files, identities, TLS) is located at the key it
-//! names.
+//! semantic problem (`FileConfig::located_problems`: ranges, missing
+//! environment variables and secret files, identities, TLS; every problem
+//! of a table, not its first) is placed at the key path it carries, found
+//! in the parsed document's spans.
 
 use std::path::Path;
 
