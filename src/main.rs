@@ -313,55 +313,39 @@ fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
         config: args.config.as_deref(),
         admin_listen: None,
     })?;
-    let mut problems = settings
-        .file
-        .problems(settings.listen, |var| std::env::var(var).ok());
-    if settings.file.store.kind == tokend_server::config::StoreKind::Postgres
-        && let Err(e) = store::pg_options(&settings.file.store, |var| std::env::var(var).ok())
+    let file = &settings.file;
+    let mut problems = file.located_problems(settings.listen, |var| std::env::var(var).ok());
+    if file.store.kind == tokend_server::config::StoreKind::Postgres
+        && let Err(e) = store::pg_options(&file.store, |var| std::env::var(var).ok())
     {
-        problems.push(format!("{e:#}"));
+        let message = format!("{e:#}");
+        // A range it refused is listed already, by `check_ranges`.
+        if !problems.iter().any(|p| p.message == message) {
+            let key = if message.starts_with("[store] tls") {
+                "tls"
+            } else {
+                "url_env"
+            };
+            problems.push(tokend_server::config::Problem {
+                key: vec!["store".into(), key.into()],
+                message,
+            });
+        }
+    }
+    // One problem a line, each at the key it is about.
+    let place = |p: &tokend_server::config::Problem| match &text {
+        Some((path, text)) => config_check::locate(text, path, p),
+        None => p.message.clone(),
+    };
+    for warning in file.warnings() {
+        eprintln!("warning: {}", place(&warning));
     }
     if problems.is_empty() {
         println!("configuration OK");
         return Ok(());
     }
-    // One problem a line, each at the key it names.
-    let problems: Vec<String> = problems
-        .iter()
-        .flat_map(|p| split_joined(p))
-        .map(|p| match &text {
-            Some((path, text)) => config_check::locate_problem(text, path, &p),
-            None => p.to_owned(),
-        })
-        .collect();
+    let problems: Vec<String> = problems.iter().map(place).collect();
     report_problems(&problems)
-}
-
-/// The problems a resolver joined with "; " (every range it refused), one
-/// each; a "; " inside one problem's own sentence stays.
-fn split_joined(problem: &str) -> Vec<String> {
-    let starts_one = |part: &str| {
-        ["identity ", "provider ", "webhook "]
-            .iter()
-            .any(|p| part.starts_with(p))
-            || part.split_once(" = ").is_some_and(|(key, _)| {
-                !key.is_empty()
-                    && key
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.".contains(c))
-            })
-    };
-    let mut out: Vec<String> = Vec::new();
-    for part in problem.split("; ") {
-        match out.last_mut() {
-            Some(last) if !starts_one(part) => {
-                last.push_str("; ");
-                last.push_str(part);
-            }
-            _ => out.push(part.to_owned()),
-        }
-    }
-    out
 }
 
 fn report_problems(problems: &[String]) -> anyhow::Result<()> {

@@ -540,12 +540,15 @@ fn check_config_lists_every_problem() {
         .args(["check-config", "--config"])
         .arg(&bad)
         .env_remove("TOKEND_LISTEN")
+        .env_remove("X")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
-    assert_eq!(err.matches("problem: ").count(), 3, "{err}");
+    // Issue 26: b's second problem (its secret) too, not only its first.
+    assert_eq!(err.matches("problem: ").count(), 4, "{err}");
     assert!(err.contains("TOKEND_TEST_UNSET_SECRET is not set"), "{err}");
+    assert!(err.contains("provider b: client_secret_env"), "{err}");
     assert!(err.contains("provider b: token_url is required"), "{err}");
     assert!(err.contains("no [[identities]]"), "{err}");
 

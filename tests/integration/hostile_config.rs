@@ -478,3 +478,59 @@ fn check_config_lists_every_problem_with_its_place_and_serve_agrees() {
         );
     }
 }
+
+/// Issue 26, item 8: the real `tokend check-config` lists every problem of
+/// ONE provider table (an out-of-range value, a missing environment
+/// variable naming the key that wants it, a refused header), each once at
+/// its key's `file:line:col`, warns at its place about a plain-http
+/// token_url, and exits 2. Before, the table's first problem hid the rest.
+#[test]
+fn check_config_lists_every_problem_of_one_provider_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one.toml");
+    std::fs::write(
+        &file,
+        "[providers.hub]\ntoken_url = \"http://auth.example.com/token\"\nclient_id = \"x\"\n  client_secret_env = \"I26_ONE_TABLE_SECRET\"\nmin_refresh_interval_secs = 999999999\n[providers.hub.headers]\nHost = \"h\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokend"))
+        .args(["check-config", "--config", file.to_str().unwrap()])
+        .env_remove("TOKEND_CONFIG")
+        .env_remove("I26_ONE_TABLE_SECRET")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let at = |line: &str| format!("{}:{line}: provider hub: ", file.display());
+    for (kind, place, words) in [
+        (
+            "problem",
+            "4:3",
+            "client_secret_env: environment variable I26_ONE_TABLE_SECRET is not set",
+        ),
+        (
+            "problem",
+            "5:1",
+            "min_refresh_interval_secs = 999999999 is out of range",
+        ),
+        (
+            "problem",
+            "7:1",
+            "headers.Host: tokend sets this header itself",
+        ),
+        (
+            "warning",
+            "2:1",
+            "token_url http://auth.example.com/token is plain http://",
+        ),
+    ] {
+        let wanted = format!("{kind}: {}{words}", at(place));
+        assert_eq!(
+            stderr.matches(&wanted).count(),
+            1,
+            "{wanted} once in:\n{stderr}"
+        );
+    }
+    assert_eq!(stderr.matches("problem: ").count(), 3, "{stderr}");
+    assert!(stderr.contains("3 problem(s)"), "{stderr}");
+}

@@ -650,12 +650,104 @@ impl FileConfig {
         listen: SocketAddr,
         env: impl Fn(&str) -> Option<String>,
     ) -> Vec<String> {
-        let mut problems = Vec::new();
+        self.located_problems(listen, env)
+            .into_iter()
+            .map(|p| p.message)
+            .collect()
+    }
+
+    /// [`FileConfig::problems`], one a problem (every problem of every
+    /// table, not the first of each), each with the key path it is about.
+    pub fn located_problems(
+        &self,
+        listen: SocketAddr,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Vec<Problem> {
+        let mut located = Vec::new();
         for (name, section) in &self.providers {
-            if let Err(e) = section.resolve(name, &env) {
-                problems.push(e.to_string());
+            if let Err(faults) = section.resolve_all(name, &env) {
+                for fault in faults {
+                    let mut key = vec!["providers".to_owned(), name.clone()];
+                    key.extend(fault.key);
+                    let message = format!("provider {name}: {}", fault.reason);
+                    located.push(Problem { key, message });
+                }
             }
         }
+        for problem in self.other_problems(listen, &env) {
+            located.extend(crate::config_check::split_joined(&problem).into_iter().map(
+                |message| Problem {
+                    key: self.key_named(&message),
+                    message,
+                },
+            ));
+        }
+        located
+    }
+
+    /// What `check-config` warns about without refusing: `serve` only
+    /// warns about these too.
+    pub fn warnings(&self) -> Vec<Problem> {
+        self.providers
+            .iter()
+            .filter_map(|(name, section)| {
+                let fault = section.plain_http_warning()?;
+                let mut key = vec!["providers".to_owned(), name.clone()];
+                key.extend(fault.key);
+                let message = format!("provider {name}: {}", fault.reason);
+                Some(Problem { key, message })
+            })
+            .collect()
+    }
+
+    /// The key path a problem of a section without its own keyed checks
+    /// is about, from the prefix its resolver writes: `identity NAME: `
+    /// or `webhook "NAME": ` (the table's entry), then `KEY = VALUE` as
+    /// [`crate::ranges::Range::check`] writes it.
+    fn key_named(&self, message: &str) -> Vec<String> {
+        let mut key = Vec::new();
+        let mut rest = message;
+        for (prefix, table) in [("identity ", "identities"), ("webhook ", "webhooks")] {
+            let Some((name, tail)) = message
+                .strip_prefix(prefix)
+                .and_then(|m| m.split_once(": "))
+            else {
+                continue;
+            };
+            let name = name.trim_matches('"');
+            let index = if table == "identities" {
+                self.identities.iter().position(|i| i.name == name)
+            } else {
+                self.webhooks.iter().position(|w| w.name == name)
+            };
+            if let Some(index) = index {
+                key = vec![table.to_owned(), index.to_string()];
+                rest = tail;
+            }
+        }
+        // `KEY = VALUE ...` or `KEY: ...`.
+        let end = [rest.find(" = "), rest.find(": ")]
+            .into_iter()
+            .flatten()
+            .min();
+        if let Some(path) = end.map(|i| &rest[..i])
+            && !path.is_empty()
+            && path
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.".contains(c))
+        {
+            key.extend(path.split('.').map(str::to_owned));
+        }
+        key
+    }
+
+    /// The problems of every section but the providers'.
+    fn other_problems(
+        &self,
+        listen: SocketAddr,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
         if let Err(e) = self.limits() {
             problems.push(e.to_string());
         }
@@ -674,7 +766,7 @@ impl FileConfig {
         if let Err(e) = self.cache_capacity() {
             problems.push(e.to_string());
         }
-        if let Err(e) = self.webhooks(&env) {
+        if let Err(e) = self.webhooks(env) {
             problems.push(e);
         }
         let limits = self.limits().unwrap_or_default();
@@ -731,6 +823,15 @@ impl FileConfig {
             .map(|(name, section)| section.resolve(name, &env))
             .collect()
     }
+}
+
+/// One problem of a config file: the key path it is about (`providers`,
+/// `hub`, `token_url`; an array's entry by its index; empty: the file as a
+/// whole), and the message `check-config` prints. Never holds a secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: Vec<String>,
+    pub message: String,
 }
 
 /// A secret from `<key>_env` (an environment variable's name) or
@@ -800,6 +901,41 @@ fn locate(text: &str, e: &toml::de::Error) -> String {
     format!("{line}:{column}:{table} {message}")
 }
 
+/// A problem of one table: the key it is about, in the table (empty: the
+/// table itself), and what is wrong. Never holds a secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub key: Vec<String>,
+    pub reason: String,
+}
+
+/// An error naming the key (in its table) it is about.
+type KeyedError = (Vec<String>, String);
+
+/// The problems of one table, collected instead of stopping at the first.
+#[derive(Default)]
+struct Faults {
+    list: Vec<Fault>,
+}
+
+impl Faults {
+    fn add(&mut self, key: &[&str], reason: String) {
+        let key = key.iter().map(|k| (*k).to_owned()).collect();
+        self.list.push(Fault { key, reason });
+    }
+
+    /// `r`'s value, or `None` with its error recorded at `key`.
+    fn take<T>(&mut self, key: &[&str], r: Result<T, String>) -> Option<T> {
+        r.map_err(|reason| self.add(key, reason)).ok()
+    }
+
+    /// [`Faults::take`] for an error that names its own key.
+    fn take_keyed<T>(&mut self, r: Result<T, (Vec<String>, String)>) -> Option<T> {
+        r.map_err(|(key, reason)| self.list.push(Fault { key, reason }))
+            .ok()
+    }
+}
+
 impl ProviderSection {
     /// The `private_key_jwt` signer: a key is required by that method and
     /// refused by every other.
@@ -844,9 +980,14 @@ impl ProviderSection {
 
     /// The provider's TLS settings: a client certificate (required by
     /// `tls_client_auth`, allowed with any method) and private roots.
-    fn tls(&self) -> Result<Option<tokend_provider::ClientTls>, String> {
+    fn tls(&self) -> Result<Option<tokend_provider::ClientTls>, (Vec<String>, String)> {
         let read = |key: &str, path: &Path| {
-            std::fs::read(path).map_err(|e| format!("cannot read {key} {}: {e}", path.display()))
+            std::fs::read(path).map_err(|e| {
+                (
+                    vec![key.to_owned()],
+                    format!("cannot read {key} {}: {e}", path.display()),
+                )
+            })
         };
         let identity = match (&self.tls_client_cert_file, &self.tls_client_key_file) {
             (Some(cert), Some(key)) => {
@@ -856,18 +997,25 @@ impl ProviderSection {
                     Some(key),
                     self.allow_readable_secret_file,
                     &|_| None,
-                )?;
+                )
+                .map_err(|e| (vec!["tls_client_key_file".to_owned()], e))?;
                 Some((read("tls_client_cert_file", cert)?, key.into_bytes()))
             }
             (None, None) => None,
-            _ => {
-                return Err(
+            (cert, _) => {
+                let key = if cert.is_some() {
+                    "tls_client_cert_file"
+                } else {
+                    "tls_client_key_file"
+                };
+                return Err((
+                    vec![key.to_owned()],
                     "set both tls_client_cert_file and tls_client_key_file, or neither".into(),
-                );
+                ));
             }
         };
         if matches!(self.client_auth, Some(ClientAuthName::TlsClientAuth)) && identity.is_none() {
-            return Err("client_auth = \"tls_client_auth\" needs tls_client_cert_file and tls_client_key_file".into());
+            return Err((vec!["client_auth".to_owned()], "client_auth = \"tls_client_auth\" needs tls_client_cert_file and tls_client_key_file".into()));
         }
         let roots = match &self.tls_ca_file {
             Some(path) => Some(read("tls_ca_file", path)?),
@@ -881,6 +1029,14 @@ impl ProviderSection {
             roots.as_deref(),
         )
         .map(Some)
+        .map_err(|e| {
+            let key = if identity.is_some() {
+                "tls_client_cert_file"
+            } else {
+                "tls_ca_file"
+            };
+            (vec![key.to_owned()], e)
+        })
     }
 
     /// A table of parameters, each value's placeholders checked.
@@ -888,29 +1044,38 @@ impl ProviderSection {
         &self,
         key: &str,
         table: &BTreeMap<String, String>,
-    ) -> Result<Vec<(String, String)>, String> {
+    ) -> Result<Vec<(String, String)>, KeyedError> {
         for (name, value) in table {
             if name.is_empty() {
-                return Err(format!("{key} has an empty name"));
+                return Err((vec![key.to_owned()], format!("{key} has an empty name")));
             }
-            tokend_provider::UrlTemplate::parse(value).map_err(|e| format!("{key}.{name}: {e}"))?;
+            tokend_provider::UrlTemplate::parse(value).map_err(|e| {
+                (
+                    vec![key.to_owned(), name.clone()],
+                    format!("{key}.{name}: {e}"),
+                )
+            })?;
         }
         Ok(table.clone().into_iter().collect())
     }
 
     /// The extra headers, names and values checked, the ones tokend sets
     /// itself refused.
-    fn checked_headers(&self) -> Result<Vec<(String, String)>, String> {
+    fn checked_headers(&self) -> Result<Vec<(String, String)>, KeyedError> {
         for (name, value) in &self.headers {
+            let at = || vec!["headers".to_owned(), name.clone()];
             let lower = name.to_ascii_lowercase();
             if matches!(
                 lower.as_str(),
                 "authorization" | "content-type" | "content-length" | "host" | "transfer-encoding"
             ) {
-                return Err(format!("headers.{name}: tokend sets this header itself"));
+                return Err((
+                    at(),
+                    format!("headers.{name}: tokend sets this header itself"),
+                ));
             }
             if !tokend_provider::valid_header(name, value) {
-                return Err(format!("headers.{name}: not a valid HTTP header"));
+                return Err((at(), format!("headers.{name}: not a valid HTTP header")));
             }
         }
         self.checked_params("headers", &self.headers)
@@ -921,67 +1086,97 @@ impl ProviderSection {
         name: &str,
         env: &impl Fn(&str) -> Option<String>,
     ) -> Result<ProviderConfig, ConfigError> {
-        let fail = |reason: String| ConfigError::Provider {
-            name: name.to_owned(),
-            reason,
-        };
-        let provider_name =
-            ProviderName::new(name).map_err(|e| fail(format!("invalid name: {e}")))?;
+        // `check-config` lists it with the other problems instead.
+        if let Some(warning) = self.plain_http_warning() {
+            tracing::warn!(provider = name, "{}", warning.reason);
+        }
+        self.resolve_all(name, env)
+            .map_err(|faults| ConfigError::Provider {
+                name: name.to_owned(),
+                reason: faults
+                    .into_iter()
+                    .map(|f| f.reason)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            })
+    }
+
+    /// The provider, or every problem of its table (not only the first),
+    /// each with the key it is about.
+    fn resolve_all(
+        &self,
+        name: &str,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<ProviderConfig, Vec<Fault>> {
+        let mut f = Faults::default();
+        let provider_name = f.take(
+            &[],
+            ProviderName::new(name).map_err(|e| format!("invalid name: {e}")),
+        );
         let defaults = PresetDefaults::of(self.preset);
         let versioned;
-        let token_url = match (&self.token_url, defaults.token_url, &self.api_version) {
-            (Some(_), _, Some(_)) => {
-                return Err(fail(
+        let token_url: Option<(&str, &str)> =
+            match (&self.token_url, defaults.token_url, &self.api_version) {
+                (Some(_), _, Some(_)) => {
+                    f.add(
+                    &["api_version"],
                     "set token_url or api_version, not both (api_version picks the preset's URL)"
                         .into(),
-                ));
-            }
-            (None, _, Some(v)) if matches!(self.preset, Some(Preset::Hubspot)) => {
-                if v.is_empty() || v.len() > 8 || !v.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                    return Err(fail(format!(
-                        "api_version {v:?} must be letters and digits, like v1 or v3"
-                    )));
+                );
+                    None
                 }
-                versioned = format!("https://api.hubapi.com/oauth/{v}/token");
-                versioned.as_str()
-            }
-            (_, _, Some(_)) => {
-                return Err(fail(
-                    "api_version is a key of the hubspot preset only".into(),
-                ));
-            }
-            (Some(url), _, None) => url.as_str(),
-            (None, Some(url), None) => url,
-            (None, None, None) => return Err(fail("token_url is required".into())),
-        };
+                (None, _, Some(v)) if matches!(self.preset, Some(Preset::Hubspot)) => {
+                    if v.is_empty() || v.len() > 8 || !v.bytes().all(|b| b.is_ascii_alphanumeric())
+                    {
+                        f.add(
+                            &["api_version"],
+                            format!("api_version {v:?} must be letters and digits, like v1 or v3"),
+                        );
+                        None
+                    } else {
+                        versioned = format!("https://api.hubapi.com/oauth/{v}/token");
+                        Some(("api_version", versioned.as_str()))
+                    }
+                }
+                (_, _, Some(_)) => {
+                    f.add(
+                        &["api_version"],
+                        "api_version is a key of the hubspot preset only".into(),
+                    );
+                    None
+                }
+                (Some(url), _, None) => Some(("token_url", url.as_str())),
+                (None, Some(url), None) => Some(("preset", url)),
+                (None, None, None) => {
+                    f.add(&["token_url"], "token_url is required".into());
+                    None
+                }
+            };
         // A URL with `{name}` placeholders is a per-connection template:
         // checked by filling every placeholder with a sample value.
         let parse_url = |key: &str,
                          url: &str|
          -> Result<
             (tokend_provider::Url, Option<tokend_provider::UrlTemplate>),
-            ConfigError,
+            String,
         > {
             let template = tokend_provider::UrlTemplate::parse(url)
-                .map_err(|e| fail(format!("invalid {key}: {e}")))?;
+                .map_err(|e| format!("invalid {key}: {e}"))?;
             let sample = match &template {
                 Some(t) => {
-                    t.places()
-                        .map_err(|e| fail(format!("invalid {key}: {e}")))?;
+                    t.places().map_err(|e| format!("invalid {key}: {e}"))?;
                     let params = t
                         .names()
                         .iter()
                         .map(|n| (n.clone(), "sample".to_owned()))
                         .collect();
                     t.render(&params)
-                        .map_err(|e| fail(format!("invalid {key}: {e}")))?
+                        .map_err(|e| format!("invalid {key}: {e}"))?
                 }
-                None => url
-                    .parse()
-                    .map_err(|e| fail(format!("invalid {key}: {e}")))?,
+                None => url.parse().map_err(|e| format!("invalid {key}: {e}"))?,
             };
             if !matches!(sample.scheme(), "https" | "http") {
-                return Err(fail(format!("{key} must be http or https")));
+                return Err(format!("{key} must be http or https"));
             }
             if template.is_some() {
                 // Never used unfilled: a host that cannot resolve (RFC 2606),
@@ -989,57 +1184,54 @@ impl ProviderSection {
                 // secrets anywhere.
                 let unfilled = "https://unfilled-url-template.invalid/"
                     .parse()
-                    .map_err(|e| fail(format!("{e}")))?;
+                    .map_err(|e| format!("{e}"))?;
                 return Ok((unfilled, template));
             }
             Ok((sample, None))
         };
-        let (token_url, token_url_template) = parse_url("token_url", token_url)?;
+        let token_url =
+            token_url.and_then(|(key, url)| f.take(&[key], parse_url("token_url", url)));
         let (refresh_url, refresh_url_template) = match self.refresh_url.as_deref() {
-            Some(u) => {
-                let (url, template) = parse_url("refresh_url", u)?;
-                (Some(url), template)
-            }
+            Some(u) => f
+                .take(&["refresh_url"], parse_url("refresh_url", u))
+                .map_or((None, None), |(url, template)| (Some(url), template)),
             None => (None, None),
         };
         let revocation_url = match self.revocation_url.as_deref() {
-            Some(u) => match parse_url("revocation_url", u)? {
-                (url, None) => Some(url),
-                (_, Some(_)) => {
-                    return Err(fail("revocation_url cannot name placeholders (yet)".into()));
+            Some(u) => match f.take(&["revocation_url"], parse_url("revocation_url", u)) {
+                Some((url, None)) => Some(url),
+                Some((_, Some(_))) => {
+                    f.add(
+                        &["revocation_url"],
+                        "revocation_url cannot name placeholders (yet)".into(),
+                    );
+                    None
                 }
+                None => None,
             },
             None => None,
         };
-        if self.revoke_on_delete && revocation_url.is_none() {
-            return Err(fail("revoke_on_delete needs a revocation_url".into()));
+        if self.revoke_on_delete && self.revocation_url.is_none() {
+            f.add(
+                &["revoke_on_delete"],
+                "revoke_on_delete needs a revocation_url".into(),
+            );
         }
         let token_path: Vec<String> = match self.token_path.as_deref() {
             None | Some("") => Vec::new(),
             Some(path) => {
                 let keys: Vec<String> = path.split('.').map(str::to_owned).collect();
                 if keys.iter().any(String::is_empty) {
-                    return Err(fail(format!("token_path {path:?} has an empty key")));
+                    f.add(
+                        &["token_path"],
+                        format!("token_path {path:?} has an empty key"),
+                    );
                 }
                 keys
             }
         };
         if self.client_id.is_empty() {
-            return Err(fail("client_id is required".into()));
-        }
-        if token_url.scheme() == "http"
-            && !token_url.host_str().is_some_and(|h| {
-                h == "localhost"
-                    || h.trim_matches(['[', ']'])
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            })
-        {
-            tracing::warn!(
-                provider = name,
-                token_url = %token_url,
-                "token_url is plain http:// to another host: the client secret and refresh tokens cross the network in the clear"
-            );
+            f.add(&["client_id"], "client_id is required".into());
         }
         let public = matches!(
             self.client_auth,
@@ -1049,6 +1241,11 @@ impl ProviderSection {
                     | ClientAuthName::TlsClientAuth
             )
         );
+        let secret_key = if self.client_secret_file.is_some() && self.client_secret_env.is_none() {
+            "client_secret_file"
+        } else {
+            "client_secret_env"
+        };
         let client_secret = if public {
             if self.client_secret_env.is_some() || self.client_secret_file.is_some() {
                 let method = match self.client_auth {
@@ -1060,32 +1257,44 @@ impl ProviderSection {
                     }
                     _ => "none\" is a public client",
                 };
-                return Err(fail(format!(
-                    "client_auth = \"{method}: give it no client secret"
-                )));
+                f.add(
+                    &[secret_key],
+                    format!("client_auth = \"{method}: give it no client secret"),
+                );
             }
-            String::new()
+            Some(String::new())
         } else {
-            read_secret(
-                "client_secret",
-                self.client_secret_env.as_deref(),
-                self.client_secret_file.as_deref(),
-                self.allow_readable_secret_file,
-                env,
-            )
-            .map_err(fail)?
+            let secret = f.take(
+                &[secret_key],
+                read_secret(
+                    "client_secret",
+                    self.client_secret_env.as_deref(),
+                    self.client_secret_file.as_deref(),
+                    self.allow_readable_secret_file,
+                    env,
+                ),
+            );
+            if secret.as_ref().is_some_and(String::is_empty) {
+                f.add(&[secret_key], "the client secret is empty".into());
+            }
+            secret
         };
-        if client_secret.is_empty() && !public {
-            return Err(fail("the client secret is empty".into()));
-        }
-        let client_assertion = self.client_assertion(env).map_err(fail)?;
+        let client_assertion = self
+            .client_assertion(env)
+            .map_err(|e| (self.assertion_key(), e));
+        let client_assertion = f.take_keyed(client_assertion);
         let jwt_audience_template = match self.jwt_audience.as_deref() {
-            Some(a) => tokend_provider::UrlTemplate::parse(a)
-                .map_err(|e| fail(format!("invalid jwt_audience: {e}")))?,
+            Some(a) => f
+                .take(
+                    &["jwt_audience"],
+                    tokend_provider::UrlTemplate::parse(a)
+                        .map_err(|e| format!("invalid jwt_audience: {e}")),
+                )
+                .flatten(),
             None => None,
         };
-        let param_values = self.param_values(&defaults).map_err(fail)?;
-        let tls = self.tls().map_err(fail)?;
+        let param_values = f.take_keyed(self.param_values(&defaults));
+        let tls = f.take_keyed(self.tls());
         let mut extra_params: Vec<(String, String)> =
             self.extra_params.clone().into_iter().collect();
         if let Some(uri) = &self.redirect_uri {
@@ -1115,41 +1324,69 @@ impl ProviderSection {
             Some(BodyName::Json) => tokend_provider::RequestBody::Json,
             None => defaults.body,
         };
-        let secs = |range: crate::ranges::Range, v: Option<u64>| {
-            range.check_opt(v).map(|v| v.map(Duration::from_secs))
+        use crate::ranges as r;
+        let mut secs = |range: r::Range, v: Option<u64>| {
+            f.take(&[range.name()], range.check_opt(v))
+                .flatten()
+                .map(Duration::from_secs)
         };
         let default_lifetime = secs(
-            crate::ranges::PROVIDER_DEFAULT_LIFETIME_SECS,
+            r::PROVIDER_DEFAULT_LIFETIME_SECS,
             self.default_lifetime_secs,
         )
-        .map_err(fail)?
         .unwrap_or(Duration::from_secs(defaults.default_lifetime_secs));
         let mut refresh_policy = RefreshPolicy::default();
-        if let Some(b) = secs(
-            crate::ranges::PROVIDER_REFRESH_BUFFER_SECS,
-            self.refresh_buffer_secs,
-        )
-        .map_err(fail)?
-        {
+        if let Some(b) = secs(r::PROVIDER_REFRESH_BUFFER_SECS, self.refresh_buffer_secs) {
             refresh_policy.buffer = b;
         }
-        refresh_policy.keepalive = crate::ranges::PROVIDER_KEEPALIVE_DAYS
-            .check_opt(self.keepalive_days)
-            .map_err(fail)?
+        let keepalive_days = secs(r::PROVIDER_KEEPALIVE_DAYS, self.keepalive_days);
+        refresh_policy.keepalive = keepalive_days
+            .map(|d| d.as_secs())
             .or(defaults.keepalive_days)
             .map(|days| Duration::from_secs(days * 86_400));
-        let rotation_grace = secs(
-            crate::ranges::PROVIDER_ROTATION_GRACE_SECS,
-            self.rotation_grace_secs,
-        )
-        .map_err(fail)?
-        .unwrap_or(Duration::from_secs(defaults.rotation_grace_secs));
+        let rotation_grace = secs(r::PROVIDER_ROTATION_GRACE_SECS, self.rotation_grace_secs)
+            .unwrap_or(Duration::from_secs(defaults.rotation_grace_secs));
         let min_refresh_interval = secs(
-            crate::ranges::PROVIDER_MIN_REFRESH_INTERVAL_SECS,
+            r::PROVIDER_MIN_REFRESH_INTERVAL_SECS,
             self.min_refresh_interval_secs,
         )
-        .map_err(fail)?
         .unwrap_or(ProviderConfig::DEFAULT_MIN_REFRESH_INTERVAL);
+        let refresh_params =
+            f.take_keyed(self.checked_params("refresh_params", &self.refresh_params));
+        let exchange_params =
+            f.take_keyed(self.checked_params("exchange_params", &self.exchange_params));
+        let query_params = f.take_keyed(self.checked_params("query_params", &self.query_params));
+        let headers = f.take_keyed(self.checked_headers());
+        let (
+            Some(provider_name),
+            Some(token_url),
+            Some(client_secret),
+            Some(client_assertion),
+            Some(param_values),
+            Some(tls),
+            Some(refresh_params),
+            Some(exchange_params),
+            Some(query_params),
+            Some(headers),
+        ) = (
+            provider_name,
+            token_url,
+            client_secret,
+            client_assertion,
+            param_values,
+            tls,
+            refresh_params,
+            exchange_params,
+            query_params,
+            headers,
+        )
+        else {
+            return Err(f.list);
+        };
+        if !f.list.is_empty() {
+            return Err(f.list);
+        }
+        let (token_url, token_url_template) = token_url;
         let mut config = ProviderConfig {
             name: provider_name,
             token_url,
@@ -1173,16 +1410,10 @@ impl ProviderSection {
                 refresh_url_template,
                 jwt_audience_template,
                 param_values,
-                refresh_params: self
-                    .checked_params("refresh_params", &self.refresh_params)
-                    .map_err(fail)?,
-                exchange_params: self
-                    .checked_params("exchange_params", &self.exchange_params)
-                    .map_err(fail)?,
-                query_params: self
-                    .checked_params("query_params", &self.query_params)
-                    .map_err(fail)?,
-                headers: self.checked_headers().map_err(fail)?,
+                refresh_params,
+                exchange_params,
+                query_params,
+                headers,
                 revocation_url,
                 revoke_on_delete: self.revoke_on_delete,
                 refresh_with_access_token: match self.refresh_with {
@@ -1225,15 +1456,62 @@ impl ProviderSection {
             .request
             .param_values
             .retain(|name, _| names.contains(name) || self.param_values.contains_key(name));
-        config.check_templates().map_err(fail)?;
+        // Its messages start with the key they are about: `token_url: ...`,
+        // `param_values.NAME ...`.
+        config.check_templates().map_err(|e| {
+            let key: Vec<String> = e
+                .split([':', ' '])
+                .next()
+                .unwrap_or_default()
+                .split('.')
+                .map(str::to_owned)
+                .collect();
+            vec![Fault { key, reason: e }]
+        })?;
         Ok(config)
+    }
+
+    /// The key a `client_assertion` problem is about: the first
+    /// `private_key_*`/`jwt_*` key set, else `client_auth`.
+    fn assertion_key(&self) -> Vec<String> {
+        let wanted = matches!(self.client_auth, Some(ClientAuthName::PrivateKeyJwt));
+        let keys = [
+            ("private_key_env", self.private_key_env.is_some()),
+            ("private_key_file", self.private_key_file.is_some()),
+            ("jwt_algorithm", self.jwt_algorithm.is_some() && !wanted),
+            ("jwt_key_id", self.jwt_key_id.is_some() && !wanted),
+            ("jwt_audience", self.jwt_audience.is_some() && !wanted),
+        ];
+        let key = keys
+            .iter()
+            .find(|(_, set)| *set)
+            .map_or("client_auth", |(k, _)| k);
+        vec![key.to_owned()]
+    }
+
+    /// A `token_url` that sends the client secret and refresh tokens in the
+    /// clear to another host: `serve` warns, `check-config` lists it.
+    fn plain_http_warning(&self) -> Option<Fault> {
+        let url: tokend_provider::Url = self.token_url.as_deref()?.parse().ok()?;
+        let local = url.host_str().is_some_and(|h| {
+            h == "localhost"
+                || h.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        (url.scheme() == "http" && !local).then(|| Fault {
+            key: vec!["token_url".into()],
+            reason: format!(
+                "token_url {url} is plain http:// to another host: the client secret and refresh tokens cross the network in the clear"
+            ),
+        })
     }
 
     /// `param_values`: the preset's lists, extended by the file's.
     fn param_values(
         &self,
         defaults: &PresetDefaults,
-    ) -> Result<BTreeMap<String, Vec<String>>, String> {
+    ) -> Result<BTreeMap<String, Vec<String>>, (Vec<String>, String)> {
         let mut lists: BTreeMap<String, Vec<String>> = defaults
             .param_values
             .iter()
@@ -1244,8 +1522,9 @@ impl ProviderSection {
             .collect();
         for (name, values) in &self.param_values {
             if values.is_empty() {
-                return Err(format!(
-                    "param_values.{name} is empty: list the values, or leave the key out"
+                return Err((
+                    vec!["param_values".to_owned(), name.clone()],
+                    format!("param_values.{name} is empty: list the values, or leave the key out"),
                 ));
             }
             let list = lists.entry(name.clone()).or_default();
@@ -1711,13 +1990,18 @@ mod tests {
             "{all}"
         );
         assert!(all.contains("provider b: token_url is required"), "{all}");
+        // Issue 26: the second problem of b's table too, not only the first.
+        assert!(
+            all.contains("provider b: client_secret_env: environment variable B_SECRET is not set"),
+            "{all}"
+        );
         assert!(
             all.contains("limits.max_concurrent_streams = 0 is out of range"),
             "{all}"
         );
         assert!(all.contains("identity svc"), "{all}");
         assert!(all.contains("without [tls]"), "{all}");
-        assert_eq!(problems.len(), 5, "{all}");
+        assert_eq!(problems.len(), 6, "{all}");
         assert!(
             FileConfig::default()
                 .problems("127.0.0.1:50051".parse().unwrap(), |_| None)

@@ -2,13 +2,14 @@
 //! run, each with its `file:line:col`. A TOML syntax error stops the parse
 //! (one per run, necessarily); every key the schema refuses (unknown, of the
 //! wrong type) is collected by blanking its line and parsing again; every
-//! semantic problem (`FileConfig::problems`: ranges, missing environment
-//! variables and secret files, identities, TLS) is located at the key it
-//! names.
+//! semantic problem (`FileConfig::located_problems`: ranges, missing
+//! environment variables and secret files, identities, TLS; every problem
+//! of a table, not its first) is placed at the key path it carries, found
+//! in the parsed document's spans.
 
 use std::path::Path;
 
-use crate::config::FileConfig;
+use crate::config::{FileConfig, Problem};
 
 /// At most this many schema errors are collected from one file.
 const MAX_SCHEMA_ERRORS: usize = 100;
@@ -184,110 +185,72 @@ fn blank(text: &str, lines: &[usize]) -> String {
         .collect()
 }
 
-/// A key as written in the file: its table, the `name` of its array-table
-/// entry if any, and where it is.
-struct Entry {
-    table: String,
-    name: Option<String>,
-    key: String,
-    line: usize,
-    column: usize,
-}
-
-fn entries(text: &str) -> Vec<Entry> {
-    let mut out: Vec<Entry> = Vec::new();
-    let mut table = String::new();
-    let mut name: Option<String> = None;
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim_start();
-        let column = raw.len() - line.len() + 1;
-        if let Some(header) = line.strip_prefix('[') {
-            let header = header.trim_start_matches('[');
-            table = header
-                .split(']')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_owned();
-            name = None;
-            out.push(Entry {
-                table: table.clone(),
-                name: None,
-                key: String::new(),
-                line: i + 1,
-                column,
-            });
-            continue;
-        }
-        if line.starts_with('#') {
-            continue;
-        }
-        if let Some((key, value)) = line.split_once('=') {
-            let key = key.trim().trim_matches('"').to_owned();
-            if key == "name" {
-                name = Some(value.trim().trim_matches('"').to_owned());
-                // The entries of this array table so far get its name.
-                for e in out.iter_mut().rev() {
-                    if e.table != table || e.name.is_some() {
-                        break;
-                    }
-                    e.name = name.clone();
-                }
+/// The problems a resolver joined with "; " (every range it refused), one
+/// each; a "; " inside one problem's own sentence stays.
+pub fn split_joined(problem: &str) -> Vec<String> {
+    let starts_one = |part: &str| {
+        ["identity ", "provider ", "webhook "]
+            .iter()
+            .any(|p| part.starts_with(p))
+            || part.split_once(" = ").is_some_and(|(key, _)| {
+                !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.".contains(c))
+            })
+    };
+    let mut out: Vec<String> = Vec::new();
+    for part in problem.split("; ") {
+        match out.last_mut() {
+            Some(last) if !starts_one(part) => {
+                last.push_str("; ");
+                last.push_str(part);
             }
-            out.push(Entry {
-                table: table.clone(),
-                name: name.clone(),
-                key,
-                line: i + 1,
-                column,
-            });
+            _ => out.push(part.to_owned()),
         }
     }
     out
 }
 
-/// `problem` prefixed with `path:line:col:` of the key it is about, when
-/// the file has that key (else of its table, else `path:`).
-pub fn locate_problem(text: &str, path: &Path, problem: &str) -> String {
-    let entries = entries(text);
-    // The scope a message names first: `provider NAME:`, `identity NAME:`,
-    // `webhook "NAME":`.
-    let unquote = |s: &str| s.trim_matches('"').to_owned();
-    let (scope, rest): (Option<(String, Option<String>)>, &str) =
-        if let Some(rest) = problem.strip_prefix("provider ") {
-            let (name, rest) = rest.split_once(':').unwrap_or((rest, ""));
-            (Some((format!("providers.{}", unquote(name)), None)), rest)
-        } else if let Some(rest) = problem.strip_prefix("identity ") {
-            let (name, rest) = rest.split_once(':').unwrap_or((rest, ""));
-            (Some(("identities".into(), Some(unquote(name)))), rest)
-        } else if let Some(rest) = problem.strip_prefix("webhook ") {
-            let (name, rest) = rest.split_once(':').unwrap_or((rest, ""));
-            (Some(("webhooks".into(), Some(unquote(name)))), rest)
-        } else {
-            (None, problem)
-        };
-    let in_scope = |e: &&Entry| match &scope {
-        Some((table, name)) => &e.table == table && (name.is_none() || &e.name == name),
-        None => true,
-    };
-    let found = rest
-        .split(|c: char| c.is_whitespace() || "`:=,;()".contains(c))
-        .filter(|w| !w.is_empty())
-        .find_map(|word| {
-            let (table, key) = match (&scope, word.rsplit_once('.')) {
-                (None, Some((t, k))) => (Some(t), k),
-                _ => (None, word),
-            };
-            entries
-                .iter()
-                .filter(in_scope)
-                .find(|e| e.key == key && table.is_none_or(|t| e.table == t))
-        })
-        .or_else(|| scope.as_ref().and_then(|_| entries.iter().find(in_scope)));
-    match found {
-        Some(e) => format!("{}:{}:{}: {problem}", path.display(), e.line, e.column),
-        None => format!("{}: {problem}", path.display()),
+/// `problem` prefixed with `path:line:col:` of the key it is about, found
+/// by walking the parsed document's spans: the key itself, else the
+/// deepest table on its path that the file has, else `path:` alone.
+pub fn locate(text: &str, path: &Path, problem: &Problem) -> String {
+    match place(text, &problem.key) {
+        Some((line, column)) => format!("{}:{line}:{column}: {}", path.display(), problem.message),
+        None => format!("{}: {}", path.display(), problem.message),
     }
+}
+
+/// Where (1-based line and column) the file writes `key`, or the deepest
+/// part of it the file has.
+fn place(text: &str, key: &[String]) -> Option<(usize, usize)> {
+    use toml::de::{DeTable, DeValue};
+    let document = DeTable::parse(text).ok()?;
+    let mut at: Option<std::ops::Range<usize>> = None;
+    let mut value: &DeValue<'_> = &DeValue::Table(document.into_inner());
+    for segment in key {
+        let next = match value {
+            DeValue::Table(table) => table
+                .iter()
+                .find(|(k, _)| k.get_ref().as_ref() == segment.as_str())
+                .map(|(k, v)| (k.span(), v)),
+            DeValue::Array(array) => segment
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| array.get(i))
+                .map(|v| (v.span(), v)),
+            _ => None,
+        };
+        let Some((span, next)) = next else { break };
+        at = Some(span);
+        value = next.get_ref();
+    }
+    let start = at?.start.min(text.len());
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    Some((line, column))
 }
 
 #[cfg(test)]
@@ -305,18 +268,67 @@ mod tests {
         }
     }
 
+    /// Issue 26, item 8: every problem of one provider table, not the
+    /// first, each at its key's `line:col` found by the document's spans
+    /// (an indented key, a dotted subtable, an array entry), and a key
+    /// the file lacks at its table.
     #[test]
-    fn semantic_problems_are_located_at_their_key() {
-        let text = "cache_capacity = 5\n[store]\npool_size = 0\n[providers.hub]\nclient_id = \"x\"\n  client_secret_env = \"NOPE\"\n[[identities]]\nname = \"svc\"\nrequests_per_second = 0\n";
+    fn every_problem_of_one_table_is_located_at_its_key() {
+        let text = "cache_capacity = 5\n[store]\npool_size = 0\n[providers.hub]\ntoken_url = \"https://h.example/{x}\"\nclient_id = \"x\"\n  client_secret_env = \"I26_UNIT_NOPE\"\nmin_refresh_interval_secs = 999999999\nrefresh_buffer_secs = 999999999\n[providers.hub.headers]\nHost = \"h\"\n[[identities]]\nname = \"a\"\ngrants = []\n[[identities]]\nname = \"svc\"\ngrants = []\nrequests_per_second = 0\n";
         let path = Path::new("t.toml");
-        let at = |p: &str| locate_problem(text, path, p);
-        assert!(at("cache_capacity = 5 is out of range").starts_with("t.toml:1:1: "));
-        assert!(at("store.pool_size = 0 is out of range").starts_with("t.toml:3:1: "));
-        assert!(
-            at("provider hub: client_secret_env: environment variable NOPE is not set")
-                .starts_with("t.toml:6:3: ")
-        );
-        assert!(at("identity svc: requests_per_second = 0").starts_with("t.toml:9:1: "));
-        assert_eq!(at("something else"), "t.toml: something else");
+        let file = FileConfig::parse(text, path).unwrap();
+        let problems = file.located_problems("127.0.0.1:1".parse().unwrap(), |_| None);
+        let lines: Vec<String> = problems.iter().map(|p| locate(text, path, p)).collect();
+        let all = lines.join("\n");
+        for (place, words) in [
+            (
+                "t.toml:7:3: ",
+                "client_secret_env: environment variable I26_UNIT_NOPE",
+            ),
+            ("t.toml:8:1: ", "min_refresh_interval_secs = 999999999"),
+            ("t.toml:9:1: ", "refresh_buffer_secs = 999999999"),
+            (
+                "t.toml:11:1: ",
+                "headers.Host: tokend sets this header itself",
+            ),
+            ("t.toml:1:1: ", "cache_capacity = 5"),
+            ("t.toml:3:1: ", "store.pool_size = 0"),
+            ("t.toml:18:1: ", "identity svc: requests_per_second = 0"),
+        ] {
+            let found: Vec<&String> = lines.iter().filter(|l| l.contains(words)).collect();
+            assert_eq!(found.len(), 1, "{words} once in:\n{all}");
+            assert!(
+                found[0].starts_with(place),
+                "{place} for {words} in:\n{all}"
+            );
+        }
+        // A key the file lacks: at the deepest table it has.
+        let missing = Problem {
+            key: vec!["providers".into(), "hub".into(), "revocation_url".into()],
+            message: "m".into(),
+        };
+        assert_eq!(locate(text, path, &missing), "t.toml:4:12: m");
+        let nowhere = Problem {
+            key: vec![],
+            message: "something else".into(),
+        };
+        assert_eq!(locate(text, path, &nowhere), "t.toml: something else");
+    }
+
+    /// The locator goes by the key path, not by words: a message naming
+    /// another table's key is still placed at its own.
+    #[test]
+    fn the_place_is_the_key_path_not_the_wording() {
+        let text = "[store]\npool_size = 1\n[providers.a]\nclient_id = \"x\"\npool_size = 2\n";
+        let at = |key: &[&str]| {
+            let key = key.iter().map(|k| (*k).to_owned()).collect();
+            let problem = Problem {
+                key,
+                message: "store.pool_size is wrong".into(),
+            };
+            locate(text, Path::new("t"), &problem)
+        };
+        assert!(at(&["providers", "a", "pool_size"]).starts_with("t:5:1: "));
+        assert!(at(&["store", "pool_size"]).starts_with("t:2:1: "));
     }
 }
