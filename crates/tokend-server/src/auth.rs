@@ -387,6 +387,46 @@ impl HexDigest {
     }
 }
 
+/// Every problem of `identities`, each naming its identity (`check-config`
+/// lists them all; `Authenticator::new` refuses the first): one of
+/// `api_key_sha256`/`cert_sha256`, some grants, 64 hex digits, and no key
+/// or certificate shared by two identities.
+pub fn check_identities(identities: &[IdentityConfig]) -> Vec<AuthConfigError> {
+    let mut problems = Vec::new();
+    let mut keys = std::collections::HashSet::new();
+    let mut certs = std::collections::HashSet::new();
+    let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    for config in identities {
+        let mut fail = |reason: &str| {
+            problems.push(AuthConfigError::Invalid {
+                name: config.name.clone(),
+                reason: reason.to_owned(),
+            })
+        };
+        if config.api_key_sha256.is_none() && config.cert_sha256.is_none() {
+            fail("set api_key_sha256 or cert_sha256");
+        }
+        if config.grants.is_empty() {
+            fail("has no grants");
+        }
+        if let Some(h) = &config.api_key_sha256 {
+            if !hex(h) {
+                fail("api_key_sha256 must be 64 hex digits");
+            } else if !keys.insert(h.to_ascii_lowercase()) {
+                fail("api key shared with another identity");
+            }
+        }
+        if let Some(h) = &config.cert_sha256 {
+            if !hex(h) {
+                fail("cert_sha256 must be 64 hex digits");
+            } else if !certs.insert(h.to_ascii_lowercase()) {
+                fail("certificate shared with another identity");
+            }
+        }
+    }
+    problems
+}
+
 impl Authenticator {
     pub fn new(
         identities: &[IdentityConfig],
@@ -399,40 +439,16 @@ impl Authenticator {
         } else {
             usize::MAX
         };
+        if let Some(first) = check_identities(identities).into_iter().next() {
+            return Err(first);
+        }
         for config in identities {
-            let fail = |reason: &str| AuthConfigError::Invalid {
-                name: config.name.clone(),
-                reason: reason.to_owned(),
-            };
-            let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
-            if config.api_key_sha256.is_none() && config.cert_sha256.is_none() {
-                return Err(fail("set api_key_sha256 or cert_sha256"));
-            }
-            if config.grants.is_empty() {
-                return Err(fail("has no grants"));
-            }
             let caller = Arc::new(Caller::new(config, max_installs));
             if let Some(h) = &config.api_key_sha256 {
-                if !hex(h) {
-                    return Err(fail("api_key_sha256 must be 64 hex digits"));
-                }
-                if by_api_key
-                    .insert(h.to_ascii_lowercase(), Arc::clone(&caller))
-                    .is_some()
-                {
-                    return Err(fail("api key shared with another identity"));
-                }
+                by_api_key.insert(h.to_ascii_lowercase(), Arc::clone(&caller));
             }
             if let Some(h) = &config.cert_sha256 {
-                if !hex(h) {
-                    return Err(fail("cert_sha256 must be 64 hex digits"));
-                }
-                if by_cert
-                    .insert(h.to_ascii_lowercase(), Arc::clone(&caller))
-                    .is_some()
-                {
-                    return Err(fail("certificate shared with another identity"));
-                }
+                by_cert.insert(h.to_ascii_lowercase(), Arc::clone(&caller));
             }
         }
         let open = identities.is_empty();
@@ -618,6 +634,49 @@ mod tests {
 
     fn id(s: &str) -> ConnectionId {
         ConnectionId::new(s).unwrap()
+    }
+
+    /// check-config lists every identity's every problem, not the first.
+    #[test]
+    fn every_identity_problem_is_listed() {
+        let bare = IdentityConfig {
+            name: "bare".into(),
+            api_key_sha256: None,
+            grants: Vec::new(),
+            ..identity(Vec::new())
+        };
+        let grant = || Grant {
+            permissions: vec![Permission::Tokens],
+            connections: vec!["*".into()],
+        };
+        let twin = IdentityConfig {
+            name: "twin".into(),
+            cert_sha256: Some("zz".into()),
+            ..identity(vec![grant()])
+        };
+        let first = IdentityConfig {
+            name: "first".into(),
+            ..identity(vec![grant()])
+        };
+        let problems: Vec<String> = check_identities(&[first, bare, twin.clone()])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let joined = problems.join("\n");
+        assert_eq!(problems.len(), 4, "{joined}");
+        for (who, what) in [
+            ("bare", "set api_key_sha256 or cert_sha256"),
+            ("bare", "has no grants"),
+            ("twin", "api key shared"),
+            ("twin", "cert_sha256 must be 64 hex digits"),
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(who) && p.contains(what)),
+                "{who}: {what} missing from:\n{joined}"
+            );
+        }
+        let limits = crate::limits::Limits::default();
+        assert!(Authenticator::new(&[twin], &limits).is_err());
     }
 
     #[test]

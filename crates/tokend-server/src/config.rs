@@ -766,13 +766,12 @@ impl FileConfig {
         if let Err(e) = self.cache_capacity() {
             problems.push(e.to_string());
         }
-        if let Err(e) = self.webhooks(env) {
-            problems.push(e);
-        }
-        let limits = self.limits().unwrap_or_default();
-        if let Err(e) = crate::auth::Authenticator::new(&self.identities, &limits) {
-            problems.push(e.to_string());
-        }
+        problems.extend(crate::webhooks::config::check_all(&self.webhooks, env).1);
+        problems.extend(
+            crate::auth::check_identities(&self.identities)
+                .iter()
+                .map(ToString::to_string),
+        );
         if let Some(tls) = &self.tls {
             for (key, path) in [
                 ("tls.cert_file", Some(&tls.cert_file)),
@@ -1999,9 +1998,11 @@ mod tests {
             all.contains("limits.max_concurrent_streams = 0 is out of range"),
             "{all}"
         );
-        assert!(all.contains("identity svc"), "{all}");
+        // Every problem of the identity too: no key and no grants.
+        assert!(all.contains("identity svc: set api_key_sha256"), "{all}");
+        assert!(all.contains("identity svc: has no grants"), "{all}");
         assert!(all.contains("without [tls]"), "{all}");
-        assert_eq!(problems.len(), 6, "{all}");
+        assert_eq!(problems.len(), 7, "{all}");
         assert!(
             FileConfig::default()
                 .problems("127.0.0.1:50051".parse().unwrap(), |_| None)

@@ -51,90 +51,127 @@ pub struct FilterSection {
     pub statuses: Vec<String>,
 }
 
-/// Resolves every webhook; the error names the webhook and the key.
+/// Resolves every webhook; the error names the webhook and the key, every
+/// problem of every webhook joined by "; " (`check_all` lists them apart).
 pub fn resolve(
     sections: &[WebhookSection],
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<Vec<Arc<WebhookConfig>>, String> {
+    let (configs, problems) = check_all(sections, env);
+    if problems.is_empty() {
+        Ok(configs)
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// Every webhook that resolves, and every problem of those that do not,
+/// each naming its webhook (`webhook "NAME": KEY ...`): one run of
+/// `check-config` lists them all.
+pub fn check_all(
+    sections: &[WebhookSection],
+    env: &impl Fn(&str) -> Option<String>,
+) -> (Vec<Arc<WebhookConfig>>, Vec<String>) {
     let mut names = HashSet::new();
-    sections
+    let mut problems = Vec::new();
+    let configs = sections
         .iter()
-        .map(|s| {
-            let name = s.name.as_str();
-            let fail = |reason: String| format!("webhook {name:?}: {reason}");
-            if name.is_empty()
-                || name.len() > 64
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(fail("name must be 1 to 64 of A-Z a-z 0-9 - _".into()));
-            }
-            if !names.insert(name) {
-                return Err(fail("another webhook has this name".into()));
-            }
-            let url = tokend_webhook::check_url(&s.url).map_err(fail)?;
-            let secret = crate::config::read_secret(
-                "secret",
-                s.secret_env.as_deref(),
-                s.secret_file.as_deref(),
-                s.allow_readable_secret_file,
-                env,
-            )
-            .map_err(fail)?;
-            let secret = Secret::parse(&secret).map_err(|e| fail(format!("secret: {e}")))?;
-            let f = &s.filter;
-            let filter = EventFilter::parse(
-                &f.providers,
-                &f.connection_id_prefixes,
-                &f.event_types,
-                &f.statuses,
-            )
-            .map_err(|e| fail(format!("filter.{}: {}", e.field, e.description)))?;
-            use crate::ranges as r;
-            let secs = |range: r::Range, v: Option<u64>, d: Duration| -> Result<Duration, String> {
-                Ok(range
-                    .check_opt(v)
-                    .map_err(fail)?
-                    .map_or(d, Duration::from_secs))
-            };
-            let retry_initial = r::WEBHOOK_RETRY_INITIAL_MS
-                .check_opt(s.retry_initial_ms)
-                .map_err(fail)?
-                .map_or(WebhookConfig::DEFAULT_RETRY_INITIAL, Duration::from_millis);
-            let retry_max = secs(
-                r::WEBHOOK_RETRY_MAX_SECS,
-                s.retry_max_secs,
-                WebhookConfig::DEFAULT_RETRY_MAX,
-            )?;
-            if retry_max < retry_initial {
-                return Err(fail(
-                    "retry_initial_ms must be at most retry_max_secs".into(),
-                ));
-            }
-            let defaults = SenderSettings::default();
-            let timeout = secs(r::WEBHOOK_TIMEOUT_SECS, s.timeout_secs, defaults.timeout)?;
-            let failing_after = secs(
-                r::WEBHOOK_FAILING_AFTER_SECS,
-                s.failing_after_secs,
-                WebhookConfig::DEFAULT_FAILING_AFTER,
-            )?;
-            Ok(Arc::new(WebhookConfig {
-                name: name.to_owned(),
-                url,
-                secret,
-                filter,
-                sender: SenderSettings {
-                    timeout,
-                    connect_timeout: defaults.connect_timeout.min(timeout),
-                    ..defaults
-                },
-                failing_after,
-                retry_initial,
-                retry_max,
-            }))
-        })
-        .collect()
+        .filter_map(|s| resolve_one(s, &mut names, env, &mut problems))
+        .collect();
+    (configs, problems)
+}
+
+/// One webhook, or `None` with its problems pushed onto `problems`.
+fn resolve_one<'a>(
+    s: &'a WebhookSection,
+    names: &mut HashSet<&'a str>,
+    env: &impl Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) -> Option<Arc<WebhookConfig>> {
+    let name = s.name.as_str();
+    let before = problems.len();
+    let mut fail = |reason: String| problems.push(format!("webhook {name:?}: {reason}"));
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        fail("name must be 1 to 64 of A-Z a-z 0-9 - _".into());
+    } else if !names.insert(name) {
+        fail("another webhook has this name".into());
+    }
+    let url = tokend_webhook::check_url(&s.url).map_err(&mut fail).ok();
+    let secret = crate::config::read_secret(
+        "secret",
+        s.secret_env.as_deref(),
+        s.secret_file.as_deref(),
+        s.allow_readable_secret_file,
+        env,
+    )
+    .map_err(&mut fail)
+    .ok()
+    .and_then(|secret| {
+        Secret::parse(&secret)
+            .map_err(|e| fail(format!("secret: {e}")))
+            .ok()
+    });
+    let f = &s.filter;
+    let filter = EventFilter::parse(
+        &f.providers,
+        &f.connection_id_prefixes,
+        &f.event_types,
+        &f.statuses,
+    )
+    .map_err(|e| fail(format!("filter.{}: {}", e.field, e.description)))
+    .ok();
+    use crate::ranges as r;
+    let mut secs = |range: r::Range, v: Option<u64>, d: Duration| -> Option<Duration> {
+        range
+            .check_opt(v)
+            .map_err(&mut fail)
+            .ok()
+            .map(|v| v.map_or(d, Duration::from_secs))
+    };
+    let retry_max = secs(
+        r::WEBHOOK_RETRY_MAX_SECS,
+        s.retry_max_secs,
+        WebhookConfig::DEFAULT_RETRY_MAX,
+    );
+    let defaults = SenderSettings::default();
+    let timeout = secs(r::WEBHOOK_TIMEOUT_SECS, s.timeout_secs, defaults.timeout);
+    let failing_after = secs(
+        r::WEBHOOK_FAILING_AFTER_SECS,
+        s.failing_after_secs,
+        WebhookConfig::DEFAULT_FAILING_AFTER,
+    );
+    let retry_initial = r::WEBHOOK_RETRY_INITIAL_MS
+        .check_opt(s.retry_initial_ms)
+        .map_err(&mut fail)
+        .ok()
+        .map(|v| v.map_or(WebhookConfig::DEFAULT_RETRY_INITIAL, Duration::from_millis));
+    if let (Some(initial), Some(max)) = (retry_initial, retry_max)
+        && max < initial
+    {
+        fail("retry_initial_ms must be at most retry_max_secs".into());
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(Arc::new(WebhookConfig {
+        name: name.to_owned(),
+        url: url?,
+        secret: secret?,
+        filter: filter?,
+        sender: SenderSettings {
+            timeout: timeout?,
+            connect_timeout: defaults.connect_timeout.min(timeout?),
+            ..defaults
+        },
+        failing_after: failing_after?,
+        retry_initial: retry_initial?,
+        retry_max: retry_max?,
+    }))
 }
 
 #[cfg(test)]
@@ -170,6 +207,51 @@ mod tests {
         assert_eq!(h.filter.types.len(), 2);
         assert_eq!(h.retry_initial, Duration::from_millis(200));
         assert!(!format!("{h:?}").contains("MfKQ9r8"), "no secret in Debug");
+    }
+
+    /// check-config lists every problem of every webhook in one run, not
+    /// the first (before: one per run).
+    #[test]
+    fn every_problem_of_every_webhook_is_listed() {
+        #[derive(Deserialize)]
+        struct File {
+            webhooks: Vec<WebhookSection>,
+        }
+        let file: File = toml::from_str(
+            r#"
+            [[webhooks]]
+            name = "a"
+            url = "http://a.example/"
+            secret_env = "MISSING"
+            timeout_secs = 0
+            [[webhooks]]
+            name = "b"
+            url = "https://b.example/"
+            secret_env = "HOOK_SECRET"
+            filter = { event_types = ["nope"] }
+            retry_initial_ms = 60000
+            retry_max_secs = 1
+            "#,
+        )
+        .unwrap();
+        let (configs, problems) = check_all(&file.webhooks, &|var| {
+            (var == "HOOK_SECRET").then(|| "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_owned())
+        });
+        assert!(configs.is_empty());
+        let joined = problems.join("\n");
+        assert_eq!(problems.len(), 5, "{joined}");
+        for (hook, key) in [
+            ("\"a\"", "https"),
+            ("\"a\"", "MISSING"),
+            ("\"a\"", "timeout_secs"),
+            ("\"b\"", "filter.event_types"),
+            ("\"b\"", "retry_initial_ms must be at most retry_max_secs"),
+        ] {
+            assert!(
+                problems.iter().any(|p| p.contains(hook) && p.contains(key)),
+                "{hook} {key} missing from:\n{joined}"
+            );
+        }
     }
 
     #[test]
