@@ -28,6 +28,7 @@ mod process;
 mod providers;
 mod proxy;
 mod readyz;
+mod refusals_after_body;
 mod reflection;
 mod refresh;
 mod replica_clocks;

@@ -908,7 +908,11 @@ mod tests {
             max_unauthenticated_message_bytes: 2048,
             ..Default::default()
         };
-        let auth = Authenticator::new(&[identity(vec![])], &limits).unwrap();
+        let grant = Grant {
+            permissions: vec![Permission::Tokens],
+            connections: vec!["*".into()],
+        };
+        let auth = Authenticator::new(&[identity(vec![grant])], &limits).unwrap();
         let (audit, clock) = (
             crate::audit::AuditLog::disabled(),
             tokend_core::Clock::system(),
