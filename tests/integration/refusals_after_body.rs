@@ -198,7 +198,10 @@ async fn pending_cap_refusals_keep_the_connection() {
             );
             break;
         }
-        assert!(Instant::now() < deadline, "the held requests take every place");
+        assert!(
+            Instant::now() < deadline,
+            "the held requests take every place"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
