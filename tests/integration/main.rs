@@ -30,6 +30,7 @@ mod proxy;
 mod readyz;
 mod reflection;
 mod refresh;
+mod refusals_after_body;
 mod replica_clocks;
 mod replicas;
 mod restore;

@@ -18,7 +18,10 @@ use sha2::{Digest, Sha256};
 use tokend_core::ConnectionId;
 use tonic::{Request, Status};
 
-use crate::{ServiceError, transport::load::Load};
+use crate::{
+    ServiceError,
+    transport::{load::Load, refuse::Refused},
+};
 
 /// What a grant allows. Each RPC needs exactly one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
@@ -311,6 +314,9 @@ pub struct Authenticator {
     by_cert: Arc<HashMap<String, Arc<Caller>>>,
     /// Set when no identities are configured.
     local: Option<Arc<OpenPeers>>,
+    /// How much of an unauthenticated request's body is read before it is
+    /// refused (`max_unauthenticated_message_bytes`; [`Refused`]).
+    refused_message: usize,
 }
 
 /// Open mode's callers: one per client connection (address and port), as
@@ -466,6 +472,7 @@ impl Authenticator {
                     max_installs,
                 })
             }),
+            refused_message: limits.max_unauthenticated_message_bytes,
         })
     }
 
@@ -530,7 +537,11 @@ impl Authenticator {
 
     /// The interceptor: identify, rate-limit, attach the caller. Every
     /// refusal is one audit line, with the client's address: failed key
-    /// guesses and throttled callers leave a trace.
+    /// guesses and throttled callers leave a trace. No refusal is answered
+    /// here, before the request's body is read: an unauthenticated request
+    /// is marked [`Refused`], answered by the transport once its body is
+    /// read within bounds ([`crate::transport::refuse`]); a rate refusal is
+    /// answered by the service ([`caller`]).
     #[allow(clippy::result_large_err)]
     pub fn intercept(
         &self,
@@ -539,9 +550,19 @@ impl Authenticator {
         clock: &tokend_core::Clock,
     ) -> Result<Request<()>, Status> {
         let peer = request.remote_addr();
-        let caller = self.identify(&request).inspect_err(|status| {
-            audit.refusal(clock.now(), "unauthenticated", "-", peer, status)
-        })?;
+        let caller = match self.identify(&request) {
+            Ok(caller) => caller,
+            Err(status) => {
+                audit.refusal(clock.now(), "unauthenticated", "-", peer, &status);
+                // No caller is attached: should the mark be missed, the
+                // service refuses it too ([`caller`]).
+                request.extensions_mut().insert(Refused {
+                    status,
+                    max_message: self.refused_message,
+                });
+                return Ok(request);
+            }
+        };
         if caller.limiter.check().is_err() && self.rate_binds() {
             let status = ServiceError::RateLimited {
                 caller: caller.name.clone(),
@@ -934,6 +955,41 @@ mod tests {
         );
         load.pending.give_back(2);
         assert!(pass("127.0.0.1:5000").is_ok(), "contention over");
+    }
+
+    /// Issue 26, item 10. Invariant: an unauthenticated request is not
+    /// answered by the interceptor, before its body: it passes marked
+    /// [`Refused`] with UNAUTHENTICATED and the unauthenticated message
+    /// cap, and with no caller attached, so the service refuses it too.
+    #[test]
+    fn an_unauthenticated_request_is_marked_not_answered() {
+        let limits = crate::limits::Limits {
+            max_unauthenticated_message_bytes: 2048,
+            ..Default::default()
+        };
+        let grant = Grant {
+            permissions: vec![Permission::Tokens],
+            connections: vec!["*".into()],
+        };
+        let auth = Authenticator::new(&[identity(vec![grant])], &limits).unwrap();
+        let (audit, clock) = (
+            crate::audit::AuditLog::disabled(),
+            tokend_core::Clock::system(),
+        );
+        let mut request = from_peer("10.0.0.1:5000");
+        request
+            .metadata_mut()
+            .insert("x-api-key", "wrong".parse().unwrap());
+        for request in [from_peer("10.0.0.1:5000"), request] {
+            let passed = auth
+                .intercept(request, &audit, &clock)
+                .expect("answered after the body, not here");
+            let refused = passed.extensions().get::<Refused>().expect("marked");
+            assert_eq!(refused.status.code(), tonic::Code::Unauthenticated);
+            assert_eq!(refused.max_message, 2048);
+            let err = caller(&passed).expect_err("no caller attached");
+            assert_eq!(err.to_status().code(), tonic::Code::Unauthenticated);
+        }
     }
 
     #[test]

@@ -286,12 +286,22 @@ pub async fn run_with_tasks(
         audit: audit_log.clone(),
         clock: clock.clone(),
     };
+    // The interceptor marks an unauthenticated request; the layer behind it
+    // answers it once its body is read (transport::refuse).
+    let answer_refused = transport::refuse::AnswerRefusedLayer {
+        within: limits
+            .request_body_timeout
+            .min(transport::refuse::DRAIN_TIME),
+    };
     let token_service = tonic::service::interceptor::InterceptedService::new(
-        TokenServiceServer::new(
-            service::TokenServiceImpl::new(Arc::clone(&engine), feed, webhooks, audit_log)
-                .with_stream_limits(&limits),
-        )
-        .max_decoding_message_size(MAX_REQUEST_BYTES),
+        tower::Layer::layer(
+            &answer_refused,
+            TokenServiceServer::new(
+                service::TokenServiceImpl::new(Arc::clone(&engine), feed, webhooks, audit_log)
+                    .with_stream_limits(&limits),
+            )
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        ),
         move |request| authenticator.intercept(request, &refusals, &refusal_clock),
     );
 

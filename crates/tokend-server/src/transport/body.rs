@@ -151,6 +151,14 @@ impl RequestBoundsLayer {
     }
 }
 
+impl Shared {
+    /// How long a refused request's body is read: a second, or the body
+    /// timeout if that is shorter.
+    fn refusal_drain_time(&self) -> Duration {
+        self.body_timeout.min(super::refuse::DRAIN_TIME)
+    }
+}
+
 impl<S> Layer<S> for RequestBoundsLayer {
     type Service = RequestBounds<S>;
 
@@ -162,7 +170,8 @@ impl<S> Layer<S> for RequestBoundsLayer {
     }
 }
 
-/// Refuses requests over the pending cap at once, and bounds each body.
+/// Refuses requests over the pending cap (once their body is read, within
+/// bounds: [`super::refuse`]), and bounds each body.
 #[derive(Clone, Debug)]
 pub(crate) struct RequestBounds<S> {
     inner: S,
@@ -197,7 +206,15 @@ where
             }
             .to_status()
             .into_http();
-            return Box::pin(async move { Ok(refusal) });
+            // Answered once the body is read, up to one message and for a
+            // second at most ([`super::refuse`]): unread DATA frames would
+            // make h2 end the client's whole connection.
+            let (max_message, within) = (class.max_message, shared.refusal_drain_time());
+            return Box::pin(async move {
+                let _stream = stream;
+                super::refuse::after_body(request.into_body(), max_message, within).await;
+                Ok(refusal)
+            });
         }
         let pending = Pending(Arc::clone(&class.pending));
         let compressed_ok = request

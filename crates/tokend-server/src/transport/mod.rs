@@ -10,6 +10,7 @@ pub(crate) mod conns;
 pub(crate) mod framing;
 pub(crate) mod incoming;
 pub mod load;
+pub(crate) mod refuse;
 pub(crate) mod trailers;
 
 /// Whether `path` names a service that takes no credentials (health,
