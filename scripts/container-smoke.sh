@@ -118,7 +118,7 @@ GRPC=$(free_port) SANDBOX=$(free_port) ADMIN=$(free_port)
 # The config the image expects at /etc/tokend/tokend.toml, read-only; the
 # sandbox provider needs nothing in it.
 mkdir "$WORK/etc"
-printf '# tokend.toml: providers and settings (README, Configuration)\n' >"$WORK/etc/tokend.toml"
+printf '# tokend.toml: providers and settings (docs/configuration.md)\n' >"$WORK/etc/tokend.toml"
 chmod -R a+rX "$WORK/etc"
 start() {
   podman_ run -d --name tokend-smoke --network host -v tokend-smoke-data:/var/lib/tokend \
@@ -162,7 +162,7 @@ podman_ build --quiet --pull=never --network host --build-arg "BASE=$BASE" \
   "$ROOT/tests/container" >/dev/null || die "the stand-in postgres image did not build"
 cp -r "$ROOT/deploy/compose" "$WORK/compose"
 chmod -R a+rX "$WORK/compose"
-# The README's steps (docker compose run --rm keys; up -d), one service at a
+# docs/replicas.md's steps (docker compose run --rm keys; up -d), one service at a
 # time: podman-compose 1.0 does not wait on depends_on conditions.
 say "compose trial: keys, postgres, migrate, sandbox, two replicas"
 compose_ down --volumes >/dev/null 2>&1 || true

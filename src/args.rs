@@ -149,7 +149,7 @@ pub(crate) struct ServeArgs {
     /// 127.0.0.1:9464, or `admin_listen` in the config file; "off" for none]
     #[arg(long, env = "TOKEND_ADMIN_LISTEN")]
     pub(crate) admin_listen: Option<String>,
-    /// TOML file with providers and settings (see README).
+    /// TOML file with providers and settings (see docs/configuration.md).
     #[arg(long, env = "TOKEND_CONFIG")]
     pub(crate) config: Option<PathBuf>,
     /// File of the keys that encrypt tokens at rest; created (0600) on

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use tokend_client::Error as ClientError;
 
-/// Exit codes, as documented in the README ("Exit codes").
+/// Exit codes, as documented in docs/sdks.md ("The CLI").
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Class {
     /// Anything else.

@@ -175,13 +175,13 @@ pub(crate) async fn migrate(section: &StoreSection) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    /// The replica config README.md shows, as a user would copy it.
+    /// The replica config docs/replicas.md shows, as a user would copy it.
     fn readme_replica_config() -> tokend_server::config::FileConfig {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../docs/replicas.md");
         let section = readme
             .split("## Running several replicas")
             .nth(1)
-            .expect("README has the section");
+            .expect("docs/replicas.md has the section");
         // The first ```toml block (its info string may carry the snippet
         // test's mark, e.g. "```toml check-config").
         let block = section
@@ -190,8 +190,8 @@ mod tests {
             .and_then(|b| b.split_once('\n'))
             .and_then(|(_, b)| b.split("```").next())
             .expect("a toml block");
-        tokend_server::config::FileConfig::parse(block, Path::new("README.md"))
-            .expect("README's replica config parses")
+        tokend_server::config::FileConfig::parse(block, Path::new("docs/replicas.md"))
+            .expect("docs/replicas.md's replica config parses")
     }
 
     #[test]

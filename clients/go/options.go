@@ -54,7 +54,7 @@ func (c *config) tlsConfig() *tls.Config {
 }
 
 // WithAPIKey sends key as `authorization: Bearer <key>` with every call (see
-// tokend's README, "Callers, TLS and audit"). Over plaintext the key travels
+// tokend's docs/configuration.md, "Callers, TLS and audit"). Over plaintext the key travels
 // in clear: use it with TLS unless tokend is on loopback.
 func WithAPIKey(key string) Option {
 	return func(c *config) {

@@ -130,10 +130,19 @@ pub fn blocks(name: &str, text: &str) -> Result<Vec<Block>, Vec<String>> {
     }
 }
 
-/// The Markdown files whose snippets are run: README.md and every
-/// clients/*/README.md, relative to `root`.
+/// The Markdown files whose snippets are run: README.md, every docs/*.md
+/// and every clients/*/README.md, relative to `root`.
 pub fn files(root: &Path) -> Vec<String> {
     let mut files = vec!["README.md".to_owned()];
+    let mut docs: Vec<String> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/ is readable")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".md"))
+        .map(|name| format!("docs/{name}"))
+        .collect();
+    docs.sort();
+    files.extend(docs);
     let mut clients: Vec<String> = std::fs::read_dir(root.join("clients"))
         .expect("clients/ is readable")
         .filter_map(|e| e.ok())

@@ -1,4 +1,4 @@
-//! Every fenced snippet of README.md and clients/*/README.md, run as pasted
+//! Every fenced snippet of README.md, docs/*.md and clients/*/README.md, run as pasted
 //! against a live `tokend serve --sandbox` (the built binary, on free ports:
 //! the documented 127.0.0.1:50051 and :50052 are replaced by them, and
 //! `TOKEND_ENDPOINT` names the gRPC one). A block is marked in its info

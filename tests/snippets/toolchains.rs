@@ -2,7 +2,7 @@
 //! snippets of its language: a Python venv with `clients/python` installed,
 //! a Node project with the packed `@tokend/client` tarball, a Go module that
 //! requires the SDK from the checkout (offline, from Debian's packages), and
-//! a Rust crate with the README's `[dependencies]` lines. A missing tool
+//! a Rust crate with docs/sdks.md's `[dependencies]` lines. A missing tool
 //! fails the test, naming it and how to install it.
 
 use std::{

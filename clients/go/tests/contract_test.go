@@ -17,8 +17,8 @@ import (
 	tokend "github.com/tokend-dev/tokend/clients/go"
 )
 
-// The SDK contract shared by the four tokend SDKs (tokend's README, "One
-// vocabulary in four SDKs"), against live brokers.
+// The SDK contract shared by the four tokend SDKs (tokend's docs/sdks.md,
+// "One vocabulary in four SDKs"), against live brokers.
 
 // A 401 to the replay is *StillUnauthorizedError by default, carrying the
 // connection, the status and the (already read and closed) response; with

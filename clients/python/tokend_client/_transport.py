@@ -102,8 +102,8 @@ def make_settings(
     if server_name:
         opts.append(("grpc.ssl_target_name_override", server_name))
     opts.extend(options)
-    # The key goes as `authorization: Bearer <key>` (README, "Callers, TLS
-    # and audit"): one credential per call.
+    # The key goes as `authorization: Bearer <key>` (docs/configuration.md,
+    # "Callers, TLS and audit"): one credential per call.
     metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
     return Settings(address, credentials, tuple(opts), metadata, float(timeout), max(retries, 0))
 

@@ -1,6 +1,6 @@
 //! Typed errors, mapped back from gRPC status codes and `ErrorInfo`, so
 //! callers match on variants instead of parsing messages. The vocabulary is
-//! the one every tokend SDK shares (README, "One vocabulary in four SDKs").
+//! the one every tokend SDK shares (docs/sdks.md, "One vocabulary in four SDKs").
 
 use std::time::Duration;
 

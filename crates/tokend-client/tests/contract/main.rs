@@ -1,5 +1,5 @@
-//! The SDK contract shared by the four tokend SDKs (README, "One vocabulary
-//! in four SDKs"), checked for the Rust client against a real broker on
+//! The SDK contract shared by the four tokend SDKs (docs/sdks.md, "One
+//! vocabulary in four SDKs"), checked for the Rust client against a real broker on
 //! 127.0.0.1:0 and the sandbox provider over real HTTP.
 
 mod broker;
