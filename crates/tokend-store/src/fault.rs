@@ -10,32 +10,14 @@ use std::{
 };
 
 use async_trait::async_trait;
-use tokend_core::{Connection, ConnectionId, Event, Timestamp};
+use tokend_core::{Connection, ConnectionId, Timestamp};
 use tokio::sync::watch;
 
-use crate::{Expected, Lease, ListQuery, LogBounds, SavedCursor, Store, StoreError};
+use crate::{BoxFuture, Expected, ListQuery, Store, StoreError};
 
-/// The store operations a fault can be armed for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
-    Get,
-    Put,
-    Delete,
-    List,
-    /// `summaries` and `census`: what start-up and the gauge read.
-    Summaries,
-    AcquireLease,
-    ReleaseLease,
-    /// `renew_refresh_lease`.
-    RenewLease,
-    ReplaceUnreadable,
-    ReadEvents,
-    /// `event_bounds`: what `/readyz` reads to see the store answer.
-    EventBounds,
-    SaveCursor,
-    /// `fleet_now`: a read of the shared store's clock.
-    FleetClock,
-}
+/// The store operations a fault can be armed for: one per method (see
+/// [`crate::Op`]); `census` is armed under `Summaries`.
+pub use crate::Op;
 
 /// What an armed operation does instead of succeeding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,8 +193,31 @@ fn injected(op: Op, when: &str) -> StoreError {
     StoreError::Backend(format!("injected fault in {op:?} {when}"))
 }
 
+/// Every call goes through the fault armed for its operation; the methods
+/// below also honour [`FaultStore::garble`], [`FaultStore::set_shared`]
+/// and [`FaultStore::set_fleet_clock`].
 #[async_trait]
-impl<S: Store> Store for FaultStore<S> {
+impl<S: Store> crate::StoreWrapper for FaultStore<S> {
+    type Target = S;
+    type Inner<'a> = &'a S;
+
+    fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        op: Op,
+        _: &'a &S,
+        call: BoxFuture<'a, Result<T, StoreError>>,
+    ) -> BoxFuture<'a, Result<T, StoreError>> {
+        let op = match op {
+            Op::Census => Op::Summaries,
+            op => op,
+        };
+        Box::pin(self.through(op, call))
+    }
+
     async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
         let read = self.through(Op::Get, self.inner.get(id)).await?;
         if read.is_some() && self.is_garbled(id) {
@@ -301,92 +306,8 @@ impl<S: Store> Store for FaultStore<S> {
         Ok(page)
     }
 
-    async fn summaries(
-        &self,
-        after: Option<&ConnectionId>,
-        limit: usize,
-    ) -> Result<Vec<crate::Summary>, StoreError> {
-        self.through(Op::Summaries, self.inner.summaries(after, limit))
-            .await
-    }
-
-    async fn census(&self) -> Result<crate::Census, StoreError> {
-        self.through(Op::Summaries, self.inner.census()).await
-    }
-
-    async fn try_acquire_refresh_lease(
-        &self,
-        id: &ConnectionId,
-        holder: &str,
-        ttl: Duration,
-        now: Timestamp,
-    ) -> Result<Option<Lease>, StoreError> {
-        self.through(
-            Op::AcquireLease,
-            self.inner.try_acquire_refresh_lease(id, holder, ttl, now),
-        )
-        .await
-    }
-
-    async fn release_refresh_lease(&self, lease: &Lease, in_doubt: bool) -> Result<(), StoreError> {
-        self.through(
-            Op::ReleaseLease,
-            self.inner.release_refresh_lease(lease, in_doubt),
-        )
-        .await
-    }
-
-    async fn renew_refresh_lease(
-        &self,
-        lease: &Lease,
-        ttl: Duration,
-        now: Timestamp,
-    ) -> Result<bool, StoreError> {
-        self.through(
-            Op::RenewLease,
-            self.inner.renew_refresh_lease(lease, ttl, now),
-        )
-        .await
-    }
-
-    async fn release_expired_leases(
-        &self,
-        now: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<ConnectionId>, StoreError> {
-        self.inner.release_expired_leases(now, limit).await
-    }
-    async fn release_abandoned_leases(
-        &self,
-        node_prefix: &str,
-    ) -> Result<Vec<ConnectionId>, StoreError> {
-        self.inner.release_abandoned_leases(node_prefix).await
-    }
-
-    async fn read_events(
-        &self,
-        after: u64,
-        up_to: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        self.through(Op::ReadEvents, self.inner.read_events(after, up_to, limit))
-            .await
-    }
-
-    fn event_watermark(&self) -> watch::Receiver<u64> {
-        self.inner.event_watermark()
-    }
-
-    fn broken(&self) -> watch::Receiver<Option<String>> {
-        self.inner.broken()
-    }
-
     fn shared(&self) -> bool {
         self.inner.shared() || self.shared.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn sealing_keys(&self) -> Option<std::sync::Arc<crate::crypto::Keyring>> {
-        self.inner.sealing_keys()
     }
 
     async fn fleet_now(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -398,38 +319,6 @@ impl<S: Store> Store for FaultStore<S> {
             }
         })
         .await
-    }
-
-    async fn claim_reader(
-        &self,
-        name: &str,
-        holder: &str,
-        ttl: Duration,
-        now: Timestamp,
-    ) -> Result<Option<u64>, StoreError> {
-        self.inner.claim_reader(name, holder, ttl, now).await
-    }
-
-    async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
-        self.through(Op::EventBounds, self.inner.event_bounds())
-            .await
-    }
-
-    async fn unheld_keys(&self) -> Result<Vec<u32>, StoreError> {
-        self.inner.unheld_keys().await
-    }
-
-    async fn prune_events(&self, older_than: Timestamp, keep: u64) -> Result<u64, StoreError> {
-        self.inner.prune_events(older_than, keep).await
-    }
-
-    async fn load_cursor(&self, name: &str) -> Result<Option<SavedCursor>, StoreError> {
-        self.inner.load_cursor(name).await
-    }
-
-    async fn save_cursor(&self, name: &str, cursor: &SavedCursor) -> Result<(), StoreError> {
-        self.through(Op::SaveCursor, self.inner.save_cursor(name, cursor))
-            .await
     }
 }
 

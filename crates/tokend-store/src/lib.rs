@@ -1,7 +1,8 @@
 //! Where connection records live: the `Store` trait (compare-and-swap on
 //! revision, with each change's events appended to a durable log in the same
 //! write), a sled backend for single-node deployments, an in-memory one for
-//! tests, and a conformance suite every backend must pass.
+//! tests, a conformance suite every backend must pass, and the shared base
+//! of the stores that wrap another (`StoreWrapper`).
 
 mod codec;
 pub mod conformance;
@@ -19,6 +20,7 @@ mod sled_keys;
 mod sled_store;
 mod sled_wal;
 mod summary;
+mod wrapper;
 
 use std::time::Duration;
 
@@ -29,6 +31,7 @@ use tokio::sync::watch;
 pub use event_log::{LogBounds, SavedCursor, Watermark, new_log_id};
 pub use memory::MemoryStore;
 pub use summary::{Census, Summary};
+pub use wrapper::{BoxFuture, Op, StoreWrapper};
 
 /// What a backend kept outside this crate (the PostgreSQL one) shares with
 /// the built-in ones: the record encoding (secrets sealed before they leave
