@@ -16,12 +16,8 @@ use std::{
 };
 
 use async_trait::async_trait;
-use tokend_core::{Connection, ConnectionId, Event, Timestamp};
-use tokend_store::{
-    Census, Expected, Lease, ListQuery, LogBounds, SavedCursor, SealedPage, Store, StoreError,
-    Summary,
-};
-use tokio::sync::watch;
+use tokend_core::Timestamp;
+use tokend_store::{BoxFuture, Op, StoreError};
 
 use crate::{PgError, PostgresStore};
 
@@ -103,7 +99,7 @@ pub(crate) async fn bounded<T>(
 
 /// The store's calls without the time limit (`store.rs`), for one call:
 /// its connections carry this call's `abandoned` flag.
-pub(crate) struct Untimed {
+pub struct Untimed {
     store: PostgresStore,
     abandoned: Arc<AtomicBool>,
 }
@@ -122,187 +118,38 @@ impl Untimed {
     }
 }
 
-impl PostgresStore {
-    fn untimed(&self) -> Untimed {
-        Untimed {
+/// Every call of [`Untimed`]'s `Store`, within the time limit: each call
+/// gets an `Untimed` of its own, whose connections the limit closes.
+#[async_trait]
+impl tokend_store::StoreWrapper for PostgresStore {
+    type Target = Untimed;
+    type Inner<'a> = Box<Untimed>;
+
+    fn inner(&self) -> Box<Untimed> {
+        Box::new(Untimed {
             store: self.clone(),
             abandoned: Arc::default(),
-        }
+        })
     }
 
-    async fn within<T>(
-        &self,
-        what: &'static str,
-        untimed: &Untimed,
-        call: impl Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        bounded(what, self.inner.call_timeout, &untimed.abandoned, call).await
-    }
-}
-
-/// Every call of [`Untimed`]'s `Store`, within the time limit.
-macro_rules! timed {
-    ($self:ident, $what:literal, $method:ident($($arg:expr),*)) => {{
-        let untimed = $self.untimed();
-        $self
-            .within($what, &untimed, untimed.$method($($arg),*))
-            .await
-    }};
-}
-
-#[async_trait]
-impl Store for PostgresStore {
-    async fn get(&self, id: &ConnectionId) -> Result<Option<Connection>, StoreError> {
-        timed!(self, "get", get(id))
+    fn around<'a, T: Send + 'a>(
+        &'a self,
+        op: Op,
+        untimed: &'a Box<Untimed>,
+        call: BoxFuture<'a, Result<T, StoreError>>,
+    ) -> BoxFuture<'a, Result<T, StoreError>> {
+        Box::pin(bounded(
+            op.name(),
+            self.inner.call_timeout,
+            &untimed.abandoned,
+            call,
+        ))
     }
 
-    async fn put(
-        &self,
-        record: &Connection,
-        expected: Option<u64>,
-        fence: Option<u64>,
-    ) -> Result<(), StoreError> {
-        timed!(self, "put", put(record, expected, fence))
-    }
-
-    async fn replace_unreadable(&self, record: &Connection) -> Result<(), StoreError> {
-        timed!(self, "replace_unreadable", replace_unreadable(record))
-    }
-
-    async fn delete(&self, id: &ConnectionId, expected: Expected) -> Result<bool, StoreError> {
-        timed!(self, "delete", delete(id, expected))
-    }
-
-    async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {
-        timed!(self, "list", list(query))
-    }
-
-    async fn summaries(
-        &self,
-        after: Option<&ConnectionId>,
-        limit: usize,
-    ) -> Result<Vec<Summary>, StoreError> {
-        timed!(self, "summaries", summaries(after, limit))
-    }
-
-    async fn census(&self) -> Result<Census, StoreError> {
-        timed!(self, "census", census())
-    }
-
-    async fn try_acquire_refresh_lease(
-        &self,
-        id: &ConnectionId,
-        holder: &str,
-        ttl: Duration,
-        now: Timestamp,
-    ) -> Result<Option<Lease>, StoreError> {
-        timed!(
-            self,
-            "acquire_lease",
-            try_acquire_refresh_lease(id, holder, ttl, now)
-        )
-    }
-
-    async fn renew_refresh_lease(
-        &self,
-        lease: &Lease,
-        ttl: Duration,
-        now: Timestamp,
-    ) -> Result<bool, StoreError> {
-        timed!(self, "renew_lease", renew_refresh_lease(lease, ttl, now))
-    }
-
-    async fn release_expired_leases(
-        &self,
-        now: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<ConnectionId>, StoreError> {
-        timed!(
-            self,
-            "release_expired_leases",
-            release_expired_leases(now, limit)
-        )
-    }
-
-    async fn release_refresh_lease(&self, lease: &Lease, in_doubt: bool) -> Result<(), StoreError> {
-        timed!(
-            self,
-            "release_lease",
-            release_refresh_lease(lease, in_doubt)
-        )
-    }
-
-    async fn release_abandoned_leases(
-        &self,
-        node_prefix: &str,
-    ) -> Result<Vec<ConnectionId>, StoreError> {
-        timed!(
-            self,
-            "release_abandoned_leases",
-            release_abandoned_leases(node_prefix)
-        )
-    }
-
-    async fn read_events(
-        &self,
-        after: u64,
-        up_to: u64,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        timed!(self, "read_events", read_events(after, up_to, limit))
-    }
-
-    fn event_watermark(&self) -> watch::Receiver<u64> {
-        self.inner.watermark.subscribe()
-    }
-
-    fn shared(&self) -> bool {
-        true
-    }
-
+    /// The database's clock (`clock.rs`), not `Store`'s default (none).
     async fn fleet_now(&self) -> Result<Option<Timestamp>, StoreError> {
-        timed!(self, "fleet_now", fleet_now())
-    }
-
-    fn sealing_keys(&self) -> Option<Arc<tokend_store::crypto::Keyring>> {
-        Some(self.keys())
-    }
-
-    async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
-        timed!(self, "event_bounds", event_bounds())
-    }
-
-    async fn unheld_keys(&self) -> Result<Vec<u32>, StoreError> {
-        timed!(self, "unheld_keys", unheld_keys())
-    }
-
-    async fn prune_events(&self, older_than: Timestamp, keep: u64) -> Result<u64, StoreError> {
-        timed!(self, "prune_events", prune_events(older_than, keep))
-    }
-
-    async fn load_cursor(&self, name: &str) -> Result<Option<SavedCursor>, StoreError> {
-        timed!(self, "load_cursor", load_cursor(name))
-    }
-
-    async fn save_cursor(&self, name: &str, cursor: &SavedCursor) -> Result<(), StoreError> {
-        timed!(self, "save_cursor", save_cursor(name, cursor))
-    }
-
-    async fn claim_reader(
-        &self,
-        name: &str,
-        holder: &str,
-        ttl: Duration,
-        now: Timestamp,
-    ) -> Result<Option<u64>, StoreError> {
-        timed!(self, "claim_reader", claim_reader(name, holder, ttl, now))
-    }
-
-    async fn export_sealed(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<SealedPage, StoreError> {
-        timed!(self, "export_sealed", export_sealed(after, limit))
+        let untimed = tokend_store::StoreWrapper::inner(self);
+        let call = Box::pin(untimed.fleet_now());
+        self.around(Op::FleetClock, &untimed, call).await
     }
 }
