@@ -158,9 +158,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Configuration mistakes, like the others: exit code 2.
     let invalid = tokend_server::config::ConfigError::Invalid;
     let events = file.events.resolve().map_err(invalid)?;
-    let webhooks = file
-        .webhooks(&|var| std::env::var(var).ok())
-        .map_err(invalid)?;
+    let webhooks =
+        tokend_server::webhooks::config::resolve(&file.webhooks, &|var| std::env::var(var).ok())
+            .map_err(invalid)?;
 
     // SAFETY: umask only swaps the process's file-creation mask. Set before
     // the data dir or any file in it is created: everything tokend writes
@@ -314,7 +314,9 @@ fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
         admin_listen: None,
     })?;
     let file = &settings.file;
-    let mut problems = file.located_problems(settings.listen, |var| std::env::var(var).ok());
+    let mut problems = tokend_server::config::located_problems(file, settings.listen, |var| {
+        std::env::var(var).ok()
+    });
     if file.store.kind == tokend_server::config::StoreKind::Postgres
         && let Err(e) = store::pg_options(&file.store, |var| std::env::var(var).ok())
     {
