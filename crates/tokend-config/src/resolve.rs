@@ -4,13 +4,78 @@
 
 use std::net::SocketAddr;
 
-use crate::{FileConfig, Problem, locate::split_joined};
+use tokend_provider::ProviderConfig;
+
+use crate::{
+    FileConfig, Problem, audit::AuditOptions, events::EventSettings, limits::Limits,
+    locate::split_joined,
+};
+
+/// The problems of the sections a crate above this one resolves: the
+/// server's `[[webhooks]]` (each message naming its webhook) and the
+/// binary's `[store]` options for PostgreSQL (each at its key).
+#[derive(Debug, Default)]
+pub struct Outside {
+    pub webhooks: Vec<String>,
+    pub store: Vec<Problem>,
+}
+
+/// The configuration `tokend serve` runs with: every value checked and
+/// every default filled in.
+#[derive(Debug)]
+pub struct Resolved {
+    pub providers: Vec<ProviderConfig>,
+    pub limits: Limits,
+    pub audit: AuditOptions,
+    pub cache_capacity: usize,
+    /// `None`: the engine's default.
+    pub refresh_concurrency: Option<usize>,
+    pub events: EventSettings,
+}
+
+/// The one resolution of a config file, for `tokend serve` and `tokend
+/// check-config` alike: `file` (as written, the flags' `listen` applied)
+/// with secrets read through `env`, and the `outside` sections' problems.
+/// Every problem of every table, each with its key path, or the resolved
+/// values; a file one command refuses the other refuses too.
+pub fn resolve(
+    file: &FileConfig,
+    listen: SocketAddr,
+    env: impl Fn(&str) -> Option<String>,
+    outside: Outside,
+) -> Result<Resolved, Vec<Problem>> {
+    let mut problems = file.located_problems(listen, &env, outside.webhooks);
+    for problem in outside.store {
+        // A range it refused is listed already, by `check_ranges`.
+        if !problems.iter().any(|p| p.message == problem.message) {
+            problems.push(problem);
+        }
+    }
+    let unexpected = |e: crate::ConfigError| {
+        vec![Problem {
+            key: Vec::new(),
+            message: e.to_string(),
+        }]
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    // Each of these was checked above: an error here is a check missing
+    // from `located_problems`, still refused.
+    Ok(Resolved {
+        providers: file.providers(&env).map_err(unexpected)?,
+        limits: file.limits().map_err(unexpected)?,
+        audit: file.audit_options().map_err(unexpected)?,
+        cache_capacity: file.cache_capacity().map_err(unexpected)?,
+        refresh_concurrency: file.refresh_concurrency().map_err(unexpected)?,
+        events: file
+            .events
+            .resolve()
+            .map_err(|e| unexpected(crate::ConfigError::Invalid(e)))?,
+    })
+}
 
 impl FileConfig {
-    /// Every problem `tokend serve` would stop at, and some it would only
-    /// warn about, without serving: each provider (secret resolvable,
-    /// secret file private, URL), the limits, the identities, the TLS
-    /// files, and whether the listen address is safe. Empty: all good.
     /// Every problem `tokend serve` would stop at, without serving, one a
     /// problem (every problem of every table, not the first of each), each
     /// with the key path it is about: each provider (secret resolvable,
@@ -153,3 +218,7 @@ impl FileConfig {
         problems
     }
 }
+
+#[cfg(test)]
+#[path = "resolve_tests.rs"]
+mod tests;
