@@ -124,15 +124,20 @@ async fn shutdown_signal() {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = settings::Settings::resolve(args.flags())?;
+    // Every problem stops serve here, as check-config refuses it (the same
+    // resolution), before anything is bound or created.
+    let (resolved, webhooks) = resolve_config(&settings);
+    let resolved = resolved.map_err(|problems| {
+        let messages: Vec<String> = problems.into_iter().map(|p| p.message).collect();
+        tokend_server::config::ConfigError::Invalid(messages.join("; "))
+    })?;
     let settings::Settings {
         listen,
         data_dir,
         admin,
         file,
-    } = settings::Settings::resolve(args.flags())?;
-    // A value out of its range stops serve here, as check-config refuses
-    // it, before anything is bound or created.
-    file.check_ranges()?;
+    } = settings;
     let admin = match admin {
         settings::Admin::Off => None,
         settings::Admin::At(addr) => Some(
@@ -148,19 +153,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         },
     };
-    let mut providers = file.providers(|var| std::env::var(var).ok())?;
-    let limits = file.limits()?;
-    let audit = file.audit_options()?;
-    let cache_capacity = file.cache_capacity()?;
-    let refresh_concurrency = file
-        .refresh_concurrency()?
+    let tokend_server::config::resolve::Resolved {
+        mut providers,
+        limits,
+        audit,
+        cache_capacity,
+        refresh_concurrency,
+        events,
+    } = resolved;
+    let refresh_concurrency = refresh_concurrency
         .unwrap_or(tokend_server::EngineSettings::default().background_concurrency);
-    // Configuration mistakes, like the others: exit code 2.
-    let invalid = tokend_server::config::ConfigError::Invalid;
-    let events = file.events.resolve().map_err(invalid)?;
-    let webhooks = file
-        .webhooks(&|var| std::env::var(var).ok())
-        .map_err(invalid)?;
 
     // SAFETY: umask only swaps the process's file-creation mask. Set before
     // the data dir or any file in it is created: everything tokend writes
@@ -314,24 +316,7 @@ fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
         admin_listen: None,
     })?;
     let file = &settings.file;
-    let mut problems = file.located_problems(settings.listen, |var| std::env::var(var).ok());
-    if file.store.kind == tokend_server::config::StoreKind::Postgres
-        && let Err(e) = store::pg_options(&file.store, |var| std::env::var(var).ok())
-    {
-        let message = format!("{e:#}");
-        // A range it refused is listed already, by `check_ranges`.
-        if !problems.iter().any(|p| p.message == message) {
-            let key = if message.starts_with("[store] tls") {
-                "tls"
-            } else {
-                "url_env"
-            };
-            problems.push(tokend_server::config::Problem {
-                key: vec!["store".into(), key.into()],
-                message,
-            });
-        }
-    }
+    let problems = resolve_config(&settings).0.err().unwrap_or_default();
     // One problem a line, each at the key it is about.
     let place = |p: &tokend_server::config::Problem| match &text {
         Some((path, text)) => config_check::locate(text, path, p),
@@ -346,6 +331,43 @@ fn check_config(args: &CheckConfigArgs) -> anyhow::Result<()> {
     }
     let problems: Vec<String> = problems.iter().map(place).collect();
     report_problems(&problems)
+}
+
+/// The one resolution of the configuration, for serve and check-config
+/// alike (`tokend_config::resolve::resolve`), with the sections resolved
+/// above tokend-config: `[[webhooks]]` (returned resolved, for serve) and
+/// PostgreSQL's `[store]` options.
+fn resolve_config(
+    settings: &settings::Settings,
+) -> (
+    Result<tokend_server::config::resolve::Resolved, Vec<tokend_server::config::Problem>>,
+    Vec<std::sync::Arc<tokend_server::webhooks::WebhookConfig>>,
+) {
+    let env = |var: &str| std::env::var(var).ok();
+    let file = &settings.file;
+    let (webhooks, webhook_problems) =
+        tokend_server::webhooks::config::check_all(&file.webhooks, &env);
+    let mut store = Vec::new();
+    if file.store.kind == tokend_server::config::StoreKind::Postgres
+        && let Err(e) = store::pg_options(&file.store, env)
+    {
+        let message = format!("{e:#}");
+        let key = if message.starts_with("[store] tls") {
+            "tls"
+        } else {
+            "url_env"
+        };
+        store.push(tokend_server::config::Problem {
+            key: vec!["store".into(), key.into()],
+            message,
+        });
+    }
+    let outside = tokend_server::config::resolve::Outside {
+        webhooks: webhook_problems,
+        store,
+    };
+    let resolved = tokend_server::config::resolve::resolve(file, settings.listen, env, outside);
+    (resolved, webhooks)
 }
 
 fn report_problems(problems: &[String]) -> anyhow::Result<()> {

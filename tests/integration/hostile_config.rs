@@ -534,3 +534,32 @@ fn check_config_lists_every_problem_of_one_provider_table() {
     assert_eq!(stderr.matches("problem: ").count(), 3, "{stderr}");
     assert!(stderr.contains("3 problem(s)"), "{stderr}");
 }
+
+/// Issue 27: serve and check-config share one resolution, so a value serve
+/// refuses at start is one check-config refuses, at its `file:line:col`:
+/// a refresh lease of 0 seconds on the PostgreSQL store (the database URL
+/// set, so the store's options are otherwise complete).
+#[test]
+fn check_config_refuses_a_zero_refresh_lease_at_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tokend.toml");
+    std::fs::write(
+        &config,
+        "[store]\nkind = \"postgres\"\nrefresh_lease_secs = 0\n",
+    )
+    .unwrap();
+    let out = tokend()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config)
+        .env(
+            "TOKEND_DATABASE_URL",
+            "postgres://tokend@127.0.0.1:1/tokend",
+        )
+        .output()
+        .unwrap();
+    assert_refused(&out, "store.refresh_lease_secs = 0", "check-config");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let place = format!("{}:3:1: ", config.display());
+    assert!(stderr.contains(&place), "{place} in: {stderr}");
+}

@@ -9,6 +9,7 @@ mod config;
 mod endpoint;
 #[cfg(test)]
 mod fuzz;
+mod presets;
 mod redact;
 pub mod registration;
 mod response;
@@ -24,6 +25,7 @@ pub use config::{
     valid_header,
 };
 pub use endpoint::TokenEndpoint;
+pub use presets::{HUBSPOT_TOKEN_URL, Preset, PresetDefaults, ZOHO_DATA_CENTRES};
 pub use reqwest::Url;
 pub use template::{
     MAX_LABEL_LEN, MAX_PARAM_LEN, UrlPlace, UrlTemplate, encode_component,

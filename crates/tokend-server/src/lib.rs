@@ -9,17 +9,17 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod config;
-pub mod config_check;
+pub use tokend_config::locate as config_check;
 mod console;
 mod convert;
 pub mod engine;
 mod error;
 pub mod feed;
 mod hub;
-pub mod limits;
+pub use tokend_config::limits;
 mod malformed;
 pub mod metrics;
-pub mod ranges;
+pub use tokend_config::ranges;
 mod readiness;
 mod scheduler;
 pub(crate) mod service;
@@ -80,8 +80,7 @@ pub struct ServerConfig {
     pub system_clock: Option<Clock>,
 }
 
-/// Largest request message accepted; tokend's requests are a few KiB.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+pub use tokend_config::limits::MAX_REQUEST_BYTES;
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]

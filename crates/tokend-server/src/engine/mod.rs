@@ -45,8 +45,7 @@ use backoff::Breaker;
 use flight::Ended;
 use slot::{Slot, Slots};
 
-/// Connections kept decrypted in memory by default: about 2.5 KiB each.
-pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
+pub use tokend_config::DEFAULT_CACHE_CAPACITY;
 
 /// Tunables of the engine; defaults suit production.
 #[derive(Clone, Debug)]

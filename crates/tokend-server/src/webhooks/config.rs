@@ -2,54 +2,14 @@
 //! [`WebhookConfig`]: URL checked (https, or http to loopback), secret
 //! read from an env var or a private file, filter validated, names unique.
 
-use std::{collections::HashSet, path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use serde::Deserialize;
 use tokend_webhook::{Secret, SenderSettings};
 
 use super::WebhookConfig;
 use crate::feed::EventFilter;
 
-/// One `[[webhooks]]` table as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookSection {
-    /// 1 to 64 of `A-Z a-z 0-9 - _`; keys the endpoint's delivery cursor.
-    pub name: String,
-    pub url: String,
-    /// The env var holding the `whsec_…` signing secret.
-    pub secret_env: Option<String>,
-    /// Or a file holding it (mode 0600).
-    pub secret_file: Option<PathBuf>,
-    #[serde(default)]
-    pub allow_readable_secret_file: bool,
-    #[serde(default)]
-    pub filter: FilterSection,
-    /// Per request [default: 10].
-    pub timeout_secs: Option<u64>,
-    /// Failing this long marks the endpoint FAILING [default: 3600].
-    pub failing_after_secs: Option<u64>,
-    /// First retry delay [default: 1000].
-    pub retry_initial_ms: Option<u64>,
-    /// Longest retry delay [default: 600].
-    pub retry_max_secs: Option<u64>,
-}
-
-/// `filter = { ... }` of a webhook: as `WatchConnections`' filter.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FilterSection {
-    #[serde(default)]
-    pub providers: Vec<String>,
-    #[serde(default)]
-    pub connection_id_prefixes: Vec<String>,
-    /// `reconnect_required`, `recovered`, ...
-    #[serde(default)]
-    pub event_types: Vec<String>,
-    /// `active`, `reconnect_required`.
-    #[serde(default)]
-    pub statuses: Vec<String>,
-}
+pub use tokend_config::webhook::{FilterSection, WebhookSection};
 
 /// Resolves every webhook; the error names the webhook and the key, every
 /// problem of every webhook joined by "; " (`check_all` lists them apart).
@@ -102,7 +62,7 @@ fn resolve_one<'a>(
         fail("another webhook has this name".into());
     }
     let url = tokend_webhook::check_url(&s.url).map_err(&mut fail).ok();
-    let secret = crate::config::read_secret(
+    let secret = tokend_config::read_secret(
         "secret",
         s.secret_env.as_deref(),
         s.secret_file.as_deref(),
@@ -176,6 +136,8 @@ fn resolve_one<'a>(
 
 #[cfg(test)]
 mod tests {
+    use serde::Deserialize;
+
     use super::*;
 
     fn parse(toml_text: &str) -> Result<Vec<Arc<WebhookConfig>>, String> {

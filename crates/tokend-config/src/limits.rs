@@ -17,6 +17,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Largest request message accepted; tokend's requests are a few KiB.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 /// The transport bounds the server enforces.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -45,7 +48,7 @@ pub struct Limits {
     pub open_watch_streams_per_peer: usize,
     /// Open mode: requests per second one client connection may make
     /// (bursts of the same size) while the server is contended
-    /// ([`crate::transport::load::Load::contended`]); with spare capacity a
+    /// ([`the server's `Load::contended``]); with spare capacity a
     /// connection may use all of it. It keeps one connection from taking
     /// the whole server when others want some.
     pub open_requests_per_second_per_peer: u32,

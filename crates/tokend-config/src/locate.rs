@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use crate::config::{FileConfig, Problem};
+use crate::{ConfigError, FileConfig, Problem};
 
 /// At most this many schema errors are collected from one file.
 const MAX_SCHEMA_ERRORS: usize = 100;
@@ -73,8 +73,8 @@ pub fn parse_all(text: &str, path: &Path) -> Result<FileConfig, Vec<String>> {
 
 /// The lines (0-based) of the key-value pair an error points at, if it
 /// points at one (not at a table header or a whole table).
-fn error_lines(text: &str, e: &crate::config::ConfigError) -> Option<Vec<usize>> {
-    let crate::config::ConfigError::Parse { message, .. } = e else {
+fn error_lines(text: &str, e: &ConfigError) -> Option<Vec<usize>> {
+    let ConfigError::Parse { message, .. } = e else {
         return None;
     };
     // `LINE:COL: ...` as `locate` writes it.
@@ -107,11 +107,9 @@ fn error_lines(text: &str, e: &crate::config::ConfigError) -> Option<Vec<usize>>
 }
 
 /// The line (1-based) a parse error points at.
-fn error_line(e: &crate::config::ConfigError) -> Option<usize> {
+fn error_line(e: &ConfigError) -> Option<usize> {
     match e {
-        crate::config::ConfigError::Parse { message, .. } => {
-            message.split(':').next()?.trim().parse().ok()
-        }
+        ConfigError::Parse { message, .. } => message.split(':').next()?.trim().parse().ok(),
         _ => None,
     }
 }
@@ -277,7 +275,7 @@ mod tests {
         let text = "cache_capacity = 5\n[store]\npool_size = 0\n[providers.hub]\ntoken_url = \"https://h.example/{x}\"\nclient_id = \"x\"\n  client_secret_env = \"I26_UNIT_NOPE\"\nmin_refresh_interval_secs = 999999999\nrefresh_buffer_secs = 999999999\n[providers.hub.headers]\nHost = \"h\"\n[[identities]]\nname = \"a\"\ngrants = []\n[[identities]]\nname = \"svc\"\ngrants = []\nrequests_per_second = 0\n";
         let path = Path::new("t.toml");
         let file = FileConfig::parse(text, path).unwrap();
-        let problems = file.located_problems("127.0.0.1:1".parse().unwrap(), |_| None);
+        let problems = file.located_problems("127.0.0.1:1".parse().unwrap(), |_| None, Vec::new());
         let lines: Vec<String> = problems.iter().map(|p| locate(text, path, p)).collect();
         let all = lines.join("\n");
         for (place, words) in [

@@ -92,7 +92,7 @@ pub const MAX_PENDING_REQUESTS: Range = Range::new("limits.max_pending_requests"
 /// At least one whole request (`MAX_REQUEST_BYTES`).
 pub const MAX_BUFFERED_REQUEST_BYTES: Range = Range::new(
     "limits.max_buffered_request_bytes",
-    crate::MAX_REQUEST_BYTES as u64,
+    crate::limits::MAX_REQUEST_BYTES as u64,
     16 * GIB,
 );
 pub const REQUEST_BODY_TIMEOUT_MS: Range =
@@ -133,7 +133,7 @@ pub const MAX_UNAUTHENTICATED_BUFFERED_BYTES: Range =
 pub const MAX_UNAUTHENTICATED_MESSAGE_BYTES: Range = Range::new(
     "limits.max_unauthenticated_message_bytes",
     256,
-    crate::MAX_REQUEST_BYTES as u64,
+    crate::limits::MAX_REQUEST_BYTES as u64,
 );
 /// Installs one caller may have running at once.
 pub const MAX_INSTALLS_PER_CALLER: Range = Range::new(
@@ -238,7 +238,3 @@ pub const ALL: &[Range] = &[
     PROVIDER_ROTATION_GRACE_SECS,
     PROVIDER_MIN_REFRESH_INTERVAL_SECS,
 ];
-
-#[cfg(test)]
-#[path = "ranges_tests.rs"]
-mod tests;
