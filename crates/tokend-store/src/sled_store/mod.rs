@@ -112,7 +112,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+mod backup;
+mod events;
 mod format;
+mod leases;
 mod open;
 mod rotation;
 mod store;

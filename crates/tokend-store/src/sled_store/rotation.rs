@@ -1,54 +1,13 @@
-//! Keys and backups on a sled store: importing sealed records, the
-//! keyring swap and re-encryption after a rotation, and counts per key.
+//! Keys on a sled store: the keyring swap and re-encryption after a
+//! rotation, and counts of records per key.
 
 use std::sync::Arc;
 
-use crate::{StoreError, Summary, codec, crypto::Keyring};
+use crate::{StoreError, codec, crypto::Keyring};
 
 use super::*;
 
 impl SledStore {
-    /// Writes records from a backup (`(id, sealed bytes)` as exported),
-    /// after checking that each one decrypts with this store's keys, so a
-    /// restore with the wrong key file fails before writing anything.
-    /// Records already present are overwritten. Flushed before it returns.
-    pub fn import_sealed(&self, records: &[(String, Vec<u8>)]) -> Result<usize, StoreError> {
-        let keys = self.inner.keys();
-        let mut summaries = Vec::with_capacity(records.len());
-        for (id, bytes) in records {
-            let record = codec::decode(id.as_bytes(), bytes, &keys)?;
-            if record.id.as_str() != id {
-                return Err(StoreError::Corrupt {
-                    id: id.clone(),
-                    reason: format!("the record inside is {}", record.id),
-                });
-            }
-            summaries.push(Summary::of(&record));
-        }
-        // Every key these records use is recorded before they land.
-        crate::sled_keys::record_for_import(
-            &self.inner.db,
-            &self.inner.key_checks,
-            &keys,
-            records.iter().flat_map(|(_, bytes)| codec::key_ids(bytes)),
-        )?;
-        let _fencing = lock(&self.inner.fencing);
-        for ((id, bytes), summary) in records.iter().zip(&summaries) {
-            let key = id.as_bytes();
-            loop {
-                let current = self.inner.records.get(key).map_err(backend)?;
-                if self
-                    .inner
-                    .swap_with_events(key, current, Some((bytes, summary)), Vec::new())?
-                {
-                    break;
-                }
-            }
-        }
-        crate::sled_commit::Flush::flush_and_publish(&*self.inner)?;
-        Ok(records.len())
-    }
-
     /// The key new writes are sealed with.
     pub fn active_key_id(&self) -> u32 {
         self.inner.keys().active_key_id()

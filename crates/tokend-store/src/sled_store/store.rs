@@ -1,10 +1,8 @@
 //! The `Store` trait on sled: reads, record changes, the event log and
-//! cursors, and refresh leases, each on the writer thread or a blocking one.
+//! cursors, and refresh leases, each on the writer thread or a blocking one;
+//! the event log's calls are in `events.rs`, the leases' in `leases.rs`.
 
-use std::{
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use tokend_core::{Connection, ConnectionId, Event, Timestamp, event};
@@ -12,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::{
     Census, Expected, Lease, ListQuery, LogBounds, SavedCursor, Store, StoreError, Summary,
-    check_advances, codec, crypto::Keyring, leases::LeaseState, sled_index,
+    check_advances, codec, crypto::Keyring, sled_index,
 };
 
 use super::*;
@@ -146,31 +144,7 @@ impl Store for SledStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<crate::SealedPage, StoreError> {
-        let after = after.map(|a| {
-            let mut start = a.as_bytes().to_vec();
-            start.push(0);
-            start
-        });
-        let (page, pending) = self
-            .blocking(move |inner| {
-                let iter = match after {
-                    Some(start) => inner.records.range(start..),
-                    None => inner.records.iter(),
-                };
-                let mut records = Vec::new();
-                for item in iter.take(limit) {
-                    let (key, bytes) = item.map_err(backend)?;
-                    records.push((String::from_utf8_lossy(&key).into_owned(), bytes.to_vec()));
-                }
-                let page = crate::SealedPage {
-                    format_version: FORMAT_VERSION,
-                    records,
-                };
-                Ok((page, inner.durability.pending_any()))
-            })
-            .await?;
-        self.durable(pending).await?;
-        Ok(page)
+        backup::export_sealed(self, after, limit).await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, StoreError> {
@@ -235,24 +209,7 @@ impl Store for SledStore {
         up_to: u64,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        if after >= up_to {
-            return Ok(Vec::new());
-        }
-        self.blocking(move |inner| {
-            let mut out = Vec::new();
-            let range = (after + 1).to_be_bytes()..=up_to.to_be_bytes();
-            for item in inner.events.range(range).take(limit) {
-                let (_, bytes) = item.map_err(backend)?;
-                out.push(
-                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                        id: "event log".into(),
-                        reason: e.to_string(),
-                    })?,
-                );
-            }
-            Ok(out)
-        })
-        .await
+        events::read_events(self, after, up_to, limit).await
     }
 
     fn event_watermark(&self) -> watch::Receiver<u64> {
@@ -276,93 +233,19 @@ impl Store for SledStore {
     }
 
     async fn event_bounds(&self) -> Result<LogBounds, StoreError> {
-        self.blocking(|inner| {
-            let last = inner.watermark.get();
-            let oldest = match inner.events.first().map_err(backend)? {
-                Some((key, _)) => <[u8; 8]>::try_from(key.as_ref())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(last + 1)
-                    .min(last + 1),
-                None => last + 1,
-            };
-            Ok(LogBounds {
-                log_id: inner.log_id,
-                oldest,
-                last,
-            })
-        })
-        .await
+        events::event_bounds(self).await
     }
 
     async fn prune_events(&self, older_than: Timestamp, keep: u64) -> Result<u64, StoreError> {
-        let mut removed = 0;
-        loop {
-            // One writer-thread job per chunk, so other changes are not
-            // held up by a long prune.
-            let (in_chunk, done) = self
-                .write_then(
-                    move |inner| {
-                        let last = inner.last_seq.load(Ordering::SeqCst);
-                        let mut batch = sled::Batch::default();
-                        let mut in_chunk = 0u64;
-                        let mut done = true;
-                        for item in inner.events.iter().take(10_000) {
-                            let (key, bytes) = item.map_err(backend)?;
-                            let seq =
-                                <[u8; 8]>::try_from(key.as_ref()).map_or(0, u64::from_be_bytes);
-                            let retained = last.saturating_sub(seq) + 1;
-                            let old = serde_json::from_slice::<Event>(&bytes)
-                                .map_or(true, |e| e.at < older_than);
-                            if !(retained > keep || old) {
-                                done = true;
-                                break;
-                            }
-                            batch.remove(key);
-                            in_chunk += 1;
-                            done = false;
-                        }
-                        if in_chunk > 0 {
-                            inner.events.apply_batch(batch).map_err(backend)?;
-                        }
-                        Ok((in_chunk, done || in_chunk < 10_000))
-                    },
-                    |_| false,
-                )
-                .await?;
-            removed += in_chunk;
-            if done || in_chunk == 0 {
-                return Ok(removed);
-            }
-        }
+        events::prune_events(self, older_than, keep).await
     }
 
     async fn load_cursor(&self, name: &str) -> Result<Option<SavedCursor>, StoreError> {
-        let name = name.to_owned();
-        self.blocking(
-            move |inner| match inner.cursors.get(name.as_bytes()).map_err(backend)? {
-                Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(json_error),
-                None => Ok(None),
-            },
-        )
-        .await
+        events::load_cursor(self, name).await
     }
 
     async fn save_cursor(&self, name: &str, cursor: &SavedCursor) -> Result<(), StoreError> {
-        let name = name.to_owned();
-        let bytes = serde_json::to_vec(cursor).map_err(json_error)?;
-        // Not flushed: the next write's flush (or sled's own, within a
-        // second) carries it; a lost save means redelivery, never a skip.
-        self.write_then(
-            move |inner| {
-                inner
-                    .cursors
-                    .insert(name.as_bytes(), bytes)
-                    .map_err(backend)?;
-                Ok(())
-            },
-            |_| false,
-        )
-        .await
+        events::save_cursor(self, name, cursor).await
     }
 
     async fn try_acquire_refresh_lease(
@@ -372,47 +255,11 @@ impl Store for SledStore {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<Option<Lease>, StoreError> {
-        let id = id.clone();
-        let holder = holder.to_owned();
-        let granted = self
-            .write_then(
-                move |inner| {
-                    let key = id.as_str().as_bytes();
-                    let _fencing = lock(&inner.fencing);
-                    let last = inner.lease_state(key)?;
-                    let Some(next) = LeaseState::grant(last.as_ref(), &holder, ttl, now) else {
-                        return Ok(None);
-                    };
-                    inner.set_lease(key, &next)?;
-                    Ok(Some(next.lease(&id)))
-                },
-                // Flushed: the lease is the refresh's durable intent, found
-                // again after a crash between the provider call and the commit.
-                |granted| granted.is_some(),
-            )
-            .await?;
-        Ok(granted)
+        leases::try_acquire_refresh_lease(self, id, holder, ttl, now).await
     }
 
     async fn release_refresh_lease(&self, lease: &Lease, in_doubt: bool) -> Result<(), StoreError> {
-        // Not flushed: the next flush (any write's) carries it. Lost in a
-        // crash, it only makes the next refresh look in doubt, which costs
-        // nothing unless that refresh is refused.
-        let lease = lease.clone();
-        self.write_then(
-            move |inner| {
-                let key = lease.id.as_str().as_bytes();
-                let _fencing = lock(&inner.fencing);
-                if let Some(mut state) = inner.lease_state(key)?
-                    && state.release(lease.fence, in_doubt)
-                {
-                    inner.set_lease(key, &state)?;
-                }
-                Ok(())
-            },
-            |_| false,
-        )
-        .await
+        leases::release_refresh_lease(self, lease, in_doubt).await
     }
 
     async fn renew_refresh_lease(
@@ -421,25 +268,7 @@ impl Store for SledStore {
         ttl: Duration,
         now: Timestamp,
     ) -> Result<bool, StoreError> {
-        // Not flushed: a renewal lost in a crash only makes the dead
-        // holder's lease run out sooner.
-        let lease = lease.clone();
-        self.write_then(
-            move |inner| {
-                let key = lease.id.as_str().as_bytes();
-                let _fencing = lock(&inner.fencing);
-                let Some(mut state) = inner.lease_state(key)? else {
-                    return Ok(false);
-                };
-                if !state.renew(lease.fence, ttl, now) {
-                    return Ok(false);
-                }
-                inner.set_lease(key, &state)?;
-                Ok(true)
-            },
-            |_| false,
-        )
-        .await
+        leases::renew_refresh_lease(self, lease, ttl, now).await
     }
 
     /// One process owns a sled directory, so start-up's release covers its
@@ -450,59 +279,13 @@ impl Store for SledStore {
         now: Timestamp,
         limit: usize,
     ) -> Result<Vec<ConnectionId>, StoreError> {
-        self.write_then(
-            move |inner| {
-                let _fencing = lock(&inner.fencing);
-                let mut ids = Vec::new();
-                for item in inner.leases.iter() {
-                    if ids.len() >= limit {
-                        break;
-                    }
-                    let (key, bytes) = item.map_err(backend)?;
-                    let Ok(mut state) = serde_json::from_slice::<LeaseState>(&bytes) else {
-                        continue;
-                    };
-                    if state.expire(now) {
-                        inner.set_lease(&key, &state)?;
-                        if let Ok(id) = ConnectionId::new(String::from_utf8_lossy(&key)) {
-                            ids.push(id);
-                        }
-                    }
-                }
-                Ok(ids)
-            },
-            |ids| !ids.is_empty(),
-        )
-        .await
+        leases::release_expired_leases(self, now, limit).await
     }
 
     async fn release_abandoned_leases(
         &self,
         node_prefix: &str,
     ) -> Result<Vec<ConnectionId>, StoreError> {
-        let prefix = node_prefix.to_owned();
-        let ids = self
-            .write_then(
-                move |inner| {
-                    let _fencing = lock(&inner.fencing);
-                    let mut ids = Vec::new();
-                    for item in inner.leases.iter() {
-                        let (key, bytes) = item.map_err(backend)?;
-                        let Ok(mut state) = serde_json::from_slice::<LeaseState>(&bytes) else {
-                            continue;
-                        };
-                        if state.abandon(&prefix) {
-                            inner.set_lease(&key, &state)?;
-                            if let Ok(id) = ConnectionId::new(String::from_utf8_lossy(&key)) {
-                                ids.push(id);
-                            }
-                        }
-                    }
-                    Ok(ids)
-                },
-                |_| true,
-            )
-            .await?;
-        Ok(ids)
+        leases::release_abandoned_leases(self, node_prefix).await
     }
 }
