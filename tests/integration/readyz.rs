@@ -22,6 +22,32 @@ async fn readiness(http: &reqwest::Client, addr: std::net::SocketAddr) -> Option
         .map(|r| r.status().as_u16())
 }
 
+/// A server on `store` with its admin listener: the admin address, the
+/// stop signal and the server's task.
+async fn serve(
+    store: PostgresStore,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), tokend_server::ServerError>>,
+) {
+    let (admin, admin_addr) = AdminListener::bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tokend_server::run(
+        listener,
+        Arc::new(store),
+        ServerConfig {
+            admin: Some(admin),
+            ..Default::default()
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (admin_addr, stop, server)
+}
+
 /// Polls `/readyz` until it answers `want`, for at most `limit`; how long
 /// that took.
 async fn until(
@@ -53,20 +79,7 @@ async fn readiness_follows_the_database_down_and_back() {
     let store = PostgresStore::connect(&options, keys.keyring().expect("keys"))
         .await
         .expect("connects");
-    let (admin, admin_addr) = AdminListener::bind(([127, 0, 0, 1], 0).into()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tokend_server::run(
-        listener,
-        Arc::new(store),
-        ServerConfig {
-            admin: Some(admin),
-            ..Default::default()
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let (admin_addr, stop, server) = serve(store).await;
     let http = reqwest::Client::new();
     assert!(
         until(&http, admin_addr, 200, Duration::from_secs(20))
@@ -121,20 +134,7 @@ async fn a_replica_without_a_key_the_fleet_records_is_not_ready() {
     let store = PostgresStore::connect(&options, old.keyring().expect("keys"))
         .await
         .expect("connects");
-    let (admin, admin_addr) = AdminListener::bind(([127, 0, 0, 1], 0).into()).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(tokend_server::run(
-        listener,
-        Arc::new(store),
-        ServerConfig {
-            admin: Some(admin),
-            ..Default::default()
-        },
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let (admin_addr, stop, server) = serve(store).await;
     let http = reqwest::Client::new();
     assert!(
         until(&http, admin_addr, 200, Duration::from_secs(20))
