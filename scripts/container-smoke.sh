@@ -85,14 +85,16 @@ BASE=localhost/tokend-base:bookworm
 if ! podman_ image exists "$BASE"; then
   CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/tokend
   TARBALL=$CACHE/debian-bookworm-minbase.tar
-  if [[ ! -s $TARBALL ]]; then
+  if [[ ! -f $TARBALL || ! -s $TARBALL ]]; then
     say "making the base image's root file system (mmdebstrap, about a minute)"
+    rm -rf "$TARBALL" "$CACHE/partial.tar"
     mkdir -p "$CACHE"
     sources=/etc/apt/sources.list.d/debian.sources
     [[ -s $sources ]] || sources=/etc/apt/sources.list
-    mmdebstrap --quiet --variant=minbase --include=ca-certificates bookworm "$TARBALL.part" "$sources" ||
-      die "mmdebstrap could not make a Debian root file system"
-    mv "$TARBALL.part" "$TARBALL"
+    mmdebstrap --quiet --format=tar --variant=minbase --include=ca-certificates bookworm \
+      "$CACHE/partial.tar" "$sources" || die "mmdebstrap could not make a Debian root file system"
+    [[ -f $CACHE/partial.tar ]] || die "mmdebstrap made no tarball"
+    mv "$CACHE/partial.tar" "$TARBALL"
   fi
   cp "$TARBALL" "$WORK/base.tar"
   chmod 0644 "$WORK/base.tar"
