@@ -134,12 +134,18 @@ impl PostgresStore {
                 recycling_method: RecyclingMethod::Verified,
             },
         );
+        // Every idle connection may have gone silent at once (a network
+        // blip): a call then checks each in turn before it opens a new one,
+        // so one check may take only a quarter of the call's time limit.
+        let recycle_timeout = (options.call_timeout() / 4)
+            .min(options.connect_timeout)
+            .max(std::time::Duration::from_millis(100));
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(options.connect_timeout))
             .create_timeout(Some(options.connect_timeout))
-            .recycle_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(recycle_timeout))
             .build()
             .map_err(|e| PgError::Pool(e.to_string()))?;
         let mut client = pool.get().await?;
