@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use tokend_engine::metrics::Metrics;
 
 /// A bound admin socket, handed to the server, which serves it once.
 #[derive(Clone, Debug, Default)]
@@ -33,7 +33,7 @@ impl AdminListener {
 #[derive(Clone)]
 struct Admin {
     metrics: Arc<Metrics>,
-    engine: Arc<crate::engine::Engine>,
+    engine: Arc<tokend_engine::engine::Engine>,
     readiness: Arc<crate::readiness::Readiness>,
     cancel: CancellationToken,
 }

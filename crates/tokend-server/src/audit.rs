@@ -543,7 +543,7 @@ mod tests {
         )
         .unwrap();
         let peer: SocketAddr = "10.0.0.7:4000".parse().unwrap();
-        let status = crate::ServiceError::Unauthenticated("unknown api key").to_status();
+        let status = crate::error::ServiceError::Unauthenticated("unknown api key").to_status();
         let now = Timestamp::from_unix_millis(1_000);
         for i in 0..10_000u16 {
             // A new connection per guess still counts as the same peer.

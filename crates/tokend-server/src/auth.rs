@@ -18,7 +18,7 @@ use tokend_core::ConnectionId;
 use tonic::{Request, Status};
 
 use crate::{
-    ServiceError,
+    error::ServiceError,
     transport::{load::Load, refuse::Refused},
 };
 
@@ -92,6 +92,17 @@ impl Pattern {
 struct Compiled {
     permissions: Vec<Permission>,
     patterns: Vec<Pattern>,
+}
+
+/// A caller reads the event feed as far as its `tokens` grants reach.
+impl tokend_engine::feed::Reach for Caller {
+    fn may_read(&self, id: &ConnectionId) -> bool {
+        self.may(Permission::Tokens, Some(id))
+    }
+
+    fn may_read_all(&self) -> bool {
+        self.may_everywhere(Permission::Tokens)
+    }
 }
 
 impl Caller {
@@ -336,7 +347,7 @@ impl HexDigest {
 impl Authenticator {
     pub fn new(
         identities: &[IdentityConfig],
-        limits: &crate::limits::Limits,
+        limits: &tokend_config::limits::Limits,
     ) -> Result<Self, AuthConfigError> {
         let mut by_api_key = HashMap::new();
         let mut by_cert = HashMap::new();
@@ -596,7 +607,7 @@ mod tests {
                 "{who}: {what} missing from:\n{joined}"
             );
         }
-        let limits = crate::limits::Limits::default();
+        let limits = tokend_config::limits::Limits::default();
         assert!(Authenticator::new(&[twin], &limits).is_err());
     }
 
@@ -682,7 +693,7 @@ mod tests {
         );
         let open = Authenticator::new(
             &[],
-            &crate::limits::Limits {
+            &tokend_config::limits::Limits {
                 max_installs_per_caller: 1,
                 ..Default::default()
             },
@@ -821,7 +832,7 @@ mod tests {
     /// ([`caller`]), never before its body.
     #[test]
     fn open_rates_bind_only_under_contention_and_refuse_after_the_body() {
-        let limits = crate::limits::Limits {
+        let limits = tokend_config::limits::Limits {
             open_requests_per_second_per_peer: 1,
             max_pending_requests: 4,
             ..Default::default()
@@ -863,7 +874,7 @@ mod tests {
     /// cap, and with no caller attached, so the service refuses it too.
     #[test]
     fn an_unauthenticated_request_is_marked_not_answered() {
-        let limits = crate::limits::Limits {
+        let limits = tokend_config::limits::Limits {
             max_unauthenticated_message_bytes: 2048,
             ..Default::default()
         };

@@ -26,9 +26,9 @@ use serde::Deserialize;
 use tokend_core::{Connection, ConnectionId, ProviderName, Status, Timestamp};
 use tokend_store::ListQuery;
 
-use crate::{
-    Engine, audit::AuditLog, auth::Authenticator, auth::Permission, feed::Feed, metrics::Metrics,
-};
+use tokend_engine::{Engine, feed::Feed, metrics::Metrics};
+
+use crate::{audit::AuditLog, auth::Authenticator, auth::Permission};
 
 pub(crate) use gate::Gate;
 

@@ -12,16 +12,12 @@ pub mod config;
 pub use tokend_config::locate as config_check;
 mod console;
 mod convert;
-pub mod engine;
 mod error;
-pub mod feed;
-mod hub;
 pub use tokend_config::limits;
 mod malformed;
-pub mod metrics;
 pub use tokend_config::ranges;
 mod readiness;
-mod scheduler;
+mod rpc_metrics;
 pub(crate) mod service;
 mod trace_context;
 mod transport;
@@ -37,8 +33,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use engine::{Engine, EngineSettings};
 pub use error::{ERROR_DOMAIN, ServiceError};
+pub use tokend_engine::{Engine, EngineSettings, engine, feed, metrics};
 
 /// Everything `run` needs besides the listener and the store.
 #[derive(Clone, Debug, Default)]
@@ -403,7 +399,7 @@ pub async fn run_with_tasks(
         })
         // Outermost: counts every call by the code it finally got.
         .layer(tower::util::option_layer(observe_calls.then(|| {
-            metrics::RpcMetricsLayer::new(Arc::clone(engine.metrics()))
+            rpc_metrics::RpcMetricsLayer::new(Arc::clone(engine.metrics()))
         })))
         // Rewrites and audits the refusals of everything below.
         .layer(edge)

@@ -16,7 +16,9 @@ use tokend_core::Clock;
 use tonic::{Code, Status, body::Body, transport::server::TcpConnectInfo};
 use tower::{Layer, Service};
 
-use crate::{MAX_REQUEST_BYTES, ServiceError, audit::AuditLog};
+use tokend_config::limits::MAX_REQUEST_BYTES;
+
+use crate::{audit::AuditLog, error::ServiceError};
 
 /// What prost's decode errors say first (tonic passes them on verbatim).
 const DECODE_FAILURE: &str = "failed to decode Protobuf message";

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use crate::config::FileConfig;
-use crate::ranges::*;
+use tokend_config::ranges::*;
 
 const HOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -205,16 +205,19 @@ fn every_numeric_key_of_the_schema_has_a_range() {
 /// range, so the ranges refuse nothing tokend would pick itself.
 #[test]
 fn every_default_lies_inside_its_range() {
-    let limits = crate::limits::Limits::default();
+    let limits = tokend_config::limits::Limits::default();
     let http = tokend_provider::HttpSettings::default();
     let audit = crate::audit::AuditOptions::default();
-    let events = crate::feed::EventSettings::default();
-    let engine = crate::EngineSettings::default();
+    let events = tokend_engine::feed::EventSettings::default();
+    let engine = tokend_engine::EngineSettings::default();
     let secs = |d: std::time::Duration| d.as_secs();
     let millis = |d: std::time::Duration| d.as_millis() as u64;
     let defaults = [
         (REFRESH_CONCURRENCY, engine.background_concurrency as u64),
-        (CACHE_CAPACITY, crate::engine::DEFAULT_CACHE_CAPACITY as u64),
+        (
+            CACHE_CAPACITY,
+            tokend_engine::engine::DEFAULT_CACHE_CAPACITY as u64,
+        ),
         (AUDIT_MAX_BYTES, audit.max_bytes),
         (AUDIT_KEEP, audit.keep as u64),
         (HTTP_CONNECT_TIMEOUT_SECS, secs(http.connect_timeout)),
@@ -222,7 +225,7 @@ fn every_default_lies_inside_its_range() {
         (HTTP_MAX_RESPONSE_BYTES, http.max_response_bytes as u64),
         (
             MAX_CONNECTIONS,
-            limits.connections_for(crate::limits::fd_limit()) as u64,
+            limits.connections_for(tokend_config::limits::fd_limit()) as u64,
         ),
         (MAX_CONCURRENT_STREAMS, limits.max_concurrent_streams.into()),
         (MAX_PENDING_REQUESTS, limits.max_pending_requests as u64),

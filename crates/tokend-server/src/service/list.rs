@@ -7,10 +7,11 @@ use tokend_core::{Connection, ConnectionId};
 use tokend_store::{ListQuery, StoreError};
 
 use super::validate::ListParams;
+use tokend_engine::{Engine, EngineError};
+
 use crate::{
-    ServiceError,
     auth::{Caller, Permission, Reach},
-    engine::Engine,
+    error::ServiceError,
 };
 
 /// Where a listing reads, in id order.
@@ -114,13 +115,13 @@ pub(super) async fn page(
                             Ok(record) if tokend_store::matches(&query(None, 1, None), &record) => {
                                 records.push(record);
                             }
-                            Ok(_) | Err(ServiceError::NotFound(_)) => {}
+                            Ok(_) | Err(EngineError::NotFound(_)) => {}
                             // As a store listing does: one unreadable
                             // record does not hide the others.
-                            Err(ServiceError::Store(StoreError::Corrupt { .. })) => {
+                            Err(EngineError::Store(StoreError::Corrupt { .. })) => {
                                 tracing::error!(connection_id = %id, "skipping unreadable connection record");
                             }
-                            Err(e) => return Err(e),
+                            Err(e) => return Err(e.into()),
                         }
                     }
                 }

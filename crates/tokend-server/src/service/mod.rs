@@ -15,12 +15,15 @@ use tokend_proto::v1::{self as pb, token_service_server::TokenService};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use tokend_engine::{
+    Engine,
+    feed::{Feed, Reader},
+};
+
 use crate::{
-    ServiceError,
     auth::{self, Caller, Permission},
     convert,
-    engine::Engine,
-    feed::{Feed, Reader},
+    error::ServiceError,
     webhooks::Webhooks,
 };
 use validate::{check_size, connection_id};
@@ -56,7 +59,7 @@ impl TokenServiceImpl {
     }
 
     /// Applies `limits`' watch-stream bounds (the defaults otherwise).
-    pub fn with_stream_limits(mut self, limits: &crate::limits::Limits) -> Self {
+    pub fn with_stream_limits(mut self, limits: &tokend_config::limits::Limits) -> Self {
         self.streams = streams::StreamBounds::new(limits);
         self
     }
@@ -213,7 +216,7 @@ impl TokenServiceImpl {
         let permit = (
             caller.open_watch_stream()?,
             self.streams.open()?,
-            crate::metrics::Subscriber::start(self.engine.metrics(), "watch_connection"),
+            tokend_engine::metrics::Subscriber::start(self.engine.metrics(), "watch_connection"),
         );
         let rx =
             watch::WatchTask::start(&self.engine, id, self.streams.outbox, gate, permit).await?;
@@ -231,9 +234,9 @@ impl TokenServiceImpl {
         let permit = (
             caller.open_watch_stream()?,
             self.streams.open()?,
-            crate::metrics::Subscriber::start(self.engine.metrics(), "watch_connections"),
+            tokend_engine::metrics::Subscriber::start(self.engine.metrics(), "watch_connections"),
         );
-        let reader = Reader::Caller(Arc::clone(caller));
+        let reader = Reader::Caller(Arc::clone(caller) as Arc<dyn tokend_engine::feed::Reach>);
         let sealed = !reader.sees_everything();
         let cursor = match cursor {
             Some(presented) => Some(self.feed.open(presented, sealed).await?),
@@ -381,7 +384,7 @@ impl TokenServiceImpl {
                         };
                         Some((Ok(message), next.flatten().map(Some)))
                     }
-                    Err(e) => Some((Err(Status::from(e)), None)),
+                    Err(e) => Some((Err(ServiceError::from(e).to_status()), None)),
                 }
             }
         });

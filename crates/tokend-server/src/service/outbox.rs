@@ -28,7 +28,7 @@ use tokend_proto::v1 as pb;
 use tokio::{sync::Notify, time::Instant};
 use tonic::Status;
 
-use crate::{ServiceError, transport::backpressure::WriteState};
+use crate::{error::ServiceError, transport::backpressure::WriteState};
 
 /// A message a watch stream sends, as the outbox accounts for it.
 pub(crate) trait Outgoing: prost::Message + Send + 'static {

@@ -13,7 +13,9 @@ use std::sync::{
 };
 
 use super::outbox::OutboxBounds;
-use crate::{ServiceError, limits::Limits};
+use tokend_config::limits::Limits;
+
+use crate::error::ServiceError;
 
 /// The watch-stream bounds every stream of this server shares.
 #[derive(Clone)]

@@ -8,10 +8,10 @@ use secrecy::SecretString;
 use tokend_core::{ConnectionId, ProviderName, Status as ConnStatus};
 use tokend_proto::v1 as pb;
 
-use crate::{
-    MAX_REQUEST_BYTES, ServiceError,
-    engine::{Engine, InstallGrant, InstallInput, Rejected},
-};
+use tokend_config::limits::MAX_REQUEST_BYTES;
+use tokend_engine::engine::{Engine, InstallGrant, InstallInput, Rejected};
+
+use crate::error::ServiceError;
 
 type Result<T> = std::result::Result<T, ServiceError>;
 
@@ -360,7 +360,10 @@ pub(super) fn list_params(req: &pb::ListConnectionsRequest) -> Result<ListParams
 /// A `WatchConnections` request: its filter and where to start.
 pub(super) fn watch_all(
     req: &pb::WatchConnectionsRequest,
-) -> Result<(crate::feed::EventFilter, Option<crate::feed::Presented>)> {
+) -> Result<(
+    tokend_engine::feed::EventFilter,
+    Option<tokend_engine::feed::Presented>,
+)> {
     let f = req.filter.clone().unwrap_or_default();
     let types = f
         .event_types
@@ -390,7 +393,7 @@ pub(super) fn watch_all(
             )),
         })
         .collect::<Result<_>>()?;
-    let filter = crate::feed::EventFilter {
+    let filter = tokend_engine::feed::EventFilter {
         providers: f.providers,
         id_prefixes: f.connection_id_prefixes,
         types,
@@ -409,7 +412,7 @@ pub(super) fn watch_all(
     })?;
     let cursor = match req.resume_after.as_str() {
         "" => None,
-        raw => Some(crate::feed::Presented::decode(raw).ok_or_else(|| {
+        raw => Some(tokend_engine::feed::Presented::decode(raw).ok_or_else(|| {
             ServiceError::invalid(
                 "resume_after",
                 "not a cursor tokend issued (pass a ConnectionEvent's cursor unchanged)",

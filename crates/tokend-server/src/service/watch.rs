@@ -11,11 +11,12 @@ use tonic::Status;
 
 use super::outbox::{self, OutboxBounds, Receiver, Sender};
 use crate::transport::backpressure::WriteState;
-use crate::{
-    ServiceError, convert,
-    engine::Engine,
+use tokend_engine::{
+    Engine,
     hub::{EventKind, Subscription},
 };
+
+use crate::{convert, error::ServiceError};
 
 /// One watch stream's task and everything it holds. Each field is released
 /// by drop when the task ends, however it ends: the hub subscription frees
@@ -119,7 +120,7 @@ impl WatchTask {
         }
     }
 
-    async fn next(&mut self, received: Result<crate::hub::Event, RecvError>) -> Next {
+    async fn next(&mut self, received: Result<tokend_engine::hub::Event, RecvError>) -> Next {
         match received {
             Ok(event) => {
                 let deleted = event.kind == EventKind::Deleted;
@@ -153,7 +154,7 @@ impl WatchTask {
                     }
                     // Deleted (and maybe re-created) while we lagged: this
                     // stream's connection is gone.
-                    Ok(_) | Err(ServiceError::NotFound(_)) => Next::Send(
+                    Ok(_) | Err(tokend_engine::EngineError::NotFound(_)) => Next::Send(
                         Box::new(Ok(self.message(
                             pb::WatchEventType::Deleted,
                             &Arc::clone(&self.last_seen),
@@ -161,7 +162,7 @@ impl WatchTask {
                         ))),
                         true,
                     ),
-                    Err(e) => Next::Send(Box::new(Err(e.to_status())), true),
+                    Err(e) => Next::Send(Box::new(Err(ServiceError::from(e).to_status())), true),
                 }
             }
             Err(RecvError::Closed) => Next::Stop,

@@ -24,10 +24,9 @@ use tonic::Status;
 
 use super::outbox::{self, OutboxBounds, Receiver, Sender};
 use crate::transport::backpressure::WriteState;
-use crate::{
-    convert,
-    feed::{EventFilter, Feed, FeedError, Reader},
-};
+use tokend_engine::feed::{EventFilter, Feed, FeedError, Reader};
+
+use crate::convert;
 
 /// Events taken from the feed at once: what a stalled task holds besides
 /// its outbox.
@@ -109,7 +108,9 @@ impl FeedTask {
                 Ok(events) => events,
                 Err(FeedError::ShuttingDown) => return,
                 Err(e) => {
-                    let status = self.feed.service_error(e, self.sealed).to_status();
+                    let status =
+                        crate::error::ServiceError::from(self.feed.service_error(e, self.sealed))
+                            .to_status();
                     let _ = self.send(Err(status)).await;
                     return;
                 }

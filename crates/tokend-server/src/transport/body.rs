@@ -31,7 +31,7 @@ use super::{
     framing::Framing,
     trailers::{Refusal, Tracked, Witness},
 };
-use crate::ServiceError;
+use crate::error::ServiceError;
 
 /// A count of something held (requests, bytes) with a ceiling, taken
 /// without waiting. Plain atomics: unlike a tokio `Semaphore`, giving back
@@ -122,7 +122,7 @@ struct Class {
 
 impl RequestBoundsLayer {
     pub(crate) fn new(
-        limits: &crate::limits::Limits,
+        limits: &tokend_config::limits::Limits,
         conns: Arc<Connections>,
         witness: Witness,
     ) -> Self {
@@ -131,7 +131,7 @@ impl RequestBoundsLayer {
                 // Shared with the open-mode callers' contention signal.
                 pending: Arc::clone(&conns.load.pending),
                 budget: Quota::new(limits.max_buffered_request_bytes),
-                max_message: crate::MAX_REQUEST_BYTES,
+                max_message: tokend_config::limits::MAX_REQUEST_BYTES,
                 pending_limit: "max_pending_requests",
                 budget_limit: "max_buffered_request_bytes",
                 authenticated: true,

@@ -74,7 +74,7 @@ impl ConnMetrics {
     }
 
     /// Adds these to the server's `/metrics`.
-    pub(crate) fn register(&self, metrics: &crate::metrics::Metrics) {
+    pub(crate) fn register(&self, metrics: &tokend_engine::metrics::Metrics) {
         metrics.register(
             "tokend_connections_open",
             "Client connections open",

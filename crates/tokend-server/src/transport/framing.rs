@@ -6,7 +6,7 @@
 //! protobuf), and a declared length over the service's message cap is
 //! refused before its bytes are buffered.
 
-use crate::ServiceError;
+use crate::error::ServiceError;
 
 /// The flag byte and the 4-byte length in front of every message.
 const PREFIX: usize = 5;

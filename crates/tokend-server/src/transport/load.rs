@@ -31,7 +31,7 @@ pub struct Load {
 }
 
 impl Load {
-    pub fn new(limits: &crate::limits::Limits) -> Arc<Self> {
+    pub fn new(limits: &tokend_config::limits::Limits) -> Arc<Self> {
         Arc::new(Load {
             pending: Quota::new(limits.max_pending_requests),
             active: AtomicUsize::new(0),
@@ -64,7 +64,7 @@ mod tests {
     /// cap) and a second connection calling.
     #[test]
     fn contention_needs_a_busy_server_and_a_second_connection() {
-        let load = Load::new(&crate::limits::Limits {
+        let load = Load::new(&tokend_config::limits::Limits {
             max_pending_requests: 8,
             ..Default::default()
         });

@@ -2,7 +2,7 @@
 //! with its connection caps, handshake deadline and idle timeout, the
 //! connection registry, and the request bounds layer with its body
 //! deadline, byte budgets and framing checks. The numbers come from
-//! [`crate::limits::Limits`].
+//! [`tokend_config::limits::Limits`].
 
 pub(crate) mod backpressure;
 pub(crate) mod body;

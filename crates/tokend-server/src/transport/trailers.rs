@@ -94,7 +94,7 @@ mod tests {
     use tonic::Code;
 
     use super::*;
-    use crate::ServiceError;
+    use crate::error::ServiceError;
 
     /// Issue 24, item 11. Invariant: a streaming service that ends its
     /// response OK after its request body was refused (reflection does)

@@ -7,7 +7,7 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use tokend_webhook::{Secret, SenderSettings};
 
 use super::WebhookConfig;
-use crate::feed::EventFilter;
+use tokend_engine::feed::EventFilter;
 
 pub use tokend_config::webhook::{FilterSection, WebhookSection};
 
@@ -85,7 +85,7 @@ fn resolve_one<'a>(
     )
     .map_err(|e| fail(format!("filter.{}: {}", e.field, e.description)))
     .ok();
-    use crate::ranges as r;
+    use tokend_config::ranges as r;
     let mut secs = |range: r::Range, v: Option<u64>, d: Duration| -> Option<Duration> {
         range
             .check_opt(v)

@@ -20,10 +20,9 @@ use tokend_webhook::{Outcome, Sender};
 use tokio_util::sync::CancellationToken;
 
 use super::{WebhookConfig, backoff, status::State};
-use crate::{
-    convert,
-    feed::{Feed, FeedError},
-};
+use tokend_engine::feed::{Feed, FeedError};
+
+use crate::convert;
 
 /// Events taken from the feed at once.
 const BATCH: usize = 64;
@@ -87,7 +86,7 @@ pub struct Delivery {
     pub cancel: CancellationToken,
     /// This replica's name in claims.
     pub holder: String,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<tokend_engine::metrics::Metrics>,
 }
 
 impl Delivery {
@@ -227,7 +226,7 @@ impl Delivery {
             let start = match &saved {
                 Ok(Some(c)) => {
                     let cursor = self.feed.cursor(c.seq);
-                    let cursor = crate::feed::Cursor {
+                    let cursor = tokend_engine::feed::Cursor {
                         log_id: c.log_id,
                         ..cursor
                     };

@@ -18,7 +18,7 @@ use tokend_proto::v1 as pb;
 use tokend_webhook::Sender;
 pub use tokend_webhook::{Secret, SenderSettings, Url, check_url};
 
-use crate::feed::{EventFilter, Feed};
+use tokend_engine::feed::{EventFilter, Feed};
 
 /// One `[[webhooks]]` endpoint, resolved.
 #[derive(Debug)]
@@ -55,7 +55,7 @@ impl Webhooks {
         configs: Vec<Arc<WebhookConfig>>,
         feed: Arc<Feed>,
         clock: Clock,
-        engine: &crate::Engine,
+        engine: &tokend_engine::Engine,
     ) -> Result<Arc<Webhooks>, String> {
         let (store, tasks, cancel, holder, metrics) = (
             engine.store(),

@@ -8,7 +8,6 @@
 //! codes × classes: never a connection id or an account id.
 
 mod keys;
-mod layer;
 mod steps;
 mod store;
 
@@ -21,7 +20,6 @@ use prometheus_client::{
 };
 
 pub use keys::KeyRotationMetrics;
-pub use layer::RpcMetricsLayer;
 pub use store::MeteredStore;
 
 /// Latency buckets, in seconds: 0.5 ms to 10 s.

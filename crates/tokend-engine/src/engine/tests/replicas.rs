@@ -54,7 +54,7 @@ async fn late_answer(store_refuses: bool) {
         .force_refresh(&id, Rejected::Unspecified)
         .await
         .unwrap_err();
-    assert_eq!(reason(&err), "RECONNECT_REQUIRED", "{err}");
+    assert_eq!(reason(&err), "ReconnectRequired", "{err}");
     store.heal();
     if store_refuses {
         store.arm(Op::Put, Fault::BeforeWrite, 3);

@@ -136,7 +136,7 @@ async fn pending_grant_outlives(outage: Outage, answer_after: Duration, down_for
     go_down(&store, outage);
     let down = tokio::time::Instant::now();
     let err = refresh.await.unwrap().unwrap_err();
-    assert_eq!(reason(&err), "STORAGE_UNAVAILABLE", "{err}");
+    assert_eq!(reason(&err), "StorageUnavailable", "{err}");
     assert_eq!(provider.calls(), 1);
     assert!(
         !provider.live_refresh_tokens().contains(&spent),
@@ -154,7 +154,7 @@ async fn pending_grant_outlives(outage: Outage, answer_after: Duration, down_for
                     Err(e) => {
                         let why = reason(&e);
                         assert!(
-                            why == "STORAGE_UNAVAILABLE",
+                            why == "StorageUnavailable",
                             "B was told something else than to retry: {e}"
                         );
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -287,7 +287,7 @@ async fn a_connection_is_served_within_two_seconds_of_the_stores_return() {
     fx.store.arm_always(Op::Get, Fault::BeforeWrite);
     fx.store.arm_always(Op::ReleaseLease, Fault::BeforeWrite);
     let err = fx.engine.get_token(&id, Duration::ZERO).await.unwrap_err();
-    assert_eq!(reason(&err), "STORAGE_UNAVAILABLE", "{err}");
+    assert_eq!(reason(&err), "StorageUnavailable", "{err}");
     assert_eq!(fx.store.faulted(Op::ReleaseLease), 1, "the release failed");
     go_down(&fx.store, Outage::Whole);
     let down = tokio::time::Instant::now();
@@ -301,10 +301,13 @@ async fn a_connection_is_served_within_two_seconds_of_the_stores_return() {
         .await
         .expect("a caller is answered at once while the store is down");
         let err = answer.expect_err("no token without the store");
-        assert_eq!(reason(&err), "STORAGE_UNAVAILABLE", "{err}");
-        let retry = tonic_types::StatusExt::get_details_retry_info(&err.to_status())
-            .and_then(|r| r.retry_delay)
-            .expect("with RetryInfo");
+        assert_eq!(reason(&err), "StorageUnavailable", "{err}");
+        let EngineError::StorageUnavailable {
+            retry_after: retry, ..
+        } = err
+        else {
+            unreachable!("checked above")
+        };
         longest = longest.max(retry);
         refusals += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -334,7 +337,7 @@ async fn a_connection_is_served_within_two_seconds_of_the_stores_return() {
                 assert!(!served.tokens.access_token_is(&access), "a new token");
                 break;
             }
-            Ok(Err(e)) => assert_eq!(reason(&e), "STORAGE_UNAVAILABLE", "{e}"),
+            Ok(Err(e)) => assert_eq!(reason(&e), "StorageUnavailable", "{e}"),
             Err(_) => {}
         }
         assert!(

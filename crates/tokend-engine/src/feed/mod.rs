@@ -22,8 +22,10 @@ use tokend_store::{Store, StoreError, crypto::Keyring};
 use tokio::sync::watch;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use crate::error::EngineError;
+
 pub use cursor::{Cursor, Presented};
-pub use filter::{EventFilter, Reader};
+pub use filter::{EventFilter, Reach, Reader};
 
 pub use tokend_config::events::{EventSettings, EventsSection};
 
@@ -45,19 +47,6 @@ pub enum FeedError {
     Store(#[from] StoreError),
     #[error("shutting down")]
     ShuttingDown,
-}
-
-impl From<FeedError> for crate::ServiceError {
-    fn from(e: FeedError) -> Self {
-        match e {
-            FeedError::Expired { detail, oldest } => crate::ServiceError::CursorExpired {
-                detail,
-                oldest_cursor: oldest.encode(),
-            },
-            FeedError::Store(e) => crate::ServiceError::Store(e),
-            FeedError::ShuttingDown => crate::ServiceError::ShuttingDown,
-        }
-    }
 }
 
 /// The shared reader of the event log.
@@ -153,21 +142,16 @@ impl Feed {
     /// The position a presented cursor stands for. A reader limited to some
     /// connections (`sealed`) must hand back a sealed cursor: a plain one
     /// would let it ask about any position of the log.
-    pub async fn open(
-        &self,
-        presented: Presented,
-        sealed: bool,
-    ) -> Result<Cursor, crate::ServiceError> {
-        use crate::ServiceError;
+    pub async fn open(&self, presented: Presented, sealed: bool) -> Result<Cursor, EngineError> {
         match presented {
             Presented::Plain(c) if !sealed => Ok(c),
-            Presented::Plain(_) => Err(ServiceError::invalid(
+            Presented::Plain(_) => Err(EngineError::invalid(
                 "resume_after",
                 "a plain cursor: a caller limited to some connections resumes with the cursors tokend sent it",
             )),
             Presented::Sealed(bytes) => match Cursor::open(&bytes, &self.keys()) {
                 Ok(c) => Ok(c),
-                Err(cursor::Unreadable::Forged) => Err(ServiceError::invalid(
+                Err(cursor::Unreadable::Forged) => Err(EngineError::invalid(
                     "resume_after",
                     "not a cursor tokend issued (pass a ConnectionEvent's cursor unchanged)",
                 )),
@@ -187,9 +171,9 @@ impl Feed {
 
     /// `e` as the reader is told it: an expired position names the oldest
     /// cursor in the form the reader is shown cursors.
-    pub fn service_error(&self, e: FeedError, sealed: bool) -> crate::ServiceError {
+    pub fn service_error(&self, e: FeedError, sealed: bool) -> EngineError {
         match e {
-            FeedError::Expired { detail, oldest } if sealed => crate::ServiceError::CursorExpired {
+            FeedError::Expired { detail, oldest } if sealed => EngineError::CursorExpired {
                 detail,
                 oldest_cursor: self.cursor_for(oldest.seq, true),
             },

@@ -50,10 +50,7 @@ async fn read_fleet(store: &dyn Store) -> Result<Option<(Timestamp, Duration)>, 
 /// tokens the others stamped expired (behind). A store that cannot tell
 /// its time is an error: serving on the machine's clock instead is what
 /// this guards against.
-pub(crate) async fn anchor_clock(
-    store: &dyn Store,
-    local: Clock,
-) -> Result<(Clock, bool), StoreError> {
+pub async fn anchor_clock(store: &dyn Store, local: Clock) -> Result<(Clock, bool), StoreError> {
     let mut tries = 0;
     let (fleet, round_trip) = loop {
         tries += 1;

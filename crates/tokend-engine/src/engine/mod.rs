@@ -22,7 +22,7 @@ mod slot;
 #[cfg(test)]
 mod tests;
 mod wall_clock;
-pub(crate) use wall_clock::anchor_clock;
+pub use wall_clock::anchor_clock;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -37,7 +37,7 @@ pub use install::{InstallGrant, InstallInput, InstallOutcome};
 pub use lease::shutdown_grace_for;
 
 use crate::{
-    ServiceError,
+    error::EngineError,
     hub::{Event, EventKind, Subscription, WatchHub},
     scheduler::Scheduler,
 };
@@ -327,15 +327,15 @@ impl Engine {
 
     /// The record as stored (operators read the store, not this process's
     /// cache).
-    pub async fn stored(&self, id: &ConnectionId) -> Result<Connection, ServiceError> {
+    pub async fn stored(&self, id: &ConnectionId) -> Result<Connection, EngineError> {
         self.store
             .get(id)
             .await?
-            .ok_or_else(|| ServiceError::NotFound(id.clone()))
+            .ok_or_else(|| EngineError::NotFound(id.clone()))
     }
 
     /// One page of stored records.
-    pub async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, ServiceError> {
+    pub async fn list(&self, query: &ListQuery) -> Result<Vec<Connection>, EngineError> {
         Ok(self.store.list(query).await?)
     }
 
@@ -347,7 +347,7 @@ impl Engine {
     /// Brings the gauges that are counted rather than kept current up to
     /// date (before `/metrics` is rendered): connections per provider and
     /// status, from the store's counts, and connections in memory.
-    pub async fn update_gauges(&self) -> Result<(), ServiceError> {
+    pub async fn update_gauges(&self) -> Result<(), EngineError> {
         self.metrics
             .cached_connections
             .set(i64::try_from(self.slots.len()).unwrap_or(i64::MAX));
@@ -362,21 +362,21 @@ impl Engine {
         &self,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<tokend_store::SealedPage, ServiceError> {
+    ) -> Result<tokend_store::SealedPage, EngineError> {
         Ok(self.store.export_sealed(after, limit).await?)
     }
 
     // ---- reading -------------------------------------------------------
 
-    async fn slot(&self, id: &ConnectionId) -> Result<Arc<Slot>, ServiceError> {
+    async fn slot(&self, id: &ConnectionId) -> Result<Arc<Slot>, EngineError> {
         self.slots
             .load(self.store.as_ref(), id)
             .await?
-            .ok_or_else(|| ServiceError::NotFound(id.clone()))
+            .ok_or_else(|| EngineError::NotFound(id.clone()))
     }
 
     /// The cached record (loading it if needed).
-    pub async fn cached(&self, id: &ConnectionId) -> Result<Arc<Connection>, ServiceError> {
+    pub async fn cached(&self, id: &ConnectionId) -> Result<Arc<Connection>, EngineError> {
         Ok(self.slot(id).await?.current())
     }
 
@@ -390,11 +390,7 @@ impl Engine {
     /// The slot's record, unless the connection is RECONNECT_REQUIRED. A
     /// cached RECONNECT_REQUIRED is checked against the store first: another
     /// replica may have re-installed the connection.
-    async fn active(
-        &self,
-        slot: &Slot,
-        id: &ConnectionId,
-    ) -> Result<Arc<Connection>, ServiceError> {
+    async fn active(&self, slot: &Slot, id: &ConnectionId) -> Result<Arc<Connection>, EngineError> {
         let current = slot.current();
         if current.status == Status::Active {
             return Ok(current);
@@ -403,7 +399,7 @@ impl Engine {
         let latest = slot.advance(Arc::new(latest));
         match latest.status {
             Status::Active => Ok(latest),
-            Status::ReconnectRequired => Err(ServiceError::reconnect_required(&latest)),
+            Status::ReconnectRequired => Err(EngineError::reconnect_required(&latest)),
         }
     }
 
@@ -428,13 +424,13 @@ impl Engine {
         self: &Arc<Self>,
         id: &ConnectionId,
         min_ttl: Duration,
-    ) -> Result<Arc<Connection>, ServiceError> {
+    ) -> Result<Arc<Connection>, EngineError> {
         let slot = self.slot(id).await?;
         let mut current = match self.active(&slot, id).await {
             Ok(current) => current,
             Err(e) => return self.valid_after_rotation_lost(&slot, min_ttl).ok_or(e),
         };
-        let provider = self.provider_of(&current).map_err(ServiceError::from)?;
+        let provider = self.provider_of(&current).map_err(EngineError::from)?;
         let policy = provider.refresh_policy;
         if !policy.needs_refresh(&current.tokens, self.clock.now(), min_ttl) {
             return Ok(current);
@@ -449,7 +445,7 @@ impl Engine {
                 .saturating_sub(policy.buffer_for(&c.tokens))
         };
         let too_long = |c: &Connection| {
-            ServiceError::min_ttl_too_long(min_ttl, grantable(c), c.tokens.lifetime())
+            EngineError::min_ttl_too_long(min_ttl, grantable(c), c.tokens.lifetime())
         };
         if min_ttl > grantable(&current) {
             return Err(too_long(&current));
@@ -500,7 +496,7 @@ impl Engine {
         }
         let ttl = current.tokens.ttl(self.clock.now());
         if ttl.is_zero() {
-            return Err(ServiceError::ProviderUnavailable {
+            return Err(EngineError::ProviderUnavailable {
                 provider: provider.name.to_string(),
                 last_error: current.last_error.clone(),
                 retry_after: Some(self.settings.backoff_min),
@@ -518,7 +514,7 @@ impl Engine {
         self: &Arc<Self>,
         id: &ConnectionId,
         rejected: Rejected,
-    ) -> Result<(Arc<Connection>, bool), ServiceError> {
+    ) -> Result<(Arc<Connection>, bool), EngineError> {
         let slot = self.slot(id).await?;
         let mut current = self.active(&slot, id).await?;
         let stale = match &rejected {
@@ -528,7 +524,7 @@ impl Engine {
                     // Another replica may have written a newer version.
                     current = slot.advance(Arc::new(self.stored(id).await?));
                     if *v > current.version {
-                        return Err(ServiceError::invalid(
+                        return Err(EngineError::invalid(
                             "rejected_version",
                             format!(
                                 "version {v} was never issued; the connection is at version {}",
@@ -545,7 +541,7 @@ impl Engine {
             Rejected::Unspecified => {
                 let interval = self
                     .provider_of(&current)
-                    .map_err(ServiceError::from)?
+                    .map_err(EngineError::from)?
                     .min_refresh_interval;
                 current
                     .last_refresh_at
@@ -599,7 +595,7 @@ impl Engine {
     /// Deletes a connection by compare-and-swap on what was read, including
     /// a record that cannot be decoded when `force` says so; watchers get a
     /// DELETED event.
-    pub async fn delete(&self, id: &ConnectionId, force: bool) -> Result<(), ServiceError> {
+    pub async fn delete(&self, id: &ConnectionId, force: bool) -> Result<(), EngineError> {
         for _ in 0..5 {
             let (expected, existing) = match self.store.get(id).await {
                 Ok(Some(record)) => (
@@ -609,7 +605,7 @@ impl Engine {
                     },
                     Some(record),
                 ),
-                Ok(None) => return Err(ServiceError::NotFound(id.clone())),
+                Ok(None) => return Err(EngineError::NotFound(id.clone())),
                 Err(StoreError::Corrupt { .. }) => {
                     install::refuse_unreadable(id, force)?;
                     (Expected::Unreadable, None)
@@ -628,19 +624,19 @@ impl Engine {
                     }
                     return Ok(());
                 }
-                Ok(false) => return Err(ServiceError::NotFound(id.clone())),
+                Ok(false) => return Err(EngineError::NotFound(id.clone())),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ServiceError::Contended(id.clone()))
+        Err(EngineError::Contended(id.clone()))
     }
 
     /// Installs a connection: see [`install::Installer`].
     pub async fn install(
         self: &Arc<Self>,
         input: InstallInput,
-    ) -> Result<InstallOutcome, ServiceError> {
+    ) -> Result<InstallOutcome, EngineError> {
         install::Installer::install(self, input, ()).await
     }
 
@@ -651,7 +647,7 @@ impl Engine {
         self: &Arc<Self>,
         input: InstallInput,
         hold: impl Send + 'static,
-    ) -> Result<InstallOutcome, ServiceError> {
+    ) -> Result<InstallOutcome, EngineError> {
         install::Installer::install(self, input, hold).await
     }
 

@@ -11,7 +11,7 @@ use tokend_core::{Connection, ConnectionId, ProviderName, Status, TokenSet, deri
 use tokend_store::StoreError;
 
 use super::Engine;
-use crate::{ServiceError, hub::EventKind};
+use crate::{error::EngineError, hub::EventKind};
 
 /// A validated install request.
 pub struct InstallInput {
@@ -151,7 +151,7 @@ impl Installer {
         engine: &Arc<Engine>,
         input: InstallInput,
         hold: impl Send + 'static,
-    ) -> Result<InstallOutcome, ServiceError> {
+    ) -> Result<InstallOutcome, EngineError> {
         let fingerprint = input.fingerprint();
         let task_engine = Arc::clone(engine);
         let handle = engine.tasks.spawn(async move {
@@ -173,9 +173,9 @@ impl Installer {
         });
         handle.await.map_err(|e| {
             if e.is_panic() {
-                ServiceError::Internal("install task panicked")
+                EngineError::Internal("install task panicked")
             } else {
-                ServiceError::ShuttingDown
+                EngineError::ShuttingDown
             }
         })?
     }
@@ -184,11 +184,11 @@ impl Installer {
         engine: &Arc<Engine>,
         input: InstallInput,
         fingerprint: String,
-    ) -> Result<InstallOutcome, ServiceError> {
+    ) -> Result<InstallOutcome, EngineError> {
         let explicit_id = input.connection_id.is_some();
         let replace = input.replace;
         let provider = engine.provider(&input.provider).cloned().ok_or_else(|| {
-            ServiceError::invalid(
+            EngineError::invalid(
                 "provider",
                 format!("unknown provider {:?}", input.provider.as_str()),
             )
@@ -197,7 +197,7 @@ impl Installer {
         let provider = match provider.for_connection(&input.params) {
             Ok(std::borrow::Cow::Borrowed(_)) => provider,
             Ok(std::borrow::Cow::Owned(p)) => Arc::new(p),
-            Err(reason) => return Err(ServiceError::invalid("params", reason)),
+            Err(reason) => return Err(EngineError::invalid("params", reason)),
         };
 
         // Where the id is known up front, a retry is recognised before the
@@ -206,7 +206,7 @@ impl Installer {
             (Some(id), _) => Some(id.clone()),
             (None, Some(account)) => Some(
                 derive_connection_id(&input.provider, account)
-                    .map_err(|e| ServiceError::invalid("account_id", e.to_string()))?,
+                    .map_err(|e| EngineError::invalid("account_id", e.to_string()))?,
             ),
             (None, None) => None,
         };
@@ -255,7 +255,7 @@ impl Installer {
                     .await
                     .map_err(|e| {
                         tracing::warn!(provider = %provider.name, error_class = e.class.as_str(), code = %e.code, "authorization code exchange failed");
-                        ServiceError::code_exchange_failed(&provider.name, &e, engine.clock.now())
+                        EngineError::code_exchange_failed(&provider.name, &e, engine.clock.now())
                     })?;
                 metadata = grant.metadata;
                 (grant.tokens, grant.account_id)
@@ -267,7 +267,7 @@ impl Installer {
                     .await
                     .map_err(|e| {
                         tracing::warn!(provider = %provider.name, error_class = e.class.as_str(), code = %e.code, "client_credentials token request failed");
-                        ServiceError::code_exchange_failed(&provider.name, &e, engine.clock.now())
+                        EngineError::code_exchange_failed(&provider.name, &e, engine.clock.now())
                     })?;
                 metadata = grant.metadata;
                 (grant.tokens, grant.account_id)
@@ -301,7 +301,7 @@ impl Installer {
         let id = match known_id {
             Some(id) => id,
             None => derive_connection_id(&input.provider, &account_id).map_err(|_| {
-                ServiceError::invalid(
+                EngineError::invalid(
                     "account_id",
                     "required: name the connection_id or the account_id (the provider did not return one)",
                 )
@@ -415,7 +415,7 @@ impl Installer {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ServiceError::Contended(id))
+        Err(EngineError::Contended(id))
     }
 }
 
@@ -517,7 +517,7 @@ fn check_owner(
     account: Option<&str>,
     explicit_id: bool,
     replace: bool,
-) -> Result<(), ServiceError> {
+) -> Result<(), EngineError> {
     if account.is_some_and(|a| !a.is_empty() && a == existing.account_id) {
         return Ok(());
     }
@@ -525,7 +525,7 @@ fn check_owner(
         tracing::warn!(connection_id = %existing.id, "replacing a grant not known to be the same account's, as asked");
         return Ok(());
     }
-    Err(ServiceError::ConnectionIdTaken {
+    Err(EngineError::ConnectionIdTaken {
         id: existing.id.clone(),
         account_id: existing.account_id.clone(),
     })
@@ -536,20 +536,20 @@ fn check_owner(
 /// unreadable record by accident. It may be sealed with a key this process
 /// lacks (the only copy of a live grant, readable again with the right key
 /// file), so only an operator who knows it is lost for good removes it.
-pub(crate) fn refuse_unreadable(id: &ConnectionId, force: bool) -> Result<(), ServiceError> {
+pub(crate) fn refuse_unreadable(id: &ConnectionId, force: bool) -> Result<(), EngineError> {
     if force {
         tracing::warn!(connection_id = %id, "replacing or deleting an unreadable record, as asked (force)");
         return Ok(());
     }
-    Err(ServiceError::RecordUnreadable(id.clone()))
+    Err(EngineError::RecordUnreadable(id.clone()))
 }
 
 /// Refuses to re-install a connection under another provider.
-fn check_provider(existing: &Connection, provider: &ProviderName) -> Result<(), ServiceError> {
+fn check_provider(existing: &Connection, provider: &ProviderName) -> Result<(), EngineError> {
     if existing.provider == *provider {
         return Ok(());
     }
-    Err(ServiceError::ProviderMismatch {
+    Err(EngineError::ProviderMismatch {
         id: existing.id.clone(),
         existing: existing.provider.to_string(),
         requested: provider.to_string(),

@@ -16,7 +16,7 @@ use std::{
 use prost::Message as _;
 use tower::{Layer, Service};
 
-use super::{MethodLabel, Metrics, RpcLabels};
+use tokend_engine::metrics::{MethodLabel, Metrics, RpcLabels};
 
 /// Adds [`RpcMetrics`] in front of the gRPC services.
 #[derive(Clone)]

@@ -105,14 +105,14 @@ async fn a_lost_answer_under_strict_rotation_is_rotation_lost_at_once() {
         .get_token(&fx.id, Duration::from_secs(1799))
         .await
         .unwrap_err();
-    assert_eq!(reason(&err), "RECONNECT_REQUIRED", "{err}");
+    assert_eq!(reason(&err), "ReconnectRequired", "{err}");
     tokio::time::sleep(Duration::from_secs(1800)).await;
     let err = fx
         .engine
         .get_token(&fx.id, Duration::ZERO)
         .await
         .unwrap_err();
-    assert_eq!(reason(&err), "RECONNECT_REQUIRED", "{err}");
+    assert_eq!(reason(&err), "ReconnectRequired", "{err}");
 }
 
 /// Invariant: a failure proven to precede sending (connect refused, DNS,
@@ -141,7 +141,7 @@ async fn a_connect_failure_is_not_in_doubt() {
         .force_refresh(&fx.id, Rejected::Unspecified)
         .await
         .unwrap_err();
-    assert_eq!(reason(&err), "RECONNECT_REQUIRED", "{err}");
+    assert_eq!(reason(&err), "ReconnectRequired", "{err}");
     assert_eq!(
         stored(&fx).await.reconnect_cause,
         Some(ReconnectCause::Revoked)
