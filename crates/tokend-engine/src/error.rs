@@ -4,11 +4,11 @@
 
 use std::{borrow::Cow, time::Duration};
 
+use std::sync::Arc;
+
 use tokend_core::{Connection, ConnectionId, ErrorClass, LastError, ProviderName, ReconnectCause};
 use tokend_provider::ProviderError;
 use tokend_store::StoreError;
-
-use crate::{engine::Failure, feed::FeedError};
 
 /// Everything the engine (and the event feed) can refuse or fail with.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +99,36 @@ pub enum EngineError {
     },
 }
 
+/// Why a refresh did not produce a token. Cloneable: every waiter of a
+/// shared flight receives the same failure, still typed.
+#[derive(Clone, Debug)]
+pub enum Failure {
+    /// The provider failed (transient, rate limited or misconfigured); the
+    /// connection stays ACTIVE and is retried after `retry_after`.
+    Provider {
+        provider: ProviderName,
+        error: LastError,
+        retry_after: Option<Duration>,
+    },
+    /// The grant is dead: the connection is RECONNECT_REQUIRED.
+    Revoked(Arc<Connection>),
+    /// The connection's provider is not in the configuration any more.
+    UnknownProvider(ProviderName),
+    NotFound(ConnectionId),
+    /// The store refused or failed; nothing was handed out. A grant the
+    /// provider issued is kept pending and persisted later.
+    Store {
+        error: StoreError,
+        retry_after: Duration,
+    },
+    /// Concurrent writers kept winning.
+    Contended(ConnectionId),
+    /// The refresh task panicked: a bug.
+    Panicked,
+    /// The refresh task was dropped at shutdown.
+    ShuttingDown,
+}
+
 /// The one mapping of a refresh failure to what the caller is told.
 impl From<Failure> for EngineError {
     fn from(failure: Failure) -> Self {
@@ -142,19 +172,6 @@ impl From<Failure> for EngineError {
             Failure::Contended(id) => EngineError::Contended(id),
             Failure::Panicked => EngineError::Internal("refresh task panicked"),
             Failure::ShuttingDown => EngineError::ShuttingDown,
-        }
-    }
-}
-
-impl From<FeedError> for EngineError {
-    fn from(e: FeedError) -> Self {
-        match e {
-            FeedError::Expired { detail, oldest } => EngineError::CursorExpired {
-                detail,
-                oldest_cursor: oldest.encode(),
-            },
-            FeedError::Store(e) => EngineError::Store(e),
-            FeedError::ShuttingDown => EngineError::ShuttingDown,
         }
     }
 }

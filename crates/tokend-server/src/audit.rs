@@ -238,7 +238,7 @@ impl AuditLog {
                 caller: bounded(caller),
                 rpc,
                 connection_id: None,
-                outcome: crate::service::code_name(status.code()).to_owned(),
+                outcome: crate::error::code_name(status.code()).to_owned(),
                 reason: Some(reason),
                 peer: peer.map(|p| p.to_string()),
                 repeated: None,

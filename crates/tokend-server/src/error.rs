@@ -28,7 +28,7 @@ pub enum ServiceError {
     #[error("caller {caller} lacks {permission:?} permission{}", connection.as_ref().map(|c| format!(" on connection {c}")).unwrap_or_default())]
     PermissionDenied {
         caller: String,
-        permission: crate::auth::Permission,
+        permission: tokend_config::identity::Permission,
         connection: Option<ConnectionId>,
     },
     #[error("caller {caller} exceeded its request rate")]
@@ -302,6 +302,30 @@ fn engine_status(
             d.set_retry_info(Some(*retry_after));
             (Code::Unavailable, d)
         }
+    }
+}
+
+/// A gRPC code as metrics labels and audit records name it.
+pub(crate) fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid_argument",
+        DeadlineExceeded => "deadline_exceeded",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        PermissionDenied => "permission_denied",
+        ResourceExhausted => "resource_exhausted",
+        FailedPrecondition => "failed_precondition",
+        Aborted => "aborted",
+        OutOfRange => "out_of_range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data_loss",
+        Unauthenticated => "unauthenticated",
     }
 }
 

@@ -111,9 +111,7 @@ where
                     .get("grpc-status")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<i32>().ok())
-                    .map_or("ok", |c| {
-                        crate::service::code_name(tonic::Code::from_i32(c))
-                    }),
+                    .map_or("ok", |c| crate::error::code_name(tonic::Code::from_i32(c))),
                 Err(_) => "unavailable",
             };
             metrics

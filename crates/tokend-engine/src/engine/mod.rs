@@ -37,7 +37,7 @@ pub use install::{InstallGrant, InstallInput, InstallOutcome};
 pub use lease::shutdown_grace_for;
 
 use crate::{
-    error::EngineError,
+    error::{EngineError, Failure},
     hub::{Event, EventKind, Subscription, WatchHub},
     scheduler::Scheduler,
 };
@@ -109,36 +109,6 @@ impl Default for EngineSettings {
             cache_capacity: DEFAULT_CACHE_CAPACITY,
         }
     }
-}
-
-/// Why a refresh did not produce a token. Cloneable: every waiter of a
-/// shared flight receives the same failure, still typed.
-#[derive(Clone, Debug)]
-pub(crate) enum Failure {
-    /// The provider failed (transient, rate limited or misconfigured); the
-    /// connection stays ACTIVE and is retried after `retry_after`.
-    Provider {
-        provider: ProviderName,
-        error: LastError,
-        retry_after: Option<Duration>,
-    },
-    /// The grant is dead: the connection is RECONNECT_REQUIRED.
-    Revoked(Arc<Connection>),
-    /// The connection's provider is not in the configuration any more.
-    UnknownProvider(ProviderName),
-    NotFound(ConnectionId),
-    /// The store refused or failed; nothing was handed out. A grant the
-    /// provider issued is kept pending and persisted later.
-    Store {
-        error: StoreError,
-        retry_after: Duration,
-    },
-    /// Concurrent writers kept winning.
-    Contended(ConnectionId),
-    /// The refresh task panicked: a bug.
-    Panicked,
-    /// The refresh task was dropped at shutdown.
-    ShuttingDown,
 }
 
 impl From<Ended> for Failure {

@@ -49,6 +49,19 @@ pub enum FeedError {
     ShuttingDown,
 }
 
+impl From<FeedError> for EngineError {
+    fn from(e: FeedError) -> Self {
+        match e {
+            FeedError::Expired { detail, oldest } => EngineError::CursorExpired {
+                detail,
+                oldest_cursor: oldest.encode(),
+            },
+            FeedError::Store(e) => EngineError::Store(e),
+            FeedError::ShuttingDown => EngineError::ShuttingDown,
+        }
+    }
+}
+
 /// The shared reader of the event log.
 pub struct Feed {
     store: Arc<dyn Store>,

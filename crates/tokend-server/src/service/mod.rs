@@ -91,7 +91,7 @@ impl TokenServiceImpl {
                 let reason = tonic_types::StatusExt::get_details_error_info(&status)
                     .map(|i| i.reason)
                     .unwrap_or_default();
-                Err((code_name(status.code()), reason))
+                Err((crate::error::code_name(status.code()), reason))
             }
         };
         let span = tracing::Span::current();
@@ -133,29 +133,6 @@ impl TokenServiceImpl {
             connections: records.iter().map(|c| self.connection_pb(c)).collect(),
             next_page_token,
         })
-    }
-}
-
-pub(crate) fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "ok",
-        Cancelled => "cancelled",
-        Unknown => "unknown",
-        InvalidArgument => "invalid_argument",
-        DeadlineExceeded => "deadline_exceeded",
-        NotFound => "not_found",
-        AlreadyExists => "already_exists",
-        PermissionDenied => "permission_denied",
-        ResourceExhausted => "resource_exhausted",
-        FailedPrecondition => "failed_precondition",
-        Aborted => "aborted",
-        OutOfRange => "out_of_range",
-        Unimplemented => "unimplemented",
-        Internal => "internal",
-        Unavailable => "unavailable",
-        DataLoss => "data_loss",
-        Unauthenticated => "unauthenticated",
     }
 }
 
