@@ -92,6 +92,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     });
     // The runtime is still up: the exporter's channel can send the rest.
     telemetry.shutdown();
+    // A blocking call stuck on a hung disk must not hold the exit: the
+    // server has already flushed what it could within its deadlines.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
     result
 }
 

@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
 use tokend_sandbox::Fault;
+
 use tokend_store::{SledStore, Store, crypto::KeyFile};
 
 use crate::{
@@ -91,4 +93,117 @@ async fn a_sigterm_during_a_12_s_provider_call_persists_the_grant() {
         "the stored refresh token is live: {}",
         answer.status()
     );
+}
+
+/// Issue 27. Invariant: shutdown is one sequence with a deadline at every
+/// wait, so a hung disk cannot hold it: a ForceRefresh stuck on a store
+/// that never answers is cut off once the drain's grace runs out, the
+/// engine's flush gives up at its own, and `run` returns. (Before: the
+/// drain waited for every open call, so a call stuck on the disk held
+/// shutdown for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_disk_cannot_hold_shutdown_past_its_deadlines() {
+    use tokend_store::fault::{Fault, FaultStore, Op};
+
+    let sandbox = tokend_sandbox::Sandbox::start(Default::default())
+        .await
+        .expect("sandbox");
+    let dir = tempfile::tempdir().expect("dir");
+    let store = Arc::new(FaultStore::new(
+        SledStore::open(dir.path(), tokend_store::crypto::Keyring::ephemeral()).expect("store"),
+    ));
+    let cfg = sandbox.config();
+    let provider = tokend_server::config::sandbox_provider(
+        "sandbox",
+        &sandbox.token_url(),
+        &cfg.client_id,
+        &cfg.client_secret,
+    )
+    .expect("provider");
+    let http = tokend_provider::HttpSettings {
+        request_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let request_timeout = http.request_timeout;
+    let grace = tokend_server::engine::shutdown_grace_for(request_timeout);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tokend_server::run(
+        listener,
+        Arc::clone(&store) as Arc<dyn Store>,
+        tokend_server::ServerConfig {
+            providers: vec![provider],
+            http,
+            engine: tokend_server::EngineSettings {
+                background_refresh: false,
+                shutdown_grace: Duration::from_secs(1),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(5));
+    let mut client = loop {
+        match channel.connect().await {
+            Ok(c) => break tokend_proto::v1::token_service_client::TokenServiceClient::new(c),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let issued = sandbox.issue_tokens("acct-hung", &["crm.objects.contacts.read"]);
+    client
+        .install(crate::harness::import_request(
+            "hung-disk",
+            "acct-hung",
+            &issued,
+            3600,
+        ))
+        .await
+        .expect("install");
+
+    // The disk hangs: every store call from now on waits for ever.
+    for op in [
+        Op::Get,
+        Op::Put,
+        Op::AcquireLease,
+        Op::RenewLease,
+        Op::ReleaseLease,
+        Op::ReadEvents,
+        Op::EventBounds,
+    ] {
+        store.arm_always(op, Fault::Hang);
+    }
+    let stuck = tokio::spawn({
+        let mut client = client.clone();
+        async move { client.force_refresh(force("hung-disk")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!stuck.is_finished(), "the call waits on the hung store");
+
+    let asked = Instant::now();
+    let _ = stop.send(());
+    let ended = tokio::time::timeout(Duration::from_secs(120), server)
+        .await
+        .expect("shutdown ends although the disk hangs")
+        .expect("joins");
+    let took = asked.elapsed();
+    println!("shutdown with a hung disk took {took:?} (grace {grace:?})");
+    assert!(ended.is_ok(), "{ended:?}");
+    // The drain's grace, the engine's, the audit writer's and slack for a
+    // loaded machine: bounded, and not by the hung store.
+    let bound = grace * 2 + Duration::from_secs(5) + Duration::from_secs(10);
+    assert!(took < bound, "shutdown took {took:?}, over {bound:?}");
+    let answered = tokio::time::timeout(Duration::from_secs(10), stuck)
+        .await
+        .expect("the stuck call ends with the server")
+        .expect("joins");
+    assert!(answered.is_err(), "no token came off a hung disk");
+    store.heal();
 }

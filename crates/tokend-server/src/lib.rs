@@ -20,6 +20,7 @@ mod readiness;
 mod rpc_metrics;
 mod server;
 pub(crate) mod service;
+mod shutdown;
 mod trace_context;
 mod transport;
 pub mod webhooks;

@@ -162,6 +162,7 @@ pub async fn run_with_tasks(
     settings.shutdown_grace = settings
         .shutdown_grace
         .max(engine::shutdown_grace_for(config.http.request_timeout));
+    let grace = settings.shutdown_grace;
     let engine = Engine::new(
         store,
         config.providers,
@@ -350,13 +351,14 @@ pub async fn run_with_tasks(
         crate::transport::conns::Connections::new(usize::MAX, None, load)
     };
     conns.metrics.register(engine.metrics());
+    let all_conns = Arc::clone(&conns);
     let incoming = crate::transport::incoming::incoming(
         listener,
         max_connections,
         enforce.then_some(limits.handshake_timeout),
         Arc::clone(&conns),
     );
-    let result = builder
+    let serving = builder
         // Detects dead watchers behind NATs and load balancers, and peers
         // stalled in the middle of a header block.
         .http2_keepalive_interval(Some(limits.keepalive_interval))
@@ -392,8 +394,12 @@ pub async fn run_with_tasks(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(token_service)
-        .serve_with_incoming_shutdown(incoming, signal)
-        .await;
+        .serve_with_incoming_shutdown(incoming, signal);
+    // Shutdown (`shutdown.rs`): the signal above turned health NOT_SERVING
+    // and cancelled; open calls drain within the grace, the engine flushes
+    // pending grants and joins its tasks within its own, then the writers.
+    let result =
+        crate::shutdown::drain_calls(serving, &cancel, grace, || all_conns.close_all()).await;
 
     // Let refreshes already talking to a provider finish and persist, and
     // every other task end, within the grace period.
@@ -401,7 +407,12 @@ pub async fn run_with_tasks(
     // The service (and its audit log handle) is gone with the server: the
     // writer drains its queue and ends.
     if let Some(writer) = audit_writer {
-        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        crate::shutdown::join_writer(
+            "audit log",
+            move || writer.join(),
+            crate::shutdown::WRITER_DEADLINE,
+        )
+        .await;
     }
     tracing::info!("tokend stopped");
     result.map_err(ServerError::from)?;

@@ -219,6 +219,21 @@ impl Connections {
         }
     }
 
+    /// Closes every connection: at the end of shutdown's drain, the calls
+    /// still open are cut off (their handlers are dropped with the
+    /// connection's task). How many were open.
+    pub(crate) fn close_all(&self) -> usize {
+        let mut closed = 0;
+        for entry in &self.by_peer {
+            if !entry.value().closing() {
+                entry.value().close();
+                self.metrics.closed("shutdown");
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// When the connection must be closed for idleness if nothing happens
     /// before; `None` while a stream is open (or without idle timeout).
     pub(crate) fn idle_deadline(&self, state: &ConnState) -> Option<Instant> {
