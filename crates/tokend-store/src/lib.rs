@@ -13,6 +13,7 @@ pub mod key_records;
 mod leases;
 mod memory;
 pub mod restore;
+mod sealing;
 mod sled_commit;
 mod sled_durable;
 mod sled_index;
