@@ -15,6 +15,7 @@ mod presets;
 mod redact;
 pub mod registration;
 mod response;
+#[cfg(any(test, feature = "testing"))]
 pub mod scripted;
 mod template;
 mod tls;
