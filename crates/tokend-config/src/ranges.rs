@@ -85,7 +85,7 @@ pub const HTTP_REQUEST_TIMEOUT_SECS: Range =
 pub const HTTP_MAX_RESPONSE_BYTES: Range =
     Range::new("http.max_response_bytes", 16 * KIB, 16 * MIB);
 
-// [limits]: the transport bounds (`crate::limits`).
+// [limits]: the transport bounds (limits.rs).
 /// The largest request message accepted (`limits::MAX_REQUEST_BYTES`):
 /// tokend's requests are a few KiB.
 pub const REQUEST_MESSAGE_BYTES: u64 = 64 * KIB;
