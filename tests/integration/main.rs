@@ -19,6 +19,7 @@ mod hostile_transport;
 mod hostile_watch;
 mod key_rotation;
 mod keys_at_start;
+mod layout;
 mod lost_answers;
 mod malformed;
 mod metrics;

@@ -10,7 +10,7 @@ use tonic::transport::Channel;
 
 use crate::{
     load::connection_id,
-    run::{Plan, Report},
+    plan::{Plan, Report},
 };
 
 /// Every connection the event log announced `RECONNECT_REQUIRED`, from the

@@ -214,7 +214,7 @@ impl Rig<'_> {
             self.scenario
                 .start_broker(self.config, victim, *self.runs)?,
         );
-        crate::run::wait_ready(&mut self.clients[victim]).await
+        crate::process::wait_ready(&mut self.clients[victim]).await
     }
 }
 

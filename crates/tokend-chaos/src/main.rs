@@ -16,6 +16,7 @@ mod check;
 mod clock;
 mod faults;
 mod load;
+mod plan;
 mod process;
 mod proxy;
 mod run;
@@ -25,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use faults::{Fault, MATRIX};
-use run::{Plan, Report};
+use plan::{Plan, Report};
 
 struct Args {
     duration: Duration,

@@ -10,6 +10,8 @@ use std::{
 };
 
 use anyhow::{Context, bail};
+use tokend_proto::v1::{self as pb, token_service_client::TokenServiceClient};
+use tonic::transport::Channel;
 
 /// A child process, SIGKILLed and reaped on drop.
 pub struct Proc {
@@ -216,4 +218,23 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("not ready within {limit:?}")
+}
+
+/// Waits (up to 30 s) until the broker behind `client` answers.
+pub async fn wait_ready(client: &mut TokenServiceClient<Channel>) -> anyhow::Result<()> {
+    wait_until(Duration::from_secs(30), || {
+        let mut client = client.clone();
+        async move {
+            matches!(
+                client
+                    .get_connection(pb::GetConnectionRequest {
+                        connection_id: "chaos-readiness-probe".into(),
+                    })
+                    .await,
+                Err(s) if s.code() == tonic::Code::NotFound
+            )
+        }
+    })
+    .await
+    .context("tokend did not come back")
 }

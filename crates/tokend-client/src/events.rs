@@ -13,7 +13,7 @@ use futures::Stream;
 use tokend_proto::v1 as pb;
 use tokio::sync::mpsc;
 
-use crate::{Cache, Error, Inner};
+use crate::{Cache, Inner, error::Error};
 
 pub use pb::{ConnectionEvent, EventType};
 

@@ -26,9 +26,9 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use secrecy::{ExposeSecret as _, SecretString};
-use tokend_proto::v1 as pb;
+use tokend_proto::v1::{self as pb, Connection};
 
-use crate::{Connection, Error};
+use crate::error::Error;
 
 /// How the connection gets its grant.
 #[derive(Clone, Debug, Default)]

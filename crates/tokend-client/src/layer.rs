@@ -35,7 +35,8 @@ use http_body_util::BodyExt as _;
 use secrecy::ExposeSecret as _;
 
 use crate::{
-    Client, Error, Rejected, Token,
+    Client, Rejected, Token,
+    error::Error,
     middleware::{ConnectionId, Second401, may_replay},
 };
 

@@ -15,7 +15,7 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 use secrecy::ExposeSecret;
 
-use crate::{Client, Error, Rejected, Token};
+use crate::{Client, Rejected, Token, error::Error};
 
 /// The connection whose token a request should carry, when it differs from
 /// the middleware's default: put it in the request's extensions.

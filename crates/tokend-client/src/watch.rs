@@ -11,7 +11,7 @@ use futures::Stream;
 use tokend_proto::v1 as pb;
 use tokio::sync::mpsc;
 
-use crate::{Error, Inner};
+use crate::{Inner, error::Error};
 
 /// What happened to the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

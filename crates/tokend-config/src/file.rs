@@ -13,7 +13,10 @@ use std::{
 use serde::Deserialize;
 use tokend_provider::{HttpSettings, Preset, ProviderConfig};
 
-use crate::ConfigError;
+use crate::error::ConfigError;
+
+/// Connections kept decrypted in memory by default: about 2.5 KiB each.
+pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
 
 /// The most background refreshes allowed at once.
 pub const MAX_REFRESH_CONCURRENCY: usize = crate::ranges::REFRESH_CONCURRENCY.max as usize;
@@ -326,7 +329,7 @@ impl FileConfig {
         Ok(crate::ranges::CACHE_CAPACITY
             .check_opt(self.cache_capacity)
             .map_err(ConfigError::Invalid)?
-            .unwrap_or(crate::DEFAULT_CACHE_CAPACITY))
+            .unwrap_or(DEFAULT_CACHE_CAPACITY))
     }
 
     /// The audit log's rotation and stdout copy, defaults filled in.

@@ -26,9 +26,6 @@ pub use provider::sandbox_provider;
 pub use secret::read_secret;
 pub use tokend_provider::{HUBSPOT_TOKEN_URL, Preset, ZOHO_DATA_CENTRES};
 
-/// Connections kept decrypted in memory by default: about 2.5 KiB each.
-pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
-
 #[cfg(test)]
 #[path = "config_tests.rs"]
 mod tests;

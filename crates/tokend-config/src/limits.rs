@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// Largest request message accepted; tokend's requests are a few KiB.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+pub const MAX_REQUEST_BYTES: usize = crate::ranges::REQUEST_MESSAGE_BYTES as usize;
 
 /// The transport bounds the server enforces.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,7 +121,7 @@ pub const DEFAULT_INSTALLS_PER_CALLER: usize = 16;
 
 /// The highest `max_installs_per_caller` accepted
 /// ([`crate::ranges::MAX_INSTALLS_PER_CALLER`]).
-pub const MAX_INSTALLS_PER_CALLER: usize = 10_000;
+pub const MAX_INSTALLS_PER_CALLER: usize = crate::ranges::MAX_INSTALLS_PER_CALLER.max as usize;
 
 /// Connections allowed when nothing is configured and the descriptor limit
 /// is high.

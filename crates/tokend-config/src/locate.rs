@@ -9,7 +9,10 @@
 
 use std::path::Path;
 
-use crate::{ConfigError, FileConfig, Problem};
+use crate::{
+    error::{ConfigError, Problem},
+    file::FileConfig,
+};
 
 /// At most this many schema errors are collected from one file.
 const MAX_SCHEMA_ERRORS: usize = 100;

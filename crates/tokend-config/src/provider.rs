@@ -8,7 +8,11 @@ use secrecy::SecretString;
 use tokend_core::{ProviderName, RefreshPolicy};
 use tokend_provider::{ClientAuth, Dialect, Preset, PresetDefaults, ProviderConfig};
 
-use crate::{ConfigError, Fault, error::Faults, file::*, read_secret};
+use crate::{
+    error::{ConfigError, Fault, Faults},
+    file::*,
+    secret::read_secret,
+};
 
 impl ProviderSection {
     pub(crate) fn resolve(

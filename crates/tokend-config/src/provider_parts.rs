@@ -4,7 +4,7 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use crate::{error::KeyedError, file::*, read_secret};
+use crate::{error::KeyedError, file::*, secret::read_secret};
 
 impl ProviderSection {
     /// The `private_key_jwt` signer: a key is required by that method and

@@ -85,14 +85,17 @@ pub const HTTP_REQUEST_TIMEOUT_SECS: Range =
 pub const HTTP_MAX_RESPONSE_BYTES: Range =
     Range::new("http.max_response_bytes", 16 * KIB, 16 * MIB);
 
-// [limits]: the transport bounds (`crate::limits`).
+// [limits]: the transport bounds (limits.rs).
+/// The largest request message accepted (`limits::MAX_REQUEST_BYTES`):
+/// tokend's requests are a few KiB.
+pub const REQUEST_MESSAGE_BYTES: u64 = 64 * KIB;
 pub const MAX_CONNECTIONS: Range = Range::new("limits.max_connections", 1, 1 << 20);
 pub const MAX_CONCURRENT_STREAMS: Range = Range::new("limits.max_concurrent_streams", 1, 10_000);
 pub const MAX_PENDING_REQUESTS: Range = Range::new("limits.max_pending_requests", 1, 1 << 20);
 /// At least one whole request (`MAX_REQUEST_BYTES`).
 pub const MAX_BUFFERED_REQUEST_BYTES: Range = Range::new(
     "limits.max_buffered_request_bytes",
-    crate::limits::MAX_REQUEST_BYTES as u64,
+    REQUEST_MESSAGE_BYTES,
     16 * GIB,
 );
 pub const REQUEST_BODY_TIMEOUT_MS: Range =
@@ -133,14 +136,10 @@ pub const MAX_UNAUTHENTICATED_BUFFERED_BYTES: Range =
 pub const MAX_UNAUTHENTICATED_MESSAGE_BYTES: Range = Range::new(
     "limits.max_unauthenticated_message_bytes",
     256,
-    crate::limits::MAX_REQUEST_BYTES as u64,
+    REQUEST_MESSAGE_BYTES,
 );
 /// Installs one caller may have running at once.
-pub const MAX_INSTALLS_PER_CALLER: Range = Range::new(
-    "limits.max_installs_per_caller",
-    1,
-    crate::limits::MAX_INSTALLS_PER_CALLER as u64,
-);
+pub const MAX_INSTALLS_PER_CALLER: Range = Range::new("limits.max_installs_per_caller", 1, 10_000);
 
 // [events]: the event log's retention (`crate::feed`).
 pub const EVENTS_RETENTION_SECS: Range = Range::new("events.retention_secs", MINUTE, 3650 * DAY);

@@ -7,7 +7,11 @@ use std::net::SocketAddr;
 use tokend_provider::ProviderConfig;
 
 use crate::{
-    FileConfig, Problem, audit::AuditOptions, events::EventSettings, limits::Limits,
+    audit::AuditOptions,
+    error::{ConfigError, Problem},
+    events::EventSettings,
+    file::FileConfig,
+    limits::Limits,
     locate::split_joined,
 };
 
@@ -51,7 +55,7 @@ pub fn resolve(
             problems.push(problem);
         }
     }
-    let unexpected = |e: crate::ConfigError| {
+    let unexpected = |e: ConfigError| {
         vec![Problem {
             key: Vec::new(),
             message: e.to_string(),
@@ -71,7 +75,7 @@ pub fn resolve(
         events: file
             .events
             .resolve()
-            .map_err(|e| unexpected(crate::ConfigError::Invalid(e)))?,
+            .map_err(|e| unexpected(ConfigError::Invalid(e)))?,
     })
 }
 

@@ -3,7 +3,11 @@
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-use crate::{ConnectionId, ProviderName, Timestamp, TokenSet};
+use crate::{
+    clock::Timestamp,
+    id::{ConnectionId, ProviderName},
+    token::TokenSet,
+};
 
 /// Whether tokend can still obtain tokens for a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

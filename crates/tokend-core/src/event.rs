@@ -4,7 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Connection, LastError, ReconnectCause, Status, Timestamp};
+use crate::{
+    clock::Timestamp,
+    connection::{Connection, LastError, ReconnectCause, Status},
+};
 
 /// What happened to a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::{Timestamp, TokenSet};
+use crate::{clock::Timestamp, token::TokenSet};
 
 /// Decides when a token set is due for renewal.
 #[derive(Clone, Copy, Debug, PartialEq)]

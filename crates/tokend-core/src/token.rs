@@ -6,7 +6,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use crate::Timestamp;
+use crate::clock::Timestamp;
 
 /// One grant's tokens as obtained from the provider at `obtained_at`.
 ///

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 use tokend_core::ErrorClass;
 
-use crate::{Dialect, ProviderError, redact::Redactor};
+use crate::{config::Dialect, error::ProviderError, redact::Redactor};
 
 /// Longest provider message kept.
 const MAX_MESSAGE_LEN: usize = 200;

@@ -11,7 +11,12 @@ use tokend_core::{
 };
 
 use crate::{
-    ClientAuth, ProviderConfig, ProviderError, RequestBody, Salvage, classify, redact::Redactor,
+    assertion::ASSERTION_TYPE,
+    classify,
+    config::{ClientAuth, ProviderConfig, RequestBody},
+    error::{ProviderError, Salvage},
+    form::form_encode,
+    redact::Redactor,
     response,
 };
 
@@ -91,22 +96,6 @@ fn transport_error(code: &str, message: &str) -> ProviderError {
 fn unanswered(mut e: ProviderError) -> ProviderError {
     e.unanswered = true;
     e
-}
-
-/// Percent-encodes per `application/x-www-form-urlencoded`, as RFC 6749
-/// §2.3.1 asks for Basic credentials.
-pub(crate) fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._*".contains(&b) {
-            out.push(b as char);
-        } else if b == b' ' {
-            out.push('+');
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 impl ProviderClient {
@@ -265,7 +254,7 @@ impl ProviderClient {
                     .map_err(|m| misconfigured("client_assertion", &m))?;
                 redact.push(&assertion);
                 form.push(("client_id", &config.client_id));
-                form.push(("client_assertion_type", crate::ASSERTION_TYPE));
+                form.push(("client_assertion_type", ASSERTION_TYPE));
                 form.push(("client_assertion", &assertion));
             }
             ClientAuth::ClientSecretPost => {
@@ -491,16 +480,5 @@ pub(crate) fn interpret(
             retry_after,
             secrets,
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn form_encoding_for_basic_auth() {
-        assert_eq!(form_encode("a b:c/d"), "a+b%3Ac%2Fd");
-        assert_eq!(form_encode("plain-id_1.x"), "plain-id_1.x");
     }
 }

@@ -117,10 +117,10 @@ pub struct RequestShape {
     /// The parameter carrying the presented token [default: `refresh_token`].
     pub refresh_token_param: Option<String>,
     /// Signs the client assertions of [`ClientAuth::PrivateKeyJwt`].
-    pub client_assertion: Option<crate::AssertionSigner>,
+    pub client_assertion: Option<crate::assertion::AssertionSigner>,
     /// A client certificate (mutual TLS) and private roots for this
     /// provider's endpoints.
-    pub tls: Option<crate::ClientTls>,
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 /// Whether `name: value` is a valid HTTP header (before any placeholder

@@ -5,7 +5,11 @@
 use async_trait::async_trait;
 use secrecy::SecretString;
 
-use crate::{ProviderClient, ProviderConfig, ProviderError, TokenGrant};
+use crate::{
+    client::{ProviderClient, TokenGrant},
+    config::ProviderConfig,
+    error::ProviderError,
+};
 
 /// Calls to one provider's token endpoint.
 #[async_trait]

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::{ClientAuth, Dialect};
+use crate::config::{ClientAuth, Dialect, RequestBody};
 
 /// HubSpot's token endpoint.
 pub const HUBSPOT_TOKEN_URL: &str = "https://api.hubapi.com/oauth/v1/token";
@@ -67,7 +67,7 @@ pub struct PresetDefaults {
     pub dialect: Dialect,
     pub default_lifetime_secs: u64,
     pub account_id_field: Option<&'static str>,
-    pub body: crate::RequestBody,
+    pub body: RequestBody,
     /// The values each listed connection parameter may take.
     pub param_values: &'static [(&'static str, &'static [&'static str])],
 }
@@ -80,7 +80,6 @@ pub const ZOHO_DATA_CENTRES: &[&str] = &["com", "eu", "in", "com.au", "jp", "com
 impl PresetDefaults {
     /// What `preset` (or no preset) fills in.
     pub fn of(preset: Option<Preset>) -> Self {
-        use crate::RequestBody;
         let generic = PresetDefaults {
             token_url: None,
             exchange: None,

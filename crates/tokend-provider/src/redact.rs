@@ -144,8 +144,8 @@ impl Redactor {
                 let pairs = [
                     format!(
                         "{}:{}",
-                        crate::client::form_encode(id),
-                        crate::client::form_encode(secret)
+                        crate::form::form_encode(id),
+                        crate::form::form_encode(secret)
                     ),
                     format!("{id}:{}", secret.as_str()),
                 ];

@@ -7,7 +7,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 use tokend_core::{ErrorClass, Timestamp, TokenSet};
 
-use crate::{ProviderConfig, ProviderError};
+use crate::{config::ProviderConfig, error::ProviderError};
 
 /// Longest access or refresh token accepted; real ones are far shorter.
 const MAX_TOKEN_LEN: usize = 8 * 1024;

@@ -14,7 +14,12 @@ use secrecy::{ExposeSecret, SecretString};
 use tokend_core::{Clock, ErrorClass, TokenSet};
 use tokio::time::Instant;
 
-use crate::{ProviderConfig, ProviderError, Salvage, TokenEndpoint, TokenGrant};
+use crate::{
+    client::TokenGrant,
+    config::ProviderConfig,
+    endpoint::TokenEndpoint,
+    error::{ProviderError, Salvage},
+};
 
 /// How the model treats a refresh token once used.
 #[derive(Clone, Copy, Debug)]

@@ -11,7 +11,8 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::http::Shared;
+use crate::echo::Echo;
+use crate::state::Shared;
 use crate::{Fault, LostAnswer};
 
 pub(crate) fn routes() -> Router<Shared> {
@@ -163,7 +164,7 @@ enum FaultRequest {
         count: u32,
     },
     EchoSecrets {
-        encoding: crate::Echo,
+        encoding: Echo,
         #[serde(default = "one")]
         count: u32,
     },

@@ -8,7 +8,20 @@ use serde::Serialize;
 
 use crate::Dialect;
 use crate::secrets;
-use crate::state::{GrantError, GrantKind};
+
+/// Which grant an `invalid_grant` rejection concerns (HubSpot words the two differently).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GrantKind {
+    Refresh,
+    Code,
+}
+
+/// A rejected grant. The description is static text: it never echoes what the client sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GrantError {
+    pub kind: GrantKind,
+    pub description: &'static str,
+}
 
 /// The kinds of failure the token endpoint reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

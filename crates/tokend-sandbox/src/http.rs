@@ -1,9 +1,7 @@
 //! The axum router: the token endpoint, the protected `/api/me` resource and shared middleware.
 
-use std::sync::Arc;
-
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
@@ -13,23 +11,19 @@ use axum::routing::{get, post};
 use serde::Serialize;
 
 use crate::Dialect;
+use crate::answer::{no_store, truncated_token_response};
 use crate::control;
 use crate::error::OAuthError;
 use crate::form::{self, TokenForm};
 use crate::secrets;
-use crate::state::{FaultAction, Granted, Provider};
+use crate::state::{FaultAction, Granted, Provider, Shared};
 
 /// Token requests are a handful of short fields; 16 KiB leaves ample room and caps abuse.
 const TOKEN_BODY_LIMIT: usize = 16 * 1024;
 /// Control requests carry an account id and a scope list.
 const CONTROL_BODY_LIMIT: usize = 64 * 1024;
 
-/// What a `MalformedBody` fault serves: a token response cut off mid-stream (no secret in it).
-const TRUNCATED_TOKEN_RESPONSE: &str = r#"{"token_type":"bearer","expires_in":1800,"access_tok"#;
-
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-pub(crate) type Shared = Arc<Provider>;
 
 pub(crate) fn router(provider: Shared) -> Router {
     Router::new()
@@ -329,12 +323,6 @@ fn token_response(dialect: Dialect, granted: &Granted) -> Response {
     response
 }
 
-/// RFC 6749 §5.1: responses carrying tokens must not be cached.
-fn no_store(headers: &mut HeaderMap) {
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-}
-
 /// Serves a fault's canned response, or for a latency fault waits and returns `None` so the
 /// request is then handled normally.
 async fn apply_fault(
@@ -366,17 +354,6 @@ async fn apply_fault(
         FaultAction::LostAnswer { .. } => return None,
     };
     Some(response)
-}
-
-/// A 200 token response cut off mid-stream (no secret in it).
-pub(crate) fn truncated_token_response() -> Response {
-    let mut response = Response::new(Body::from(TRUNCATED_TOKEN_RESPONSE));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    no_store(response.headers_mut());
-    response
 }
 
 /// `POST /oauth/revoke` (RFC 7009): the client authenticates as at the token endpoint;

@@ -18,6 +18,7 @@
 //! # }
 //! ```
 
+mod answer;
 mod client_auth;
 mod control;
 mod echo;

@@ -175,7 +175,7 @@ pub(crate) async fn serve(
             Response::new(Body::empty())
         }
         // A 200 whose body is cut off: the grant is in no readable answer.
-        LostAnswer::Status(200) => crate::http::truncated_token_response(),
+        LostAnswer::Status(200) => crate::answer::truncated_token_response(),
         LostAnswer::Status(status) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             OAuthError::server_error(status).into_response(dialect)

@@ -15,8 +15,9 @@ use tokend_core::{
 };
 
 use crate::{
-    StoreError, Summary,
-    crypto::{Keyring, Sealed, unbound_associated_data},
+    StoreError,
+    sealing::{Keyring, Sealed, unbound_associated_data},
+    summary::Summary,
 };
 
 /// Version of the document layout below, which is also the version of the
@@ -365,7 +366,7 @@ mod tests {
 
     /// Keys as a key file made before the binding holds them.
     fn pre_binding_keys() -> Keyring {
-        let mut file = crate::crypto::KeyFile::generate();
+        let mut file = crate::sealing::KeyFile::generate();
         file.keys[0].bound = false;
         file.keyring().unwrap()
     }

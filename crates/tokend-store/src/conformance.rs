@@ -11,7 +11,7 @@ use tokend_core::{
     Timestamp, TokenSet,
 };
 
-use crate::{Expected, ListQuery, SavedCursor, Store, StoreError};
+use crate::{Expected, ListQuery, Store, StoreError, event_log::SavedCursor};
 use tokend_core::EventType;
 
 mod events;
@@ -367,7 +367,7 @@ async fn summaries_and_census_follow_every_change(store: &impl Store) {
     assert_eq!(seen[1].provider, hubspot);
     assert_eq!(seen[2].expires_at, Timestamp::from_unix_millis(9_000_000));
     assert_eq!(seen[2].obtained_at, Timestamp::from_unix_millis(7_200_000));
-    assert_eq!(seen[0], crate::Summary::of(&record("s0", 1)));
+    assert_eq!(seen[0], crate::summary::Summary::of(&record("s0", 1)));
 
     let census: Vec<_> = store
         .census()

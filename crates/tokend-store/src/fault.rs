@@ -13,11 +13,11 @@ use async_trait::async_trait;
 use tokend_core::{Connection, ConnectionId, Timestamp};
 use tokio::sync::watch;
 
-use crate::{BoxFuture, Expected, ListQuery, Store, StoreError};
+use crate::{Expected, ListQuery, Store, StoreError, wrapper::BoxFuture};
 
 /// The store operations a fault can be armed for: one per method (see
 /// [`crate::Op`]); `census` is armed under `Summaries`.
-pub use crate::Op;
+pub use crate::wrapper::Op;
 
 /// What an armed operation does instead of succeeding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,7 +197,7 @@ fn injected(op: Op, when: &str) -> StoreError {
 /// below also honour [`FaultStore::garble`], [`FaultStore::set_shared`]
 /// and [`FaultStore::set_fleet_clock`].
 #[async_trait]
-impl<S: Store> crate::StoreWrapper for FaultStore<S> {
+impl<S: Store> crate::wrapper::StoreWrapper for FaultStore<S> {
     type Target = S;
     type Inner<'a> = &'a S;
 

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use crate::{
     StoreError,
-    crypto::{KeyMatch, KeyOrigin, Keyring, Sealed},
+    sealing::{KeyMatch, KeyOrigin, Keyring, Sealed},
 };
 
 /// What a store records: each key id with its check value.
@@ -214,7 +214,7 @@ pub fn unheld(recorded: &Recorded, keys: &Keyring) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::KeyFile;
+    use crate::sealing::KeyFile;
 
     fn recorded_for(keys: &Keyring, ids: &[u32]) -> Recorded {
         ids.iter()

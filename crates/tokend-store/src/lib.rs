@@ -2,17 +2,21 @@
 //! revision, with each change's events appended to a durable log in the same
 //! write), a sled backend for single-node deployments, an in-memory one for
 //! tests, a conformance suite every backend must pass, and the shared base
-//! of the stores that wrap another (`StoreWrapper`).
+//! of the stores that wrap another (`StoreWrapper`). The conformance suite
+//! and the fault-injecting store are for tests only: feature `testing`.
 
 mod codec;
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod crypto;
 mod event_log;
+#[cfg(any(test, feature = "testing"))]
 pub mod fault;
 pub mod key_records;
 mod leases;
 mod memory;
 pub mod restore;
+mod sealing;
 mod sled_commit;
 mod sled_durable;
 mod sled_index;

@@ -13,8 +13,10 @@ use tokend_core::{Connection, ConnectionId, Event, NewEvent, Timestamp, event};
 use tokio::sync::watch;
 
 use crate::{
-    Expected, Lease, ListQuery, LogBounds, SavedCursor, Store, StoreError, Watermark,
-    check_advances, leases::LeaseState, matches,
+    Expected, Lease, ListQuery, Store, StoreError, check_advances,
+    event_log::{LogBounds, SavedCursor, Watermark},
+    leases::LeaseState,
+    matches,
 };
 
 /// Records in a `BTreeMap` (id order for paging). A std `Mutex`, not tokio's:
@@ -57,7 +59,7 @@ impl Default for MemoryStore {
             records: Mutex::default(),
             leases: Mutex::default(),
             log: Mutex::new(Log {
-                id: crate::new_log_id(),
+                id: crate::event_log::new_log_id(),
                 events: VecDeque::new(),
                 last: 0,
             }),

@@ -14,7 +14,10 @@
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use tokend_core::{ProviderName, Status};
 
-use crate::{Census, StoreError, Summary};
+use crate::{
+    StoreError,
+    summary::{Census, Summary},
+};
 
 const COUNT: &[u8] = b"c\0";
 

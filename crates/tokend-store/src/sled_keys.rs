@@ -4,8 +4,8 @@
 
 use crate::{
     StoreError, codec,
-    crypto::{Keyring, Sealed},
     key_records::{self, Change, InUse, Recorded},
+    sealing::{Keyring, Sealed},
 };
 
 /// The tree's name.

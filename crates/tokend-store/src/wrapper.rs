@@ -26,8 +26,10 @@ use tokend_core::{Connection, ConnectionId, Event, Timestamp};
 use tokio::sync::watch;
 
 use crate::{
-    Census, Expected, Lease, ListQuery, LogBounds, SavedCursor, SealedPage, Store, StoreError,
-    Summary, crypto::Keyring,
+    Expected, Lease, ListQuery, SealedPage, Store, StoreError,
+    event_log::{LogBounds, SavedCursor},
+    sealing::Keyring,
+    summary::{Census, Summary},
 };
 
 /// A store call not yet polled, as `async_trait` hands it out.

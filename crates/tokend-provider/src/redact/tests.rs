@@ -134,8 +134,8 @@ fn base64_and_base64url() {
 fn basic_credentials_as_sent_and_as_many_clients_send_them() {
     let wire = format!(
         "{}:{}",
-        crate::client::form_encode(CLIENT_ID),
-        crate::client::form_encode(CS)
+        crate::form::form_encode(CLIENT_ID),
+        crate::form::form_encode(CS)
     );
     assert_redacted("Basic, RFC 6749", &STANDARD.encode(&wire));
     assert_redacted("Basic, RFC 6749", &URL_SAFE_NO_PAD.encode(&wire));

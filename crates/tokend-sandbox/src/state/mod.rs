@@ -9,6 +9,8 @@ use crate::persist;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::echo::Echo;
+use crate::error::{GrantError, GrantKind};
 use crate::secrets::{self, ACCESS_PREFIX, REFRESH_PREFIX};
 use crate::{AccountStats, Dialect, Fault, Rotation, SandboxConfig, Stats};
 
@@ -32,25 +34,11 @@ pub(crate) enum FaultAction {
     InvalidClient,
     ConsentRequired,
     InteractionRequired,
-    EchoSecrets(crate::Echo),
+    EchoSecrets(Echo),
     LostAnswer {
         answer: crate::LostAnswer,
         hang: Duration,
     },
-}
-
-/// Which grant an `invalid_grant` rejection concerns (HubSpot words the two differently).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum GrantKind {
-    Refresh,
-    Code,
-}
-
-/// A rejected grant. The description is static text: it never echoes what the client sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct GrantError {
-    pub kind: GrantKind,
-    pub description: &'static str,
 }
 
 const UNKNOWN_REFRESH: GrantError = GrantError {
@@ -84,6 +72,9 @@ pub(crate) struct Granted {
     pub scopes: Arc<[String]>,
     pub account_id: Arc<str>,
 }
+
+/// The provider as the HTTP handlers share it.
+pub(crate) type Shared = Arc<Provider>;
 
 /// One provider instance. Client credentials and dialect never change after start, so they live
 /// outside the mutex; everything mutable lives in [`Inner`].

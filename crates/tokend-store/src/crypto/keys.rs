@@ -11,9 +11,11 @@ use std::{
 };
 
 #[cfg(test)]
-use super::load_or_create_key_file;
-use super::{KeyError, KeyFile, KeyOrigin, Keyring};
-use crate::SledStore;
+use crate::sealing::load_or_create_key_file;
+use crate::{
+    sealing::{KeyError, KeyFile, KeyOrigin, Keyring},
+    sled_store::SledStore,
+};
 
 /// The key file's name inside the data dir.
 pub const KEY_FILE_NAME: &str = "tokend.keys";

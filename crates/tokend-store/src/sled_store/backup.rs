@@ -1,7 +1,7 @@
 //! Backups on a sled store: pages of records exactly as stored, for
 //! `tokend backup`, and the import of sealed records on restore.
 
-use crate::{StoreError, Summary, codec};
+use crate::{StoreError, codec, summary::Summary};
 
 use super::*;
 

@@ -5,7 +5,10 @@ use std::sync::atomic::Ordering;
 
 use tokend_core::{Event, Timestamp};
 
-use crate::{LogBounds, SavedCursor, StoreError};
+use crate::{
+    StoreError,
+    event_log::{LogBounds, SavedCursor},
+};
 
 use super::*;
 

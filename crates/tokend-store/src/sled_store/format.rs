@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::{StoreError, codec, crypto::Keyring};
+use crate::{StoreError, codec, sealing::Keyring};
 
 use super::*;
 

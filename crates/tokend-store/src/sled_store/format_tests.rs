@@ -3,7 +3,7 @@
 //! route (re-sealing at open, refusing the unbound form after).
 use super::*;
 use super::{format::stamp, open::open_db};
-use crate::crypto::KeyFile;
+use crate::sealing::KeyFile;
 
 /// Issue 11. Invariants: a data dir is stamped with its format; one
 /// written by a newer tokend is refused with a message saying so, before

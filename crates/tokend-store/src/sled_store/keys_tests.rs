@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::{
-    crypto::{KeyFile, KeyOrigin},
+    sealing::{KeyFile, KeyOrigin},
     sled_keys,
 };
 

@@ -7,7 +7,8 @@
 use std::sync::{Arc, Mutex, RwLock, atomic::AtomicU64};
 
 use crate::{
-    StoreError, Watermark, crypto::Keyring, sled_durable::Durability, sled_wal::WriteAhead,
+    StoreError, event_log::Watermark, sealing::Keyring, sled_durable::Durability,
+    sled_wal::WriteAhead,
 };
 
 /// A sled database holding tokend's records. sled types stay inside this

@@ -7,7 +7,8 @@ use std::{
 };
 
 use crate::{
-    StoreError, Watermark, crypto::Keyring, sled_durable::Durability, sled_wal::WriteAhead,
+    StoreError, event_log::Watermark, sealing::Keyring, sled_durable::Durability,
+    sled_wal::WriteAhead,
 };
 
 use super::*;
@@ -132,7 +133,7 @@ impl SledStore {
         let log_id = match read_u64(&event_meta, LOG_ID_KEY)? {
             Some(id) => id,
             None => {
-                let id = crate::new_log_id();
+                let id = crate::event_log::new_log_id();
                 event_meta
                     .insert(LOG_ID_KEY, &id.to_be_bytes())
                     .map_err(backend)?;

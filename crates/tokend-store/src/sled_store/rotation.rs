@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::{StoreError, codec, crypto::Keyring};
+use crate::{StoreError, codec, sealing::Keyring};
 
 use super::*;
 

@@ -9,8 +9,11 @@ use tokend_core::{Connection, ConnectionId, Event, Timestamp, event};
 use tokio::sync::watch;
 
 use crate::{
-    Census, Expected, Lease, ListQuery, LogBounds, SavedCursor, Store, StoreError, Summary,
-    check_advances, codec, crypto::Keyring, sled_index,
+    Expected, Lease, ListQuery, Store, StoreError, check_advances, codec,
+    event_log::{LogBounds, SavedCursor},
+    sealing::Keyring,
+    sled_index,
+    summary::{Census, Summary},
 };
 
 use super::*;

@@ -1,7 +1,7 @@
 //! Tests of the sled backend: at rest, rotation, corrupt records, leases
 //! and the event log across reopening, and the conformance suite.
 use super::*;
-use crate::crypto::KeyFile;
+use crate::sealing::KeyFile;
 
 /// Every byte of every file under `dir`.
 fn all_bytes(dir: &Path) -> Vec<u8> {

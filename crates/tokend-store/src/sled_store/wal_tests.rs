@@ -8,7 +8,7 @@ use std::{
 };
 
 use super::*;
-use crate::crypto::KeyFile;
+use crate::sealing::KeyFile;
 
 /// Where the crash child works; set only in the child.
 const CHILD_DIR: &str = "TOKEND_TEST_CRASH_CHILD_DIR";

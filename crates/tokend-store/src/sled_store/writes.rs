@@ -13,12 +13,13 @@ use tokend_core::{
 };
 
 use crate::{
-    ListQuery, StoreError, Summary, codec,
-    crypto::Keyring,
+    ListQuery, StoreError, codec,
     leases::{LeaseState, check_fence},
     matches,
+    sealing::Keyring,
     sled_durable::Waited,
     sled_index,
+    summary::Summary,
 };
 
 use super::*;

@@ -1,0 +1,223 @@
+//! The workspace's layout (issue 27, "a house you can see"), checked on
+//! the sources themselves:
+//!
+//! (a) no import cycle among the top-level modules of any crate;
+//! (b) no module takes through the crate root (`crate::Name`,
+//!     `super::Name` out of a top-level module) a name the root does not
+//!     define itself: a re-export of a sibling's item is for the crate's
+//!     users, a module names the module that defines it;
+//! (c) no `.rs` file under crates/, src/, tests/ or benches/ is over
+//!     [`MAX_LINES`] lines.
+//!
+//! Each crate's module tree is followed from its root (`lib.rs`,
+//! `main.rs`) through its `mod` declarations, parsed with `syn`; modules
+//! and items under `#[cfg(test)]` are left out. The graph's arrows come
+//! from `use` trees, paths in code and the paths inside macro calls that
+//! start at `crate::`, `self::` or `super::` and end in another top-level
+//! module (a re-export of the root counts as an arrow to the module it
+//! re-exports from).
+
+mod modules;
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use modules::{analyse, cycles, describe, read_crate};
+
+/// The longest a source file may be.
+const MAX_LINES: usize = 600;
+
+// issue 27: being split; remove as they go
+/// Cycles that remain, as (crate root, the modules of the cycle).
+const KNOWN_CYCLES: &[(&str, &[&str])] = &[(
+    "crates/tokend-server/src/lib.rs",
+    &[
+        "audit",
+        "auth",
+        "engine",
+        "error",
+        "feed",
+        "metrics",
+        "service",
+        "transport",
+        "webhooks",
+    ],
+)];
+
+// issue 27: being split; remove as they go
+/// Files that still take a sibling's item through the crate root.
+const KNOWN_ROOT_IMPORTS: &[&str] = &[
+    "crates/tokend-server/src/auth.rs",
+    "crates/tokend-server/src/console.rs",
+    "crates/tokend-server/src/engine/install.rs",
+    "crates/tokend-server/src/engine/mod.rs",
+    "crates/tokend-server/src/feed/mod.rs",
+    "crates/tokend-server/src/malformed.rs",
+    "crates/tokend-server/src/service/list.rs",
+    "crates/tokend-server/src/service/mod.rs",
+    "crates/tokend-server/src/service/outbox.rs",
+    "crates/tokend-server/src/service/streams.rs",
+    "crates/tokend-server/src/service/validate.rs",
+    "crates/tokend-server/src/service/watch.rs",
+    "crates/tokend-server/src/transport/body.rs",
+    "crates/tokend-server/src/transport/framing.rs",
+    "crates/tokend-server/src/transport/load.rs",
+    "crates/tokend-server/src/webhooks/config.rs",
+    "crates/tokend-server/src/webhooks/mod.rs",
+];
+
+// issue 27: being split; remove as they go
+/// Files over [`MAX_LINES`] lines.
+const KNOWN_LONG_FILES: &[&str] = &[
+    "crates/tokend-server/src/audit.rs",
+    "crates/tokend-server/src/auth.rs",
+    "crates/tokend-server/src/engine/install.rs",
+    "crates/tokend-server/src/engine/mod.rs",
+    "crates/tokend-server/src/engine/refresh.rs",
+    "crates/tokend-server/src/engine/tests/mod.rs",
+    "crates/tokend-server/src/error.rs",
+];
+
+fn workspace() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `path` relative to the workspace, with `/` separators.
+fn relative(path: &Path) -> String {
+    let rel = path.strip_prefix(workspace()).unwrap_or(path);
+    rel.to_string_lossy().replace('\\', "/")
+}
+
+/// The root file of every crate of the workspace.
+fn crate_roots() -> Vec<PathBuf> {
+    let mut dirs = vec![workspace().to_path_buf()];
+    let mut members: Vec<_> = fs::read_dir(workspace().join("crates"))
+        .expect("crates/")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| p.join("Cargo.toml").exists())
+        .collect();
+    members.sort();
+    dirs.extend(members);
+    let mut roots = Vec::new();
+    for dir in dirs {
+        for root in ["src/lib.rs", "src/main.rs"] {
+            if dir.join(root).exists() {
+                roots.push(dir.join(root));
+            }
+        }
+        if let Ok(bins) = fs::read_dir(dir.join("src/bin")) {
+            let mut bins: Vec<_> = bins.map(|e| e.expect("an entry").path()).collect();
+            bins.sort();
+            roots.extend(
+                bins.into_iter()
+                    .filter(|p| p.extension().is_some_and(|e| e == "rs")),
+            );
+        }
+    }
+    roots
+}
+
+#[test]
+fn no_crate_has_an_import_cycle_among_its_modules() {
+    let mut problems = Vec::new();
+    let mut known: BTreeSet<(String, BTreeSet<String>)> = KNOWN_CYCLES
+        .iter()
+        .map(|(root, m)| (root.to_string(), m.iter().map(|s| s.to_string()).collect()))
+        .collect();
+    for root in crate_roots() {
+        let krate = read_crate(&root);
+        let (arrows, _) = analyse(&krate);
+        let name = relative(&root);
+        for component in cycles(&krate.modules, &arrows) {
+            if !known.remove(&(name.clone(), component.clone())) {
+                problems.push(format!("{name}: a cycle {}", describe(&component, &arrows)));
+            }
+        }
+    }
+    for (root, modules) in known {
+        problems.push(format!(
+            "{root}: KNOWN_CYCLES lists the cycle among {modules:?}, which is gone or changed: \
+             take it out (or shrink it to what remains)"
+        ));
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+#[test]
+fn no_module_takes_a_siblings_item_through_the_crate_root() {
+    let mut problems = Vec::new();
+    let mut offenders = BTreeSet::new();
+    for root in crate_roots() {
+        let (_, via_root) = analyse(&read_crate(&root));
+        for (place, name) in via_root {
+            offenders.insert(place.file.clone());
+            if !KNOWN_ROOT_IMPORTS.contains(&place.file.as_str()) {
+                problems.push(format!(
+                    "{place}: takes `{name}` through the crate root, which does not define it: \
+                     name the module that does"
+                ));
+            }
+        }
+    }
+    for file in KNOWN_ROOT_IMPORTS {
+        if !offenders.contains(*file) {
+            problems.push(format!(
+                "{file}: in KNOWN_ROOT_IMPORTS but clean now: take it out"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.expect("an entry").path();
+        let name = path.file_name().expect("a name").to_string_lossy();
+        if path.is_dir() {
+            if name != "target" && !name.starts_with('.') {
+                rust_files(&path, out);
+            }
+        } else if name.ends_with(".rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_source_file_is_over_600_lines() {
+    let mut files = Vec::new();
+    for dir in ["crates", "src", "tests", "benches"] {
+        rust_files(&workspace().join(dir), &mut files);
+    }
+    files.sort();
+    let mut problems = Vec::new();
+    let mut long = BTreeSet::new();
+    for file in files {
+        let lines = fs::read_to_string(&file)
+            .expect("a source file")
+            .lines()
+            .count();
+        let name = relative(&file);
+        if lines > MAX_LINES {
+            if !KNOWN_LONG_FILES.contains(&name.as_str()) {
+                problems.push(format!("{name}: {lines} lines, over {MAX_LINES}: split it"));
+            }
+            long.insert(name);
+        }
+    }
+    for file in KNOWN_LONG_FILES {
+        if !long.contains(*file) {
+            problems.push(format!(
+                "{file}: in KNOWN_LONG_FILES but no longer over {MAX_LINES} lines: take it out"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
