@@ -31,54 +31,14 @@ use modules::{analyse, cycles, describe, read_crate};
 const MAX_LINES: usize = 600;
 
 // issue 27: being split; remove as they go
-/// Cycles that remain, as (crate root, the modules of the cycle).
-const KNOWN_CYCLES: &[(&str, &[&str])] = &[(
-    "crates/tokend-server/src/lib.rs",
-    &[
-        "audit",
-        "auth",
-        "engine",
-        "error",
-        "feed",
-        "metrics",
-        "service",
-        "transport",
-        "webhooks",
-    ],
-)];
-
-// issue 27: being split; remove as they go
-/// Files that still take a sibling's item through the crate root.
-const KNOWN_ROOT_IMPORTS: &[&str] = &[
-    "crates/tokend-server/src/auth.rs",
-    "crates/tokend-server/src/console.rs",
-    "crates/tokend-server/src/engine/install.rs",
-    "crates/tokend-server/src/engine/mod.rs",
-    "crates/tokend-server/src/feed/mod.rs",
-    "crates/tokend-server/src/malformed.rs",
-    "crates/tokend-server/src/service/list.rs",
-    "crates/tokend-server/src/service/mod.rs",
-    "crates/tokend-server/src/service/outbox.rs",
-    "crates/tokend-server/src/service/streams.rs",
-    "crates/tokend-server/src/service/validate.rs",
-    "crates/tokend-server/src/service/watch.rs",
-    "crates/tokend-server/src/transport/body.rs",
-    "crates/tokend-server/src/transport/framing.rs",
-    "crates/tokend-server/src/transport/load.rs",
-    "crates/tokend-server/src/webhooks/config.rs",
-    "crates/tokend-server/src/webhooks/mod.rs",
-];
-
-// issue 27: being split; remove as they go
 /// Files over [`MAX_LINES`] lines.
 const KNOWN_LONG_FILES: &[&str] = &[
+    "crates/tokend-engine/src/engine/install.rs",
+    "crates/tokend-engine/src/engine/mod.rs",
+    "crates/tokend-engine/src/engine/refresh.rs",
+    "crates/tokend-engine/src/engine/tests/mod.rs",
     "crates/tokend-server/src/audit.rs",
     "crates/tokend-server/src/auth.rs",
-    "crates/tokend-server/src/engine/install.rs",
-    "crates/tokend-server/src/engine/mod.rs",
-    "crates/tokend-server/src/engine/refresh.rs",
-    "crates/tokend-server/src/engine/tests/mod.rs",
-    "crates/tokend-server/src/error.rs",
 ];
 
 fn workspace() -> &'static Path {
@@ -123,25 +83,13 @@ fn crate_roots() -> Vec<PathBuf> {
 #[test]
 fn no_crate_has_an_import_cycle_among_its_modules() {
     let mut problems = Vec::new();
-    let mut known: BTreeSet<(String, BTreeSet<String>)> = KNOWN_CYCLES
-        .iter()
-        .map(|(root, m)| (root.to_string(), m.iter().map(|s| s.to_string()).collect()))
-        .collect();
     for root in crate_roots() {
         let krate = read_crate(&root);
         let (arrows, _) = analyse(&krate);
         let name = relative(&root);
         for component in cycles(&krate.modules, &arrows) {
-            if !known.remove(&(name.clone(), component.clone())) {
-                problems.push(format!("{name}: a cycle {}", describe(&component, &arrows)));
-            }
+            problems.push(format!("{name}: a cycle {}", describe(&component, &arrows)));
         }
-    }
-    for (root, modules) in known {
-        problems.push(format!(
-            "{root}: KNOWN_CYCLES lists the cycle among {modules:?}, which is gone or changed: \
-             take it out (or shrink it to what remains)"
-        ));
     }
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
@@ -149,23 +97,12 @@ fn no_crate_has_an_import_cycle_among_its_modules() {
 #[test]
 fn no_module_takes_a_siblings_item_through_the_crate_root() {
     let mut problems = Vec::new();
-    let mut offenders = BTreeSet::new();
     for root in crate_roots() {
         let (_, via_root) = analyse(&read_crate(&root));
         for (place, name) in via_root {
-            offenders.insert(place.file.clone());
-            if !KNOWN_ROOT_IMPORTS.contains(&place.file.as_str()) {
-                problems.push(format!(
-                    "{place}: takes `{name}` through the crate root, which does not define it: \
-                     name the module that does"
-                ));
-            }
-        }
-    }
-    for file in KNOWN_ROOT_IMPORTS {
-        if !offenders.contains(*file) {
             problems.push(format!(
-                "{file}: in KNOWN_ROOT_IMPORTS but clean now: take it out"
+                "{place}: takes `{name}` through the crate root, which does not define it: \
+                 name the module that does"
             ));
         }
     }
