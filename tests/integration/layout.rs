@@ -20,7 +20,6 @@
 mod modules;
 
 use std::{
-    collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
 };
@@ -29,17 +28,6 @@ use modules::{analyse, cycles, describe, read_crate};
 
 /// The longest a source file may be.
 const MAX_LINES: usize = 600;
-
-// issue 27: being split; remove as they go
-/// Files over [`MAX_LINES`] lines.
-const KNOWN_LONG_FILES: &[&str] = &[
-    "crates/tokend-engine/src/engine/install.rs",
-    "crates/tokend-engine/src/engine/mod.rs",
-    "crates/tokend-engine/src/engine/refresh.rs",
-    "crates/tokend-engine/src/engine/tests/mod.rs",
-    "crates/tokend-server/src/audit.rs",
-    "crates/tokend-server/src/auth.rs",
-];
 
 fn workspace() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -135,7 +123,6 @@ fn no_source_file_is_over_600_lines() {
     }
     files.sort();
     let mut problems = Vec::new();
-    let mut long = BTreeSet::new();
     for file in files {
         let lines = fs::read_to_string(&file)
             .expect("a source file")
@@ -143,17 +130,7 @@ fn no_source_file_is_over_600_lines() {
             .count();
         let name = relative(&file);
         if lines > MAX_LINES {
-            if !KNOWN_LONG_FILES.contains(&name.as_str()) {
-                problems.push(format!("{name}: {lines} lines, over {MAX_LINES}: split it"));
-            }
-            long.insert(name);
-        }
-    }
-    for file in KNOWN_LONG_FILES {
-        if !long.contains(*file) {
-            problems.push(format!(
-                "{file}: in KNOWN_LONG_FILES but no longer over {MAX_LINES} lines: take it out"
-            ));
+            problems.push(format!("{name}: {lines} lines, over {MAX_LINES}: split it"));
         }
     }
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));

@@ -11,13 +11,17 @@
 
 mod backoff;
 mod coherence;
+mod delete;
+mod failure;
 mod flight;
 mod install;
 mod keeper;
 mod lease;
 mod persist;
+mod recent_installs;
 mod refresh;
 mod refresher;
+mod settings;
 mod slot;
 #[cfg(test)]
 mod tests;
@@ -30,7 +34,7 @@ use tokend_core::{
     Clock, Connection, ConnectionId, LastError, ProviderName, ReconnectCause, Status, Timestamp,
 };
 use tokend_provider::{ProviderConfig, TokenEndpoint};
-use tokend_store::{Expected, ListQuery, Store, StoreError};
+use tokend_store::{ListQuery, Store};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use install::{InstallGrant, InstallInput, InstallOutcome};
@@ -45,71 +49,7 @@ use backoff::Breaker;
 use flight::Ended;
 use slot::{Slot, Slots};
 
-pub use tokend_config::DEFAULT_CACHE_CAPACITY;
-
-/// Tunables of the engine; defaults suit production.
-#[derive(Clone, Debug)]
-pub struct EngineSettings {
-    /// How long a refresh lease lasts unless renewed; the refresh holding
-    /// it renews it every third of this while it runs (`lease.rs`), and a
-    /// dead holder's is taken over this long after its last renewal.
-    pub lease_ttl: Duration,
-    /// First retry delay after a transient failure.
-    pub backoff_min: Duration,
-    /// Longest retry delay after repeated transient failures.
-    pub backoff_max: Duration,
-    /// Least delay before retrying after the provider rejected tokend's
-    /// client credentials: retrying fast cannot fix a configuration.
-    pub misconfigured_retry: Duration,
-    /// Cap on a provider's `Retry-After`, so a bogus value cannot park a
-    /// connection for days.
-    pub max_retry_after: Duration,
-    /// Background refreshes running at once, to spare providers a burst
-    /// after a restart.
-    pub background_concurrency: usize,
-    /// Whether the background refresher runs at all (tests of the on-demand
-    /// path turn it off).
-    pub background_refresh: bool,
-    /// This node's name in refresh-lease holders. Leases held by an earlier
-    /// run of the same node are released at start. Replicas sharing a store
-    /// need distinct names.
-    pub node: String,
-    /// First delay before retrying after the store failed: a refresh's
-    /// lease, read or write, or the write of a grant the store refused
-    /// (kept pending meanwhile). Doubles, jittered, up to
-    /// `pending_retry_max`; apart from the provider's backoff.
-    pub pending_retry_min: Duration,
-    /// Longest delay between two such retries (1 s), so a connection is
-    /// served again, and a pending grant written, within about a second of
-    /// the store's return.
-    pub pending_retry_max: Duration,
-    /// How long shutdown waits for refreshes and unpersisted grants. The
-    /// server raises it to [`shutdown_grace_for`] its provider request
-    /// timeout, so a refresh at the provider is never cut short.
-    pub shutdown_grace: Duration,
-    /// Connections kept decrypted in memory at most; others are read from
-    /// the store on use (`slot.rs`).
-    pub cache_capacity: usize,
-}
-
-impl Default for EngineSettings {
-    fn default() -> Self {
-        Self {
-            lease_ttl: Duration::from_secs(30),
-            backoff_min: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
-            misconfigured_retry: Duration::from_secs(60),
-            max_retry_after: Duration::from_secs(900),
-            background_concurrency: 8,
-            background_refresh: true,
-            node: "local".into(),
-            pending_retry_min: Duration::from_millis(100),
-            pending_retry_max: Duration::from_secs(1),
-            shutdown_grace: Duration::from_secs(10),
-            cache_capacity: DEFAULT_CACHE_CAPACITY,
-        }
-    }
-}
+pub use settings::{DEFAULT_CACHE_CAPACITY, EngineSettings};
 
 impl From<Ended> for Failure {
     fn from(e: Ended) -> Self {
@@ -524,82 +464,6 @@ impl Engine {
         let fresh = self.refresh_once(&slot, &current).await?;
         let refreshed = fresh.version > current.version;
         Ok((fresh, refreshed))
-    }
-
-    /// With `revoke_on_delete`, revokes a deleted connection's grant at the
-    /// provider (RFC 7009), in an engine-owned task: the refresh token (which
-    /// ends the grant), else the access token. Best effort: the connection is
-    /// gone from tokend either way; a failure is logged.
-    fn revoke_deleted(&self, record: Arc<Connection>) {
-        let Some(provider) = self.providers.get(&record.provider) else {
-            return;
-        };
-        if !provider.request.revoke_on_delete {
-            return;
-        }
-        let provider = Arc::clone(provider);
-        let endpoint = Arc::clone(&self.endpoint);
-        self.tasks.spawn(async move {
-            let provider = match provider.for_connection(&record.params) {
-                Ok(p) => p.into_owned(),
-                Err(reason) => {
-                    tracing::warn!(connection_id = %record.id, reason, "cannot revoke a deleted connection's grant");
-                    return;
-                }
-            };
-            let (token, hint) = match &record.tokens.refresh_token {
-                Some(rt) => (rt, "refresh_token"),
-                None => (&record.tokens.access_token, "access_token"),
-            };
-            match endpoint.revoke(&provider, token, hint).await {
-                Ok(()) => {
-                    tracing::info!(connection_id = %record.id, provider = %provider.name, hint, "deleted connection's grant revoked at the provider")
-                }
-                Err(e) => {
-                    tracing::warn!(connection_id = %record.id, provider = %provider.name, error_class = e.class.as_str(), code = %e.code, "revoking a deleted connection's grant failed")
-                }
-            }
-        });
-    }
-
-    /// Deletes a connection by compare-and-swap on what was read, including
-    /// a record that cannot be decoded when `force` says so; watchers get a
-    /// DELETED event.
-    pub async fn delete(&self, id: &ConnectionId, force: bool) -> Result<(), EngineError> {
-        for _ in 0..5 {
-            let (expected, existing) = match self.store.get(id).await {
-                Ok(Some(record)) => (
-                    Expected::Record {
-                        incarnation: record.incarnation,
-                        revision: record.revision,
-                    },
-                    Some(record),
-                ),
-                Ok(None) => return Err(EngineError::NotFound(id.clone())),
-                Err(StoreError::Corrupt { .. }) => {
-                    install::refuse_unreadable(id, force)?;
-                    (Expected::Unreadable, None)
-                }
-                Err(e) => return Err(e.into()),
-            };
-            match self.store.delete(id, expected).await {
-                Ok(true) => {
-                    self.slots.remove(id);
-                    self.scheduler.unschedule(id);
-                    tracing::info!(connection_id = %id, unreadable = existing.is_none(), "connection deleted");
-                    if let Some(record) = existing {
-                        let record = Arc::new(record);
-                        self.publish(EventKind::Deleted, &record);
-                        self.revoke_deleted(record);
-                    }
-                    return Ok(());
-                }
-                Ok(false) => return Err(EngineError::NotFound(id.clone())),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(EngineError::Contended(id.clone()))
     }
 
     /// Installs a connection: see [`install::Installer`].
