@@ -1,8 +1,7 @@
-//! Domain records to protobuf messages. The only functions that copy an
-//! access token into a reply live here, and no function copies a refresh
-//! token anywhere.
+//! Domain records to protobuf messages. No function here copies a token:
+//! an access token enters a reply in `service/token.rs` only, and no
+//! function copies a refresh token anywhere.
 
-use secrecy::ExposeSecret;
 use tokend_core::{
     Connection, ConnectionMeta, ErrorClass, Event, EventType, LastError, ReconnectCause, Status,
     Timestamp,
@@ -177,39 +176,6 @@ pub fn checkpoint(seq: u64, cursor: String, caught_up: bool) -> pb::ConnectionEv
         event_type: pb::EventType::Checkpoint as i32,
         caught_up,
         ..Default::default()
-    }
-}
-
-/// The access token reply. `now` should be read just before sending, so
-/// `expires_in_seconds` is relative to when the caller receives it.
-pub fn access_token(c: &Connection, now: Timestamp) -> pb::AccessToken {
-    pb::AccessToken {
-        connection_id: c.id.to_string(),
-        access_token: c.tokens.access_token.expose_secret().to_owned(),
-        token_type: c.tokens.token_type.clone(),
-        expires_at: Some(timestamp(c.tokens.expires_at)),
-        expires_in_seconds: c.tokens.ttl(now).as_secs() as i64,
-        scopes: c.tokens.scopes.clone(),
-        account_id: c.account_id.clone(),
-        version: c.version,
-    }
-}
-
-/// Response metadata naming a connection's status and reconnect cause
-/// (`tokend-connection-status: RECONNECT_REQUIRED`,
-/// `tokend-reconnect-cause: ROTATION_LOST`), for a token served from a
-/// connection that is not ACTIVE.
-pub fn status_metadata(c: &Connection, metadata: &mut tonic::metadata::MetadataMap) {
-    let status = status(c.status).as_str_name();
-    let status = status.trim_start_matches("CONNECTION_STATUS_");
-    if let Ok(v) = status.parse() {
-        metadata.insert("tokend-connection-status", v);
-    }
-    if let Some(cause) = c.reconnect_cause {
-        let cause = reconnect_cause(cause).as_str_name();
-        if let Ok(v) = cause.trim_start_matches("RECONNECT_CAUSE_").parse() {
-            metadata.insert("tokend-reconnect-cause", v);
-        }
     }
 }
 

@@ -5,6 +5,7 @@
 mod list;
 mod outbox;
 mod streams;
+mod token;
 mod validate;
 mod watch;
 mod watch_all;
@@ -137,51 +138,6 @@ impl TokenServiceImpl {
 }
 
 impl TokenServiceImpl {
-    async fn get_token_inner(
-        &self,
-        caller: &Arc<Caller>,
-        request: Request<pb::GetTokenRequest>,
-    ) -> Result<Response<pb::GetTokenResponse>> {
-        let req = request.into_inner();
-        let id = connection_id(&req.connection_id)?;
-        caller.authorize(Permission::Tokens, Some(&id))?;
-        let min_ttl = validate::min_ttl(req.min_ttl_seconds)?;
-        let record = self.engine.get_token(&id, min_ttl).await?;
-        let token = convert::access_token(&record, self.engine.now());
-        self.engine
-            .metrics()
-            .served_ttl
-            .observe(token.expires_in_seconds as f64);
-        let mut response = Response::new(pb::GetTokenResponse { token: Some(token) });
-        if record.status != tokend_core::Status::Active {
-            // A still-valid token of a connection whose grant was lost in
-            // transit: served, with the truth beside it.
-            convert::status_metadata(&record, response.metadata_mut());
-        }
-        Ok(response)
-    }
-
-    async fn force_refresh_inner(
-        &self,
-        caller: &Arc<Caller>,
-        request: Request<pb::ForceRefreshRequest>,
-    ) -> Result<Response<pb::ForceRefreshResponse>> {
-        let req = request.into_inner();
-        let id = connection_id(&req.connection_id)?;
-        caller.authorize(Permission::Tokens, Some(&id))?;
-        let rejected = validate::rejected(req.rejected)?;
-        let (record, refreshed) = self.engine.force_refresh(&id, rejected).await?;
-        let token = convert::access_token(&record, self.engine.now());
-        self.engine
-            .metrics()
-            .served_ttl
-            .observe(token.expires_in_seconds as f64);
-        Ok(Response::new(pb::ForceRefreshResponse {
-            token: Some(token),
-            refreshed,
-        }))
-    }
-
     async fn watch_connection_inner(
         &self,
         caller: &Arc<Caller>,
@@ -369,6 +325,65 @@ impl TokenServiceImpl {
     }
 }
 
+impl TokenServiceImpl {
+    /// The one shape of every RPC: the caller (the interceptor attached it),
+    /// the request's size, the RPC's own work, one audit record naming the
+    /// connection (the reply's, for an install whose id was derived, else
+    /// the request's), and the status mapping. `work` gets the caller and
+    /// the request once both checks pass.
+    async fn handle<Req, Resp, Fut>(
+        &self,
+        rpc: &'static str,
+        request: Request<Req>,
+        requested_id: impl FnOnce(&Req) -> Option<String>,
+        work: impl FnOnce(Arc<Caller>, Request<Req>) -> Fut,
+    ) -> std::result::Result<Response<Resp>, Status>
+    where
+        Req: prost::Message,
+        Resp: Audited,
+        Fut: std::future::Future<Output = Result<Response<Resp>>>,
+    {
+        let caller = auth::caller(&request)?;
+        let requested = requested_id(request.get_ref());
+        let result = match check_size(request.get_ref()) {
+            Err(e) => Err(e),
+            Ok(()) => work(Arc::clone(&caller), request).await,
+        };
+        let named = result
+            .as_ref()
+            .ok()
+            .and_then(|r| r.get_ref().connection_id())
+            .or(requested);
+        self.audit(&caller, rpc, named.as_deref(), &result);
+        result.map_err(Status::from)
+    }
+}
+
+/// The connection a reply names, for the audit record: an install's, whose
+/// id may be derived from the grant; `None` for every other reply (the
+/// request's id is recorded).
+trait Audited {
+    fn connection_id(&self) -> Option<String> {
+        None
+    }
+}
+
+impl Audited for pb::InstallResponse {
+    fn connection_id(&self) -> Option<String> {
+        self.connection.as_ref().map(|c| c.connection_id.clone())
+    }
+}
+
+impl Audited for pb::GetTokenResponse {}
+impl Audited for pb::ForceRefreshResponse {}
+impl Audited for pb::GetConnectionResponse {}
+impl Audited for pb::ListConnectionsResponse {}
+impl Audited for pb::DeleteConnectionResponse {}
+impl Audited for pb::ListWebhooksResponse {}
+impl Audited for WatchStream {}
+impl Audited for ExportStream {}
+impl Audited for FeedStream {}
+
 #[tonic::async_trait]
 impl TokenService for TokenServiceImpl {
     type WatchConnectionStream = WatchStream;
@@ -379,163 +394,133 @@ impl TokenService for TokenServiceImpl {
         &self,
         request: Request<pb::WatchConnectionsRequest>,
     ) -> std::result::Result<Response<FeedStream>, Status> {
-        let caller = auth::caller(&request)?;
-        let result = match check_size(request.get_ref()) {
-            Err(e) => Err(e),
-            Ok(()) => {
+        self.handle(
+            "WatchConnections",
+            request,
+            |_| None,
+            |caller, request| async move {
                 let gate = crate::transport::backpressure::of_request(&request);
                 self.watch_connections_inner(&caller, request.into_inner(), gate)
                     .await
-            }
-        };
-        self.audit(&caller, "WatchConnections", None, &result);
-        result.map_err(Status::from)
+            },
+        )
+        .await
     }
 
     async fn list_webhooks(
         &self,
         request: Request<pb::ListWebhooksRequest>,
     ) -> std::result::Result<Response<pb::ListWebhooksResponse>, Status> {
-        let caller = auth::caller(&request)?;
-        let result = self.list_webhooks_inner(&caller).map(Response::new);
-        self.audit(&caller, "ListWebhooks", None, &result);
-        result.map_err(Status::from)
+        self.handle(
+            "ListWebhooks",
+            request,
+            |_| None,
+            |caller, _| async move { self.list_webhooks_inner(&caller).map(Response::new) },
+        )
+        .await
     }
 
     async fn export_connections(
         &self,
         request: Request<pb::ExportConnectionsRequest>,
     ) -> std::result::Result<Response<ExportStream>, Status> {
-        let caller = auth::caller(&request)?;
-        let result = self.export(&caller);
-        self.audit(&caller, "ExportConnections", None, &result);
-        result.map(Response::new).map_err(Status::from)
+        self.handle(
+            "ExportConnections",
+            request,
+            |_| None,
+            |caller, _| async move { self.export(&caller).map(Response::new) },
+        )
+        .await
     }
 
     async fn get_token(
         &self,
         request: Request<pb::GetTokenRequest>,
     ) -> std::result::Result<Response<pb::GetTokenResponse>, Status> {
-        let caller = auth::caller(&request)?;
-        let oversized = check_size(request.get_ref()).err();
-        let connection_id = Some(request.get_ref().connection_id.clone());
-        let result = match oversized {
-            Some(e) => Err(e),
-            None => self.get_token_inner(&caller, request).await,
-        };
-        self.audit(&caller, "GetToken", connection_id.as_deref(), &result);
-        result.map_err(Status::from)
+        self.handle(
+            "GetToken",
+            request,
+            |r| Some(r.connection_id.clone()),
+            |caller, request| async move { self.get_token_inner(&caller, request).await },
+        )
+        .await
     }
 
     async fn force_refresh(
         &self,
         request: Request<pb::ForceRefreshRequest>,
     ) -> std::result::Result<Response<pb::ForceRefreshResponse>, Status> {
-        let caller = auth::caller(&request)?;
-        let oversized = check_size(request.get_ref()).err();
-        let connection_id = Some(request.get_ref().connection_id.clone());
-        let result = match oversized {
-            Some(e) => Err(e),
-            None => self.force_refresh_inner(&caller, request).await,
-        };
-        self.audit(&caller, "ForceRefresh", connection_id.as_deref(), &result);
-        result.map_err(Status::from)
+        self.handle(
+            "ForceRefresh",
+            request,
+            |r| Some(r.connection_id.clone()),
+            |caller, request| async move { self.force_refresh_inner(&caller, request).await },
+        )
+        .await
     }
 
     async fn watch_connection(
         &self,
         request: Request<pb::WatchConnectionRequest>,
     ) -> std::result::Result<Response<WatchStream>, Status> {
-        let caller = auth::caller(&request)?;
-        let oversized = check_size(request.get_ref()).err();
-        let connection_id = Some(request.get_ref().connection_id.clone());
-        let result = match oversized {
-            Some(e) => Err(e),
-            None => self.watch_connection_inner(&caller, request).await,
-        };
-        self.audit(
-            &caller,
+        self.handle(
             "WatchConnection",
-            connection_id.as_deref(),
-            &result,
-        );
-        result.map_err(Status::from)
+            request,
+            |r| Some(r.connection_id.clone()),
+            |caller, request| async move { self.watch_connection_inner(&caller, request).await },
+        )
+        .await
     }
 
     async fn install(
         &self,
         request: Request<pb::InstallRequest>,
     ) -> std::result::Result<Response<pb::InstallResponse>, Status> {
-        let caller = auth::caller(&request)?;
-        let oversized = check_size(request.get_ref()).err();
-        let connection_id = Some(request.get_ref().connection_id.clone());
-        let result = match oversized {
-            Some(e) => Err(e),
-            None => self.install_inner(&caller, request).await,
-        };
-        // A derived id is only known once installed.
-        let installed = result
-            .as_ref()
-            .ok()
-            .and_then(|r| r.get_ref().connection.as_ref())
-            .map(|c| c.connection_id.clone());
-        let connection_id = installed.or(connection_id.filter(|id| !id.is_empty()));
-        self.audit(&caller, "Install", connection_id.as_deref(), &result);
-        result.map_err(Status::from)
+        self.handle(
+            "Install",
+            request,
+            |r| Some(r.connection_id.clone()).filter(|id| !id.is_empty()),
+            |caller, request| async move { self.install_inner(&caller, request).await },
+        )
+        .await
     }
 
     async fn get_connection(
         &self,
         request: Request<pb::GetConnectionRequest>,
     ) -> std::result::Result<Response<pb::GetConnectionResponse>, Status> {
-        let caller = auth::caller(&request)?;
-        let oversized = check_size(request.get_ref()).err();
-        let connection_id = Some(request.get_ref().connection_id.clone());
-        let result = match oversized {
-            Some(e) => Err(e),
-            None => self.get_connection_inner(&caller, request).await,
-        };
-        self.audit(&caller, "GetConnection", connection_id.as_deref(), &result);
-        result.map_err(Status::from)
+        self.handle(
+            "GetConnection",
+            request,
+            |r| Some(r.connection_id.clone()),
+            |caller, request| async move { self.get_connection_inner(&caller, request).await },
+        )
+        .await
     }
 
     async fn list_connections(
         &self,
         request: Request<pb::ListConnectionsRequest>,
     ) -> std::result::Result<Response<pb::ListConnectionsResponse>, Status> {
-        let caller = auth::caller(&request)?;
-        let oversized = check_size(request.get_ref()).err();
-        let connection_id = None::<String>;
-        let result = match oversized {
-            Some(e) => Err(e),
-            None => self.list_connections_inner(&caller, request).await,
-        };
-        self.audit(
-            &caller,
+        self.handle(
             "ListConnections",
-            connection_id.as_deref(),
-            &result,
-        );
-        result.map_err(Status::from)
+            request,
+            |_| None,
+            |caller, request| async move { self.list_connections_inner(&caller, request).await },
+        )
+        .await
     }
 
     async fn delete_connection(
         &self,
         request: Request<pb::DeleteConnectionRequest>,
     ) -> std::result::Result<Response<pb::DeleteConnectionResponse>, Status> {
-        let caller = auth::caller(&request)?;
-        let oversized = check_size(request.get_ref()).err();
-        let connection_id = Some(request.get_ref().connection_id.clone());
-        let result = match oversized {
-            Some(e) => Err(e),
-            None => self.delete_connection_inner(&caller, request).await,
-        };
-        self.audit(
-            &caller,
+        self.handle(
             "DeleteConnection",
-            connection_id.as_deref(),
-            &result,
-        );
-        result.map_err(Status::from)
+            request,
+            |r| Some(r.connection_id.clone()),
+            |caller, request| async move { self.delete_connection_inner(&caller, request).await },
+        )
+        .await
     }
 }

@@ -9,7 +9,7 @@ use tokend_core::{ConnectionId, ProviderName, Status as ConnStatus};
 use tokend_proto::v1 as pb;
 
 use tokend_config::limits::MAX_REQUEST_BYTES;
-use tokend_engine::engine::{Engine, InstallGrant, InstallInput, Rejected};
+use tokend_engine::engine::{Engine, InstallGrant, InstallInput};
 
 use crate::error::ServiceError;
 
@@ -17,10 +17,10 @@ type Result<T> = std::result::Result<T, ServiceError>;
 
 /// Largest `min_ttl_seconds` accepted (a day): no provider issues longer
 /// tokens that need brokering.
-const MAX_MIN_TTL: i64 = 24 * 3600;
+pub(super) const MAX_MIN_TTL: i64 = 24 * 3600;
 /// Largest imported `expires_in_seconds` (400 days).
 const MAX_IMPORT_TTL: i64 = 400 * 24 * 3600;
-const MAX_TOKEN_LEN: usize = 8 * 1024;
+pub(super) const MAX_TOKEN_LEN: usize = 8 * 1024;
 const MAX_ACCOUNT_ID_LEN: usize = 256;
 const MAX_SCOPES: usize = 200;
 const DEFAULT_PAGE_SIZE: i32 = 100;
@@ -280,34 +280,6 @@ pub(super) fn page_token_decode(token: &str) -> Result<Option<ConnectionId>> {
         .map_err(|_| invalid())?;
     let s = String::from_utf8(bytes).map_err(|_| invalid())?;
     ConnectionId::new(s).map(Some).map_err(|_| invalid())
-}
-
-/// `GetTokenRequest.min_ttl_seconds`.
-pub(super) fn min_ttl(raw: i64) -> Result<Duration> {
-    if !(0..=MAX_MIN_TTL).contains(&raw) {
-        return Err(ServiceError::invalid(
-            "min_ttl_seconds",
-            format!("must be between 0 and {MAX_MIN_TTL}"),
-        ));
-    }
-    Ok(Duration::from_secs(raw as u64))
-}
-
-/// `ForceRefreshRequest.rejected`.
-pub(super) fn rejected(raw: Option<pb::force_refresh_request::Rejected>) -> Result<Rejected> {
-    Ok(match raw {
-        None => Rejected::Unspecified,
-        Some(pb::force_refresh_request::Rejected::RejectedAccessToken(t)) => {
-            if t.is_empty() || t.len() > MAX_TOKEN_LEN {
-                return Err(ServiceError::invalid(
-                    "rejected_access_token",
-                    format!("must be 1 to {MAX_TOKEN_LEN} bytes"),
-                ));
-            }
-            Rejected::AccessToken(t)
-        }
-        Some(pb::force_refresh_request::Rejected::RejectedVersion(v)) => Rejected::Version(v),
-    })
 }
 
 /// The filters and page size of a `ListConnectionsRequest`.
