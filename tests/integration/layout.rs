@@ -7,7 +7,10 @@
 //!     define itself: a re-export of a sibling's item is for the crate's
 //!     users, a module names the module that defines it;
 //! (c) no `.rs` file under crates/, src/, tests/ or benches/ is over
-//!     [`MAX_LINES`] lines.
+//!     [`MAX_LINES`] lines;
+//! (d) ARCHITECTURE.md's code map names every module file of every crate
+//!     and of the binary, and every `.rs` file it names exists
+//!     (`code_map.rs`).
 //!
 //! Each crate's module tree is followed from its root (`lib.rs`,
 //! `main.rs`) through its `mod` declarations, parsed with `syn`; modules
@@ -17,6 +20,7 @@
 //! module (a re-export of the root counts as an arrow to the module it
 //! re-exports from).
 
+mod code_map;
 mod modules;
 
 use std::{
@@ -134,4 +138,41 @@ fn no_source_file_is_over_600_lines() {
         }
     }
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+fn architecture() -> String {
+    fs::read_to_string(workspace().join("ARCHITECTURE.md")).expect("ARCHITECTURE.md")
+}
+
+#[test]
+fn the_code_map_names_every_module() {
+    let problems = code_map::problems(&architecture(), workspace());
+    assert!(problems.is_empty(), "\n{}", problems.join("\n"));
+}
+
+/// The check itself: a module whose every mention is renamed is reported
+/// missing, the new name stale, and a crate whose paragraph lost its
+/// heading is reported too.
+#[test]
+fn the_code_map_check_reports_missing_and_stale_entries() {
+    let doc = architecture();
+    let module = code_map::some_top_level_module(workspace());
+    let name = module.rsplit('/').next().expect("a file name");
+    let renamed = name.replace(".rs", "_gone.rs");
+    let doc = doc
+        .replace(name, &renamed)
+        .replacen("**`crates/", "**`crate/", 1);
+    let problems = code_map::problems(&doc, workspace()).join("\n");
+    assert!(
+        problems.contains(&format!("{module}: not in the code map")),
+        "{module} not reported:\n{problems}"
+    );
+    assert!(
+        problems.contains(&format!("{renamed}`, which is not in")),
+        "{renamed} not reported:\n{problems}"
+    );
+    assert!(
+        problems.contains("the code map has no paragraph starting with **`crates/"),
+        "the lost heading not reported:\n{problems}"
+    );
 }
